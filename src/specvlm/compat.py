@@ -1,0 +1,38 @@
+"""Can this draft speak for this target? Checked once, before any generation, with one-line reasons."""
+
+from __future__ import annotations
+
+from .adapters import VLMAdapter
+
+# Families whose processors produce the same inputs (Qwen2-VL and Qwen2.5-VL share tokenizer and placeholders).
+_INPUT_GROUPS = {"qwen2_vl": "qwen", "qwen2_5_vl": "qwen"}
+
+
+class IncompatibleDraft(ValueError):
+    pass
+
+
+def check_models(target: VLMAdapter, draft: VLMAdapter) -> None:
+    group = lambda a: _INPUT_GROUPS.get(a.family, a.family)
+    if group(target) != group(draft):
+        raise IncompatibleDraft(f"draft family {draft.family} cannot draft for a {target.family} target: "
+                                "they read different processor outputs; use a draft of the same family")
+    for what in ("image_token_id", "video_token_id"):
+        t, d = getattr(target, what), getattr(draft, what)
+        if t is not None and d is not None and t != d:
+            raise IncompatibleDraft(f"draft {what} {d} differs from the target's {t}: not the same tokenizer")
+
+
+def check_tokenizers(target_tokenizer, draft_tokenizer) -> None:
+    """Every token both vocabularies contain must have the same id, and the shared special tokens too. Padded
+    vocabulary sizes may differ (the draft's distribution is cut or padded to the target's ids)."""
+    if target_tokenizer is None or draft_tokenizer is None:
+        return
+    t_vocab, d_vocab = target_tokenizer.get_vocab(), draft_tokenizer.get_vocab()
+    shared = t_vocab.keys() & d_vocab.keys()
+    differing = [tok for tok in shared if t_vocab[tok] != d_vocab[tok]]
+    small = min(len(t_vocab), len(d_vocab))
+    if differing or len(shared) < 0.99 * small:
+        example = f" (e.g. {differing[0]!r}: {t_vocab[differing[0]]} vs {d_vocab[differing[0]]})" if differing else ""
+        raise IncompatibleDraft(f"draft tokenizer is incompatible with the target's: {len(shared)} shared tokens of "
+                                f"{small}, {len(differing)} with different ids{example}")

@@ -1,0 +1,94 @@
+"""A VLM drafts for the target: a smaller model of its family seeing its own vision features, or the target
+itself ("self") with a separate cache.
+
+Bookkeeping per round: the drafter first feeds the tokens committed since its last round that it has not seen
+(`pending`) plus the root, causally; then `TreeSpec.build` asks it to expand tree nodes, which it feeds with a
+tree mask at positions root + depth. After verification the K/V of accepted nodes it already fed are kept in
+place (no recompute); accepted nodes it never fed (leaves) become the next round's `pending`.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from ..adapters import VLMAdapter
+from ..sampling import sample_from
+from ..session import ModelSession
+from ..tree import DraftTree, node_depths
+from .base import DraftContext, Drafter, fit_vocab
+
+
+def seen_rows(seen: torch.Tensor | None, paths: list[list[int]]) -> torch.Tensor | None:
+    """Per row: the ids the repetition penalty applies to, i.e. everything committed plus the row's own path."""
+    if seen is None:
+        return None
+    rows = seen.expand(len(paths), -1).clone()
+    for r, tokens in enumerate(paths):
+        if tokens:
+            rows[r, tokens] = True
+    return rows
+
+
+class DraftModelDrafter(Drafter):
+    def __init__(self, adapter: VLMAdapter, reuse_target_prompt: bool = False):
+        self.adapter = adapter
+        self.reuse_target_prompt = reuse_target_prompt  # "self": the target's own prompt, no second vision pass
+
+    @property
+    def forwards(self) -> int:
+        return self.session.forwards
+
+    def begin(self, ctx: DraftContext) -> None:
+        self.ctx = ctx
+        prompt = ctx.target_prompt if self.reuse_target_prompt else self.adapter.prepare(ctx.inputs)
+        self.session = ModelSession(self.adapter)
+        self.session.prefill(prompt)
+        self.prompt_tokens = len(prompt)
+        self.pending: list[int] = []
+
+    def _logprobs(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+        logits = fit_vocab(logits, self.ctx.vocab_size)
+        sampling = self.ctx.sampling
+        if self.ctx.tree.kind == "chain" and sampling.do_sample:
+            return sampling.probs(logits, seen).log()   # the chain samples from exactly this q
+        return sampling.logprobs(logits, seen)
+
+    def _choose(self, logprobs: torch.Tensor) -> int:
+        if self.ctx.sampling.do_sample:
+            return sample_from(logprobs.exp(), self.ctx.generator)
+        return int(logprobs.argmax())
+
+    def propose(self, root: int, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
+        session = self.session
+        feed = self.pending + [root]
+        start = session.next_position
+        logits, _ = session.extend(torch.tensor(feed), torch.arange(start, start + len(feed)))
+        root_end, root_position = session.length, session.next_position - 1
+        fed: dict[int, int] = {}   # node (candidate numbering) -> cache index
+
+        def expand(tree: DraftTree, nodes) -> torch.Tensor:
+            nodes = list(nodes)
+            order = list(fed) + nodes
+            paths = [tree.path(n) for n in nodes]
+            visible = torch.tensor([[g in set(p) for g in order] for p in paths], dtype=torch.bool)
+            depths = node_depths(tree.parents)[nodes]
+            out, _ = session.extend(tree.tokens[nodes], root_position + depths, visible, prefix=root_end)
+            for i, node in enumerate(nodes):
+                fed[node] = session.length - len(nodes) + i
+            return self._logprobs(out, seen_rows(seen, [tree.tokens[p].tolist() for p in paths]))
+
+        first = self._logprobs(logits[-1:], seen)[0]
+        tree = self.ctx.tree.build(first, expand, self._choose, max_depth)
+        origin = tree.origin or range(len(tree))
+        self._fed = {new: fed[old] for new, old in enumerate(origin) if old in fed}
+        self._root_end = root_end
+        return tree
+
+    def commit(self, tree: DraftTree, path: list[int], next_token: int, target_hidden: torch.Tensor) -> None:
+        kept = []
+        for node in path:
+            if node not in self._fed:
+                break
+            kept.append(self._fed[node])
+        self.session.keep(self._root_end, kept)
+        self.pending = tree.tokens[path[len(kept):]].tolist()

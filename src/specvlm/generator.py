@@ -1,0 +1,177 @@
+"""SpeculativeGenerator: the decode loop.
+
+    prefill target (all visual tokens) -> first token (the root); prefill the drafter
+    each round: draft a tree below the root; verify [root, *tree] in ONE target forward (tree mask, positions by
+                depth); accept a path; keep its K/V in both caches; the target's next token becomes the new root
+    stop at EOS or max_new_tokens, cutting the last round like HF `generate` does
+
+The loop never looks at the model family: adapters hide it. Output is exactly the target's: token-identical to
+`target.generate(do_sample=False)` when greedy, the same distribution when sampling.
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass
+from typing import Iterator
+
+import torch
+from .adapters import adapter_for
+from .compat import check_models
+from .drafters import DraftContext, DraftModelDrafter, Drafter
+from .drafters.draft_model import seen_rows
+from .sampling import Sampling, effective_config
+from .sampling import max_new_tokens as max_new_tokens_for
+from .session import ModelSession
+from .stats import SpecStats
+from .tree import DraftTree, TreeSpec, ancestor_matrix
+from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
+
+
+@dataclass
+class SpecOutput:
+    token_ids: list[int]        # new tokens only, cut after EOS like HF generate
+    text: str | None
+    stats: SpecStats
+
+
+class SpeculativeGenerator:
+    """`SpeculativeGenerator(target, draft, **options)`; `draft` is a same-family HF VLM, "self", or a Drafter.
+
+    Options: `tree` ("chain" | "static" | "dynamic"; default "static", the video paper's EAGLE-1 tree),
+    `num_draft_tokens` (chain length γ, default 5), `tree_top_k` (10), `tree_depth` (6, longest path in draft
+    tokens), `tree_total_tokens` (60, tokens verified per round including the root), `processor` / `tokenizer`
+    (for `.text` and `stream`).
+    """
+
+    def __init__(self, target, draft="self", *, processor=None, tokenizer=None, tree: str | None = None,
+                 num_draft_tokens: int = 5, tree_top_k: int = 10, tree_depth: int = 6, tree_total_tokens: int = 60):
+        self.model = target
+        self.target = adapter_for(target)
+        if isinstance(draft, Drafter):
+            self.drafter = draft
+        elif isinstance(draft, str) and draft == "self":
+            self.drafter = DraftModelDrafter(adapter_for(target), reuse_target_prompt=True)
+        elif isinstance(draft, str):
+            raise ValueError(f"draft must be a model, 'self' or a Drafter, got the string {draft!r}")
+        else:
+            draft_adapter = adapter_for(draft)
+            check_models(self.target, draft_adapter)
+            self.drafter = DraftModelDrafter(draft_adapter)
+        self.tree = TreeSpec(kind=tree or "static", num_draft_tokens=num_draft_tokens, top_k=tree_top_k,
+                             depth=tree_depth, total_tokens=tree_total_tokens)
+        self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
+
+    # ---- public API ------------------------------------------------------------------------------------------
+    def generate(self, input_ids=None, **kwargs) -> SpecOutput:
+        """Like `target.generate(**inputs, ...)` for one sequence: `max_new_tokens`, `do_sample`, `temperature`,
+        `top_p`, `top_k`, `repetition_penalty`, `eos_token_id`, `generation_config`; unset options come from the
+        target's generation_config, as in HF. Also `draft_inputs` (the draft's own processor outputs, when its
+        preprocessing differs from the target's) and `generator` (a torch.Generator for sampling)."""
+        tokens = [t for chunk in self._run(input_ids, **kwargs) for t in chunk]
+        return SpecOutput(tokens, self._decode_text(tokens), self.stats)
+
+    def stream(self, input_ids=None, **kwargs) -> Iterator[str]:
+        """Yields the answer's text as rounds are accepted; `self.stats` is complete once it is exhausted."""
+        if self.tokenizer is None:
+            raise ValueError("stream() needs a processor or tokenizer: SpeculativeGenerator(..., processor=...)")
+        tokens, shown = [], ""
+        for chunk in self._run(input_ids, **kwargs):
+            tokens += chunk
+            text = self._decode_text(tokens)
+            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
+                yield text[len(shown):]
+                shown = text
+        text = self._decode_text(tokens)
+        if len(text) > len(shown):
+            yield text[len(shown):]
+
+    # ---- internals -------------------------------------------------------------------------------------------
+    def _decode_text(self, tokens: list[int]) -> str | None:
+        return None if self.tokenizer is None else self.tokenizer.decode(tokens, skip_special_tokens=True)
+
+    def _run(self, input_ids=None, *, max_new_tokens: int | None = None, do_sample: bool | None = None,
+             temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
+             repetition_penalty: float | None = None, eos_token_id=None, generation_config=None,
+             draft_inputs: dict | None = None, generator: torch.Generator | None = None, **inputs):
+        for key, value in inputs.items():
+            if value is not None and not isinstance(value, torch.Tensor):
+                raise TypeError(f"generate() got an unsupported argument {key}={value!r}")
+        inputs = {k: v for k, v in inputs.items() if v is not None}
+        if input_ids is None:
+            raise ValueError("generate() needs input_ids (the processor's output)")
+        if input_ids.shape[0] != 1:
+            raise ValueError(f"batch size {input_ids.shape[0]}: generate() takes one sequence per call")
+        inputs["input_ids"] = input_ids
+        config = effective_config(self.model.generation_config, generation_config, max_new_tokens=max_new_tokens,
+                                  do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
+                                  repetition_penalty=repetition_penalty)
+        sampling = Sampling.resolve(config)
+        max_new = max_new_tokens_for(config, input_ids.shape[1])
+        eos = eos_token_id if eos_token_id is not None else config.eos_token_id
+        eos = set([eos] if isinstance(eos, int) else (eos or []))
+        return self._decode(inputs, draft_inputs or inputs, sampling, max_new, eos, generator)
+
+    def _decode(self, inputs, draft_inputs, sampling: Sampling, max_new: int, eos: set[int], generator):
+        self.stats = stats = SpecStats()
+        started = time.perf_counter()
+        prompt = self.target.prepare(inputs)
+        target = ModelSession(self.target)
+        logits, hidden = target.prefill(prompt)
+        vocab = logits.shape[-1]
+        self.drafter.begin(DraftContext(draft_inputs, prompt, hidden, sampling, self.tree, vocab, generator))
+        seen = None
+        if sampling.uses_history:  # repetition penalty: ids in the prompt and everything generated so far
+            seen = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
+            seen[prompt.input_ids[0].clamp_max(vocab - 1)] = True
+        root = sampling.pick(logits[0], seen, generator)
+        stats.target_prompt_tokens, stats.draft_prompt_tokens = len(prompt), self.drafter.prompt_tokens
+        stats.new_tokens = 1
+        stats.prefill_s = time.perf_counter() - started
+        yield [root]
+        done = root in eos or stats.new_tokens >= max_new
+        while not done:
+            if seen is not None:
+                seen[root] = True
+            tree = self.drafter.propose(root, max_new - stats.new_tokens, seen)
+            prefix = target.length
+            logits, hidden = target.extend(
+                torch.cat([torch.tensor([root]), tree.tokens]),
+                target.next_position + torch.cat([torch.zeros(1, dtype=torch.long), tree.depths]),
+                ancestor_matrix(tree.parents), prefix)
+            path, root = _accept(logits, tree, sampling, seen, generator)
+            target.keep(prefix + 1, [prefix + 1 + node for node in path])
+            self.drafter.commit(tree, path, root, hidden[[0] + [node + 1 for node in path]])
+            stats.record_round(len(tree), len(path))
+            new = tree.tokens[path].tolist() + [root]
+            if seen is not None:
+                seen[new] = True
+            new = _cut(new, eos, max_new - stats.new_tokens)
+            stats.new_tokens += len(new)
+            done = new[-1] in eos or stats.new_tokens >= max_new
+            stats.target_forwards, stats.draft_forwards = target.forwards, self.drafter.forwards
+            stats.decode_s = time.perf_counter() - started - stats.prefill_s
+            yield new
+        stats.target_forwards, stats.draft_forwards = target.forwards, self.drafter.forwards
+        stats.decode_s = time.perf_counter() - started - stats.prefill_s
+
+
+def _accept(logits: torch.Tensor, tree: DraftTree, sampling: Sampling, seen, generator) -> tuple[list[int], int]:
+    """Row 0 of `logits` follows the root, row i+1 follows node i; each row's repetition history is its path."""
+    rows_seen = None
+    if seen is not None:
+        rows_seen = seen_rows(seen, [[]] + [tree.tokens[tree.path(n)].tolist() for n in range(len(tree))])
+    if not sampling.do_sample:
+        return accept_greedy(sampling.scores(logits, rows_seen).argmax(-1).tolist(), tree)
+    p = sampling.probs(logits, rows_seen)
+    if tree.is_chain and tree.probs is not None:
+        return accept_chain_sampled(p, tree, generator)
+    return accept_tree_sampled(p, tree, generator)
+
+
+def _cut(new: list[int], eos: set[int], room: int) -> list[int]:
+    for i, token in enumerate(new):
+        if token in eos:
+            new = new[: i + 1]
+            break
+    return new[:room]

@@ -1,0 +1,146 @@
+"""How logits become a next-token choice, applied identically to target and draft.
+
+The order matches Hugging Face `generate`: repetition penalty, then temperature, top-k, top-p (warpers run only
+when sampling). Every function works on float32 logits of shape (rows, vocab), one row per position, so a whole
+draft tree is processed at once; `seen` says, per row, which token ids the repetition penalty applies to
+(prompt + generated + the row's own ancestors in the tree).
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+
+import copy
+
+import torch
+from transformers import GenerationConfig
+
+# generate() options that change the distribution but that the speculative loop does not implement. Passing one
+# with a non-default value is an error rather than a silent difference from `target.generate`.
+_UNSUPPORTED = {
+    "num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "force_words_ids": None, "min_length": 0,
+    "min_new_tokens": None, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
+    "diversity_penalty": 0.0, "guidance_scale": None, "sequence_bias": None, "forced_bos_token_id": None,
+    "forced_eos_token_id": None, "suppress_tokens": None, "begin_suppress_tokens": None,
+    "exponential_decay_length_penalty": None, "num_return_sequences": 1, "top_h": None,
+}
+
+
+@dataclass(frozen=True)
+class Sampling:
+    do_sample: bool = False
+    temperature: float = 1.0
+    top_k: int = 0
+    top_p: float = 1.0
+    repetition_penalty: float = 1.0
+
+    @classmethod
+    def resolve(cls, generation_config=None, **overrides) -> "Sampling":
+        """Settings as `generate` would use them: explicit arguments over the given config over HF's defaults."""
+        config = generation_config if generation_config is not None else GenerationConfig()
+        defaults = _hf_defaults()
+        values = {}
+        for name in ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty"):
+            value = overrides.get(name)
+            if value is None:
+                value = getattr(config, name, None)
+            if value is None:
+                value = defaults.get(name)
+            if value is not None:
+                values[name] = value
+        for name, default in _UNSUPPORTED.items():
+            value = getattr(config, name, None)
+            if value not in (default, defaults.get(name), None):
+                raise ValueError(f"generation option {name}={value!r} is not supported by speculative decoding")
+        s = cls(**values)
+        if s.do_sample and s.temperature <= 0:
+            raise ValueError(f"temperature must be > 0 when sampling, got {s.temperature}")
+        if not 0 < s.top_p <= 1:
+            raise ValueError(f"top_p must be in (0, 1], got {s.top_p}")
+        if s.top_k < 0 or s.repetition_penalty <= 0:
+            raise ValueError("top_k must be >= 0 and repetition_penalty > 0")
+        return s
+
+    @property
+    def uses_history(self) -> bool:
+        return self.repetition_penalty != 1.0
+
+    def scores(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """Processed scores (what greedy argmaxes): logits with the repetition penalty on `seen` ids."""
+        scores = logits.float()
+        if self.uses_history and seen is not None:
+            seen = seen[..., : scores.shape[-1]].to(scores.device)
+            penalized = torch.where(scores < 0, scores * self.repetition_penalty, scores / self.repetition_penalty)
+            scores = torch.where(seen, penalized, scores)
+        return scores
+
+    def warp(self, scores: torch.Tensor) -> torch.Tensor:
+        """Temperature, top-k, top-p as HF's warpers do it (filtered entries become -inf)."""
+        if not self.do_sample:
+            return scores
+        if self.temperature != 1.0:
+            scores = scores / self.temperature
+        if self.top_k and self.top_k < scores.shape[-1]:
+            kth = torch.topk(scores, self.top_k, dim=-1).values[..., -1:]
+            scores = scores.masked_fill(scores < kth, float("-inf"))
+        if self.top_p < 1.0:
+            sorted_scores, order = torch.sort(scores, dim=-1, descending=False)
+            cumulative = sorted_scores.softmax(dim=-1).cumsum(dim=-1)
+            drop_sorted = cumulative <= (1 - self.top_p)
+            drop_sorted[..., -1:] = False
+            drop = drop_sorted.scatter(-1, order, drop_sorted)
+            scores = scores.masked_fill(drop, float("-inf"))
+        return scores
+
+    def probs(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """The distribution a token is drawn from (one-hot at the argmax when greedy)."""
+        scores = self.scores(logits, seen)
+        if not self.do_sample:
+            return torch.nn.functional.one_hot(scores.argmax(-1), scores.shape[-1]).float()
+        return self.warp(scores).softmax(dim=-1)
+
+    def logprobs(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """Draft-side log-probabilities used to rank tree candidates (unfiltered after temperature)."""
+        scores = self.scores(logits, seen)
+        if self.do_sample and self.temperature != 1.0:
+            scores = scores / self.temperature
+        return scores.log_softmax(dim=-1)
+
+    def pick(self, logits: torch.Tensor, seen: torch.Tensor | None = None, generator=None) -> int:
+        """One token from a single row of logits."""
+        if not self.do_sample:
+            return int(self.scores(logits, seen).argmax(-1))
+        return sample_from(self.probs(logits, seen), generator)
+
+
+def sample_from(probs: torch.Tensor, generator=None) -> int:
+    return int(torch.multinomial(probs.reshape(-1).float(), 1, generator=generator))
+
+
+def _hf_defaults() -> dict:
+    """The values HF `generate` uses for options nobody set (transformers 5: top_k=50, max_length=20, ...)."""
+    getter = getattr(GenerationConfig, "_get_default_generation_params", None)
+    return getter() if getter else {"max_length": 20, "top_k": 50, "temperature": 1.0, "top_p": 1.0,
+                                    "repetition_penalty": 1.0, "do_sample": False}
+
+
+def effective_config(model_config: GenerationConfig | None, given: GenerationConfig | None,
+                     **kwargs) -> GenerationConfig:
+    """HF's precedence: keyword arguments > the `generation_config` passed in > the model's generation_config >
+    library defaults (applied later, per field, by `Sampling.resolve` and `max_new_tokens`)."""
+    config = copy.deepcopy(given) if given is not None else GenerationConfig()
+    if model_config is not None:
+        config.update(**model_config.to_dict(), defaults_only=True, allow_custom_entries=True)
+    config.update(**{k: v for k, v in kwargs.items() if v is not None})
+    return config
+
+
+def max_new_tokens(config: GenerationConfig, prompt_len: int) -> int:
+    """HF's rule: max_new_tokens if set, else max_length minus the prompt if anyone set it, else 20 new tokens."""
+    value = config.max_new_tokens
+    if value is None:
+        value = _hf_defaults()["max_length"] if config.max_length is None else config.max_length - prompt_len
+    if value < 1:
+        raise ValueError(f"max_new_tokens must be >= 1, got {value}")
+    return int(value)

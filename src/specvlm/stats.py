@@ -1,0 +1,60 @@
+"""What a speculative generation did, in the papers' conventions.
+
+τ (`mean_accepted_tokens`) is the number of *draft* tokens the target accepted per verification round, the bonus
+token excluded (the convention of both SpecVLM papers' code; add 1 for "tokens per round"). Forward counts
+include the prefill forwards.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+
+
+@dataclass
+class SpecStats:
+    new_tokens: int = 0
+    rounds: int = 0
+    accepted_tokens: int = 0
+    drafted_tokens: int = 0
+    accept_histogram: list[int] = field(default_factory=list)   # [k] = rounds that accepted exactly k draft tokens
+    target_forwards: int = 0
+    draft_forwards: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0
+    target_prompt_tokens: int = 0
+    draft_prompt_tokens: int = 0
+
+    @property
+    def mean_accepted_tokens(self) -> float:
+        return self.accepted_tokens / self.rounds if self.rounds else 0.0
+
+    @property
+    def acceptance_by_position(self) -> list[float]:
+        """[i] = fraction of rounds whose i-th draft token (1-based i+1) was accepted."""
+        if not self.rounds:
+            return []
+        at_least = [sum(self.accept_histogram[k:]) for k in range(1, len(self.accept_histogram))]
+        return [n / self.rounds for n in at_least]
+
+    @property
+    def tokens_per_second(self) -> float:
+        total = self.prefill_s + self.decode_s
+        return self.new_tokens / total if total > 0 else 0.0
+
+    def record_round(self, drafted: int, accepted: int) -> None:
+        self.rounds += 1
+        self.drafted_tokens += drafted
+        self.accepted_tokens += accepted
+        if len(self.accept_histogram) <= accepted:
+            self.accept_histogram.extend([0] * (accepted + 1 - len(self.accept_histogram)))
+        self.accept_histogram[accepted] += 1
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out.update(mean_accepted_tokens=self.mean_accepted_tokens, acceptance_by_position=self.acceptance_by_position,
+                   tokens_per_second=self.tokens_per_second)
+        return out
+
+    def summary(self) -> str:
+        return (f"{self.new_tokens} tokens, τ={self.mean_accepted_tokens:.2f} over {self.rounds} rounds, "
+                f"{self.tokens_per_second:.1f} tokens/s (prefill {self.prefill_s:.2f}s, decode {self.decode_s:.2f}s)")

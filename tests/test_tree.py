@@ -1,0 +1,147 @@
+"""Tree shapes and builders on hand-made log-probability tables (no model)."""
+
+import itertools
+
+import torch
+
+from specvlm.tree import (EAGLE1_TREE, DraftTree, TreeSpec, additive_mask, ancestor_matrix, build_chain,
+                          build_dynamic_tree, build_static_tree, node_depths, static_shape)
+
+V = 8
+
+
+def table_expand(table):
+    """expand() whose next-token log-probs depend only on the token fed: table[token] -> (V,)."""
+    calls = []
+
+    def expand(tree, nodes):
+        calls.append(list(nodes))
+        return torch.stack([table[int(tree.tokens[n])] for n in nodes])
+    return expand, calls
+
+
+def random_table(seed=0):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randn(V, V, generator=g).mul(2).log_softmax(-1)
+
+
+def test_eagle1_static_shape_matches_the_paper():
+    parents, ranks = static_shape(EAGLE1_TREE)
+    depths = node_depths(torch.tensor(parents)).tolist()
+    assert len(parents) == 25
+    assert [depths.count(d) for d in range(1, 6)] == [4, 8, 8, 3, 2]
+    leaves = set(range(25)) - set(parents)
+    assert len(leaves) == 15
+    assert all(p < i for i, p in enumerate(parents))
+
+
+def test_static_tree_fills_ranks_and_feeds_only_inner_nodes():
+    table = random_table()
+    first = torch.randn(V, generator=torch.Generator().manual_seed(1)).log_softmax(-1)
+    expand, calls = table_expand(table)
+    tree = build_static_tree(first, expand)
+    parents, ranks = static_shape(EAGLE1_TREE)
+    assert tree.parents.tolist() == parents
+    for node, (parent, rank) in enumerate(zip(parents, ranks)):
+        row = first if parent < 0 else table[int(tree.tokens[parent])]
+        assert int(tree.tokens[node]) == int(row.argsort(descending=True)[rank])
+    # one call per depth 2..5, feeding exactly the nodes that have children
+    assert len(calls) == 4
+    assert sorted(n for call in calls for n in call) == sorted(set(p for p in parents if p >= 0))
+
+
+def test_static_tree_respects_max_depth():
+    expand, _ = table_expand(random_table())
+    tree = build_static_tree(torch.zeros(V).log_softmax(-1), expand, max_depth=2)
+    assert len(tree) == 12 and int(tree.depths.max()) == 2
+
+
+def brute_force_dynamic(first, table, k, depth, total):
+    """All candidates EAGLE-2 generates, by explicit enumeration, and the best total-1 of them by value."""
+    cands = []  # (value, path tokens)
+    frontier = []
+    top = torch.topk(first, k)
+    for v, t in zip(top.values.tolist(), top.indices.tolist()):
+        cands.append((v, (t,)))
+        frontier.append((v, (t,)))
+    for _ in range(depth - 1):
+        layer = []
+        for v, path in frontier:
+            top = torch.topk(table[path[-1]], k)
+            for cv, ct in zip(top.values.tolist(), top.indices.tolist()):
+                layer.append((v + cv, path + (ct,)))
+        cands += layer
+        frontier = sorted(layer, key=lambda c: -c[0])[:k]
+    best = sorted(cands, key=lambda c: -c[0])[: total - 1]
+    return sorted(path for _, path in best)
+
+
+def paths_of(tree):
+    return sorted(tuple(tree.tokens[tree.path(n)].tolist()) for n in range(len(tree)))
+
+
+def test_dynamic_tree_matches_brute_force_and_is_connected():
+    for seed in range(5):
+        table, first = random_table(seed), random_table(seed + 10)[0]
+        expand, calls = table_expand(table)
+        tree = build_dynamic_tree(first, expand, top_k=3, depth=4, total_tokens=12)
+        assert len(tree) == 11
+        assert paths_of(tree) == brute_force_dynamic(first, table, 3, 4, 12)
+        assert all(p < i for i, p in enumerate(tree.parents.tolist()))
+        assert len(calls) == 3 and all(len(c) == 3 for c in calls)   # k nodes fed per layer after the first
+
+
+def test_dynamic_tree_keeps_parents_on_ties():
+    # a certain continuation: child log-prob exactly 0, so child and parent have equal value
+    table = torch.full((V, V), -30.0)
+    table[:, 0] = 0.0
+    first = torch.tensor([-0.1, -0.2] + [-30.0] * (V - 2))
+    expand, _ = table_expand(table)
+    tree = build_dynamic_tree(first, expand, top_k=2, depth=5, total_tokens=4)
+    for n in range(len(tree)):
+        assert all(0 <= p < n for p in tree.path(n)[:-1])
+    assert paths_of(tree) == [(0,), (0, 0), (0, 0, 0)]
+
+
+def test_chain_greedy_and_probs():
+    table = random_table(3)
+    first = table[5]
+    expand, calls = table_expand(table)
+    tree = build_chain(first, expand, 4, lambda lp: int(lp.argmax()))
+    tokens = tree.tokens.tolist()
+    assert tokens[0] == int(first.argmax())
+    assert all(tokens[i + 1] == int(table[tokens[i]].argmax()) for i in range(3))
+    assert tree.parents.tolist() == [-1, 0, 1, 2] and tree.is_chain
+    assert torch.allclose(tree.probs[0], first.exp()) and torch.allclose(tree.probs[2], table[tokens[1]].exp())
+    assert calls == [[0], [1], [2]]
+
+
+def test_ancestor_matrix_and_mask():
+    parents = torch.tensor([-1, -1, 0, 2, 1])
+    vis = ancestor_matrix(parents)
+    # node 3 (row 4): itself, node 2, node 0, root
+    assert vis[4].nonzero().flatten().tolist() == [0, 1, 3, 4]
+    assert vis[5].nonzero().flatten().tolist() == [0, 2, 5]
+    mask = additive_mask(vis, prefix_len=3, dtype=torch.float32, device="cpu")
+    assert mask.shape == (1, 1, 6, 9)
+    assert (mask[0, 0, :, :3] == 0).all()
+    assert mask[0, 0, 4, 3 + 3] == 0 and mask[0, 0, 4, 3 + 2] == torch.finfo(torch.float32).min
+
+
+def test_tree_spec_validation_and_depth():
+    assert TreeSpec("chain", num_draft_tokens=3).max_depth == 3
+    assert TreeSpec("static").max_depth == 5
+    assert TreeSpec("dynamic", depth=7).max_depth == 7
+    for bad in (dict(kind="beam"), dict(kind="chain", num_draft_tokens=0), dict(total_tokens=1)):
+        try:
+            TreeSpec(**bad)
+        except ValueError:
+            continue
+        raise AssertionError(f"{bad} accepted")
+
+
+def test_draft_tree_paths_and_children():
+    tree = DraftTree(torch.tensor([7, 8, 9, 10]), torch.tensor([-1, -1, 0, 2]))
+    assert tree.children() == [[0, 1], [2], [], [3], []]
+    assert tree.path(3) == [0, 2, 3]
+    assert not tree.is_chain and list(itertools.chain(tree.depths.tolist())) == [1, 1, 2, 3]
