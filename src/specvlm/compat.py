@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from .adapters import VLMAdapter
+from .errors import SpecVLMError
 
 # Families whose processors produce the same inputs (Qwen2-VL and Qwen2.5-VL share tokenizer and placeholders).
 _INPUT_GROUPS = {"qwen2_vl": "qwen", "qwen2_5_vl": "qwen"}
 
 
-class IncompatibleDraft(ValueError):
+class IncompatibleDraft(SpecVLMError):
     pass
 
 

@@ -1,0 +1,138 @@
+"""`specvlm` command line: generate | demo. Every command has --help; bad input is one line on stderr and a
+non-zero exit (set SPECVLM_DEBUG=1 to see tracebacks of unexpected errors)."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+
+from .errors import SpecVLMError
+
+
+def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("decoding")
+    g.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
+    g.add_argument("--temperature", type=float, default=0.0,
+                   help="0 = greedy (default); > 0 samples, losslessly, from the target's distribution")
+    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
+    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0 = off)")
+    g.add_argument("--tree", choices=("chain", "static", "dynamic"), default=None,
+                   help="draft shape: chain of --num-draft-tokens, the EAGLE-1 static tree (default for draft "
+                        "models) or an EAGLE-2 dynamic tree")
+    g.add_argument("--num-draft-tokens", type=int, default=5, help="chain length γ (default 5)")
+    g.add_argument("--tree-top-k", type=int, default=10, help="dynamic tree: children per expanded node")
+    g.add_argument("--tree-depth", type=int, default=6, help="dynamic tree: longest path in draft tokens")
+    g.add_argument("--tree-total-tokens", type=int, default=60,
+                   help="dynamic tree: tokens verified per round, root included")
+
+
+def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+    g = p.add_argument_group("models")
+    g.add_argument("--target", required=True, help="target model folder (or hub id)")
+    g.add_argument("--draft", default="self",
+                   help="draft model folder of the same family, or 'self' (the target drafts for itself; default)")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present, all GPUs), cpu, cuda, cuda:1, ...")
+    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="weights dtype (auto: the checkpoint's on GPU, float32 on CPU)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="specvlm", description="Lossless speculative decoding for VLMs.")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    gen = sub.add_parser("generate", help="answer a prompt about images or a video, speculatively",
+                         description="Generate with speculative decoding; the output equals the target's own.")
+    _add_model_arguments(gen)
+    gen.add_argument("--prompt", required=True, help="the question or instruction")
+    _add_decoding_arguments(gen)
+    gen.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, stats)")
+    gen.set_defaults(func=cmd_generate)
+
+    demo = sub.add_parser("demo", help="run the bundled demo (no downloads)",
+                          description="Speculative decoding on small bundled models, checked against the target.")
+    demo.add_argument("--max-new-tokens", type=int, default=64)
+    demo.set_defaults(func=cmd_demo)
+    return parser
+
+
+def main(argv: list[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return args.func(args) or 0
+    except SpecVLMError as err:
+        print(f"specvlm: error: {err}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("specvlm: interrupted", file=sys.stderr)
+        return 130
+    except Exception as err:  # a bug, not bad input: one line unless asked for the traceback
+        if os.environ.get("SPECVLM_DEBUG"):
+            raise
+        print(f"specvlm: error: {type(err).__name__}: {err} (set SPECVLM_DEBUG=1 for the traceback)",
+              file=sys.stderr)
+        return 1
+
+
+def _check_decoding(args) -> None:
+    if args.max_new_tokens < 1:
+        raise SpecVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if args.temperature < 0:
+        raise SpecVLMError(f"--temperature must be >= 0, got {args.temperature}")
+
+
+def _decoding_options(args) -> dict:
+    sample = args.temperature > 0
+    return dict(max_new_tokens=args.max_new_tokens, do_sample=sample,
+                **(dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k) if sample else {}))
+
+
+def cmd_generate(args) -> int:
+    import torch
+
+    from .generator import SpeculativeGenerator
+    from .loading import load_model, load_tokenizer
+
+    _check_decoding(args)
+    if not args.prompt.strip():
+        raise SpecVLMError("--prompt is empty")
+    progress = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    progress(f"loading target {args.target} ...")
+    target, tokenizer = load_model(args.target, args.dtype, args.device), load_tokenizer(args.target)
+    draft = "self"
+    if args.draft != "self":
+        progress(f"loading draft {args.draft} ...")
+        draft = load_model(args.draft, args.dtype, args.device)
+        from .compat import check_tokenizers
+        check_tokenizers(tokenizer, load_tokenizer(args.draft))
+    gen = SpeculativeGenerator(target, draft, tokenizer=tokenizer, tree=args.tree,
+                               num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
+                               tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens)
+    inputs = _text_inputs(tokenizer, args.prompt)
+    with torch.no_grad():
+        if args.json:
+            out = gen.generate(**inputs, **_decoding_options(args))
+            print(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict()}))
+            return 0
+        for piece in gen.stream(**inputs, **_decoding_options(args)):
+            print(piece, end="", flush=True)
+    print()
+    print(gen.stats.summary(), file=sys.stderr)
+    return 0
+
+
+def _text_inputs(tokenizer, prompt: str) -> dict:
+    messages = [{"role": "user", "content": prompt}]
+    if getattr(tokenizer, "chat_template", None):
+        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
+                                            return_dict=True)["input_ids"]
+    else:
+        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
+    return {"input_ids": ids}
+
+
+def cmd_demo(args) -> int:
+    from .demo import run_demo
+
+    return run_demo(max_new_tokens=args.max_new_tokens)

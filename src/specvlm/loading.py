@@ -1,0 +1,69 @@
+"""Loading models and tokenizers from a local folder or a Hugging Face hub id, with one-line errors."""
+
+from __future__ import annotations
+
+import re
+from pathlib import Path
+
+import torch
+
+from .adapters import ADAPTERS
+from .errors import SpecVLMError
+
+_HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
+_DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
+
+
+def resolve(name: str) -> str:
+    """A local model folder, or a hub id (`org/name`) when no such folder exists."""
+    path = Path(name).expanduser()
+    if path.exists():
+        if not path.is_dir():
+            raise SpecVLMError(f"{name}: not a model folder (it is a file)")
+        if not (path / "config.json").is_file():
+            raise SpecVLMError(f"{name}: not a model folder (no config.json)")
+        return str(path)
+    if _HUB_ID.match(name) and not name.startswith((".", "/")):
+        return name
+    raise SpecVLMError(f"model folder {name} does not exist")
+
+
+def pick_device(device: str) -> str:
+    if device == "auto":
+        return "cuda" if torch.cuda.is_available() else "cpu"
+    if device.startswith("cuda") and not torch.cuda.is_available():
+        raise SpecVLMError(f"--device {device}: no CUDA device is available")
+    return device
+
+
+def load_model(name: str, dtype: str = "auto", device: str = "auto"):
+    """`AutoModelForImageTextToText.from_pretrained`, spread over all GPUs (`device_map="auto"`) on CUDA."""
+    from transformers import AutoConfig, AutoModelForImageTextToText
+
+    where = resolve(name)
+    try:
+        config = AutoConfig.from_pretrained(where)
+    except (OSError, ValueError) as err:
+        raise SpecVLMError(f"cannot read the model config of {name}: {str(err).splitlines()[0]}") from None
+    if config.model_type not in ADAPTERS:
+        raise SpecVLMError(f"{name} is a {config.model_type!r} model; specvlm supports {', '.join(sorted(ADAPTERS))}")
+    device = pick_device(device)
+    kwargs = {"dtype": _DTYPES[dtype] if dtype in _DTYPES else ("auto" if device != "cpu" else torch.float32)}
+    if device == "cuda":
+        kwargs["device_map"] = "auto"
+    try:
+        model = AutoModelForImageTextToText.from_pretrained(where, **kwargs)
+    except (OSError, ValueError) as err:
+        raise SpecVLMError(f"cannot load {name}: {str(err).splitlines()[0]}") from None
+    if device not in ("cpu", "cuda"):
+        model = model.to(device)
+    return model.eval()
+
+
+def load_tokenizer(name: str):
+    from transformers import AutoTokenizer
+
+    try:
+        return AutoTokenizer.from_pretrained(resolve(name))
+    except (OSError, ValueError) as err:
+        raise SpecVLMError(f"cannot load the tokenizer of {name}: {str(err).splitlines()[0]}") from None
