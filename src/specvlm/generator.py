@@ -17,9 +17,12 @@ from typing import Iterator
 
 import torch
 from .adapters import adapter_for
+from .adapters.capture import AttentionCapture
 from .compat import check_models
 from .drafters import DraftContext, DraftModelDrafter, Drafter
 from .drafters.draft_model import seen_rows
+from .errors import SpecVLMError
+from .pruning import METHODS, NEEDS_SCORES, Layout, budget, select
 from .sampling import Sampling, effective_config
 from .sampling import max_new_tokens as max_new_tokens_for
 from .session import ModelSession
@@ -42,10 +45,17 @@ class SpeculativeGenerator:
     `num_draft_tokens` (chain length γ, default 5), `tree_top_k` (10), `tree_depth` (6, longest path in draft
     tokens), `tree_total_tokens` (60, tokens verified per round including the root), `processor` / `tokenizer`
     (for `.text` and `stream`).
+
+    Visual pruning of the draft's prompt (the target always sees everything): `pruning` ("none" or a method of
+    `specvlm.pruning.METHODS`, e.g. "specvlm"), `visual_keep_ratio` (default 0.1), `stage1_mass` (λ, 0.4),
+    `draft_positions` ("original": kept tokens keep their position ids, the default for Qwen's M-RoPE;
+    "contiguous": the shorter prompt is renumbered, the default otherwise), `pruning_seed` (for "random").
     """
 
     def __init__(self, target, draft="self", *, processor=None, tokenizer=None, tree: str | None = None,
-                 num_draft_tokens: int = 5, tree_top_k: int = 10, tree_depth: int = 6, tree_total_tokens: int = 60):
+                 num_draft_tokens: int = 5, tree_top_k: int = 10, tree_depth: int = 6, tree_total_tokens: int = 60,
+                 pruning: str = "none", visual_keep_ratio: float | None = None, stage1_mass: float = 0.4,
+                 draft_positions: str | None = None, pruning_seed: int = 0):
         self.model = target
         self.target = adapter_for(target)
         if isinstance(draft, Drafter):
@@ -53,7 +63,7 @@ class SpeculativeGenerator:
         elif isinstance(draft, str) and draft == "self":
             self.drafter = DraftModelDrafter(adapter_for(target), reuse_target_prompt=True)
         elif isinstance(draft, str):
-            raise ValueError(f"draft must be a model, 'self' or a Drafter, got the string {draft!r}")
+            raise SpecVLMError(f"draft must be a model, 'self' or a Drafter, got the string {draft!r}")
         else:
             draft_adapter = adapter_for(draft)
             check_models(self.target, draft_adapter)
@@ -61,6 +71,17 @@ class SpeculativeGenerator:
         self.tree = TreeSpec(kind=tree or "static", num_draft_tokens=num_draft_tokens, top_k=tree_top_k,
                              depth=tree_depth, total_tokens=tree_total_tokens)
         self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
+        if pruning != "none" and pruning not in METHODS:
+            raise SpecVLMError(f"unknown pruning method {pruning!r}; choose from none, {', '.join(METHODS)}")
+        if pruning == "none" and visual_keep_ratio is not None:
+            raise SpecVLMError("visual_keep_ratio needs a pruning method, e.g. pruning='specvlm'")
+        if draft_positions not in (None, "original", "contiguous"):
+            raise SpecVLMError(f"draft_positions must be 'original' or 'contiguous', got {draft_positions!r}")
+        self.pruning, self.stage1_mass, self.pruning_seed = pruning, stage1_mass, pruning_seed
+        self.visual_keep_ratio = 0.1 if visual_keep_ratio is None else visual_keep_ratio
+        budget(1, self.visual_keep_ratio)  # validates the ratio
+        self.contiguous_positions = (draft_positions or ("original" if self.target.uses_mrope else "contiguous")) \
+            == "contiguous"
 
     # ---- public API ------------------------------------------------------------------------------------------
     def generate(self, input_ids=None, **kwargs) -> SpecOutput:
@@ -117,9 +138,10 @@ class SpeculativeGenerator:
         started = time.perf_counter()
         prompt = self.target.prepare(inputs)
         target = ModelSession(self.target)
-        logits, hidden = target.prefill(prompt)
+        logits, hidden, keep = self._prefill(target, prompt, stats)
         vocab = logits.shape[-1]
-        self.drafter.begin(DraftContext(draft_inputs, prompt, hidden, sampling, self.tree, vocab, generator))
+        self.drafter.begin(DraftContext(draft_inputs, prompt, hidden, sampling, self.tree, vocab, generator,
+                                        keep, self.contiguous_positions))
         seen = None
         if sampling.uses_history:  # repetition penalty: ids in the prompt and everything generated so far
             seen = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
@@ -154,6 +176,27 @@ class SpeculativeGenerator:
             yield new
         stats.target_forwards, stats.draft_forwards = target.forwards, self.drafter.forwards
         stats.decode_s = time.perf_counter() - started - stats.prefill_s
+
+    def _prefill(self, target: ModelSession, prompt, stats: SpecStats):
+        """Target prefill; with pruning, also the verifier's attention scores and the draft's kept visual tokens."""
+        visual = prompt.visual_mask.nonzero().flatten()
+        if self.pruning == "none" or visual.numel() == 0:
+            return *target.prefill(prompt), None
+        scores = None
+        if self.pruning in NEEDS_SCORES:
+            with AttentionCapture(self.target, int(visual.max()) + 1, visual) as capture:
+                logits, hidden = target.prefill(prompt)
+            scores = capture.scores
+        else:
+            logits, hidden = target.prefill(prompt)
+        started = time.perf_counter()
+        layout = Layout(tuple((span.grid, span.tail, span.length) for span in prompt.spans))
+        keep = select(self.pruning, visual.numel(), self.visual_keep_ratio, scores=scores, layout=layout,
+                      features=prompt.embeds[0, visual.to(prompt.embeds.device)], stage1_mass=self.stage1_mass,
+                      seed=self.pruning_seed)
+        stats.selection_s = time.perf_counter() - started
+        stats.visual_tokens, stats.kept_visual_tokens = visual.numel(), keep.numel()
+        return logits, hidden, keep
 
 
 def _accept(logits: torch.Tensor, tree: DraftTree, sampling: Sampling, seen, generator) -> tuple[list[int], int]:

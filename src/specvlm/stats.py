@@ -23,6 +23,9 @@ class SpecStats:
     decode_s: float = 0.0
     target_prompt_tokens: int = 0
     draft_prompt_tokens: int = 0
+    visual_tokens: int = 0          # visual tokens the target saw (counted when pruning)
+    kept_visual_tokens: int = 0     # of those, the ones the draft kept
+    selection_s: float = 0.0        # time to choose them (the attention capture runs inside the target prefill)
 
     @property
     def mean_accepted_tokens(self) -> float:

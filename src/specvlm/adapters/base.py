@@ -52,6 +52,30 @@ class Prompt:
             mask[span.start: span.start + span.length] = True
         return mask
 
+    def keep_visual(self, keep: torch.Tensor, contiguous: bool, positions_of) -> "Prompt":
+        """This prompt with only the visual tokens `keep` (indices among its visual tokens, in order) and all text.
+        Positions: `contiguous` renumbers the shorter sequence 0..L'-1 (`positions_of` formats them for the model);
+        otherwise every kept token keeps its original position id (Qwen's stock (t, h, w) M-RoPE ids) and
+        generation continues at the full prompt's next position."""
+        visual = self.visual_mask.nonzero().flatten()
+        dropped = torch.ones(visual.numel(), dtype=torch.bool)
+        dropped[keep.long()] = False
+        rows = torch.ones(len(self), dtype=torch.bool)
+        rows[visual[dropped]] = False
+        index = rows.nonzero().flatten()
+        spans = []
+        for span in self.spans:
+            kept = int(rows[span.start: span.start + span.length].sum())
+            new_start = int(rows[: span.start].sum())
+            if kept:
+                spans.append(VisualSpan(span.modality, new_start, kept, None, 0))
+        if contiguous:
+            positions, next_position = positions_of(torch.arange(index.numel())), index.numel()
+        else:
+            positions, next_position = self.positions[..., index.to(self.positions.device)], self.next_position
+        return Prompt(self.input_ids[:, index], self.embeds[:, index.to(self.embeds.device)], positions,
+                      int(next_position), spans)
+
 
 def feature_items(pooler_output, hidden_size: int) -> list[torch.Tensor]:
     """HF returns visual features as one tensor (items stacked on dim 0) or a tuple of per-item tensors; this gives

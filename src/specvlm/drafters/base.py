@@ -26,6 +26,8 @@ class DraftContext:
     tree: TreeSpec
     vocab_size: int               # width of the target's logits; draft distributions are fitted to it
     generator: torch.Generator | None = None
+    visual_keep: torch.Tensor | None = None   # pruning: indices of the visual tokens the draft keeps
+    contiguous_positions: bool = False        # pruning: renumber the draft's shorter prompt 0..L'-1
 
 
 class Drafter:

@@ -12,6 +12,7 @@ from __future__ import annotations
 import torch
 
 from ..adapters import VLMAdapter
+from ..errors import SpecVLMError
 from ..sampling import sample_from
 from ..session import ModelSession
 from ..tree import DraftTree, node_depths
@@ -41,6 +42,12 @@ class DraftModelDrafter(Drafter):
     def begin(self, ctx: DraftContext) -> None:
         self.ctx = ctx
         prompt = ctx.target_prompt if self.reuse_target_prompt else self.adapter.prepare(ctx.inputs)
+        if ctx.visual_keep is not None:
+            n_target = int(ctx.target_prompt.visual_mask.sum())
+            if int(prompt.visual_mask.sum()) != n_target:
+                raise SpecVLMError("visual pruning needs the draft to see the same visual tokens as the target: "
+                                   f"it has {int(prompt.visual_mask.sum())}, the target {n_target}")
+            prompt = prompt.keep_visual(ctx.visual_keep, ctx.contiguous_positions, self.adapter.positions)
         self.session = ModelSession(self.adapter)
         self.session.prefill(prompt)
         self.prompt_tokens = len(prompt)
