@@ -1,0 +1,174 @@
+"""Command-line hooks: `add_input_arguments(parser)` and `inputs_from_args(args, model_dir, model_config)`.
+
+`inputs_from_args` checks every input before any heavy work, decodes the video once, and runs the target's
+processor (and the draft's, when a draft folder is given and its preprocessing differs). Every problem a user can
+fix raises `InputError` with a one-line message.
+"""
+
+from __future__ import annotations
+
+import time
+from typing import Callable
+
+import torch
+
+from .errors import InputError
+from .image import load_image
+from .processor import FAMILIES, build_inputs, load_processor
+from .video import check_sampling, load_video, sampler
+
+DEFAULT_NUM_FRAMES = 8
+# Families whose processors read the same prompt placeholders and pixels layout (draft and target may differ here).
+_INPUT_GROUP = {"qwen2_vl": "qwen", "qwen2_5_vl": "qwen", "llava_onevision": "llava_onevision"}
+
+
+def add_input_arguments(parser) -> None:
+    g = parser.add_argument_group("inputs")
+    g.add_argument("--video", metavar="FILE", help="video file (mp4, webm, mkv, avi, mov)")
+    g.add_argument("--image", metavar="FILE", action="append", default=[],
+                   help="image file (jpg, png, webp); repeat for several images")
+    if "--prompt" not in parser._option_string_actions:   # the caller may already define it
+        g.add_argument("--prompt", metavar="TEXT", help="the question or instruction")
+    g.add_argument("--num-frames", type=int, default=None, metavar="N",
+                   help=f"video frames sampled uniformly over the whole video (default {DEFAULT_NUM_FRAMES})")
+    g.add_argument("--fps", type=float, default=None, metavar="X",
+                   help="sample X frames per second of video instead of a fixed --num-frames")
+    g.add_argument("--max-pixels", type=int, default=None, metavar="N",
+                   help="Qwen-VL: resize each image / frame to at most N pixels (fewer visual tokens)")
+
+
+def inputs_from_args(args, model_dir, model_config, draft_dir=None, draft_config=None,
+                     progress: Callable[[str], None] | None = None, report: dict | None = None) -> dict:
+    """Model inputs for `args` (parsed with `add_input_arguments`), ready for `model.generate(**inputs)`.
+
+    With `draft_dir` / `draft_config`, a draft whose processor prepares different pixels or placeholder counts
+    gets its own inputs under the key "draft_inputs" (what `SpeculativeGenerator.generate` takes; pop it before
+    calling HF `generate`). `progress(message)` hears about long decodes; `report`, when given, is filled with
+    frames, decode_s, preprocess_s, prompt_tokens, visual_tokens."""
+    if (draft_dir is None) != (draft_config is None):
+        raise ValueError("give both draft_dir and draft_config, or neither")
+    say = progress or (lambda message: None)
+    prompt = getattr(args, "prompt", None)
+    if prompt is None or not prompt.strip():
+        raise InputError("--prompt is empty: give a question or instruction")
+    images, video_path = list(getattr(args, "image", None) or []), getattr(args, "video", None)
+    family = _check_model(model_dir, model_config, bool(images), video_path is not None)
+    if draft_config is not None:
+        draft_family = _check_model(draft_dir, draft_config, bool(images), video_path is not None, role="draft")
+        if _INPUT_GROUP[draft_family] != _INPUT_GROUP[family]:
+            raise InputError(f"draft {draft_dir} ({draft_family}) cannot draft for target {model_dir} ({family}): "
+                             "different model families read different inputs")
+    num_frames, fps = getattr(args, "num_frames", None), getattr(args, "fps", None)
+    if video_path is not None and num_frames is None and fps is None:
+        num_frames = DEFAULT_NUM_FRAMES
+    check_sampling(num_frames, fps)
+    max_pixels, max_new_tokens = getattr(args, "max_pixels", None), getattr(args, "max_new_tokens", 0) or 0
+    processor = _load_checked(model_dir, family, model_config)
+    size_options = _size_options(processor, family, max_pixels)
+
+    started = time.perf_counter()
+    pictures = [load_image(path) for path in images]
+    video = None
+    if video_path is not None:
+        say(f"decoding {video_path} ...")
+        sample = sampler(num_frames, fps, sample_frames=processor.video_processor.sample_frames)
+        video = load_video(video_path, sample_indices_fn=sample, progress=_throttled(say, video_path))
+        say(f"decoded {len(video.indices)} of {video.total_frames} frames from {video_path}")
+    decoded = time.perf_counter()
+    inputs = build_inputs(processor, prompt, pictures, video, **size_options)
+    _check_context(inputs, model_config, model_dir, max_new_tokens, processor)
+    if draft_config is not None:
+        draft_processor = _load_checked(draft_dir, draft_config.model_type, draft_config)
+        draft_inputs = build_inputs(draft_processor, prompt, pictures, video,
+                                    **_size_options(draft_processor, draft_config.model_type, max_pixels))
+        if not torch.equal(_text_ids(inputs, processor), _text_ids(draft_inputs, draft_processor)):
+            raise InputError(f"the tokenizers of {model_dir} and {draft_dir} turn the prompt into different tokens: "
+                             "target and draft must share a tokenizer")
+        if not _same(inputs, draft_inputs):   # e.g. another image size: the draft reads its own pixels
+            _check_context(draft_inputs, draft_config, draft_dir, max_new_tokens, draft_processor)
+            inputs["draft_inputs"] = draft_inputs
+    if report is not None:
+        ids = inputs["input_ids"][0]
+        report.update(frames=len(video.indices) if video else 0, images=len(pictures), decode_s=decoded - started,
+                      preprocess_s=time.perf_counter() - decoded, prompt_tokens=int(ids.numel()),
+                      visual_tokens=int(torch.isin(ids, _visual_ids(processor)).sum()))
+    return inputs
+
+
+def _check_model(model_dir, config, has_images: bool, has_video: bool, role: str = "target") -> str:
+    family = getattr(config, "model_type", None)
+    if family not in FAMILIES:
+        raise InputError(f"{role} {model_dir} is a {family!r} model; specvlm's inputs support "
+                         f"{', '.join(sorted(FAMILIES))}")
+    if has_images and getattr(config, "image_token_id", None) is None:
+        raise InputError(f"{role} {model_dir} takes no images (video-only model); drop --image")
+    if has_video and getattr(config, "video_token_id", None) is None:
+        raise InputError(f"{role} {model_dir} takes no video (image-only model); drop --video")
+    return family
+
+
+def _load_checked(model_dir, family, config):
+    """The folder's processor, checked to speak the model's placeholder ids (a mismatched tokenizer would put the
+    pixels nowhere, or index past the embedding table)."""
+    processor = load_processor(model_dir, family=family)
+    for what in ("image_token_id", "video_token_id"):
+        ours, theirs = getattr(processor, what, None), getattr(config, what, None)
+        if ours is not None and theirs is not None and ours != theirs:
+            raise InputError(f"the tokenizer in {model_dir} maps {what.replace('_id', '')} to {ours} but the model "
+                             f"expects {theirs}: tokenizer and model do not belong together")
+    return processor
+
+
+def _size_options(processor, family: str, max_pixels: int | None) -> dict:
+    if max_pixels is None:
+        return {}
+    if not family.startswith("qwen"):
+        raise InputError("--max-pixels applies to Qwen2-VL / Qwen2.5-VL; LLaVA-OneVision uses fixed-size tiles")
+    out = {}
+    for key, sub in (("images_kwargs", processor.image_processor), ("videos_kwargs", processor.video_processor)):
+        size = dict(sub.size)
+        if max_pixels < size["shortest_edge"]:
+            raise InputError(f"--max-pixels {max_pixels} is below the processor's minimum {size['shortest_edge']}")
+        out[key] = {"size": {"shortest_edge": size["shortest_edge"], "longest_edge": max_pixels}}
+    return out
+
+
+def _check_context(inputs, config, model_dir, max_new_tokens: int, processor) -> None:
+    context = getattr(config.get_text_config(), "max_position_embeddings", None)
+    length = int(inputs["input_ids"].shape[1])
+    if context is None or length + max_new_tokens <= context:
+        return
+    visual = int(torch.isin(inputs["input_ids"][0], _visual_ids(processor)).sum())
+    advice = "use fewer frames (--num-frames / --fps)" + (" or a smaller --max-pixels"
+                                                         if config.model_type.startswith("qwen") else "")
+    raise InputError(f"the prompt has {length} tokens ({visual} visual) plus {max_new_tokens} new tokens, but "
+                     f"{model_dir} reads at most {context} (max_position_embeddings); {advice}")
+
+
+def _visual_ids(processor) -> torch.Tensor:
+    ids = (getattr(processor, "image_token_id", None), getattr(processor, "video_token_id", None))
+    return torch.tensor([t for t in ids if t is not None], dtype=torch.long)
+
+
+def _text_ids(inputs, processor):
+    ids = inputs["input_ids"][0]
+    return ids[~torch.isin(ids, _visual_ids(processor))]
+
+
+def _same(a: dict, b: dict) -> bool:
+    if a.keys() != b.keys():
+        return False
+    return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
+
+
+def _throttled(say, path, every_s: float = 1.0):
+    """A load_video progress callback that speaks at most once per `every_s` seconds."""
+    last = [time.perf_counter()]
+
+    def progress(done: int, needed: int) -> None:
+        now = time.perf_counter()
+        if now - last[0] >= every_s:
+            last[0] = now
+            say(f"decoding {path}: frame {done} of {needed}")
+
+    return progress

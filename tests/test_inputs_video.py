@@ -1,0 +1,180 @@
+"""Video decoding: formats, uniform / fps sampling, timestamps, HF parity of the frames, and every bad input."""
+
+import os
+
+import numpy as np
+import pytest
+
+from specvlm.inputs import InputError, load_video, sampler, uniform_indices
+from specvlm.inputs.testing import frame_index, index_frames, write_video
+from specvlm.inputs.video_processors import QwenVLVideoProcessor
+
+
+@pytest.fixture(scope="module")
+def clip(tmp_path_factory):
+    """30 frames at 10 fps, 64x48, each frame carrying its own index."""
+    return write_video(tmp_path_factory.mktemp("v") / "clip.mp4", index_frames(30), fps=10)
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".webm", ".mkv", ".avi", ".mov"])
+def test_every_container_decodes_the_sampled_frames(tmp_path, ext):
+    path = write_video(tmp_path / f"c{ext}", index_frames(20), fps=10)
+    video = load_video(path, num_frames=4)
+    assert video.frames.shape == (4, 48, 64, 3) and video.frames.dtype == np.uint8
+    assert video.total_frames == 20          # webm / mkv have no header count: packets are counted
+    assert video.indices == [0, 5, 10, 15]
+    assert [frame_index(f) for f in video.frames] == video.indices
+    assert video.fps == pytest.approx(10.0)
+
+
+def test_uniform_indices_are_hf_default_rule(clip):
+    from transformers.video_utils import VideoMetadata, default_sample_indices_fn
+
+    for total, n in [(30, 8), (30, 7), (300, 16), (10, 10), (5, 3)]:
+        hf = default_sample_indices_fn(VideoMetadata(total_num_frames=total, fps=10.0), num_frames=n)
+        assert uniform_indices(total, n).tolist() == hf.tolist()
+    assert uniform_indices(30, 8).tolist() == [0, 3, 7, 11, 15, 18, 22, 26]   # i * 30 // 8
+    assert uniform_indices(4, 8).tolist() == [0, 1, 2, 3]                      # capped at the frame count
+
+
+def test_frames_and_metadata_equal_hf_load_video(clip):
+    from transformers.video_utils import load_video as hf_load_video
+
+    ours = load_video(clip, num_frames=8)
+    frames, metadata = hf_load_video(str(clip), num_frames=8, backend="pyav")
+    assert np.array_equal(ours.frames, frames)
+    assert ours.indices == list(metadata.frames_indices)
+    assert ours.metadata.total_num_frames == metadata.total_num_frames and ours.metadata.fps == metadata.fps
+    assert ours.metadata.sampled_fps == pytest.approx(metadata.sampled_fps)
+
+
+def test_timestamps_are_presentation_times(clip):
+    video = load_video(clip, num_frames=5)
+    assert video.indices == [0, 6, 12, 18, 24]
+    assert video.timestamps == pytest.approx([i / 10 for i in video.indices])
+    assert video.sampled_fps == pytest.approx(5 / 30 * 10)
+
+
+def test_fps_sampling(clip):
+    video = load_video(clip, fps=2)               # 3 s at 2 fps: 6 frames, HF rule int(30 / 10 * 2)
+    assert len(video.indices) == 6 and video.indices == uniform_indices(30, 6).tolist()
+    assert [frame_index(f) for f in video.frames] == video.indices
+    assert len(load_video(clip, fps=50).indices) == 30   # capped at the video's own rate
+
+
+def test_no_sampling_argument_decodes_every_frame(clip):
+    assert load_video(clip).indices == list(range(30))
+
+
+def test_more_frames_than_the_video_has_gives_every_frame(clip):
+    assert load_video(clip, num_frames=100).indices == list(range(30))
+
+
+def test_decoding_stops_after_the_last_sampled_frame(clip):
+    seen = []
+    load_video(clip, sample_indices_fn=lambda md: [0, 2, 4], progress=lambda done, needed: seen.append(done))
+    assert max(seen) == 5       # frames 0..4 decoded, not the other 25
+
+
+def test_qwen_sampling_rule():
+    """Qwen2VLVideoProcessor.sample_frames by hand: N rounded to a multiple of 2, frames at float steps T / N."""
+    from transformers.video_utils import VideoMetadata
+
+    qwen = QwenVLVideoProcessor()
+    md = VideoMetadata(total_num_frames=30, fps=10.0)
+    assert qwen.sample_frames(md, num_frames=8).tolist() == [0, 3, 7, 11, 15, 18, 22, 26]
+    assert qwen.sample_frames(md, num_frames=5).tolist() == [0, 7, 15, 22]          # round(2.5) * 2 = 4
+    assert qwen.sample_frames(md, fps=1.0).tolist() == [0, 7, 15, 22]               # 3 s -> min_frames 4
+    assert qwen.sample_frames(md, fps=2.0).tolist() == [0, 5, 10, 15, 20, 25]
+    assert qwen.sample_frames(VideoMetadata(total_num_frames=1, fps=10.0), num_frames=1).tolist() == [0]
+
+
+def test_processor_sampler_is_followed(clip):
+    sample = sampler(num_frames=5, sample_frames=QwenVLVideoProcessor().sample_frames)
+    assert load_video(clip, sample_indices_fn=sample).indices == [0, 7, 15, 22]
+
+
+# ---- bad input: one line, InputError -------------------------------------------------------------------------------
+def _error(call) -> str:
+    with pytest.raises(InputError) as info:
+        call()
+    message = str(info.value)
+    assert "\n" not in message and message
+    return message
+
+
+def test_missing_file(tmp_path):
+    assert "does not exist" in _error(lambda: load_video(tmp_path / "nope.mp4"))
+
+
+def test_directory_instead_of_file(tmp_path):
+    (tmp_path / "d.mp4").mkdir()
+    assert "directory" in _error(lambda: load_video(tmp_path / "d.mp4"))
+
+
+def test_unsupported_extension(tmp_path):
+    (tmp_path / "clip.gif").write_bytes(b"GIF89a")
+    assert "unsupported format" in _error(lambda: load_video(tmp_path / "clip.gif"))
+
+
+@pytest.mark.parametrize("content", [b"", b"hello, not a video", os.urandom(4096)])
+def test_unreadable_file(tmp_path, content):
+    (tmp_path / "bad.mp4").write_bytes(content)
+    assert "cannot read video" in _error(lambda: load_video(tmp_path / "bad.mp4"))
+
+
+def _faststart_noise_mp4(path, frames=20):
+    """An mp4 whose header (moov) comes first and whose frames are noise, so every byte cut or zeroed hits data."""
+    import av
+
+    with av.open(str(path), "w", options={"movflags": "faststart"}) as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        rng = np.random.default_rng(0)
+        for _ in range(frames):
+            frame = av.VideoFrame.from_ndarray(rng.integers(0, 255, (48, 64, 3), dtype=np.uint8), format="rgb24")
+            for packet in stream.encode(frame):
+                container.mux(packet)
+        for packet in stream.encode():
+            container.mux(packet)
+    return path
+
+
+def test_truncated(tmp_path):
+    path = _faststart_noise_mp4(tmp_path / "full.mp4")
+    data = path.read_bytes()
+    (tmp_path / "cut.mp4").write_bytes(data[: int(len(data) * 0.6)])
+    assert "truncated" in _error(lambda: load_video(tmp_path / "cut.mp4", num_frames=8))
+
+
+def test_corrupt_middle(tmp_path):
+    path = _faststart_noise_mp4(tmp_path / "mid.mp4")
+    data = bytearray(path.read_bytes())
+    data[len(data) // 2: len(data) // 2 + 2000] = bytes(2000)
+    path.write_bytes(bytes(data))
+    assert "corrupt" in _error(lambda: load_video(path))
+
+
+def test_zero_decodable_frames(tmp_path):
+    import av
+
+    path = tmp_path / "empty.mp4"              # a valid file whose video track never got a frame
+    with av.open(str(path), "w") as container:
+        stream = container.add_stream("libx264", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        container.start_encoding()
+    assert "no decodable frames" in _error(lambda: load_video(path))
+
+
+@pytest.mark.parametrize("n", [0, -3])
+def test_num_frames_must_be_positive(clip, n):
+    assert "--num-frames" in _error(lambda: load_video(clip, num_frames=n))
+
+
+@pytest.mark.parametrize("fps", [0, -1.5])
+def test_fps_must_be_positive(clip, fps):
+    assert "--fps" in _error(lambda: load_video(clip, fps=fps))
+
+
+def test_num_frames_and_fps_together(clip):
+    assert "not both" in _error(lambda: load_video(clip, num_frames=4, fps=2))
