@@ -1,0 +1,293 @@
+"""EagleVLM: an EAGLE-2 draft head that reads the target's own features (SpecVLM §3.3).
+
+    x_i          = fc([e_{i+1} ‖ f_i])        e: input embedding of token i+1 (at visual positions the projector
+                                              output, i.e. the target's merged prompt embeds); f_i: the target's
+                                              final post-norm hidden state at i (what its LM head reads)
+    f̂_{i+1}      = DecoderLayer(x)_i          ONE layer of the target's own HF class (Qwen2DecoderLayer, ...)
+                                              WITH its input RMSNorm (the paper's one change to EAGLE)
+    next token   ~ lm_head(f̂_{i+1})           the target's frozen LM head, shared by reference, never saved
+
+Sequence and positions. The head runs over its own sequence of pairs: the prompt's pairs 0..L-2 (prefilled in
+`begin`, visual spans optionally shortened by a `VisualCompressor`), then one pair per committed token. Positions
+are contiguous 1-D over that sequence (its cache length is its position counter), for every family: a Qwen2.5-VL
+head uses the target's M-RoPE layer with the same id on all three axes, which is plain 1-D RoPE, so compression
+never has to invent grid positions. Tree nodes sit at root + depth; siblings share a position.
+
+Each round: feed the pairs that became known at the last verification (accepted tokens and the new root, each
+with the TARGET's feature of its predecessor, from `commit`), causally; then grow the tree, where a node's pair
+uses the head's own output at its parent (the target has not seen it yet). Tree entries are dropped from the head's
+cache before the round ends: accepted nodes are recomputed next round with the target's true features.
+
+Visual span: a head with a `VisualCompressor` compresses the fc outputs of the pairs whose embedding is visual
+(the gate reads the target's pooled question features); with the generator's `pruning` option (the first paper's
+verifier-guided selection) the head instead keeps only the pairs of the selected visual tokens.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+from pathlib import Path
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+from transformers import DynamicCache
+
+from ..adapters import adapter_for, keep_cache_entries
+from ..compressor import VisualCompressor, compress_sequence, question_features
+from ..errors import SpecVLMError
+from ..sampling import sample_from
+from ..tree import DraftTree, additive_mask, node_depths
+from .base import DraftContext, Drafter, fit_vocab
+from .draft_model import seen_rows
+
+CONFIG_NAME, WEIGHTS_NAME, FORMAT = "config.json", "model.safetensors", "specvlm-eagle-head"
+
+
+def target_signature(adapter) -> dict:
+    """What a head's weights depend on: the target's architecture and text sizes."""
+    t = adapter.text_config
+    return dict(architecture=type(adapter.model).__name__, model_type=adapter.config.model_type,
+                text_model_type=t.model_type, hidden_size=int(t.hidden_size),
+                intermediate_size=int(t.intermediate_size), num_attention_heads=int(t.num_attention_heads),
+                num_key_value_heads=int(getattr(t, "num_key_value_heads", t.num_attention_heads)),
+                head_dim=int(getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads),
+                vocab_size=adapter.vocab_size)
+
+
+def head_text_config(adapter):
+    """The target's text config cut to one full-attention layer; SDPA unless the target runs eager attention
+    (the head needs arbitrary 4-D tree masks, which flash kernels do not take)."""
+    config = copy.deepcopy(adapter.text_config)
+    config.num_hidden_layers = 1
+    if getattr(config, "layer_types", None) is not None:
+        config.layer_types = ["full_attention"]
+    config.use_sliding_window = False
+    if getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
+        config._attn_implementation = "sdpa"
+    return config
+
+
+class EagleHead(nn.Module, Drafter):
+    """`EagleHead.init_for(target)` (untrained), `EagleHead.from_pretrained(path, target)`, `save_pretrained(path)`;
+    use it as `SpeculativeGenerator(target, head, tree="dynamic")` and train it with `specvlm.train.train_head`."""
+
+    default_tree = "dynamic"   # EAGLE-2; the generator's own default ("static") suits draft models
+
+    def __init__(self, target, compressor: VisualCompressor | None = None, dtype: torch.dtype | None = None):
+        nn.Module.__init__(self)
+        adapter = adapter_for(target)
+        self.adapter = adapter                  # a plain object: the target is not a submodule, never saved
+        self.head_config = config = head_text_config(adapter)
+        hidden = adapter.hidden_size
+        self.fc = nn.Linear(2 * hidden, hidden, bias=True)
+        self.layer = type(adapter.decoder.layers[0])(config, layer_idx=0)
+        self.rotary = type(adapter.decoder.rotary_emb)(config=config)
+        self.compressor = compressor
+        dtype = dtype or adapter.dtype
+        for module in (self.fc, self.layer, self.compressor):
+            if module is not None:
+                module.to(device=adapter.device, dtype=dtype)
+        self.rotary.to(device=adapter.device)   # inv_freq stays float32
+        self.eval()
+
+    # ---- construction and files --------------------------------------------------------------------------------
+    @classmethod
+    def init_for(cls, target, compressor: VisualCompressor | dict | None = None, dtype=None,
+                 seed: int | None = None) -> "EagleHead":
+        """An untrained head for `target` (optionally with a compressor: a module or its config dict)."""
+        with torch.random.fork_rng(devices=[]):
+            if seed is not None:
+                torch.manual_seed(seed)
+            if isinstance(compressor, dict):
+                compressor = VisualCompressor.from_config(adapter_for(target).hidden_size, compressor)
+            return cls(target, compressor, dtype)
+
+    @property
+    def signature(self) -> dict:
+        return target_signature(self.adapter)
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.fc.weight.dtype
+
+    def trainable_parameters(self) -> int:
+        return sum(p.numel() for p in self.parameters())
+
+    def save_pretrained(self, path) -> None:
+        """`model.safetensors` (fc, layer, compressor; never the shared embeddings / LM head) + `config.json`."""
+        from safetensors.torch import save_file
+
+        path = Path(path)
+        path.mkdir(parents=True, exist_ok=True)
+        save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path / WEIGHTS_NAME))
+        config = dict(specvlm_head="eagle", format=FORMAT, version=1, target=self.signature,
+                      head_layer=type(self.layer).__name__, dtype=str(self.dtype).removeprefix("torch."),
+                      parameters=self.trainable_parameters(),
+                      compressor=self.compressor.config() if self.compressor is not None else None)
+        (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
+
+    @staticmethod
+    def is_head_folder(path) -> bool:
+        try:
+            return json.loads((Path(path) / CONFIG_NAME).read_text()).get("specvlm_head") == "eagle"
+        except (OSError, ValueError, AttributeError):
+            return False
+
+    @classmethod
+    def from_pretrained(cls, path, target, dtype: torch.dtype | None = None) -> "EagleHead":
+        """Load a head saved by `save_pretrained` for `target`; a head trained for another architecture or size
+        is a one-line `ValueError` (SpecVLMError)."""
+        from safetensors.torch import load_file
+
+        path = Path(path)
+        if not cls.is_head_folder(path):
+            raise SpecVLMError(f"{path}: not an EagleHead folder (no {CONFIG_NAME} with specvlm_head='eagle')")
+        config = json.loads((path / CONFIG_NAME).read_text())
+        saved, actual = config["target"], target_signature(adapter_for(target))
+        differ = [f"{k} {saved.get(k)} vs {actual[k]}" for k in actual if saved.get(k) != actual[k]]
+        if differ:
+            raise SpecVLMError(f"{path}: this EagleHead was trained for a {saved.get('architecture')} target, which "
+                               f"does not match this {actual['architecture']} ({'; '.join(differ)})")
+        compressor = None
+        if config.get("compressor"):
+            compressor = VisualCompressor.from_config(actual["hidden_size"], config["compressor"])
+        head = cls(target, compressor, dtype)
+        state = load_file(str(path / WEIGHTS_NAME), device=str(head.adapter.device))
+        head.load_state_dict(state, strict=True)
+        return head
+
+    # ---- the network -------------------------------------------------------------------------------------------
+    def pairs(self, embeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """fc([e ‖ f]) for rows of next-token embeddings and target features, both (n, H)."""
+        device = self.fc.weight.device   # with device_map="auto" the target's embeddings and last layer may differ
+        return self.fc(torch.cat([embeds.to(device), features.to(device)], dim=-1).to(self.dtype))
+
+    def logits(self, h: torch.Tensor) -> torch.Tensor:
+        """The target's LM head on head outputs, float32; gradients reach the head, never the target."""
+        lm_head = self.adapter.lm_head
+        if isinstance(lm_head, nn.Linear):
+            bias = lm_head.bias.detach() if lm_head.bias is not None else None
+            weight = lm_head.weight
+            return F.linear(h.to(weight.device, weight.dtype), weight.detach(), bias).float()
+        return lm_head(h.to(self.adapter.dtype)).float()
+
+    def run_layer(self, x: torch.Tensor, positions: torch.Tensor, cache: DynamicCache | None = None,
+                  mask: torch.Tensor | None = None) -> torch.Tensor:
+        """The decoder layer over rows x (n, H) at 1-D `positions` (n,), appended to `cache`; `mask` is a 4-D
+        additive mask or None for causal attention over the cache."""
+        n = x.shape[0]
+        past = cache.get_seq_length() if cache is not None else 0
+        if mask is None and n > 1 and (past > 0 or self.head_config._attn_implementation != "sdpa"):
+            mask = additive_mask(torch.ones(n, n, dtype=torch.bool).tril(), past, x.dtype, x.device)
+        pos = positions.to(x.device)[None]
+        out = self.layer(x[None], attention_mask=mask, position_ids=pos, past_key_values=cache,
+                         use_cache=cache is not None, position_embeddings=self.rotary(x[None], pos))
+        out = out[0] if isinstance(out, tuple) else out
+        return out[0]
+
+    def prompt_pairs(self, embeds: torch.Tensor, hidden: torch.Tensor, spans, prompt_end: int,
+                     features: torch.Tensor | None = None,
+                     visual_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """The head's input rows for a prompt: pairs (e_{i+1}, f_i) for i = 0..L-2, visual spans compressed.
+        `features` replaces `hidden` as the fc input (training noise); the gate always reads clean `hidden`.
+        `visual_keep` (indices among the prompt's visual tokens, e.g. the verifier-guided selection of the
+        generator's `pruning` option) keeps only the pairs of those visual tokens, instead of the compressor.
+        Returns the rows and, per pair, its row (-1 where compressed or pruned away)."""
+        features = hidden if features is None else features
+        x = self.pairs(embeds[1:], features[:-1])
+        if visual_keep is not None and spans:
+            visual = torch.cat([torch.arange(s.start, s.start + s.length) for s in spans])
+            dropped = torch.ones(visual.numel(), dtype=torch.bool)
+            dropped[visual_keep.long().cpu()] = False
+            gone = visual[dropped]
+            rows = torch.ones(x.shape[0], dtype=torch.bool)
+            rows[gone[gone >= 1] - 1] = False                  # pair i carries e_{i+1}; token 0 has no pair
+            row_of = torch.full((x.shape[0],), -1, dtype=torch.long)
+            row_of[rows] = torch.arange(int(rows.sum()))
+            return x[rows.to(x.device)], row_of.to(x.device)
+        if self.compressor is None or not spans:
+            return x, torch.arange(x.shape[0], device=x.device)
+        visual = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
+        pair_spans = []
+        for span in spans:   # pair i carries e_{i+1}: the span's pairs are [start-1, start+length-1)
+            visual[span.start: span.start + span.length] = True
+            lo, hi = max(span.start - 1, 0), min(span.start + span.length - 1, x.shape[0])
+            pair_spans.append((lo, hi - lo))
+        question = question_features(hidden, visual, prompt_end)
+        return compress_sequence(x, pair_spans, self.compressor, question)
+
+    def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, spans=(), prompt_end: int | None = None,
+                features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        """Training: the whole sequence at once (teacher forcing). Returns the head's outputs f̂ and, for each
+        pair i (predicting f_{i+1} and the token after it), its output row (-1 where compressed away)."""
+        end = hidden.shape[0] if prompt_end is None else prompt_end
+        x, row_of = self.prompt_pairs(embeds, hidden, spans, end, features)
+        return self.run_layer(x, torch.arange(x.shape[0])), row_of
+
+    # ---- Drafter -----------------------------------------------------------------------------------------------
+    @torch.no_grad()
+    def begin(self, ctx: DraftContext) -> None:
+        self.ctx = ctx
+        prompt, hidden = ctx.target_prompt, ctx.target_hidden
+        self.cache = DynamicCache(config=self.head_config)
+        self.forwards = 0
+        x, _ = self.prompt_pairs(prompt.embeds[0], hidden, prompt.spans, len(prompt),
+                                 visual_keep=getattr(ctx, "visual_keep", None))
+        if x.shape[0]:
+            self.run_layer(x, torch.arange(x.shape[0]), self.cache)
+            self.forwards += 1
+        self.length = self.prompt_tokens = x.shape[0]      # cache entries == next position
+        self.pending: list[int] = []                       # accepted tokens not yet fed
+        self.pending_features = hidden[-1:]                # target features of their predecessors (+ root's)
+
+    def _logprobs(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+        logits = fit_vocab(logits, self.ctx.vocab_size)
+        sampling = self.ctx.sampling
+        if self.ctx.tree.kind == "chain" and sampling.do_sample:
+            return sampling.probs(logits, seen).log()   # the chain samples from exactly this q
+        return sampling.logprobs(logits, seen)
+
+    def _choose(self, logprobs: torch.Tensor) -> int:
+        if self.ctx.sampling.do_sample:
+            return sample_from(logprobs.exp(), self.ctx.generator)
+        return int(logprobs.argmax())
+
+    @torch.no_grad()
+    def propose(self, root: int, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
+        feed = torch.tensor(self.pending + [root])
+        x = self.pairs(self.adapter.embed(feed)[0], self.pending_features)
+        out = self.run_layer(x, torch.arange(self.length, self.length + len(feed)), self.cache)
+        self.forwards += 1
+        self.length += len(feed)
+        root_end, root_position = self.length, self.length - 1
+        output_of = {-1: out[-1]}   # node -> head output f̂ there (-1: the root)
+        fed: list[int] = []         # nodes in cache order after root_end
+
+        def expand(tree: DraftTree, nodes) -> torch.Tensor:
+            nodes = list(nodes)
+            parents = tree.parents.tolist()
+            paths = [set(tree.path(n)) for n in nodes]
+            order = fed + nodes
+            visible = torch.tensor([[g in p for g in order] for p in paths], dtype=torch.bool)
+            x = self.pairs(self.adapter.embed(tree.tokens[nodes])[0],
+                           torch.stack([output_of[parents[n]] for n in nodes]))
+            mask = additive_mask(visible, root_end, x.dtype, x.device)
+            out = self.run_layer(x, root_position + node_depths(tree.parents)[nodes], self.cache, mask)
+            self.forwards += 1
+            fed.extend(nodes)
+            output_of.update(zip(nodes, out))
+            rows_seen = seen_rows(seen, [tree.tokens[tree.path(n)].tolist() for n in nodes])
+            return self._logprobs(self.logits(out), rows_seen)
+
+        first = self._logprobs(self.logits(out[-1:]), seen)[0]
+        tree = self.ctx.tree.build(first, expand, self._choose, max_depth)
+        keep_cache_entries(self.cache, root_end, [])   # tree entries used the head's own features: drop them
+        return tree
+
+    def commit(self, tree: DraftTree, path: list[int], next_token: int, target_hidden: torch.Tensor) -> None:
+        """Next round feeds (accepted_j, f(predecessor)) for every accepted node and (next_token, f(last)), with
+        the target's features of [root, *accepted]."""
+        self.pending = tree.tokens[path].tolist()
+        self.pending_features = target_hidden
