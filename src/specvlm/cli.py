@@ -9,6 +9,7 @@ import os
 import sys
 
 from .errors import SpecVLMError
+from .pruning import METHODS
 
 
 def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
@@ -26,6 +27,15 @@ def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree-depth", type=int, default=6, help="dynamic tree: longest path in draft tokens")
     g.add_argument("--tree-total-tokens", type=int, default=60,
                    help="dynamic tree: tokens verified per round, root included")
+    g = p.add_argument_group("visual pruning of the draft's prompt (the target always sees every token)")
+    g.add_argument("--pruning", default="none", choices=("none",) + METHODS,
+                   help="how the draft's visual tokens are chosen (specvlm: verifier attention + uniform fill)")
+    g.add_argument("--visual-keep-ratio", type=float, default=None,
+                   help="fraction of visual tokens the draft keeps (default 0.1 with --pruning)")
+    g.add_argument("--stage1-mass", type=float, default=0.4, help="specvlm Stage I attention mass λ (default 0.4)")
+    g.add_argument("--draft-positions", choices=("original", "contiguous"), default=None,
+                   help="position ids of the pruned draft prompt (default: original for Qwen M-RoPE, "
+                        "contiguous otherwise)")
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -108,7 +118,8 @@ def cmd_generate(args) -> int:
         check_tokenizers(tokenizer, load_tokenizer(args.draft))
     gen = SpeculativeGenerator(target, draft, tokenizer=tokenizer, tree=args.tree,
                                num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
-                               tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens)
+                               tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens,
+                               **_pruning_options(args))
     inputs = _text_inputs(tokenizer, args.prompt)
     with torch.no_grad():
         if args.json:
@@ -120,6 +131,11 @@ def cmd_generate(args) -> int:
     print()
     print(gen.stats.summary(), file=sys.stderr)
     return 0
+
+
+def _pruning_options(args) -> dict:
+    return dict(pruning=args.pruning, visual_keep_ratio=args.visual_keep_ratio, stage1_mass=args.stage1_mass,
+                draft_positions=args.draft_positions)
 
 
 def _text_inputs(tokenizer, prompt: str) -> dict:
