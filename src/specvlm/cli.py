@@ -9,6 +9,7 @@ import os
 import sys
 
 from .errors import SpecVLMError
+from .inputs.cli_args import add_input_arguments
 from .pruning import METHODS
 
 
@@ -55,7 +56,7 @@ def build_parser() -> argparse.ArgumentParser:
     gen = sub.add_parser("generate", help="answer a prompt about images or a video, speculatively",
                          description="Generate with speculative decoding; the output equals the target's own.")
     _add_model_arguments(gen)
-    gen.add_argument("--prompt", required=True, help="the question or instruction")
+    add_input_arguments(gen)
     _add_decoding_arguments(gen)
     gen.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, stats)")
     gen.set_defaults(func=cmd_generate)
@@ -101,51 +102,50 @@ def _decoding_options(args) -> dict:
 def cmd_generate(args) -> int:
     import torch
 
+    from .compat import check_tokenizers
     from .generator import SpeculativeGenerator
-    from .loading import load_model, load_tokenizer
+    from .inputs import inputs_from_args
+    from .loading import load_config, load_model, load_tokenizer, resolve
 
     _check_decoding(args)
-    if not args.prompt.strip():
-        raise SpecVLMError("--prompt is empty")
-    progress = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
-    progress(f"loading target {args.target} ...")
-    target, tokenizer = load_model(args.target, args.dtype, args.device), load_tokenizer(args.target)
-    draft = "self"
+    say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    # Everything the user can get wrong is checked before any weights load: folders, configs, files, frames.
+    target_dir = resolve(args.target)
+    target_config = load_config(target_dir)
+    draft_dir = draft_config = None
     if args.draft != "self":
-        progress(f"loading draft {args.draft} ...")
-        draft = load_model(args.draft, args.dtype, args.device)
-        from .compat import check_tokenizers
-        check_tokenizers(tokenizer, load_tokenizer(args.draft))
+        draft_dir = resolve(args.draft)
+        draft_config = load_config(draft_dir)
+    report: dict = {}
+    inputs = inputs_from_args(args, target_dir, target_config, draft_dir, draft_config, progress=say,
+                              report=report)
+    say(f"loading target {args.target} ...")
+    target, tokenizer = load_model(target_dir, args.dtype, args.device), load_tokenizer(target_dir)
+    draft = "self"
+    if draft_dir is not None:
+        say(f"loading draft {args.draft} ...")
+        check_tokenizers(tokenizer, load_tokenizer(draft_dir))
+        draft = load_model(draft_dir, args.dtype, args.device)
     gen = SpeculativeGenerator(target, draft, tokenizer=tokenizer, tree=args.tree,
                                num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
                                tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens,
                                **_pruning_options(args))
-    inputs = _text_inputs(tokenizer, args.prompt)
     with torch.no_grad():
         if args.json:
             out = gen.generate(**inputs, **_decoding_options(args))
-            print(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict()}))
+            print(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict(),
+                              "inputs": report}))
             return 0
         for piece in gen.stream(**inputs, **_decoding_options(args)):
             print(piece, end="", flush=True)
     print()
-    print(gen.stats.summary(), file=sys.stderr)
+    say(gen.stats.summary())
     return 0
 
 
 def _pruning_options(args) -> dict:
     return dict(pruning=args.pruning, visual_keep_ratio=args.visual_keep_ratio, stage1_mass=args.stage1_mass,
                 draft_positions=args.draft_positions)
-
-
-def _text_inputs(tokenizer, prompt: str) -> dict:
-    messages = [{"role": "user", "content": prompt}]
-    if getattr(tokenizer, "chat_template", None):
-        ids = tokenizer.apply_chat_template(messages, add_generation_prompt=True, return_tensors="pt",
-                                            return_dict=True)["input_ids"]
-    else:
-        ids = tokenizer(prompt, return_tensors="pt")["input_ids"]
-    return {"input_ids": ids}
 
 
 def cmd_demo(args) -> int:

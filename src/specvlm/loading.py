@@ -36,17 +36,25 @@ def pick_device(device: str) -> str:
     return device
 
 
-def load_model(name: str, dtype: str = "auto", device: str = "auto"):
-    """`AutoModelForImageTextToText.from_pretrained`, spread over all GPUs (`device_map="auto"`) on CUDA."""
-    from transformers import AutoConfig, AutoModelForImageTextToText
+def load_config(name: str):
+    """The model's config (cheap: no weights), checked to be a family specvlm supports."""
+    from transformers import AutoConfig
 
-    where = resolve(name)
     try:
-        config = AutoConfig.from_pretrained(where)
+        config = AutoConfig.from_pretrained(resolve(name))
     except (OSError, ValueError) as err:
         raise SpecVLMError(f"cannot read the model config of {name}: {str(err).splitlines()[0]}") from None
     if config.model_type not in ADAPTERS:
         raise SpecVLMError(f"{name} is a {config.model_type!r} model; specvlm supports {', '.join(sorted(ADAPTERS))}")
+    return config
+
+
+def load_model(name: str, dtype: str = "auto", device: str = "auto"):
+    """`AutoModelForImageTextToText.from_pretrained`, spread over all GPUs (`device_map="auto"`) on CUDA."""
+    from transformers import AutoModelForImageTextToText
+
+    where = resolve(name)
+    load_config(name)
     device = pick_device(device)
     kwargs = {"dtype": _DTYPES[dtype] if dtype in _DTYPES else ("auto" if device != "cpu" else torch.float32)}
     if device == "cuda":

@@ -12,10 +12,10 @@ from typing import Callable
 
 import torch
 
-from .errors import InputError
-from .image import load_image
+from .errors import InputError, check_file
+from .image import IMAGE_EXTENSIONS, load_image
 from .processor import FAMILIES, build_inputs, load_processor
-from .video import check_sampling, load_video, sampler
+from .video import VIDEO_EXTENSIONS, check_sampling, load_video, sampler
 
 DEFAULT_NUM_FRAMES = 8
 # Families whose processors read the same prompt placeholders and pixels layout (draft and target may differ here).
@@ -52,6 +52,10 @@ def inputs_from_args(args, model_dir, model_config, draft_dir=None, draft_config
     if prompt is None or not prompt.strip():
         raise InputError("--prompt is empty: give a question or instruction")
     images, video_path = list(getattr(args, "image", None) or []), getattr(args, "video", None)
+    for path in images:
+        check_file(path, "image", IMAGE_EXTENSIONS)
+    if video_path is not None:
+        check_file(video_path, "video", VIDEO_EXTENSIONS)
     family = _check_model(model_dir, model_config, bool(images), video_path is not None)
     if draft_config is not None:
         draft_family = _check_model(draft_dir, draft_config, bool(images), video_path is not None, role="draft")

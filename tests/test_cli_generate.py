@@ -1,0 +1,131 @@
+"""`specvlm generate` end to end: model folders on disk, a self-made mp4 and PNG, output equal to the target's own
+greedy output; and every bad input a user can give is one line on stderr with a non-zero exit."""
+
+import argparse
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+from transformers import AutoModelForImageTextToText
+
+from conftest import model as tiny_model
+from conftest import reference
+from specvlm.cli import main
+from specvlm.inputs import add_input_arguments, inputs_from_args
+from specvlm.inputs.testing import index_frames, save_tiny_processor, write_video
+
+
+@pytest.fixture(scope="module")
+def media(tmp_path_factory):
+    root = tmp_path_factory.mktemp("media")
+    write_video(root / "clip.mp4", index_frames(24, 48, 64), fps=8)
+    yy, xx = np.mgrid[0:70, 0:90]
+    Image.fromarray(np.stack([xx * 2, yy * 3, xx + yy], -1).astype(np.uint8)).save(root / "picture.png")
+    (root / "corrupt.mp4").write_bytes(b"\0" * 256)
+    (root / "notes.txt").write_text("not a video")
+    return root
+
+
+@pytest.fixture(scope="module")
+def folders(tmp_path_factory):
+    """Checkpoint folders as users have them: weights + tokenizer + processor files."""
+    root = tmp_path_factory.mktemp("models")
+    out = {}
+    for name, family, kw in (("qwen", "qwen2_5_vl", {}), ("qwen_draft", "qwen2_5_vl", dict(seed=1, hidden=32)),
+                             ("onevision", "llava_onevision", {}),
+                             ("onevision_draft", "llava_onevision", dict(seed=1, hidden=32))):
+        model = tiny_model(family, **kw)
+        model.save_pretrained(root / name)
+        save_tiny_processor(root / name, family, model)
+        out[name] = root / name
+    return out
+
+
+def _run(capsys, *argv) -> tuple[int, str, str]:
+    code = main([str(a) for a in argv])
+    captured = capsys.readouterr()
+    return code, captured.out, captured.err
+
+
+def _expected(folder, media_args: list[str], max_new_tokens: int) -> list[int]:
+    parser = argparse.ArgumentParser()
+    add_input_arguments(parser)
+    args = parser.parse_args(media_args)
+    target = AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()
+    inputs = inputs_from_args(args, folder, target.config)
+    return reference(target, inputs, max_new_tokens=max_new_tokens, do_sample=False)
+
+
+CASES = [  # target, draft, inputs, extra options
+    ("qwen", "self", "video", ["--pruning", "specvlm", "--visual-keep-ratio", "0.3"]),
+    ("qwen", "qwen_draft", "image", ["--tree", "dynamic"]),
+    ("onevision", "onevision_draft", "video", ["--pruning", "uniform", "--visual-keep-ratio", "0.5"]),
+    ("onevision", "self", "image", ["--tree", "chain"]),
+]
+
+
+@pytest.mark.parametrize("target,draft,kind,extra", CASES)
+def test_generate_equals_target_greedy(capsys, folders, media, target, draft, kind, extra):
+    media_args = (["--video", media / "clip.mp4", "--num-frames", "6"] if kind == "video"
+                  else ["--image", media / "picture.png"]) + ["--prompt", "What happens here?"]
+    media_args = [str(a) for a in media_args]
+    draft_arg = draft if draft == "self" else folders[draft]
+    code, out, err = _run(capsys, "generate", "--target", folders[target], "--draft", draft_arg, *media_args,
+                          "--max-new-tokens", 12, "--json", *extra)
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["token_ids"] == _expected(folders[target], media_args, 12)
+    assert result["stats"]["new_tokens"] == 12
+    assert result["inputs"]["frames"] == (6 if kind == "video" else 0)
+
+
+def test_streams_text_and_prints_a_summary(capsys, folders, media):
+    code, out, err = _run(capsys, "generate", "--target", folders["qwen"], "--video", media / "clip.mp4",
+                          "--prompt", "Describe it.", "--max-new-tokens", 8)
+    assert code == 0, err
+    assert out.endswith("\n") and "Traceback" not in err
+    assert "loading target" in err and "decoded 8 of 24 frames" in err
+    assert "8 tokens, τ=" in err.strip().splitlines()[-1]
+
+
+def _bad_inputs(folders, media, tmp):
+    q, ov = folders["qwen"], folders["onevision"]
+    clip, png = media / "clip.mp4", media / "picture.png"
+    small = tmp / "small_context"
+    small.mkdir()
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
+                 "video_preprocessor_config.json", "processor_config.json", "chat_template.jinja"):
+        if (q / name).exists():
+            (small / name).write_bytes((q / name).read_bytes())
+    config = json.loads((small / "config.json").read_text())
+    config.setdefault("text_config", {})["max_position_embeddings"] = 40
+    (small / "config.json").write_text(json.dumps(config))
+    return {  # what is wrong -> (argv, a phrase the message must contain)
+        "missing file": (["--target", q, "--video", tmp / "none.mp4", "--prompt", "Q"], "does not exist"),
+        "directory": (["--target", q, "--video", tmp, "--prompt", "Q"], "is a directory"),
+        "corrupt video": (["--target", q, "--video", media / "corrupt.mp4", "--prompt", "Q"], "cannot read video"),
+        "unsupported format": (["--target", q, "--video", media / "notes.txt", "--prompt", "Q"], "unsupported"),
+        "zero frames": (["--target", q, "--video", clip, "--num-frames", "0", "--prompt", "Q"], "--num-frames"),
+        "negative frames": (["--target", q, "--video", clip, "--num-frames", "-3", "--prompt", "Q"], "--num-frames"),
+        "missing model": (["--target", tmp / "nothing", "--image", png, "--prompt", "Q"], "does not exist"),
+        "model is a file": (["--target", png, "--image", png, "--prompt", "Q"], "not a model folder"),
+        "empty prompt": (["--target", q, "--image", png, "--prompt", "  "], "empty"),
+        "no prompt": (["--target", q, "--image", png], "empty"),
+        "other family": (["--target", q, "--draft", ov, "--image", png, "--prompt", "Q"], "cannot draft"),
+        "too long": (["--target", small, "--video", clip, "--num-frames", "24", "--prompt", "Q"],
+                     "max_position_embeddings"),
+        "max-new-tokens": (["--target", q, "--image", png, "--prompt", "Q", "--max-new-tokens", "0"],
+                           "--max-new-tokens"),
+    }
+
+
+def test_bad_input_is_one_line_and_a_nonzero_exit(capsys, folders, media, tmp_path):
+    for what, (argv, phrase) in _bad_inputs(folders, media, tmp_path).items():
+        code, out, err = _run(capsys, "generate", *argv)
+        assert code == 2, what
+        lines = err.strip().splitlines()   # progress lines may come first ("decoding ..."), then one error line
+        assert lines[-1].startswith("specvlm: error: ") and phrase in lines[-1], (what, err)
+        assert "Traceback" not in err and sum("error" in line for line in lines) == 1, (what, err)
+        assert out == "", what
