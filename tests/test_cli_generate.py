@@ -129,3 +129,25 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(capsys, folders, media, tmp_pa
         assert lines[-1].startswith("specvlm: error: ") and phrase in lines[-1], (what, err)
         assert "Traceback" not in err and sum("error" in line for line in lines) == 1, (what, err)
         assert out == "", what
+
+
+def test_eagle_head_drafts_and_output_stays_the_targets(capsys, folders, media, tmp_path):
+    from specvlm.drafters.eagle import EagleHead
+
+    target = AutoModelForImageTextToText.from_pretrained(folders["qwen"], dtype=torch.float32).eval()
+    EagleHead.init_for(target, seed=0).save_pretrained(tmp_path / "head")
+    media_args = ["--video", str(media / "clip.mp4"), "--num-frames", "4", "--prompt", "What happens?"]
+    expected = _expected(folders["qwen"], media_args, 10)
+    for how in (["--head", tmp_path / "head"], ["--draft", tmp_path / "head"]):   # --draft detects a head folder
+        code, out, err = _run(capsys, "generate", "--target", folders["qwen"], *how, *media_args,
+                              "--max-new-tokens", 10, "--json")
+        assert code == 0, err
+        assert json.loads(out)["token_ids"] == expected
+    code, _, err = _run(capsys, "generate", "--target", folders["qwen"], "--head", tmp_path / "head", "--draft",
+                        folders["qwen_draft"], *media_args)
+    assert code == 2 and "not both" in err
+    code, _, err = _run(capsys, "generate", "--target", folders["qwen"], "--head", folders["qwen_draft"], *media_args)
+    assert code == 2 and "not an EagleHead folder" in err
+    code, _, err = _run(capsys, "generate", "--target", folders["onevision"], "--head", tmp_path / "head",
+                        "--image", str(media / "picture.png"), "--prompt", "Q")
+    assert code == 2 and "EagleHead" in err.strip().splitlines()[-1], err

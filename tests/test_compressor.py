@@ -176,3 +176,23 @@ def test_compressor_config_round_trip():
     assert [type(b) for b in again.branches] == [type(b) for b in c.branches]
     with pytest.raises(ValueError, match="mode"):
         VisualCompressor(H, "mixture")
+
+
+def test_verifier_branch_keeps_the_most_attended_rows_and_needs_scores():
+    x = torch.arange(20.)[:, None].expand(20, H)
+    scores = torch.full((20,), 0.01)
+    scores[7], scores[13] = 10.0, 5.0
+    branch = make_branch("verifier:5", H)
+    out = branch(x, scores)
+    assert out.shape == (4, H) and out[:, 0].tolist() == sorted(out[:, 0].tolist()) and 7 in out[:, 0].tolist()
+    with pytest.raises(ValueError, match="attention scores"):
+        branch(x)
+    calls = []
+    c = VisualCompressor(H, "select", branches=["pool:5", "verifier:5"]).eval()
+    with torch.no_grad():
+        c.gate.bias.copy_(torch.tensor([10.0, -10.0]))               # the gate picks pool: scores never computed
+        c([x], torch.zeros(H), lambda: calls.append(1) or [scores])
+        assert calls == [] and c.picks == {"pool:5": 1}
+        c.gate.bias.copy_(torch.tensor([-10.0, 10.0]))
+        (out,) = c([x], torch.zeros(H), lambda: calls.append(1) or [scores])
+    assert calls == [1] and torch.equal(out, branch(x, scores))

@@ -321,3 +321,38 @@ def test_visual_keep_selects_the_pairs_of_kept_tokens():
     x, row_of = head.prompt_pairs(e, f, spans, 12, visual_keep=torch.tensor([1, 4]))   # keep tokens 1 and 7
     assert (row_of < 0).nonzero().flatten().tolist() == [1, 5, 7, 8]    # pairs of tokens 2, 6, 8, 9
     assert torch.equal(x, head.pairs(e[1:], f[:-1])[row_of >= 0])
+
+
+@pytest.mark.parametrize("family,kind", [("qwen2_5_vl", "video"), ("llava_onevision", "image")])
+def test_verifier_branch_uses_the_targets_attention(family, kind):
+    """A compressor's verifier branch keeps the pairs the first paper's selection picks from the target's
+    text->visual attention; training captures the same scores from the prompt part of a whole conversation."""
+    from specvlm.adapters.capture import AttentionCapture
+    from specvlm.pruning import select_specvlm
+    from specvlm.train.head import target_forward
+
+    target = peaky(family)
+    head = EagleHead.init_for(target, compressor=dict(mode="concat", branches=["verifier:4"]), seed=0)
+    example = training_data(family)[1]
+    start = int(example.response.nonzero()[0])
+    inputs = {k: (v[:, :start] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+              for k, v in example.inputs.items()}
+    out = SpeculativeGenerator(target, head, tree="dynamic").generate(**inputs, do_sample=False, max_new_tokens=12)
+    assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=12)
+    adapter = adapter_for(target)
+    prompt = adapter.prepare(inputs)
+    visual = prompt.visual_mask.nonzero().flatten()
+    with AttentionCapture(adapter, int(visual.max()) + 1, visual) as capture:
+        adapter.forward(prompt.embeds, prompt.positions, adapter.new_cache())
+    _, trained_scores = target_forward(adapter, adapter.prepare(example.inputs), start)
+    assert torch.allclose(trained_scores, capture.scores, atol=1e-6)
+    n = visual.numel() - int(visual[0] == 0)
+    kept = -(-n // 4)
+    assert out.stats.draft_prompt_tokens == len(prompt) - 1 - n + kept
+    hidden = ModelSession(adapter).prefill(prompt)[1]
+    x, _ = head.prompt_pairs(prompt.embeds[0], hidden, prompt.spans, len(prompt), scores=capture.scores)
+    assert len(prompt.spans) == 1 and visual[0] >= 1
+    keep = select_specvlm(capture.scores, kept)                     # among the span's tokens (= its pairs)
+    pairs = head.pairs(prompt.embeds[0, 1:], hidden[:-1])
+    first = int(visual[0]) - 1
+    assert torch.equal(x[first: first + kept], pairs[first + keep])

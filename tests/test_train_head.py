@@ -64,6 +64,12 @@ def test_training_is_deterministic_for_a_seed():
     assert sum(a.picks.values()) == 6
 
 
+def test_cached_target_outputs_give_the_same_run():
+    options = dict(feature_noise=0.1, steps=10, compressor=dict(mode="select", heads=4, budget_weight=0.1))
+    a, b = small_run(**options), small_run(cache_target=True, **options)
+    assert a.losses == b.losses and same_weights(a.head, b.head)
+
+
 def test_resume_continues_exactly(tmp_path):
     options = dict(feature_noise=0.1, compressor=dict(mode="select", heads=4, budget_weight=0.1))
     straight = small_run(**options)
@@ -134,20 +140,33 @@ def test_cli_pair(tmp_path, capsys):
     data = tmp_path / "examples.pt"
     torch.save([{"inputs": e.inputs, "response": e.response} for e in training_data("qwen2_5_vl")[:3]], data)
     out = tmp_path / "head"
-    args = parse("--tiny", "qwen2_5_vl", "--tiny-examples", "2", "--data", str(data), "--steps", "4", "--lr", "1e-3",
-                 "--out", str(out), "--compressor", "select", "--budget-weight", "0.1", "--json")
+    args = parse("--tiny-smoke", "qwen2_5_vl", "--tiny-examples", "2", "--data", str(data), "--steps", "4",
+                 "--lr", "1e-3", "--out", str(out), "--compressor", "select", "--budget-weight", "0.1", "--json")
     assert run_from_args(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 4 and sum(summary["picks"].values()) == 4
     head = EagleHead.from_pretrained(out, peaky("qwen2_5_vl"))
     assert head.compressor is not None and head.compressor.mode == "select"
     with pytest.raises(SpecVLMError, match="needs --data"):
-        run_from_args(parse("--target", str(tmp_path), "--out", str(out)))
-    with pytest.raises(SpecVLMError, match="input pipeline"):
-        (tmp_path / "c.jsonl").write_text("{}\n")
-        run_from_args(parse("--tiny", "qwen2_5_vl", "--tiny-examples", "1", "--data", str(tmp_path / "c.jsonl"),
-                            "--out", str(out)))
+        run_from_args(parse("--target", str(tmp_path), "--out", str(tmp_path / "new")))
     with pytest.raises(SpecVLMError, match="1..5"):
-        run_from_args(parse("--tiny", "qwen2_5_vl", "--tiny-examples", "1", "--out", str(out), "--compressor",
-                            "concat", "--compressor-branches", "conv:9"))
+        run_from_args(parse("--tiny-smoke", "qwen2_5_vl", "--tiny-examples", "1", "--out", str(tmp_path / "new"),
+                            "--compressor", "concat", "--compressor-branches", "conv:9"))
     assert TrainConfig().betas == (0.9, 0.95) and TrainConfig().weight_decay == 0.0
+
+
+def test_gate_credit_term_lowers_a_branch_whose_loss_was_above_the_mean():
+    from specvlm.compressor import VisualCompressor
+
+    torch.manual_seed(0)
+    c = VisualCompressor(16, "select", branches=["pool:2", "text"]).train()
+    q = torch.randn(16)
+    with torch.enable_grad():
+        c([torch.randn(6, 16)], q)
+        assert float(c.credit_loss(1.0).detach()) == 0.0 and c.loss_count == 1    # first example: no baseline yet
+        before = dict(c.picks)
+        c([torch.randn(6, 16)], q)
+        chosen = next(i for i, name in enumerate(c.names) if c.picks[name] != before.get(name, 0))
+        c.credit_loss(3.0).backward()                                     # this loss was above the mean (1.0)
+    grad = c.gate.bias.grad
+    assert grad[chosen] > 0 and grad[1 - chosen] < 0   # descent lowers the branch that did worse than average

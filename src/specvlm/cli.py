@@ -1,5 +1,5 @@
-"""`specvlm` command line: generate | demo. Every command has --help; bad input is one line on stderr and a
-non-zero exit (set SPECVLM_DEBUG=1 to see tracebacks of unexpected errors)."""
+"""`specvlm` command line: generate | demo | train-head. Every command has --help; bad input
+is one line on stderr and a non-zero exit (set SPECVLM_DEBUG=1 to see tracebacks of unexpected errors)."""
 
 from __future__ import annotations
 
@@ -22,7 +22,7 @@ def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0 = off)")
     g.add_argument("--tree", choices=("chain", "static", "dynamic"), default=None,
                    help="draft shape: chain of --num-draft-tokens, the EAGLE-1 static tree (default for draft "
-                        "models) or an EAGLE-2 dynamic tree")
+                        "models) or an EAGLE-2 dynamic tree (default for --head)")
     g.add_argument("--num-draft-tokens", type=int, default=5, help="chain length γ (default 5)")
     g.add_argument("--tree-top-k", type=int, default=10, help="dynamic tree: children per expanded node")
     g.add_argument("--tree-depth", type=int, default=6, help="dynamic tree: longest path in draft tokens")
@@ -44,6 +44,9 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--target", required=True, help="target model folder (or hub id)")
     g.add_argument("--draft", default="self",
                    help="draft model folder of the same family, or 'self' (the target drafts for itself; default)")
+    g.add_argument("--head", default=None, metavar="DIR",
+                   help="a trained EagleHead folder (specvlm train-head) to draft with instead of a draft model "
+                        "(its tree defaults to EAGLE-2's dynamic tree)")
     g.add_argument("--device", default="auto", help="auto (CUDA if present, all GPUs), cpu, cuda, cuda:1, ...")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="weights dtype (auto: the checkpoint's on GPU, float32 on CPU)")
@@ -65,6 +68,9 @@ def build_parser() -> argparse.ArgumentParser:
                           description="Speculative decoding on small bundled models, checked against the target.")
     demo.add_argument("--max-new-tokens", type=int, default=64)
     demo.set_defaults(func=cmd_demo)
+
+    from .train.head import add_train_head_parser
+    add_train_head_parser(sub)
     return parser
 
 
@@ -103,6 +109,7 @@ def cmd_generate(args) -> int:
     import torch
 
     from .compat import check_tokenizers
+    from .drafters.loading import is_eagle_head, load_drafter
     from .generator import SpeculativeGenerator
     from .inputs import inputs_from_args
     from .loading import load_config, load_model, load_tokenizer, resolve
@@ -112,8 +119,11 @@ def cmd_generate(args) -> int:
     # Everything the user can get wrong is checked before any weights load: folders, configs, files, frames.
     target_dir = resolve(args.target)
     target_config = load_config(target_dir)
+    head = args.head or (args.draft if is_eagle_head(args.draft) else None)
+    if args.head and args.draft != "self":
+        raise SpecVLMError("give --draft or --head, not both: an EagleHead is the drafter")
     draft_dir = draft_config = None
-    if args.draft != "self":
+    if args.draft != "self" and head is None:
         draft_dir = resolve(args.draft)
         draft_config = load_config(draft_dir)
     report: dict = {}
@@ -122,7 +132,10 @@ def cmd_generate(args) -> int:
     say(f"loading target {args.target} ...")
     target, tokenizer = load_model(target_dir, args.dtype, args.device), load_tokenizer(target_dir)
     draft = "self"
-    if draft_dir is not None:
+    if head is not None:
+        say(f"loading EagleHead {head} ...")
+        draft = load_drafter(head, target, kind="head")
+    elif draft_dir is not None:
         say(f"loading draft {args.draft} ...")
         check_tokenizers(tokenizer, load_tokenizer(draft_dir))
         draft = load_model(draft_dir, args.dtype, args.device)

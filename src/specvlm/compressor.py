@@ -7,6 +7,8 @@ Every branch maps one visual span of the head's input sequence, (n, H) rows, to 
     pool:r           average of each run of r rows (the last run may be shorter)
     conv:r           Conv1d(H, H, kernel r, stride r), r <= 5; starts as average pooling
     resampler:q      q learned queries, one cross-attention over the span; starts as mean pooling
+    verifier:r       keep ceil(n/r) rows chosen by the TARGET's text->visual attention (the first SpecVLM paper's
+                     verifier-guided selection, `pruning.select_specvlm`: Stage I mass 0.4 + uniform Stage II)
     text             drop the span (the head sees the text only)
 
 and `VisualCompressor` combines branches in one of the paper's three modes:
@@ -16,11 +18,18 @@ and `VisualCompressor` combines branches in one of the paper's three modes:
     select     the gate picks ONE branch per input: Gumbel-softmax (hard, straight-through) while training,
                argmax at inference; an optional budget term, weight * E_softmax(g)[kept fraction], keeps the gate
                from collapsing onto the branch that keeps the most tokens; `picks` counts what it chose.
+               The straight-through gradient only says whether the chosen branch's rows should be scaled up or
+               down; a branch with no rows (text) gets none, so with a budget term alone the gate would drift to
+               text-only unopposed. `credit_loss(loss)` adds a score-function term, (loss - running mean of the
+               loss) * log softmax(g)[chosen], which tells the gate how the chosen branch fared against the
+               average, text included.
 
-The gate reads the target's pooled features of the question (`question_features`). The first paper's
-verifier-guided selection reaches the head through the generator's `pruning` option instead (EagleHead keeps the
-pairs of the selected visual tokens); as a gated branch it would also need the target's attention scores inside
-every training step.
+The gate reads the target's pooled features of the question (`question_features`). The verifier branch needs the
+target's attention scores of each span's tokens: `forward(..., scores=)` takes them as a list (one (n_i,) tensor per
+span) or as a callable that computes them, called only when a branch that needs them runs (a select gate that picks
+another branch never pays for them). EagleHead gets them from the target's prefill (training: captured in every
+step; inference: the generator's, or a capturing re-run of the prefill). The same selection also reaches the head
+through the generator's `pruning` option, which applies to every input instead of being a gated choice.
 """
 
 from __future__ import annotations
@@ -69,6 +78,7 @@ def avg_pool(x: torch.Tensor, ratio: int) -> torch.Tensor:
 # ---- branches ----------------------------------------------------------------------------------------------------
 class Branch(nn.Module):
     spec: str = ""
+    needs_scores = False   # True: forward(x, scores) with the target's attention scores of the span's tokens
 
     def kept(self, n: int) -> int:
         raise NotImplementedError
@@ -151,6 +161,29 @@ class Resampler(Branch):
         return (out[0] + kv[0].mean(0)).to(x.dtype)
 
 
+class Verifier(Branch):
+    """The verifier-guided selection of `pruning.select_specvlm` at a fixed ratio: the span's most-attended rows
+    holding `mass` of the target's text->visual attention (at most ceil(n/r)), the rest spread evenly."""
+
+    needs_scores = True
+
+    def __init__(self, ratio: int, mass: float = 0.4):
+        super().__init__()
+        self.ratio, self.mass, self.spec = ratio, mass, f"verifier:{ratio}"
+
+    def kept(self, n):
+        return kept_length(n, self.ratio)
+
+    def forward(self, x, scores=None):
+        from .pruning import select_specvlm
+
+        if scores is None or scores.numel() != x.shape[0]:
+            raise ValueError(f"the verifier branch needs the target's attention scores of the span's {x.shape[0]} "
+                             f"tokens, got {None if scores is None else scores.numel()}")
+        keep = select_specvlm(scores.detach().float().cpu(), self.kept(x.shape[0]), self.mass)
+        return x[keep.to(x.device)]
+
+
 class TextOnly(Branch):
     spec = "text"
 
@@ -162,7 +195,7 @@ class TextOnly(Branch):
 
 
 def make_branch(spec: str, hidden: int, heads: int = 1, seed: int = 0) -> Branch:
-    """'prune:20', 'prune_random:20', 'pool:20', 'conv:3', 'resampler:2' or 'text'."""
+    """'prune:20', 'prune_random:20', 'pool:20', 'conv:3', 'resampler:2', 'verifier:10' or 'text'."""
     name, _, arg = spec.partition(":")
     try:
         value = int(arg) if arg else None
@@ -180,8 +213,10 @@ def make_branch(spec: str, hidden: int, heads: int = 1, seed: int = 0) -> Branch
         return Conv(hidden, value)
     if name == "resampler":
         return Resampler(hidden, value, heads)
+    if name == "verifier":
+        return Verifier(value)
     raise ValueError(f"unknown compressor branch {name!r}; choose from prune, prune_random, pool, conv, "
-                     "resampler, text")
+                     "resampler, verifier, text")
 
 
 # ---- the combination -----------------------------------------------------------------------------------------------
@@ -203,7 +238,7 @@ def question_features(hidden: torch.Tensor, visual: torch.Tensor, end: int | Non
 
 class VisualCompressor(nn.Module):
     def __init__(self, hidden: int, mode: str = "select", branches=None, ratio: int = 3, heads: int = 1,
-                 budget_weight: float = 0.0, gumbel_tau: float = 1.0, seed: int = 0):
+                 budget_weight: float = 0.0, gumbel_tau: float = 1.0, seed: int = 0, credit_weight: float = 1.0):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"compressor mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -212,6 +247,7 @@ class VisualCompressor(nn.Module):
             raise ValueError("a compressor needs at least one branch")
         self.hidden, self.mode, self.ratio, self.heads = hidden, mode, ratio, heads
         self.budget_weight, self.gumbel_tau, self.seed = budget_weight, gumbel_tau, seed
+        self.credit_weight = credit_weight
         self.branches = nn.ModuleList(make_branch(s, hidden, heads, seed) for s in specs)
         if mode == "weighted":
             lengths = {b.kept(1000) for b in self.branches}
@@ -224,14 +260,23 @@ class VisualCompressor(nn.Module):
                 self.gate.bias.zero_()
         self.picks: Counter = Counter()   # select mode: how often each branch was chosen
         self.budget_loss = torch.zeros(())
+        self.chosen_logprob: torch.Tensor | None = None   # select, training: log softmax(g)[chosen], last forward
+        # running mean of the distillation loss (the score-function baseline): training state, which the trainer
+        # saves in its checkpoints (not in the head's weights), so a resumed run continues exactly
+        self.loss_mean, self.loss_count = 0.0, 0
 
     @property
     def names(self) -> list[str]:
         return [b.spec for b in self.branches]
 
+    @property
+    def needs_scores(self) -> bool:
+        return any(b.needs_scores for b in self.branches)
+
     def config(self) -> dict:
         return dict(mode=self.mode, branches=self.names, ratio=self.ratio, heads=self.heads,
-                    budget_weight=self.budget_weight, gumbel_tau=self.gumbel_tau, seed=self.seed)
+                    budget_weight=self.budget_weight, gumbel_tau=self.gumbel_tau, seed=self.seed,
+                    credit_weight=self.credit_weight)
 
     def gate_logits(self, question: torch.Tensor) -> torch.Tensor:
         return self.gate(question.to(self.gate.weight.dtype))
@@ -246,26 +291,55 @@ class VisualCompressor(nn.Module):
             return F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=True)
         return F.one_hot(logits.argmax(-1), logits.numel()).to(logits.dtype)
 
-    def forward(self, spans: list[torch.Tensor], question: torch.Tensor | None = None) -> list[torch.Tensor]:
-        """Compress each visual span (n_i, H) of one input; one gate decision covers all spans of the input."""
+    def forward(self, spans: list[torch.Tensor], question: torch.Tensor | None = None,
+                scores=None) -> list[torch.Tensor]:
+        """Compress each visual span (n_i, H) of one input; one gate decision covers all spans of the input.
+        `scores`: the target's attention scores per span (a list, or a callable giving it), for verifier
+        branches only."""
         self.budget_loss = torch.zeros(())
+        self.chosen_logprob = None
+        resolved: list = []
+
+        def run(branch, i, x):
+            if not branch.needs_scores:
+                return branch(x)
+            if not resolved:
+                resolved.append(scores() if callable(scores) else scores)
+            if resolved[0] is None:
+                raise ValueError(f"compressor branch {branch.spec} needs the target's attention scores")
+            return branch(x, resolved[0][i])
+
         if self.mode == "concat":
-            return [torch.cat([b(x) for b in self.branches]) for x in spans]
+            return [torch.cat([run(b, i, x) for b in self.branches]) for i, x in enumerate(spans)]
         if question is None:
             raise ValueError(f"{self.mode} mode needs the question features for its gate")
         logits = self.gate_logits(question)
         w = self.gate_weights(question, logits)
         if self.mode == "weighted":
-            return [sum(w[i].to(x.dtype) * b(x) for i, b in enumerate(self.branches)) for x in spans]
+            return [sum(w[j].to(x.dtype) * run(b, i, x) for j, b in enumerate(self.branches))
+                    for i, x in enumerate(spans)]
         choice = int(w.argmax())
         self.picks[self.names[choice]] += 1
+        if self.training:
+            self.chosen_logprob = logits.float().log_softmax(-1)[choice]
         if self.budget_weight and self.training:
             n = sum(x.shape[0] for x in spans)
             cost = torch.tensor([sum(b.kept(x.shape[0]) for x in spans) / max(n, 1) for b in self.branches],
                                 device=w.device)
             self.budget_loss = self.budget_weight * (logits.softmax(-1) * cost).sum()
         branch = self.branches[choice]
-        return [w[choice].to(x.dtype) * branch(x) for x in spans]
+        return [w[choice].to(x.dtype) * run(branch, i, x) for i, x in enumerate(spans)]
+
+    def credit_loss(self, loss: float) -> torch.Tensor:
+        """Select mode, training, after a forward: credit_weight * (loss - running mean) * log p(chosen branch),
+        whose gradient lowers the chosen branch's gate probability when its example's loss came out above the
+        running mean (REINFORCE with a baseline). Updates the running mean (decay 0.9, bias-corrected)."""
+        if self.chosen_logprob is None or not self.credit_weight:
+            return torch.zeros(())
+        count = self.loss_count
+        advantage = loss - self.loss_mean / (1 - 0.9 ** count) if count else 0.0
+        self.loss_mean, self.loss_count = 0.9 * self.loss_mean + 0.1 * loss, count + 1
+        return self.credit_weight * advantage * self.chosen_logprob
 
     @classmethod
     def from_config(cls, hidden: int, config: dict) -> "VisualCompressor":
@@ -273,13 +347,20 @@ class VisualCompressor(nn.Module):
 
 
 def compress_sequence(x: torch.Tensor, spans: list[tuple[int, int]], compressor: VisualCompressor,
-                      question: torch.Tensor | None) -> tuple[torch.Tensor, torch.Tensor]:
+                      question: torch.Tensor | None, scores=None) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace each (start, length) span of rows of x (N, H) by its compressed rows. Returns the new sequence and,
-    for every original row, its row in the new sequence (-1 for rows inside a span)."""
-    spans = sorted((s, n) for s, n in spans if n > 0)
-    if not spans:
+    for every original row, its row in the new sequence (-1 for rows inside a span). `scores`: per given span, the
+    target's attention scores of its rows (a list or a callable giving one), for verifier branches."""
+    order = sorted((s, n, i) for i, (s, n) in enumerate(spans) if n > 0)
+    if not order:
         return x, torch.arange(x.shape[0], device=x.device)
-    outs = compressor([x[s: s + n] for s, n in spans], question)
+    spans = [(s, n) for s, n, _ in order]
+
+    def span_scores():
+        given = scores() if callable(scores) else scores
+        return None if given is None else [given[i] for _, _, i in order]
+
+    outs = compressor([x[s: s + n] for s, n in spans], question, span_scores if scores is not None else None)
     pieces, row_of = [], torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     cursor, length = 0, 0
     for (s, n), out in zip(spans, outs):

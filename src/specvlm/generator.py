@@ -41,7 +41,8 @@ class SpecOutput:
 class SpeculativeGenerator:
     """`SpeculativeGenerator(target, draft, **options)`; `draft` is a same-family HF VLM, "self", or a Drafter.
 
-    Options: `tree` ("chain" | "static" | "dynamic"; default "static", the video paper's EAGLE-1 tree),
+    Options: `tree` ("chain" | "static" | "dynamic"; default: the drafter's — "static", the video paper's EAGLE-1
+    tree, for draft models; "dynamic", EAGLE-2's, for EagleHead),
     `num_draft_tokens` (chain length γ, default 5), `tree_top_k` (10), `tree_depth` (6, longest path in draft
     tokens), `tree_total_tokens` (60, tokens verified per round including the root), `processor` / `tokenizer`
     (for `.text` and `stream`).
@@ -68,8 +69,8 @@ class SpeculativeGenerator:
             draft_adapter = adapter_for(draft)
             check_models(self.target, draft_adapter)
             self.drafter = DraftModelDrafter(draft_adapter)
-        self.tree = TreeSpec(kind=tree or "static", num_draft_tokens=num_draft_tokens, top_k=tree_top_k,
-                             depth=tree_depth, total_tokens=tree_total_tokens)
+        self.tree = TreeSpec(kind=tree or self.drafter.default_tree, num_draft_tokens=num_draft_tokens,
+                             top_k=tree_top_k, depth=tree_depth, total_tokens=tree_total_tokens)
         self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
         if pruning != "none" and pruning not in METHODS:
             raise SpecVLMError(f"unknown pruning method {pruning!r}; choose from none, {', '.join(METHODS)}")

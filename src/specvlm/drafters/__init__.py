@@ -1,6 +1,9 @@
-"""Who proposes tokens: a draft VLM (`DraftModelDrafter`, small model or "self")."""
+"""Who proposes tokens: a draft VLM (`DraftModelDrafter`, small model or "self") or an EagleVLM head
+(`drafters.eagle.EagleHead`); `load_drafter(spec, target)` turns a CLI spec ("self", a model folder, a head folder)
+into one of them."""
 
 from .base import DraftContext, Drafter, fit_vocab
 from .draft_model import DraftModelDrafter
+from .loading import is_eagle_head, load_drafter
 
-__all__ = ["DraftContext", "DraftModelDrafter", "Drafter", "fit_vocab"]
+__all__ = ["DraftContext", "DraftModelDrafter", "Drafter", "fit_vocab", "is_eagle_head", "load_drafter"]

@@ -33,6 +33,7 @@ class DraftContext:
 class Drafter:
     forwards: int = 0
     prompt_tokens: int = 0
+    default_tree: str = "static"   # the tree shape used when the caller names none (EAGLE heads: "dynamic")
 
     def begin(self, ctx: DraftContext) -> None:
         raise NotImplementedError

@@ -20,7 +20,10 @@ cache before the round ends: accepted nodes are recomputed next round with the t
 
 Visual span: a head with a `VisualCompressor` compresses the fc outputs of the pairs whose embedding is visual
 (the gate reads the target's pooled question features); with the generator's `pruning` option (the first paper's
-verifier-guided selection) the head instead keeps only the pairs of the selected visual tokens.
+verifier-guided selection) the head instead keeps only the pairs of the selected visual tokens. A compressor with a
+`verifier:r` branch reads the target's text->visual attention scores: from `DraftContext.visual_scores` when the
+generator provides them, else (only when that branch is actually used) from a second, capturing run of the target's
+prefill, whose time is kept in `scoring_s`.
 """
 
 from __future__ import annotations
@@ -188,12 +191,14 @@ class EagleHead(nn.Module, Drafter):
         return out[0]
 
     def prompt_pairs(self, embeds: torch.Tensor, hidden: torch.Tensor, spans, prompt_end: int,
-                     features: torch.Tensor | None = None,
-                     visual_keep: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                     features: torch.Tensor | None = None, visual_keep: torch.Tensor | None = None,
+                     scores=None) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's input rows for a prompt: pairs (e_{i+1}, f_i) for i = 0..L-2, visual spans compressed.
         `features` replaces `hidden` as the fc input (training noise); the gate always reads clean `hidden`.
         `visual_keep` (indices among the prompt's visual tokens, e.g. the verifier-guided selection of the
         generator's `pruning` option) keeps only the pairs of those visual tokens, instead of the compressor.
+        `scores`: the target's attention scores (N,) of the prompt's visual tokens, or a callable giving them (for
+        a compressor's verifier branch; called only if that branch runs).
         Returns the rows and, per pair, its row (-1 where compressed or pruned away)."""
         features = hidden if features is None else features
         x = self.pairs(embeds[1:], features[:-1])
@@ -216,14 +221,25 @@ class EagleHead(nn.Module, Drafter):
             lo, hi = max(span.start - 1, 0), min(span.start + span.length - 1, x.shape[0])
             pair_spans.append((lo, hi - lo))
         question = question_features(hidden, visual, prompt_end)
-        return compress_sequence(x, pair_spans, self.compressor, question)
+
+        def pair_scores():   # per pair span: the scores of the visual tokens its pairs carry
+            given = scores() if callable(scores) else scores
+            out, offset = [], 0
+            for span in spans:
+                part = given[offset: offset + span.length]
+                offset += span.length
+                out.append(part[1:] if span.start == 0 else part)   # token 0 has no pair
+            return out
+
+        return compress_sequence(x, pair_spans, self.compressor, question,
+                                 pair_scores if scores is not None else None)
 
     def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, spans=(), prompt_end: int | None = None,
-                features: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+                features: torch.Tensor | None = None, scores=None) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: the whole sequence at once (teacher forcing). Returns the head's outputs f̂ and, for each
         pair i (predicting f_{i+1} and the token after it), its output row (-1 where compressed away)."""
         end = hidden.shape[0] if prompt_end is None else prompt_end
-        x, row_of = self.prompt_pairs(embeds, hidden, spans, end, features)
+        x, row_of = self.prompt_pairs(embeds, hidden, spans, end, features, scores=scores)
         return self.run_layer(x, torch.arange(x.shape[0])), row_of
 
     # ---- Drafter -----------------------------------------------------------------------------------------------
@@ -232,15 +248,36 @@ class EagleHead(nn.Module, Drafter):
         self.ctx = ctx
         prompt, hidden = ctx.target_prompt, ctx.target_hidden
         self.cache = DynamicCache(config=self.head_config)
-        self.forwards = 0
+        self.forwards, self.scoring_s = 0, 0.0
+        scores = None
+        if self.compressor is not None and self.compressor.needs_scores:
+            scores = lambda: self._visual_scores(ctx)
         x, _ = self.prompt_pairs(prompt.embeds[0], hidden, prompt.spans, len(prompt),
-                                 visual_keep=getattr(ctx, "visual_keep", None))
+                                 visual_keep=getattr(ctx, "visual_keep", None), scores=scores)
         if x.shape[0]:
             self.run_layer(x, torch.arange(x.shape[0]), self.cache)
             self.forwards += 1
         self.length = self.prompt_tokens = x.shape[0]      # cache entries == next position
         self.pending: list[int] = []                       # accepted tokens not yet fed
         self.pending_features = hidden[-1:]                # target features of their predecessors (+ root's)
+
+    def _visual_scores(self, ctx: DraftContext) -> torch.Tensor:
+        """The target's text->visual attention scores of the prompt's visual tokens: the generator's when it
+        passes them, else captured by re-running the target's prefill (the first paper's Stage I signal)."""
+        given = getattr(ctx, "visual_scores", None)
+        if given is not None:
+            return given
+        import time
+
+        from ..adapters.capture import AttentionCapture
+
+        started = time.perf_counter()
+        prompt = ctx.target_prompt
+        visual = prompt.visual_mask.nonzero().flatten()
+        with AttentionCapture(self.adapter, int(visual.max()) + 1, visual) as capture:
+            self.adapter.forward(prompt.embeds, prompt.positions, self.adapter.new_cache(), last_only=True)
+        self.scoring_s += time.perf_counter() - started
+        return capture.scores
 
     def _logprobs(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
         logits = fit_vocab(logits, self.ctx.vocab_size)

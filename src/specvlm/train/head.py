@@ -23,12 +23,14 @@ import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
+from typing import Callable
 
 import torch
 import torch.nn.functional as F
 
 from ..adapters import adapter_for
-from ..drafters.eagle import EagleHead
+from ..compressor import MODES, VisualCompressor
+from ..drafters.eagle import CONFIG_NAME, WEIGHTS_NAME, EagleHead
 from ..errors import SpecVLMError
 from .data import Example, as_example, greedy_examples, load_examples
 
@@ -53,7 +55,16 @@ class TrainConfig:
     out_dir: str | None = None
     checkpoint_every: int = 0        # steps between checkpoints (0: only the final save)
     resume: bool = False
+    overwrite: bool = False          # replace a previous run in out_dir (otherwise that is an error)
+    cache_target: bool = False       # keep the frozen target's outputs per example (indexable data) in memory:
+                                     # the same results, without re-running the target (and the media decoding)
+                                     # on later epochs; memory ~ examples x length x (2 hidden + vocab) floats
     progress: bool = True
+
+
+# what a resumed run must share with the run it continues (the rest may change: steps, saving, progress)
+RESUME_KEYS = ("lr", "batch_size", "grad_accum", "clip_grad", "feature_noise", "logit_weight", "feature_weight",
+               "betas", "weight_decay", "seed", "shuffle")
 
 
 @dataclass
@@ -82,23 +93,65 @@ class LossParts:
     tokens: int
 
 
-def distill_loss(head: EagleHead, example: Example, config: TrainConfig = TrainConfig(),
-                 target_outputs=None) -> LossParts:
-    """The head's loss on one example; the target runs here, online, without gradients."""
+@torch.no_grad()
+def target_forward(adapter, prompt, score_until: int | None = None):
+    """((logits, hidden), scores) of the frozen target over the whole sequence. With `score_until` (the first
+    response token), the prompt runs first under `AttentionCapture` (the verifier's text->visual attention of the
+    question, as at inference, where the response does not exist yet) and the response after it on the same
+    cache; else scores is None."""
+    cache = adapter.new_cache()
+    if score_until is None:
+        return adapter.forward(prompt.embeds, prompt.positions, cache), None
+    from ..adapters.capture import AttentionCapture
+
+    visual = prompt.visual_mask.nonzero().flatten()
+    with AttentionCapture(adapter, int(visual.max()) + 1, visual) as capture:
+        head_logits, head_hidden = adapter.forward(prompt.embeds[:, :score_until],
+                                                   prompt.positions[..., :score_until], cache)
+    tail_logits, tail_hidden = adapter.forward(prompt.embeds[:, score_until:], prompt.positions[..., score_until:],
+                                               cache)
+    return (torch.cat([head_logits, tail_logits]), torch.cat([head_hidden, tail_hidden])), capture.scores
+
+
+@dataclass
+class TargetPass:
+    """What the frozen target gives one example: its prompt (merged embeds, spans, positions), logits and final
+    features over the whole sequence, the verifier's attention scores when a compressor branch reads them, and
+    the response mask. Deterministic, so it can be kept and reused (`TrainConfig.cache_target`)."""
+    prompt: object
+    logits: torch.Tensor
+    hidden: torch.Tensor
+    scores: torch.Tensor | None
+    response: torch.Tensor
+
+
+@torch.no_grad()
+def target_pass(head: EagleHead, example: Example) -> TargetPass:
     adapter = head.adapter
-    with torch.no_grad():
-        prompt = adapter.prepare({k: v.to(adapter.device) if torch.is_tensor(v) else v
-                                  for k, v in example.inputs.items()})
-        if target_outputs is None:
-            target_outputs = adapter.forward(prompt.embeds, prompt.positions, adapter.new_cache())
-    logits_p, hidden = target_outputs
-    response = example.response.to(hidden.device)
+    first_response = int(example.response.nonzero()[0])
+    prompt = adapter.prepare({k: v.to(adapter.device) if torch.is_tensor(v) else v for k, v in example.inputs.items()})
+    wants_scores = head.compressor is not None and head.compressor.needs_scores and bool(prompt.spans)
+    (logits, hidden), scores = target_forward(adapter, prompt, first_response if wants_scores else None)
+    return TargetPass(prompt, logits, hidden, scores, example.response)
+
+
+def _wants_scores(head: EagleHead, cached: TargetPass) -> bool:
+    return head.compressor is not None and head.compressor.needs_scores and bool(cached.prompt.spans)
+
+
+def distill_loss(head: EagleHead, example: Example | None, config: TrainConfig = TrainConfig(),
+                 cached: TargetPass | None = None) -> LossParts:
+    """The head's loss on one example; the target runs here, online, without gradients (or `cached` gives
+    what it computed for this example before)."""
+    target = cached if cached is not None else target_pass(head, example)
+    prompt, logits_p, hidden, scores = target.prompt, target.logits, target.hidden, target.scores
+    response = target.response.to(hidden.device)
     first_response = int(response.nonzero()[0])
     features = hidden
     if config.feature_noise:   # U(-a, a) on the head's input features only, never on its targets
         noise = torch.rand_like(hidden, dtype=torch.float32) * 2 - 1
         features = hidden + (noise * config.feature_noise).to(hidden.dtype)
-    out, row_of = head(prompt.embeds[0], hidden, prompt.spans, first_response, features)
+    out, row_of = head(prompt.embeds[0], hidden, prompt.spans, first_response, features, scores=scores)
     use = (response[1:].to(row_of.device) & (row_of >= 0)).nonzero().flatten()
     pred = out[row_of[use]]
     f_p = hidden[1:][use.to(hidden.device)].to(pred.device, pred.dtype)
@@ -107,8 +160,10 @@ def distill_loss(head: EagleHead, example: Example, config: TrainConfig = TrainC
     ce = -(z_p.softmax(-1) * z_q.log_softmax(-1)).sum(-1).mean()
     feature = F.smooth_l1_loss(pred.float(), f_p.float())
     loss = config.logit_weight * ce + config.feature_weight * feature
-    if head.compressor is not None:
+    if head.compressor is not None and head.training:   # select mode: the gate's budget and credit terms
+        distill = float(loss.detach())
         loss = loss + head.compressor.budget_loss.to(loss.device)
+        loss = loss + head.compressor.credit_loss(distill).to(loss.device)
     accuracy = float((z_q.argmax(-1) == z_p.argmax(-1)).float().mean())
     return LossParts(loss, float(ce.detach()), float(feature.detach()), accuracy, int(use.numel()))
 
@@ -141,7 +196,9 @@ class _Stream:
             except StopIteration:
                 raise SpecVLMError("no training examples") from None
 
-    def __next__(self) -> Example:
+    def __next__(self) -> tuple[int | None, Callable[[], Example]]:
+        """(key, load): the example's index in an indexable dataset (None otherwise) and a function returning the
+        example (not called when the trainer already holds the target's outputs for that key)."""
         if self.indexable:
             n = len(self.data)
             epoch, index = divmod(self.position, n)
@@ -149,11 +206,12 @@ class _Stream:
                 generator = torch.Generator().manual_seed(self.seed * 100003 + epoch)
                 self._order = torch.randperm(n, generator=generator).tolist() if self.shuffle else list(range(n))
                 self._epoch = epoch
-            item = self.data[self._order[index]]
-        else:
-            item = self._next_iterable()
+            key = self._order[index]
+            self.position += 1
+            return key, lambda: as_example(self.data[key])
+        item = self._next_iterable()
         self.position += 1
-        return as_example(item)
+        return None, lambda: as_example(item)
 
 
 def _latest(out_dir: Path) -> tuple[Path, dict] | None:
@@ -163,19 +221,61 @@ def _latest(out_dir: Path) -> tuple[Path, dict] | None:
     return max(states, key=lambda item: item[1]["step"], default=None)
 
 
-def _save(head: EagleHead, optimizer, result: TrainResult, where: Path, examples_seen: int, ema) -> None:
+def _saved_run(out_dir: Path) -> Path:
+    """The folder of the newest saved state in `out_dir`, for --resume; a one-line error when there is none."""
+    latest = _latest(out_dir) if out_dir.is_dir() else None
+    if latest is None:
+        raise SpecVLMError(f"nothing to resume in {out_dir}: no {STATE_NAME} there or in its checkpoint-* folders")
+    return latest[0]
+
+
+def check_out_dir(out_dir: Path, resume: bool, overwrite: bool, dry_run: bool = False) -> None:
+    """A new run never writes over a previous one silently: `out_dir` must be new or empty, or hold a run to
+    `resume`, or `overwrite` says to replace it (only the files a run writes are removed; others are refused)."""
+    if out_dir.exists() and not out_dir.is_dir():
+        raise SpecVLMError(f"--out {out_dir} is a file, not a folder")
+    if resume:
+        _saved_run(out_dir)
+        return
+    if not out_dir.is_dir() or not any(out_dir.iterdir()):
+        return
+    ours = {CONFIG_NAME, WEIGHTS_NAME, STATE_NAME}
+    entries = list(out_dir.iterdir())
+    foreign = [e.name for e in entries
+               if not (e.name in ours or (e.is_dir() and e.name.startswith("checkpoint-")))]
+    if not overwrite:
+        raise SpecVLMError(f"--out {out_dir} already holds files ({', '.join(sorted(e.name for e in entries)[:3])}"
+                           f"{', ...' if len(entries) > 3 else ''}); pass --resume to continue that run, "
+                           "--overwrite to replace it, or another --out")
+    if foreign:
+        raise SpecVLMError(f"--overwrite: {out_dir} holds files that are not a training run's "
+                           f"({', '.join(sorted(foreign)[:3])}); refusing to delete them")
+    if dry_run:
+        return
+    import shutil
+
+    for entry in entries:
+        shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
+
+
+def _save(head: EagleHead, optimizer, result: TrainResult, where: Path, examples_seen: int, ema,
+          config: TrainConfig) -> None:
     head.save_pretrained(where)
     device = head.fc.weight.device
     torch.save(dict(step=result.steps, examples_seen=examples_seen, optimizer=optimizer.state_dict(),
+                    config={k: getattr(config, k) for k in RESUME_KEYS},
+                    credit=(head.compressor.loss_mean, head.compressor.loss_count) if head.compressor else None,
                     rng=torch.get_rng_state(), losses=result.losses, accuracy=result.accuracy, ema=ema,
                     picks=result.picks, cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None),
                where / STATE_NAME)
 
 
 def train_head(target, data, head: EagleHead | None = None, config: TrainConfig | None = None,
-               **overrides) -> TrainResult:
+               target_cache: dict | None = None, **overrides) -> TrainResult:
     """Distil `head` (default: a fresh `EagleHead.init_for(target)`) from the frozen `target` over `data` (an
-    iterable of examples, see `specvlm.train.data`). Keyword overrides set `TrainConfig` fields."""
+    iterable of examples, see `specvlm.train.data`). Keyword overrides set `TrainConfig` fields. With
+    `cache_target`, `target_cache` (a dict) may be passed to share the target's outputs between calls on the same
+    `data` (e.g. heads of several compressor modes, or a run continued with `resume`)."""
     config = config or TrainConfig()
     unknown = set(overrides) - {f.name for f in fields(TrainConfig)}
     if unknown:
@@ -188,21 +288,34 @@ def train_head(target, data, head: EagleHead | None = None, config: TrainConfig 
     with torch.random.fork_rng(devices=devices), torch.enable_grad():
         torch.manual_seed(config.seed)
         head = head if head is not None else EagleHead.init_for(target, seed=config.seed)
-        return _train(head, data, config)
+        return _train(head, data, config, target_cache)
 
 
-def _train(head: EagleHead, data, config: TrainConfig) -> TrainResult:
+def _train(head: EagleHead, data, config: TrainConfig, target_cache: dict | None = None) -> TrainResult:
     optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, betas=config.betas,
                                   weight_decay=config.weight_decay)
     result, examples_seen, ema = TrainResult(head), 0, None
     out_dir = Path(config.out_dir) if config.out_dir else None
+    if config.resume and out_dir is None:
+        raise SpecVLMError("resume needs the output folder that holds the checkpoints")
+    if out_dir is not None:
+        check_out_dir(out_dir, config.resume, config.overwrite)
     if config.resume:
-        if out_dir is None:
-            raise SpecVLMError("resume needs the output folder that holds the checkpoints")
-        latest = _latest(out_dir) if out_dir.is_dir() else None
+        latest = _latest(out_dir)
         if latest is not None:
             where, state = latest
+            saved = state.get("config", {})
+            differ = [f"{k} {saved[k]} vs {getattr(config, k)}" for k in RESUME_KEYS
+                      if k in saved and _norm(saved[k]) != _norm(getattr(config, k))]
+            if differ:
+                raise SpecVLMError(f"cannot resume {where} with other settings ({'; '.join(differ)}): the result "
+                                   "would not be the run it continues")
             loaded = EagleHead.from_pretrained(where, head.adapter.model, dtype=head.dtype)   # checks the target
+            have = head.compressor.config() if head.compressor is not None else None
+            want = loaded.compressor.config() if loaded.compressor is not None else None
+            if have != want:
+                raise SpecVLMError(f"cannot resume {where}: it was trained with compressor {want}, this head has "
+                                   f"{have}")
             head.load_state_dict(loaded.state_dict())
             optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])
@@ -210,7 +323,10 @@ def _train(head: EagleHead, data, config: TrainConfig) -> TrainResult:
                 torch.cuda.set_rng_state(state["cuda_rng"], head.fc.weight.device)
             result.steps, examples_seen, ema = state["step"], state["examples_seen"], state["ema"]
             result.losses, result.accuracy, result.picks = state["losses"], state["accuracy"], state["picks"]
+            if head.compressor is not None and state.get("credit") is not None:
+                head.compressor.loss_mean, head.compressor.loss_count = state["credit"]
     stream = _Stream(data, config.seed, config.shuffle, examples_seen)
+    passes: dict[int, TargetPass] = {} if target_cache is None else target_cache   # per example index
     picks_before = Counter(result.picks)
     if head.compressor is not None:
         head.compressor.picks.clear()   # count this run's choices only (plus what a resumed run had made)
@@ -223,7 +339,13 @@ def _train(head: EagleHead, data, config: TrainConfig) -> TrainResult:
             optimizer.zero_grad(set_to_none=True)
             loss_sum = acc_sum = 0.0
             for _ in range(per_step):
-                parts = distill_loss(head, next(stream), config)
+                key, load = next(stream)
+                if config.cache_target and key is not None:
+                    if key not in passes or (passes[key].scores is None and _wants_scores(head, passes[key])):
+                        passes[key] = target_pass(head, load())
+                    parts = distill_loss(head, None, config, cached=passes[key])
+                else:
+                    parts = distill_loss(head, load(), config)
                 (parts.loss / per_step).backward()
                 loss_sum, acc_sum = loss_sum + float(parts.loss.detach()), acc_sum + parts.accuracy
             if config.clip_grad:
@@ -241,15 +363,20 @@ def _train(head: EagleHead, data, config: TrainConfig) -> TrainResult:
                 bar.set_postfix(loss=f"{result.losses[-1]:.4f}", acc=f"{ema:.2f}",
                                 tau=f"{sum(ema ** k for k in range(1, 7)):.2f}")
             if out_dir is not None and config.checkpoint_every and result.steps % config.checkpoint_every == 0:
-                _save(head, optimizer, result, out_dir / f"checkpoint-{result.steps:07d}", examples_seen, ema)
+                _save(head, optimizer, result, out_dir / f"checkpoint-{result.steps:07d}", examples_seen, ema,
+                      config)
     finally:
         if bar is not None:
             bar.close()
         head.eval()
     result.seconds = time.perf_counter() - started
     if out_dir is not None:
-        _save(head, optimizer, result, out_dir, examples_seen, ema)
+        _save(head, optimizer, result, out_dir, examples_seen, ema, config)
     return result
+
+
+def _norm(value):
+    return list(value) if isinstance(value, tuple) else value
 
 
 def _progress(config: TrainConfig, start: int):
@@ -262,39 +389,84 @@ def _progress(config: TrainConfig, start: int):
 
 
 # ---- command line --------------------------------------------------------------------------------------------------
+def add_train_head_parser(subparsers) -> argparse.ArgumentParser:
+    """Register `specvlm train-head` on the CLI's subparsers."""
+    parser = subparsers.add_parser(
+        "train-head", help="distil an EagleVLM draft head from a target on video / image conversations",
+        description="Online logit distillation of an EagleVLM draft head (fc + one decoder layer over the "
+                    "target's features, sharing its embeddings and LM head): the frozen target runs inside every "
+                    "step; the loss is 0.1 soft-CE + 1.0 SmoothL1 on the response tokens. The result is a folder "
+                    "for `specvlm generate --head DIR`.",
+        epilog="example: specvlm train-head --target models/target --data world/train.jsonl --out heads/eagle "
+               "--steps 1000 --lr 1e-3 --save-every 200")
+    add_train_arguments(parser)
+    parser.set_defaults(func=run_from_args)
+    return parser
+
+
 def add_train_arguments(parser: argparse.ArgumentParser) -> None:
     """Options of `specvlm train-head`; pair with `parser.set_defaults(func=run_from_args)`."""
     g = parser.add_argument_group("models and data")
     src = g.add_mutually_exclusive_group(required=True)
-    src.add_argument("--target", help="target model folder (or hub id)")
-    src.add_argument("--tiny", metavar="FAMILY",
-                     help="smoke run: a tiny random target of FAMILY (peaky weights) and its own greedy answers")
-    g.add_argument("--data", help=".pt list of examples (JSONL conversations once the input pipeline is wired)")
-    g.add_argument("--tiny-examples", type=int, default=64, help="--tiny: prompts to self-distil (default 64)")
-    g.add_argument("--out", required=True, help="folder for the trained head and its checkpoints")
-    g.add_argument("--init", help="start from a saved head instead of a fresh one")
-    g.add_argument("--device", default="auto", help="auto, cpu, cuda, ...")
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
-    c = parser.add_argument_group("compressor")
-    c.add_argument("--compressor", choices=("none", "select", "weighted", "concat"), default="none",
-                   help="elastic visual compressor over the head's visual span (default none)")
-    c.add_argument("--compressor-branches", help="comma-separated branches, e.g. prune:20,pool:20,conv:3,text")
-    c.add_argument("--compressor-ratio", type=int, default=3, help="weighted mode: the shared ratio (default 3)")
-    c.add_argument("--budget-weight", type=float, default=0.0,
+    src.add_argument("--target", metavar="DIR", help="target model folder (weights, tokenizer, processor) or hub id")
+    src.add_argument("--tiny-smoke", metavar="FAMILY",
+                     help="smoke test only: a tiny RANDOM target of FAMILY (qwen2_5_vl, llava_onevision, ...) "
+                          "distilled on its own greedy answers to random prompts; nothing it learns is useful")
+    g.add_argument("--data", metavar="PATH",
+                   help="JSONL of {video | image | images, conversation} records (paths relative to the file), "
+                        "a testbed world folder (its train.jsonl), or a .pt list of examples")
+    g.add_argument("--split", default="train", help="with a world folder as --data: which split (default train)")
+    g.add_argument("--limit", type=int, default=None, metavar="N", help="use the first N records of --data only")
+    g.add_argument("--out", required=True, metavar="DIR",
+                   help="folder for the trained head and its checkpoints (must be new or empty, unless --resume "
+                        "or --overwrite)")
+    g.add_argument("--init", metavar="DIR", help="start from a saved head instead of a fresh one")
+    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
+    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
+                   help="target weights dtype (auto: the checkpoint's on GPU, float32 on CPU); the head trains in "
+                        "float32")
+    g.add_argument("--tiny-examples", type=int, default=64, metavar="N",
+                   help="--tiny-smoke: random prompts to self-distil (default 64)")
+    m = parser.add_argument_group("media sampling (as in specvlm generate)")
+    m.add_argument("--num-frames", type=int, default=None, metavar="N", help="video frames per clip (default 8)")
+    m.add_argument("--fps", type=float, default=None, metavar="X", help="sample X frames per second instead")
+    m.add_argument("--max-pixels", type=int, default=None, metavar="N", help="Qwen-VL: at most N pixels per frame")
+    c = parser.add_argument_group("elastic visual compressor (shortens the head's visual span, never the target's)")
+    c.add_argument("--compressor", default="none", metavar="MODE|BRANCH",
+                   help="none (default); select (SpecVLM: a gate picks one branch per input), weighted or concat; "
+                        "or one fixed branch: prune:R, prune_random:R, pool:R, conv:R (R<=5), resampler:Q, text, or "
+                        "verifier:R (the target's text->visual attention picks the kept tokens)")
+    c.add_argument("--compressor-branches", metavar="LIST",
+                   help="select/weighted/concat: comma-separated branches (default select: "
+                        "prune:20,pool:20,conv:3,resampler:2,text)")
+    c.add_argument("--compressor-ratio", type=int, metavar="R", default=3, help="weighted mode: the shared ratio (default 3)")
+    c.add_argument("--budget-weight", type=float, metavar="W", default=0.0,
                    help="select mode: weight of the expected kept-token fraction in the loss (default 0)")
     t = parser.add_argument_group("optimisation")
     d = TrainConfig()
-    t.add_argument("--steps", type=int, default=d.steps, help=f"optimizer steps (default {d.steps})")
-    t.add_argument("--lr", type=float, default=d.lr, help=f"AdamW learning rate (default {d.lr})")
-    t.add_argument("--batch-size", type=int, default=d.batch_size)
-    t.add_argument("--grad-accum", type=int, default=d.grad_accum)
-    t.add_argument("--clip-grad", type=float, default=d.clip_grad, help="clip gradients by value (0: off)")
-    t.add_argument("--feature-noise", type=float, default=d.feature_noise, help="U(-a,a) noise on input features")
-    t.add_argument("--logit-weight", type=float, default=d.logit_weight)
-    t.add_argument("--feature-weight", type=float, default=d.feature_weight)
-    t.add_argument("--seed", type=int, default=d.seed)
-    t.add_argument("--checkpoint-every", type=int, default=0, help="steps between checkpoints (0: final only)")
-    t.add_argument("--resume", action="store_true", help="continue from the newest checkpoint in --out")
+    t.add_argument("--steps", type=int, metavar="N", default=d.steps, help=f"optimizer steps (default {d.steps})")
+    t.add_argument("--lr", type=float, metavar="X", default=d.lr, help=f"AdamW learning rate (default {d.lr}; no warmup)")
+    t.add_argument("--batch", "--batch-size", dest="batch_size", type=int, metavar="N", default=d.batch_size,
+                   help="examples per micro-step (default 1)")
+    t.add_argument("--grad-accum", type=int, metavar="N", default=d.grad_accum,
+                   help="micro-steps per optimizer step (default 1); effective batch = batch * grad-accum")
+    t.add_argument("--clip", "--clip-grad", dest="clip_grad", type=float, metavar="V", default=d.clip_grad,
+                   help=f"clip gradients by value (default {d.clip_grad}; 0: off)")
+    t.add_argument("--noise", "--feature-noise", dest="feature_noise", type=float, metavar="A", default=d.feature_noise,
+                   help="a in U(-a, a) added to the head's input features (default 0; EAGLE uses 0.1)")
+    t.add_argument("--logit-weight", type=float, metavar="W", default=d.logit_weight, help="soft cross-entropy weight (0.1)")
+    t.add_argument("--feature-weight", type=float, metavar="W", default=d.feature_weight, help="SmoothL1 feature weight (1.0)")
+    t.add_argument("--seed", type=int, metavar="N", default=d.seed, help="head init, data order and noise (default 0)")
+    t.add_argument("--save-every", "--checkpoint-every", dest="checkpoint_every", type=int, default=0, metavar="N",
+                   help="also save OUT/checkpoint-<step> every N steps (default 0: the final save only)")
+    t.add_argument("--cache-target", action="store_true",
+                   help="keep the frozen target's outputs per example in memory after their first use: the same "
+                        "result, much faster over several epochs (memory ~ examples x length x (2 hidden + vocab) "
+                        "floats)")
+    t.add_argument("--resume", action="store_true",
+                   help="continue the run saved in --out (its newest checkpoint) up to --steps, exactly as an "
+                        "uninterrupted run would")
+    t.add_argument("--overwrite", action="store_true", help="replace a previous run saved in --out")
     t.add_argument("--no-progress", action="store_true", help="no progress bar")
     t.add_argument("--json", action="store_true", help="print one JSON summary")
 
@@ -303,49 +475,99 @@ def _tiny_setup(family: str, n: int):
     from ..tiny import FAMILIES, make_inputs, make_model
 
     if family not in FAMILIES:
-        raise SpecVLMError(f"--tiny {family}: choose from {', '.join(FAMILIES)}")
+        raise SpecVLMError(f"--tiny-smoke {family}: choose from {', '.join(FAMILIES)}")
+    if n < 1:
+        raise SpecVLMError(f"--tiny-examples must be >= 1, got {n}")
     target = make_model(family, init=0.3)
     prompts = [make_inputs(family, ("image", "video")[i % 2], prompt_len=3 + i % 5, seed=i) for i in range(n)]
     return target, greedy_examples(target, prompts, max_new_tokens=24)
 
 
+def compressor_config(spec: str, branches: str | None = None, ratio: int = 3, budget_weight: float = 0.0,
+                      heads: int = 1) -> dict | None:
+    """`--compressor` as a `VisualCompressor` config: None, a mode (with its default or the given branches), or one
+    fixed branch (a one-branch concat, no gate)."""
+    if spec == "none":
+        if branches:
+            raise SpecVLMError("--compressor-branches needs --compressor select, weighted or concat")
+        return None
+    if spec in MODES:
+        config = dict(mode=spec, ratio=ratio, budget_weight=budget_weight, heads=heads)
+        if branches:
+            config["branches"] = [b.strip() for b in branches.split(",") if b.strip()]
+    else:
+        if branches:
+            raise SpecVLMError(f"--compressor {spec} is one branch; --compressor-branches goes with a mode")
+        config = dict(mode="concat", branches=[spec], heads=heads)
+    try:
+        VisualCompressor.from_config(8 * heads, config)   # validates branch names and ratios
+    except ValueError as err:
+        raise SpecVLMError(f"--compressor: {err}") from None
+    return config
+
+
+def _positive(**values) -> None:
+    for name, value in values.items():
+        if value is not None and value < 1:
+            raise SpecVLMError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
+
+
 def run_from_args(args) -> int:
-    if args.tiny:
-        target, examples = _tiny_setup(args.tiny, args.tiny_examples)
+    _positive(steps=args.steps, batch=args.batch_size, grad_accum=args.grad_accum, limit=args.limit)
+    if not args.lr > 0:
+        raise SpecVLMError(f"--lr must be > 0, got {args.lr}")
+    if args.feature_noise < 0 or args.clip_grad < 0 or args.checkpoint_every < 0:
+        raise SpecVLMError("--noise, --clip and --save-every must be >= 0")
+    if args.resume and args.overwrite:
+        raise SpecVLMError("--resume continues the run in --out and --overwrite replaces it: give one")
+    check_out_dir(Path(args.out), args.resume, args.overwrite, dry_run=True)
+    compressor_config(args.compressor, args.compressor_branches, args.compressor_ratio, args.budget_weight)
+    if args.tiny_smoke:
+        target, examples = _tiny_setup(args.tiny_smoke, args.tiny_examples)
         if args.data:
             examples = load_examples(args.data)
     else:
-        from ..loading import load_model
+        from ..loading import load_model, resolve
 
         if not args.data:
-            raise SpecVLMError("--target needs --data")
+            raise SpecVLMError("--target needs --data (a JSONL of conversations or a testbed world folder)")
+        resolve(args.target)   # a missing model folder is reported before the data is read
+        examples = load_examples(args.data, args.target, split=args.split, num_frames=args.num_frames,
+                                 fps=args.fps, max_pixels=args.max_pixels, limit=args.limit)
         target = load_model(args.target, dtype=args.dtype, device=args.device)
-        examples = load_examples(args.data)
-    if args.init:
-        head = EagleHead.from_pretrained(args.init, target)
+        if hasattr(examples, "check_against"):
+            examples.check_against(target.config)
+    if args.limit is not None and isinstance(examples, list):
+        examples = examples[:args.limit]
+    heads = int(adapter_for(target).text_config.num_attention_heads)
+    saved = _saved_run(Path(args.out)) if args.resume else None
+    if args.init or saved is not None:
+        source = args.init or saved
+        if args.compressor != "none" and not args.init:
+            wanted = compressor_config(args.compressor, args.compressor_branches, args.compressor_ratio,
+                                       args.budget_weight, heads)
+            have = json.loads((Path(source) / "config.json").read_text()).get("compressor")
+            if have is None or {**have, **wanted} != have:
+                raise SpecVLMError(f"--resume: the run in {args.out} was started with compressor {have}, not "
+                                   f"--compressor {args.compressor}; leave the option out to continue it")
+        head = EagleHead.from_pretrained(source, target, dtype=torch.float32)
     else:
-        compressor = None
-        if args.compressor != "none":
-            compressor = dict(mode=args.compressor, ratio=args.compressor_ratio, budget_weight=args.budget_weight,
-                              heads=int(adapter_for(target).text_config.num_attention_heads))
-            if args.compressor_branches:
-                compressor["branches"] = [b.strip() for b in args.compressor_branches.split(",") if b.strip()]
-        try:
-            head = EagleHead.init_for(target, compressor=compressor, seed=args.seed,
-                                      dtype=torch.float32 if args.dtype == "auto" else None)
-        except ValueError as err:
-            raise SpecVLMError(str(err)) from None
+        compressor = compressor_config(args.compressor, args.compressor_branches, args.compressor_ratio,
+                                       args.budget_weight, heads)
+        head = EagleHead.init_for(target, compressor=compressor, seed=args.seed, dtype=torch.float32)
     config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
                          clip_grad=args.clip_grad or None, feature_noise=args.feature_noise,
                          logit_weight=args.logit_weight, feature_weight=args.feature_weight, seed=args.seed,
                          out_dir=args.out, checkpoint_every=args.checkpoint_every, resume=args.resume,
+                         overwrite=args.overwrite, cache_target=args.cache_target,
                          progress=not args.no_progress and not args.json)
     result = train_head(target, examples, head, config)
     summary = dict(result.as_dict(), out=args.out)
     if args.json:
         print(json.dumps(summary))
     else:
+        picks = f", gate picks {result.picks}" if result.picks else ""
         print(f"trained {summary['parameters']:,} head parameters for {result.steps} steps in {result.seconds:.1f}s: "
               f"loss {summary['loss_first10']:.4f} -> {summary['loss_last10']:.4f}, top-1 agreement "
-              f"{summary['accuracy_last10']:.2f}; saved to {args.out}")
+              f"{summary['accuracy_last10']:.2f}{picks}; saved to {args.out}")
     return 0

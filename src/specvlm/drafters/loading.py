@@ -1,0 +1,90 @@
+"""`load_drafter(spec, target)`: what `specvlm generate --draft / --head` names, as something
+`SpeculativeGenerator(target, drafter)` takes.
+
+    "self"                       -> "self" (the target drafts for itself)
+    an EagleHead folder          -> EagleHead.from_pretrained(folder, target)   (config.json says specvlm_head="eagle")
+    a model folder or hub id     -> the draft VLM, loaded like the target (same dtype / device rules)
+    an EagleHead or a model      -> itself (already loaded)
+
+Mismatches are one-line `SpecVLMError`s before any generation: a head trained for another target architecture or
+size, a draft model of another family or with other placeholder ids, a folder that is neither.
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from ..errors import SpecVLMError
+
+
+def is_eagle_head(path) -> bool:
+    """True when `path` is a folder saved by `EagleHead.save_pretrained`."""
+    try:
+        config = json.loads((Path(path).expanduser() / "config.json").read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(config, dict) and config.get("specvlm_head") == "eagle"
+
+
+def load_drafter(spec, target, dtype: str = "auto", device: str | None = None, kind: str | None = None):
+    """"self", a loaded draft VLM, or a loaded `EagleHead`, checked against `target` (a loaded HF VLM).
+
+    `kind`: None detects from the folder; "head" insists on an EagleHead folder (`--head`), "model" on a model
+    (`--draft`). `dtype` / `device` apply to a draft model ("auto" / None: the target's device, float32 on CPU);
+    a head takes the target's device and dtype."""
+    from ..adapters import adapter_for
+    from ..drafters.eagle import EagleHead
+
+    if kind not in (None, "head", "model"):
+        raise ValueError(f"kind must be None, 'head' or 'model', got {kind!r}")
+    if isinstance(spec, EagleHead):
+        return _checked_head(spec, target)
+    if not isinstance(spec, (str, Path)):            # an already loaded model (or another Drafter)
+        return spec
+    name = str(spec)
+    if name == "self":
+        if kind == "head":
+            raise SpecVLMError("--head needs the folder of a trained EagleHead, not 'self'")
+        return "self"
+    path = Path(name).expanduser()
+    if is_eagle_head(path):
+        if kind == "model":
+            raise SpecVLMError(f"{name} is an EagleHead folder, not a draft model; pass it as --head")
+        try:
+            return EagleHead.from_pretrained(path, target)
+        except (OSError, KeyError, RuntimeError) as err:   # missing / corrupt weights file
+            raise SpecVLMError(f"cannot load the EagleHead in {name}: {_first_line(err)}") from None
+    if kind == "head":
+        if not path.exists():
+            raise SpecVLMError(f"head folder {name} does not exist")
+        raise SpecVLMError(f"{name} is not an EagleHead folder (its config.json does not say specvlm_head='eagle'); "
+                           "train one with `specvlm train-head`, or pass a draft model as --draft")
+    from ..compat import check_models
+    from ..loading import load_model
+
+    target_adapter = adapter_for(target)
+    if device is None or device == "auto":
+        device = "cuda" if target_adapter.device.type == "cuda" else str(target_adapter.device)
+    draft = load_model(name, dtype, device)
+    check_models(target_adapter, adapter_for(draft))
+    return draft
+
+
+def _checked_head(head, target):
+    from ..adapters import adapter_for
+    from ..drafters.eagle import target_signature
+
+    if head.adapter.model is target:
+        return head
+    saved, actual = head.signature, target_signature(adapter_for(target))
+    if saved != actual:
+        raise SpecVLMError(f"this EagleHead was built for a {saved['architecture']} target that differs from this "
+                           f"{actual['architecture']}")
+    raise SpecVLMError("this EagleHead is bound to another target instance; load it for this one with "
+                       "EagleHead.from_pretrained(folder, target)")
+
+
+def _first_line(err: BaseException) -> str:
+    lines = str(err).strip().splitlines()
+    return lines[0] if lines else type(err).__name__
