@@ -1,4 +1,4 @@
-"""`specvlm` command line: generate | demo | train-head. Every command has --help; bad input
+"""`specvlm` command line: generate | demo | train-head | bench. Every command has --help; bad input
 is one line on stderr and a non-zero exit (set SPECVLM_DEBUG=1 to see tracebacks of unexpected errors)."""
 
 from __future__ import annotations
@@ -71,6 +71,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .train.head import add_train_head_parser
     add_train_head_parser(sub)
+
+    from .bench.command import add_bench_parser
+    add_bench_parser(sub)
     return parser
 
 

@@ -1,0 +1,322 @@
+"""One timed generation: the method's token ids, its wall / prefill / decode seconds, its acceptance counts and the
+time spent inside each model's decoder forwards.
+
+Every method reports the same `Measurement`, whoever runs it (HF `generate`, HF assisted generation or our
+`SpeculativeGenerator`), so the report can compare them:
+
+- wall time around the generate call (inputs already on the model; nothing else inside the timer);
+- prefill / decode split: ours from `SpecStats` (prefill = target prefill, attention capture, selection and draft
+  prefill; decode = the rest, first draft tree included: the video paper's convention); HF's from a streamer that
+  notes when the first new token comes out (time to first token = prefill; for HF assisted generation that is
+  after its first round, which verifies the first drafts together with the prompt);
+- forward clocks: a forward pre/post hook on the decoder stack (`model.model.language_model`; for an EAGLE head its
+  decoder layer) records every call's duration, keyed by the KV cache object passed in. The first cache seen on
+  the target's decoder is the target; everything else is the draft (this separates "self" speculation, where both
+  use the same module, and HF assisted generation). The LM head's time (a hook on the output embeddings; the
+  head's `logits` method for an EAGLE head) joins the decoder call just before it. Call 0 of each is its prefill,
+  the rest its decode forwards. Vision towers, sampling, tree building and cache bookkeeping are not in the
+  clocks.
+"""
+
+from __future__ import annotations
+
+import time
+from contextlib import ExitStack, contextmanager
+from dataclasses import asdict, dataclass, field
+
+import torch
+
+
+@dataclass
+class Clock:
+    """Decoder forward calls of one model in one generation (call 0 = prefill)."""
+    calls: int = 0
+    prefill_s: float = 0.0
+    decode_s: float = 0.0      # summed over calls 1..
+
+    def add(self, seconds: float) -> None:
+        if self.calls == 0:
+            self.prefill_s = seconds
+        else:
+            self.decode_s += seconds
+        self.calls += 1
+
+    def extend_last(self, seconds: float) -> None:
+        """Time that belongs to the latest call (its LM head)."""
+        if self.calls == 1:
+            self.prefill_s += seconds
+        elif self.calls > 1:
+            self.decode_s += seconds
+
+
+@dataclass
+class Measurement:
+    token_ids: list[int]
+    wall_s: float
+    prefill_s: float
+    decode_s: float
+    rounds: int = 0                    # verification rounds (0 for target-only)
+    accepted: int = 0                  # draft tokens accepted over all rounds (bonus tokens excluded)
+    drafted: int = 0                   # draft tokens proposed (tree nodes) over all rounds
+    accept_histogram: list[int] = field(default_factory=list)   # [k] = rounds that accepted exactly k
+    target_forwards: int = 0           # prefill included
+    draft_forwards: int = 0            # prefill included
+    target_clock: Clock = field(default_factory=Clock)
+    draft_clock: Clock = field(default_factory=Clock)
+    extra: dict = field(default_factory=dict)   # method-specific (prompt lengths, kept visual tokens, ...)
+
+    @property
+    def new_tokens(self) -> int:
+        return len(self.token_ids)
+
+    def as_dict(self) -> dict:
+        out = asdict(self)
+        out["new_tokens"] = self.new_tokens
+        return out
+
+
+# ---- decoder forward clocks ----------------------------------------------------------------------------------------
+class ForwardClocks:
+    """`with ForwardClocks(target_module, draft_module, heads) as clocks:` ... then `clocks.target`, `clocks.draft`
+    (`Clock`s). `draft_module` may be the target's own module ("self") or None. `heads`: LM-head modules, whose
+    time joins the decoder call just before them (every forward runs its decoder, then its LM head)."""
+
+    def __init__(self, target_module, draft_module=None, heads=()):
+        self.modules = [m for m in (target_module, draft_module) if m is not None]
+        self.heads = [m for m in dict.fromkeys(heads) if m is not None and m not in self.modules]
+        self.target_module = target_module
+        self.target, self.draft = Clock(), Clock()
+        self.last: Clock | None = None
+        self._target_cache = None
+        self._started: dict[int, float] = {}
+
+    def __enter__(self):
+        self.handles = []
+        for module in dict.fromkeys(self.modules):   # once per distinct module
+            self.handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
+            self.handles.append(module.register_forward_hook(self._post, with_kwargs=True))
+        for module in self.heads:
+            self.handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
+            self.handles.append(module.register_forward_hook(self._post_head, with_kwargs=True))
+        return self
+
+    def __exit__(self, *exc):
+        for handle in self.handles:
+            handle.remove()
+
+    def _pre(self, module, args, kwargs):
+        _sync()
+        self._started[id(module)] = time.perf_counter()
+
+    def _elapsed(self, module) -> float:
+        _sync()
+        return time.perf_counter() - self._started.pop(id(module))
+
+    def _post(self, module, args, kwargs, output):
+        seconds = self._elapsed(module)
+        cache = kwargs.get("past_key_values")
+        if module is self.target_module and self._target_cache is None:
+            self._target_cache = id(cache)
+        is_target = module is self.target_module and id(cache) == self._target_cache
+        self.last = self.target if is_target else self.draft
+        self.last.add(seconds)
+
+    def _post_head(self, module, args, kwargs, output):
+        self.add_to_last(self._elapsed(module))
+
+    def add_to_last(self, seconds: float) -> None:
+        if self.last is not None:
+            self.last.extend_last(seconds)
+
+
+@contextmanager
+def timed_method(obj, name: str, report):
+    """Temporarily time `obj.name(...)` calls, passing each duration to `report(seconds)`."""
+    original = getattr(obj, name)
+
+    def timed(*args, **kwargs):
+        _sync()
+        started = time.perf_counter()
+        out = original(*args, **kwargs)
+        _sync()
+        report(time.perf_counter() - started)
+        return out
+
+    setattr(obj, name, timed)
+    try:
+        yield
+    finally:
+        delattr(obj, name)
+
+
+class FirstTokenTimer:
+    """A `generate(streamer=...)` that notes when the first new tokens arrive (HF calls `put` with the prompt
+    first, then with each step's new tokens)."""
+
+    def __init__(self):
+        self.puts, self.first_token_at = 0, None
+
+    def put(self, value) -> None:
+        self.puts += 1
+        if self.puts == 2:
+            self.first_token_at = time.perf_counter()
+
+    def end(self) -> None:
+        pass
+
+
+def _sync() -> None:
+    if torch.cuda.is_available():
+        torch.cuda.synchronize()
+
+
+def decoder_of(model):
+    """The decoder stack whose forwards are timed: HF VLMs' `model.model.language_model`."""
+    return model.model.language_model
+
+
+# ---- target alone (HF generate) ------------------------------------------------------------------------------------
+def measure_target(target, inputs: dict, gen_kwargs: dict) -> Measurement:
+    """`target.generate(**inputs, **gen_kwargs)`: the reference output and the target's per-forward cost."""
+    streamer = FirstTokenTimer()
+    n_prompt = inputs["input_ids"].shape[1]
+    with ForwardClocks(decoder_of(target), heads=[target.get_output_embeddings()]) as clocks:
+        _sync()
+        started = time.perf_counter()
+        out = target.generate(**inputs, **gen_kwargs, streamer=streamer)
+        _sync()
+        ended = time.perf_counter()
+    ids = out[0, n_prompt:].tolist()
+    first = streamer.first_token_at or ended
+    return Measurement(ids, ended - started, first - started, ended - first, target_forwards=clocks.target.calls,
+                       target_clock=clocks.target, extra={"target_prompt_tokens": n_prompt})
+
+
+# ---- HF assisted generation ----------------------------------------------------------------------------------------
+@contextmanager
+def assistant_sees_its_pixels(assistant, draft_inputs: dict):
+    """transformers 5.x encodes the pixels once for the *target* (`mm_encoder_outputs`) and runs the assistant's
+    own prefill as a non-first iteration, so the assistant drafts blind (its prefill drops every multimodal
+    input). For a fair baseline we encode the pixels with the assistant's own vision tower (HF's own encoder
+    entry point) and hand them to its first forward; restored on exit. Yields whether it did."""
+    encoder = getattr(assistant, "_prepare_multimodal_encoder_kwargs_for_generation", None)
+    supported = getattr(assistant, "_supports_mm_encoder_outputs", lambda: False)
+    if encoder is None or not supported():   # an older path that still forwards the pixels themselves
+        yield False
+        return
+    encoder_inputs = {k: v for k, v in draft_inputs.items() if k not in ("input_ids", "attention_mask")}
+    with torch.no_grad():
+        own = encoder(encoder_inputs).get("mm_encoder_outputs")
+    original = assistant.prepare_inputs_for_generation
+
+    def prepare(input_ids, *args, past_key_values=None, is_first_iteration=False, **kwargs):
+        if own and (past_key_values is None or past_key_values.get_seq_length() == 0):
+            kwargs["mm_encoder_outputs"], is_first_iteration = own, True
+        return original(input_ids, *args, past_key_values=past_key_values, is_first_iteration=is_first_iteration,
+                        **kwargs)
+
+    assistant.prepare_inputs_for_generation = prepare
+    try:
+        yield bool(own)
+    finally:
+        del assistant.prepare_inputs_for_generation   # back to the class's method
+
+
+@contextmanager
+def recording_matches(target, rounds: list[tuple[int, int]]):
+    """Appends (drafted, accepted) per assisted-generation round to `rounds`, from HF's own
+    `update_candidate_strategy(input_ids, scores, num_matches)` call (num_matches is recomputed by HF after a
+    round is cut at EOS / max_new_tokens, so it counts the accepted draft tokens exactly as our τ does)."""
+    original = target._get_candidate_generator
+
+    def get(*args, **kwargs):
+        generator = original(*args, **kwargs)
+        update = generator.update_candidate_strategy
+
+        def recorded(input_ids, scores, num_matches):
+            rounds.append((int(scores.shape[1]) - 1, int(num_matches)))
+            return update(input_ids, scores, num_matches)
+
+        generator.update_candidate_strategy = recorded
+        return generator
+
+    target._get_candidate_generator = get
+    try:
+        yield
+    finally:
+        del target._get_candidate_generator
+
+
+@contextmanager
+def assistant_settings(assistant, num_tokens: int | None):
+    """`num_tokens`: a constant draft length with no confidence cut-off; None keeps HF's defaults."""
+    if num_tokens is None:
+        yield
+        return
+    config = assistant.generation_config
+    saved = {k: getattr(config, k, None) for k in ("num_assistant_tokens", "num_assistant_tokens_schedule",
+                                                   "assistant_confidence_threshold")}
+    config.num_assistant_tokens, config.num_assistant_tokens_schedule = num_tokens, "constant"
+    config.assistant_confidence_threshold = 0.0
+    try:
+        yield
+    finally:
+        for k, v in saved.items():
+            setattr(config, k, v)
+
+
+def measure_hf_assisted(target, draft, inputs: dict, draft_inputs: dict, gen_kwargs: dict,
+                        num_assistant_tokens: int | None = None) -> Measurement:
+    """`target.generate(**inputs, assistant_model=draft)` with the draft given its own vision features."""
+    streamer, rounds = FirstTokenTimer(), []
+    n_prompt = inputs["input_ids"].shape[1]
+    with assistant_sees_its_pixels(draft, draft_inputs) as sees, recording_matches(target, rounds), \
+            assistant_settings(draft, num_assistant_tokens), \
+            ForwardClocks(decoder_of(target), decoder_of(draft),
+                          heads=[target.get_output_embeddings(), draft.get_output_embeddings()]) as clocks:
+        _sync()
+        started = time.perf_counter()
+        out = target.generate(**inputs, **gen_kwargs, assistant_model=draft, streamer=streamer)
+        _sync()
+        ended = time.perf_counter()
+    ids = out[0, n_prompt:].tolist()
+    first = streamer.first_token_at or ended
+    histogram = [0] * (max((a for _, a in rounds), default=0) + 1)
+    for _, accepted in rounds:
+        histogram[accepted] += 1
+    return Measurement(ids, ended - started, first - started, ended - first, rounds=len(rounds),
+                       accepted=sum(a for _, a in rounds), drafted=sum(d for d, _ in rounds),
+                       accept_histogram=histogram if rounds else [], target_forwards=clocks.target.calls,
+                       draft_forwards=clocks.draft.calls, target_clock=clocks.target, draft_clock=clocks.draft,
+                       extra={"target_prompt_tokens": n_prompt, "assistant_given_pixels": sees})
+
+
+# ---- ours -----------------------------------------------------------------------------------------------------------
+def measure_speculative(generator, target, inputs: dict, draft_inputs: dict | None, gen_kwargs: dict) -> Measurement:
+    """`SpeculativeGenerator.generate`; the draft's decoder (or the head's layer) is timed as the draft."""
+    from ..drafters.eagle import EagleHead
+
+    drafter = generator.drafter
+    kwargs = dict(gen_kwargs)
+    if draft_inputs is not None:
+        kwargs["draft_inputs"] = draft_inputs
+    heads = [target.get_output_embeddings()]
+    with ExitStack() as stack:
+        if isinstance(drafter, EagleHead):   # its LM head is a call on the target's weights: time the method
+            clocks = stack.enter_context(ForwardClocks(decoder_of(target), drafter.layer, heads))
+            stack.enter_context(timed_method(drafter, "logits", clocks.draft.extend_last))
+        else:
+            heads.append(drafter.adapter.lm_head)
+            clocks = stack.enter_context(ForwardClocks(decoder_of(target), drafter.adapter.decoder, heads))
+        _sync()
+        started = time.perf_counter()
+        out = generator.generate(**inputs, **kwargs)
+        _sync()
+        ended = time.perf_counter()
+    s = out.stats
+    extra = {k: getattr(s, k) for k in ("target_prompt_tokens", "draft_prompt_tokens", "visual_tokens",
+                                        "kept_visual_tokens", "selection_s")}
+    return Measurement(list(out.token_ids), ended - started, s.prefill_s, s.decode_s, rounds=s.rounds,
+                       accepted=s.accepted_tokens, drafted=s.drafted_tokens, accept_histogram=list(s.accept_histogram),
+                       target_forwards=s.target_forwards, draft_forwards=s.draft_forwards,
+                       target_clock=clocks.target, draft_clock=clocks.draft, extra=extra)

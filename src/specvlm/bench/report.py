@@ -1,0 +1,242 @@
+"""From result rows to numbers, a markdown table and plots. Pure functions over the rows of `results.jsonl`, so the
+arithmetic can be checked on made-up timings.
+
+Conventions (both SpecVLM papers'):
+- τ = draft tokens accepted per verification round, the bonus token excluded, pooled over samples
+  (Σ accepted / Σ rounds); acceptance at position i = fraction of rounds whose i-th draft token was accepted.
+- speedup = Σ target-only time / Σ method time over the same samples of the same run (outputs are identical, so
+  this is also the ratio of tokens/s). "wall" times the whole generate call; "decode" excludes the prefill (the
+  papers' headline numbers are decode-phase speedups).
+- ideal speedup (decode phase), from the measured τ and measured per-forward costs:
+
+      ideal = (τ + 1) · t_T / (t_V + k · t_D)
+
+  t_T: mean target forward (decoder stack + LM head) per generated token in the target-only run (same samples);
+  t_V: mean target verification forward of the method; t_D: mean draft forward; k: draft forwards per round.
+  Each round yields τ + 1 tokens for one verification and k draft forwards; target-only decoding pays t_T per
+  token. Only model forwards count (`measure.ForwardClocks`), so achieved / ideal shows what everything else
+  costs (tree building, acceptance, cache bookkeeping, sampling, Python; for target-only HF `generate`'s own
+  per-token overhead, which can push achieved above ideal on tiny models). With t_V = t_T it is the familiar
+  (τ + 1) / (1 + k·c), c = t_D / t_T.
+"""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from pathlib import Path
+
+IDEAL_FORMULA = "ideal = (τ + 1) · t_T / (t_V + k · t_D)"
+
+
+def ideal_speedup(tau: float, t_target: float, t_verify: float, t_draft: float, draft_per_round: float) -> float | None:
+    """(τ + 1) · t_T / (t_V + k · t_D); None when a cost is unknown."""
+    if None in (tau, t_target, t_verify, t_draft, draft_per_round):
+        return None
+    cost = t_verify + draft_per_round * t_draft
+    return (tau + 1) * t_target / cost if cost > 0 else None
+
+
+def acceptance_by_position(histogram: list[int]) -> list[float]:
+    """[i] = fraction of rounds that accepted at least i + 1 draft tokens (at least one entry once a round ran)."""
+    rounds = sum(histogram)
+    if not rounds:
+        return []
+    return [sum(histogram[k:]) / rounds for k in range(1, max(len(histogram), 2))]
+
+
+def _ratio(num: float, den: float) -> float | None:
+    return num / den if den else None
+
+
+def _per_call(rows: list[dict], clock: str) -> tuple[float, int]:
+    """(Σ decode-forward seconds, Σ decode forwards) of `clock` ("target_clock" | "draft_clock")."""
+    seconds = sum(r[clock]["decode_s"] for r in rows)
+    calls = sum(max(r[clock]["calls"] - 1, 0) for r in rows)
+    return seconds, calls
+
+
+def summarize(rows: list[dict]) -> list[dict]:
+    """One summary per run (method × setting), in first-seen order, target first. Speedups divide the target
+    run's summed times by the run's, over the samples both have."""
+    by_run: dict[str, list[dict]] = defaultdict(list)
+    for row in rows:
+        by_run[row["run"]].append(row)
+    target = {r["sample"]: r for r in rows if r["method"] == "target"}
+    t_target = _ratio(*_per_call(list(target.values()), "target_clock"))
+    out = []
+    for name, group in by_run.items():
+        first = group[0]
+        paired = [r for r in group if r["sample"] in target]
+        refs = [target[r["sample"]] for r in paired]
+        rounds = sum(r["rounds"] for r in group)
+        accepted = sum(r["accepted"] for r in group)
+        histogram: list[int] = []
+        for r in group:
+            h = r.get("accept_histogram") or []
+            histogram += [0] * (len(h) - len(histogram))
+            for k, n in enumerate(h):
+                histogram[k] += n
+        new_tokens = sum(r["new_tokens"] for r in group)
+        is_target = first["method"] == "target"
+        tau = None if is_target or not rounds else accepted / rounds
+        v_s, v_calls = _per_call(group, "target_clock")
+        d_s, d_calls = _per_call(group, "draft_clock")
+        t_verify, t_draft = _ratio(v_s, v_calls), _ratio(d_s, d_calls)
+        k = _ratio(d_calls, rounds)
+        wall = _ratio(sum(r["wall_s"] for r in refs), sum(r["wall_s"] for r in paired))
+        decode = _ratio(sum(r["decode_s"] for r in refs), sum(r["decode_s"] for r in paired))
+        ideal = 1.0 if is_target else ideal_speedup(tau, t_target, t_verify, t_draft, k)
+        out.append({
+            "run": name, "method": first["method"], "setting": first["setting"], "keep_ratio": first.get("keep_ratio"),
+            "samples": len(group), "lossless": sum(bool(r["lossless"]) for r in group),
+            "new_tokens": new_tokens, "rounds": rounds, "tau": tau,
+            "acceptance_by_position": acceptance_by_position(histogram),
+            "tokens_per_s": _ratio(new_tokens, sum(r["wall_s"] for r in group)),
+            "speedup_wall": wall, "speedup_decode": decode, "ideal_speedup": ideal,
+            "prefill_s": sum(r["prefill_s"] for r in group) / len(group),
+            "decode_s": sum(r["decode_s"] for r in group) / len(group),
+            "wall_s": sum(r["wall_s"] for r in group) / len(group),
+            "target_forwards_per_token": _ratio(sum(r["target_forwards"] for r in group), new_tokens),
+            "draft_forwards_per_round": None if is_target else k,
+            "t_target_ms": None if t_target is None else t_target * 1e3,
+            "t_verify_ms": None if is_target or t_verify is None else t_verify * 1e3,
+            "t_draft_ms": None if is_target or t_draft is None else t_draft * 1e3,
+        })
+    out.sort(key=lambda s: s["method"] != "target")   # stable: target first, the rest as run
+    return out
+
+
+# ---- markdown -------------------------------------------------------------------------------------------------------
+def _fmt(value, digits: int = 2, suffix: str = "") -> str:
+    if value is None:
+        return "–"
+    if isinstance(value, float):
+        return f"{value:.{digits}f}{suffix}"
+    return f"{value}{suffix}"
+
+
+def _positions(acc: list[float], n: int = 5) -> str:
+    return " / ".join(f"{a:.2f}" for a in acc[:n]) if acc else "–"
+
+
+HEADERS = ["method", "setting", "lossless", "τ", "accept @1..5", "tokens/s", "speedup (wall)", "speedup (decode)",
+           "ideal (decode)", "prefill s", "decode s", "target fwd / token", "draft fwd / round", "t_T / t_V / t_D ms"]
+
+
+def table_rows(summary: list[dict]) -> list[list[str]]:
+    rows = []
+    for s in summary:
+        times = " / ".join(_fmt(s[k], 2) for k in ("t_target_ms", "t_verify_ms", "t_draft_ms"))
+        rows.append([s["method"], s["setting"], f"{s['lossless']}/{s['samples']}", _fmt(s["tau"]),
+                     _positions(s["acceptance_by_position"]), _fmt(s["tokens_per_s"], 1),
+                     _fmt(s["speedup_wall"], 2, "×"), _fmt(s["speedup_decode"], 2, "×"),
+                     _fmt(s["ideal_speedup"], 2, "×"), _fmt(s["prefill_s"], 3), _fmt(s["decode_s"], 3),
+                     _fmt(s["target_forwards_per_token"], 3), _fmt(s["draft_forwards_per_round"], 1), times])
+    return rows
+
+
+def markdown_table(summary: list[dict]) -> str:
+    lines = ["| " + " | ".join(HEADERS) + " |", "|" + "---|" * len(HEADERS)]
+    lines += ["| " + " | ".join(row) + " |" for row in table_rows(summary)]
+    return "\n".join(lines)
+
+
+def summary_markdown(summary: list[dict], context: dict) -> str:
+    """summary.md: what was run, the table, how to read it, and any output that differed from the target's."""
+    failures = [s for s in summary if s["lossless"] < s["samples"]]
+    lines = [f"# specvlm bench: {context.get('dataset', '?')}", ""]
+    for key in ("command", "machine", "versions", "target", "draft", "head", "samples", "max_new_tokens",
+                "ignore_eos", "num_frames", "tree", "num_draft_tokens", "hf_assistant_tokens", "repeats", "warmup",
+                "order"):
+        value = context.get(key)
+        if value is None or value is False or value == "":
+            continue
+        if isinstance(value, dict):
+            value = ", ".join(f"{k} {v}" for k, v in value.items())
+        lines.append(f"- {key.replace('_', ' ')}: " + (f"`{value}`" if key == "command" else str(value)))
+    lines += ["", markdown_table(summary), ""]
+    if failures:
+        lines += ["**Lossless check failed** (output differs from target-only greedy): " +
+                  ", ".join(f"{s['run']} ({s['samples'] - s['lossless']} of {s['samples']})" for s in failures), ""]
+    else:
+        lines += ["Every output equals the target-only greedy output token for token.", ""]
+    lines += [
+        "How to read it:",
+        "- lossless: samples whose output equals target-only greedy `generate`, token for token.",
+        "- τ: draft tokens accepted per verification round, bonus token excluded (both SpecVLM papers' convention),"
+        " pooled over samples; accept @i: fraction of rounds whose i-th draft token was accepted.",
+        "- speedup: Σ target-only time / Σ method time over the same samples in this run (methods interleaved per"
+        " sample, order rotated); wall = whole `generate` call, decode = after the prefill (the papers' headline"
+        " numbers are decode-phase). prefill s / decode s: means per sample.",
+        f"- ideal (decode): `{IDEAL_FORMULA}` with t_T the target-only forward per token, t_V the method's"
+        " target verification forward, t_D its draft forward and k draft forwards per round, all measured in this"
+        " run (model forwards only, decoder stack + LM head: tree building, acceptance, sampling and Python are"
+        " outside, so achieved / ideal shows their cost).",
+        "- hf-assisted: HF `generate(assistant_model=draft)`; its draft is given its own vision features (transformers"
+        " 5.x would otherwise draft without the video), τ from HF's own per-round match counts.",
+    ]
+    return "\n".join(lines) + "\n"
+
+
+# ---- plots ----------------------------------------------------------------------------------------------------------
+def plot(summary: list[dict], out_dir) -> list[Path]:
+    """pruning_curve.png (τ and speedup vs keep ratio, one line per pruning method) when a pruning method ran, and
+    speedup.png (achieved wall / decode speedup and the ideal, per run). Agg backend: no display needed."""
+    import matplotlib
+
+    matplotlib.use("Agg", force=True)
+    import matplotlib.pyplot as plt
+
+    out_dir = Path(out_dir)
+    written = []
+    curves: dict[str, list[dict]] = defaultdict(list)
+    for s in summary:
+        if s.get("keep_ratio") is not None:
+            curves[s["method"]].append(s)
+    if curves:
+        fig, (ax_tau, ax_speed) = plt.subplots(1, 2, figsize=(11, 4.2))
+        for method, points in curves.items():
+            points = sorted(points, key=lambda s: s["keep_ratio"])
+            x = [p["keep_ratio"] for p in points]
+            ax_tau.plot(x, [p["tau"] if p["tau"] is not None else float("nan") for p in points], "o-", label=method)
+            ax_speed.plot(x, [p["speedup_decode"] if p["speedup_decode"] is not None else float("nan")
+                              for p in points], "o-", label=method)
+        for s in summary:   # unpruned references
+            if s["method"] in ("sd-static", "self") and s["tau"] is not None:
+                ax_tau.axhline(s["tau"], ls="--", lw=1, color="gray")
+                ax_tau.annotate(s["method"], (1.0, s["tau"]), fontsize=8, color="gray", ha="right", va="bottom")
+                if s["speedup_decode"] is not None:
+                    ax_speed.axhline(s["speedup_decode"], ls="--", lw=1, color="gray")
+                    ax_speed.annotate(s["method"], (1.0, s["speedup_decode"]), fontsize=8, color="gray",
+                                      ha="right", va="bottom")
+        ax_speed.axhline(1.0, ls=":", lw=1, color="black")
+        for ax, label in ((ax_tau, "τ (accepted draft tokens / round)"), (ax_speed, "decode speedup vs target")):
+            ax.set_xscale("log")
+            ax.set_xlabel("visual keep ratio of the draft")
+            ax.set_ylabel(label)
+            ax.grid(alpha=0.3)
+        ax_tau.legend(fontsize=8)
+        fig.tight_layout()
+        written.append(out_dir / "pruning_curve.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    runs = [s for s in summary if s["method"] != "target"]
+    if runs:
+        fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(runs) + 2), 4.5))
+        xs = range(len(runs))
+        value = lambda s, k: s[k] if s[k] is not None else float("nan")
+        ax.bar([x - 0.2 for x in xs], [value(s, "speedup_wall") for s in runs], 0.4, label="wall")
+        ax.bar([x + 0.2 for x in xs], [value(s, "speedup_decode") for s in runs], 0.4, label="decode")
+        ax.plot(list(xs), [value(s, "ideal_speedup") for s in runs], "k_", ms=14, mew=2, ls="none",
+                label="ideal (decode)")
+        ax.axhline(1.0, ls=":", lw=1, color="black")
+        ax.set_xticks(list(xs))
+        ax.set_xticklabels([s["run"] for s in runs], rotation=60, ha="right", fontsize=8)
+        ax.set_ylabel("speedup vs target-only (same run)")
+        ax.legend(fontsize=8)
+        ax.grid(axis="y", alpha=0.3)
+        fig.tight_layout()
+        written.append(out_dir / "speedup.png")
+        fig.savefig(written[-1], dpi=110)
+        plt.close(fig)
+    return written

@@ -1,0 +1,331 @@
+"""`run_bench`: methods × settings over a dataset, every output checked against the target's, every time measured
+in the same process so speedups compare like with like.
+
+Per sample: decode the video / images once and build the processor inputs (untimed); on the first sample run every
+method `warmup` times untimed (lazy initialisation, allocator, caches); then run every method once (or `repeats`
+times, keeping the median wall time), in an order rotated by one per sample so slow drift of the machine spreads
+over all methods. A method's output is lossless when its token ids equal the target-only run's on that sample.
+
+Files written to `out` (refused when it exists non-empty, unless `force`):
+    results.jsonl     one row per method × setting × sample (token ids, text, times, acceptance, forward clocks)
+    summary.json      one summary per method × setting (report.summarize)
+    summary.md        the markdown table with the command, machine and conventions
+    pruning_curve.png τ and decode speedup vs keep ratio per pruning method (when pruning ran)
+    speedup.png       achieved wall / decode speedup and the ideal per run
+    config.json       the arguments and versions
+"""
+
+from __future__ import annotations
+
+import inspect
+import json
+import platform
+import re
+from pathlib import Path
+from typing import Callable
+
+import numpy as np
+
+from ..errors import SpecVLMError
+from .datasets import LOADERS, load_dataset
+from .methods import (DEFAULT_KEEP_RATIOS, DEFAULT_PRUNING_METHODS, Run, default_methods, generator_options,
+                      parse_methods)
+from .report import acceptance_by_position, plot, summarize, summary_markdown
+
+OUTPUT_FILES = ("results.jsonl", "summary.json", "summary.md", "config.json", "pruning_curve.png", "speedup.png")
+
+
+def parse_dataset(spec: str) -> tuple[str, str]:
+    """"NAME:ROOT" (e.g. "mvbench:/data/MVBench", "testbed:/data/world") -> (name, root)."""
+    name, sep, root = str(spec).partition(":")
+    if not sep or not name or not root:
+        raise SpecVLMError(f"--dataset must be NAME:ROOT (e.g. testbed:data/world, mvbench:/data/MVBench), "
+                           f"got {spec!r}; names: {', '.join(LOADERS)}")
+    return name.strip(), root.strip()
+
+
+def load_records(spec: str, *, limit: int | None = None, split: str | None = None,
+                 prompt: str | None = None) -> list[dict]:
+    """The dataset's records with the papers' sampling (`PAPER_SETTINGS`), overridden by the options given."""
+    name, root = parse_dataset(spec)
+    key = name.lower().replace("_", "-")
+    options = {}
+    if limit is not None:
+        if limit < 1:
+            raise SpecVLMError(f"--limit must be >= 1, got {limit}")
+        options["limit"] = limit
+    for flag, key_name, value in (("--split", "split", split), ("--prompt-mode", "prompt", prompt)):
+        if value is None:
+            continue
+        loader = LOADERS.get(_canonical(key))
+        if loader is not None and key_name not in inspect.signature(loader).parameters:
+            raise SpecVLMError(f"{flag} does not apply to the {name} dataset")
+        options[key_name] = value
+    records = load_dataset(name, root, paper=True, **options)
+    if not records:
+        raise SpecVLMError(f"--dataset {spec}: no samples selected"
+                           + (" (a testbed world's test split is every 10th clip; try --split train)"
+                              if _canonical(key) == "testbed" else ""))
+    return records
+
+
+def _canonical(key: str) -> str:
+    return {"vdc": "videodetailcaption", "video-detail-caption": "videodetailcaption",
+            "llava-bench-in-the-wild": "llava-bench", "llavabench": "llava-bench"}.get(key, key)
+
+
+def prepare_out(out, force: bool) -> Path:
+    out = Path(out).expanduser()
+    if out.exists() and not out.is_dir():
+        raise SpecVLMError(f"--out {out} is a file, not a folder")
+    if out.is_dir() and any(out.iterdir()) and not force:
+        raise SpecVLMError(f"--out {out} exists and is not empty; pass --force to overwrite it")
+    out.mkdir(parents=True, exist_ok=True)
+    for name in OUTPUT_FILES:
+        (out / name).unlink(missing_ok=True)
+    return out
+
+
+# ---- inputs ---------------------------------------------------------------------------------------------------------
+def load_frame_folder(path: Path, num_frames: int):
+    """A folder of frame images (MVBench's "frame" tasks) as a `Video`, frames sampled uniformly. The frame rate
+    comes from a "fpsN" in the path (MVBench's tvqa/frames_fps3_hq), else 1."""
+    from ..inputs.image import load_image
+    from ..inputs.video import Video, uniform_indices
+
+    files = sorted(p for p in path.iterdir() if p.suffix.lower() in (".jpg", ".jpeg", ".png", ".webp"))
+    if not files:
+        raise SpecVLMError(f"frame folder {path} holds no images")
+    indices = [int(i) for i in uniform_indices(len(files), num_frames)]
+    match = re.search(r"fps(\d+(?:\.\d+)?)", str(path))
+    fps = float(match.group(1)) if match else 1.0
+    frames = np.stack([np.asarray(load_image(files[i])) for i in indices])
+    return Video(frames, indices, [i / fps for i in indices], fps, len(files), str(path))
+
+
+def sample_inputs(record: dict, processor, draft_processor, num_frames: int) -> tuple[dict, dict | None]:
+    """(target inputs, draft inputs or None when the draft reads the same tensors) for one record."""
+    import torch
+
+    from ..inputs import build_inputs, load_image, load_video
+    from ..inputs.video import sampler
+
+    images = [load_image(p) if isinstance(p, str) else p for p in record.get("images", [])]
+    video = None
+    if record.get("video") is not None:
+        path = Path(record["video"])
+        if path.is_dir():
+            video = load_frame_folder(path, num_frames)
+        else:
+            sample = sampler(num_frames, sample_frames=processor.video_processor.sample_frames)
+            video = load_video(path, sample_indices_fn=sample)
+    inputs = build_inputs(processor, record["question"], images, video)
+    if draft_processor is None or draft_processor is processor:
+        return inputs, None
+    draft_inputs = build_inputs(draft_processor, record["question"], images, video)
+    same = inputs.keys() == draft_inputs.keys() and all(
+        torch.equal(v, draft_inputs[k]) if isinstance(v, torch.Tensor) else v == draft_inputs[k]
+        for k, v in inputs.items())
+    return inputs, None if same else draft_inputs
+
+
+# ---- models ----------------------------------------------------------------------------------------------------------
+def _check_folders(target: str, draft: str | None, head: str | None) -> None:
+    """Cheap checks before any output or loading: model folders exist (or are hub ids), the head folder is one."""
+    from ..drafters.eagle import EagleHead
+    from ..loading import resolve
+
+    resolve(target)
+    if draft is not None:
+        resolve(draft)
+    if head is not None and not EagleHead.is_head_folder(head):
+        raise SpecVLMError(f"--head {head}: not an EagleHead folder (no config.json with specvlm_head='eagle')")
+
+
+class Models:
+    """The target, its processor, and whatever drafts the runs need (loaded once)."""
+
+    def __init__(self, target: str, draft: str | None, head: str | None, runs: list[Run], dtype: str = "auto",
+                 device: str = "auto", say: Callable[[str], None] = lambda m: None):
+        from ..compat import check_tokenizers
+        from ..inputs import InputError, load_processor
+        from ..loading import load_model
+
+        say(f"loading target {target} ...")
+        self.target = load_model(target, dtype, device)
+        self.processor = load_processor(target)
+        self.draft = self.draft_processor = self.head = None
+        if draft is not None and any(r.drafter in ("draft", "hf") for r in runs):
+            say(f"loading draft {draft} ...")
+            self.draft = load_model(draft, dtype, device)
+            try:
+                self.draft_processor = load_processor(draft)
+            except InputError:   # a draft folder without processor files reads the target's inputs
+                self.draft_processor = self.processor
+            check_tokenizers(self.processor.tokenizer, self.draft_processor.tokenizer)
+        if head is not None and any(r.drafter == "head" for r in runs):
+            from ..drafters.eagle import EagleHead
+
+            say(f"loading EAGLE head {head} ...")
+            self.head = EagleHead.from_pretrained(head, self.target)
+
+
+def build_generators(models: Models, runs: list[Run], num_draft_tokens: int,
+                     draft_positions: str | None = None) -> dict:
+    from ..generator import SpeculativeGenerator
+
+    generators = {}
+    for run in runs:
+        if run.drafter in ("none", "hf"):
+            continue
+        draft = {"draft": models.draft, "self": "self", "head": models.head}[run.drafter]
+        generators[run.name] = SpeculativeGenerator(models.target, draft, processor=models.processor,
+                                                    **generator_options(run, num_draft_tokens, draft_positions))
+    return generators
+
+
+# ---- the loop -------------------------------------------------------------------------------------------------------
+def execute(run: Run, models: Models, generators: dict, inputs: dict, draft_inputs: dict | None, gen_kwargs: dict,
+            hf_assistant_tokens: int | None = None):
+    from .measure import measure_hf_assisted, measure_speculative, measure_target
+
+    if run.drafter == "none":
+        return measure_target(models.target, inputs, gen_kwargs)
+    if run.drafter == "hf":
+        if draft_inputs is not None and not _same_ids(inputs, draft_inputs):
+            raise SpecVLMError("hf-assisted needs a draft that reads the target's prompt (same visual token "
+                               "counts); this draft's processor gives another prompt: drop hf-assisted")
+        return measure_hf_assisted(models.target, models.draft, inputs, draft_inputs or inputs, gen_kwargs,
+                                   hf_assistant_tokens)
+    return measure_speculative(generators[run.name], models.target, inputs,
+                               draft_inputs if run.drafter == "draft" else None, gen_kwargs)
+
+
+def _same_ids(a: dict, b: dict) -> bool:
+    return a["input_ids"].shape == b["input_ids"].shape and bool((a["input_ids"] == b["input_ids"]).all())
+
+
+def _row(run: Run, record: dict, index: int, m, walls: list[float], reference: list[int] | None, tokenizer) -> dict:
+    row = {"run": run.name, "method": run.method, "setting": run.setting, "keep_ratio": run.keep_ratio,
+           "tree": run.tree, "pruning": run.pruning, "sample": record["id"], "index": index,
+           "dataset": record.get("dataset"), "subset": record.get("subset")}
+    data = m.as_dict()
+    extra = data.pop("extra")
+    row.update(data)
+    row.update(extra)
+    row["text"] = tokenizer.decode(m.token_ids, skip_special_tokens=True) if tokenizer is not None else None
+    row["lossless"] = reference is None or m.token_ids == reference
+    row["tokens_per_s"] = m.new_tokens / m.wall_s if m.wall_s > 0 else None
+    row["tau"] = m.accepted / m.rounds if m.rounds else None
+    row["acceptance_by_position"] = acceptance_by_position(m.accept_histogram)
+    row["repeat_wall_s"] = walls
+    return row
+
+
+def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head: str | None = None,
+              methods: str | None = None, keep_ratios=DEFAULT_KEEP_RATIOS, pruning_methods=DEFAULT_PRUNING_METHODS,
+              max_new_tokens: int = 128, num_frames: int = 8, limit: int | None = None, split: str | None = None,
+              prompt: str | None = None, repeats: int = 1, warmup: int = 1, ignore_eos: bool = False,
+              num_draft_tokens: int = 5, tree: str = "static", hf_assistant_tokens: int | None = None,
+              draft_positions: str | None = None,
+              dtype: str = "auto", device: str = "auto", force: bool = False, command: str | None = None,
+              say: Callable[[str], None] = lambda m: None) -> list[dict]:
+    """Run the benchmark and write its files to `out`; returns the summaries (`report.summarize`)."""
+    import torch
+
+    if max_new_tokens < 1:
+        raise SpecVLMError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
+    if num_frames < 1:
+        raise SpecVLMError(f"--num-frames must be >= 1, got {num_frames}")
+    if repeats < 1 or warmup < 0:
+        raise SpecVLMError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
+    if num_draft_tokens < 1:
+        raise SpecVLMError(f"--num-draft-tokens must be >= 1, got {num_draft_tokens}")
+    if hf_assistant_tokens is not None and hf_assistant_tokens < 1:
+        raise SpecVLMError(f"--hf-assistant-tokens must be >= 1, got {hf_assistant_tokens}")
+    runs = parse_methods(methods or default_methods(draft is not None, head is not None), keep_ratios=keep_ratios,
+                         pruning_methods=pruning_methods, has_draft=draft is not None, has_head=head is not None,
+                         tree=tree)
+    records = load_records(dataset, limit=limit, split=split, prompt=prompt)
+    _check_folders(target, draft if any(r.drafter in ("draft", "hf") for r in runs) else None,
+                   head if any(r.drafter == "head" for r in runs) else None)
+    out = prepare_out(out, force)
+
+    torch.set_flush_denormal(True)   # random / small weights can produce denormals, which CPUs crawl on
+    models = Models(target, draft, head, runs, dtype, device, say)
+    generators = build_generators(models, runs, num_draft_tokens, draft_positions)
+    gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False)
+    if ignore_eos:
+        gen_kwargs["eos_token_id"] = -1
+    tokenizer = getattr(models.processor, "tokenizer", None)
+    context = {"dataset": dataset, "command": command, "machine": machine(), "target": target, "draft": draft,
+               "head": head, "samples": len(records), "max_new_tokens": max_new_tokens, "num_frames": num_frames,
+               "repeats": repeats, "warmup": warmup, "order": "methods rotated by one per sample",
+               "runs": [r.name for r in runs], "ignore_eos": ignore_eos, "num_draft_tokens": num_draft_tokens,
+               "tree": tree, "hf_assistant_tokens": hf_assistant_tokens, "draft_positions": draft_positions,
+               "keep_ratios": list(keep_ratios),
+               "pruning_methods": list(pruning_methods), "limit": limit, "split": split, "prompt": prompt,
+               "versions": versions()}
+    (out / "config.json").write_text(json.dumps(context, indent=1) + "\n")
+
+    rows: list[dict] = []
+    try:
+        with torch.no_grad(), open(out / "results.jsonl", "w", encoding="utf-8") as results:
+            for index, record in enumerate(records):
+                for row in _sample_rows(index, record, runs, models, generators, gen_kwargs, num_frames, warmup,
+                                        repeats, hf_assistant_tokens, tokenizer, say, len(records)):
+                    rows.append(row)
+                    results.write(json.dumps(row, ensure_ascii=False) + "\n")
+                results.flush()
+    finally:   # also after an interrupt: the summary of the samples completed so far
+        summary = summarize(rows)
+        if rows:
+            (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")
+            (out / "summary.md").write_text(summary_markdown(summary, context), encoding="utf-8")
+            plot(summary, out)
+    return summary
+
+
+def _sample_rows(index: int, record: dict, runs: list[Run], models: Models, generators: dict, gen_kwargs: dict,
+                 num_frames: int, warmup: int, repeats: int, hf_assistant_tokens, tokenizer, say,
+                 n_records: int) -> list[dict]:
+    """Every run on one sample (warm-up first on sample 0), in an order rotated by `index`; rows in run order."""
+    inputs, draft_inputs = sample_inputs(record, models.processor, models.draft_processor, num_frames)
+    go = lambda run: execute(run, models, generators, inputs, draft_inputs, gen_kwargs, hf_assistant_tokens)
+    if index == 0:
+        for w in range(warmup):
+            for run in runs:
+                say(f"warm-up {w + 1}/{warmup}: {run.name}")
+                go(run)
+    shift = index % len(runs)
+    measured = {}
+    for run in runs[shift:] + runs[:shift]:
+        trials = [go(run) for _ in range(repeats)]
+        m = sorted(trials, key=lambda t: t.wall_s)[(len(trials) - 1) // 2]   # the median (lower of two)
+        measured[run] = (m, [t.wall_s for t in trials])
+        tau = f", τ={m.accepted / m.rounds:.2f}" if m.rounds else ""
+        say(f"[{index + 1}/{n_records}] {record['id']} {run.name}: {m.new_tokens} tokens, {m.wall_s:.3f}s{tau}")
+    reference = measured[runs[0]][0].token_ids
+    rows = [_row(run, record, index, *measured[run], reference, tokenizer) for run in runs]
+    differ = [row["run"] for row in rows if not row["lossless"]]
+    if differ:
+        say(f"[{index + 1}/{n_records}] {record['id']}: OUTPUT DIFFERS FROM TARGET for {', '.join(differ)}")
+    return rows
+
+
+def machine() -> str:
+    import torch
+
+    gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
+    return (f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} torch threads, {gpu}, "
+            f"Python {platform.python_version()}")
+
+
+def versions() -> dict:
+    import torch
+    import transformers
+
+    from .. import __version__
+
+    return {"specvlm": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
+

@@ -1,0 +1,239 @@
+"""`specvlm bench`: the runner end to end on tiny random models and a 2-clip world (files, lossless checks, one
+summary row per method × setting), the report arithmetic on made-up timings, and one-line errors for bad
+arguments."""
+
+import contextlib
+import io
+import json
+
+import pytest
+
+from specvlm.bench.methods import Run, parse_keep_ratios, parse_methods, parse_pruning_methods
+from specvlm.bench.report import acceptance_by_position, ideal_speedup, markdown_table, summarize
+from specvlm.cli import main
+from specvlm.errors import SpecVLMError
+
+FAMILY = "qwen2_5_vl"
+
+
+# ---- the report's arithmetic, on injected timings -------------------------------------------------------------------
+def _row(run, method, sample, wall, decode, *, setting="-", keep=None, rounds=0, accepted=0, histogram=(),
+         target_clock=(1, 0.0, 0.0), draft_clock=(0, 0.0, 0.0), new_tokens=10, lossless=True, target_forwards=10):
+    clock = lambda c: {"calls": c[0], "prefill_s": c[1], "decode_s": c[2]}
+    return {"run": run, "method": method, "setting": setting, "keep_ratio": keep, "sample": sample, "wall_s": wall,
+            "decode_s": decode, "prefill_s": wall - decode, "rounds": rounds, "accepted": accepted,
+            "accept_histogram": list(histogram), "new_tokens": new_tokens, "lossless": lossless,
+            "target_forwards": target_forwards, "draft_forwards": draft_clock[0],
+            "target_clock": clock(target_clock), "draft_clock": clock(draft_clock)}
+
+
+def test_speedup_is_against_the_same_runs_target():
+    rows = [_row("target", "target", "a", 2.0, 1.5, target_clock=(10, 0.1, 0.9)),
+            _row("target", "target", "b", 4.0, 3.5, target_clock=(10, 0.1, 0.9)),
+            _row("sd-static", "sd-static", "a", 1.0, 0.5, rounds=4, accepted=6, histogram=[1, 1, 2],
+                 target_clock=(5, 0.1, 0.4), draft_clock=(13, 0.05, 0.12), target_forwards=5),
+            _row("sd-static", "sd-static", "b", 3.0, 2.0, rounds=2, accepted=3, histogram=[0, 1, 1],
+                 target_clock=(3, 0.1, 0.2), draft_clock=(7, 0.05, 0.06), lossless=False, target_forwards=3)]
+    target, sd = summarize(rows)
+    assert target["run"] == "target" and target["speedup_wall"] == 1.0 and target["ideal_speedup"] == 1.0
+    assert sd["speedup_wall"] == pytest.approx((2.0 + 4.0) / (1.0 + 3.0))
+    assert sd["speedup_decode"] == pytest.approx((1.5 + 3.5) / (0.5 + 2.0))
+    assert sd["tau"] == pytest.approx(9 / 6) and sd["lossless"] == 1 and sd["samples"] == 2
+    assert sd["acceptance_by_position"] == pytest.approx([5 / 6, 3 / 6])
+    assert sd["tokens_per_s"] == pytest.approx(20 / 4.0)
+    assert sd["target_forwards_per_token"] == pytest.approx(8 / 20)
+    t_t, t_v, t_d, k = 1.8 / 18, 0.6 / 6, 0.18 / 18, 18 / 6   # per decode forward; draft forwards per round
+    assert sd["t_target_ms"] == pytest.approx(t_t * 1e3) and sd["t_verify_ms"] == pytest.approx(t_v * 1e3)
+    assert sd["draft_forwards_per_round"] == pytest.approx(k)
+    assert sd["ideal_speedup"] == pytest.approx((9 / 6 + 1) * t_t / (t_v + k * t_d))
+
+
+def test_speedup_uses_only_samples_the_target_ran():
+    rows = [_row("target", "target", "a", 2.0, 1.0),
+            _row("m", "m", "a", 1.0, 0.5), _row("m", "m", "b", 100.0, 100.0)]
+    assert summarize(rows)[1]["speedup_wall"] == pytest.approx(2.0)
+
+
+def test_ideal_speedup_formula():
+    assert ideal_speedup(3.0, 10.0, 10.0, 1.0, 4) == pytest.approx(4 * 10 / 14)   # (τ+1)/(1+kc) when t_V = t_T
+    assert ideal_speedup(0.0, 10.0, 10.0, 0.0, 5) == pytest.approx(1.0)
+    assert ideal_speedup(None, 1.0, 1.0, 1.0, 1) is None
+    assert acceptance_by_position([2, 1, 1]) == [0.5, 0.25]
+    assert acceptance_by_position([3]) == [0.0] and acceptance_by_position([]) == []
+
+
+def test_method_names_and_expansion():
+    runs = parse_methods("sd-static,prune:specvlm,self-prune,eagle", keep_ratios=(1.0, 0.1),
+                         pruning_methods=("uniform", "random"), has_head=True)
+    assert [r.name for r in runs] == ["target", "sd-static", "prune:specvlm@1", "prune:specvlm@0.1",
+                                      "self-prune:uniform@1", "self-prune:uniform@0.1", "self-prune:random@1",
+                                      "self-prune:random@0.1", "eagle"]
+    assert runs[3] == Run("prune:specvlm", "draft", "static", "specvlm", 0.1) and runs[3].setting == "keep=0.1"
+    assert runs[-1].tree == "dynamic" and runs[1].setting == "-"
+    assert parse_keep_ratios("1, 0.5,0.5") == (1.0, 0.5) and parse_pruning_methods("specvlm") == ("specvlm",)
+    for bad, kw, match in (("bogus", {}, "unknown method 'bogus'"), ("prune:nope", {}, "unknown pruning method"),
+                           ("sd-chain", {"has_draft": False}, "needs a draft model"),
+                           ("eagle", {}, "needs an EAGLE head"), (" , ", {}, "--methods is empty")):
+        with pytest.raises(SpecVLMError, match=match):
+            parse_methods(bad, **kw)
+    for text in ("0", "1.5", "x"):
+        with pytest.raises(SpecVLMError, match="--keep-ratios"):
+            parse_keep_ratios(text)
+
+
+# ---- end to end -----------------------------------------------------------------------------------------------------
+@pytest.fixture(scope="module")
+def setup(tmp_path_factory):
+    """Tiny target / draft / EAGLE head folders and a 2-clip world."""
+    from specvlm.drafters.eagle import EagleHead
+    from specvlm.inputs.testing import save_tiny_processor
+    from specvlm.testbed import generate_world
+    from specvlm.tiny import make_model
+
+    root = tmp_path_factory.mktemp("bench")
+    target = make_model(FAMILY, hidden=64, layers=2, init=0.3)
+    draft = make_model(FAMILY, seed=1, hidden=32, layers=1, init=0.3)
+    for name, model in (("target", target), ("draft", draft)):
+        model.save_pretrained(root / name)
+        save_tiny_processor(root / name, FAMILY, model)
+    EagleHead.init_for(target, seed=0).save_pretrained(root / "head")
+    generate_world(root / "world", n_clips=2, seed=0, frames=(16, 16), size=64)
+    return root
+
+
+METHODS = "target,hf-assisted,sd-static,prune:specvlm,self,eagle"
+KEEP = (1.0, 0.25)
+
+
+@pytest.fixture(scope="module")
+def bench(setup):
+    import torch
+
+    out, threads, log = setup / "out", torch.get_num_threads(), io.StringIO()
+    torch.set_num_threads(1)   # tiny models: one thread is fastest, and the test machine is shared
+    with contextlib.redirect_stderr(log), contextlib.redirect_stdout(io.StringIO()):
+        code = main(["bench", "--dataset", f"testbed:{setup / 'world'}", "--split", "train", "--limit", "2",
+                     "--target", str(setup / "target"), "--draft", str(setup / "draft"), "--head",
+                     str(setup / "head"), "--methods", METHODS, "--keep-ratios", ",".join(map(str, KEEP)),
+                     "--num-frames", "4", "--max-new-tokens", "6", "--num-draft-tokens", "3", "--warmup", "1",
+                     "--out", str(out), "--strict"])
+    torch.set_num_threads(threads)
+    return code, out, log.getvalue()
+
+
+def test_runner_writes_every_file(bench):
+    code, out, _ = bench
+    assert code == 0
+    assert {p.name for p in out.iterdir()} >= {"results.jsonl", "summary.json", "summary.md", "config.json",
+                                               "pruning_curve.png", "speedup.png"}
+    assert (out / "speedup.png").read_bytes()[:4] == b"\x89PNG"
+
+
+def test_every_output_is_lossless_and_rows_cover_runs_x_samples(bench):
+    _, out, _ = bench
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    runs = ["target", "hf-assisted", "sd-static", "prune:specvlm@1", "prune:specvlm@0.25", "self", "eagle"]
+    assert sorted({r["run"] for r in rows}) == sorted(runs) and len(rows) == len(runs) * 2
+    assert all(r["lossless"] for r in rows)
+    for sample in {r["sample"] for r in rows}:
+        outputs = {tuple(r["token_ids"]) for r in rows if r["sample"] == sample}
+        assert len(outputs) == 1 and len(next(iter(outputs))) == 6
+    spec = [r for r in rows if r["method"] not in ("target",)]
+    assert all(r["rounds"] >= 1 and r["target_clock"]["calls"] >= 1 for r in spec)
+    self_rows = [r for r in rows if r["run"] == "self"]
+    assert all(r["draft_clock"]["calls"] == r["draft_forwards"] for r in self_rows)   # one module, two caches
+
+
+def test_warmup_first_then_methods_rotated_per_sample(bench):
+    _, _, log = bench
+    lines = log.splitlines()
+    runs = ["target", "hf-assisted", "sd-static", "prune:specvlm@1", "prune:specvlm@0.25", "self", "eagle"]
+    assert [line.split(": ")[1] for line in lines if line.startswith("warm-up")] == runs
+    timed = [line.split()[2].rstrip(":") for line in lines if line.startswith("[")]
+    assert timed == runs + runs[1:] + runs[:1]          # sample 2 starts one method later
+
+
+def test_summary_rows_and_speedups_match_the_same_run(bench):
+    _, out, _ = bench
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    summary = json.loads((out / "summary.json").read_text())
+    assert [s["run"] for s in summary][0] == "target" and len(summary) == 7
+    target_wall = {r["sample"]: r["wall_s"] for r in rows if r["method"] == "target"}
+    for s in summary:
+        mine = [r for r in rows if r["run"] == s["run"]]
+        assert s["speedup_wall"] == pytest.approx(sum(target_wall[r["sample"]] for r in mine) /
+                                                  sum(r["wall_s"] for r in mine))
+        assert s["lossless"] == s["samples"] == 2
+    table = (out / "summary.md").read_text()
+    body = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
+    assert len(body) == 7 and any("| prune:specvlm | keep=0.25 | 2/2 |" in line for line in body)
+    assert "ideal = (τ + 1) · t_T / (t_V + k · t_D)" in table
+    assert markdown_table(summary).count("\n") == 8
+
+
+def _fails(capsys, argv, match):
+    code = main(argv + ["--quiet"])
+    err = capsys.readouterr().err.strip()
+    assert code == 2 and len(err.splitlines()) == 1 and err.startswith("specvlm: error: ") and match in err, err
+    return err
+
+
+def test_bad_arguments_are_one_line_errors(setup, capsys, tmp_path):
+    world, target, draft = f"testbed:{setup / 'world'}", str(setup / "target"), str(setup / "draft")
+    base = ["bench", "--dataset", world, "--split", "train", "--target", target, "--out", str(tmp_path / "o")]
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "notes.txt").write_text("keep me")
+    _fails(capsys, base[:-2] + ["--out", str(tmp_path / "full")], "exists and is not empty; pass --force")
+    _fails(capsys, base + ["--keep-ratios", "0.5,2"], "--keep-ratios: 2 is not in (0, 1]")
+    _fails(capsys, base + ["--methods", "target,warp"], "unknown method 'warp'")
+    _fails(capsys, base + ["--methods", "sd-static"], "needs a draft model: give --draft")
+    _fails(capsys, base + ["--pruning-methods", "fancy"], "unknown pruning method 'fancy'")
+    _fails(capsys, base + ["--limit", "0"], "--limit must be >= 1")
+    _fails(capsys, base + ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1")
+    _fails(capsys, ["bench", "--dataset", "world", "--target", target, "--out", str(tmp_path / "o")],
+           "--dataset must be NAME:ROOT")
+    _fails(capsys, ["bench", "--dataset", f"vdc:{tmp_path}", "--split", "x", "--target", target,
+                    "--out", str(tmp_path / "o")], "--split does not apply")
+    _fails(capsys, ["bench", "--dataset", f"testbed:{setup / 'world'}", "--target", target,
+                    "--out", str(tmp_path / "o")], "no samples selected")
+    _fails(capsys, base[:-4] + ["--target", str(tmp_path / "missing"), "--out", str(tmp_path / "o2"),
+                                "--methods", "target", "--limit", "1"], "does not exist")
+    _fails(capsys, base + ["--draft", target, "--head", draft, "--methods", "eagle", "--limit", "1"],
+           "not an EagleHead folder")
+    assert not (tmp_path / "o").exists() or not any((tmp_path / "o").iterdir())
+
+
+def test_frame_folder_becomes_a_video(setup, tmp_path):
+    """MVBench's frame-folder task: sorted images, sampled uniformly, fps from the folder name."""
+    import numpy as np
+    from PIL import Image
+
+    from specvlm.bench.runner import load_frame_folder, sample_inputs
+    from specvlm.inputs import load_processor
+
+    folder = tmp_path / "frames_fps3_hq" / "ep0"
+    folder.mkdir(parents=True)
+    for k in range(6):
+        Image.fromarray(np.full((56, 56, 3), 40 * k, np.uint8)).save(folder / f"{k:05d}.png")
+    video = load_frame_folder(folder, 3)
+    assert video.indices == [0, 2, 4] and video.fps == 3.0 and video.frames.shape == (3, 56, 56, 3)
+    assert int(video.frames[1].mean()) == 80
+    processor = load_processor(setup / "target")
+    inputs, draft_inputs = sample_inputs({"video": str(folder), "question": "What happens?"}, processor, processor, 4)
+    assert draft_inputs is None and inputs["pixel_values_videos"].shape[0] > 0
+
+
+def test_out_folder_needs_force(tmp_path):
+    from specvlm.bench.runner import prepare_out
+
+    (tmp_path / "o").mkdir()
+    (tmp_path / "o" / "results.jsonl").write_text("old")
+    (tmp_path / "o" / "mine.txt").write_text("keep")
+    with pytest.raises(SpecVLMError, match="--force"):
+        prepare_out(tmp_path / "o", force=False)
+    prepare_out(tmp_path / "o", force=True)
+    assert sorted(p.name for p in (tmp_path / "o").iterdir()) == ["mine.txt"]
+    (tmp_path / "file").write_text("x")
+    with pytest.raises(SpecVLMError, match="is a file"):
+        prepare_out(tmp_path / "file", force=True)
+    assert prepare_out(tmp_path / "new" / "deep", force=False).is_dir()
