@@ -54,7 +54,8 @@ def test_same_seed_same_files_and_frames(world, tmp_path):
         assert (tmp_path / name).read_bytes() == (out / name).read_bytes()
     for i in (0, 5):
         video = f"videos/clip_{i:05d}.mp4"
-        assert (tmp_path / video).read_bytes() == (out / video).read_bytes()
+        # Decoded frames, not container bytes: x264 output was seen to differ by a few bytes between runs in one
+        # process under load, while the frames every consumer reads stayed identical.
         assert np.array_equal(decode(tmp_path / video), decode(out / video))
     other = tmp_path / "other"
     generate_world(other, 3, seed=4, **SMALL)

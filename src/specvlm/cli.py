@@ -1,5 +1,5 @@
-"""`specvlm` command line: generate | demo | train-head | bench. Every command has --help; bad input
-is one line on stderr and a non-zero exit (set SPECVLM_DEBUG=1 to see tracebacks of unexpected errors)."""
+"""`specvlm` command line: generate | demo | train-head | bench | testbed build. Every command has --help; bad
+input is one line on stderr and a non-zero exit (set SPECVLM_DEBUG=1 to see tracebacks of unexpected errors)."""
 
 from __future__ import annotations
 
@@ -66,7 +66,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     demo = sub.add_parser("demo", help="run the bundled demo (no downloads)",
                           description="Speculative decoding on small bundled models, checked against the target.")
-    demo.add_argument("--max-new-tokens", type=int, default=64)
+    demo.add_argument("--family", choices=("qwen2_5_vl", "llava_onevision"), default="qwen2_5_vl",
+                      help="which bundled testbed pair to run (default qwen2_5_vl)")
+    demo.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate (default 96)")
+    demo.add_argument("--visual-keep-ratio", type=float, default=0.1,
+                      help="fraction of the video tokens the draft keeps (default 0.1)")
     demo.set_defaults(func=cmd_demo)
 
     from .train.head import add_train_head_parser
@@ -74,6 +78,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench.command import add_bench_parser
     add_bench_parser(sub)
+
+    testbed = sub.add_parser("testbed", help="the synthetic testbed: build its tiny trained model pairs",
+                             description="Tools for the synthetic video testbed (see `specvlm testbed build --help`).")
+    from .testbed.build import add_build_command
+    add_build_command(testbed)
     return parser
 
 
@@ -167,4 +176,8 @@ def _pruning_options(args) -> dict:
 def cmd_demo(args) -> int:
     from .demo import run_demo
 
-    return run_demo(max_new_tokens=args.max_new_tokens)
+    if args.max_new_tokens < 1:
+        raise SpecVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
+    if not 0 < args.visual_keep_ratio <= 1:
+        raise SpecVLMError(f"--visual-keep-ratio must be in (0, 1], got {args.visual_keep_ratio}")
+    return run_demo(args.family, max_new_tokens=args.max_new_tokens, keep_ratio=args.visual_keep_ratio)

@@ -1,0 +1,200 @@
+"""What the testbed models are: the recipe (sizes, resolution, steps), the shared tokenizer, the model configs and
+the checkpoint folders. `train.py` trains them, `build.py` runs the whole build.
+
+Both families use the real HF classes (`LlavaOnevisionForConditionalGeneration`, `Qwen2_5_VLForConditionalGeneration`)
+with the tiny-model special-token layout of `specvlm.tiny.special_ids` (specials at the top of the vocabulary), so
+`specvlm.inputs.testing.save_tiny_processor` writes their processor files.
+"""
+
+from __future__ import annotations
+
+import json
+from dataclasses import asdict, dataclass, field, replace
+from pathlib import Path
+
+from ..inputs.testing import ONEVISION_CHAT_TEMPLATE, QWEN_CHAT_TEMPLATE, _token_names, save_tiny_processor
+from ..tiny import special_ids
+
+FAMILIES = ("llava_onevision", "qwen2_5_vl")
+ROLES = ("target", "draft")
+
+
+@dataclass(frozen=True)
+class Arch:
+    hidden: int          # text width
+    layers: int          # text decoder layers
+    heads: int           # attention heads (head_dim = hidden / heads; 64 for both roles)
+    kv_heads: int
+    vision_width: int    # the model's own vision tower, trained from scratch
+    vision_depth: int
+
+
+@dataclass(frozen=True)
+class Recipe:
+    """Every knob of a build. `full()` is the bundled build; tests use a miniature one."""
+    n_clips: int = 400                   # world size: 80% train, 10% validation, 10% test
+    world_size: int = 224                # rendered frame side (pixels)
+    clip_frames: tuple = (16, 64)        # (min, max) frames per clip, 8 fps: 2 to 8 seconds
+    questions: int = 16                  # question conversations per clip (besides the caption), all in one pack
+    num_frames: int = 8                  # frames sampled per clip (the CLI's default too)
+    ov_image_size: int = 224             # SigLIP input: 16x16 patches -> pooled 8x8 = 64 tokens per frame
+    qwen_pixels: int = 336 * 336         # Qwen min_pixels: 224 frames are upscaled to 336 -> 12x12 merged per pair
+    vocab: int = 1024
+    arch: dict = field(default_factory=lambda: {
+        "target": Arch(hidden=256, layers=6, heads=4, kv_heads=2, vision_width=96, vision_depth=2),
+        "draft": Arch(hidden=128, layers=2, heads=2, kv_heads=1, vision_width=64, vision_depth=1)})
+    steps: dict = field(default_factory=lambda: {"target": 586, "draft": 586})   # = scaled(25)
+    lr: dict = field(default_factory=lambda: {"target": 1.5e-3, "draft": 2e-3})
+    warmup: float = 0.05                 # fraction of steps with linear warmup, then cosine to 10%
+    text_steps: int = 0                  # first steps without the video (off: 200 such steps did not teach a
+                                         # target to read the question, see docs/DESIGN.md "Testbed")
+    eval_clips: int = 30                 # validation clips for loss and accuracy
+    eval_questions: int = 5              # questions scored per validation clip (its first ones)
+    tau_clips: int = 4                   # validation clips whose captions measure τ
+    tau_tokens: int = 96                 # new tokens per τ measurement
+    rope_theta: float = 10000.0
+
+    def to_dict(self) -> dict:
+        d = asdict(self)
+        d["arch"] = {k: asdict(v) for k, v in self.arch.items()}
+        return d
+
+    def scaled(self, minutes: float) -> "Recipe":
+        """Training steps for a total budget of `minutes` on 2 CPU cores: about 4 minutes go to the world, the pixel
+        caches and the evaluation; the rest trains the targets N steps and the drafts N/3 (one clip per step). At
+        equal steps in this short regime a draft learns *faster* than its target (a 587-step build: OV draft val
+        loss 1.00 against the target's 1.37), and a draft should be the weaker model of a pair. A function of
+        `minutes` only, so the same command gives the same models."""
+        train_s = max(minutes - 4.0, 0.5) * 60
+        steps = max(int(train_s / (STEP_SECONDS["target"] + STEP_SECONDS["draft"] / 3)), 30)
+        return replace(self, steps={"target": steps, "draft": steps // 3})
+
+
+# seconds per training step of both families' models, measured in full builds on this machine's 2 cores (bf16
+# autocast, lightly shared), packs of a caption + 16 questions (~1150 tokens): LLaVA-OV target 0.55, draft 0.26;
+# Qwen2.5-VL target 0.90, draft 0.43
+STEP_SECONDS = {"target": 0.55 + 0.90, "draft": 0.26 + 0.43}
+
+
+def visual_tokens(recipe: Recipe, family: str) -> int:
+    """Visual tokens per clip: LLaVA-OV frames x pooled (side/2)^2 + 1 newline; Qwen frames/2 x (h/28)(w/28)."""
+    if family == "llava_onevision":
+        side = recipe.ov_image_size // 14
+        return recipe.num_frames * (-(-side // 2)) ** 2 + 1
+    side = _qwen_side(recipe)
+    return recipe.num_frames // 2 * (side // 28) ** 2
+
+
+def _qwen_side(recipe: Recipe) -> int:
+    import math
+
+    side = max(round(recipe.world_size / 28) * 28, 28)
+    if side * side < recipe.qwen_pixels:                       # smart_resize's upscaling branch, square frames
+        side = math.ceil(recipe.world_size * math.sqrt(recipe.qwen_pixels / recipe.world_size ** 2) / 28) * 28
+    return side
+
+
+# ---- tokenizer ----------------------------------------------------------------------------------------------------
+def train_bpe(texts: list[str], vocab: int) -> str:
+    """A byte-level BPE on the world's text, as a tokenizers JSON string with exactly `vocab - 7` ordinary entries
+    (the 7 special tokens are added per family). Deterministic: same texts, same merges."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+
+    ordinary = vocab - 7
+    tok = Tokenizer(models.BPE(unk_token=None))
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    tok.train_from_iterator(texts, trainers.BpeTrainer(
+        vocab_size=ordinary, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    spec = json.loads(tok.to_str())
+    table = spec["model"]["vocab"]
+    for i in range(ordinary - len(table)):   # a tiny corpus may not fill the table: pad with unreachable entries
+        table[f"<unused{i}>"] = len(table)
+    return json.dumps(spec)
+
+
+def family_tokenizer(bpe_json: str, family: str, vocab: int):
+    """The BPE with `family`'s special tokens at `special_ids(vocab)` and its real chat template."""
+    from tokenizers import Tokenizer
+    from transformers import PreTrainedTokenizerFast
+
+    ids, names = special_ids(vocab), _token_names(family)
+    tok = Tokenizer.from_str(bpe_json)
+    tok.add_special_tokens(["<|im_start|>"] + [names[k] for k in sorted(ids, key=ids.get)])
+    fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=names["eos"], pad_token=names["pad"])
+    fast.chat_template = ONEVISION_CHAT_TEMPLATE if family == "llava_onevision" else QWEN_CHAT_TEMPLATE
+    assert all(fast.convert_tokens_to_ids(names[k]) == i for k, i in ids.items()) and len(fast) == vocab
+    return fast
+
+
+# ---- models -------------------------------------------------------------------------------------------------------
+def make_model(recipe: Recipe, family: str, role: str, seed: int):
+    """A freshly initialised (seeded) model of `family` with the recipe's `role` sizes."""
+    import torch
+    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2_5_VLConfig,
+                              Qwen2_5_VLForConditionalGeneration, Qwen2Config, SiglipVisionConfig)
+
+    a, ids = recipe.arch[role], special_ids(recipe.vocab)
+    text = dict(vocab_size=recipe.vocab, hidden_size=a.hidden, intermediate_size=3 * a.hidden,
+                num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
+                max_position_embeddings=4096, eos_token_id=ids["eos"], bos_token_id=None, pad_token_id=ids["pad"],
+                tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta})
+    torch.manual_seed(seed)
+    if family == "llava_onevision":
+        size = recipe.ov_image_size
+        vision = SiglipVisionConfig(hidden_size=a.vision_width, intermediate_size=3 * a.vision_width,
+                                    num_hidden_layers=a.vision_depth, num_attention_heads=2, image_size=size,
+                                    patch_size=14, vision_use_head=False)
+        config = LlavaOnevisionConfig(vision_config=vision, text_config=Qwen2Config(**text),
+                                      image_token_index=ids["image"], video_token_index=ids["video"],
+                                      image_grid_pinpoints=[[size, size], [size, 2 * size], [2 * size, size],
+                                                            [2 * size, 2 * size]],
+                                      vision_feature_layer=-1, vision_feature_select_strategy="full")
+        model = LlavaOnevisionForConditionalGeneration(config)
+    elif family == "qwen2_5_vl":
+        half = a.hidden // a.heads // 2                      # M-RoPE (t, h, w) sections sum to head_dim / 2,
+        s = 3 * half // 8                                    # in the real model's 2:3:3 proportion
+        text["rope_parameters"]["mrope_section"] = [half - 2 * s, s, s]
+        vision = dict(depth=a.vision_depth, hidden_size=a.vision_width, intermediate_size=3 * a.vision_width,
+                      num_heads=2, out_hidden_size=a.hidden, patch_size=14, spatial_merge_size=2,
+                      temporal_patch_size=2, window_size=112, fullatt_block_indexes=[a.vision_depth - 1],
+                      tokens_per_second=2)
+        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["image"],
+                                  video_token_id=ids["video"], vision_start_token_id=ids["vision_start"],
+                                  vision_end_token_id=ids["vision_end"])
+        model = Qwen2_5_VLForConditionalGeneration(config)
+    else:
+        raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
+    model.generation_config.eos_token_id = ids["eos"]
+    model.generation_config.pad_token_id = ids["pad"]
+    return model
+
+
+def save_processor(folder, recipe: Recipe, family: str, tokenizer, model) -> Path:
+    """Tokenizer, chat template and image / video processor configs next to the weights. The processor files come
+    from `save_tiny_processor` (sized to this recipe); its throwaway tokenizer is then replaced by ours, and the
+    video processor remembers the frame count the model was trained on."""
+    folder = Path(folder)
+    save_tiny_processor(folder, family, model=model if family == "llava_onevision" else None, vocab=recipe.vocab,
+                        image_size=recipe.ov_image_size, min_pixels=recipe.qwen_pixels,
+                        max_pixels=max(recipe.qwen_pixels, 448 * 448))
+    tokenizer.save_pretrained(folder)
+    video_cfg = folder / "video_preprocessor_config.json"
+    cfg = json.loads(video_cfg.read_text())
+    cfg["num_frames"] = recipe.num_frames
+    video_cfg.write_text(json.dumps(cfg, indent=2) + "\n")
+    return folder
+
+
+def save_checkpoint(folder, model, recipe: Recipe, family: str, tokenizer, dtype="float16") -> Path:
+    """An HF model folder: config.json, model.safetensors (fp16: half the bytes, ~1e-3 relative rounding, far inside
+    what greedy decoding notices once reloaded as float32), generation_config.json, tokenizer and processor."""
+    import copy
+
+    import torch
+
+    folder = Path(folder)
+    folder.mkdir(parents=True, exist_ok=True)
+    copy.deepcopy(model).to(getattr(torch, dtype)).save_pretrained(folder)
+    save_processor(folder, recipe, family, tokenizer, model)
+    return folder

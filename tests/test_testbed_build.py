@@ -1,0 +1,135 @@
+"""`specvlm testbed build`: a miniature build end to end, determinism, CLI errors, and the bundled checkpoints."""
+
+import json
+
+import pytest
+import torch
+
+from specvlm.cli import main
+from specvlm.errors import SpecVLMError
+from specvlm.generator import SpeculativeGenerator
+from specvlm.testbed.build import build_testbed, prepare_out
+from specvlm.testbed.recipe import Arch, Recipe
+
+# ten clips is the smallest world with a validation (index 8) and a test (index 9) clip
+MINI = Recipe(n_clips=10, world_size=64, clip_frames=(16, 18), num_frames=4, ov_image_size=56,
+              qwen_pixels=56 * 56, vocab=512, arch={"target": Arch(32, 1, 2, 1, 16, 1),
+                                                    "draft": Arch(32, 1, 2, 1, 16, 1)},
+              steps={"target": 2, "draft": 2}, eval_clips=1, tau_clips=1, tau_tokens=4)
+
+
+@pytest.fixture(scope="module")
+def mini_build(tmp_path_factory):
+    out = tmp_path_factory.mktemp("build")
+    return out, build_testbed(out, minutes=1, seed=0, recipe=MINI, progress=False)
+
+
+def load(folder):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def sample_inputs(folder, video, question="Describe the video in detail.", num_frames=None):
+    from specvlm.inputs import build_inputs, load_processor, load_video, sampler
+
+    processor = load_processor(folder)
+    frames = num_frames or processor.video_processor.num_frames
+    clip = load_video(video, sample_indices_fn=sampler(frames, sample_frames=processor.video_processor.sample_frames))
+    return build_inputs(processor, question, video=clip)
+
+
+def greedy_equal(target_dir, draft_dir, video, max_new_tokens):
+    target, draft = load(target_dir), load(draft_dir)
+    inputs = sample_inputs(target_dir, video)
+    with torch.no_grad():
+        plain = target.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+        out = SpeculativeGenerator(target, draft).generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
+    return out.token_ids, plain[0, inputs["input_ids"].shape[1]:].tolist()
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_mini_build_folders_load_and_speculate_losslessly(mini_build, family):
+    from transformers import AutoTokenizer
+
+    out, report = mini_build
+    target_dir, draft_dir = out / "models" / family / "target", out / "models" / family / "draft"
+    for folder in (target_dir, draft_dir):
+        assert {"config.json", "model.safetensors", "generation_config.json", "metrics.json",
+                "video_preprocessor_config.json"} <= {p.name for p in folder.iterdir()}
+        assert json.loads((folder / "config.json").read_text())["dtype"] == "float16"
+        assert len(AutoTokenizer.from_pretrained(folder)) == MINI.vocab
+    metrics = json.loads((target_dir / "metrics.json").read_text())
+    assert metrics["pair"]["static_tree"]["equal_to_target"] and metrics["accuracy"] is not None
+    fam = report["families"][family]
+    assert fam["visual_tokens"] == fam["expected_visual_tokens"]
+    video = out / "samples" / json.loads((out / "samples" / "samples.jsonl").read_text().splitlines()[0])["video"]
+    spec, plain = greedy_equal(target_dir, draft_dir, video, 6)
+    assert spec == plain
+
+
+def test_same_seed_same_tokenizer_and_first_loss(mini_build):
+    from specvlm.inputs import load_processor
+    from specvlm.testbed import build_text_corpus
+    from specvlm.testbed.recipe import make_model, train_bpe
+    from specvlm.testbed.train import Formatter, load_clips, train
+
+    out, report = mini_build
+    corpus = build_text_corpus(out / "world" / "train.jsonl")
+    assert train_bpe(corpus, MINI.vocab) == train_bpe(corpus, MINI.vocab)
+    folder = out / "models" / "qwen2_5_vl" / "target"
+    tokenizer = json.loads((folder / "tokenizer.json").read_text())
+    assert tokenizer["model"]["vocab"] == json.loads(train_bpe(corpus, MINI.vocab))["model"]["vocab"]
+    processor = load_processor(folder)
+    clips = load_clips(out / "world", "train", processor, MINI.num_frames, limit=2)
+    first = [train(make_model(MINI, "qwen2_5_vl", "draft", seed=5), clips, Formatter(processor), 1, 1e-3,
+                   seed=3)["first_loss"] for _ in range(2)]
+    assert first[0] == first[1]
+    assert report["families"]["qwen2_5_vl"]["target"]["train"]["first_loss"] == \
+        json.loads((folder / "metrics.json").read_text())["train"]["first_loss"]
+
+
+def test_cli_rejects_bad_options(tmp_path, capsys):
+    (tmp_path / "full").mkdir()
+    (tmp_path / "full" / "mine.txt").write_text("user data")
+    (tmp_path / "file").write_text("")
+    for argv in (["--minutes", "-3", "--out", str(tmp_path / "new")],
+                 ["--out", str(tmp_path / "full")],
+                 ["--out", str(tmp_path / "file" / "sub")]):
+        assert main(["testbed", "build", *argv]) == 2
+        err = capsys.readouterr().err.strip()
+        assert err.startswith("specvlm: error:") and "\n" not in err
+    assert (tmp_path / "full" / "mine.txt").read_text() == "user data"
+    assert not (tmp_path / "new").exists()
+
+
+def test_force_replaces_only_what_a_build_writes(tmp_path):
+    (tmp_path / "models").mkdir()
+    (tmp_path / "build.json").write_text("{}")
+    (tmp_path / "notes.txt").write_text("keep")
+    with pytest.raises(SpecVLMError, match="--force"):
+        prepare_out(tmp_path, force=False)
+    prepare_out(tmp_path, force=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["notes.txt"]
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_bundled_pair_speculates_losslessly(family):
+    from specvlm.testbed.assets import bundled_pair, sample_clips
+
+    target_dir, draft_dir = bundled_pair(family)
+    spec, plain = greedy_equal(target_dir, draft_dir, sample_clips("caption")[0]["video"], 8)
+    assert spec == plain and len(plain) == 8
+
+
+def test_missing_assets_are_a_clear_error(monkeypatch, tmp_path):
+    from specvlm.testbed import assets
+
+    monkeypatch.setattr(assets, "MODELS_DIR", tmp_path)
+    monkeypatch.setattr(assets, "SAMPLES_DIR", tmp_path)
+    with pytest.raises(SpecVLMError, match="specvlm testbed build"):
+        assets.bundled_pair("qwen2_5_vl")
+    with pytest.raises(SpecVLMError, match="missing"):
+        assets.sample_clips()
+    with pytest.raises(SpecVLMError, match="families"):
+        assets.bundled_pair("llava")
