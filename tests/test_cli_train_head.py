@@ -22,12 +22,7 @@ COMMON = ["--steps", "4", "--lr", "3e-3", "--num-frames", "4", "--compressor", "
           "--noise", "0.1", "--no-progress", "--json"]
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 @pytest.fixture(scope="module")

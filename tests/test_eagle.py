@@ -8,7 +8,7 @@ import json
 import pytest
 import torch
 
-from conftest import chi2_pvalue, model, reference
+from conftest import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.drafters import DraftContext
@@ -24,13 +24,7 @@ FAMILIES = ("llava_onevision", "qwen2_5_vl")
 TRAIN_STEPS = 200
 
 
-@pytest.fixture(autouse=True, scope="module")
-def one_thread():
-    """Tiny models run far faster on one thread than on two contended ones."""
-    before = torch.get_num_threads()
-    torch.set_num_threads(1)
-    yield
-    torch.set_num_threads(before)
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 
 def peaky(family):
@@ -212,23 +206,11 @@ def small_vocab_pair(family):
     ("llava_onevision", "image", "chain", 1.0, 1.0),
 ])
 def test_sampling_with_head_follows_target_distribution(family, kind, tree, temperature, top_p):
-    from test_sampling_lossless import VOCAB, Oracle
+    from test_sampling_lossless import VOCAB, assert_first_tokens_follow_target
 
     target, head = small_vocab_pair(family)
-    inputs = make_inputs(family, kind, vocab=VOCAB)
-    gen = SpeculativeGenerator(target, head, tree=tree, num_draft_tokens=3, tree_top_k=3, tree_depth=3,
-                               tree_total_tokens=8)
-    torch.manual_seed(0)
-    samples, accepted = [], 0
-    for _ in range(1000):
-        out = gen.generate(**inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                           max_new_tokens=3, eos_token_id=-1)
-        samples.append(out.token_ids)
-        accepted += out.stats.accepted_tokens
-    assert accepted > 300   # the head's proposals really were accepted, not only corrected
-    _, joint12, marginal3 = Oracle(target, inputs, temperature, top_p).distributions()
-    assert chi2_pvalue([a * VOCAB + b for a, b, _ in samples], joint12) > 1e-3
-    assert chi2_pvalue([c for _, _, c in samples], marginal3) > 1e-3
+    assert_first_tokens_follow_target(target, head, make_inputs(family, kind, vocab=VOCAB), tree, temperature,
+                                      top_p, runs=1000)
 
 
 # ---- files ---------------------------------------------------------------------------------------------------------
@@ -339,6 +321,7 @@ def test_verifier_branch_uses_the_targets_attention(family, kind):
               for k, v in example.inputs.items()}
     out = SpeculativeGenerator(target, head, tree="dynamic").generate(**inputs, do_sample=False, max_new_tokens=12)
     assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=12)
+    assert head.scoring_s == 0.0    # the scores came from the generator's own prefill: no second target prefill
     adapter = adapter_for(target)
     prompt = adapter.prepare(inputs)
     visual = prompt.visual_mask.nonzero().flatten()

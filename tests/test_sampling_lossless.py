@@ -71,12 +71,18 @@ class Oracle:
 ])
 def test_first_tokens_follow_target_distribution(family, kind, tree, temperature, top_p):
     target, draft = pair(family)
-    inputs = make_inputs(family, kind, vocab=VOCAB)
+    assert_first_tokens_follow_target(target, draft, make_inputs(family, kind, vocab=VOCAB), tree, temperature,
+                                      top_p, runs=2000)
+
+
+def assert_first_tokens_follow_target(target, draft, inputs, tree, temperature, top_p, runs):
+    """Sample 3 tokens `runs` times speculatively; the drafts must really be accepted, and χ² must not reject
+    the target's own joint law of tokens 1-2 nor its marginal of token 3."""
     gen = SpeculativeGenerator(target, draft, tree=tree, num_draft_tokens=3, tree_top_k=3, tree_depth=3,
                                tree_total_tokens=8)
     torch.manual_seed(0)
     samples, accepted = [], 0
-    for _ in range(2000):
+    for _ in range(runs):
         out = gen.generate(**inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
                            max_new_tokens=3, eos_token_id=-1)
         samples.append(out.token_ids)

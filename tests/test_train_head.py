@@ -13,7 +13,9 @@ from specvlm.drafters.eagle import EagleHead
 from specvlm.errors import SpecVLMError
 from specvlm.tiny import make_inputs
 from specvlm.train import Example, TrainConfig, add_train_arguments, as_example, distill_loss, run_from_args, train_head
-from test_eagle import one_thread, peaky, trained, training_data, training_prompts  # noqa: F401  (fixture)
+from test_eagle import peaky, trained, training_data, training_prompts
+
+pytestmark = pytest.mark.usefixtures("one_thread")
 
 FAMILIES = ("llava_onevision", "qwen2_5_vl")
 

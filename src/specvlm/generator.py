@@ -139,10 +139,10 @@ class SpeculativeGenerator:
         started = time.perf_counter()
         prompt = self.target.prepare(inputs)
         target = ModelSession(self.target)
-        logits, hidden, keep = self._prefill(target, prompt, stats)
+        logits, hidden, keep, scores = self._prefill(target, prompt, stats)
         vocab = logits.shape[-1]
         self.drafter.begin(DraftContext(draft_inputs, prompt, hidden, sampling, self.tree, vocab, generator,
-                                        keep, self.contiguous_positions))
+                                        keep, self.contiguous_positions, scores))
         seen = None
         if sampling.uses_history:  # repetition penalty: ids in the prompt and everything generated so far
             seen = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
@@ -179,17 +179,18 @@ class SpeculativeGenerator:
         stats.decode_s = time.perf_counter() - started - stats.prefill_s
 
     def _prefill(self, target: ModelSession, prompt, stats: SpecStats):
-        """Target prefill; with pruning, also the verifier's attention scores and the draft's kept visual tokens."""
+        """Target prefill; the verifier's attention scores when pruning or the drafter needs them (captured in this
+        one prefill, never a second); with pruning, the draft's kept visual tokens."""
         visual = prompt.visual_mask.nonzero().flatten()
-        if self.pruning == "none" or visual.numel() == 0:
-            return *target.prefill(prompt), None
         scores = None
-        if self.pruning in NEEDS_SCORES:
+        if visual.numel() and (self.pruning in NEEDS_SCORES or self.drafter.needs_visual_scores):
             with AttentionCapture(self.target, int(visual.max()) + 1, visual) as capture:
                 logits, hidden = target.prefill(prompt)
             scores = capture.scores
         else:
             logits, hidden = target.prefill(prompt)
+        if self.pruning == "none" or visual.numel() == 0:
+            return logits, hidden, None, scores
         started = time.perf_counter()
         layout = Layout(tuple((span.grid, span.tail, span.length) for span in prompt.spans))
         keep = select(self.pruning, visual.numel(), self.visual_keep_ratio, scores=scores, layout=layout,
@@ -197,7 +198,7 @@ class SpeculativeGenerator:
                       seed=self.pruning_seed)
         stats.selection_s = time.perf_counter() - started
         stats.visual_tokens, stats.kept_visual_tokens = visual.numel(), keep.numel()
-        return logits, hidden, keep
+        return logits, hidden, keep, scores
 
 
 def _accept(logits: torch.Tensor, tree: DraftTree, sampling: Sampling, seen, generator) -> tuple[list[int], int]:

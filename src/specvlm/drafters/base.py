@@ -13,7 +13,7 @@ from dataclasses import dataclass
 import torch
 
 from ..adapters import Prompt
-from ..sampling import Sampling
+from ..sampling import Sampling, sample_from
 from ..tree import DraftTree, TreeSpec
 
 
@@ -28,12 +28,15 @@ class DraftContext:
     generator: torch.Generator | None = None
     visual_keep: torch.Tensor | None = None   # pruning: indices of the visual tokens the draft keeps
     contiguous_positions: bool = False        # pruning: renumber the draft's shorter prompt 0..L'-1
+    visual_scores: torch.Tensor | None = None  # the target's text->visual attention, captured in its prefill
 
 
 class Drafter:
     forwards: int = 0
     prompt_tokens: int = 0
     default_tree: str = "static"   # the tree shape used when the caller names none (EAGLE heads: "dynamic")
+
+    needs_visual_scores: bool = False   # True: begin() reads ctx.visual_scores (the target's attention capture)
 
     def begin(self, ctx: DraftContext) -> None:
         raise NotImplementedError
@@ -43,6 +46,19 @@ class Drafter:
 
     def commit(self, tree: DraftTree, path: list[int], next_token: int, target_hidden: torch.Tensor) -> None:
         raise NotImplementedError
+
+    # Shared by drafters that keep `self.ctx` from begin(): the draft distribution a tree builder expands.
+    def _logprobs(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
+        logits = fit_vocab(logits, self.ctx.vocab_size)
+        sampling = self.ctx.sampling
+        if self.ctx.tree.kind == "chain" and sampling.do_sample:
+            return sampling.probs(logits, seen).log()   # the chain samples from exactly this q
+        return sampling.logprobs(logits, seen)
+
+    def _choose(self, logprobs: torch.Tensor) -> int:
+        if self.ctx.sampling.do_sample:
+            return sample_from(logprobs.exp(), self.ctx.generator)
+        return int(logprobs.argmax())
 
 
 def fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -13,10 +13,9 @@ import torch
 
 from ..adapters import VLMAdapter
 from ..errors import SpecVLMError
-from ..sampling import sample_from
 from ..session import ModelSession
 from ..tree import DraftTree, node_depths
-from .base import DraftContext, Drafter, fit_vocab
+from .base import DraftContext, Drafter
 
 
 def seen_rows(seen: torch.Tensor | None, paths: list[list[int]]) -> torch.Tensor | None:
@@ -52,18 +51,6 @@ class DraftModelDrafter(Drafter):
         self.session.prefill(prompt)
         self.prompt_tokens = len(prompt)
         self.pending: list[int] = []
-
-    def _logprobs(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
-        logits = fit_vocab(logits, self.ctx.vocab_size)
-        sampling = self.ctx.sampling
-        if self.ctx.tree.kind == "chain" and sampling.do_sample:
-            return sampling.probs(logits, seen).log()   # the chain samples from exactly this q
-        return sampling.logprobs(logits, seen)
-
-    def _choose(self, logprobs: torch.Tensor) -> int:
-        if self.ctx.sampling.do_sample:
-            return sample_from(logprobs.exp(), self.ctx.generator)
-        return int(logprobs.argmax())
 
     def propose(self, root: int, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
         session = self.session

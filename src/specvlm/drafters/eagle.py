@@ -40,9 +40,8 @@ from transformers import DynamicCache
 from ..adapters import adapter_for, keep_cache_entries
 from ..compressor import VisualCompressor, compress_sequence, question_features
 from ..errors import SpecVLMError
-from ..sampling import sample_from
 from ..tree import DraftTree, additive_mask, node_depths
-from .base import DraftContext, Drafter, fit_vocab
+from .base import DraftContext, Drafter
 from .draft_model import seen_rows
 
 CONFIG_NAME, WEIGHTS_NAME, FORMAT = "config.json", "model.safetensors", "specvlm-eagle-head"
@@ -77,6 +76,11 @@ class EagleHead(nn.Module, Drafter):
     use it as `SpeculativeGenerator(target, head, tree="dynamic")` and train it with `specvlm.train.train_head`."""
 
     default_tree = "dynamic"   # EAGLE-2; the generator's own default ("static") suits draft models
+
+    @property
+    def needs_visual_scores(self) -> bool:
+        """The verifier-guided compressor branch reads the target's attention, captured in the target's prefill."""
+        return self.compressor is not None and self.compressor.needs_scores
 
     def __init__(self, target, compressor: VisualCompressor | None = None, dtype: torch.dtype | None = None):
         nn.Module.__init__(self)
@@ -250,7 +254,7 @@ class EagleHead(nn.Module, Drafter):
         self.cache = DynamicCache(config=self.head_config)
         self.forwards, self.scoring_s = 0, 0.0
         scores = None
-        if self.compressor is not None and self.compressor.needs_scores:
+        if self.needs_visual_scores:
             scores = lambda: self._visual_scores(ctx)
         x, _ = self.prompt_pairs(prompt.embeds[0], hidden, prompt.spans, len(prompt),
                                  visual_keep=getattr(ctx, "visual_keep", None), scores=scores)
@@ -263,10 +267,9 @@ class EagleHead(nn.Module, Drafter):
 
     def _visual_scores(self, ctx: DraftContext) -> torch.Tensor:
         """The target's text->visual attention scores of the prompt's visual tokens: the generator's when it
-        passes them, else captured by re-running the target's prefill (the first paper's Stage I signal)."""
-        given = getattr(ctx, "visual_scores", None)
-        if given is not None:
-            return given
+        passes them, else (a DraftContext built by hand) captured by re-running the target's prefill."""
+        if ctx.visual_scores is not None:
+            return ctx.visual_scores
         import time
 
         from ..adapters.capture import AttentionCapture
@@ -278,18 +281,6 @@ class EagleHead(nn.Module, Drafter):
             self.adapter.forward(prompt.embeds, prompt.positions, self.adapter.new_cache(), last_only=True)
         self.scoring_s += time.perf_counter() - started
         return capture.scores
-
-    def _logprobs(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
-        logits = fit_vocab(logits, self.ctx.vocab_size)
-        sampling = self.ctx.sampling
-        if self.ctx.tree.kind == "chain" and sampling.do_sample:
-            return sampling.probs(logits, seen).log()   # the chain samples from exactly this q
-        return sampling.logprobs(logits, seen)
-
-    def _choose(self, logprobs: torch.Tensor) -> int:
-        if self.ctx.sampling.do_sample:
-            return sample_from(logprobs.exp(), self.ctx.generator)
-        return int(logprobs.argmax())
 
     @torch.no_grad()
     def propose(self, root: int, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
