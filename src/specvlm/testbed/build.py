@@ -229,9 +229,10 @@ def cmd_build(args) -> int:
     if not args.minutes > 0:
         raise SpecVLMError(f"--minutes must be > 0, got {args.minutes}")
     out = Path(args.out).expanduser()
-    if out.exists() and (not out.is_dir() or (any(out.iterdir()) and not args.force)):
-        prepare_out(out, args.force)                       # raises the one-line error, touches nothing
     if os.environ.get("OMP_WAIT_POLICY") is None:
+        # Every check on --out (file, non-empty without --force, not creatable or writable) runs here, so the
+        # one-line error comes from this process, before the child below starts.
+        prepare_out(out, args.force)
         # OpenMP threads that spin-wait at every barrier slow training 5-10x when other processes share the two
         # cores (measured: 1.4-2 s against 5-22 s a step). The policy is read once when torch loads, so the build
         # runs in a child process that starts with it.

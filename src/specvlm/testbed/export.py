@@ -14,7 +14,8 @@ Layout of `out_dir`:
 
 Clip i depends only on (seed, i): its story on np.random.default_rng([seed, i]), its wording on
 default_rng([seed, i, 1]); its split is i % 10 == 8 -> validation, 9 -> test, else train. So a bigger world starts
-with the clips of a smaller one, and the same seed always gives byte-identical JSONL and identical decoded frames.
+with the clips of a smaller one, and the same seed always gives byte-identical JSONL and identical rendered frames
+(the mp4 encoding of those frames is near-identical only: see `write_mp4`).
 """
 
 from __future__ import annotations
@@ -79,7 +80,9 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
 
 def write_mp4(path, frames: np.ndarray, fps: int = 8, crf: int = 18) -> Path:
     """(F, H, W, 3) uint8 RGB (H, W even) -> H.264 (libx264, yuv420p) mp4 at `fps`. One encoder thread and our own
-    colour conversion: the same frames give the same bytes on every run."""
+    colour conversion; even so, libx264 in PyAV's wheel encodes the same frames differently now and then (about 1
+    run in 20, most often a process's first encode; decoded pixels up to ~34 levels apart), so only the frames and
+    the JSONL files of a world are exactly reproducible, not the mp4 bytes."""
     import av
 
     path = Path(path)
