@@ -55,10 +55,10 @@ def _setup(n_visual: int, threads: int = 2):
     def eager_maps():  # prefix with SDPA, then the text chunk in eager with output_attentions=True, maps kept
         cache = adapter.new_cache()
         adapter.decoder(inputs_embeds=embeds[:, :split], position_ids=prompt.positions[:, :split],
-                        past_key_values=cache, use_cache=True)
+                        use_cache=True, **{adapter.cache_keyword: cache})
         adapter.decoder.config._attn_implementation = "eager"
         out = adapter.decoder(inputs_embeds=embeds[:, split:], position_ids=prompt.positions[:, split:],
-                              past_key_values=cache, use_cache=True, output_attentions=True)
+                              use_cache=True, **{adapter.cache_keyword: cache}, output_attentions=True)
         adapter.decoder.config._attn_implementation = "sdpa"
         return torch.stack([a[0, :, :, 8:split].float().mean((0, 1)) for a in out.attentions]).mean(0)
 

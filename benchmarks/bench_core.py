@@ -17,23 +17,8 @@ import torch
 
 from common import ForwardCounter, median_time, record, table
 from specvlm import SpeculativeGenerator
+from specvlm.bench.measure import assistant_sees_its_pixels
 from specvlm.tiny import make_inputs, make_model
-
-
-def let_assistant_see(assistant, inputs):
-    """transformers 5.x gives the assistant no pixels (it is never run as a "first iteration"); this makes its
-    first prefill use its own vision features, so HF's loop can be compared with ours at equal acceptance."""
-    with torch.no_grad():
-        own = {"video": assistant.model.get_video_features(inputs["pixel_values_videos"], inputs.get("video_grid_thw"),
-                                                           return_dict=True)}
-    original = assistant.prepare_inputs_for_generation
-
-    def prepare(input_ids, past_key_values=None, is_first_iteration=False, **kwargs):
-        if past_key_values is None or past_key_values.get_seq_length() == 0:
-            is_first_iteration, kwargs["mm_encoder_outputs"] = True, own
-        return original(input_ids, past_key_values=past_key_values, is_first_iteration=is_first_iteration, **kwargs)
-    assistant.prepare_inputs_for_generation = prepare
-    return assistant
 
 
 def main():
@@ -69,12 +54,12 @@ def main():
         (ids, fwd), secs = median_time(lambda: run_hf(assistant_model=draft), args.repeats)
         rows.append([f"HF assisted, γ={gamma} (draft blind to video)", "-", fwd, fwd / len(ids), secs,
                      plain_s / secs, "equal" if ids == plain else "DIFFERENT"])
-    seeing = let_assistant_see(copy.deepcopy(draft), inputs)
-    for gamma in (2, 4):
-        seeing.generation_config.num_assistant_tokens = gamma
-        (ids, fwd), secs = median_time(lambda: run_hf(assistant_model=seeing), args.repeats)
-        rows.append([f"HF assisted, γ={gamma}, draft given its video (workaround)", "-", fwd, fwd / len(ids), secs,
-                     plain_s / secs, "equal" if ids == plain else "DIFFERENT"])
+    with assistant_sees_its_pixels(draft, inputs):   # the draft drafts with its own video features
+        for gamma in (2, 4):
+            draft.generation_config.num_assistant_tokens = gamma
+            (ids, fwd), secs = median_time(lambda: run_hf(assistant_model=draft), args.repeats)
+            rows.append([f"HF assisted, γ={gamma}, draft given its video (workaround)", "-", fwd, fwd / len(ids),
+                         secs, plain_s / secs, "equal" if ids == plain else "DIFFERENT"])
 
     for label, tree, kw in (("specvlm chain γ=2", "chain", dict(num_draft_tokens=2)),
                             ("specvlm chain γ=4", "chain", dict(num_draft_tokens=4)),

@@ -12,6 +12,7 @@ from transformers.generation.logits_process import TemperatureLogitsWarper, TopP
 
 from conftest import chi2_pvalue, model
 from specvlm import SpeculativeGenerator
+from specvlm.adapters import cache_keyword
 from specvlm.tiny import make_inputs
 
 VOCAB = 16
@@ -42,12 +43,13 @@ class Oracle:
 
     def __init__(self, target, inputs, temperature, top_p):
         self.target, self.warp = target, lambda logits: warped(logits, temperature, top_p)
+        self.cache_keyword = cache_keyword(target)   # `past_key_values` before transformers 5.24
         out = target(**inputs, use_cache=True)
-        self.cache, self.first = out.past_key_values, out.logits[0, -1]
+        self.cache, self.first = out[self.cache_keyword], out.logits[0, -1]
 
     def after(self, cache, token):
         cache = copy.deepcopy(cache)
-        out = self.target(input_ids=torch.tensor([[token]]), past_key_values=cache, use_cache=True)
+        out = self.target(input_ids=torch.tensor([[token]]), use_cache=True, **{self.cache_keyword: cache})
         return cache, out.logits[0, -1]
 
     def distributions(self):

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from .base import Prompt, VisualSpan, VLMAdapter, keep_cache_entries
+from .base import Prompt, VisualSpan, VLMAdapter, cache_keyword, keep_cache_entries
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_5_vl import Qwen2_5_VLAdapter
@@ -22,4 +22,4 @@ def adapter_for(model) -> VLMAdapter:
     return ADAPTERS[model_type](model)
 
 
-__all__ = ["ADAPTERS", "Prompt", "VLMAdapter", "VisualSpan", "adapter_for", "keep_cache_entries"]
+__all__ = ["ADAPTERS", "Prompt", "VLMAdapter", "VisualSpan", "adapter_for", "cache_keyword", "keep_cache_entries"]

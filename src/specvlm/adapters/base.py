@@ -16,6 +16,7 @@ Family files fill in `visual_features`, `visual_spans` and `prompt_positions`; n
 
 from __future__ import annotations
 
+import inspect
 from dataclasses import dataclass, field
 
 import torch
@@ -77,6 +78,12 @@ class Prompt:
                       int(next_position), spans)
 
 
+def cache_keyword(module) -> str:
+    """The name under which `module.forward` takes its KV cache: transformers 5.24 renamed `past_key_values` to
+    `cache` (the old name still works there, with a FutureWarning, until 5.40)."""
+    return "cache" if "cache" in inspect.signature(module.forward).parameters else "past_key_values"
+
+
 def feature_items(pooler_output, hidden_size: int) -> list[torch.Tensor]:
     """HF returns visual features as one tensor (items stacked on dim 0) or a tuple of per-item tensors; this gives
     one (tokens, H) tensor per image or video."""
@@ -93,6 +100,7 @@ class VLMAdapter:
         self.config = model.config
         self.text_config = model.config.get_text_config()
         self.decoder = model.model.language_model
+        self.cache_keyword = cache_keyword(self.decoder)
         self.lm_head = model.get_output_embeddings()
         self.embeddings = model.get_input_embeddings()
         self.image_token_id = getattr(self.config, "image_token_id", None)
@@ -187,8 +195,8 @@ class VLMAdapter:
                 mask: torch.Tensor | None = None, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the language model over `embeds` (1, n, H) appended to `cache`. Returns float32 logits (n, V) (or
         (1, V) with `last_only`) and the final hidden states (n, H) after the last norm."""
-        out = self.decoder(inputs_embeds=embeds, position_ids=positions, attention_mask=mask,
-                           past_key_values=cache, use_cache=True)
+        out = self.decoder(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
+                           **{self.cache_keyword: cache})
         hidden = out.last_hidden_state[0]
         rows = hidden[-1:] if last_only else hidden
         return self.lm_head(rows).float(), hidden

@@ -114,7 +114,7 @@ class ForwardClocks:
 
     def _post(self, module, args, kwargs, output):
         seconds = self._elapsed(module)
-        cache = kwargs.get("past_key_values")
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))   # named `cache` from transformers 5.24
         if module is self.target_module and self._target_cache is None:
             self._target_cache = id(cache)
         is_target = module is self.target_module and id(cache) == self._target_cache
@@ -209,11 +209,11 @@ def assistant_sees_its_pixels(assistant, draft_inputs: dict):
         own = encoder(encoder_inputs).get("mm_encoder_outputs")
     original = assistant.prepare_inputs_for_generation
 
-    def prepare(input_ids, *args, past_key_values=None, is_first_iteration=False, **kwargs):
-        if own and (past_key_values is None or past_key_values.get_seq_length() == 0):
+    def prepare(input_ids, *args, is_first_iteration=False, **kwargs):
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))   # named `cache` from transformers 5.24
+        if own and (cache is None or cache.get_seq_length() == 0):
             kwargs["mm_encoder_outputs"], is_first_iteration = own, True
-        return original(input_ids, *args, past_key_values=past_key_values, is_first_iteration=is_first_iteration,
-                        **kwargs)
+        return original(input_ids, *args, is_first_iteration=is_first_iteration, **kwargs)
 
     assistant.prepare_inputs_for_generation = prepare
     try:

@@ -37,7 +37,7 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from ..adapters import adapter_for, keep_cache_entries
+from ..adapters import adapter_for, cache_keyword, keep_cache_entries
 from ..compressor import VisualCompressor, compress_sequence, question_features
 from ..errors import SpecVLMError
 from ..tree import DraftTree, additive_mask, node_depths
@@ -90,6 +90,7 @@ class EagleHead(nn.Module, Drafter):
         hidden = adapter.hidden_size
         self.fc = nn.Linear(2 * hidden, hidden, bias=True)
         self.layer = type(adapter.decoder.layers[0])(config, layer_idx=0)
+        self.cache_keyword = cache_keyword(self.layer)
         self.rotary = type(adapter.decoder.rotary_emb)(config=config)
         self.compressor = compressor
         dtype = dtype or adapter.dtype
@@ -189,8 +190,8 @@ class EagleHead(nn.Module, Drafter):
         if mask is None and n > 1 and (past > 0 or self.head_config._attn_implementation != "sdpa"):
             mask = additive_mask(torch.ones(n, n, dtype=torch.bool).tril(), past, x.dtype, x.device)
         pos = positions.to(x.device)[None]
-        out = self.layer(x[None], attention_mask=mask, position_ids=pos, past_key_values=cache,
-                         use_cache=cache is not None, position_embeddings=self.rotary(x[None], pos))
+        out = self.layer(x[None], attention_mask=mask, position_ids=pos, use_cache=cache is not None,
+                         position_embeddings=self.rotary(x[None], pos), **{self.cache_keyword: cache})
         out = out[0] if isinstance(out, tuple) else out
         return out[0]
 
