@@ -5,7 +5,8 @@ within its default video pixel bounds.
     python benchmarks/bench_inputs.py [--frames 8 32] [--sizes 640x360 1280x720] [--record]
 
 The clips are written first (H.264, 30 fps, 10 s, moving content so the codec does real work). Times are
-medians of 3 after a warm-up; decoding seeks, so it reads only the GOPs that hold the sampled frames.
+medians of 3 after a warm-up. Decoding does not seek: it decodes every frame up to the last sampled one (keeping
+only the sampled ones), so the decode time per sampled frame is the whole clip's decode time divided by N.
 """
 
 from __future__ import annotations
@@ -70,8 +71,9 @@ def main():
 {args.seconds} s H.264 clips at 30 fps, frames sampled uniformly over the whole clip; median of 3 runs after a
 warm-up. Preprocessing is our torchvision-free processor at the released checkpoints' sizes (LLaVA-OneVision:
 SigLIP 384 px, 2×2-pooled video tokens; Qwen2.5-VL: smart-resize to multiples of 28 within 128·28²..768·28²
-pixels, temporal patch 2). Decoding seeks to each sampled frame, so its cost per frame falls with sparser sampling
-only down to one GOP per frame.""")
+pixels, temporal patch 2). Decoding does not seek: every frame up to the last sampled one is decoded (only the
+sampled ones are kept), so "decode ms/frame" is the whole clip's decode time divided by the frames sampled, and
+falls as more frames are sampled from the same clip.""")
 
 
 if __name__ == "__main__":

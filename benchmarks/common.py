@@ -56,7 +56,10 @@ def machine() -> str:
 
 def record(section: str, title: str, body: str) -> None:
     """Replace (or append) the section between <!-- section --> markers in docs/BENCHMARKS.md."""
-    command = "python " + " ".join(sys.argv)
+    script = Path(sys.argv[0]).resolve()   # named from the repo root, wherever it was started from
+    script = script.relative_to(BENCHMARKS_MD.parent.parent) if script.is_relative_to(BENCHMARKS_MD.parent.parent) \
+        else script
+    command = "python " + " ".join([str(script), *sys.argv[1:]])
     text = (f"<!-- {section}:start -->\n## {title}\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
             f"Recorded: {time.strftime('%Y-%m-%d')}\n\n{body.strip()}\n<!-- {section}:end -->")
     doc = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"

@@ -118,7 +118,21 @@ def _bad_inputs(folders, media, tmp):
                      "max_position_embeddings"),
         "max-new-tokens": (["--target", q, "--image", png, "--prompt", "Q", "--max-new-tokens", "0"],
                            "--max-new-tokens"),
+        **{f"option {' '.join(option)}": (["--target", q, "--image", png, "--prompt", "Q", *option], flag)
+           for option, flag in BAD_OPTIONS},
     }
+
+
+BAD_OPTIONS = [  # decoding / pruning options out of range -> the flag the message must name
+    (["--num-draft-tokens", "0"], "--num-draft-tokens"),
+    (["--tree", "dynamic", "--tree-total-tokens", "1"], "--tree-total-tokens"),
+    (["--tree-depth", "-2"], "--tree-depth"),
+    (["--temperature", "0.7", "--top-p", "1.5"], "--top-p"),
+    (["--top-k", "-1"], "--top-k"),
+    (["--pruning", "specvlm", "--visual-keep-ratio", "0"], "--visual-keep-ratio"),
+    (["--visual-keep-ratio", "0.5"], "--pruning"),
+    (["--pruning", "specvlm", "--stage1-mass", "-1"], "--stage1-mass"),
+]
 
 
 def test_bad_input_is_one_line_and_a_nonzero_exit(capsys, folders, media, tmp_path):
@@ -129,6 +143,21 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(capsys, folders, media, tmp_pa
         assert lines[-1].startswith("specvlm: error: ") and phrase in lines[-1], (what, err)
         assert "Traceback" not in err and sum("error" in line for line in lines) == 1, (what, err)
         assert out == "", what
+
+
+def test_bad_options_fail_before_any_weights_load(capsys, folders, media):
+    for option, flag in BAD_OPTIONS:
+        code, _, err = _run(capsys, "generate", "--target", folders["qwen"], "--image", media / "picture.png",
+                            "--prompt", "Q", *option)
+        assert code == 2 and flag in err and "loading target" not in err, (option, err)
+
+
+def test_every_command_has_help(capsys):
+    for command in (["generate"], ["demo"], ["train-head"], ["bench"], ["testbed", "build"], []):
+        with pytest.raises(SystemExit) as exit_info:
+            main([*command, "--help"])
+        assert exit_info.value.code == 0
+        assert capsys.readouterr().out.startswith("usage: specvlm"), command
 
 
 def test_eagle_head_drafts_and_output_stays_the_targets(capsys, folders, media, tmp_path):

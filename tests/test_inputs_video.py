@@ -87,6 +87,10 @@ def test_qwen_sampling_rule():
     assert qwen.sample_frames(md, fps=1.0).tolist() == [0, 7, 15, 22]               # 3 s -> min_frames 4
     assert qwen.sample_frames(md, fps=2.0).tolist() == [0, 5, 10, 15, 20, 25]
     assert qwen.sample_frames(VideoMetadata(total_num_frames=1, fps=10.0), num_frames=1).tolist() == [0]
+    # N rounding to 0 (HF divides by zero there) takes one temporal patch, not the whole video
+    assert qwen.sample_frames(md, num_frames=1).tolist() == [0, 15]
+    assert qwen.sample_frames(VideoMetadata(total_num_frames=300, fps=30.0), num_frames=1).tolist() == [0, 150]
+    assert qwen.sample_frames(md, num_frames=40).tolist() == list(range(30))        # capped at the video's 30
 
 
 def test_processor_sampler_is_followed(clip):

@@ -105,10 +105,33 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_decoding(args) -> None:
+    """Every decoding and pruning option, checked before any weights load (the same checks the library runs)."""
+    from .generator import check_pruning
+    from .tree import TreeSpec
+
     if args.max_new_tokens < 1:
         raise SpecVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.temperature < 0:
         raise SpecVLMError(f"--temperature must be >= 0, got {args.temperature}")
+    if not 0 < args.top_p <= 1:
+        raise SpecVLMError(f"--top-p must be in (0, 1], got {args.top_p}")
+    if args.top_k < 0:
+        raise SpecVLMError(f"--top-k must be >= 0, got {args.top_k}")
+    if args.pruning == "none" and args.visual_keep_ratio is not None:
+        raise SpecVLMError("--visual-keep-ratio needs a pruning method, e.g. --pruning specvlm")
+    try:
+        TreeSpec(kind=args.tree or "static", num_draft_tokens=args.num_draft_tokens, top_k=args.tree_top_k,
+                 depth=args.tree_depth, total_tokens=args.tree_total_tokens)
+        check_pruning(args.pruning, args.visual_keep_ratio, args.stage1_mass, args.draft_positions)
+    except SpecVLMError as err:   # the library's wording names keyword arguments; the CLI's names flags
+        raise SpecVLMError(_as_flags(str(err))) from None
+
+
+def _as_flags(message: str) -> str:
+    for name in ("num_draft_tokens", "tree_top_k", "tree_depth", "tree_total_tokens", "visual_keep_ratio",
+                 "stage1_mass", "draft_positions"):
+        message = message.replace(name, "--" + name.replace("_", "-"))
+    return message
 
 
 def _decoding_options(args) -> dict:

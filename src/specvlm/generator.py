@@ -72,15 +72,9 @@ class SpeculativeGenerator:
         self.tree = TreeSpec(kind=tree or self.drafter.default_tree, num_draft_tokens=num_draft_tokens,
                              top_k=tree_top_k, depth=tree_depth, total_tokens=tree_total_tokens)
         self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
-        if pruning != "none" and pruning not in METHODS:
-            raise SpecVLMError(f"unknown pruning method {pruning!r}; choose from none, {', '.join(METHODS)}")
-        if pruning == "none" and visual_keep_ratio is not None:
-            raise SpecVLMError("visual_keep_ratio needs a pruning method, e.g. pruning='specvlm'")
-        if draft_positions not in (None, "original", "contiguous"):
-            raise SpecVLMError(f"draft_positions must be 'original' or 'contiguous', got {draft_positions!r}")
+        check_pruning(pruning, visual_keep_ratio, stage1_mass, draft_positions)
         self.pruning, self.stage1_mass, self.pruning_seed = pruning, stage1_mass, pruning_seed
         self.visual_keep_ratio = 0.1 if visual_keep_ratio is None else visual_keep_ratio
-        budget(1, self.visual_keep_ratio)  # validates the ratio
         self.contiguous_positions = (draft_positions or ("original" if self.target.uses_mrope else "contiguous")) \
             == "contiguous"
 
@@ -199,6 +193,21 @@ class SpeculativeGenerator:
         stats.selection_s = time.perf_counter() - started
         stats.visual_tokens, stats.kept_visual_tokens = visual.numel(), keep.numel()
         return logits, hidden, keep, scores
+
+
+def check_pruning(pruning: str, visual_keep_ratio: float | None, stage1_mass: float,
+                  draft_positions: str | None) -> None:
+    """One-line errors for bad pruning options (the CLI calls this before any weights load)."""
+    if pruning != "none" and pruning not in METHODS:
+        raise SpecVLMError(f"unknown pruning method {pruning!r}; choose from none, {', '.join(METHODS)}")
+    if pruning == "none" and visual_keep_ratio is not None:
+        raise SpecVLMError("visual_keep_ratio needs a pruning method, e.g. pruning='specvlm'")
+    if visual_keep_ratio is not None:
+        budget(1, visual_keep_ratio)   # raises unless 0 < ratio <= 1
+    if not 0 < stage1_mass <= 1:
+        raise SpecVLMError(f"stage1_mass (λ) must be in (0, 1], got {stage1_mass}")
+    if draft_positions not in (None, "original", "contiguous"):
+        raise SpecVLMError(f"draft_positions must be 'original' or 'contiguous', got {draft_positions!r}")
 
 
 def _accept(logits: torch.Tensor, tree: DraftTree, sampling: Sampling, seen, generator) -> tuple[list[int], int]:

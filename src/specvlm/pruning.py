@@ -21,6 +21,8 @@ from dataclasses import dataclass
 
 import torch
 
+from .errors import SpecVLMError
+
 
 @dataclass(frozen=True)
 class Layout:
@@ -53,7 +55,7 @@ class Layout:
 
 def budget(n: int, keep_ratio: float) -> int:
     if not 0 < keep_ratio <= 1:
-        raise ValueError(f"visual_keep_ratio must be in (0, 1], got {keep_ratio}")
+        raise SpecVLMError(f"visual_keep_ratio must be in (0, 1], got {keep_ratio}")
     return min(n, math.floor(n * keep_ratio + 1e-9))
 
 

@@ -15,6 +15,8 @@ import copy
 import torch
 from transformers import GenerationConfig
 
+from .errors import SpecVLMError
+
 # generate() options that change the distribution but that the speculative loop does not implement. Passing one
 # with a non-default value is an error rather than a silent difference from `target.generate`.
 _UNSUPPORTED = {
@@ -52,14 +54,14 @@ class Sampling:
         for name, default in _UNSUPPORTED.items():
             value = getattr(config, name, None)
             if value not in (default, defaults.get(name), None):
-                raise ValueError(f"generation option {name}={value!r} is not supported by speculative decoding")
+                raise SpecVLMError(f"generation option {name}={value!r} is not supported by speculative decoding")
         s = cls(**values)
         if s.do_sample and s.temperature <= 0:
-            raise ValueError(f"temperature must be > 0 when sampling, got {s.temperature}")
+            raise SpecVLMError(f"temperature must be > 0 when sampling, got {s.temperature}")
         if not 0 < s.top_p <= 1:
-            raise ValueError(f"top_p must be in (0, 1], got {s.top_p}")
+            raise SpecVLMError(f"top_p must be in (0, 1], got {s.top_p}")
         if s.top_k < 0 or s.repetition_penalty <= 0:
-            raise ValueError("top_k must be >= 0 and repetition_penalty > 0")
+            raise SpecVLMError("top_k must be >= 0 and repetition_penalty > 0")
         return s
 
     @property
@@ -142,5 +144,5 @@ def max_new_tokens(config: GenerationConfig, prompt_len: int) -> int:
     if value is None:
         value = _hf_defaults()["max_length"] if config.max_length is None else config.max_length - prompt_len
     if value < 1:
-        raise ValueError(f"max_new_tokens must be >= 1, got {value}")
+        raise SpecVLMError(f"max_new_tokens must be >= 1, got {value}")
     return int(value)

@@ -16,6 +16,8 @@ from typing import Callable, Sequence
 
 import torch
 
+from .errors import SpecVLMError
+
 # The EAGLE-1 static tree `mc_sim_7b_63` that the video-pruning paper drafts with: 25 nodes below the root, depth
 # 5, 4/8/8/3/2 nodes per depth, 15 leaves. A path (r1, r2, ...) is "the r1-th best child of the root, then its
 # r2-th best child, ...".
@@ -191,9 +193,10 @@ class TreeSpec:
 
     def __post_init__(self):
         if self.kind not in ("chain", "static", "dynamic"):
-            raise ValueError(f"tree must be 'chain', 'static' or 'dynamic', got {self.kind!r}")
+            raise SpecVLMError(f"tree must be 'chain', 'static' or 'dynamic', got {self.kind!r}")
         if min(self.num_draft_tokens, self.top_k, self.depth, self.total_tokens - 1) < 1:
-            raise ValueError("num_draft_tokens, tree_top_k and tree_depth must be >= 1 and tree_total_tokens >= 2")
+            raise SpecVLMError("num_draft_tokens, tree_top_k and tree_depth must be >= 1 and tree_total_tokens >= 2, "
+                               f"got {self.num_draft_tokens}, {self.top_k}, {self.depth} and {self.total_tokens}")
 
     @property
     def max_depth(self) -> int:

@@ -229,8 +229,9 @@ class QwenVLVideoProcessor(TorchFreeVideoProcessor):
     def sample_frames(self, metadata, num_frames=None, fps=None, temporal_patch_size=None, min_frames=None,
                       max_frames=None, **kwargs):
         """HF `Qwen2VLVideoProcessor.sample_frames`: N rounded to a multiple of the temporal patch, then frames
-        at float steps T/N. One change: where HF would divide by zero or overrun (N rounds to 0, or above T for a
-        very short video), N becomes the largest usable count instead."""
+        at float steps T/N. One change: where HF would divide by zero or overrun, N becomes the nearest usable
+        count instead: one temporal patch when N rounds to 0 (e.g. --num-frames 1), the most whole patches the
+        video has when N exceeds its T frames."""
         if fps is not None and num_frames is not None:
             raise ValueError("`num_frames` and `fps` are mutually exclusive arguments, please use only one!")
         num_frames = num_frames if num_frames is not None else self.num_frames
@@ -250,7 +251,9 @@ class QwenVLVideoProcessor(TorchFreeVideoProcessor):
             num_frames = math.floor(num_frames / tps) * tps
         if num_frames is None:
             return torch.arange(0, total).int()
-        if num_frames > total or num_frames == 0:
+        if num_frames == 0:
+            num_frames = min(tps, total)
+        if num_frames > total:
             num_frames = total // tps * tps or total
         return torch.arange(0, total, total / num_frames).int()
 
