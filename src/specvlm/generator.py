@@ -180,7 +180,7 @@ class SpeculativeGenerator:
         if visual.numel() and (self.pruning in NEEDS_SCORES or self.drafter.needs_visual_scores):
             with AttentionCapture(self.target, int(visual.max()) + 1, visual) as capture:
                 logits, hidden = target.prefill(prompt)
-            scores = capture.scores
+            scores, stats.scoring_s = capture.scores, capture.scoring_s
         else:
             logits, hidden = target.prefill(prompt)
         if self.pruning == "none" or visual.numel() == 0:

@@ -9,8 +9,9 @@ K = floor(N * keep_ratio).
   verifier's attention mass, at most K; Stage II fills the rest of K evenly (a uniform stride over the remaining
   indices in flattened order).
 - baselines from the paper's comparisons: `uniform` (Stage II only), `random` (seeded), `attention` (top-K
-  scores), `window-front|middle|back` (one contiguous run), `temporal` (DyCoke-style: drop tokens most similar to
-  the same position in the frame before), `frames` (drop whole frames, keep evenly spaced ones).
+  scores), `window-front|middle|back` (one contiguous run), `temporal` (DyCoke-style temporal merging: in groups of
+  4 frames the first is the reference and is kept, the others keep the tokens that changed most from the same
+  grid position in it), `frames` (drop whole frames, keep evenly spaced ones).
 - `specvlm-grid`: Stage II as an even spatial grid per frame instead of the flattened stride.
 """
 
@@ -146,28 +147,94 @@ def select_window(n: int, k: int, where: str = "middle") -> torch.Tensor:
     return torch.arange(start, start + k)
 
 
-def select_temporal(features: torch.Tensor, layout: Layout, k: int) -> torch.Tensor:
-    """DyCoke-style: a token that looks like the same position in the previous frame is redundant. First frames
-    and irregular spans count as maximally novel; keep the K most novel tokens."""
-    novelty = torch.full((features.shape[0],), 2.0)
-    offset = 0
+def shares(sizes: list[int], k: int) -> list[int]:
+    """k (at most sum(sizes)) split over parts in proportion to their sizes. Cumulative rounding: part i gets
+    round(k*C_i/S) - round(k*C_(i-1)/S), C the running size and S the total, so every part gets the floor or the
+    ceiling of its exact share k*size/S (never more than its size), the shares add up to k exactly, and the
+    parts that get the extra token are spread evenly instead of all at the front."""
+    total, out, before, running = sum(sizes), [], 0, 0
+    for size in sizes:
+        running += size
+        upto = (2 * k * running + total) // (2 * total) if total else 0   # round half up, in integers
+        out.append(upto - before)
+        before = upto
+    return out
+
+
+TEMPORAL_GROUP = 4   # DyCoke's window: frames that share one reference frame (the first of them)
+
+
+def temporal_frames(layout: Layout, group: int = TEMPORAL_GROUP) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
+    """(tokens, reference) per frame in prompt order: `reference` holds the tokens at the same grid positions in
+    the first frame of the frame's group of `group`, or is None when the frame is a reference itself. A span's
+    tail and a span without a grid have nothing to be compared with, so they count as references."""
+    out, offset = [], 0
     for grid, tail, length in layout.grids:
-        if grid is not None and grid[0] > 1:
+        if grid is None:
+            out.append((torch.arange(offset, offset + length), None))
+        else:
             t, h, w = grid
-            frames = features[offset: offset + t * h * w].float().reshape(t, h * w, -1)
-            similarity = torch.nn.functional.cosine_similarity(frames[1:], frames[:-1], dim=-1)
-            novelty[offset + h * w: offset + t * h * w] = 1 - similarity.flatten()
+            frame = [torch.arange(offset + f * h * w, offset + (f + 1) * h * w) for f in range(t)]
+            out += [(frame[f], None if f % group == 0 else frame[f - f % group]) for f in range(t)]
+            if tail:
+                out.append((torch.arange(offset + t * h * w, offset + length), None))
         offset += length
-    return select_attention(novelty, k)
+    return out
+
+
+def novelty(features: torch.Tensor, tokens: torch.Tensor, reference: torch.Tensor) -> torch.Tensor:
+    """Cosine distance 1 - cos(x_i, x_ref(i)) in [0, 2] of each token to the same grid position in its reference
+    frame: near 0 means the token repeats what the reference already shows (DyCoke merges it away)."""
+    return 1 - torch.nn.functional.cosine_similarity(features[tokens].float(), features[reference].float(), dim=-1)
+
+
+def most_changed(features: torch.Tensor, tokens: torch.Tensor, reference: torch.Tensor, q: int) -> torch.Tensor:
+    """The q tokens of a frame least similar to their reference positions (ties: the earlier token)."""
+    order = torch.sort(novelty(features, tokens, reference), descending=True, stable=True).indices
+    return tokens[order[:q]]
+
+
+def temporal_quotas(frames: list[tuple[torch.Tensor, torch.Tensor | None]], k: int) -> list[int]:
+    """Tokens each frame keeps, k in all. When k covers the reference frames, they are kept whole (DyCoke) and
+    the rest of k is shared by the other frames in proportion to their sizes. Below that a whole reference frame
+    is unaffordable, so every frame (references included) gets its proportional share of k, which keeps the
+    choice spread over the video instead of spending it all on the first frames."""
+    needed = sum(tokens.numel() for tokens, reference in frames if reference is None)
+    if k < needed:
+        return shares([tokens.numel() for tokens, _ in frames], k)
+    rest = shares([0 if reference is None else tokens.numel() for tokens, reference in frames], k - needed)
+    return [tokens.numel() if reference is None else q for (tokens, reference), q in zip(frames, rest)]
+
+
+def select_temporal(features: torch.Tensor, layout: Layout, k: int, group: int = TEMPORAL_GROUP) -> torch.Tensor:
+    """DyCoke-style temporal token merging, budget-exact: per frame, its quota (`temporal_quotas`) of tokens;
+    a reference frame spreads its quota evenly over its raster, any other frame keeps its most changed tokens."""
+    frames = temporal_frames(layout, group)
+    picked = [evenly(tokens, q) if reference is None else most_changed(features, tokens, reference, q)
+              for (tokens, reference), q in zip(frames, temporal_quotas(frames, k))]
+    return _sorted(torch.cat(picked)) if picked else torch.zeros(0, dtype=torch.long)
+
+
+def frames_to_keep(count: int, k: int, per_frame: int) -> list[int]:
+    """Which of `count` frames hold a budget of k tokens: ceil(k / per_frame) of them at an even stride; a single
+    frame is the middle one (the stride's first point, frame 0, would be the least representative choice)."""
+    needed = min(count, math.ceil(k / per_frame))
+    if needed == 1:
+        return [count // 2]
+    return evenly(torch.arange(count), needed).tolist()
 
 
 def select_frames(layout: Layout, k: int) -> torch.Tensor:
-    """Whole frames at an even stride (the last one may be cut to the budget); a budget left over when frames
-    run out (tails, uneven sizes) goes to the other tokens evenly."""
+    """Whole frames at an even stride; the last chosen frame is cut to the budget by keeping its tokens evenly
+    (so k below one frame keeps k tokens spread over the middle frame). A budget left over when frames run out
+    (tails, uneven sizes) goes to the other tokens evenly."""
     frames = [tokens for tokens, _, _ in layout.frames(tails=False)]
     per_frame = max(1, round(sum(f.numel() for f in frames) / max(len(frames), 1)))
-    chosen = evenly(torch.arange(len(frames)), min(len(frames), math.ceil(k / per_frame)))
-    kept = torch.cat([frames[i] for i in chosen.tolist()])[:k] if chosen.numel() else torch.zeros(0, dtype=torch.long)
+    kept, left = [torch.zeros(0, dtype=torch.long)], k
+    for i in (frames_to_keep(len(frames), k, per_frame) if k > 0 else []):
+        kept.append(evenly(frames[i], min(left, frames[i].numel())))
+        left -= kept[-1].numel()
+    kept = torch.cat(kept)
     rest = torch.ones(layout.total, dtype=torch.bool)
     rest[kept] = False
     return _sorted(torch.cat([kept, evenly(rest.nonzero().flatten(), k - kept.numel())]))
@@ -183,11 +250,11 @@ def select(method: str, n: int, keep_ratio: float, *, scores: torch.Tensor | Non
            seed: int = 0) -> torch.Tensor:
     """Kept indices (sorted) among n visual tokens."""
     if method not in METHODS:
-        raise ValueError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
+        raise SpecVLMError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
     k = budget(n, keep_ratio)
     layout = layout or Layout.flat(n)
     if method in NEEDS_SCORES and scores is None:
-        raise ValueError(f"pruning {method!r} needs the verifier's attention scores")
+        raise SpecVLMError(f"pruning {method!r} needs the verifier's attention scores")
     if method == "specvlm":
         return select_specvlm(scores, k, stage1_mass)
     if method == "specvlm-grid":
@@ -202,6 +269,6 @@ def select(method: str, n: int, keep_ratio: float, *, scores: torch.Tensor | Non
         return select_window(n, k, method.split("-", 1)[1])
     if method == "temporal":
         if features is None:
-            raise ValueError("pruning 'temporal' needs the visual features")
+            raise SpecVLMError("pruning 'temporal' needs the visual features")
         return select_temporal(features, layout, k)
     return select_frames(layout, k)

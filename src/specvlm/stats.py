@@ -25,7 +25,8 @@ class SpecStats:
     draft_prompt_tokens: int = 0
     visual_tokens: int = 0          # visual tokens the target saw (counted when pruning)
     kept_visual_tokens: int = 0     # of those, the ones the draft kept
-    selection_s: float = 0.0        # time to choose them (the attention capture runs inside the target prefill)
+    scoring_s: float = 0.0          # verifier-attention capture's extra fp32 score computation (inside prefill_s)
+    selection_s: float = 0.0        # time to choose the kept tokens from the scores (inside prefill_s)
 
     @property
     def mean_accepted_tokens(self) -> float:
@@ -59,5 +60,14 @@ class SpecStats:
         return out
 
     def summary(self) -> str:
-        return (f"{self.new_tokens} tokens, τ={self.mean_accepted_tokens:.2f} over {self.rounds} rounds, "
+        line = (f"{self.new_tokens} tokens, τ={self.mean_accepted_tokens:.2f} over {self.rounds} rounds, "
                 f"{self.tokens_per_second:.1f} tokens/s (prefill {self.prefill_s:.2f}s, decode {self.decode_s:.2f}s)")
+        return line + self.pruning_summary()
+
+    def pruning_summary(self) -> str:
+        """'' unless the draft's prompt was pruned (visual_tokens is only counted then)."""
+        if not self.visual_tokens:
+            return ""
+        return (f"; draft kept {self.kept_visual_tokens}/{self.visual_tokens} visual tokens, prompt "
+                f"{self.draft_prompt_tokens} vs {self.target_prompt_tokens} (scoring {self.scoring_s * 1e3:.1f}ms, "
+                f"selection {self.selection_s * 1e3:.1f}ms, both inside prefill)")

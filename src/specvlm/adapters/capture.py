@@ -10,11 +10,15 @@ float32 for the text query rows only, adding each visual key's share into one ru
 mask builder is registered under the same name in `AttentionMaskInterface` (without it transformers 5.x builds no
 proper causal mask for the custom name). Memory: O(sequence length) kept, O(rows x keys) per head group while a
 layer runs; never layers x heads x queries x length.
+
+`scoring_s` is the wall time of that extra float32 computation alone, accumulated over the layers: the price of
+the scores inside the one prefill, measured where it is paid instead of by prefilling twice.
 """
 
 from __future__ import annotations
 
 import sys
+import time
 
 import torch
 from transformers import AttentionInterface
@@ -35,7 +39,8 @@ def _attention(module, query, key, value, attention_mask, **kwargs):
 
 class AttentionCapture:
     """Context manager around one target prefill. `query_start`: prompt index of the first text token after the
-    last visual token; `visual_index`: prompt indices of the visual tokens. `scores` afterwards: (N,) float32."""
+    last visual token; `visual_index`: prompt indices of the visual tokens. `scores` afterwards: (N,) float32;
+    `scoring_s`: seconds spent computing them (part of the prefill's time)."""
 
     def __init__(self, adapter, query_start: int, visual_index: torch.Tensor):
         self.config = adapter.decoder.config
@@ -43,6 +48,7 @@ class AttentionCapture:
         self.visual_index = visual_index.long()
         self.total = torch.zeros(self.visual_index.numel(), dtype=torch.float32)
         self.rows = 0   # (layer, head, query) triples averaged over
+        self.scoring_s = 0.0
 
     def base_function(self, module):
         if self.base == "eager":  # eager lives in each modeling file, not in the registry
@@ -61,8 +67,17 @@ class AttentionCapture:
         _ACTIVE.pop()
         self.config._attn_implementation = self.base
 
-    @torch.no_grad()
     def observe(self, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> None:
+        # on a GPU the layer's own attention is still queued: wait for it, so the clock holds only our kernels
+        # (accumulate() ends with a copy to the CPU, which waits for them)
+        if query.is_cuda:
+            torch.cuda.synchronize(query.device)
+        started = time.perf_counter()
+        self.accumulate(query, key, scaling)
+        self.scoring_s += time.perf_counter() - started
+
+    @torch.no_grad()
+    def accumulate(self, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> None:
         # query (1, H, q, d) for this call's new tokens; key (1, H_kv, kv, d) with the cache before them
         offset = key.shape[2] - query.shape[2]           # prompt index of query row 0
         first = max(self.query_start - offset, 0)
