@@ -317,6 +317,20 @@ def test_testbed_world(world):
     assert load_dataset("testbed", world, paper=True, split="train", limit=1) == recs[:1]
 
 
+def test_bench_kinds_caption_takes_one_record_per_clip(tmp_path):
+    """What `specvlm bench --kinds caption --limit 12` selects: twelve clips, where --limit alone takes the first
+    clips' caption and questions (14 clips: indices 8 and 9 are validation and test, 12 train)."""
+    from specvlm.bench.runner import load_records
+    from specvlm.testbed import generate_world
+
+    generate_world(tmp_path, n_clips=14, seed=0, frames=(16, 16), size=32, questions=2)
+    spec = f"testbed:{tmp_path}"
+    captions = load_records(spec, split="train", kinds=("caption",), limit=12)
+    assert len({r["meta"]["clip"] for r in captions}) == len({r["video"] for r in captions}) == 12
+    assert {r["subset"] for r in captions} == {"caption"}
+    assert len({r["meta"]["clip"] for r in load_records(spec, split="train", limit=12)}) == 4
+
+
 def test_testbed_errors(world, tmp_path):
     _error(load_testbed, tmp_path / "none", match="does not exist")
     _error(load_testbed, world, split="bogus", match="bogus.jsonl does not exist")

@@ -1,6 +1,6 @@
-"""`specvlm bench`: the runner end to end on tiny random models and a 2-clip world (files, lossless checks, one
-summary row per method × setting), the report arithmetic on made-up timings, and one-line errors for bad
-arguments."""
+"""`specvlm bench`: the runner end to end on tiny random models and a 2-clip world (every method kind once, files,
+lossless checks, one summary row per method × setting), the report arithmetic on made-up timings, and one-line
+errors for bad arguments."""
 
 import contextlib
 import io
@@ -9,7 +9,8 @@ import json
 import pytest
 
 from specvlm.bench.methods import Run, parse_keep_ratios, parse_methods, parse_pruning_methods
-from specvlm.bench.report import acceptance_by_position, ideal_speedup, markdown_table, summarize
+from specvlm.bench.report import (HEADERS, acceptance_by_position, ideal_speedup, markdown_table, summarize,
+                                  summary_markdown, vs_hf_assisted_lines)
 from specvlm.cli import main
 from specvlm.errors import SpecVLMError
 
@@ -52,6 +53,30 @@ def test_speedup_uses_only_samples_the_target_ran():
     rows = [_row("target", "target", "a", 2.0, 1.0),
             _row("m", "m", "a", 1.0, 0.5), _row("m", "m", "b", 100.0, 100.0)]
     assert summarize(rows)[1]["speedup_wall"] == pytest.approx(2.0)
+
+
+def test_ours_vs_hf_assisted_is_a_ratio_of_wall_times_over_shared_samples():
+    rows = [_row("target", "target", "a", 2.0, 1.0), _row("target", "target", "b", 4.0, 3.0),
+            _row("hf-assisted", "hf-assisted", "a", 1.0, 0.2), _row("hf-assisted", "hf-assisted", "b", 3.0, 0.3),
+            _row("sd-static", "sd-static", "a", 0.5, 0.4), _row("sd-static", "sd-static", "b", 1.0, 0.8),
+            _row("self", "self", "a", 0.25, 0.2), _row("self", "self", "c", 100.0, 90.0)]   # c: no hf-assisted row
+    by_run = {s["run"]: s for s in summarize(rows)}
+    assert by_run["sd-static"]["vs_hf_assisted_wall"] == pytest.approx((1.0 + 3.0) / (0.5 + 1.0))   # not the mean ratio
+    assert by_run["self"]["vs_hf_assisted_wall"] == pytest.approx(1.0 / 0.25)
+    assert by_run["hf-assisted"]["vs_hf_assisted_wall"] == pytest.approx(1.0)
+    assert by_run["target"]["vs_hf_assisted_wall"] is None
+    summary = list(by_run.values())
+    assert vs_hf_assisted_lines(summary) == [
+        "Ours vs HF assisted generation (Σ hf-assisted wall / Σ method wall, same samples): sd-static 2.67×, "
+        "self 4.00×.", ""]
+    text = summary_markdown(summary, {"dataset": "testbed:w"})
+    assert "sd-static 2.67×, self 4.00×" in text
+    column = HEADERS.index("vs hf-assisted (wall)")
+    cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[column] for line in text.splitlines()
+             if line.startswith("| ") and not line.startswith("| method")}
+    assert cells == {"target": "–", "hf-assisted": "1.00×", "sd-static": "2.67×", "self": "4.00×"}
+    without = summarize([r for r in rows if r["method"] != "hf-assisted"])
+    assert all(s["vs_hf_assisted_wall"] is None for s in without) and vs_hf_assisted_lines(without) == []
 
 
 def test_ideal_speedup_formula():
@@ -101,8 +126,15 @@ def setup(tmp_path_factory):
     return root
 
 
-METHODS = "target,hf-assisted,sd-static,prune:specvlm,self,eagle"
+# every method kind once; the pruned families each with another pruning method, at two keep ratios
+METHODS = ("target,hf-assisted,sd-chain,sd-static,sd-dynamic,prune:specvlm,self,self-prune:random,eagle,"
+           "eagle-prune:specvlm")
 KEEP = (1.0, 0.25)
+RUNS = ["target", "hf-assisted", "sd-chain", "sd-static", "sd-dynamic", "prune:specvlm@1", "prune:specvlm@0.25",
+        "self", "self-prune:random@1", "self-prune:random@0.25", "eagle", "eagle-prune:specvlm@1",
+        "eagle-prune:specvlm@0.25"]
+TREES = {"sd-chain": "chain", "sd-dynamic": "dynamic", "eagle": "dynamic", "eagle-prune:specvlm": "dynamic",
+         "sd-static": "static", "prune:specvlm": "static", "self": "static", "self-prune:random": "static"}
 
 
 @pytest.fixture(scope="module")
@@ -112,7 +144,8 @@ def bench(setup):
     out, threads, log = setup / "out", torch.get_num_threads(), io.StringIO()
     torch.set_num_threads(1)   # tiny models: one thread is fastest, and the test machine is shared
     with contextlib.redirect_stderr(log), contextlib.redirect_stdout(io.StringIO()):
-        code = main(["bench", "--dataset", f"testbed:{setup / 'world'}", "--split", "train", "--limit", "2",
+        code = main(["bench", "--dataset", f"testbed:{setup / 'world'}", "--split", "train", "--kinds", "caption",
+                     "--limit", "2",
                      "--target", str(setup / "target"), "--draft", str(setup / "draft"), "--head",
                      str(setup / "head"), "--methods", METHODS, "--keep-ratios", ",".join(map(str, KEEP)),
                      "--num-frames", "4", "--max-new-tokens", "6", "--num-draft-tokens", "3", "--warmup", "1",
@@ -132,8 +165,7 @@ def test_runner_writes_every_file(bench):
 def test_every_output_is_lossless_and_rows_cover_runs_x_samples(bench):
     _, out, _ = bench
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
-    runs = ["target", "hf-assisted", "sd-static", "prune:specvlm@1", "prune:specvlm@0.25", "self", "eagle"]
-    assert sorted({r["run"] for r in rows}) == sorted(runs) and len(rows) == len(runs) * 2
+    assert sorted({r["run"] for r in rows}) == sorted(RUNS) and len(rows) == len(RUNS) * 2
     assert all(r["lossless"] for r in rows)
     for sample in {r["sample"] for r in rows}:
         outputs = {tuple(r["token_ids"]) for r in rows if r["sample"] == sample}
@@ -144,31 +176,58 @@ def test_every_output_is_lossless_and_rows_cover_runs_x_samples(bench):
     assert all(r["draft_clock"]["calls"] == r["draft_forwards"] for r in self_rows)   # one module, two caches
 
 
+def test_each_method_kind_ran_as_configured(bench):
+    """The runs really differ: each kind's draft shape, and pruning that keeps fewer visual tokens at 0.25."""
+    _, out, _ = bench
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert {r["method"]: r["tree"] for r in rows if r["method"] not in ("target", "hf-assisted")} == TREES
+    for r in rows:
+        if r["keep_ratio"] == 0.25:
+            assert 0 < r["kept_visual_tokens"] < r["visual_tokens"], r["run"]
+        elif r["keep_ratio"] == 1.0:
+            assert r["kept_visual_tokens"] == r["visual_tokens"], r["run"]
+    chains = [r for r in rows if r["method"] == "sd-chain"]
+    assert all(r["drafted"] <= 3 * r["rounds"] for r in chains)   # --num-draft-tokens 3 per round at most
+
+
+def test_kinds_caption_measures_one_caption_per_clip(bench):
+    _, out, _ = bench
+    rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
+    assert sorted({r["sample"] for r in rows}) == ["clip_00000-00", "clip_00001-00"]
+    assert {r["subset"] for r in rows} == {"caption"}
+    assert json.loads((out / "config.json").read_text())["kinds"] == ["caption"]
+
+
 def test_warmup_first_then_methods_rotated_per_sample(bench):
     _, _, log = bench
     lines = log.splitlines()
-    runs = ["target", "hf-assisted", "sd-static", "prune:specvlm@1", "prune:specvlm@0.25", "self", "eagle"]
-    assert [line.split(": ")[1] for line in lines if line.startswith("warm-up")] == runs
+    assert [line.split(": ")[1] for line in lines if line.startswith("warm-up")] == RUNS
     timed = [line.split()[2].rstrip(":") for line in lines if line.startswith("[")]
-    assert timed == runs + runs[1:] + runs[:1]          # sample 2 starts one method later
+    assert timed == RUNS + RUNS[1:] + RUNS[:1]          # sample 2 starts one method later
 
 
 def test_summary_rows_and_speedups_match_the_same_run(bench):
     _, out, _ = bench
     rows = [json.loads(line) for line in (out / "results.jsonl").read_text().splitlines()]
     summary = json.loads((out / "summary.json").read_text())
-    assert [s["run"] for s in summary][0] == "target" and len(summary) == 7
+    assert [s["run"] for s in summary] == RUNS
     target_wall = {r["sample"]: r["wall_s"] for r in rows if r["method"] == "target"}
     for s in summary:
         mine = [r for r in rows if r["run"] == s["run"]]
         assert s["speedup_wall"] == pytest.approx(sum(target_wall[r["sample"]] for r in mine) /
                                                   sum(r["wall_s"] for r in mine))
         assert s["lossless"] == s["samples"] == 2
+    assisted_wall = {r["sample"]: r["wall_s"] for r in rows if r["method"] == "hf-assisted"}
+    for s in summary[1:]:
+        mine = [r for r in rows if r["run"] == s["run"]]
+        assert s["vs_hf_assisted_wall"] == pytest.approx(sum(assisted_wall[r["sample"]] for r in mine) /
+                                                         sum(r["wall_s"] for r in mine))
     table = (out / "summary.md").read_text()
     body = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
-    assert len(body) == 7 and any("| prune:specvlm | keep=0.25 | 2/2 |" in line for line in body)
+    assert len(body) == len(RUNS) and any("| prune:specvlm | keep=0.25 | 2/2 |" in line for line in body)
     assert "ideal = (τ + 1) · t_T / (t_V + k · t_D)" in table
-    assert markdown_table(summary).count("\n") == 8
+    assert "Ours vs HF assisted generation" in table and "- kinds: caption" in table
+    assert markdown_table(summary).count("\n") == len(RUNS) + 1
 
 
 def _fails(capsys, argv, match):
@@ -189,11 +248,17 @@ def test_bad_arguments_are_one_line_errors(setup, capsys, tmp_path):
     _fails(capsys, base + ["--methods", "sd-static"], "needs a draft model: give --draft")
     _fails(capsys, base + ["--pruning-methods", "fancy"], "unknown pruning method 'fancy'")
     _fails(capsys, base + ["--limit", "0"], "--limit must be >= 1")
+    _fails(capsys, base + ["--kinds", "caption,colour"], "--kinds: unknown kind 'colour'; known: caption, color")
+    _fails(capsys, base + ["--kinds", " , "], "--kinds is empty")
+    _fails(capsys, ["bench", "--dataset", world, "--kinds", "caption,color", "--target", target,
+                    "--out", str(tmp_path / "o")], "no samples selected of kind caption, color")   # empty test split
     _fails(capsys, base + ["--max-new-tokens", "0"], "--max-new-tokens must be >= 1")
     _fails(capsys, ["bench", "--dataset", "world", "--target", target, "--out", str(tmp_path / "o")],
            "--dataset must be NAME:ROOT")
     _fails(capsys, ["bench", "--dataset", f"vdc:{tmp_path}", "--split", "x", "--target", target,
                     "--out", str(tmp_path / "o")], "--split does not apply")
+    _fails(capsys, ["bench", "--dataset", f"vdc:{tmp_path}", "--kinds", "caption", "--target", target,
+                    "--out", str(tmp_path / "o")], "--kinds does not apply to the vdc dataset")
     _fails(capsys, ["bench", "--dataset", f"testbed:{setup / 'world'}", "--target", target,
                     "--out", str(tmp_path / "o")], "no samples selected")
     _fails(capsys, base[:-4] + ["--target", str(tmp_path / "missing"), "--out", str(tmp_path / "o2"),

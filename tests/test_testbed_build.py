@@ -1,4 +1,5 @@
-"""`specvlm testbed build`: a miniature build end to end, determinism, CLI errors, and the bundled checkpoints."""
+"""`specvlm testbed build`: a miniature build end to end, determinism (two builds, identical tensors), CLI errors,
+and the bundled checkpoints."""
 
 import json
 
@@ -87,6 +88,28 @@ def test_same_seed_same_tokenizer_and_first_loss(mini_build):
     assert first[0] == first[1]
     assert report["families"]["qwen2_5_vl"]["target"]["train"]["first_loss"] == \
         json.loads((folder / "metrics.json").read_text())["train"]["first_loss"]
+
+
+def test_same_seed_builds_identical_weights(mini_build, tmp_path):
+    """The build's promise: the same command gives the same models. A second build with the same seed, in the same
+    process (so RNG state left behind by the first cannot leak in unnoticed), saves bit-identical tensors."""
+    from safetensors.torch import load_file
+
+    from specvlm.testbed.recipe import ROLES
+
+    out, report = mini_build
+    again = build_testbed(tmp_path, minutes=1, seed=0, recipe=MINI, progress=False)
+    for family, fam in again["families"].items():
+        for role in ROLES:
+            assert fam[role]["train"]["steps"] == MINI.steps[role] and not fam[role]["train"]["stopped_early"]
+            first = load_file(out / "models" / family / role / "model.safetensors")
+            second = load_file(tmp_path / "models" / family / role / "model.safetensors")
+            assert first and first.keys() == second.keys()
+            differ = [name for name in first if not torch.equal(first[name], second[name])]
+            assert not differ, f"{family} {role}: {len(differ)} tensors differ, e.g. {differ[0]}"
+            assert fam[role]["validation_loss"] == report["families"][family][role]["validation_loss"]
+        assert (tmp_path / "models" / family / "target" / "tokenizer.json").read_bytes() == \
+            (out / "models" / family / "target" / "tokenizer.json").read_bytes()
 
 
 def test_cli_rejects_bad_options(tmp_path, capsys):

@@ -24,8 +24,9 @@ eagle is added with --head.
 datasets: testbed:WORLD_DIR_OR_JSONL, {', '.join(f'{n}:ROOT' for n in LOADERS if n != 'testbed')}
 
 example:
-  specvlm bench --dataset testbed:data/world --split test --limit 4 --target models/target --draft models/draft \\
-      --methods target,sd-static,prune:specvlm,prune:uniform --keep-ratios 1.0,0.25,0.1 --out runs/bench1"""
+  specvlm bench --dataset testbed:data/world --split test --kinds caption --limit 4 --target models/target \\
+      --draft models/draft --methods target,sd-static,prune:specvlm,prune:uniform --keep-ratios 1.0,0.25,0.1 \\
+      --out runs/bench1"""
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
@@ -39,6 +40,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--limit", type=int, default=None, metavar="N",
                    help="samples to run (per task / subject for MVBench, MLVU, MMMU; default: the paper's count)")
     g.add_argument("--split", default=None, help="split where the dataset has several (testbed default: test)")
+    g.add_argument("--kinds", default=None, metavar="KIND,...",
+                   help="testbed only: keep records of these kinds (caption, color, direction, ...) before --limit "
+                        "counts; each clip has one caption, so --kinds caption --limit N measures N clips, while "
+                        "--limit alone takes the first clip's caption and questions")
     g.add_argument("--prompt-mode", default=None, choices=("paper", "original", "describe", "explain"),
                    help="prompt sent per sample (default paper: what the papers ran)")
     g.add_argument("--num-frames", type=int, default=8, metavar="N", help="video frames per sample (default 8)")
@@ -80,9 +85,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
 
 
 def cmd_bench(args) -> int:
-    from .runner import run_bench
+    from .runner import parse_kinds, run_bench
 
     keep_ratios = parse_keep_ratios(args.keep_ratios)
+    kinds = parse_kinds(args.kinds)
     pruning_methods = parse_pruning_methods(args.pruning_methods)
     say = (lambda message: None) if args.quiet else (lambda message: print(message, file=sys.stderr, flush=True))
     _quiet_transformers()
@@ -95,6 +101,7 @@ def cmd_bench(args) -> int:
     summary = run_bench(args.dataset, args.target, args.out, draft=args.draft, head=args.head, methods=args.methods,
                         keep_ratios=keep_ratios, pruning_methods=pruning_methods, max_new_tokens=args.max_new_tokens,
                         num_frames=args.num_frames, limit=args.limit, split=args.split, prompt=args.prompt_mode,
+                        kinds=kinds,
                         repeats=args.repeats, warmup=args.warmup, ignore_eos=args.ignore_eos,
                         num_draft_tokens=args.num_draft_tokens, tree=args.tree,
                         hf_assistant_tokens=args.hf_assistant_tokens, draft_positions=args.draft_positions,

@@ -315,7 +315,7 @@ def measure_speculative(generator, target, inputs: dict, draft_inputs: dict | No
         ended = time.perf_counter()
     s = out.stats
     extra = {k: getattr(s, k) for k in ("target_prompt_tokens", "draft_prompt_tokens", "visual_tokens",
-                                        "kept_visual_tokens", "selection_s")}
+                                        "kept_visual_tokens", "scoring_s", "selection_s")}
     return Measurement(list(out.token_ids), ended - started, s.prefill_s, s.decode_s, rounds=s.rounds,
                        accepted=s.accepted_tokens, drafted=s.drafted_tokens, accept_histogram=list(s.accept_histogram),
                        target_forwards=s.target_forwards, draft_forwards=s.draft_forwards,

@@ -7,6 +7,10 @@ Conventions (both SpecVLM papers'):
 - speedup = Σ target-only time / Σ method time over the same samples of the same run (outputs are identical, so
   this is also the ratio of tokens/s). "wall" times the whole generate call; "decode" excludes the prefill (the
   papers' headline numbers are decode-phase speedups).
+- vs hf-assisted = Σ hf-assisted wall time / Σ method wall time over the samples both ran (> 1: the method beats
+  HF assisted generation on the same pair and inputs). Wall only: HF's prefill / decode split comes from its first
+  streamed token, which in assisted generation arrives after the first verification round, so its decode time is
+  not comparable with ours.
 - ideal speedup (decode phase), from the measured τ and measured per-forward costs:
 
       ideal = (τ + 1) · t_T / (t_V + k · t_D)
@@ -48,6 +52,15 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
+def wall_ratio(reference: dict[str, dict], rows: list[dict]) -> float | None:
+    """Σ reference wall / Σ rows' wall over the samples both ran (`reference`: sample -> row); None when they share
+    no sample. Pairing by sample keeps a method that ran on extra samples from skewing the ratio."""
+    paired = [r for r in rows if r["sample"] in reference]
+    if not paired:
+        return None
+    return _ratio(sum(reference[r["sample"]]["wall_s"] for r in paired), sum(r["wall_s"] for r in paired))
+
+
 def _per_call(rows: list[dict], clock: str) -> tuple[float, int]:
     """(Σ decode-forward seconds, Σ decode forwards) of `clock` ("target_clock" | "draft_clock")."""
     seconds = sum(r[clock]["decode_s"] for r in rows)
@@ -57,11 +70,13 @@ def _per_call(rows: list[dict], clock: str) -> tuple[float, int]:
 
 def summarize(rows: list[dict]) -> list[dict]:
     """One summary per run (method × setting), in first-seen order, target first. Speedups divide the target
-    run's summed times by the run's, over the samples both have."""
+    run's summed times by the run's, over the samples both have; `vs_hf_assisted_wall` does the same with the
+    hf-assisted run's wall times (None for the target, and for every run when hf-assisted did not run)."""
     by_run: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_run[row["run"]].append(row)
     target = {r["sample"]: r for r in rows if r["method"] == "target"}
+    assisted = {r["sample"]: r for r in rows if r["method"] == "hf-assisted"}
     t_target = _ratio(*_per_call(list(target.values()), "target_clock"))
     out = []
     for name, group in by_run.items():
@@ -83,7 +98,7 @@ def summarize(rows: list[dict]) -> list[dict]:
         d_s, d_calls = _per_call(group, "draft_clock")
         t_verify, t_draft = _ratio(v_s, v_calls), _ratio(d_s, d_calls)
         k = _ratio(d_calls, rounds)
-        wall = _ratio(sum(r["wall_s"] for r in refs), sum(r["wall_s"] for r in paired))
+        wall = wall_ratio(target, group)
         decode = _ratio(sum(r["decode_s"] for r in refs), sum(r["decode_s"] for r in paired))
         ideal = 1.0 if is_target else ideal_speedup(tau, t_target, t_verify, t_draft, k)
         out.append({
@@ -93,6 +108,7 @@ def summarize(rows: list[dict]) -> list[dict]:
             "acceptance_by_position": acceptance_by_position(histogram),
             "tokens_per_s": _ratio(new_tokens, sum(r["wall_s"] for r in group)),
             "speedup_wall": wall, "speedup_decode": decode, "ideal_speedup": ideal,
+            "vs_hf_assisted_wall": None if is_target else wall_ratio(assisted, group),
             "prefill_s": sum(r["prefill_s"] for r in group) / len(group),
             "decode_s": sum(r["decode_s"] for r in group) / len(group),
             "wall_s": sum(r["wall_s"] for r in group) / len(group),
@@ -120,7 +136,8 @@ def _positions(acc: list[float], n: int = 5) -> str:
 
 
 HEADERS = ["method", "setting", "lossless", "τ", "accept @1..5", "tokens/s", "speedup (wall)", "speedup (decode)",
-           "ideal (decode)", "prefill s", "decode s", "target fwd / token", "draft fwd / round", "t_T / t_V / t_D ms"]
+           "ideal (decode)", "vs hf-assisted (wall)", "prefill s", "decode s", "target fwd / token",
+           "draft fwd / round", "t_T / t_V / t_D ms"]
 
 
 def table_rows(summary: list[dict]) -> list[list[str]]:
@@ -130,7 +147,8 @@ def table_rows(summary: list[dict]) -> list[list[str]]:
         rows.append([s["method"], s["setting"], f"{s['lossless']}/{s['samples']}", _fmt(s["tau"]),
                      _positions(s["acceptance_by_position"]), _fmt(s["tokens_per_s"], 1),
                      _fmt(s["speedup_wall"], 2, "×"), _fmt(s["speedup_decode"], 2, "×"),
-                     _fmt(s["ideal_speedup"], 2, "×"), _fmt(s["prefill_s"], 3), _fmt(s["decode_s"], 3),
+                     _fmt(s["ideal_speedup"], 2, "×"), _fmt(s.get("vs_hf_assisted_wall"), 2, "×"),
+                     _fmt(s["prefill_s"], 3), _fmt(s["decode_s"], 3),
                      _fmt(s["target_forwards_per_token"], 3), _fmt(s["draft_forwards_per_round"], 1), times])
     return rows
 
@@ -145,7 +163,7 @@ def summary_markdown(summary: list[dict], context: dict) -> str:
     """summary.md: what was run, the table, how to read it, and any output that differed from the target's."""
     failures = [s for s in summary if s["lossless"] < s["samples"]]
     lines = [f"# specvlm bench: {context.get('dataset', '?')}", ""]
-    for key in ("command", "machine", "versions", "target", "draft", "head", "samples", "max_new_tokens",
+    for key in ("command", "machine", "versions", "target", "draft", "head", "samples", "kinds", "max_new_tokens",
                 "ignore_eos", "num_frames", "tree", "num_draft_tokens", "hf_assistant_tokens", "repeats", "warmup",
                 "order"):
         value = context.get(key)
@@ -153,6 +171,8 @@ def summary_markdown(summary: list[dict], context: dict) -> str:
             continue
         if isinstance(value, dict):
             value = ", ".join(f"{k} {v}" for k, v in value.items())
+        elif isinstance(value, list):
+            value = ", ".join(map(str, value))
         lines.append(f"- {key.replace('_', ' ')}: " + (f"`{value}`" if key == "command" else str(value)))
     lines += ["", markdown_table(summary), ""]
     if failures:
@@ -160,6 +180,7 @@ def summary_markdown(summary: list[dict], context: dict) -> str:
                   ", ".join(f"{s['run']} ({s['samples'] - s['lossless']} of {s['samples']})" for s in failures), ""]
     else:
         lines += ["Every output equals the target-only greedy output token for token.", ""]
+    lines += vs_hf_assisted_lines(summary)
     lines += [
         "How to read it:",
         "- lossless: samples whose output equals target-only greedy `generate`, token for token.",
@@ -174,8 +195,22 @@ def summary_markdown(summary: list[dict], context: dict) -> str:
         " outside, so achieved / ideal shows their cost).",
         "- hf-assisted: HF `generate(assistant_model=draft)`; its draft is given its own vision features (transformers"
         " 5.x would otherwise draft without the video), τ from HF's own per-round match counts.",
+        "- vs hf-assisted (wall): Σ hf-assisted wall time / Σ method wall time over the same samples in this run"
+        " (same pair, same inputs; > 1: faster than HF assisted generation). Wall only: HF's first streamed token"
+        " comes after its first verification round, so its decode split is not comparable with ours.",
     ]
     return "\n".join(lines) + "\n"
+
+
+def vs_hf_assisted_lines(summary: list[dict]) -> list[str]:
+    """Ours vs HF assisted generation as one line under the table (the comparison a reader looks for first, which a
+    column among fifteen hides), one entry per run of ours; nothing when hf-assisted did not run."""
+    ours = [s for s in summary if s["method"] not in ("target", "hf-assisted")
+            and s.get("vs_hf_assisted_wall") is not None]
+    if not ours:
+        return []
+    ratios = ", ".join(f"{s['run']} {s['vs_hf_assisted_wall']:.2f}×" for s in ours)
+    return [f"Ours vs HF assisted generation (Σ hf-assisted wall / Σ method wall, same samples): {ratios}.", ""]
 
 
 # ---- plots ----------------------------------------------------------------------------------------------------------

@@ -44,9 +44,29 @@ def parse_dataset(spec: str) -> tuple[str, str]:
     return name.strip(), root.strip()
 
 
+def parse_kinds(text: str | None) -> tuple[str, ...] | None:
+    """"caption,direction" -> ("caption", "direction"), checked against the testbed's record kinds (a misspelt
+    kind would otherwise select nothing, or silently less than asked)."""
+    if text is None:
+        return None
+    from ..testbed.language import QUESTION_KINDS
+
+    known = ("caption",) + QUESTION_KINDS
+    kinds = tuple(dict.fromkeys(part.strip() for part in str(text).split(",") if part.strip()))
+    if not kinds:
+        raise SpecVLMError("--kinds is empty")
+    unknown = [k for k in kinds if k not in known]
+    if unknown:
+        raise SpecVLMError(f"--kinds: unknown kind {unknown[0]!r}; known: {', '.join(known)}")
+    return kinds
+
+
 def load_records(spec: str, *, limit: int | None = None, split: str | None = None,
-                 prompt: str | None = None) -> list[dict]:
-    """The dataset's records with the papers' sampling (`PAPER_SETTINGS`), overridden by the options given."""
+                 prompt: str | None = None, kinds=None) -> list[dict]:
+    """The dataset's records with the papers' sampling (`PAPER_SETTINGS`), overridden by the options given.
+    `kinds` (testbed only) keeps records of those kinds before `limit` counts: a testbed file lists each clip's
+    caption and questions together, so `limit` alone takes one clip's records, while each clip has exactly one
+    caption, so `kinds=("caption",)` with `limit=N` measures N different clips."""
     name, root = parse_dataset(spec)
     key = name.lower().replace("_", "-")
     options = {}
@@ -54,7 +74,8 @@ def load_records(spec: str, *, limit: int | None = None, split: str | None = Non
         if limit < 1:
             raise SpecVLMError(f"--limit must be >= 1, got {limit}")
         options["limit"] = limit
-    for flag, key_name, value in (("--split", "split", split), ("--prompt-mode", "prompt", prompt)):
+    for flag, key_name, value in (("--split", "split", split), ("--prompt-mode", "prompt", prompt),
+                                  ("--kinds", "kinds", kinds)):
         if value is None:
             continue
         loader = LOADERS.get(_canonical(key))
@@ -64,6 +85,7 @@ def load_records(spec: str, *, limit: int | None = None, split: str | None = Non
     records = load_dataset(name, root, paper=True, **options)
     if not records:
         raise SpecVLMError(f"--dataset {spec}: no samples selected"
+                           + (f" of kind {', '.join(kinds)}" if kinds else "")
                            + (" (a testbed world's test split is every 10th clip; try --split train)"
                               if _canonical(key) == "testbed" else ""))
     return records
@@ -225,7 +247,7 @@ def _row(run: Run, record: dict, index: int, m, walls: list[float], reference: l
 def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head: str | None = None,
               methods: str | None = None, keep_ratios=DEFAULT_KEEP_RATIOS, pruning_methods=DEFAULT_PRUNING_METHODS,
               max_new_tokens: int = 128, num_frames: int = 8, limit: int | None = None, split: str | None = None,
-              prompt: str | None = None, repeats: int = 1, warmup: int = 1, ignore_eos: bool = False,
+              prompt: str | None = None, kinds=None, repeats: int = 1, warmup: int = 1, ignore_eos: bool = False,
               num_draft_tokens: int = 5, tree: str = "static", hf_assistant_tokens: int | None = None,
               draft_positions: str | None = None,
               dtype: str = "auto", device: str = "auto", force: bool = False, command: str | None = None,
@@ -246,7 +268,7 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
     runs = parse_methods(methods or default_methods(draft is not None, head is not None), keep_ratios=keep_ratios,
                          pruning_methods=pruning_methods, has_draft=draft is not None, has_head=head is not None,
                          tree=tree)
-    records = load_records(dataset, limit=limit, split=split, prompt=prompt)
+    records = load_records(dataset, limit=limit, split=split, prompt=prompt, kinds=kinds)
     _check_folders(target, draft if any(r.drafter in ("draft", "hf") for r in runs) else None,
                    head if any(r.drafter == "head" for r in runs) else None)
     out = prepare_out(out, force)
@@ -263,8 +285,8 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
                "repeats": repeats, "warmup": warmup, "order": "methods rotated by one per sample",
                "runs": [r.name for r in runs], "ignore_eos": ignore_eos, "num_draft_tokens": num_draft_tokens,
                "tree": tree, "hf_assistant_tokens": hf_assistant_tokens, "draft_positions": draft_positions,
-               "keep_ratios": list(keep_ratios),
-               "pruning_methods": list(pruning_methods), "limit": limit, "split": split, "prompt": prompt,
+               "keep_ratios": list(keep_ratios), "pruning_methods": list(pruning_methods), "limit": limit,
+               "split": split, "kinds": list(kinds) if kinds else None, "prompt": prompt,
                "versions": versions()}
     (out / "config.json").write_text(json.dumps(context, indent=1) + "\n")
 

@@ -12,7 +12,8 @@ writes
 
 The bundled assets (`specvlm.testbed.assets`) are OUT/models and OUT/samples copied into the package. The same
 command gives the same models: every random choice is seeded and training runs a step count fixed by --minutes
-(unless the wall clock passes the budget by half again, which stops training early and is recorded).
+(unless training overruns twice the budget: each model may take an even share of the time left until start +
+2 × --minutes among the models still to train, and one that passes its share stops early, which is recorded).
 """
 
 from __future__ import annotations
