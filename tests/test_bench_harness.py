@@ -127,13 +127,13 @@ def setup(tmp_path_factory):
 
 
 # every method kind once; the pruned families each with another pruning method, at two keep ratios
-METHODS = ("target,hf-assisted,sd-chain,sd-static,sd-dynamic,prune:specvlm,self,self-prune:random,eagle,"
-           "eagle-prune:specvlm")
+METHODS = ("target,hf-assisted,sd-chain,sd-chain-conf,sd-static,sd-dynamic,prune:specvlm,self,self-prune:random,"
+           "eagle,eagle-prune:specvlm")
 KEEP = (1.0, 0.25)
-RUNS = ["target", "hf-assisted", "sd-chain", "sd-static", "sd-dynamic", "prune:specvlm@1", "prune:specvlm@0.25",
+RUNS = ["target", "hf-assisted", "sd-chain", "sd-chain-conf", "sd-static", "sd-dynamic", "prune:specvlm@1", "prune:specvlm@0.25",
         "self", "self-prune:random@1", "self-prune:random@0.25", "eagle", "eagle-prune:specvlm@1",
         "eagle-prune:specvlm@0.25"]
-TREES = {"sd-chain": "chain", "sd-dynamic": "dynamic", "eagle": "dynamic", "eagle-prune:specvlm": "dynamic",
+TREES = {"sd-chain": "chain", "sd-chain-conf": "chain", "sd-dynamic": "dynamic", "eagle": "dynamic", "eagle-prune:specvlm": "dynamic",
          "sd-static": "static", "prune:specvlm": "static", "self": "static", "self-prune:random": "static"}
 
 
@@ -188,6 +188,9 @@ def test_each_method_kind_ran_as_configured(bench):
             assert r["kept_visual_tokens"] == r["visual_tokens"], r["run"]
     chains = [r for r in rows if r["method"] == "sd-chain"]
     assert all(r["drafted"] <= 3 * r["rounds"] for r in chains)   # --num-draft-tokens 3 per round at most
+    # the random draft is never 40% sure of a token, so the confidence-threshold chain stops after one every round
+    confident = [r for r in rows if r["method"] == "sd-chain-conf"]
+    assert confident and all(r["drafted"] == r["rounds"] for r in confident)
 
 
 def test_kinds_caption_measures_one_caption_per_clip(bench):

@@ -39,6 +39,18 @@ def test_greedy_equals_target_generate(family, kind, draft, tree):
         assert out.stats.target_prompt_tokens == inputs["input_ids"].shape[1]
 
 
+@pytest.mark.parametrize("draft", ["small", "copy", "self"])
+@pytest.mark.parametrize("family", FAMILIES)
+def test_chain_with_confidence_threshold_equals_target_generate(family, draft):
+    target = model(family, init=0.3)   # peaky: the draft is sure of some tokens and not of others
+    gen = SpeculativeGenerator(target, drafts(family)[draft], tree="chain", num_draft_tokens=4,
+                               confidence_threshold=0.5)
+    inputs = make_inputs(family, "video")
+    out = gen.generate(**inputs, do_sample=False, max_new_tokens=24, eos_token_id=-1)
+    assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=24, eos_token_id=-1)
+    assert out.stats.drafted_tokens <= 4 * out.stats.rounds
+
+
 def first_child_depth(tree) -> int:
     """Length of the path that always takes a node's first child: the draft's own greedy continuation."""
     kids, row, depth = tree.children(), 0, 0

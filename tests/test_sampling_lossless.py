@@ -77,23 +77,47 @@ def test_first_tokens_follow_target_distribution(family, kind, tree, temperature
                                       top_p, runs=2000)
 
 
-def assert_first_tokens_follow_target(target, draft, inputs, tree, temperature, top_p, runs):
-    """Sample 3 tokens `runs` times speculatively; the drafts must really be accepted, and χ² must not reject
-    the target's own joint law of tokens 1-2 nor its marginal of token 3."""
+def speculative_samples(target, draft, inputs, tree, temperature, top_p, runs, **options):
+    """`runs` speculative samples of the first 3 tokens with a small tree, and totals over them: draft tokens
+    accepted and drafted, rounds, and rounds that rejected every proposal (their token came from the residual). The
+    first token comes from the prefill, so every run has at least one round."""
     gen = SpeculativeGenerator(target, draft, tree=tree, num_draft_tokens=3, tree_top_k=3, tree_depth=3,
-                               tree_total_tokens=8)
+                               tree_total_tokens=8, **options)
     torch.manual_seed(0)
-    samples, accepted = [], 0
+    samples, totals = [], dict(accepted=0, drafted=0, rounds=0, all_rejected=0)
     for _ in range(runs):
         out = gen.generate(**inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
                            max_new_tokens=3, eos_token_id=-1)
         samples.append(out.token_ids)
-        accepted += out.stats.accepted_tokens
-    assert accepted > 300   # the draft's proposals really were accepted, not only corrected
+        for key, value in (("accepted", out.stats.accepted_tokens), ("drafted", out.stats.drafted_tokens),
+                           ("rounds", out.stats.rounds), ("all_rejected", out.stats.accept_histogram[0])):
+            totals[key] += value
+    return samples, totals
 
+
+def chi2_pvalues(target, inputs, temperature, top_p, samples) -> tuple[float, float]:
+    """χ² p-values of the samples against the target's exact joint law of tokens 1-2 and marginal of token 3."""
     _, joint12, marginal3 = Oracle(target, inputs, temperature, top_p).distributions()
-    assert chi2_pvalue([a * VOCAB + b for a, b, _ in samples], joint12) > 1e-3
-    assert chi2_pvalue([c for _, _, c in samples], marginal3) > 1e-3
+    return (chi2_pvalue([a * VOCAB + b for a, b, _ in samples], joint12),
+            chi2_pvalue([c for _, _, c in samples], marginal3))
+
+
+def assert_first_tokens_follow_target(target, draft, inputs, tree, temperature, top_p, runs, **options) -> dict:
+    """The drafts must really be accepted, and χ² must not reject the target's own joint law of tokens 1-2 nor
+    its marginal of token 3. Returns the totals of `speculative_samples`."""
+    samples, totals = speculative_samples(target, draft, inputs, tree, temperature, top_p, runs, **options)
+    assert totals["accepted"] > 300   # the draft's proposals really were accepted, not only corrected
+    assert min(chi2_pvalues(target, inputs, temperature, top_p, samples)) > 1e-3
+    return totals
+
+
+def test_chain_with_confidence_threshold_follows_target_distribution():
+    """A chain that stops after a draft token of q(x) < 0.3: the stop depends on the draft's own draws only."""
+    target, draft = pair("qwen2_5_vl")
+    totals = assert_first_tokens_follow_target(target, draft, make_inputs("qwen2_5_vl", "video", vocab=VOCAB),
+                                               "chain", 1.0, 1.0, runs=2000, confidence_threshold=0.3)
+    # chains were cut early in many rounds, and ran on in many others
+    assert totals["rounds"] < totals["drafted"] < 2 * totals["rounds"]
 
 
 def test_chi2_has_power_against_the_draft_distribution():

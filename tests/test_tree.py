@@ -116,6 +116,21 @@ def test_chain_greedy_and_probs():
     assert calls == [[0], [1], [2]]
 
 
+def test_chain_stops_after_a_token_the_draft_doubts():
+    # q rows: token 1 then 2 are sure (0.9), token 3 doubted (0.2 < 0.5): the chain ends with token 3
+    def row(token, p):
+        probs = torch.full((8,), (1 - p) / 7)
+        probs[token] = p
+        return probs.log()
+    table = {1: row(2, 0.9), 2: row(3, 0.2), 3: row(4, 0.9), 4: row(5, 0.9)}
+    expand, calls = table_expand(table)
+    tree = build_chain(row(1, 0.9), expand, 5, lambda lp: int(lp.argmax()), min_prob=0.5)
+    assert tree.tokens.tolist() == [1, 2, 3] and tree.parents.tolist() == [-1, 0, 1] and calls == [[0], [1]]
+    assert tree.probs.shape == (3, 8)
+    assert build_chain(row(1, 0.9), table_expand(table)[0], 5, lambda lp: int(lp.argmax())).tokens.tolist() \
+        == [1, 2, 3, 4, 5]   # no threshold: all γ = 5 tokens
+
+
 def test_ancestor_matrix_and_mask():
     parents = torch.tensor([-1, -1, 0, 2, 1])
     vis = ancestor_matrix(parents)
@@ -132,7 +147,8 @@ def test_tree_spec_validation_and_depth():
     assert TreeSpec("chain", num_draft_tokens=3).max_depth == 3
     assert TreeSpec("static").max_depth == 5
     assert TreeSpec("dynamic", depth=7).max_depth == 7
-    for bad in (dict(kind="beam"), dict(kind="chain", num_draft_tokens=0), dict(total_tokens=1)):
+    for bad in (dict(kind="beam"), dict(kind="chain", num_draft_tokens=0), dict(total_tokens=1),
+                dict(confidence_threshold=1.0), dict(confidence_threshold=-0.1)):
         try:
             TreeSpec(**bad)
         except ValueError:

@@ -24,6 +24,9 @@ def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
                    help="draft shape: chain of --num-draft-tokens, the EAGLE-1 static tree (default for draft "
                         "models) or an EAGLE-2 dynamic tree (default for --head)")
     g.add_argument("--num-draft-tokens", type=int, default=5, help="chain length γ (default 5)")
+    g.add_argument("--confidence-threshold", type=float, default=0.0,
+                   help="chain: stop drafting after a token the draft gives probability below this (HF assisted "
+                        "generation uses 0.4; default 0 = always γ tokens)")
     g.add_argument("--tree-top-k", type=int, default=10, help="dynamic tree: children per expanded node")
     g.add_argument("--tree-depth", type=int, default=6, help="dynamic tree: longest path in draft tokens")
     g.add_argument("--tree-total-tokens", type=int, default=60,
@@ -121,14 +124,16 @@ def _check_decoding(args) -> None:
         raise SpecVLMError("--visual-keep-ratio needs a pruning method, e.g. --pruning specvlm")
     try:
         TreeSpec(kind=args.tree or "static", num_draft_tokens=args.num_draft_tokens, top_k=args.tree_top_k,
-                 depth=args.tree_depth, total_tokens=args.tree_total_tokens)
+                 depth=args.tree_depth, total_tokens=args.tree_total_tokens,
+                 confidence_threshold=args.confidence_threshold)
         check_pruning(args.pruning, args.visual_keep_ratio, args.stage1_mass, args.draft_positions)
     except SpecVLMError as err:   # the library's wording names keyword arguments; the CLI's names flags
         raise SpecVLMError(_as_flags(str(err))) from None
 
 
 def _as_flags(message: str) -> str:
-    for name in ("num_draft_tokens", "tree_top_k", "tree_depth", "tree_total_tokens", "visual_keep_ratio",
+    for name in ("num_draft_tokens", "tree_top_k", "tree_depth", "tree_total_tokens", "confidence_threshold",
+                 "visual_keep_ratio",
                  "stage1_mass", "draft_positions"):
         message = message.replace(name, "--" + name.replace("_", "-"))
     return message
@@ -177,6 +182,7 @@ def cmd_generate(args) -> int:
     gen = SpeculativeGenerator(target, draft, tokenizer=tokenizer, tree=args.tree,
                                num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
                                tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens,
+                               confidence_threshold=args.confidence_threshold,
                                **_pruning_options(args))
     with torch.no_grad():
         if args.json:

@@ -43,9 +43,10 @@ class SpeculativeGenerator:
 
     Options: `tree` ("chain" | "static" | "dynamic"; default: the drafter's — "static", the video paper's EAGLE-1
     tree, for draft models; "dynamic", EAGLE-2's, for EagleHead),
-    `num_draft_tokens` (chain length γ, default 5), `tree_top_k` (10), `tree_depth` (6, longest path in draft
-    tokens), `tree_total_tokens` (60, tokens verified per round including the root), `processor` / `tokenizer`
-    (for `.text` and `stream`).
+    `num_draft_tokens` (chain length γ, default 5), `confidence_threshold` (chain: stop drafting after a token the
+    draft gave probability below it, as HF assisted generation does; default 0 = always γ), `tree_top_k` (10),
+    `tree_depth` (6, longest path in draft tokens), `tree_total_tokens` (60, tokens verified per round including
+    the root), `processor` / `tokenizer` (for `.text` and `stream`).
 
     Visual pruning of the draft's prompt (the target always sees everything): `pruning` ("none" or a method of
     `specvlm.pruning.METHODS`, e.g. "specvlm"), `visual_keep_ratio` (default 0.1), `stage1_mass` (λ, 0.4),
@@ -55,6 +56,7 @@ class SpeculativeGenerator:
 
     def __init__(self, target, draft="self", *, processor=None, tokenizer=None, tree: str | None = None,
                  num_draft_tokens: int = 5, tree_top_k: int = 10, tree_depth: int = 6, tree_total_tokens: int = 60,
+                 confidence_threshold: float = 0.0,
                  pruning: str = "none", visual_keep_ratio: float | None = None, stage1_mass: float = 0.4,
                  draft_positions: str | None = None, pruning_seed: int = 0):
         self.model = target
@@ -70,7 +72,8 @@ class SpeculativeGenerator:
             check_models(self.target, draft_adapter)
             self.drafter = DraftModelDrafter(draft_adapter)
         self.tree = TreeSpec(kind=tree or self.drafter.default_tree, num_draft_tokens=num_draft_tokens,
-                             top_k=tree_top_k, depth=tree_depth, total_tokens=tree_total_tokens)
+                             top_k=tree_top_k, depth=tree_depth, total_tokens=tree_total_tokens,
+                             confidence_threshold=confidence_threshold)
         self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
         check_pruning(pruning, visual_keep_ratio, stage1_mass, draft_positions)
         self.pruning, self.stage1_mass, self.pruning_seed = pruning, stage1_mass, pruning_seed

@@ -101,18 +101,23 @@ def _partial(tokens: list[int], parents: list[int]) -> DraftTree:
     return DraftTree(torch.tensor(tokens, dtype=torch.long), torch.tensor(parents, dtype=torch.long))
 
 
-def build_chain(first: torch.Tensor, expand: Expand, length: int, choose: Callable[[torch.Tensor], int]) -> DraftTree:
-    """γ tokens one after another. `first` and each expansion are log-probabilities; `choose` picks a token from
-    them (argmax when greedy, a sample when not). The chosen-from distributions are kept as `probs` (q)."""
+def build_chain(first: torch.Tensor, expand: Expand, length: int, choose: Callable[[torch.Tensor], int],
+                min_prob: float = 0.0) -> DraftTree:
+    """Up to γ = `length` tokens one after another. `first` and each expansion are log-probabilities; `choose` picks
+    a token from them (argmax when greedy, a sample when not). The chosen-from distributions are kept as `probs`
+    (q). The chain stops early after a token the draft gave probability q(x) < `min_prob` (HF assisted generation's
+    confidence threshold): a token the draft doubts is likely rejected, and every token after it wasted. The stop
+    depends on the draft's own draws only, so the acceptance rules stay exact."""
     tokens: list[int] = []
     rows = []
     logprobs = first
     for i in range(length):
         rows.append(logprobs.float().exp())
         tokens.append(choose(logprobs))
-        if i + 1 < length:
-            logprobs = expand(_partial(tokens, list(range(-1, i))), [i])[0]
-    tree = _partial(tokens, list(range(-1, length - 1)))
+        if i + 1 == length or rows[-1][tokens[-1]] < min_prob:
+            break
+        logprobs = expand(_partial(tokens, list(range(-1, i))), [i])[0]
+    tree = _partial(tokens, list(range(-1, len(tokens) - 1)))
     tree.probs = torch.stack(rows) if rows else None
     return tree
 
@@ -189,6 +194,7 @@ class TreeSpec:
     top_k: int = 10
     depth: int = 6
     total_tokens: int = 60
+    confidence_threshold: float = 0.0   # chain: stop after a draft token with q(x) below it (0: always γ tokens)
     paths: tuple = EAGLE1_TREE
 
     def __post_init__(self):
@@ -197,6 +203,8 @@ class TreeSpec:
         if min(self.num_draft_tokens, self.top_k, self.depth, self.total_tokens - 1) < 1:
             raise SpecVLMError("num_draft_tokens, tree_top_k and tree_depth must be >= 1 and tree_total_tokens >= 2, "
                                f"got {self.num_draft_tokens}, {self.top_k}, {self.depth} and {self.total_tokens}")
+        if not 0 <= self.confidence_threshold < 1:
+            raise SpecVLMError(f"confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
 
     @property
     def max_depth(self) -> int:
@@ -206,7 +214,7 @@ class TreeSpec:
               max_depth: int) -> DraftTree:
         """A tree no deeper than `max_depth` (the tokens still wanted this generation)."""
         if self.kind == "chain":
-            return build_chain(first, expand, min(self.num_draft_tokens, max_depth), choose)
+            return build_chain(first, expand, min(self.num_draft_tokens, max_depth), choose, self.confidence_threshold)
         if self.kind == "static":
             return build_static_tree(first, expand, self.paths, max_depth)
         return build_dynamic_tree(first, expand, self.top_k, min(self.depth, max_depth), self.total_tokens)

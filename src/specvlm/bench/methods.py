@@ -3,6 +3,8 @@
     target                 target-only HF `generate` (greedy): the reference output and the baseline time
     hf-assisted            HF assisted generation, `target.generate(assistant_model=draft)`, same pair and inputs
     sd-chain               our draft-model SD with a chain of --num-draft-tokens
+    sd-chain-conf          ... a chain of at most --num-draft-tokens that stops after a draft token of probability
+                           < 0.4 (HF assisted generation's default confidence threshold)
     sd-static              ... with the EAGLE-1 static tree (the video paper's)
     sd-dynamic             ... with an EAGLE-2 dynamic tree
     prune:<method>         draft-model SD whose draft sees only --keep-ratios of the visual tokens, chosen by a
@@ -23,7 +25,8 @@ from dataclasses import dataclass
 from ..errors import SpecVLMError
 from ..pruning import METHODS as PRUNING_METHODS
 
-BASE_METHODS = ("target", "hf-assisted", "sd-chain", "sd-static", "sd-dynamic", "self", "eagle")
+BASE_METHODS = ("target", "hf-assisted", "sd-chain", "sd-chain-conf", "sd-static", "sd-dynamic", "self", "eagle")
+HF_CONFIDENCE = 0.4   # transformers' default assistant_confidence_threshold
 PRUNED_FAMILIES = {"prune": "draft", "self-prune": "self", "eagle-prune": "head"}
 DEFAULT_KEEP_RATIOS = (1.0, 0.5, 0.25, 0.1, 0.05)
 DEFAULT_PRUNING_METHODS = ("specvlm", "uniform", "random")
@@ -37,6 +40,7 @@ class Run:
     tree: str | None = None            # chain | static | dynamic (our engine only)
     pruning: str = "none"
     keep_ratio: float | None = None
+    confidence: float = 0.0            # chain: the draft's stop threshold (SpeculativeGenerator confidence_threshold)
 
     @property
     def setting(self) -> str:
@@ -94,7 +98,9 @@ def parse_methods(text: str, *, keep_ratios=DEFAULT_KEEP_RATIOS, pruning_methods
             known = ", ".join(BASE_METHODS + tuple(f"{f}[:<method>]" for f in PRUNED_FAMILIES))
             raise SpecVLMError(f"--methods: unknown method {item!r}; known: {known}")
         runs.append({"target": Run("target", "none"), "hf-assisted": Run("hf-assisted", "hf"),
-                     "sd-chain": Run("sd-chain", "draft", chain_tree), "sd-static": Run("sd-static", "draft", "static"),
+                     "sd-chain": Run("sd-chain", "draft", chain_tree),
+                     "sd-chain-conf": Run("sd-chain-conf", "draft", "chain", confidence=HF_CONFIDENCE),
+                     "sd-static": Run("sd-static", "draft", "static"),
                      "sd-dynamic": Run("sd-dynamic", "draft", "dynamic"), "self": Run("self", "self", tree),
                      "eagle": Run("eagle", "head", "dynamic")}[item])
     runs = list(dict.fromkeys(runs))
@@ -109,7 +115,7 @@ def parse_methods(text: str, *, keep_ratios=DEFAULT_KEEP_RATIOS, pruning_methods
 
 def generator_options(run: Run, num_draft_tokens: int, draft_positions: str | None = None) -> dict:
     """SpeculativeGenerator keywords for one of our runs."""
-    options = dict(tree=run.tree, num_draft_tokens=num_draft_tokens)
+    options = dict(tree=run.tree, num_draft_tokens=num_draft_tokens, confidence_threshold=run.confidence)
     if run.pruning != "none":
         options.update(pruning=run.pruning, visual_keep_ratio=run.keep_ratio, draft_positions=draft_positions)
     return options
