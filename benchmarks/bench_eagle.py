@@ -2,7 +2,8 @@
 mode (the paper's training-time scaling), plus the head's size and its per-round draft cost against one target step.
 
     python benchmarks/bench_eagle.py [--target DIR] [--world DIR] [--steps 0,100,300,1000]
-        [--modes none,pool,conv,resampler,select] [--eval 4] [--max-new-tokens 48] [--record]
+        [--modes none,select,select-budget,weighted,concat,pool,conv,resampler,verifier] [--eval 4]
+        [--max-new-tokens 48] [--budget-weight 0.5] [--record]
     python benchmarks/bench_eagle.py --tiny qwen2_5_vl ...     # a RANDOM tiny target: τ means nothing
 
 Use --threads 1 on the shared 2-core CPU machines: with two intra-op threads, training steps ran ~25x slower
@@ -37,17 +38,38 @@ from specvlm.train import train_head
 from specvlm.train.data import ConversationData
 
 ROOT = Path(__file__).resolve().parent.parent
-MODES = {   # compressor config per mode (ratios of the paper's defaults: prune/pool 20x, conv 3x, 2 queries)
+BUDGET_WEIGHT = 0.5   # select-budget's default: the kept fraction is at most 1/3 (conv 3x), so the term is at
+#                       most ~0.17, comparable to the testbed head's distillation loss late in training (~0.25)
+MODES = {   # compressor config per mode (the paper's defaults: prune/pool 20x, conv 3x, 2 resampler queries)
     "none": None,
     "prune": dict(mode="concat", branches=["prune:20"]),
     "pool": dict(mode="concat", branches=["pool:20"]),
     "conv": dict(mode="concat", branches=["conv:3"]),
     "resampler": dict(mode="concat", branches=["resampler:2"]),
+    # the paper's three combinations, with compressor.py's default branches: (a) a gate mixes prune/pool/conv at
+    # one ratio (3x), (b) prune 20x + pool 20x + conv 3x + resampler 2 concatenated, (c) a gate picks one of
+    # those four or text-only per input; select-budget adds our compute-budget term (--budget-weight)
+    "weighted": dict(mode="weighted", ratio=3),
+    "concat": dict(mode="concat"),
     "select": dict(mode="select"),
-    # the first paper's verifier-guided selection as a fixed branch (10%: that paper's keep ratio); at inference
-    # the head re-runs the target prefill to capture the scores (the generator does not pass its own yet)
+    "select-budget": dict(mode="select", budget_weight=BUDGET_WEIGHT),
+    # the first paper's verifier-guided selection as a fixed branch (10%: that paper's keep ratio); the generator
+    # hands the head the scores captured in its own target prefill, so inference pays no second prefill
     "verifier": dict(mode="concat", branches=["verifier:10"]),
 }
+
+
+def compressor_of(mode: str, budget_weight: float) -> dict | None:
+    config = MODES[mode]
+    return dict(config, budget_weight=budget_weight) if mode == "select-budget" else config
+
+
+def describe(compressor) -> str:
+    """The compressor as run: its combination mode, branches and (select) budget weight."""
+    if compressor is None:
+        return "-"
+    budget = f", budget {compressor.budget_weight}" if compressor.mode == "select" else ""
+    return f"{compressor.mode}: {' + '.join(compressor.names)}{budget}"
 
 
 def find_target(family: str | None) -> Path | None:
@@ -172,7 +194,7 @@ def main():
     ap.add_argument("--clips", type=int, default=40, help="clips of a generated world (default 40; seed 0, the "
                     "testbed build's world starts with the same clips)")
     ap.add_argument("--steps", default="0,100,300,1000", help="training steps at which to evaluate")
-    ap.add_argument("--full-modes", default="none,select",
+    ap.add_argument("--full-modes", default="none,select,select-budget",
                     help="modes trained to the largest --steps; the others stop at --short-max (CPU budget)")
     ap.add_argument("--short-max", type=int, default=300)
     ap.add_argument("--all-zero", action="store_true", help="evaluate the untrained head of every mode, not only "
@@ -180,7 +202,8 @@ def main():
     ap.add_argument("--modes", default="none,pool,conv,resampler,select", help=f"of {', '.join(MODES)}")
     ap.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3: small targets)")
     ap.add_argument("--noise", type=float, default=0.0, help="feature noise a of U(-a, a)")
-    ap.add_argument("--budget-weight", type=float, default=0.0, help="select mode: the gate's budget term")
+    ap.add_argument("--budget-weight", type=float, default=BUDGET_WEIGHT,
+                    help=f"select-budget mode: weight of the gate's budget term (default {BUDGET_WEIGHT})")
     ap.add_argument("--eval", type=int, default=4, help="test prompts per evaluation (default 4)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--num-frames", type=int, default=8)
@@ -262,7 +285,8 @@ def main():
     rows, size_rows, train_log = [], [], {}
     passes: dict = {}   # the frozen target's outputs per training example, shared by every mode's run
     for mode in modes:
-        head = EagleHead.init_for(target, compressor=MODES[mode], seed=0, dtype=torch.float32)
+        head = EagleHead.init_for(target, compressor=compressor_of(mode, args.budget_weight), seed=0,
+                                   dtype=torch.float32)
         out_dir = scratch / f"head-{mode}"
         done, seconds = 0, 0.0
         full = mode in {m.strip() for m in args.full_modes.split(",")}
@@ -285,7 +309,7 @@ def main():
                 ev = evaluate(target, head, prompts, references, small, args.max_new_tokens)
             rows.append(row(mode, done, seconds, ev, small_label))
             print(table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
-        size_rows.append([mode, head.trainable_parameters(),
+        size_rows.append([mode, describe(head.compressor), head.trainable_parameters(),
                           sum(p.numel() for p in head.compressor.parameters()) if head.compressor else 0,
                           head.trainable_parameters() / lm_params])
 
@@ -313,7 +337,7 @@ def main():
         "to `target.generate`; gate picks: branches the select gate chose at inference (one per prompt). train s: "
         "cumulative training seconds of that mode; the target's outputs per example are computed once and shared "
         "by all modes, so the first mode's time includes them.",
-        table(["mode", "head parameters", "of which compressor", "head / language model"], size_rows),
+        table(["mode", "compressor", "head parameters", "of which compressor", "head / language model"], size_rows),
         "Training log (last step count): " + json.dumps(train_log),
         f"Total wall time {elapsed / 60:.1f} min on 2 shared CPU cores.",
     ])
