@@ -7,11 +7,9 @@ import json
 import pytest
 import torch
 
-from conftest import model
 from specvlm import SpeculativeGenerator
 from specvlm.drafters.eagle import EagleHead
 from specvlm.errors import SpecVLMError
-from specvlm.tiny import make_inputs
 from specvlm.train import Example, TrainConfig, add_train_arguments, as_example, distill_loss, run_from_args, train_head
 from test_eagle import peaky, trained, training_data, training_prompts
 

@@ -126,15 +126,14 @@ def _check_decoding(args) -> None:
         TreeSpec(kind=args.tree or "static", num_draft_tokens=args.num_draft_tokens, top_k=args.tree_top_k,
                  depth=args.tree_depth, total_tokens=args.tree_total_tokens,
                  confidence_threshold=args.confidence_threshold)
-        check_pruning(args.pruning, args.visual_keep_ratio, args.stage1_mass, args.draft_positions)
+        check_pruning(**_pruning_options(args))
     except SpecVLMError as err:   # the library's wording names keyword arguments; the CLI's names flags
         raise SpecVLMError(_as_flags(str(err))) from None
 
 
 def _as_flags(message: str) -> str:
     for name in ("num_draft_tokens", "tree_top_k", "tree_depth", "tree_total_tokens", "confidence_threshold",
-                 "visual_keep_ratio",
-                 "stage1_mass", "draft_positions"):
+                 "visual_keep_ratio", "stage1_mass", "draft_positions"):
         message = message.replace(name, "--" + name.replace("_", "-"))
     return message
 
