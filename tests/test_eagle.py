@@ -53,7 +53,7 @@ def context(target, inputs, tree=TreeSpec(kind="dynamic"), sampling=Sampling()):
     adapter = adapter_for(target)
     prompt = adapter.prepare(inputs)
     logits, hidden = ModelSession(adapter).prefill(prompt)
-    return DraftContext(inputs, prompt, hidden, sampling, tree, logits.shape[-1]), int(logits[0].argmax())
+    return DraftContext(inputs, prompt, hidden, sampling, tree, logits.shape[-1]), logits[0].argmax().reshape(1)
 
 
 # ---- lossless ----------------------------------------------------------------------------------------------------
@@ -135,9 +135,9 @@ def test_incremental_decoding_matches_full_sequence(family):
         return out
 
     head.run_layer = spy
-    try:
-        out = SpeculativeGenerator(target, head, tree="dynamic").generate(**inputs, do_sample=False,
-                                                                          max_new_tokens=20)
+    try:   # the eager engine: its causal feeds come without a mask (the fast engine's steps always carry one)
+        out = SpeculativeGenerator(target, head, tree="dynamic", engine="eager").generate(**inputs, do_sample=False,
+                                                                                          max_new_tokens=20)
     finally:
         del head.run_layer
     positions = torch.cat([p for p, _ in fed])
@@ -155,12 +155,20 @@ class RecordingTree:
     """A TreeSpec stand-in that records every node the drafter expanded with the log-probs it returned."""
 
     def __init__(self, spec):
-        self.spec, self.kind, self.rows = spec, spec.kind, []
+        self.spec, self.rows = spec, []
+
+    def __getattr__(self, name):   # kind, max_fed, max_depth, ...: the spec's
+        return getattr(self.spec, name)
 
     def build(self, first, expand, choose, max_depth):
-        def spy(tree, nodes):
-            out = expand(tree, nodes)
-            self.rows += [(tree.tokens[tree.path(n)].tolist(), row) for n, row in zip(nodes, out)]
+        paths = []   # by slot: the tokens from the root's child down to the node fed there
+
+        def spy(tokens, parent_slots, depth):
+            out = expand(tokens, parent_slots, depth)
+            for token, parent, row in zip(tokens.tolist(), parent_slots.tolist(), out):
+                paths.append((paths[parent] if parent >= 0 else []) + [token])
+                assert len(paths[-1]) == depth
+                self.rows.append((paths[-1], row))
             return out
         return self.spec.build(first, spy, choose, max_depth)
 
@@ -178,7 +186,7 @@ def test_tree_nodes_see_exactly_their_ancestors(family):
     assert len(recording.rows) == 4 * 3
     prompt = ctx.target_prompt
     base, _ = head.prompt_pairs(prompt.embeds[0], ctx.target_hidden, prompt.spans, len(prompt))
-    base = torch.cat([base, head.pairs(head.adapter.embed(torch.tensor([root]))[0], ctx.target_hidden[-1:])])
+    base = torch.cat([base, head.pairs(head.adapter.embed(root)[0], ctx.target_hidden[-1:])])
     for path, row in recording.rows:
         x = base
         out = head.run_layer(x, torch.arange(len(x)))
@@ -238,13 +246,15 @@ def test_sampling_with_head_follows_target_distribution(family, kind, tree, temp
 def accept_with_correction_from_p(p, tree, generator=None):
     """A classic wrong tree rule: each child is tried with its plain p(x) (no renormalisation after rejections)
     and the correction is drawn from p itself, so rejected children can come out again."""
-    from specvlm.sampling import sample_from
+    from specvlm.verify import Verdict
 
     tokens, kids, path, row = tree.tokens.tolist(), tree.children(), [], 0
     while True:
         child = next((c for c in kids[row] if float(torch.rand(())) < float(p[row, tokens[c]])), None)
         if child is None:
-            return path, sample_from(p[row], generator)
+            n = len(tree)
+            return Verdict(torch.tensor(len(path)), torch.multinomial(p[row], 1),
+                           torch.tensor(path + [n] * (n - len(path))))
         path.append(child)
         row = child + 1
 

@@ -1,5 +1,6 @@
 """Greedy speculative output is token-identical to `target.generate(do_sample=False)`, for every family, input
-kind, drafter and tree shape; with an identical draft nothing is rejected."""
+kind, drafter, tree shape and engine; with an identical draft nothing is rejected. The block-cut tests (EOS,
+max_new_tokens) run on the default engine: the cut is the loop's, shared by both."""
 
 import copy
 import functools
@@ -13,6 +14,7 @@ from specvlm import SpeculativeGenerator
 from specvlm.tiny import FAMILIES, make_inputs, special_ids
 
 TREES = ("chain", "static", "dynamic")
+ENGINES = ("fast", "eager")
 
 
 @functools.lru_cache(maxsize=None)
@@ -24,13 +26,14 @@ def drafts(family):
     return {"small": model(family, seed=1, hidden=32, layers=1), "copy": identical_copy(family), "self": "self"}
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("tree", TREES)
 @pytest.mark.parametrize("draft", ["small", "copy", "self"])
 @pytest.mark.parametrize("kind", ["image", "video"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_greedy_equals_target_generate(family, kind, draft, tree):
+def test_greedy_equals_target_generate(family, kind, draft, tree, engine):
     target = model(family)
-    gen = SpeculativeGenerator(target, drafts(family)[draft], tree=tree, num_draft_tokens=4)
+    gen = SpeculativeGenerator(target, drafts(family)[draft], tree=tree, num_draft_tokens=4, engine=engine)
     for seed, prompt_len, frames in ((0, 3, 4), (1, 11, 2)):
         inputs = make_inputs(family, kind, prompt_len=prompt_len, seed=seed, frames=frames)
         out = gen.generate(**inputs, do_sample=False, max_new_tokens=20)
@@ -39,12 +42,13 @@ def test_greedy_equals_target_generate(family, kind, draft, tree):
         assert out.stats.target_prompt_tokens == inputs["input_ids"].shape[1]
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("draft", ["small", "copy", "self"])
 @pytest.mark.parametrize("family", FAMILIES)
-def test_chain_with_confidence_threshold_equals_target_generate(family, draft):
+def test_chain_with_confidence_threshold_equals_target_generate(family, draft, engine):
     target = model(family, init=0.3)   # peaky: the draft is sure of some tokens and not of others
     gen = SpeculativeGenerator(target, drafts(family)[draft], tree="chain", num_draft_tokens=4,
-                               confidence_threshold=0.5)
+                               confidence_threshold=0.5, engine=engine)
     inputs = make_inputs(family, "video")
     out = gen.generate(**inputs, do_sample=False, max_new_tokens=24, eos_token_id=-1)
     assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=24, eos_token_id=-1)
@@ -59,15 +63,16 @@ def first_child_depth(tree) -> int:
     return depth
 
 
+@pytest.mark.parametrize("engine", ENGINES)
 @pytest.mark.parametrize("tree", TREES)
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
-def test_identical_draft_is_never_rejected(family, tree):
+def test_identical_draft_is_never_rejected(family, tree, engine):
     target = model(family, init=0.3)  # peaky distributions: dynamic trees grow deep
-    gen = SpeculativeGenerator(target, copy.deepcopy(target), tree=tree, num_draft_tokens=4)
+    gen = SpeculativeGenerator(target, copy.deepcopy(target), tree=tree, num_draft_tokens=4, engine=engine)
     rounds = []
     commit = gen.drafter.commit
-    gen.drafter.commit = lambda tree, path, *rest: (rounds.append((first_child_depth(tree), len(path))),
-                                                    commit(tree, path, *rest))
+    gen.drafter.commit = lambda tree, accepted, *rest: (rounds.append((first_child_depth(tree), len(accepted.path))),
+                                                        commit(tree, accepted, *rest))
     inputs = make_inputs(family, "video")
     out = gen.generate(**inputs, do_sample=False, max_new_tokens=30)
     assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=30)
@@ -121,19 +126,21 @@ def test_shipped_qwen_generation_config(family):
     inputs = make_inputs(family, "image")
     expected = reference(target, inputs, generation_config=config)
     for tree in TREES:
-        gen = SpeculativeGenerator(target, identical_copy(family), tree=tree)
-        assert gen.generate(**inputs, generation_config=config).token_ids == expected
+        for engine in ENGINES:
+            gen = SpeculativeGenerator(target, identical_copy(family), tree=tree, engine=engine)
+            assert gen.generate(**inputs, generation_config=config).token_ids == expected
 
 
 def test_repetition_penalty_greedy():
     target = model("llava_onevision")
     inputs = make_inputs("llava_onevision", "video")
     expected = reference(target, inputs, do_sample=False, max_new_tokens=24, repetition_penalty=1.3)
-    for draft in ("copy", "small"):
+    for draft in ("copy", "small", "self"):
         for tree in TREES:
-            gen = SpeculativeGenerator(target, drafts("llava_onevision")[draft], tree=tree)
-            out = gen.generate(**inputs, do_sample=False, max_new_tokens=24, repetition_penalty=1.3)
-            assert out.token_ids == expected
+            for engine in ENGINES:
+                gen = SpeculativeGenerator(target, drafts("llava_onevision")[draft], tree=tree, engine=engine)
+                out = gen.generate(**inputs, do_sample=False, max_new_tokens=24, repetition_penalty=1.3)
+                assert out.token_ids == expected
 
 
 @pytest.mark.parametrize("pad", [64, -1])
@@ -145,8 +152,9 @@ def test_padded_vocabularies(pad):
     inputs = make_inputs(family, "video")
     expected = reference(target, inputs, do_sample=False, max_new_tokens=16)
     for tree in TREES:
-        out = SpeculativeGenerator(target, draft, tree=tree).generate(**inputs, do_sample=False, max_new_tokens=16)
-        assert out.token_ids == expected
+        for engine in ENGINES:
+            gen = SpeculativeGenerator(target, draft, tree=tree, engine=engine)
+            assert gen.generate(**inputs, do_sample=False, max_new_tokens=16).token_ids == expected
 
 
 def test_default_max_new_tokens_is_hf_default():

@@ -16,7 +16,7 @@ from specvlm.adapters import cache_keyword
 from specvlm.tiny import make_inputs
 
 VOCAB = 16
-pytestmark = pytest.mark.slow
+pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
 
 
 @functools.lru_cache(maxsize=None)

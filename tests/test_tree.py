@@ -11,13 +11,26 @@ V = 8
 
 
 def table_expand(table):
-    """expand() whose next-token log-probs depend only on the token fed: table[token] -> (V,)."""
+    """expand() whose next-token log-probs depend only on the token fed: table[token] -> (V,). Records every call
+    as (tokens, parent slots, depth), and checks the slot protocol: a parent was fed before its children."""
     calls = []
 
-    def expand(tree, nodes):
-        calls.append(list(nodes))
-        return torch.stack([table[int(tree.tokens[n])] for n in nodes])
+    def expand(tokens, parent_slots, depth):
+        fed = sum(len(c[0]) for c in calls)
+        assert all(-1 <= p < fed for p in parent_slots.tolist())
+        calls.append((tokens.tolist(), parent_slots.tolist(), depth))
+        return torch.stack([table[int(t)] for t in tokens])
     return expand, calls
+
+
+def fed_nodes(tree):
+    """Node ids in the order they were fed (their slots)."""
+    fed = tree.fed.tolist()
+    return sorted((n for n in range(len(tree)) if fed[n] >= 0), key=lambda n: fed[n])
+
+
+def argmax_choice(logprobs):
+    return logprobs.argmax().reshape(1)
 
 
 def random_table(seed=0):
@@ -26,8 +39,10 @@ def random_table(seed=0):
 
 
 def test_eagle1_static_shape_matches_the_paper():
-    parents, ranks = static_shape(EAGLE1_TREE)
+    shape = static_shape(EAGLE1_TREE)
+    parents = list(shape.parents)
     depths = node_depths(torch.tensor(parents)).tolist()
+    assert depths == list(shape.depths)
     assert len(parents) == 25
     assert [depths.count(d) for d in range(1, 6)] == [4, 8, 8, 3, 2]
     leaves = set(range(25)) - set(parents)
@@ -40,14 +55,19 @@ def test_static_tree_fills_ranks_and_feeds_only_inner_nodes():
     first = torch.randn(V, generator=torch.Generator().manual_seed(1)).log_softmax(-1)
     expand, calls = table_expand(table)
     tree = build_static_tree(first, expand)
-    parents, ranks = static_shape(EAGLE1_TREE)
-    assert tree.parents.tolist() == parents
-    for node, (parent, rank) in enumerate(zip(parents, ranks)):
+    shape = static_shape(EAGLE1_TREE)
+    assert tree.parents.tolist() == list(shape.parents)
+    for node, (parent, rank) in enumerate(zip(shape.parents, shape.ranks)):
         row = first if parent < 0 else table[int(tree.tokens[parent])]
         assert int(tree.tokens[node]) == int(row.argsort(descending=True)[rank])
-    # one call per depth 2..5, feeding exactly the nodes that have children
-    assert len(calls) == 4
-    assert sorted(n for call in calls for n in call) == sorted(set(p for p in parents if p >= 0))
+    # one call per depth 1..4, feeding exactly the nodes that have children, each at its depth, parents by slot
+    assert [depth for _, _, depth in calls] == [1, 2, 3, 4]
+    fed = fed_nodes(tree)
+    assert sorted(fed) == sorted(set(p for p in shape.parents if p >= 0))
+    assert [t for tokens, _, _ in calls for t in tokens] == tree.tokens[fed].tolist()
+    parents = tree.parents.tolist()
+    assert [p for _, slots, _ in calls for p in slots] == [fed.index(parents[n]) if parents[n] >= 0 else -1
+                                                           for n in fed]
 
 
 def test_static_tree_respects_max_depth():
@@ -88,7 +108,13 @@ def test_dynamic_tree_matches_brute_force_and_is_connected():
         assert len(tree) == 11
         assert paths_of(tree) == brute_force_dynamic(first, table, 3, 4, 12)
         assert all(p < i for i, p in enumerate(tree.parents.tolist()))
-        assert len(calls) == 3 and all(len(c) == 3 for c in calls)   # k nodes fed per layer after the first
+        assert tree.depths.tolist() == node_depths(tree.parents).tolist()
+        # k nodes fed per layer after the first, at depths 1..3; a kept node that was fed carries its slot
+        assert [(len(tokens), depth) for tokens, _, depth in calls] == [(3, 1), (3, 2), (3, 3)]
+        fed_tokens = [t for tokens, _, _ in calls for t in tokens]
+        for node, slot in enumerate(tree.fed.tolist()):
+            if slot >= 0:
+                assert fed_tokens[slot] == int(tree.tokens[node])
 
 
 def test_dynamic_tree_keeps_parents_on_ties():
@@ -107,13 +133,14 @@ def test_chain_greedy_and_probs():
     table = random_table(3)
     first = table[5]
     expand, calls = table_expand(table)
-    tree = build_chain(first, expand, 4, lambda lp: int(lp.argmax()))
+    tree = build_chain(first, expand, 4, argmax_choice)
     tokens = tree.tokens.tolist()
     assert tokens[0] == int(first.argmax())
     assert all(tokens[i + 1] == int(table[tokens[i]].argmax()) for i in range(3))
-    assert tree.parents.tolist() == [-1, 0, 1, 2] and tree.is_chain
+    assert tree.parents.tolist() == [-1, 0, 1, 2] and tree.is_chain and tree.chain
     assert torch.allclose(tree.probs[0], first.exp()) and torch.allclose(tree.probs[2], table[tokens[1]].exp())
-    assert calls == [[0], [1], [2]]
+    assert calls == [([tokens[0]], [-1], 1), ([tokens[1]], [0], 2), ([tokens[2]], [1], 3)]
+    assert tree.fed.tolist() == [0, 1, 2, -1]
 
 
 def test_chain_stops_after_a_token_the_draft_doubts():
@@ -124,16 +151,18 @@ def test_chain_stops_after_a_token_the_draft_doubts():
         return probs.log()
     table = {1: row(2, 0.9), 2: row(3, 0.2), 3: row(4, 0.9), 4: row(5, 0.9)}
     expand, calls = table_expand(table)
-    tree = build_chain(row(1, 0.9), expand, 5, lambda lp: int(lp.argmax()), min_prob=0.5)
-    assert tree.tokens.tolist() == [1, 2, 3] and tree.parents.tolist() == [-1, 0, 1] and calls == [[0], [1]]
+    tree = build_chain(row(1, 0.9), expand, 5, argmax_choice, min_prob=0.5)
+    assert tree.tokens.tolist() == [1, 2, 3] and tree.parents.tolist() == [-1, 0, 1] and len(calls) == 2
     assert tree.probs.shape == (3, 8)
-    assert build_chain(row(1, 0.9), table_expand(table)[0], 5, lambda lp: int(lp.argmax())).tokens.tolist() \
+    assert build_chain(row(1, 0.9), table_expand(table)[0], 5, argmax_choice).tokens.tolist() \
         == [1, 2, 3, 4, 5]   # no threshold: all γ = 5 tokens
 
 
 def test_ancestor_matrix_and_mask():
     parents = torch.tensor([-1, -1, 0, 2, 1])
     vis = ancestor_matrix(parents)
+    assert torch.equal(vis, ancestor_matrix(parents, max_depth=3))   # 3 = the deepest node's depth
+    assert not torch.equal(vis, ancestor_matrix(parents, max_depth=2))
     # node 3 (row 4): itself, node 2, node 0, root
     assert vis[4].nonzero().flatten().tolist() == [0, 1, 3, 4]
     assert vis[5].nonzero().flatten().tolist() == [0, 2, 5]
@@ -147,6 +176,9 @@ def test_tree_spec_validation_and_depth():
     assert TreeSpec("chain", num_draft_tokens=3).max_depth == 3
     assert TreeSpec("static").max_depth == 5
     assert TreeSpec("dynamic", depth=7).max_depth == 7
+    assert (TreeSpec("chain", num_draft_tokens=3).max_nodes, TreeSpec("chain", num_draft_tokens=3).max_fed) == (3, 2)
+    assert (TreeSpec("static").max_nodes, TreeSpec("static").max_fed) == (25, 10)
+    assert (TreeSpec("dynamic").max_nodes, TreeSpec("dynamic").max_fed) == (59, 50)
     for bad in (dict(kind="beam"), dict(kind="chain", num_draft_tokens=0), dict(total_tokens=1),
                 dict(confidence_threshold=1.0), dict(confidence_threshold=-0.1)):
         try:

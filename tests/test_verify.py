@@ -15,16 +15,34 @@ def dist(*values):
     return t / t.sum()
 
 
+def outcome(verdict, tree):
+    """(accepted nodes, next token) on the host, as the decode loop reads them after its one sync."""
+    accepted = verdict.to_host(tree)
+    assert accepted.tokens == tree.tokens[accepted.path].tolist()
+    return accepted.path, accepted.next_token
+
+
+def greedy(choice, tree):
+    return outcome(accept_greedy(torch.tensor(choice), tree), tree)
+
+
 def test_greedy_walks_longest_matching_path():
     #        root
     #     0:5    1:7
     #   2:1  3:2   4:3
     tree = DraftTree(torch.tensor([5, 7, 1, 2, 3]), torch.tensor([-1, -1, 0, 0, 1]))
     # target argmax after: root, node0, node1, node2, node3, node4
-    assert accept_greedy([7, 0, 3, 0, 0, 0], tree) == ([1, 4], 0)
-    assert accept_greedy([5, 2, 9, 9, 4, 9], tree) == ([0, 3], 4)
-    assert accept_greedy([9, 0, 0, 0, 0, 0], tree) == ([], 9)
-    assert accept_greedy([5, 1, 0, 6, 0, 0], tree) == ([0, 2], 6)
+    assert greedy([7, 0, 3, 0, 0, 0], tree) == ([1, 4], 0)
+    assert greedy([5, 2, 9, 9, 4, 9], tree) == ([0, 3], 4)
+    assert greedy([9, 0, 0, 0, 0, 0], tree) == ([], 9)
+    assert greedy([5, 1, 0, 6, 0, 0], tree) == ([0, 2], 6)
+
+
+def test_greedy_path_of_a_deep_tree_in_node_order():
+    # a chain 0-1-2-3 and a branch 0-4; the accepted path must come back root to leaf
+    tree = DraftTree(torch.tensor([1, 2, 3, 4, 9]), torch.tensor([-1, 0, 1, 2, 0]))
+    assert greedy([1, 2, 3, 4, 7, 8], tree) == ([0, 1, 2, 3], 7)
+    assert greedy([1, 9, 0, 0, 0, 5], tree) == ([0, 4], 5)
 
 
 def run_chain(rule, p, q, trials, seed=0):
@@ -32,7 +50,7 @@ def run_chain(rule, p, q, trials, seed=0):
     first, second = [], []
     for _ in range(trials):
         tokens = torch.stack([torch.multinomial(q[i], 1, generator=g)[0] for i in range(len(q))])
-        tree = DraftTree(tokens, torch.arange(-1, len(q) - 1), probs=q)
+        tree = DraftTree(tokens, torch.arange(-1, len(q) - 1), probs=q, chain=True)
         path, nxt = rule(p, tree, g)
         emitted = tokens[path].tolist() + [nxt]
         first.append(emitted[0])
@@ -46,9 +64,17 @@ Q = torch.stack([dist(1, 6, 1, 2, 1, 1), dist(3, 1, 1, 1, 3, 1)])
 
 
 def test_chain_rejection_sampling_reproduces_target():
-    first, second = run_chain(accept_chain_sampled, P, Q, 20000)
+    first, second = run_chain(leviathan, P, Q, 20000)
     assert chi2_pvalue(first, P[0]) > 1e-3
     assert chi2_pvalue(second, P[1]) > 1e-3
+
+
+def leviathan(p, tree, g):
+    return outcome(accept_chain_sampled(p, tree, g), tree)
+
+
+def recursive(p, tree, g):
+    return outcome(accept_tree_sampled(p, tree, g), tree)
 
 
 def test_chain_test_has_power_against_accept_all():
@@ -61,7 +87,7 @@ def test_chain_test_has_power_against_accept_all():
 def test_chain_residual_with_vocab_the_draft_lacks():
     # the draft never proposes id 5 (as when its padded vocabulary is shorter); the target still emits it
     q = torch.stack([dist(1, 1, 1, 1, 1, 0)])
-    first, _ = run_chain(accept_chain_sampled, P[:2], q, 20000, seed=3)
+    first, _ = run_chain(leviathan, P[:2], q, 20000, seed=3)
     assert chi2_pvalue(first, P[0]) > 1e-3
 
 
@@ -84,14 +110,14 @@ def run_tree(rule, trials, seed=0):
 
 
 def test_tree_recursive_rejection_reproduces_target():
-    first, after_3 = run_tree(accept_tree_sampled, 20000)
+    first, after_3 = run_tree(recursive, 20000)
     assert chi2_pvalue(first, PT[0]) > 1e-3
     assert chi2_pvalue(after_3, PT[1]) > 1e-3   # below node 0 the target's row is PT[1]
 
 
 def test_tree_test_has_power_against_skipping_the_residual():
     def no_residual(p, tree, g):  # on rejection, sample from the full p again (a classic bug)
-        path, nxt = accept_tree_sampled(p, tree, g)
+        path, nxt = recursive(p, tree, g)
         row = path[-1] + 1 if path else 0
         kids = [c for c in tree.children()[row]]
         if kids and nxt not in tree.tokens[kids].tolist():
@@ -105,5 +131,5 @@ def test_sampling_rules_accept_a_certain_target():
     p = torch.zeros(3, V)
     p[0, 4] = p[1, 2] = p[2, 0] = 1
     tree = DraftTree(torch.tensor([4, 2]), torch.tensor([-1, 0]), probs=torch.stack([dist(1, 1, 1, 1, 1, 1)] * 2))
-    assert accept_chain_sampled(p, tree) == ([0, 1], 0)
-    assert accept_tree_sampled(p, tree) == ([0, 1], 0)
+    assert leviathan(p, tree, None) == ([0, 1], 0)
+    assert recursive(p, tree, None) == ([0, 1], 0)

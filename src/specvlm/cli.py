@@ -31,6 +31,7 @@ def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--tree-depth", type=int, default=6, help="dynamic tree: longest path in draft tokens")
     g.add_argument("--tree-total-tokens", type=int, default=60,
                    help="dynamic tree: tokens verified per round, root included")
+    add_engine_arguments(g)
     g = p.add_argument_group("visual pruning of the draft's prompt (the target always sees every token)")
     g.add_argument("--pruning", default="none", choices=("none",) + METHODS,
                    help="how the draft's visual tokens are chosen (specvlm: verifier attention + uniform fill)")
@@ -40,6 +41,19 @@ def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
     g.add_argument("--draft-positions", choices=("original", "contiguous"), default=None,
                    help="position ids of the pruned draft prompt (default: original for Qwen M-RoPE, "
                         "contiguous otherwise)")
+
+
+def add_engine_arguments(g) -> None:
+    g.add_argument("--engine", choices=("fast", "eager"), default="fast",
+                   help="fast (default): static KV cache, fixed-shape steps, one host sync per round; eager: HF's "
+                        "dynamic cache and eager forwards (the reference path). Same output either way")
+    g.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
+                   help="torch.compile the fast engine's steps (CUDA graphs on CUDA). auto: on CUDA only; on CPU the "
+                        "one-time compile (tens of seconds per step shape) outlasts a single answer")
+
+
+def engine_options(args) -> dict:
+    return dict(engine=args.engine, compile={"auto": "auto", "on": True, "off": False}[args.compile])
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:
@@ -182,7 +196,7 @@ def cmd_generate(args) -> int:
                                num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
                                tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens,
                                confidence_threshold=args.confidence_threshold,
-                               **_pruning_options(args))
+                               **_pruning_options(args), **engine_options(args))
     with torch.no_grad():
         if args.json:
             out = gen.generate(**inputs, **_decoding_options(args))

@@ -20,15 +20,14 @@ from .adapters import adapter_for
 from .adapters.capture import AttentionCapture
 from .compat import check_models
 from .drafters import DraftContext, DraftModelDrafter, Drafter
-from .drafters.draft_model import seen_rows
 from .errors import SpecVLMError
 from .pruning import METHODS, NEEDS_SCORES, Layout, budget, select
-from .sampling import Sampling, effective_config
+from .sampling import Sampling, device_generator, effective_config, history_rows
 from .sampling import max_new_tokens as max_new_tokens_for
-from .session import ModelSession
+from .session import ModelSession, StaticSession, bucket
 from .stats import SpecStats
 from .tree import DraftTree, TreeSpec, ancestor_matrix
-from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
+from .verify import Verdict, accept_chain_sampled, accept_greedy, accept_tree_sampled
 
 
 @dataclass
@@ -58,7 +57,12 @@ class SpeculativeGenerator:
                  num_draft_tokens: int = 5, tree_top_k: int = 10, tree_depth: int = 6, tree_total_tokens: int = 60,
                  confidence_threshold: float = 0.0,
                  pruning: str = "none", visual_keep_ratio: float | None = None, stage1_mass: float = 0.4,
-                 draft_positions: str | None = None, pruning_seed: int = 0):
+                 draft_positions: str | None = None, pruning_seed: int = 0, engine: str = "fast",
+                 compile: bool | str = "auto"):
+        if engine not in ("fast", "eager"):
+            raise SpecVLMError(f"engine must be 'fast' or 'eager', got {engine!r}")
+        if compile not in ("auto", True, False):
+            raise SpecVLMError(f"compile must be 'auto', True or False, got {compile!r}")
         self.model = target
         self.target = adapter_for(target)
         if isinstance(draft, Drafter):
@@ -80,6 +84,9 @@ class SpeculativeGenerator:
         self.visual_keep_ratio = 0.1 if visual_keep_ratio is None else visual_keep_ratio
         self.contiguous_positions = (draft_positions or ("original" if self.target.uses_mrope else "contiguous")) \
             == "contiguous"
+        self.engine = engine
+        self.compile = engine == "fast" and (self.target.device.type == "cuda" if compile == "auto" else compile)
+        self._sessions: list = []
 
     # ---- public API ------------------------------------------------------------------------------------------
     def generate(self, input_ids=None, **kwargs) -> SpecOutput:
@@ -134,58 +141,83 @@ class SpeculativeGenerator:
     def _decode(self, inputs, draft_inputs, sampling: Sampling, max_new: int, eos: set[int], generator):
         self.stats = stats = SpecStats()
         started = time.perf_counter()
+        self._compiled_before = self._compile_s()
         prompt = self.target.prepare(inputs)
-        target = ModelSession(self.target)
-        logits, hidden, keep, scores = self._prefill(target, prompt, stats)
-        vocab = logits.shape[-1]
+        target = self._session(self.target)
+        # entries a session writes beyond its prompt: the answer, then one round's padded feeds past it
+        reserve = max_new + 2 * bucket(self.tree.max_nodes + 2) + self.tree.max_fed
+        logits, hidden, keep, scores = self._prefill(target, prompt, reserve, stats)
+        vocab, device = logits.shape[-1], logits.device
+        generator = device_generator(generator, device)
         self.drafter.begin(DraftContext(draft_inputs, prompt, hidden, sampling, self.tree, vocab, generator,
-                                        keep, self.contiguous_positions, scores))
+                                        keep, self.contiguous_positions, scores, self._session, target, reserve))
         seen = None
         if sampling.uses_history:  # repetition penalty: ids in the prompt and everything generated so far
-            seen = torch.zeros(vocab, dtype=torch.bool, device=logits.device)
-            seen[prompt.input_ids[0].clamp_max(vocab - 1)] = True
-        root = sampling.pick(logits[0], seen, generator)
+            seen = torch.zeros(vocab, dtype=torch.bool, device=device)
+            seen[prompt.input_ids[0].clamp_max(vocab - 1).to(device)] = True
+        root = sampling.pick(logits[0], seen, generator)                 # (1,) on the device
+        first = int(root)
         stats.target_prompt_tokens, stats.draft_prompt_tokens = len(prompt), self.drafter.prompt_tokens
-        stats.new_tokens = 1
+        stats.new_tokens, stats.target_forwards = 1, 1
         stats.prefill_s = time.perf_counter() - started
-        yield [root]
-        done = root in eos or stats.new_tokens >= max_new
+        yield [first]
+        done = first in eos or stats.new_tokens >= max_new
         while not done:
             if seen is not None:
                 seen[root] = True
             tree = self.drafter.propose(root, max_new - stats.new_tokens, seen)
             prefix = target.length
-            logits, hidden = target.extend(
-                torch.cat([torch.tensor([root]), tree.tokens]),
-                target.next_position + torch.cat([torch.zeros(1, dtype=torch.long), tree.depths]),
-                ancestor_matrix(tree.parents), prefix)
-            path, root = _accept(logits, tree, sampling, seen, generator)
-            target.keep(prefix + 1, [prefix + 1 + node for node in path])
-            self.drafter.commit(tree, path, root, hidden[[0] + [node + 1 for node in path]])
-            stats.record_round(len(tree), len(path))
-            new = tree.tokens[path].tolist() + [root]
+            depths = torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
+            visible = None if tree.chain else ancestor_matrix(tree.parents, tree.max_depth)
+            logits, hidden = target.extend(torch.cat([root, tree.tokens.to(device)]), target.next_position + depths,
+                                           visible, prefix)
+            accepted = _accept(logits, tree, sampling, seen, generator).to_host(tree)   # the round's one sync
+            root = torch.full((1,), accepted.next_token, dtype=torch.long, device=device)
+            target.keep(prefix + 1, [prefix + 1 + node for node in accepted.path])
+            self.drafter.commit(tree, accepted, root, hidden[[0] + [node + 1 for node in accepted.path]])
+            stats.record_round(len(tree), len(accepted.path))
+            new = accepted.tokens + [accepted.next_token]
             if seen is not None:
                 seen[new] = True
             new = _cut(new, eos, max_new - stats.new_tokens)
             stats.new_tokens += len(new)
+            stats.target_forwards += 1
             done = new[-1] in eos or stats.new_tokens >= max_new
-            stats.target_forwards, stats.draft_forwards = target.forwards, self.drafter.forwards
-            stats.decode_s = time.perf_counter() - started - stats.prefill_s
+            self._clock(stats, started)
             yield new
-        stats.target_forwards, stats.draft_forwards = target.forwards, self.drafter.forwards
+        self._clock(stats, started)
+
+    def _clock(self, stats: SpecStats, started: float) -> None:
+        stats.draft_forwards = self.drafter.forwards
+        stats.compile_s = self._compile_s() - self._compiled_before
         stats.decode_s = time.perf_counter() - started - stats.prefill_s
 
-    def _prefill(self, target: ModelSession, prompt, stats: SpecStats):
+    def _compile_s(self) -> float:
+        """Seconds spent compiling so far, over every session this generator made (target, draft, head)."""
+        return sum(getattr(session, "compile_s", 0.0) for session in self._sessions)
+
+    def _session(self, adapter):
+        """A session of this generator's engine for `adapter` (the target's, a draft model's), reused across
+        generate calls so that a static cache and its compiled steps are built once."""
+        for session in self._sessions:
+            if session.adapter is adapter:
+                return session
+        session = ModelSession(adapter) if self.engine == "eager" else StaticSession(adapter, self.compile)
+        if self.engine == "fast":
+            self._sessions.append(session)
+        return session
+
+    def _prefill(self, target: ModelSession, prompt, reserve: int, stats: SpecStats):
         """Target prefill; the verifier's attention scores when pruning or the drafter needs them (captured in this
         one prefill, never a second); with pruning, the draft's kept visual tokens."""
         visual = prompt.visual_mask.nonzero().flatten()
         scores = None
         if visual.numel() and (self.pruning in NEEDS_SCORES or self.drafter.needs_visual_scores):
             with AttentionCapture(self.target, int(visual.max()) + 1, visual) as capture:
-                logits, hidden = target.prefill(prompt)
+                logits, hidden = target.prefill(prompt, reserve)
             scores, stats.scoring_s = capture.scores, capture.scoring_s
         else:
-            logits, hidden = target.prefill(prompt)
+            logits, hidden = target.prefill(prompt, reserve)
         if self.pruning == "none" or visual.numel() == 0:
             return logits, hidden, None, scores
         started = time.perf_counter()
@@ -213,15 +245,18 @@ def check_pruning(pruning: str, visual_keep_ratio: float | None, stage1_mass: fl
         raise SpecVLMError(f"draft_positions must be 'original' or 'contiguous', got {draft_positions!r}")
 
 
-def _accept(logits: torch.Tensor, tree: DraftTree, sampling: Sampling, seen, generator) -> tuple[list[int], int]:
-    """Row 0 of `logits` follows the root, row i+1 follows node i; each row's repetition history is its path."""
+def _accept(logits: torch.Tensor, tree: DraftTree, sampling: Sampling, seen, generator) -> Verdict:
+    """Row 0 of `logits` (n+1, V) follows the root, row i+1 follows node i; each row's repetition history is its
+    path."""
     rows_seen = None
     if seen is not None:
-        rows_seen = seen_rows(seen, [[]] + [tree.tokens[tree.path(n)].tolist() for n in range(len(tree))])
+        anc = tree.ancestors.to(logits.device)
+        paths = torch.where(anc, tree.tokens.to(logits.device)[None, :], -1)            # (n, n) path tokens
+        rows_seen = history_rows(seen, torch.cat([paths.new_full((1, paths.shape[1]), -1), paths]))
     if not sampling.do_sample:
-        return accept_greedy(sampling.scores(logits, rows_seen).argmax(-1).tolist(), tree)
+        return accept_greedy(sampling.scores(logits, rows_seen).argmax(-1), tree)
     p = sampling.probs(logits, rows_seen)
-    if tree.is_chain and tree.probs is not None:
+    if tree.chain and tree.probs is not None:
         return accept_chain_sampled(p, tree, generator)
     return accept_tree_sampled(p, tree, generator)
 

@@ -109,15 +109,39 @@ class Sampling:
             scores = scores / self.temperature
         return scores.log_softmax(dim=-1)
 
-    def pick(self, logits: torch.Tensor, seen: torch.Tensor | None = None, generator=None) -> int:
-        """One token from a single row of logits."""
+    def pick(self, logits: torch.Tensor, seen: torch.Tensor | None = None, generator=None) -> torch.Tensor:
+        """One token (a (1,) long tensor on the logits' device) from a single row of logits (V,)."""
         if not self.do_sample:
-            return int(self.scores(logits, seen).argmax(-1))
-        return sample_from(self.probs(logits, seen), generator)
+            return self.scores(logits, seen).argmax(-1).reshape(1)
+        return sample_from(self.probs(logits, seen), generator).reshape(1)
 
 
-def sample_from(probs: torch.Tensor, generator=None) -> int:
-    return int(torch.multinomial(probs.reshape(-1).float(), 1, generator=generator))
+def sample_from(probs: torch.Tensor, generator=None) -> torch.Tensor:
+    """One draw per row of `probs` (..., V) -> (...) long, on their device, without a host round trip: the
+    exponential trick, argmax p / E with E ~ Exp(1) i.i.d. (P(argmax = i) = p_i / Σ p; gpt-fast samples so).
+    `generator` must live on the probabilities' device (`device_generator` makes one)."""
+    noise = torch.empty(probs.shape, dtype=torch.float32, device=probs.device).exponential_(generator=generator)
+    return (probs.float() / noise).argmax(-1)
+
+
+def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
+    """A generator on `device` that continues `generator` deterministically (seeded from one draw of it), so
+    that a user's CPU generator still makes sampling on a GPU reproducible; None stays None (global RNG)."""
+    if generator is None or generator.device == torch.device(device):
+        return generator
+    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def history_rows(seen: torch.Tensor | None, path_tokens: torch.Tensor) -> torch.Tensor | None:
+    """Per row, the ids the repetition penalty applies to: everything committed (`seen`, (V,) bool) plus the
+    row's own draft path, `path_tokens` (rows, d) long with -1 where a row's path is shorter. (rows, V) bool."""
+    if seen is None:
+        return None
+    vocab = seen.shape[-1]
+    rows = torch.zeros(path_tokens.shape[0], vocab + 1, dtype=torch.bool, device=seen.device)
+    rows.scatter_(1, torch.where(path_tokens >= 0, path_tokens, vocab).to(seen.device), True)
+    return rows[:, :vocab] | seen
 
 
 def _hf_defaults() -> dict:

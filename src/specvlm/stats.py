@@ -27,6 +27,7 @@ class SpecStats:
     kept_visual_tokens: int = 0     # of those, the ones the draft kept
     scoring_s: float = 0.0          # verifier-attention capture's extra fp32 score computation (inside prefill_s)
     selection_s: float = 0.0        # time to choose the kept tokens from the scores (inside prefill_s)
+    compile_s: float = 0.0          # one-time torch.compile cost paid in this call (inside prefill_s / decode_s)
 
     @property
     def mean_accepted_tokens(self) -> float:
@@ -62,6 +63,8 @@ class SpecStats:
     def summary(self) -> str:
         line = (f"{self.new_tokens} tokens, τ={self.mean_accepted_tokens:.2f} over {self.rounds} rounds, "
                 f"{self.tokens_per_second:.1f} tokens/s (prefill {self.prefill_s:.2f}s, decode {self.decode_s:.2f}s)")
+        if self.compile_s:
+            line += f"; one-time compile {self.compile_s:.1f}s (included)"
         return line + self.pruning_summary()
 
     def pruning_summary(self) -> str:

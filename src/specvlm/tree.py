@@ -1,17 +1,25 @@
-"""Draft trees: the shapes, how a drafter grows them, and the attention masks that verify them.
+"""Draft trees: the shapes, how a drafter grows them on its device, and the masks that verify them.
 
 A round starts from the *root*: the newest committed token, which neither model has in its KV cache yet. A tree
-holds n draft nodes below it. Node i carries `tokens[i]` and `parents[i]` (-1 is the root); parents come before
-children (parents[i] < i). A chain is the tree whose parents are -1, 0, 1, ...
+holds n draft nodes below it. Node i carries `tokens[i]`, `parents[i]` (-1 is the root; parents come before
+children, parents[i] < i) and `depths[i]` (1 for the root's children). A chain is the tree whose parents are
+-1, 0, 1, ...
 
-Builders are pure bookkeeping around one callable, `expand(tree, feed) -> logprobs (len(feed), vocab)`, which runs
-the drafter on the nodes `feed` of the partial `tree` and returns its next-token log-probabilities below each of
-them. Tests drive the builders with hand-made tables instead of a model.
+Builders are pure bookkeeping around one callable,
+
+    expand(tokens (w,) long, parent_slots (w,) long, depth: int) -> logprobs (w, V)
+
+which feeds w new nodes, all at `depth` below the root, to the drafter and returns its next-token log-probabilities
+below each of them. Within a round the drafter numbers the nodes it is fed in order (slot 0, 1, ...), and
+`parent_slots[j]` is the slot of node j's parent (-1: the root). Every tensor stays on the drafter's device: no
+builder reads one back to the host, so a whole round is queued without a synchronisation (the chain's confidence
+stop excepted: deciding to stop is a host decision by nature). Tests drive the builders with hand-made tables.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from functools import cached_property, lru_cache
 from typing import Callable, Sequence
 
 import torch
@@ -32,17 +40,32 @@ EAGLE1_TREE: tuple[tuple[int, ...], ...] = (
 # Log-probabilities are clamped here so that sums over a path never produce nan from (-inf) + (-inf) arithmetic.
 _FLOOR = -1e9
 
+Expand = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
+
 
 @dataclass
 class DraftTree:
     tokens: torch.Tensor                 # (n,) long
     parents: torch.Tensor                # (n,) long, -1 = root
-    probs: torch.Tensor | None = None    # (n, vocab): distribution node i was sampled from (chains when sampling)
-    origin: list[int] | None = None      # index of each node in the candidate pool it was chosen from (dynamic)
+    depths: torch.Tensor | None = None   # (n,) long; derived from parents when not given
+    probs: torch.Tensor | None = None    # (n, V): distribution node i was sampled from (chains when sampling)
+    fed: torch.Tensor | None = None      # (n,) long: the drafter slot node i was fed at this round, -1 if never
+    max_depth: int | None = None         # an upper bound of depths (host), when the builder knows it
+    chain: bool = False                  # host knowledge that this is a chain (verified causally, without a mask)
+
+    def __post_init__(self):
+        if self.depths is None:
+            self.depths = node_depths(self.parents)
 
     def __len__(self) -> int:
         return int(self.tokens.numel())
 
+    @cached_property
+    def ancestors(self) -> torch.Tensor:
+        """(n, n) bool on the tree's device; [i, j] is True when j is i or an ancestor of i."""
+        return ancestor_matrix(self.parents, self.max_depth)[1:, 1:]
+
+    # ---- host views (they synchronise; for tests and debugging, never on the decode path) ----------------------
     def children(self) -> list[list[int]]:
         """children()[0] lists the root's children, children()[i + 1] those of node i, in node order."""
         kids: list[list[int]] = [[] for _ in range(len(self) + 1)]
@@ -60,27 +83,26 @@ class DraftTree:
         return out[::-1]
 
     @property
-    def depths(self) -> torch.Tensor:
-        return node_depths(self.parents)
-
-    @property
     def is_chain(self) -> bool:
-        return self.parents.tolist() == list(range(-1, len(self) - 1))
+        return self.chain or self.parents.tolist() == list(range(-1, len(self) - 1))
 
 
 def node_depths(parents: torch.Tensor) -> torch.Tensor:
+    """(n,) depths from parents, on their device (parents[i] < i, so one pass in node order)."""
     depth: list[int] = []
     for parent in parents.tolist():
         depth.append(1 if parent < 0 else depth[parent] + 1)
-    return torch.tensor(depth, dtype=torch.long)
+    return torch.tensor(depth, dtype=torch.long, device=parents.device)
 
 
-def ancestor_matrix(parents: torch.Tensor) -> torch.Tensor:
-    """(n+1, n+1) bool; [i, j] is True when j is i or an ancestor of i. Index 0 is the root, node k is k+1."""
+def ancestor_matrix(parents: torch.Tensor, max_depth: int | None = None) -> torch.Tensor:
+    """(n+1, n+1) bool on the parents' device; [i, j] is True when j is i or an ancestor of i. Index 0 is the root,
+    node k is k+1. Built by `max_depth` rounds of "inherit the parent's row" (n rounds when the depth is unknown)."""
     n = parents.numel()
-    visible = torch.eye(n + 1, dtype=torch.bool)
-    for node, parent in enumerate(parents.tolist()):
-        visible[node + 1] |= visible[parent + 1]
+    visible = torch.eye(n + 1, dtype=torch.bool, device=parents.device)
+    rows = parents.long() + 1                                    # each node's parent row (the root is row 0)
+    for _ in range(n if max_depth is None else max_depth):
+        visible[1:] |= visible[rows]
     return visible
 
 
@@ -88,70 +110,107 @@ def additive_mask(visible: torch.Tensor, prefix_len: int, dtype: torch.dtype, de
     """4-D attention mask (1, 1, q, prefix_len + m) for q new rows: the whole committed prefix is visible, and among
     the m tree entries in the cache only those `visible` (q, m) marks. 0 = attend, dtype-min = blocked."""
     q, m = visible.shape
-    allowed = torch.cat([torch.ones(q, prefix_len, dtype=torch.bool), visible.cpu()], dim=1)
-    mask = torch.zeros(q, prefix_len + m, dtype=dtype)
+    visible = visible.to(device)
+    allowed = torch.cat([torch.ones(q, prefix_len, dtype=torch.bool, device=device), visible], dim=1)
+    mask = torch.zeros(q, prefix_len + m, dtype=dtype, device=device)
     mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask.to(device)[None, None]
+    return mask[None, None]
 
 
-Expand = Callable[[DraftTree, Sequence[int]], torch.Tensor]
-
-
-def _partial(tokens: list[int], parents: list[int]) -> DraftTree:
-    return DraftTree(torch.tensor(tokens, dtype=torch.long), torch.tensor(parents, dtype=torch.long))
-
-
-def build_chain(first: torch.Tensor, expand: Expand, length: int, choose: Callable[[torch.Tensor], int],
+# ---- builders ----------------------------------------------------------------------------------------------------
+def build_chain(first: torch.Tensor, expand: Expand, length: int, choose: Callable[[torch.Tensor], torch.Tensor],
                 min_prob: float = 0.0) -> DraftTree:
-    """Up to γ = `length` tokens one after another. `first` and each expansion are log-probabilities; `choose` picks
-    a token from them (argmax when greedy, a sample when not). The chosen-from distributions are kept as `probs`
-    (q). The chain stops early after a token the draft gave probability q(x) < `min_prob` (HF assisted generation's
-    confidence threshold): a token the draft doubts is likely rejected, and every token after it wasted. The stop
-    depends on the draft's own draws only, so the acceptance rules stay exact."""
-    tokens: list[int] = []
-    rows = []
+    """Up to γ = `length` tokens one after another. `first` (V,) and each expansion are log-probabilities; `choose`
+    picks a token from them as a (1,) tensor (argmax when greedy, a sample when not). The chosen-from distributions
+    are kept as `probs` (q). The chain stops early after a token the draft gave probability q(x) < `min_prob` (HF
+    assisted generation's confidence threshold): a token the draft doubts is likely rejected, and every token after
+    it wasted. The stop depends on the draft's own draws only, so the acceptance rules stay exact; it reads q(x) on
+    the host, one synchronisation per drafted token, which is why it is off (0) by default."""
+    tokens, rows = [], []
     logprobs = first
     for i in range(length):
         rows.append(logprobs.float().exp())
-        tokens.append(choose(logprobs))
-        if i + 1 == length or rows[-1][tokens[-1]] < min_prob:
+        tokens.append(choose(logprobs).reshape(1))
+        if i + 1 == length or (min_prob > 0 and float(rows[-1][tokens[-1]]) < min_prob):
             break
-        logprobs = expand(_partial(tokens, list(range(-1, i))), [i])[0]
-    tree = _partial(tokens, list(range(-1, len(tokens) - 1)))
-    tree.probs = torch.stack(rows) if rows else None
-    return tree
+        logprobs = expand(tokens[-1], torch.full((1,), i - 1, dtype=torch.long, device=first.device), i + 1)[0]
+    n, device = len(tokens), first.device
+    fed = torch.arange(n, device=device)
+    fed[-1] = -1   # the last token is proposed but never fed to the drafter
+    return DraftTree(torch.cat(tokens), torch.arange(-1, n - 1, device=device), torch.arange(1, n + 1, device=device),
+                     probs=torch.stack(rows), fed=fed, max_depth=n, chain=True)
 
 
-def static_shape(paths: Sequence[Sequence[int]], max_depth: int | None = None) -> tuple[list[int], list[int]]:
-    """Parents and child ranks for a list of rank paths, nodes sorted by depth (then lexicographically)."""
+@dataclass(frozen=True)
+class StaticShape:
+    """A static tree's structure, computed once on the host: node order (by depth, then rank path), which nodes
+    are fed (those with children), in which slot, and where each child's token comes from."""
+    parents: tuple[int, ...]
+    ranks: tuple[int, ...]
+    depths: tuple[int, ...]
+    levels: tuple[tuple[int, ...], ...]    # levels[d-1]: the nodes at depth d
+    fed: tuple[int, ...]                   # per node: its slot, -1 for leaves
+
+    @property
+    def max_depth(self) -> int:
+        return len(self.levels)
+
+    @lru_cache(maxsize=None)
+    def tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
+        """The shape's index tensors on `device`, made once (the only host-to-device copies a static tree needs)."""
+        long = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        out = dict(parents=long(self.parents), depths=long(self.depths), fed=long(self.fed))
+        for d, level in enumerate(self.levels, start=1):
+            out[f"level{d}"] = long(level)
+            out[f"rank{d}"] = long([self.ranks[i] for i in level])
+            if d < len(self.levels):
+                feed = [i for i in level if self.fed[i] >= 0]
+                out[f"feed{d}"] = long(feed)
+                out[f"feed_parent_slot{d}"] = long([self.fed[self.parents[i]] if self.parents[i] >= 0 else -1
+                                                    for i in feed])
+                out[f"child_row{d + 1}"] = long([feed.index(self.parents[i]) for i in self.levels[d]])
+        return out
+
+
+@lru_cache(maxsize=None)
+def static_shape(paths: tuple = EAGLE1_TREE, max_depth: int | None = None) -> StaticShape:
+    """The structure of a static tree given as rank paths, nodes sorted by depth (then lexicographically)."""
     kept = sorted({tuple(p) for p in paths if p and (max_depth is None or len(p) <= max_depth)},
                   key=lambda p: (len(p), p))
     index = {p: i for i, p in enumerate(kept)}
     missing = [p for p in kept if len(p) > 1 and p[:-1] not in index]
     if missing:
         raise ValueError(f"static tree paths {missing} have no parent path")
-    parents = [index[p[:-1]] if len(p) > 1 else -1 for p in kept]
-    return parents, [p[-1] for p in kept]
+    parents = tuple(index[p[:-1]] if len(p) > 1 else -1 for p in kept)
+    depth = max((len(p) for p in kept), default=0)
+    levels = tuple(tuple(i for i, p in enumerate(kept) if len(p) == d) for d in range(1, depth + 1))
+    has_children = set(parents)
+    fed, slot = [-1] * len(kept), 0
+    for level in levels[:-1]:
+        for node in level:
+            if node in has_children:
+                fed[node], slot = slot, slot + 1
+    return StaticShape(parents, tuple(p[-1] for p in kept), tuple(len(p) for p in kept), levels, tuple(fed))
 
 
 def build_static_tree(first: torch.Tensor, expand: Expand, paths=EAGLE1_TREE, max_depth: int | None = None) -> DraftTree:
     """EAGLE-1 style: a fixed shape filled with the drafter's top-ranked tokens, one drafter call per depth that
     has children (only nodes with children are fed)."""
-    parents, ranks = static_shape(paths, max_depth)
-    tokens = [0] * len(parents)
-    depth = node_depths(torch.tensor(parents, dtype=torch.long)).tolist() if parents else []
-    logprobs_of = {-1: first}
-    for level in range(1, max(depth, default=0) + 1):
-        level_nodes = [i for i, d in enumerate(depth) if d == level]
-        feed = sorted({parents[i] for i in level_nodes} - set(logprobs_of))
-        if feed:
-            rows = expand(_partial(tokens, parents), feed)
-            logprobs_of.update(zip(feed, rows))
-        for node in level_nodes:
-            row = logprobs_of[parents[node]]
-            top = torch.topk(row.float(), min(ranks[node] + 1, row.numel())).indices
-            tokens[node] = int(top[min(ranks[node], top.numel() - 1)])
-    return _partial(tokens, parents)
+    shape = static_shape(tuple(paths), max_depth)
+    t = shape.tensors(first.device)
+    tokens = torch.zeros(len(shape.parents), dtype=torch.long, device=first.device)
+    rows = first[None]                     # (1, V): the root's distribution
+    child_row = torch.zeros(len(shape.levels[0]) if shape.levels else 0, dtype=torch.long, device=first.device)
+    for d in range(1, shape.max_depth + 1):
+        ranks = t[f"rank{d}"]
+        k = min(max(shape.ranks[i] for i in shape.levels[d - 1]) + 1, rows.shape[-1])
+        top = torch.topk(rows.float(), k, dim=-1).indices                      # (fed parents, k)
+        tokens[t[f"level{d}"]] = top[child_row, ranks.clamp_max(k - 1)]
+        if d < shape.max_depth:
+            feed = t[f"feed{d}"]
+            rows = expand(tokens[feed], t[f"feed_parent_slot{d}"], d)
+            child_row = t[f"child_row{d + 1}"]
+    return DraftTree(tokens, t["parents"], t["depths"], fed=t["fed"], max_depth=shape.max_depth)
 
 
 def build_dynamic_tree(first: torch.Tensor, expand: Expand, top_k: int, depth: int, total_tokens: int) -> DraftTree:
@@ -159,30 +218,38 @@ def build_dynamic_tree(first: torch.Tensor, expand: Expand, top_k: int, depth: i
     draft log-probability into top_k children each; then keep the `total_tokens - 1` best of all candidates.
 
     A node's value (sum of log-probs on its path) never exceeds its parent's, and a stable sort puts the parent
-    (smaller index) first on ties, so the kept set is always a connected tree."""
+    (smaller index) first on ties, so the kept set is always a connected tree. Every step is a fixed-shape tensor
+    operation on the drafter's device; the frontier is fed at slots (layer - 1)·k ... layer·k - 1."""
+    device = first.device
     k = min(top_k, first.numel())
-    values, tokens, parents = [], [], []
+    count = k + (depth - 1) * k * k                      # candidates: k root children, then k² per layer
+    values = torch.empty(count, dtype=torch.float32, device=device)
+    tokens = torch.empty(count, dtype=torch.long, device=device)
+    parents = torch.full((count,), -1, dtype=torch.long, device=device)
+    depths = torch.ones(count, dtype=torch.long, device=device)
+    slots = torch.full((count,), -1, dtype=torch.long, device=device)
     top = torch.topk(first.float().clamp_min(_FLOOR), k)
-    values += top.values.tolist()
-    tokens += top.indices.tolist()
-    parents += [-1] * k
-    frontier = list(range(k))
-    for _ in range(depth - 1):
-        rows = expand(_partial(tokens, parents), frontier).float().clamp_min(_FLOOR)
+    values[:k], tokens[:k] = top.values, top.indices
+    frontier, base = torch.arange(k, device=device), k
+    for layer in range(1, depth):
+        slots[frontier] = torch.arange((layer - 1) * k, layer * k, device=device)
+        parent = parents[frontier]
+        parent_slots = torch.where(parent >= 0, slots[parent.clamp_min(0)], -1)
+        rows = expand(tokens[frontier], parent_slots, layer).float().clamp_min(_FLOOR)     # (k, V)
         child = torch.topk(rows, k, dim=-1)
-        cumulative = torch.tensor([values[f] for f in frontier])[:, None] + child.values
-        base = len(tokens)
-        values += cumulative.flatten().tolist()
-        tokens += child.indices.flatten().tolist()
-        parents += [f for f in frontier for _ in range(k)]
-        best = torch.topk(cumulative.flatten(), k).indices.tolist()
-        frontier = [base + b for b in best]
-    order = torch.sort(torch.tensor(values), descending=True, stable=True).indices
-    keep = sorted(order[: max(total_tokens - 1, 0)].tolist())
-    new_index = {old: new for new, old in enumerate(keep)}
-    tree = _partial([tokens[i] for i in keep], [new_index[parents[i]] if parents[i] >= 0 else -1 for i in keep])
-    tree.origin = keep
-    return tree
+        cumulative = (values[frontier][:, None] + child.values).flatten()                 # (k²,)
+        new = slice(base, base + k * k)
+        values[new], tokens[new] = cumulative, child.indices.flatten()
+        parents[new], depths[new] = frontier.repeat_interleave(k), layer + 1
+        frontier = base + torch.topk(cumulative, k).indices
+        base += k * k
+    kept = torch.sort(values, descending=True, stable=True).indices[: min(total_tokens - 1, count)]
+    kept = kept.sort().values                            # candidate order: parents before children
+    new_index = torch.full((count,), -1, dtype=torch.long, device=device)
+    new_index[kept] = torch.arange(kept.numel(), device=device)
+    parent = parents[kept]
+    return DraftTree(tokens[kept], torch.where(parent >= 0, new_index[parent.clamp_min(0)], -1), depths[kept],
+                     fed=slots[kept], max_depth=depth)
 
 
 @dataclass(frozen=True)
@@ -210,7 +277,25 @@ class TreeSpec:
     def max_depth(self) -> int:
         return {"chain": self.num_draft_tokens, "dynamic": self.depth}.get(self.kind) or max(map(len, self.paths))
 
-    def build(self, first: torch.Tensor, expand: Expand, choose: Callable[[torch.Tensor], int],
+    @property
+    def max_nodes(self) -> int:
+        """The most draft nodes one round can hold (the target verifies one more: the root)."""
+        if self.kind == "chain":
+            return self.num_draft_tokens
+        if self.kind == "static":
+            return len(static_shape(tuple(self.paths)).parents)
+        return min(self.total_tokens - 1, self.top_k + (self.depth - 1) * self.top_k ** 2)
+
+    @property
+    def max_fed(self) -> int:
+        """The most nodes a drafter is fed in one round, beyond the root."""
+        if self.kind == "chain":
+            return self.num_draft_tokens - 1
+        if self.kind == "static":
+            return sum(1 for slot in static_shape(tuple(self.paths)).fed if slot >= 0)
+        return (self.depth - 1) * self.top_k
+
+    def build(self, first: torch.Tensor, expand: Expand, choose: Callable[[torch.Tensor], torch.Tensor],
               max_depth: int) -> DraftTree:
         """A tree no deeper than `max_depth` (the tokens still wanted this generation)."""
         if self.kind == "chain":

@@ -48,7 +48,8 @@ class Prompt:
 
     @property
     def visual_mask(self) -> torch.Tensor:
-        mask = torch.zeros(len(self), dtype=torch.bool)
+        """(L,) bool on the host: which prompt positions are visual (bookkeeping, like the spans)."""
+        mask = torch.zeros(len(self), dtype=torch.bool, device="cpu")
         for span in self.spans:
             mask[span.start: span.start + span.length] = True
         return mask
@@ -59,9 +60,9 @@ class Prompt:
         otherwise every kept token keeps its original position id (Qwen's stock (t, h, w) M-RoPE ids) and
         generation continues at the full prompt's next position."""
         visual = self.visual_mask.nonzero().flatten()
-        dropped = torch.ones(visual.numel(), dtype=torch.bool)
-        dropped[keep.long()] = False
-        rows = torch.ones(len(self), dtype=torch.bool)
+        dropped = torch.ones(visual.numel(), dtype=torch.bool, device="cpu")
+        dropped[keep.long().cpu()] = False
+        rows = torch.ones(len(self), dtype=torch.bool, device="cpu")
         rows[visual[dropped]] = False
         index = rows.nonzero().flatten()
         spans = []
@@ -71,7 +72,7 @@ class Prompt:
             if kept:
                 spans.append(VisualSpan(span.modality, new_start, kept, None, 0))
         if contiguous:
-            positions, next_position = positions_of(torch.arange(index.numel())), index.numel()
+            positions, next_position = positions_of(torch.arange(index.numel(), device="cpu")), index.numel()
         else:
             positions, next_position = self.positions[..., index.to(self.positions.device)], self.next_position
         return Prompt(self.input_ids[:, index], self.embeds[:, index.to(self.embeds.device)], positions,
@@ -115,6 +116,15 @@ class VLMAdapter:
     @property
     def vocab_size(self) -> int:
         return int(self.lm_head.weight.shape[0])
+
+    @property
+    def attention_config(self):
+        """The config whose `_attn_implementation` the language model's attention layers read."""
+        return self.decoder.config
+
+    @property
+    def num_layers(self) -> int:
+        return int(self.text_config.num_hidden_layers)
 
     @property
     def hidden_size(self) -> int:
@@ -202,16 +212,19 @@ class VLMAdapter:
         return self.lm_head(rows).float(), hidden
 
 
-def keep_cache_entries(cache: DynamicCache, prefix: int, extra: list[int]) -> None:
-    """Keep the first `prefix` cache entries, then the entries at positions `extra` (all >= prefix), in order.
-    This is how a verified tree collapses to its accepted path without recomputing any K/V."""
+def keep_cache_entries(cache: DynamicCache, prefix: int, extra=()) -> None:
+    """Keep the first `prefix` cache entries, then the entries at positions `extra` (host ints, all >= prefix), in
+    order. This is how a verified tree collapses to its accepted path without recomputing any K/V."""
+    from .static_cache import _on_devices
+
+    extra = list(extra)
+    index = _on_devices(extra)
     for layer in cache.layers:
         if not getattr(layer, "is_initialized", False):
             continue
         keys, values = layer.keys, layer.values
-        if extra:
-            index = torch.tensor(extra, device=keys.device)
-            keys[..., prefix: prefix + len(extra), :] = keys[..., index, :]
-            values[..., prefix: prefix + len(extra), :] = values[..., index, :]
+        if extra and extra != list(range(prefix, prefix + len(extra))):
+            keys[..., prefix: prefix + len(extra), :] = keys[..., index(keys.device), :]
+            values[..., prefix: prefix + len(extra), :] = values[..., index(values.device), :]
         layer.keys = keys[..., : prefix + len(extra), :]
         layer.values = values[..., : prefix + len(extra), :]

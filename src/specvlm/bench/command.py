@@ -7,6 +7,7 @@ import shlex
 import sys
 from pathlib import Path
 
+from ..cli import add_engine_arguments, engine_options
 from ..errors import SpecVLMError
 from .datasets import LOADERS
 from .methods import (BASE_METHODS, DEFAULT_KEEP_RATIOS, DEFAULT_PRUNING_METHODS, PRUNED_FAMILIES, parse_keep_ratios,
@@ -67,6 +68,7 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
                         "otherwise)")
     g.add_argument("--hf-assistant-tokens", type=int, default=None, metavar="N",
                    help="hf-assisted: a constant N draft tokens per round (default: HF's own defaults)")
+    add_engine_arguments(g)
     g = p.add_argument_group("measurement")
     g.add_argument("--max-new-tokens", type=int, default=128, help="tokens per sample at most (default 128)")
     g.add_argument("--ignore-eos", action="store_true",
@@ -105,7 +107,7 @@ def cmd_bench(args) -> int:
                         repeats=args.repeats, warmup=args.warmup, ignore_eos=args.ignore_eos,
                         num_draft_tokens=args.num_draft_tokens, tree=args.tree,
                         hf_assistant_tokens=args.hf_assistant_tokens, draft_positions=args.draft_positions,
-                        dtype=args.dtype, device=args.device,
+                        **engine_options(args), dtype=args.dtype, device=args.device,
                         force=args.force, command=_command_line(), say=say)
     from .report import markdown_table
 

@@ -9,12 +9,14 @@ Every method reports the same `Measurement`, whoever runs it (HF `generate`, HF 
   prefill; decode = the rest, first draft tree included: the video paper's convention); HF's from a streamer that
   notes when the first new token comes out (time to first token = prefill; for HF assisted generation that is
   after its first round, which verifies the first drafts together with the prompt);
-- forward clocks: a forward pre/post hook on the decoder stack (`model.model.language_model`; for an EAGLE head its
-  decoder layer) records every call's duration, keyed by the KV cache object passed in. The first cache seen on
-  the target's decoder is the target; everything else is the draft (this separates "self" speculation, where both
-  use the same module, and HF assisted generation). The LM head's time (a hook on the output embeddings; the
-  head's `logits` method for an EAGLE head) joins the decoder call just before it. Call 0 of each is its prefill,
-  the rest its decode forwards. Vision towers, sampling, tree building and cache bookkeeping are not in the
+- forward clocks, HF's methods: a forward pre/post hook on the decoder stack (`model.model.language_model`)
+  records every call's duration, keyed by the KV cache object passed in. The first cache seen on the target's
+  decoder is the target; everything else is the draft (HF assisted generation). The LM head's time (a hook on the
+  output embeddings) joins the decoder call just before it. Call 0 of each is its prefill, the rest its decode
+  forwards.
+- forward clocks, ours: every forward of a session (`session.observe_forwards`: decoder + LM head, compiled or
+  not) while the drafter begins or proposes is the draft's, every other one the target's ("self" drafting in the
+  target's own session included). Vision towers, sampling, tree building and cache bookkeeping are not in the
   clocks.
 """
 
@@ -34,9 +36,10 @@ class Clock:
     prefill_s: float = 0.0
     decode_s: float = 0.0      # summed over calls 1..
 
-    def add(self, seconds: float) -> None:
-        if self.calls == 0:
-            self.prefill_s = seconds
+    def add(self, seconds: float, prefill: bool | None = None) -> None:
+        """`prefill`: whether this call is the prefill (None: the first call is)."""
+        if prefill if prefill is not None else self.calls == 0:
+            self.prefill_s += seconds
         else:
             self.decode_s += seconds
         self.calls += 1
@@ -122,31 +125,9 @@ class ForwardClocks:
         self.last.add(seconds)
 
     def _post_head(self, module, args, kwargs, output):
-        self.add_to_last(self._elapsed(module))
-
-    def add_to_last(self, seconds: float) -> None:
+        seconds = self._elapsed(module)
         if self.last is not None:
             self.last.extend_last(seconds)
-
-
-@contextmanager
-def timed_method(obj, name: str, report):
-    """Temporarily time `obj.name(...)` calls, passing each duration to `report(seconds)`."""
-    original = getattr(obj, name)
-
-    def timed(*args, **kwargs):
-        _sync()
-        started = time.perf_counter()
-        out = original(*args, **kwargs)
-        _sync()
-        report(time.perf_counter() - started)
-        return out
-
-    setattr(obj, name, timed)
-    try:
-        yield
-    finally:
-        delattr(obj, name)
 
 
 class FirstTokenTimer:
@@ -293,21 +274,22 @@ def measure_hf_assisted(target, draft, inputs: dict, draft_inputs: dict, gen_kwa
 
 # ---- ours -----------------------------------------------------------------------------------------------------------
 def measure_speculative(generator, target, inputs: dict, draft_inputs: dict | None, gen_kwargs: dict) -> Measurement:
-    """`SpeculativeGenerator.generate`; the draft's decoder (or the head's layer) is timed as the draft."""
-    from ..drafters.eagle import EagleHead
+    """`SpeculativeGenerator.generate`; forwards run while the drafter begins or proposes are the draft's."""
+    from ..session import observe_forwards
 
     drafter = generator.drafter
     kwargs = dict(gen_kwargs)
     if draft_inputs is not None:
         kwargs["draft_inputs"] = draft_inputs
-    heads = [target.get_output_embeddings()]
+    target_clock, draft_clock, drafting = Clock(), Clock(), [False]
+
+    def heard(session, kind, seconds):
+        (draft_clock if drafting[0] else target_clock).add(seconds, prefill=kind == "prefill")
+
     with ExitStack() as stack:
-        if isinstance(drafter, EagleHead):   # its LM head is a call on the target's weights: time the method
-            clocks = stack.enter_context(ForwardClocks(decoder_of(target), drafter.layer, heads))
-            stack.enter_context(timed_method(drafter, "logits", clocks.draft.extend_last))
-        else:
-            heads.append(drafter.adapter.lm_head)
-            clocks = stack.enter_context(ForwardClocks(decoder_of(target), drafter.adapter.decoder, heads))
+        for name in ("begin", "propose"):
+            stack.enter_context(_flagged(drafter, name, drafting))
+        stack.enter_context(observe_forwards(heard))
         _sync()
         started = time.perf_counter()
         out = generator.generate(**inputs, **kwargs)
@@ -315,8 +297,27 @@ def measure_speculative(generator, target, inputs: dict, draft_inputs: dict | No
         ended = time.perf_counter()
     s = out.stats
     extra = {k: getattr(s, k) for k in ("target_prompt_tokens", "draft_prompt_tokens", "visual_tokens",
-                                        "kept_visual_tokens", "scoring_s", "selection_s")}
+                                        "kept_visual_tokens", "scoring_s", "selection_s", "compile_s")}
     return Measurement(list(out.token_ids), ended - started, s.prefill_s, s.decode_s, rounds=s.rounds,
                        accepted=s.accepted_tokens, drafted=s.drafted_tokens, accept_histogram=list(s.accept_histogram),
                        target_forwards=s.target_forwards, draft_forwards=s.draft_forwards,
-                       target_clock=clocks.target, draft_clock=clocks.draft, extra=extra)
+                       target_clock=target_clock, draft_clock=draft_clock, extra=extra)
+
+
+@contextmanager
+def _flagged(obj, name: str, flag: list):
+    """While `obj.name(...)` runs, flag[0] is True."""
+    original = getattr(obj, name)
+
+    def flagged(*args, **kwargs):
+        flag[0] = True
+        try:
+            return original(*args, **kwargs)
+        finally:
+            flag[0] = False
+
+    setattr(obj, name, flagged)
+    try:
+        yield
+    finally:
+        delattr(obj, name)

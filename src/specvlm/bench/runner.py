@@ -193,7 +193,7 @@ class Models:
 
 
 def build_generators(models: Models, runs: list[Run], num_draft_tokens: int,
-                     draft_positions: str | None = None) -> dict:
+                     draft_positions: str | None = None, engine: str = "fast", compile="auto") -> dict:
     from ..generator import SpeculativeGenerator
 
     generators = {}
@@ -202,6 +202,7 @@ def build_generators(models: Models, runs: list[Run], num_draft_tokens: int,
             continue
         draft = {"draft": models.draft, "self": "self", "head": models.head}[run.drafter]
         generators[run.name] = SpeculativeGenerator(models.target, draft, processor=models.processor,
+                                                    engine=engine, compile=compile,
                                                     **generator_options(run, num_draft_tokens, draft_positions))
     return generators
 
@@ -249,7 +250,7 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
               max_new_tokens: int = 128, num_frames: int = 8, limit: int | None = None, split: str | None = None,
               prompt: str | None = None, kinds=None, repeats: int = 1, warmup: int = 1, ignore_eos: bool = False,
               num_draft_tokens: int = 5, tree: str = "static", hf_assistant_tokens: int | None = None,
-              draft_positions: str | None = None,
+              draft_positions: str | None = None, engine: str = "fast", compile="auto",
               dtype: str = "auto", device: str = "auto", force: bool = False, command: str | None = None,
               say: Callable[[str], None] = lambda m: None) -> list[dict]:
     """Run the benchmark and write its files to `out`; returns the summaries (`report.summarize`)."""
@@ -275,7 +276,7 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
 
     torch.set_flush_denormal(True)   # random / small weights can produce denormals, which CPUs crawl on
     models = Models(target, draft, head, runs, dtype, device, say)
-    generators = build_generators(models, runs, num_draft_tokens, draft_positions)
+    generators = build_generators(models, runs, num_draft_tokens, draft_positions, engine, compile)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False)
     if ignore_eos:
         gen_kwargs["eos_token_id"] = -1
@@ -285,6 +286,7 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
                "repeats": repeats, "warmup": warmup, "order": "methods rotated by one per sample",
                "runs": [r.name for r in runs], "ignore_eos": ignore_eos, "num_draft_tokens": num_draft_tokens,
                "tree": tree, "hf_assistant_tokens": hf_assistant_tokens, "draft_positions": draft_positions,
+               "engine": engine, "compile": compile,
                "keep_ratios": list(keep_ratios), "pruning_methods": list(pruning_methods), "limit": limit,
                "split": split, "kinds": list(kinds) if kinds else None, "prompt": prompt,
                "versions": versions()}

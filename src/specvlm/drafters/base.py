@@ -1,19 +1,22 @@
 """The contract between the decode loop and whoever proposes tokens.
 
-Each round the loop calls `propose(root, max_depth, seen)` for a `DraftTree` below the root token, verifies it
-with one target forward, then calls `commit(tree, path, next_token, target_hidden)` with the accepted nodes, the
-target's next token (the new root) and the target's final hidden states for [root, *accepted] (what EAGLE-style
-heads feed on). Between rounds a drafter's cache holds exactly the committed tokens it has processed.
+Each round the loop calls `propose(root, max_depth, seen)` for a `DraftTree` below the root token (a (1,) tensor
+on the device), verifies it with one target forward, then calls `commit(tree, accepted, next_token,
+target_hidden)` with the round's outcome on the host (`verify.Accepted`: the accepted nodes, their tokens and
+slots), the target's next token (the new root, still on the device) and the target's final hidden states for
+[root, *accepted] (what EAGLE-style heads feed on). Between rounds a drafter's cache holds exactly the committed
+tokens it has processed. `propose` never reads a tensor back to the host.
 """
 
 from __future__ import annotations
 
 from dataclasses import dataclass
+from typing import Callable
 
 import torch
 
 from ..adapters import Prompt
-from ..sampling import Sampling, sample_from
+from ..sampling import Sampling, history_rows, sample_from
 from ..tree import DraftTree, TreeSpec
 
 
@@ -25,10 +28,13 @@ class DraftContext:
     sampling: Sampling
     tree: TreeSpec
     vocab_size: int               # width of the target's logits; draft distributions are fitted to it
-    generator: torch.Generator | None = None
+    generator: torch.Generator | None = None  # on the drafter's device
     visual_keep: torch.Tensor | None = None   # pruning: indices of the visual tokens the draft keeps
     contiguous_positions: bool = False        # pruning: renumber the draft's shorter prompt 0..L'-1
     visual_scores: torch.Tensor | None = None  # the target's text->visual attention, captured in its prefill
+    new_session: Callable | None = None       # adapter -> a session of the generator's engine
+    target_session: object = None             # the target's session ("self" without pruning drafts in it)
+    reserve: int = 0                          # entries a session may append after its prompt this generation
 
 
 class Drafter:
@@ -41,10 +47,10 @@ class Drafter:
     def begin(self, ctx: DraftContext) -> None:
         raise NotImplementedError
 
-    def propose(self, root: int, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
+    def propose(self, root: torch.Tensor, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
         raise NotImplementedError
 
-    def commit(self, tree: DraftTree, path: list[int], next_token: int, target_hidden: torch.Tensor) -> None:
+    def commit(self, tree: DraftTree, accepted, next_token: torch.Tensor, target_hidden: torch.Tensor) -> None:
         raise NotImplementedError
 
     # Shared by drafters that keep `self.ctx` from begin(): the draft distribution a tree builder expands.
@@ -55,10 +61,42 @@ class Drafter:
             return sampling.probs(logits, seen).log()   # the chain samples from exactly this q
         return sampling.logprobs(logits, seen)
 
-    def _choose(self, logprobs: torch.Tensor) -> int:
+    def _choose(self, logprobs: torch.Tensor) -> torch.Tensor:
         if self.ctx.sampling.do_sample:
             return sample_from(logprobs.exp(), self.ctx.generator)
-        return int(logprobs.argmax())
+        return logprobs.argmax(-1)
+
+
+class RoundSlots:
+    """What a drafter tracks about the nodes fed within one round (see `tree.Expand`): node j of the round sits
+    at slot j, sees the nodes of its own path only, and its repetition history is the committed ids plus that
+    path. Fixed-size device buffers, so feeding never synchronises."""
+
+    def __init__(self, spec: TreeSpec, device: torch.device, seen: torch.Tensor | None):
+        size = max(spec.max_fed, 1)
+        self.count = 0
+        self.visible = torch.zeros(size, size, dtype=torch.bool, device=device)      # [slot, slot] own path
+        self.seen = seen
+        self.paths = None if seen is None else \
+            torch.full((size, spec.max_depth), -1, dtype=torch.long, device=device)  # [slot, depth-1] tokens
+
+    def add(self, tokens: torch.Tensor, parent_slots: torch.Tensor, depth: int):
+        """Register w nodes fed next; returns their visibility over the round's fed window (w, count) and their
+        repetition histories (w, V) (None without a penalty)."""
+        w = tokens.numel()
+        slots = torch.arange(self.count, self.count + w, device=self.visible.device)
+        has_parent = (parent_slots >= 0)[:, None]
+        rows = torch.where(has_parent, self.visible[parent_slots.clamp_min(0)], False)
+        rows[torch.arange(w, device=rows.device), slots] = True
+        self.visible[slots] = rows
+        self.count += w
+        history = None
+        if self.paths is not None:
+            paths = torch.where(has_parent, self.paths[parent_slots.clamp_min(0)], -1)
+            paths[:, depth - 1] = tokens
+            self.paths[slots] = paths
+            history = history_rows(self.seen, paths)
+        return rows[:, : self.count], history
 
 
 def fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:

@@ -1,10 +1,14 @@
 """A VLM drafts for the target: a smaller model of its family seeing its own vision features, or the target
-itself ("self") with a separate cache.
+itself ("self").
 
 Bookkeeping per round: the drafter first feeds the tokens committed since its last round that it has not seen
 (`pending`) plus the root, causally; then `TreeSpec.build` asks it to expand tree nodes, which it feeds with a
 tree mask at positions root + depth. After verification the K/V of accepted nodes it already fed are kept in
 place (no recompute); accepted nodes it never fed (leaves) become the next round's `pending`.
+
+"self" without pruning drafts in the target's own session (no second prefill, no second cache): each round it
+writes the root and its tree after the committed entries and cuts them off again before the target verifies,
+which rewrites the same slots; the target's accepted entries are then exactly what the draft would have kept.
 """
 
 from __future__ import annotations
@@ -13,20 +17,8 @@ import torch
 
 from ..adapters import VLMAdapter
 from ..errors import SpecVLMError
-from ..session import ModelSession
-from ..tree import DraftTree, node_depths
-from .base import DraftContext, Drafter
-
-
-def seen_rows(seen: torch.Tensor | None, paths: list[list[int]]) -> torch.Tensor | None:
-    """Per row: the ids the repetition penalty applies to, i.e. everything committed plus the row's own path."""
-    if seen is None:
-        return None
-    rows = seen.expand(len(paths), -1).clone()
-    for r, tokens in enumerate(paths):
-        if tokens:
-            rows[r, tokens] = True
-    return rows
+from ..tree import DraftTree
+from .base import DraftContext, Drafter, RoundSlots
 
 
 class DraftModelDrafter(Drafter):
@@ -34,12 +26,14 @@ class DraftModelDrafter(Drafter):
         self.adapter = adapter
         self.reuse_target_prompt = reuse_target_prompt  # "self": the target's own prompt, no second vision pass
 
-    @property
-    def forwards(self) -> int:
-        return self.session.forwards
-
     def begin(self, ctx: DraftContext) -> None:
         self.ctx = ctx
+        self.forwards, self.pending = 0, []
+        self.shared = self.reuse_target_prompt and ctx.visual_keep is None and ctx.target_session is not None
+        if self.shared:
+            self.session = ctx.target_session
+            self.prompt_tokens = len(ctx.target_prompt)
+            return
         prompt = ctx.target_prompt if self.reuse_target_prompt else self.adapter.prepare(ctx.inputs)
         if ctx.visual_keep is not None:
             n_target = int(ctx.target_prompt.visual_mask.sum())
@@ -47,42 +41,41 @@ class DraftModelDrafter(Drafter):
                 raise SpecVLMError("visual pruning needs the draft to see the same visual tokens as the target: "
                                    f"it has {int(prompt.visual_mask.sum())}, the target {n_target}")
             prompt = prompt.keep_visual(ctx.visual_keep, ctx.contiguous_positions, self.adapter.positions)
-        self.session = ModelSession(self.adapter)
-        self.session.prefill(prompt)
+        self.session = ctx.new_session(self.adapter)
+        self.session.prefill(prompt, ctx.reserve)
+        self.forwards += 1
         self.prompt_tokens = len(prompt)
-        self.pending: list[int] = []
 
-    def propose(self, root: int, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
+    def propose(self, root: torch.Tensor, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
         session = self.session
-        feed = self.pending + [root]
+        self.base = session.length
+        feed = torch.cat([torch.tensor(self.pending, dtype=torch.long, device=root.device), root])
         start = session.next_position
-        logits, _ = session.extend(torch.tensor(feed), torch.arange(start, start + len(feed)))
+        logits, _ = session.extend(feed, torch.arange(start, start + feed.numel(), device=root.device))
+        self.forwards += 1
         root_end, root_position = session.length, session.next_position - 1
-        fed: dict[int, int] = {}   # node (candidate numbering) -> cache index
+        slots = RoundSlots(self.ctx.tree, root.device, seen)
 
-        def expand(tree: DraftTree, nodes) -> torch.Tensor:
-            nodes = list(nodes)
-            order = list(fed) + nodes
-            paths = [tree.path(n) for n in nodes]
-            visible = torch.tensor([[g in set(p) for g in order] for p in paths], dtype=torch.bool)
-            depths = node_depths(tree.parents)[nodes]
-            out, _ = session.extend(tree.tokens[nodes], root_position + depths, visible, prefix=root_end)
-            for i, node in enumerate(nodes):
-                fed[node] = session.length - len(nodes) + i
-            return self._logprobs(out, seen_rows(seen, [tree.tokens[p].tolist() for p in paths]))
+        def expand(tokens: torch.Tensor, parent_slots: torch.Tensor, depth: int) -> torch.Tensor:
+            visible, history = slots.add(tokens, parent_slots, depth)
+            positions = torch.full((tokens.numel(),), root_position + depth, device=tokens.device)
+            out, _ = session.extend(tokens, positions, visible, prefix=root_end)
+            self.forwards += 1
+            return self._logprobs(out, history)
 
-        first = self._logprobs(logits[-1:], seen)[0]
-        tree = self.ctx.tree.build(first, expand, self._choose, max_depth)
-        origin = tree.origin or range(len(tree))
-        self._fed = {new: fed[old] for new, old in enumerate(origin) if old in fed}
-        self._root_end = root_end
+        tree = self.ctx.tree.build(self._logprobs(logits[-1:], seen)[0], expand, self._choose, max_depth)
+        self.root_end = root_end
+        if self.shared:   # the target verifies from the same slots
+            session.truncate(self.base)
         return tree
 
-    def commit(self, tree: DraftTree, path: list[int], next_token: int, target_hidden: torch.Tensor) -> None:
+    def commit(self, tree: DraftTree, accepted, next_token: torch.Tensor, target_hidden: torch.Tensor) -> None:
+        if self.shared:   # the target's own entries for the accepted tokens are already in place
+            return
         kept = []
-        for node in path:
-            if node not in self._fed:
+        for slot in accepted.fed:
+            if slot < 0:
                 break
-            kept.append(self._fed[node])
-        self.session.keep(self._root_end, kept)
-        self.pending = tree.tokens[path[len(kept):]].tolist()
+            kept.append(self.root_end + slot)
+        self.session.keep(self.root_end, kept)
+        self.pending = accepted.tokens[len(kept):]

@@ -37,12 +37,12 @@ import torch.nn.functional as F
 from torch import nn
 from transformers import DynamicCache
 
-from ..adapters import adapter_for, cache_keyword, keep_cache_entries
+from ..adapters import Prompt, adapter_for, cache_keyword
 from ..compressor import VisualCompressor, compress_sequence, question_features
 from ..errors import SpecVLMError
-from ..tree import DraftTree, additive_mask, node_depths
-from .base import DraftContext, Drafter
-from .draft_model import seen_rows
+from ..tree import DraftTree, additive_mask
+from ..session import ModelSession
+from .base import DraftContext, Drafter, RoundSlots
 
 CONFIG_NAME, WEIGHTS_NAME, FORMAT = "config.json", "model.safetensors", "specvlm-eagle-head"
 
@@ -188,7 +188,7 @@ class EagleHead(nn.Module, Drafter):
         n = x.shape[0]
         past = cache.get_seq_length() if cache is not None else 0
         if mask is None and n > 1 and (past > 0 or self.head_config._attn_implementation != "sdpa"):
-            mask = additive_mask(torch.ones(n, n, dtype=torch.bool).tril(), past, x.dtype, x.device)
+            mask = additive_mask(torch.ones(n, n, dtype=torch.bool, device=x.device).tril(), past, x.dtype, x.device)
         pos = positions.to(x.device)[None]
         out = self.layer(x[None], attention_mask=mask, position_ids=pos, use_cache=cache is not None,
                          position_embeddings=self.rotary(x[None], pos), **{self.cache_keyword: cache})
@@ -208,14 +208,15 @@ class EagleHead(nn.Module, Drafter):
         features = hidden if features is None else features
         x = self.pairs(embeds[1:], features[:-1])
         if visual_keep is not None and spans:
-            visual = torch.cat([torch.arange(s.start, s.start + s.length) for s in spans])
-            dropped = torch.ones(visual.numel(), dtype=torch.bool)
+            # host bookkeeping of which pairs survive, applied to the rows on their device
+            visual = torch.cat([torch.arange(s.start, s.start + s.length, device="cpu") for s in spans])
+            dropped = torch.ones(visual.numel(), dtype=torch.bool, device="cpu")
             dropped[visual_keep.long().cpu()] = False
             gone = visual[dropped]
-            rows = torch.ones(x.shape[0], dtype=torch.bool)
+            rows = torch.ones(x.shape[0], dtype=torch.bool, device="cpu")
             rows[gone[gone >= 1] - 1] = False                  # pair i carries e_{i+1}; token 0 has no pair
-            row_of = torch.full((x.shape[0],), -1, dtype=torch.long)
-            row_of[rows] = torch.arange(int(rows.sum()))
+            row_of = torch.full((x.shape[0],), -1, dtype=torch.long, device="cpu")
+            row_of[rows] = torch.arange(int(rows.sum()), device="cpu")
             return x[rows.to(x.device)], row_of.to(x.device)
         if self.compressor is None or not spans:
             return x, torch.arange(x.shape[0], device=x.device)
@@ -245,24 +246,35 @@ class EagleHead(nn.Module, Drafter):
         pair i (predicting f_{i+1} and the token after it), its output row (-1 where compressed away)."""
         end = hidden.shape[0] if prompt_end is None else prompt_end
         x, row_of = self.prompt_pairs(embeds, hidden, spans, end, features, scores=scores)
-        return self.run_layer(x, torch.arange(x.shape[0])), row_of
+        return self.run_layer(x, torch.arange(x.shape[0], device=x.device)), row_of
 
     # ---- Drafter -----------------------------------------------------------------------------------------------
+    @property
+    def stepper(self) -> "HeadStepper":
+        """What a session runs for this head (one per head, so a fast session and its compiled steps persist)."""
+        if "_stepper" not in self.__dict__:
+            self.__dict__["_stepper"] = HeadStepper(self)   # not a submodule: never saved, never moved
+        return self.__dict__["_stepper"]
+
     @torch.no_grad()
     def begin(self, ctx: DraftContext) -> None:
         self.ctx = ctx
         prompt, hidden = ctx.target_prompt, ctx.target_hidden
-        self.cache = DynamicCache(config=self.head_config)
         self.forwards, self.scoring_s = 0, 0.0
         scores = None
         if self.needs_visual_scores:
             scores = lambda: self._visual_scores(ctx)
         x, _ = self.prompt_pairs(prompt.embeds[0], hidden, prompt.spans, len(prompt),
                                  visual_keep=getattr(ctx, "visual_keep", None), scores=scores)
-        if x.shape[0]:
-            self.run_layer(x, torch.arange(x.shape[0]), self.cache)
-            self.forwards += 1
-        self.length = self.prompt_tokens = x.shape[0]      # cache entries == next position
+        if x.shape[0] == 0:
+            raise SpecVLMError("an EagleHead needs a prompt of at least two tokens")
+        self.session = (ctx.new_session or ModelSession)(self.stepper)
+        n = x.shape[0]
+        rows = Prompt(torch.zeros(1, n, dtype=torch.long, device="cpu"), x[None], torch.arange(n, device=x.device)[None],
+                      n)
+        self.session.prefill(rows, ctx.reserve)                # the head's positions count its own rows
+        self.forwards += 1
+        self.prompt_tokens = n
         self.pending: list[int] = []                       # accepted tokens not yet fed
         self.pending_features = hidden[-1:]                # target features of their predecessors (+ root's)
 
@@ -284,39 +296,72 @@ class EagleHead(nn.Module, Drafter):
         return capture.scores
 
     @torch.no_grad()
-    def propose(self, root: int, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
-        feed = torch.tensor(self.pending + [root])
+    def propose(self, root: torch.Tensor, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
+        session, device = self.session, self.fc.weight.device
+        feed = torch.cat([torch.tensor(self.pending, dtype=torch.long, device=root.device), root])
         x = self.pairs(self.adapter.embed(feed)[0], self.pending_features)
-        out = self.run_layer(x, torch.arange(self.length, self.length + len(feed)), self.cache)
+        start = session.length
+        logits, out = session.extend(x, torch.arange(start, start + feed.numel(), device=device))
         self.forwards += 1
-        self.length += len(feed)
-        root_end, root_position = self.length, self.length - 1
-        output_of = {-1: out[-1]}   # node -> head output f̂ there (-1: the root)
-        fed: list[int] = []         # nodes in cache order after root_end
+        root_end, root_position = session.length, session.length - 1
+        slots = RoundSlots(self.ctx.tree, device, seen)
+        outputs = out.new_zeros(max(self.ctx.tree.max_fed, 1) + 1, out.shape[-1])   # [slot + 1]: f̂ there; [0]: root
+        outputs[0] = out[-1]
 
-        def expand(tree: DraftTree, nodes) -> torch.Tensor:
-            nodes = list(nodes)
-            parents = tree.parents.tolist()
-            paths = [set(tree.path(n)) for n in nodes]
-            order = fed + nodes
-            visible = torch.tensor([[g in p for g in order] for p in paths], dtype=torch.bool)
-            x = self.pairs(self.adapter.embed(tree.tokens[nodes])[0],
-                           torch.stack([output_of[parents[n]] for n in nodes]))
-            mask = additive_mask(visible, root_end, x.dtype, x.device)
-            out = self.run_layer(x, root_position + node_depths(tree.parents)[nodes], self.cache, mask)
+        def expand(tokens: torch.Tensor, parent_slots: torch.Tensor, depth: int) -> torch.Tensor:
+            first_slot = slots.count
+            visible, history = slots.add(tokens, parent_slots, depth)
+            x = self.pairs(self.adapter.embed(tokens)[0], outputs[parent_slots + 1])
+            positions = torch.full((tokens.numel(),), root_position + depth, device=device)
+            logits, out = session.extend(x, positions, visible, prefix=root_end)
             self.forwards += 1
-            fed.extend(nodes)
-            output_of.update(zip(nodes, out))
-            rows_seen = seen_rows(seen, [tree.tokens[tree.path(n)].tolist() for n in nodes])
-            return self._logprobs(self.logits(out), rows_seen)
+            outputs[first_slot + 1: first_slot + 1 + tokens.numel()] = out
+            return self._logprobs(logits, history)
 
-        first = self._logprobs(self.logits(out[-1:]), seen)[0]
-        tree = self.ctx.tree.build(first, expand, self._choose, max_depth)
-        keep_cache_entries(self.cache, root_end, [])   # tree entries used the head's own features: drop them
+        tree = self.ctx.tree.build(self._logprobs(logits[-1:], seen)[0], expand, self._choose, max_depth)
+        session.truncate(root_end)   # tree entries used the head's own features: drop them
         return tree
 
-    def commit(self, tree: DraftTree, path: list[int], next_token: int, target_hidden: torch.Tensor) -> None:
+    def commit(self, tree: DraftTree, accepted, next_token: torch.Tensor, target_hidden: torch.Tensor) -> None:
         """Next round feeds (accepted_j, f(predecessor)) for every accepted node and (next_token, f(last)), with
         the target's features of [root, *accepted]."""
-        self.pending = tree.tokens[path].tolist()
+        self.pending = accepted.tokens
         self.pending_features = target_hidden
+
+
+class HeadStepper:
+    """An EagleHead seen by a session (`session.ModelSession` / `StaticSession`): its inputs are the pair rows
+    fc([e ‖ f]) (n, H), its positions its own 1-D counter, its cache one layer."""
+
+    num_layers = 1
+
+    def __init__(self, head: EagleHead):
+        self.head = head
+
+    @property
+    def device(self) -> torch.device:
+        return self.head.fc.weight.device
+
+    @property
+    def dtype(self) -> torch.dtype:
+        return self.head.dtype
+
+    @property
+    def attention_config(self):
+        return self.head.head_config
+
+    def new_cache(self) -> DynamicCache:
+        return DynamicCache(config=self.head.head_config)
+
+    def embed(self, rows: torch.Tensor) -> torch.Tensor:
+        return rows.reshape(1, -1, rows.shape[-1])
+
+    def positions(self, pos: torch.Tensor) -> torch.Tensor:
+        return pos.to(self.device)[None]
+
+    def forward(self, rows: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None = None,
+                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+        """Head outputs f̂ (n, H) for input rows (1, n, H) at positions (1, n), and float32 logits of the target's
+        LM head on them (n, V) (or (1, V) with `last_only`)."""
+        out = self.head.run_layer(rows[0], positions[0], cache, mask)
+        return self.head.logits(out[-1:] if last_only else out), out

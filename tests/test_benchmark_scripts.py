@@ -1,0 +1,63 @@
+"""The benchmark scripts that need hardware or time we do not have in the suite run here at toy sizes, so they
+cannot rot: the GPU preset at tiny shapes on the CPU, the testbed fast-path comparison on one clip."""
+
+import sys
+from pathlib import Path
+
+import pytest
+
+BENCHMARKS = Path(__file__).resolve().parent.parent / "benchmarks"
+pytestmark = pytest.mark.usefixtures("one_thread")
+
+
+@pytest.fixture(autouse=True)
+def benchmarks_importable(monkeypatch):
+    monkeypatch.syspath_prepend(str(BENCHMARKS))
+
+
+@pytest.mark.slow
+def test_gpu_preset_runs_at_tiny_shapes(tmp_path):
+    import bench_gpu_preset
+
+    out = tmp_path / "preset.json"
+    results = bench_gpu_preset.main(["--shape", "tiny", "--prompt-tokens", "300", "--max-new-tokens", "24",
+                                     "--repeats", "1", "--tau", "3", "--json", str(out)])
+    rows = results["rows"]
+    assert out.is_file() and len(rows) == 4 and all(row["lossless"] for row in rows.values())
+    assert abs(results["calibration_tau"] - 3) < 1          # the bisection reached the asked-for agreement
+    ours = [row for name, row in rows.items() if name.startswith("ours")]
+    assert all(row["tau"] > 1 and 0 < row["efficiency"] <= 1 for row in ours)
+
+
+def test_calibration_scales_only_the_deep_layers():
+    import torch
+
+    import bench_gpu_preset
+
+    target, draft = bench_gpu_preset.build_pair("tiny", 2, "cpu", torch.float32)
+    layers = target.model.language_model.layers
+    assert draft.model.language_model.layers[1] is layers[1] and draft.lm_head is target.lm_head
+    before = [layer.mlp.down_proj.weight.clone() for layer in layers]
+    originals = {}
+    bench_gpu_preset.scale_deep_layers(target, 2, 0.0, originals)
+    assert torch.equal(layers[1].mlp.down_proj.weight, before[1]) and not layers[2].mlp.down_proj.weight.any()
+    bench_gpu_preset.scale_deep_layers(target, 2, 1.0, originals)
+    assert all(torch.equal(layer.mlp.down_proj.weight, b) for layer, b in zip(layers, before))
+    # at alpha 0 the target is its first two layers: the draft agrees on everything
+    from specvlm import SpeculativeGenerator
+
+    bench_gpu_preset.scale_deep_layers(target, 2, 0.0, originals)
+    inputs = bench_gpu_preset.video_inputs(target, 200, "cpu")
+    out = SpeculativeGenerator(target, draft, tree="chain", num_draft_tokens=4).generate(**inputs, do_sample=False,
+                                                                                         max_new_tokens=17)
+    assert out.stats.accepted_tokens == out.stats.drafted_tokens == 13 and out.stats.rounds == 4
+
+
+@pytest.mark.slow
+def test_testbed_fast_path_comparison_runs(capsys):
+    import bench_fast
+
+    bench_fast.main(["--clips", "1", "--repeats", "1", "--max-new-tokens", "6", "--no-compile", "--threads", "1",
+                     "--methods", "target.generate,chain: ours fast,chain: ours eager"])
+    out = capsys.readouterr().out
+    assert "| chain: ours fast |" in out and "NO" not in out and "efficiency" in out
