@@ -1,4 +1,5 @@
 import functools
+import os
 
 import pytest
 import torch
@@ -6,7 +7,9 @@ import torch
 from specvlm.tiny import make_inputs, make_model
 
 torch.set_grad_enabled(False)
-torch.set_num_threads(2)
+# `make test` runs two pytest-xdist workers on the two cores: one torch thread each (tiny models run faster on one
+# thread than on two contended ones anyway); a plain `pytest` run uses both threads.
+torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
 
 
 @functools.lru_cache(maxsize=None)

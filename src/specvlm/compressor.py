@@ -59,8 +59,8 @@ def prune_indices(n: int, ratio: int, generator: torch.Generator | None = None, 
     """Indices of the ceil(n/ratio) rows pruning keeps, ascending (order is kept)."""
     keep = kept_length(n, ratio)
     if not random:
-        return torch.arange(0, n, ratio)[:keep]
-    return torch.randperm(n, generator=generator)[:keep].sort().values
+        return torch.arange(0, n, ratio, device="cpu")[:keep]
+    return torch.randperm(n, generator=generator, device="cpu")[:keep].sort().values
 
 
 def avg_pool(x: torch.Tensor, ratio: int) -> torch.Tensor:
@@ -259,7 +259,7 @@ class VisualCompressor(nn.Module):
                 self.gate.weight.normal_(0, hidden ** -0.5)
                 self.gate.bias.zero_()
         self.picks: Counter = Counter()   # select mode: how often each branch was chosen
-        self.budget_loss = torch.zeros(())
+        self.budget_loss = torch.zeros((), device="cpu")  # the trainer moves it to the loss's device
         self.chosen_logprob: torch.Tensor | None = None   # select, training: log softmax(g)[chosen], last forward
         # running mean of the distillation loss (the score-function baseline): training state, which the trainer
         # saves in its checkpoints (not in the head's weights), so a resumed run continues exactly
@@ -296,7 +296,7 @@ class VisualCompressor(nn.Module):
         """Compress each visual span (n_i, H) of one input; one gate decision covers all spans of the input.
         `scores`: the target's attention scores per span (a list, or a callable giving it), for verifier
         branches only."""
-        self.budget_loss = torch.zeros(())
+        self.budget_loss = torch.zeros((), device="cpu")
         self.chosen_logprob = None
         resolved: list = []
 
@@ -335,7 +335,7 @@ class VisualCompressor(nn.Module):
         whose gradient lowers the chosen branch's gate probability when its example's loss came out above the
         running mean (REINFORCE with a baseline). Updates the running mean (decay 0.9, bias-corrected)."""
         if self.chosen_logprob is None or not self.credit_weight:
-            return torch.zeros(())
+            return torch.zeros((), device="cpu")
         count = self.loss_count
         advantage = loss - self.loss_mean / (1 - 0.9 ** count) if count else 0.0
         self.loss_mean, self.loss_count = 0.9 * self.loss_mean + 0.1 * loss, count + 1

@@ -40,12 +40,13 @@ class Layout:
         out, offset = [], 0
         for grid, tail, length in self.grids:
             if grid is None:
-                out.append((torch.arange(offset, offset + length), 1, length))
+                out.append((torch.arange(offset, offset + length, device="cpu"), 1, length))
             else:
                 t, h, w = grid
-                out += [(torch.arange(offset + f * h * w, offset + (f + 1) * h * w), h, w) for f in range(t)]
+                out += [(torch.arange(offset + f * h * w, offset + (f + 1) * h * w, device="cpu"), h, w)
+                        for f in range(t)]
                 if tail and tails:
-                    out.append((torch.arange(offset + t * h * w, offset + length), 1, tail))
+                    out.append((torch.arange(offset + t * h * w, offset + length, device="cpu"), 1, tail))
             offset += length
         return out
 
@@ -66,7 +67,7 @@ def evenly(candidates: torch.Tensor, k: int) -> torch.Tensor:
         return candidates[:0]
     if k >= candidates.numel():
         return candidates
-    return candidates[torch.linspace(0, candidates.numel() - 1, k).long()]
+    return candidates[torch.linspace(0, candidates.numel() - 1, k, device="cpu").long()]
 
 
 def _sorted(index: torch.Tensor) -> torch.Tensor:
@@ -74,11 +75,11 @@ def _sorted(index: torch.Tensor) -> torch.Tensor:
 
 
 def select_uniform(n: int, k: int) -> torch.Tensor:
-    return evenly(torch.arange(n), k)
+    return evenly(torch.arange(n, device="cpu"), k)
 
 
 def select_random(n: int, k: int, seed: int = 0) -> torch.Tensor:
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(seed)
     return _sorted(torch.randperm(n, generator=g)[:k])
 
 
@@ -103,7 +104,7 @@ def stage1(scores: torch.Tensor, k: int, mass: float) -> torch.Tensor:
 
 def select_specvlm(scores: torch.Tensor, k: int, mass: float = 0.4) -> torch.Tensor:
     first = stage1(scores, k, mass)
-    rest = torch.ones(scores.numel(), dtype=torch.bool)
+    rest = torch.ones(scores.numel(), dtype=torch.bool, device="cpu")
     rest[first] = False
     return _sorted(torch.cat([first, evenly(rest.nonzero().flatten(), k - first.numel())]))
 
@@ -126,7 +127,7 @@ def grid_fill(layout: Layout, taken: torch.Tensor, k: int) -> torch.Tensor:
         if q <= 0:
             continue
         stride = max(1, math.floor(math.sqrt(h * w / q)))
-        rows, cols = torch.arange(h * w) // w, torch.arange(h * w) % w
+        rows, cols = torch.arange(h * w, device="cpu") // w, torch.arange(h * w, device="cpu") % w
         lattice = tokens[(rows % stride == stride // 2) & (cols % stride == stride // 2)]
         lattice = lattice[torch.isin(lattice, free)]
         chosen = evenly(lattice, q)
@@ -144,7 +145,7 @@ def select_specvlm_grid(scores: torch.Tensor, layout: Layout, k: int, mass: floa
 
 def select_window(n: int, k: int, where: str = "middle") -> torch.Tensor:
     start = {"front": 0, "middle": (n - k) // 2, "back": n - k}[where]
-    return torch.arange(start, start + k)
+    return torch.arange(start, start + k, device="cpu")
 
 
 def shares(sizes: list[int], k: int) -> list[int]:
@@ -171,13 +172,13 @@ def temporal_frames(layout: Layout, group: int = TEMPORAL_GROUP) -> list[tuple[t
     out, offset = [], 0
     for grid, tail, length in layout.grids:
         if grid is None:
-            out.append((torch.arange(offset, offset + length), None))
+            out.append((torch.arange(offset, offset + length, device="cpu"), None))
         else:
             t, h, w = grid
-            frame = [torch.arange(offset + f * h * w, offset + (f + 1) * h * w) for f in range(t)]
+            frame = [torch.arange(offset + f * h * w, offset + (f + 1) * h * w, device="cpu") for f in range(t)]
             out += [(frame[f], None if f % group == 0 else frame[f - f % group]) for f in range(t)]
             if tail:
-                out.append((torch.arange(offset + t * h * w, offset + length), None))
+                out.append((torch.arange(offset + t * h * w, offset + length, device="cpu"), None))
         offset += length
     return out
 
@@ -189,8 +190,10 @@ def novelty(features: torch.Tensor, tokens: torch.Tensor, reference: torch.Tenso
 
 
 def most_changed(features: torch.Tensor, tokens: torch.Tensor, reference: torch.Tensor, q: int) -> torch.Tensor:
-    """The q tokens of a frame least similar to their reference positions (ties: the earlier token)."""
-    order = torch.sort(novelty(features, tokens, reference), descending=True, stable=True).indices
+    """The q tokens of a frame least similar to their reference positions (ties: the earlier token). The
+    distances are computed where the features live; the selection, like all of this module, on the host."""
+    distance = novelty(features, tokens.to(features.device), reference.to(features.device)).cpu()
+    order = torch.sort(distance, descending=True, stable=True).indices
     return tokens[order[:q]]
 
 
@@ -212,7 +215,7 @@ def select_temporal(features: torch.Tensor, layout: Layout, k: int, group: int =
     frames = temporal_frames(layout, group)
     picked = [evenly(tokens, q) if reference is None else most_changed(features, tokens, reference, q)
               for (tokens, reference), q in zip(frames, temporal_quotas(frames, k))]
-    return _sorted(torch.cat(picked)) if picked else torch.zeros(0, dtype=torch.long)
+    return _sorted(torch.cat(picked)) if picked else torch.zeros(0, dtype=torch.long, device="cpu")
 
 
 def frames_to_keep(count: int, k: int, per_frame: int) -> list[int]:
@@ -221,7 +224,7 @@ def frames_to_keep(count: int, k: int, per_frame: int) -> list[int]:
     needed = min(count, math.ceil(k / per_frame))
     if needed == 1:
         return [count // 2]
-    return evenly(torch.arange(count), needed).tolist()
+    return evenly(torch.arange(count, device="cpu"), needed).tolist()
 
 
 def select_frames(layout: Layout, k: int) -> torch.Tensor:
@@ -230,12 +233,12 @@ def select_frames(layout: Layout, k: int) -> torch.Tensor:
     (tails, uneven sizes) goes to the other tokens evenly."""
     frames = [tokens for tokens, _, _ in layout.frames(tails=False)]
     per_frame = max(1, round(sum(f.numel() for f in frames) / max(len(frames), 1)))
-    kept, left = [torch.zeros(0, dtype=torch.long)], k
+    kept, left = [torch.zeros(0, dtype=torch.long, device="cpu")], k
     for i in (frames_to_keep(len(frames), k, per_frame) if k > 0 else []):
         kept.append(evenly(frames[i], min(left, frames[i].numel())))
         left -= kept[-1].numel()
     kept = torch.cat(kept)
-    rest = torch.ones(layout.total, dtype=torch.bool)
+    rest = torch.ones(layout.total, dtype=torch.bool, device="cpu")
     rest[kept] = False
     return _sorted(torch.cat([kept, evenly(rest.nonzero().flatten(), k - kept.numel())]))
 
@@ -255,6 +258,7 @@ def select(method: str, n: int, keep_ratio: float, *, scores: torch.Tensor | Non
     layout = layout or Layout.flat(n)
     if method in NEEDS_SCORES and scores is None:
         raise SpecVLMError(f"pruning {method!r} needs the verifier's attention scores")
+    scores = scores.cpu() if scores is not None else None     # selection is host bookkeeping
     if method == "specvlm":
         return select_specvlm(scores, k, stage1_mass)
     if method == "specvlm-grid":

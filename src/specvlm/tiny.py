@@ -90,41 +90,42 @@ def make_model(family: str, seed: int = 0, hidden: int = 64, layers: int = 2, vo
 def make_inputs(family: str, kind: str = "video", prompt_len: int = 3, suffix_len: int = 2, frames: int = 4,
                 seed: int = 0, vocab: int = 1024, grid: tuple[int, int] = (8, 12)) -> dict:
     """Processor-shaped inputs for `family`: [prompt text | visual placeholders | suffix text]."""
-    g = torch.Generator().manual_seed(seed)
+    g = torch.Generator(device="cpu").manual_seed(seed)
     ids = special_ids(vocab)
-    text = lambda n: torch.randint(0, ids["image"], (n,), generator=g).tolist()
+    text = lambda n: torch.randint(0, ids["image"], (n,), generator=g, device="cpu").tolist()
     prompt, suffix = text(prompt_len), text(suffix_len)
     token = ids[kind]
     if family in ("qwen2_5_vl", "qwen2_vl"):
         h, w = grid
         t = 1 if kind == "image" else max(frames // 2, 1)
         n = t * h * w // 4
-        pixels = torch.randn(t * h * w, 3 * 2 * 14 * 14, generator=g)
+        pixels = torch.randn(t * h * w, 3 * 2 * 14 * 14, generator=g, device="cpu")
         seq = prompt + [ids["vision_start"]] + [token] * n + [ids["vision_end"]] + suffix
-        input_ids = torch.tensor([seq])
+        input_ids = torch.tensor([seq], device="cpu")
         out = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
                    mm_token_type_ids=(input_ids == token).int() * (1 if kind == "image" else 2))
-        grid_thw = torch.tensor([[t, h, w]])
+        grid_thw = torch.tensor([[t, h, w]], device="cpu")
         if kind == "image":
             out.update(pixel_values=pixels, image_grid_thw=grid_thw)
         else:
             out.update(pixel_values_videos=pixels, video_grid_thw=grid_thw)
             if family == "qwen2_5_vl":
-                out["second_per_grid_ts"] = torch.tensor([1.0])
+                out["second_per_grid_ts"] = torch.tensor([1.0], device="cpu")
         return out
     size = 56
     if kind == "video":
         side = size // 14
         per_frame = math.ceil(side / 2) ** 2 if family == "llava_onevision" else (side // 2) ** 2
         n = frames * per_frame + (1 if family == "llava_onevision" else 0)
-        out = dict(pixel_values_videos=torch.randn(1, frames, 3, size, size, generator=g))
+        out = dict(pixel_values_videos=torch.randn(1, frames, 3, size, size, generator=g, device="cpu"))
     else:
         # anyres with a square image: one base tile + one crop; count tokens with the reference formula below
-        out = dict(pixel_values=torch.randn(1, 2, 3, size, size, generator=g), image_sizes=torch.tensor([[size, size]]))
+        out = dict(pixel_values=torch.randn(1, 2, 3, size, size, generator=g, device="cpu"),
+                   image_sizes=torch.tensor([[size, size]], device="cpu"))
         n = _llava_image_tokens(family)
         if family == "llava_onevision":
-            out["batch_num_images"] = torch.tensor([1])
-    input_ids = torch.tensor([prompt + [token] * n + suffix])
+            out["batch_num_images"] = torch.tensor([1], device="cpu")
+    input_ids = torch.tensor([prompt + [token] * n + suffix], device="cpu")
     out.update(input_ids=input_ids, attention_mask=torch.ones_like(input_ids))
     return out
 

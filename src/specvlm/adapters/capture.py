@@ -46,7 +46,7 @@ class AttentionCapture:
         self.config = adapter.decoder.config
         self.query_start = int(query_start)
         self.visual_index = visual_index.long()
-        self.total = torch.zeros(self.visual_index.numel(), dtype=torch.float32)
+        self.total = torch.zeros(self.visual_index.numel(), dtype=torch.float32, device="cpu")   # host accumulator
         self.rows = 0   # (layer, head, query) triples averaged over
         self.scoring_s = 0.0
 
