@@ -31,10 +31,13 @@ import torch
 
 from common import machine, record, table
 
-# Qwen2.5-VL language-model shapes (config.json of the released checkpoints); "tiny" runs anywhere in seconds.
+# Qwen2.5-VL language-model shapes (config.json of the released checkpoints); "tiny" runs anywhere in seconds,
+# "cpu" (~50M parameters) is what the CPU machines can time in minutes.
 SHAPES = {
     "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
                  num_key_value_heads=2, vocab_size=1024),
+    "cpu": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=8,
+                num_key_value_heads=2, vocab_size=16384),
     "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
                num_key_value_heads=2, vocab_size=151936),
     "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
@@ -170,7 +173,7 @@ def main(argv=None):
     device = "cuda" if torch.cuda.is_available() else "cpu"
     dtype = getattr(torch, args.dtype or ("bfloat16" if device == "cuda" else "float32"))
     compile = device == "cuda" if args.compile == "auto" else args.compile == "on"
-    draft_layers = args.draft_layers or (2 if args.shape == "tiny" else 4)
+    draft_layers = args.draft_layers or (2 if args.shape in ("tiny", "cpu") else 4)
     started = time.perf_counter()
 
     target, draft = build_pair(args.shape, draft_layers, device, dtype)

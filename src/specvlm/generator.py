@@ -22,12 +22,12 @@ from .compat import check_models
 from .drafters import DraftContext, DraftModelDrafter, Drafter
 from .errors import SpecVLMError
 from .pruning import METHODS, NEEDS_SCORES, Layout, budget, select
-from .sampling import Sampling, device_generator, effective_config, history_rows
-from .sampling import max_new_tokens as max_new_tokens_for
+from .request import Request, resolve
+from .sampling import Sampling, device_generator, history_rows
 from .session import ModelSession, StaticSession, bucket
 from .stats import SpecStats
 from .tree import DraftTree, TreeSpec, ancestor_matrix
-from .verify import Verdict, accept_chain_sampled, accept_greedy, accept_tree_sampled
+from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
 
 
 @dataclass
@@ -35,6 +35,9 @@ class SpecOutput:
     token_ids: list[int]        # new tokens only, cut after EOS like HF generate
     text: str | None
     stats: SpecStats
+    sequences: torch.Tensor | None = None   # (1, L + n): the prompt as given, then the new tokens (HF's tensor)
+    scores: tuple | None = None             # output_scores=True: processed scores (1, V) per new token, like HF's
+    logits: tuple | None = None             # output_logits=True: raw logits (1, V) per new token
 
 
 class SpeculativeGenerator:
@@ -90,19 +93,26 @@ class SpeculativeGenerator:
 
     # ---- public API ------------------------------------------------------------------------------------------
     def generate(self, input_ids=None, **kwargs) -> SpecOutput:
-        """Like `target.generate(**inputs, ...)` for one sequence: `max_new_tokens`, `do_sample`, `temperature`,
-        `top_p`, `top_k`, `repetition_penalty`, `eos_token_id`, `generation_config`; unset options come from the
-        target's generation_config, as in HF. Also `draft_inputs` (the draft's own processor outputs, when its
-        preprocessing differs from the target's) and `generator` (a torch.Generator for sampling)."""
-        tokens = [t for chunk in self._run(input_ids, **kwargs) for t in chunk]
-        return SpecOutput(tokens, self._decode_text(tokens), self.stats)
+        """Like `target.generate(**inputs, **kwargs)` for one sequence, with the same keywords (`max_new_tokens`,
+        `max_length`, `do_sample`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `eos_token_id`,
+        `generation_config`, `streamer`, `return_dict_in_generate`, `output_scores`, `output_logits`, ...; see
+        `specvlm.request`); unset options come from the target's generation_config, as in HF. A left-padded
+        `attention_mask` is honoured. Also `draft_inputs` (the draft's own processor outputs, when its
+        preprocessing differs from the target's) and `generator` (a torch.Generator for sampling).
+        `out.sequences` is the tensor `target.generate` returns."""
+        request = resolve(self.model.generation_config, input_ids, kwargs)
+        tokens = [t for chunk in self._run(request) for t in chunk]
+        new = torch.tensor([tokens], dtype=request.prompt_ids.dtype, device=request.prompt_ids.device)
+        return SpecOutput(tokens, self._decode_text(tokens), self.stats, torch.cat([request.prompt_ids, new], 1),
+                          tuple(request.scores) if request.output_scores else None,
+                          tuple(request.logits) if request.output_logits else None)
 
     def stream(self, input_ids=None, **kwargs) -> Iterator[str]:
         """Yields the answer's text as rounds are accepted; `self.stats` is complete once it is exhausted."""
         if self.tokenizer is None:
             raise ValueError("stream() needs a processor or tokenizer: SpeculativeGenerator(..., processor=...)")
         tokens, shown = [], ""
-        for chunk in self._run(input_ids, **kwargs):
+        for chunk in self._run(resolve(self.model.generation_config, input_ids, kwargs)):
             tokens += chunk
             text = self._decode_text(tokens)
             if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
@@ -116,29 +126,21 @@ class SpeculativeGenerator:
     def _decode_text(self, tokens: list[int]) -> str | None:
         return None if self.tokenizer is None else self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def _run(self, input_ids=None, *, max_new_tokens: int | None = None, do_sample: bool | None = None,
-             temperature: float | None = None, top_p: float | None = None, top_k: int | None = None,
-             repetition_penalty: float | None = None, eos_token_id=None, generation_config=None,
-             draft_inputs: dict | None = None, generator: torch.Generator | None = None, **inputs):
-        for key, value in inputs.items():
-            if value is not None and not isinstance(value, torch.Tensor):
-                raise TypeError(f"generate() got an unsupported argument {key}={value!r}")
-        inputs = {k: v for k, v in inputs.items() if v is not None}
-        if input_ids is None:
-            raise ValueError("generate() needs input_ids (the processor's output)")
-        if input_ids.shape[0] != 1:
-            raise ValueError(f"batch size {input_ids.shape[0]}: generate() takes one sequence per call")
-        inputs["input_ids"] = input_ids
-        config = effective_config(self.model.generation_config, generation_config, max_new_tokens=max_new_tokens,
-                                  do_sample=do_sample, temperature=temperature, top_p=top_p, top_k=top_k,
-                                  repetition_penalty=repetition_penalty)
-        sampling = Sampling.resolve(config)
-        max_new = max_new_tokens_for(config, input_ids.shape[1])
-        eos = eos_token_id if eos_token_id is not None else config.eos_token_id
-        eos = set([eos] if isinstance(eos, int) else (eos or []))
-        return self._decode(inputs, draft_inputs or inputs, sampling, max_new, eos, generator)
+    def _run(self, request: Request):
+        """The decode loop's chunks of new token ids, fed to the request's streamer on the way (HF's protocol:
+        the prompt first, then each chunk, then `end()`)."""
+        streamer = request.streamer
+        if streamer is not None:
+            streamer.put(request.prompt_ids.cpu())
+        for chunk in self._decode(request):
+            if streamer is not None:
+                streamer.put(torch.tensor(chunk, dtype=torch.long, device="cpu"))
+            yield chunk
+        if streamer is not None:
+            streamer.end()
 
-    def _decode(self, inputs, draft_inputs, sampling: Sampling, max_new: int, eos: set[int], generator):
+    def _decode(self, request: Request):
+        inputs, sampling, max_new, eos = request.inputs, request.sampling, request.max_new, request.eos
         self.stats = stats = SpecStats()
         started = time.perf_counter()
         self._compiled_before = self._compile_s()
@@ -148,8 +150,8 @@ class SpeculativeGenerator:
         reserve = max_new + 2 * bucket(self.tree.max_nodes + 2) + self.tree.max_fed
         logits, hidden, keep, scores = self._prefill(target, prompt, reserve, stats)
         vocab, device = logits.shape[-1], logits.device
-        generator = device_generator(generator, device)
-        self.drafter.begin(DraftContext(draft_inputs, prompt, hidden, sampling, self.tree, vocab, generator,
+        generator = device_generator(request.generator, device)
+        self.drafter.begin(DraftContext(request.draft_inputs, prompt, hidden, sampling, self.tree, vocab, generator,
                                         keep, self.contiguous_positions, scores, self._session, target, reserve))
         seen = None
         if sampling.uses_history:  # repetition penalty: ids in the prompt and everything generated so far
@@ -157,6 +159,8 @@ class SpeculativeGenerator:
             seen[prompt.input_ids[0].clamp_max(vocab - 1).to(device)] = True
         root = sampling.pick(logits[0], seen, generator)                 # (1,) on the device
         first = int(root)
+        if request.keeps_rows:
+            _keep_rows(request, logits, sampling.processed(logits, seen), [0])
         stats.target_prompt_tokens, stats.draft_prompt_tokens = len(prompt), self.drafter.prompt_tokens
         stats.new_tokens, stats.target_forwards = 1, 1
         stats.prefill_s = time.perf_counter() - started
@@ -171,7 +175,8 @@ class SpeculativeGenerator:
             visible = None if tree.chain else ancestor_matrix(tree.parents, tree.max_depth)
             logits, hidden = target.extend(torch.cat([root, tree.tokens.to(device)]), target.next_position + depths,
                                            visible, prefix)
-            accepted = _accept(logits, tree, sampling, seen, generator).to_host(tree)   # the round's one sync
+            verdict, processed = _accept(logits, tree, sampling, seen, generator)
+            accepted = verdict.to_host(tree)                                 # the round's one sync
             root = torch.full((1,), accepted.next_token, dtype=torch.long, device=device)
             target.keep(prefix + 1, [prefix + 1 + node for node in accepted.path])
             self.drafter.commit(tree, accepted, root, hidden[[0] + [node + 1 for node in accepted.path]])
@@ -180,6 +185,8 @@ class SpeculativeGenerator:
             if seen is not None:
                 seen[new] = True
             new = _cut(new, eos, max_new - stats.new_tokens)
+            if request.keeps_rows:
+                _keep_rows(request, logits, processed, ([0] + [node + 1 for node in accepted.path])[: len(new)])
             stats.new_tokens += len(new)
             stats.target_forwards += 1
             done = new[-1] in eos or stats.new_tokens >= max_new
@@ -245,20 +252,28 @@ def check_pruning(pruning: str, visual_keep_ratio: float | None, stage1_mass: fl
         raise SpecVLMError(f"draft_positions must be 'original' or 'contiguous', got {draft_positions!r}")
 
 
-def _accept(logits: torch.Tensor, tree: DraftTree, sampling: Sampling, seen, generator) -> Verdict:
-    """Row 0 of `logits` (n+1, V) follows the root, row i+1 follows node i; each row's repetition history is its
-    path."""
+def _accept(logits: torch.Tensor, tree: DraftTree, sampling: Sampling, seen, generator):
+    """(Verdict, processed scores (n+1, V)) for `logits` (n+1, V): row 0 follows the root, row i+1 node i; each
+    row's repetition history is its path."""
     rows_seen = None
     if seen is not None:
         anc = tree.ancestors.to(logits.device)
         paths = torch.where(anc, tree.tokens.to(logits.device)[None, :], -1)            # (n, n) path tokens
         rows_seen = history_rows(seen, torch.cat([paths.new_full((1, paths.shape[1]), -1), paths]))
+    processed = sampling.processed(logits, rows_seen)
     if not sampling.do_sample:
-        return accept_greedy(sampling.scores(logits, rows_seen).argmax(-1), tree)
-    p = sampling.probs(logits, rows_seen)
+        return accept_greedy(processed.argmax(-1), tree), processed
+    p = processed.softmax(-1)
     if tree.chain and tree.probs is not None:
-        return accept_chain_sampled(p, tree, generator)
-    return accept_tree_sampled(p, tree, generator)
+        return accept_chain_sampled(p, tree, generator), processed
+    return accept_tree_sampled(p, tree, generator), processed
+
+
+def _keep_rows(request: Request, logits: torch.Tensor, processed: torch.Tensor, rows: list[int]) -> None:
+    """output_scores / output_logits: the rows that produced the new tokens, one (1, V) tensor per token."""
+    for row in rows:
+        request.scores.append(processed[row: row + 1])
+        request.logits.append(logits[row: row + 1])
 
 
 def _cut(new: list[int], eos: set[int], room: int) -> list[int]:

@@ -95,12 +95,18 @@ class Sampling:
             scores = scores.masked_fill(drop, float("-inf"))
         return scores
 
+    def processed(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
+        """What HF's logits processors make of the logits (its `output_scores`): penalty, then the warpers when
+        sampling. Greedy takes its argmax, sampling its softmax."""
+        scores = self.scores(logits, seen)
+        return self.warp(scores) if self.do_sample else scores
+
     def probs(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
         """The distribution a token is drawn from (one-hot at the argmax when greedy)."""
-        scores = self.scores(logits, seen)
+        scores = self.processed(logits, seen)
         if not self.do_sample:
             return torch.nn.functional.one_hot(scores.argmax(-1), scores.shape[-1]).float()
-        return self.warp(scores).softmax(dim=-1)
+        return scores.softmax(dim=-1)
 
     def logprobs(self, logits: torch.Tensor, seen: torch.Tensor | None = None) -> torch.Tensor:
         """Draft-side log-probabilities used to rank tree candidates (unfiltered after temperature)."""
