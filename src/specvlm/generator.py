@@ -26,7 +26,7 @@ from .request import Request, resolve
 from .sampling import Sampling, device_generator, history_rows
 from .session import ModelSession, StaticSession, bucket
 from .stats import SpecStats
-from .tree import DraftTree, TreeSpec, ancestor_matrix
+from .tree import DraftTree, TreeSpec
 from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
 
 
@@ -172,9 +172,8 @@ class SpeculativeGenerator:
             tree = self.drafter.propose(root, max_new - stats.new_tokens, seen)
             prefix = target.length
             depths = torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
-            visible = None if tree.chain else ancestor_matrix(tree.parents, tree.max_depth)
             logits, hidden = target.extend(torch.cat([root, tree.tokens.to(device)]), target.next_position + depths,
-                                           visible, prefix)
+                                           tree.verify_mask, prefix)
             verdict, processed = _accept(logits, tree, sampling, seen, generator)
             accepted = verdict.to_host(tree)                                 # the round's one sync
             root = torch.full((1,), accepted.next_token, dtype=torch.long, device=device)

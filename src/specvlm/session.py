@@ -16,6 +16,7 @@ Both take token ids and positions as device tensors and never read a tensor back
 
 from __future__ import annotations
 
+import functools
 import itertools
 import time
 import types
@@ -150,16 +151,20 @@ class StaticSession(ModelSession):
         if start + rows > self.cache.capacity:
             raise RuntimeError(f"static cache overflow: {start} + {rows} rows > {self.cache.capacity} slots")
         device = self.cache.start.device
-        if visible is None:   # causal: everything committed, then the new rows in order
-            prefix, visible = start, torch.ones(n, n, dtype=torch.bool, device=device).tril()
-        # allowed (rows, capacity): the committed prefix, then the window [prefix, start + n) as `visible` says;
-        # padding rows see the prefix only (their outputs and their K/V slots beyond start + n are never read)
+        # allowed (rows, capacity): the committed prefix, then the window [prefix, start + n) as `visible` says
+        # (causal when None); padding rows see the prefix only (their outputs and their K/V slots beyond
+        # start + n are never read)
         allowed = torch.zeros(rows, self.cache.capacity, dtype=torch.bool, device=device)
+        if visible is None:
+            prefix = start
+            allowed[:n, start: start + n] = _lower_triangle(n, device)
+        else:
+            allowed[:n, prefix: start + n] = visible.to(device)
         allowed[:, :prefix] = True
-        allowed[:n, prefix: start + n] = visible.to(device)
-        ids = torch.cat([ids.to(device), ids.new_zeros(rows - n, *ids.shape[1:], device=device)])
-        positions = positions.to(device).reshape(-1)
-        positions = torch.cat([positions, positions[-1:].expand(rows - n)])
+        ids, positions = ids.to(device), positions.to(device).reshape(-1)
+        if rows > n:
+            ids = torch.cat([ids, ids.new_zeros(rows - n, *ids.shape[1:])])
+            positions = torch.cat([positions, positions[-1:].expand(rows - n)])
         self.cache.start.fill_(start)
         with _observed(self, "step"):
             logits, hidden = self._run(ids, self.adapter.positions(positions), allowed)
@@ -224,6 +229,12 @@ def _compiled(method, device_type: str):
 
 
 _COPIES = itertools.count()
+
+
+@functools.lru_cache(maxsize=64)
+def _lower_triangle(n: int, device: torch.device) -> torch.Tensor:
+    """(n, n) causal visibility, made once per size and device (read only)."""
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
 def _synchronize(device: torch.device) -> None:

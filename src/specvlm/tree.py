@@ -18,6 +18,7 @@ stop excepted: deciding to stop is a host decision by nature). Tests drive the b
 
 from __future__ import annotations
 
+import math
 from dataclasses import dataclass
 from functools import cached_property, lru_cache
 from typing import Callable, Sequence
@@ -63,7 +64,14 @@ class DraftTree:
     @cached_property
     def ancestors(self) -> torch.Tensor:
         """(n, n) bool on the tree's device; [i, j] is True when j is i or an ancestor of i."""
-        return ancestor_matrix(self.parents, self.max_depth)[1:, 1:]
+        if self.chain:
+            return _chain_ancestors(len(self) + 1, self.tokens.device)[1:, 1:]
+        return self.verify_mask[1:, 1:]
+
+    @cached_property
+    def verify_mask(self) -> torch.Tensor | None:
+        """(n+1, n+1) visibility of [root, *nodes] for the target's verification, None for a chain (causal)."""
+        return None if self.chain else ancestor_matrix(self.parents, self.max_depth)
 
     # ---- host views (they synchronise; for tests and debugging, never on the decode path) ----------------------
     def children(self) -> list[list[int]]:
@@ -85,6 +93,11 @@ class DraftTree:
     @property
     def is_chain(self) -> bool:
         return self.chain or self.parents.tolist() == list(range(-1, len(self) - 1))
+
+
+@lru_cache(maxsize=64)
+def _chain_ancestors(n: int, device: torch.device) -> torch.Tensor:
+    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
 def node_depths(parents: torch.Tensor) -> torch.Tensor:
@@ -127,18 +140,18 @@ def build_chain(first: torch.Tensor, expand: Expand, length: int, choose: Callab
     it wasted. The stop depends on the draft's own draws only, so the acceptance rules stay exact; it reads q(x) on
     the host, one synchronisation per drafted token, which is why it is off (0) by default."""
     tokens, rows = [], []
-    logprobs = first
+    logprobs, log_min = first, math.log(min_prob) if min_prob > 0 else None
     for i in range(length):
-        rows.append(logprobs.float().exp())
+        rows.append(logprobs)
         tokens.append(choose(logprobs).reshape(1))
-        if i + 1 == length or (min_prob > 0 and float(rows[-1][tokens[-1]]) < min_prob):
+        if i + 1 == length or (log_min is not None and float(logprobs[tokens[-1]]) < log_min):
             break
         logprobs = expand(tokens[-1], torch.full((1,), i - 1, dtype=torch.long, device=first.device), i + 1)[0]
     n, device = len(tokens), first.device
     fed = torch.arange(n, device=device)
     fed[-1] = -1   # the last token is proposed but never fed to the drafter
     return DraftTree(torch.cat(tokens), torch.arange(-1, n - 1, device=device), torch.arange(1, n + 1, device=device),
-                     probs=torch.stack(rows), fed=fed, max_depth=n, chain=True)
+                     probs=torch.stack(rows).float().exp(), fed=fed, max_depth=n, chain=True)
 
 
 @dataclass(frozen=True)

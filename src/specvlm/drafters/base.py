@@ -10,6 +10,7 @@ tokens it has processed. `propose` never reads a tensor back to the host.
 
 from __future__ import annotations
 
+import functools
 from dataclasses import dataclass
 from typing import Callable
 
@@ -70,33 +71,37 @@ class Drafter:
 class RoundSlots:
     """What a drafter tracks about the nodes fed within one round (see `tree.Expand`): node j of the round sits
     at slot j, sees the nodes of its own path only, and its repetition history is the committed ids plus that
-    path. Fixed-size device buffers, so feeding never synchronises."""
+    path. Fixed-size device buffers with one extra all-empty last row, which parent slot -1 (the root) indexes,
+    so feeding w nodes costs three small tensor operations and never synchronises."""
 
     def __init__(self, spec: TreeSpec, device: torch.device, seen: torch.Tensor | None):
         size = max(spec.max_fed, 1)
         self.count = 0
-        self.visible = torch.zeros(size, size, dtype=torch.bool, device=device)      # [slot, slot] own path
+        self.visible = torch.zeros(size + 1, size, dtype=torch.bool, device=device)   # [slot, slot]: own path
         self.seen = seen
         self.paths = None if seen is None else \
-            torch.full((size, spec.max_depth), -1, dtype=torch.long, device=device)  # [slot, depth-1] tokens
+            torch.full((size + 1, spec.max_depth), -1, dtype=torch.long, device=device)   # [slot, depth-1]: tokens
 
     def add(self, tokens: torch.Tensor, parent_slots: torch.Tensor, depth: int):
         """Register w nodes fed next; returns their visibility over the round's fed window (w, count) and their
         repetition histories (w, V) (None without a penalty)."""
-        w = tokens.numel()
-        slots = torch.arange(self.count, self.count + w, device=self.visible.device)
-        has_parent = (parent_slots >= 0)[:, None]
-        rows = torch.where(has_parent, self.visible[parent_slots.clamp_min(0)], False)
-        rows[torch.arange(w, device=rows.device), slots] = True
-        self.visible[slots] = rows
+        w, first = tokens.numel(), self.count
+        rows = self.visible[parent_slots]                                 # (w, size): the parents' paths
+        rows[:, first: first + w] |= _identity(w, rows.device)            # ... and the node itself
+        self.visible[first: first + w] = rows
         self.count += w
         history = None
         if self.paths is not None:
-            paths = torch.where(has_parent, self.paths[parent_slots.clamp_min(0)], -1)
+            paths = self.paths[parent_slots]
             paths[:, depth - 1] = tokens
-            self.paths[slots] = paths
+            self.paths[first: first + w] = paths
             history = history_rows(self.seen, paths)
         return rows[:, : self.count], history
+
+
+@functools.lru_cache(maxsize=32)
+def _identity(n: int, device: torch.device) -> torch.Tensor:
+    return torch.eye(n, dtype=torch.bool, device=device)
 
 
 def fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
