@@ -35,6 +35,19 @@ def one_thread():
 
 
 @pytest.fixture
+def hf_media_rules():
+    """For tests that compare our image / video loading with transformers' own: specvlm follows the rules of
+    transformers >= 5.24 (RGBA composited on white; frame i of n at i * total // n) whatever is installed, so its
+    inputs do not change with the installed version; older releases (5.17 and before) dropped alpha and spaced frames
+    by total / n, so there the comparison does not apply (our own hand-made expectations still run)."""
+    import transformers
+    from packaging.version import Version
+
+    if Version(transformers.__version__) < Version("5.24"):
+        pytest.skip(f"transformers {transformers.__version__} predates the media rules specvlm follows (5.24)")
+
+
+@pytest.fixture
 def tiny():
     return model
 

@@ -37,13 +37,13 @@ def test_greyscale_and_palette(tmp_path):
     assert np.asarray(load_image(tmp_path / "p.png"))[0, 0].tolist() == [10, 20, 30]
 
 
-def test_same_pixels_as_hf_conversion(tmp_path):
+def test_same_pixels_as_hf_conversion(tmp_path, hf_media_rules):
     from transformers.image_transforms import convert_to_rgb
 
     rgba = np.random.default_rng(0).integers(0, 256, (9, 7, 4), dtype=np.uint8)
     Image.fromarray(rgba, "RGBA").save(tmp_path / "r.png")
     with Image.open(tmp_path / "r.png") as raw:
-        hf = convert_to_rgb(raw, return_numpy=True)
+        hf = np.asarray(convert_to_rgb(raw))
     assert np.array_equal(np.asarray(load_image(tmp_path / "r.png")), hf)
 
 

@@ -27,17 +27,20 @@ def test_every_container_decodes_the_sampled_frames(tmp_path, ext):
     assert video.fps == pytest.approx(10.0)
 
 
-def test_uniform_indices_are_hf_default_rule(clip):
+def test_uniform_indices_are_hf_default_rule(clip, hf_media_rules):
     from transformers.video_utils import VideoMetadata, default_sample_indices_fn
 
     for total, n in [(30, 8), (30, 7), (300, 16), (10, 10), (5, 3)]:
         hf = default_sample_indices_fn(VideoMetadata(total_num_frames=total, fps=10.0), num_frames=n)
         assert uniform_indices(total, n).tolist() == hf.tolist()
+
+
+def test_uniform_indices():
     assert uniform_indices(30, 8).tolist() == [0, 3, 7, 11, 15, 18, 22, 26]   # i * 30 // 8
     assert uniform_indices(4, 8).tolist() == [0, 1, 2, 3]                      # capped at the frame count
 
 
-def test_frames_and_metadata_equal_hf_load_video(clip):
+def test_frames_and_metadata_equal_hf_load_video(clip, hf_media_rules):
     from transformers.video_utils import load_video as hf_load_video
 
     ours = load_video(clip, num_frames=8)

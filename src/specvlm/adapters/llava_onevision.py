@@ -8,6 +8,8 @@ from __future__ import annotations
 
 import math
 
+import torch
+
 from .base import VLMAdapter, feature_items
 
 
@@ -22,8 +24,19 @@ class LlavaOnevisionAdapter(VLMAdapter):
             out["image"] = feature_items(features.pooler_output, self.hidden_size)
         if inputs.get("pixel_values_videos") is not None:
             features = model.get_video_features(inputs["pixel_values_videos"], return_dict=True)
-            out["video"] = feature_items(features.pooler_output, self.hidden_size)
+            out["video"] = [self._with_newline(item, inputs) for item in
+                            feature_items(features.pooler_output, self.hidden_size)]
         return out
+
+    def _with_newline(self, video: torch.Tensor, inputs: dict) -> torch.Tensor:
+        """A video's rows end with the model's `image_newline`: `get_video_features` appends it from transformers
+        5.2x on; before (5.0 ... 5.17 at least) the model's forward did, after calling it."""
+        grid, _ = self.item_layout("video", 0, inputs)
+        per_video = grid[0] * grid[1] * grid[2]
+        if video.shape[0] != per_video:
+            return video
+        newline = self.model.model.image_newline
+        return torch.cat([video, newline[None].to(video.device, video.dtype)])
 
     def item_layout(self, modality: str, index: int, inputs: dict):
         if modality != "video":

@@ -53,6 +53,8 @@ class SlotLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.owner.capacity
 
+    get_max_cache_shape = get_max_length   # its name before transformers 5.2x
+
 
 class SlotCache(Cache):
     """`SlotCache(num_layers)`; `load(cache, length)` copies a prefill's DynamicCache in (allocating or reusing

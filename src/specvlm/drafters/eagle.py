@@ -190,8 +190,9 @@ class EagleHead(nn.Module, Drafter):
         if mask is None and n > 1 and (past > 0 or self.head_config._attn_implementation != "sdpa"):
             mask = additive_mask(torch.ones(n, n, dtype=torch.bool, device=x.device).tril(), past, x.dtype, x.device)
         pos = positions.to(x.device)[None]
+        rope = self.adapter.positions(positions).to(x.device)   # the same id on M-RoPE's 3 axes: plain 1-D RoPE
         out = self.layer(x[None], attention_mask=mask, position_ids=pos, use_cache=cache is not None,
-                         position_embeddings=self.rotary(x[None], pos), **{self.cache_keyword: cache})
+                         position_embeddings=self.rotary(x[None], rope), **{self.cache_keyword: cache})
         out = out[0] if isinstance(out, tuple) else out
         return out[0]
 

@@ -5,7 +5,8 @@ wheels are CUDA builds) HF's combined processors cannot even be constructed, so 
 HF class (`Qwen2_5_VLProcessor`, `Qwen2VLProcessor`, `LlavaOnevisionProcessor`) whose only differences are:
 
 - its video processor is ours (`video_processors.py`: same config files, same tensors);
-- its image processor is HF's `*ImageProcessorPil` (what `AutoImageProcessor` gives without torchvision);
+- its image processor is HF's `*ImageProcessorPil`, named directly (what `AutoImageProcessor` gives without
+  torchvision from 5.2x on; before, `AutoImageProcessor` itself demanded torchvision);
 - the argument class check that rejects a non-HF video processor is skipped.
 
 Everything else (chat template, placeholder expansion, mm_token_type_ids, second_per_grid_ts, LLaVA-OneVision's
@@ -22,13 +23,13 @@ from pathlib import Path
 from .errors import InputError, first_line
 from .video_processors import OnevisionVideoProcessor, QwenVLVideoProcessor
 
-# model_type -> (HF processor class name, our video processor)
+# model_type -> (HF processor class name, our video processor, HF's PIL image processor class name)
 FAMILIES = {
-    "qwen2_5_vl": ("Qwen2_5_VLProcessor", QwenVLVideoProcessor),
-    "qwen2_vl": ("Qwen2VLProcessor", QwenVLVideoProcessor),
-    "llava_onevision": ("LlavaOnevisionProcessor", OnevisionVideoProcessor),
+    "qwen2_5_vl": ("Qwen2_5_VLProcessor", QwenVLVideoProcessor, "Qwen2VLImageProcessorPil"),
+    "qwen2_vl": ("Qwen2VLProcessor", QwenVLVideoProcessor, "Qwen2VLImageProcessorPil"),
+    "llava_onevision": ("LlavaOnevisionProcessor", OnevisionVideoProcessor, "LlavaOnevisionImageProcessorPil"),
 }
-_BY_PROCESSOR_CLASS = {name: family for family, (name, _) in FAMILIES.items()}
+_BY_PROCESSOR_CLASS = {name: family for family, (name, *_) in FAMILIES.items()}
 _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 
 
@@ -97,10 +98,9 @@ def _supported(family: str, model_dir) -> str:
 def torch_free_processor_class(family: str):
     """HF's processor class for `family`, taught to load and accept our torchvision-free video processor."""
     import transformers
-    from transformers import AutoImageProcessor
 
-    hf_name, video_class = FAMILIES[family]
-    base = getattr(transformers, hf_name)
+    hf_name, video_class, image_name = FAMILIES[family]
+    base, image_class = getattr(transformers, hf_name), getattr(transformers, image_name)
 
     class Processor(base):
         def check_argument_for_proper_class(self, argument_name, argument):
@@ -110,7 +110,7 @@ def torch_free_processor_class(family: str):
         def _get_arguments_from_pretrained(cls, model_dir, processor_dict=None, **kwargs):
             loaders = {
                 "tokenizer": lambda: cls._load_tokenizer_from_pretrained("tokenizer", model_dir, **kwargs),
-                "image_processor": lambda: AutoImageProcessor.from_pretrained(model_dir, **kwargs),
+                "image_processor": lambda: image_class.from_pretrained(model_dir, **kwargs),
                 "video_processor": lambda: video_class.from_pretrained(model_dir, **kwargs),
             }
             return [loaders[name]() for name in cls.get_attributes()]
@@ -125,6 +125,10 @@ def build_inputs(processor, prompt: str, images=(), video=None, **processor_kwar
     the processor's output (input_ids, attention_mask, pixel values, grids, mm_token_type_ids, ...)."""
     from .prompt import render_prompt
 
+    for token in (getattr(processor, "image_token", None), getattr(processor, "video_token", None)):
+        if token and token in prompt:   # HF raises on it from 5.2x, earlier processors silently expand nothing
+            raise InputError(f"cannot build the model inputs: the prompt contains {token!r}, a placeholder the "
+                             "processor inserts itself; give the media as images / video instead")
     images = list(images)
     text = render_prompt(processor, prompt, len(images), int(video is not None))
     kwargs = dict(text=[text], return_tensors="pt")
