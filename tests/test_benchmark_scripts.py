@@ -61,3 +61,17 @@ def test_testbed_fast_path_comparison_runs(capsys):
                      "--methods", "target.generate,chain: ours fast,chain: ours eager"])
     out = capsys.readouterr().out
     assert "| chain: ours fast |" in out and "NO" not in out and "efficiency" in out
+
+
+@pytest.mark.slow
+def test_gpu_check_runs_the_lossless_matrix_on_cpu(tmp_path):
+    import json
+
+    import gpu_check
+
+    out = tmp_path / "check.json"
+    rows = gpu_check.main(["--device", "cpu", "--quick", "--tokens", "10", "--json", str(out)])
+    assert len(rows) == 64 and json.loads(out.read_text())["rows"] == rows
+    assert {r["engine"] for r in rows} == {"fast", "eager"} and {r["drafter"] for r in rows} == {"small", "self",
+                                                                                                   "head"}
+    assert all(r["result"] == "identical" for r in rows), [r for r in rows if r["result"] != "identical"]
