@@ -88,6 +88,9 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument("--max-new-tokens", type=int, default=96, help="tokens to generate (default 96)")
     demo.add_argument("--visual-keep-ratio", type=float, default=0.1,
                       help="fraction of the video tokens the draft keeps (default 0.1)")
+    demo.add_argument("--repeats", type=int, default=5,
+                      help="timed rounds, target-only and speculative interleaved, after one warm-up (default 5)")
+    add_engine_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
     from .train.head import add_train_head_parser
@@ -222,4 +225,7 @@ def cmd_demo(args) -> int:
         raise SpecVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not 0 < args.visual_keep_ratio <= 1:
         raise SpecVLMError(f"--visual-keep-ratio must be in (0, 1], got {args.visual_keep_ratio}")
-    return run_demo(args.family, max_new_tokens=args.max_new_tokens, keep_ratio=args.visual_keep_ratio)
+    if args.repeats < 1:
+        raise SpecVLMError(f"--repeats must be >= 1, got {args.repeats}")
+    return run_demo(args.family, max_new_tokens=args.max_new_tokens, keep_ratio=args.visual_keep_ratio,
+                    repeats=args.repeats, **engine_options(args))

@@ -19,20 +19,38 @@ from .inputs import inputs_from_args
 from .testbed.assets import bundled_pair, sample_clips
 
 
-def _median_time(fn, repeats: int):
-    """(result, median seconds) of `repeats` calls after one warm-up call."""
-    value = fn()
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        value = fn()
-        times.append(time.perf_counter() - start)
-    return value, statistics.median(times)
+def interleaved_times(calls: dict, repeats: int) -> tuple[dict, dict[str, list[float]]]:
+    """Runs every call once untimed (warm-up), then `repeats` rounds in which each call runs once, timed, the order
+    rotating by one per round so a slow drift of the machine falls on all of them alike. Returns (each call's last
+    result, each call's list of seconds)."""
+    results = {name: fn() for name, fn in calls.items()}
+    times = {name: [] for name in calls}
+    names = list(calls)
+    for r in range(repeats):
+        for name in names[r % len(names):] + names[:r % len(names)]:
+            start = time.perf_counter()
+            results[name] = calls[name]()
+            times[name].append(time.perf_counter() - start)
+    return results, times
+
+
+def speedup_line(base_s: list[float], spec_s: list[float]) -> str:
+    """Target-only vs speculative seconds from the same interleaved rounds: medians, ranges, the median of the
+    per-round ratios and its range, and whether the difference is within what this machine varies by (the per-round
+    ratios fall on both sides of 1)."""
+    ratios = [b / s for b, s in zip(base_s, spec_s)]
+    median = statistics.median(ratios)
+    line = (f"target-only {statistics.median(base_s):.2f}s ({min(base_s):.2f}-{max(base_s):.2f}), speculative "
+            f"{statistics.median(spec_s):.2f}s ({min(spec_s):.2f}-{max(spec_s):.2f}): speedup {median:.2f}x "
+            f"(per-round {min(ratios):.2f}-{max(ratios):.2f}x, median of {len(ratios)} interleaved rounds)")
+    if min(ratios) <= 1 <= max(ratios):
+        line += "\nthe two are within this machine's run-to-run noise: no difference is measured"
+    return line
 
 
 @torch.no_grad()
 def run_demo(family: str = "qwen2_5_vl", max_new_tokens: int = 96, keep_ratio: float = 0.1,
-             repeats: int = 2) -> int:
+             repeats: int = 5, engine: str = "fast", compile="auto") -> int:
     from transformers import AutoModelForImageTextToText, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
@@ -55,10 +73,12 @@ def run_demo(family: str = "qwen2_5_vl", max_new_tokens: int = 96, keep_ratio: f
 
     options = dict(do_sample=False, max_new_tokens=max_new_tokens)
     prompt_len = plain_inputs["input_ids"].shape[1]
-    plain, plain_s = _median_time(lambda: target.generate(**plain_inputs, **options)[0, prompt_len:].tolist(),
-                                  repeats)
-    gen = SpeculativeGenerator(target, draft, tokenizer=tokenizer, pruning="specvlm", visual_keep_ratio=keep_ratio)
-    out, spec_s = _median_time(lambda: gen.generate(**inputs, **options), repeats)
+    gen = SpeculativeGenerator(target, draft, tokenizer=tokenizer, pruning="specvlm", visual_keep_ratio=keep_ratio,
+                               engine=engine, compile=compile)
+    results, times = interleaved_times(
+        {"target": lambda: target.generate(**plain_inputs, **options)[0, prompt_len:].tolist(),
+         "speculative": lambda: gen.generate(**inputs, **options)}, repeats)
+    plain, out = results["target"], results["speculative"]
     stats, same = out.stats, out.token_ids == plain
 
     print(f"answer:   {out.text}")
@@ -68,8 +88,8 @@ def run_demo(family: str = "qwen2_5_vl", max_new_tokens: int = 96, keep_ratio: f
           f"ratio {keep_ratio:g})")
     print(f"τ (draft tokens accepted per round): {stats.mean_accepted_tokens:.2f}   target forwards: "
           f"{stats.target_forwards} for {stats.new_tokens} tokens")
-    print(f"target-only {plain_s:.2f}s, speculative {spec_s:.2f}s: speedup {plain_s / spec_s:.2f}x "
-          f"(median of {repeats}, same run, {torch.get_num_threads()} CPU threads)")
+    print(f"timing ({torch.get_num_threads()} CPU threads, one warm-up each, then {repeats} rounds):")
+    print(speedup_line(times["target"], times["speculative"]))
     print("output equals target-only decoding:", "yes, token for token" if same else "NO — this is a bug")
     return 0 if same else 1
 
