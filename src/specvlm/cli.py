@@ -7,6 +7,7 @@ import argparse
 import json
 import os
 import sys
+from typing import NamedTuple
 
 from .errors import SpecVLMError
 from .inputs.cli_args import add_input_arguments
@@ -56,11 +57,12 @@ def engine_options(args) -> dict:
     return dict(engine=args.engine, compile={"auto": "auto", "on": True, "off": False}[args.compile])
 
 
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
+def _add_model_arguments(p: argparse.ArgumentParser, draft_none: str = "") -> None:
     g = p.add_argument_group("models")
     g.add_argument("--target", required=True, help="target model folder (or hub id)")
     g.add_argument("--draft", default="self",
-                   help="draft model folder of the same family, or 'self' (the target drafts for itself; default)")
+                   help="draft model folder of the same family, or 'self' (the target drafts for itself; default)"
+                        + draft_none)
     g.add_argument("--head", default=None, metavar="DIR",
                    help="a trained EagleHead folder (specvlm train-head) to draft with instead of a draft model "
                         "(its tree defaults to EAGLE-2's dynamic tree)")
@@ -161,42 +163,16 @@ def _decoding_options(args) -> dict:
 def cmd_generate(args) -> int:
     import torch
 
-    from .compat import check_tokenizers
-    from .drafters.loading import is_eagle_head, load_drafter
-    from .generator import SpeculativeGenerator
     from .inputs import inputs_from_args
-    from .loading import load_config, load_model, load_tokenizer, resolve
 
     _check_decoding(args)
     say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     # Everything the user can get wrong is checked before any weights load: folders, configs, files, frames.
-    target_dir = resolve(args.target)
-    target_config = load_config(target_dir)
-    head = args.head or (args.draft if is_eagle_head(args.draft) else None)
-    if args.head and args.draft != "self":
-        raise SpecVLMError("give --draft or --head, not both: an EagleHead is the drafter")
-    draft_dir = draft_config = None
-    if args.draft != "self" and head is None:
-        draft_dir = resolve(args.draft)
-        draft_config = load_config(draft_dir)
+    models = resolve_models(args)
     report: dict = {}
-    inputs = inputs_from_args(args, target_dir, target_config, draft_dir, draft_config, progress=say,
-                              report=report)
-    say(f"loading target {args.target} ...")
-    target, tokenizer = load_model(target_dir, args.dtype, args.device), load_tokenizer(target_dir)
-    draft = "self"
-    if head is not None:
-        say(f"loading EagleHead {head} ...")
-        draft = load_drafter(head, target, kind="head")
-    elif draft_dir is not None:
-        say(f"loading draft {args.draft} ...")
-        check_tokenizers(tokenizer, load_tokenizer(draft_dir))
-        draft = load_model(draft_dir, args.dtype, args.device)
-    gen = SpeculativeGenerator(target, draft, tokenizer=tokenizer, tree=args.tree,
-                               num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
-                               tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens,
-                               confidence_threshold=args.confidence_threshold,
-                               **_pruning_options(args), **engine_options(args))
+    inputs = inputs_from_args(args, models.target_dir, models.target_config, models.draft_dir, models.draft_config,
+                              progress=say, report=report)
+    gen = load_generator(args, models, say)
     with torch.no_grad():
         if args.json:
             out = gen.generate(**inputs, **_decoding_options(args))
@@ -208,6 +184,56 @@ def cmd_generate(args) -> int:
     print()
     say(gen.stats.summary())
     return 0
+
+
+class ModelDirs(NamedTuple):
+    target_dir: str
+    target_config: object
+    head: str | None            # an EagleHead folder (--head, or a --draft that holds one)
+    draft_dir: str | None       # a draft model folder; None for "self" and heads
+    draft_config: object
+
+
+def resolve_models(args) -> ModelDirs:
+    """The --target / --draft / --head folders checked and their configs read; no weights load."""
+    from .drafters.loading import is_eagle_head
+    from .loading import load_config, resolve
+
+    target_dir = resolve(args.target)
+    target_config = load_config(target_dir)
+    head = args.head or (args.draft if is_eagle_head(args.draft) else None)
+    if args.head and args.draft != "self":
+        raise SpecVLMError("give --draft or --head, not both: an EagleHead is the drafter")
+    draft_dir = draft_config = None
+    if args.draft != "self" and head is None:
+        draft_dir = resolve(args.draft)
+        draft_config = load_config(draft_dir)
+    return ModelDirs(target_dir, target_config, head, draft_dir, draft_config)
+
+
+def load_generator(args, models: ModelDirs, say):
+    """Loads the target, its tokenizer and the drafter, and returns the SpeculativeGenerator the decoding, pruning and
+    engine options describe."""
+    from .compat import check_tokenizers
+    from .drafters.loading import load_drafter
+    from .generator import SpeculativeGenerator
+    from .loading import load_model, load_tokenizer
+
+    say(f"loading target {args.target} ...")
+    target, tokenizer = load_model(models.target_dir, args.dtype, args.device), load_tokenizer(models.target_dir)
+    draft = "self"
+    if models.head is not None:
+        say(f"loading EagleHead {models.head} ...")
+        draft = load_drafter(models.head, target, kind="head")
+    elif models.draft_dir is not None:
+        say(f"loading draft {args.draft} ...")
+        check_tokenizers(tokenizer, load_tokenizer(models.draft_dir))
+        draft = load_model(models.draft_dir, args.dtype, args.device)
+    return SpeculativeGenerator(target, draft, tokenizer=tokenizer, tree=args.tree,
+                                num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
+                                tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens,
+                                confidence_threshold=args.confidence_threshold,
+                                **_pruning_options(args), **engine_options(args))
 
 
 def _pruning_options(args) -> dict:

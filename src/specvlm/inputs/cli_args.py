@@ -29,6 +29,11 @@ def add_input_arguments(parser) -> None:
                    help="image file (jpg, png, webp); repeat for several images")
     if "--prompt" not in parser._option_string_actions:   # the caller may already define it
         g.add_argument("--prompt", metavar="TEXT", help="the question or instruction")
+    add_frame_arguments(g)
+
+
+def add_frame_arguments(g) -> None:
+    """How videos are sampled and images sized (`specvlm serve` applies them to every request)."""
     g.add_argument("--num-frames", type=int, default=None, metavar="N",
                    help=f"video frames sampled uniformly over the whole video (default {DEFAULT_NUM_FRAMES})")
     g.add_argument("--fps", type=float, default=None, metavar="X",
