@@ -1,4 +1,4 @@
-"""`specvlm` command line: generate | demo | train-head | bench | testbed build. Every command has --help; bad
+"""`specvlm` command line: generate | demo | train-head | bench | serve | testbed build. Every command has --help; bad
 input is one line on stderr and a non-zero exit (set SPECVLM_DEBUG=1 to see tracebacks of unexpected errors)."""
 
 from __future__ import annotations
@@ -97,6 +97,9 @@ def build_parser() -> argparse.ArgumentParser:
 
     from .bench.command import add_bench_parser
     add_bench_parser(sub)
+
+    from .serve.command import add_serve_parser
+    add_serve_parser(sub)
 
     testbed = sub.add_parser("testbed", help="the synthetic testbed: build its tiny trained model pairs",
                              description="Tools for the synthetic video testbed (see `specvlm testbed build --help`).")
