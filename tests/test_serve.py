@@ -457,3 +457,28 @@ def test_metrics_are_prometheus_text():
     assert 'specvlm_requests_total{status="429"} 1' in text and "specvlm_queue_length 3" in text
     assert 'specvlm_tau_bucket{le="2.5"} 1' in text and 'specvlm_tau_bucket{le="2"} 0' in text
     assert all(line.startswith("#") or re.match(r"^specvlm_\w+(\{[^}]*\})? \S+$", line) for line in text.splitlines())
+
+
+def test_help_and_bad_options_are_one_line_before_any_weights_load(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0 and "--allowed-local-media-path" in capsys.readouterr().out
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bad = {  # options -> a phrase of the one-line error
+            ("--port", "70000"): "--port", ("--max-queue", "-1"): "--max-queue",
+            ("--request-timeout", "0"): "--request-timeout", ("--max-request-bytes", "0"): "--max-request-bytes",
+            ("--allowed-local-media-path", str(tmp_path / "none")): "not a folder",
+            ("--draft", "none", "--pruning", "specvlm"): "--draft none", ("--num-frames", "0"): "--num-frames",
+            ("--temperature", "-1"): "--temperature", ("--max-pixels", "10"): "--max-pixels",
+            ("--draft", str(tmp_path / "none")): "does not exist",
+            ("--port", str(taken.getsockname()[1])): "cannot listen",
+        }
+        for options, phrase in bad.items():
+            assert main(["serve", "--target", str(TARGET), *options]) == 2, options
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err[-1].startswith("specvlm: error: ") and phrase in err[-1], (options, err)
+            assert not any(line.startswith("loading") for line in err), options

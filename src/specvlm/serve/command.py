@@ -118,25 +118,23 @@ def bind(host: str, port: int) -> socket.socket:
 
 
 def load_engine(args, say):
-    """The models the options name, loaded, and the Engine that serves them; a request-free dry run of the input
-    pipeline checks the frame options and the processor before the first client comes."""
+    """The models the options name, loaded, and the Engine that serves them. Before any weights load, a dry run of
+    the input pipeline on a text-only prompt checks the frame options, the processors and the draft's family."""
     from ..cli import load_generator, resolve_models
     from ..loading import load_model, load_tokenizer
-    from .engine import Engine, Frames
+    from .engine import Engine, Frames, model_inputs
     from .media import TurnFiles
 
     target_only = args.draft == "none"
     models = resolve_models(argparse.Namespace(**{**vars(args), "draft": "self"}) if target_only else args)
     frames = Frames(args.num_frames, args.fps, args.max_pixels)
+    model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, not target_only)
     if target_only:
         say(f"loading target {args.target} (no draft: target-only decoding) ...")
-        engine = Engine(models, load_model(models.target_dir, args.dtype, args.device),
-                        load_tokenizer(models.target_dir), frames=frames)
-    else:
-        gen = load_generator(args, models, say)
-        engine = Engine(models, gen.model, gen.tokenizer, gen, frames)
-    engine.prepare(TurnFiles("Hello.", (), None, {}), default_decoding(args))
-    return engine
+        return Engine(models, load_model(models.target_dir, args.dtype, args.device),
+                      load_tokenizer(models.target_dir), frames=frames)
+    gen = load_generator(args, models, say)
+    return Engine(models, gen.model, gen.tokenizer, gen, frames)
 
 
 def default_decoding(args):

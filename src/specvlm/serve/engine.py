@@ -28,7 +28,21 @@ class Frames:
     max_pixels: int | None = None
 
 
+def model_inputs(models, frames: Frames, files: TurnFiles, max_new_tokens: int, with_draft: bool) -> dict:
+    """Model inputs for one request, built exactly as `specvlm generate --prompt ... --video ...` builds them (the
+    draft's own inputs too when `with_draft`); `InputError` (400) for bad media or a prompt too long."""
+    from ..inputs import inputs_from_args
+
+    args = argparse.Namespace(prompt=files.prompt, image=[str(p) for p in files.images],
+                              video=None if files.video is None else str(files.video), num_frames=frames.num_frames,
+                              fps=frames.fps, max_pixels=frames.max_pixels, max_new_tokens=max_new_tokens)
+    draft_dir, draft_config = (models.draft_dir, models.draft_config) if with_draft else (None, None)
+    return inputs_from_args(args, models.target_dir, models.target_config, draft_dir, draft_config)
+
+
 class Engine:
+    """The loaded target (and generator, unless target-only) and the per-request steps the worker runs."""
+
     def __init__(self, models, target, tokenizer, generator=None, frames: Frames = Frames()):
         self.models, self.target, self.tokenizer, self.generator, self.frames = \
             models, target, tokenizer, generator, frames
@@ -44,17 +58,8 @@ class Engine:
         return "target-only" if self.generator is None else "speculative"
 
     def prepare(self, files: TurnFiles, decoding: Decoding) -> dict:
-        """Model inputs for the request, built exactly as `specvlm generate --prompt ... --video ...` builds them;
-        `InputError` (400) for anything wrong with the media or the prompt's length."""
-        from ..inputs import inputs_from_args
-
-        args = argparse.Namespace(prompt=files.prompt, image=[str(p) for p in files.images],
-                                  video=None if files.video is None else str(files.video),
-                                  num_frames=self.frames.num_frames, fps=self.frames.fps,
-                                  max_pixels=self.frames.max_pixels, max_new_tokens=decoding.max_new_tokens)
-        models = self.models
-        draft_dir, draft_config = (None, None) if self.generator is None else (models.draft_dir, models.draft_config)
-        return inputs_from_args(args, models.target_dir, models.target_config, draft_dir, draft_config)
+        """Model inputs for the request (see `model_inputs`)."""
+        return model_inputs(self.models, self.frames, files, decoding.max_new_tokens, self.generator is not None)
 
     def generate(self, inputs: dict, decoding: Decoding, streamer) -> None:
         """Generates into `streamer`. Sampling is seeded by the request's seed when it gives one: a torch.Generator
