@@ -61,3 +61,14 @@ def test_testbed_fast_path_comparison_runs(capsys):
                      "--methods", "target.generate,chain: ours fast,chain: ours eager"])
     out = capsys.readouterr().out
     assert "| chain: ours fast |" in out and "NO" not in out and "efficiency" in out
+
+
+@pytest.mark.slow
+def test_serve_benchmark_runs(capsys):
+    import bench_serve
+
+    results = bench_serve.main(["--clients", "2", "--requests", "1", "--rounds", "1", "--max-tokens", "4",
+                                "--configs", "speculative,target-only"])
+    assert results["lossless"] is True and [row["name"] for row in results["rows"]] == ["speculative", "target-only"]
+    assert all(row["requests"] == 2 and row["consistent"] and row["tokens_per_s"] > 0 for row in results["rows"])
+    assert "| speculative | 2 |" in capsys.readouterr().out
