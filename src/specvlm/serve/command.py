@@ -37,12 +37,11 @@ example (the bundled testbed pair; README.md, "Serving", has curl and openai cli
 
 def add_serve_parser(sub) -> None:
     from ..cli import _add_decoding_arguments, _add_model_arguments
-    from ..inputs.cli_args import add_frame_arguments
+    from ..inputs.arguments import add_frame_arguments
 
     p = sub.add_parser("serve", help="serve an OpenAI-compatible chat completions API, speculatively",
                        description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
-    _add_model_arguments(p, draft_none=", or 'none' (no speculation: the target's own Hugging Face generate, the "
-                                       "baseline to compare with)")
+    _add_model_arguments(p)
     add_frame_arguments(p.add_argument_group("inputs (applied to every request)"))
     _add_decoding_arguments(p)
     g = p.add_argument_group("server")
@@ -81,8 +80,6 @@ def check_server_options(args) -> Path | None:
         raise SpecVLMError(f"--max-request-bytes must be >= 1, got {args.max_request_bytes}")
     if args.api_key is not None and not args.api_key.strip():
         raise SpecVLMError("--api-key is empty")
-    if args.draft == "none" and (args.head or args.pruning != "none"):
-        raise SpecVLMError("--draft none decodes with the target alone: drop --head / --pruning")
     if args.allowed_local_media_path is None:
         return None
     folder = Path(args.allowed_local_media_path).expanduser()
@@ -121,18 +118,12 @@ def load_engine(args, say):
     """The models the options name, loaded, and the Engine that serves them. Before any weights load, a dry run of
     the input pipeline on a text-only prompt checks the frame options, the processors and the draft's family."""
     from ..cli import load_generator, resolve_models
-    from ..loading import load_model, load_tokenizer
     from .engine import Engine, Frames, model_inputs
     from .media import TurnFiles
 
-    target_only = args.draft == "none"
-    models = resolve_models(argparse.Namespace(**{**vars(args), "draft": "self"}) if target_only else args)
+    models = resolve_models(args)
     frames = Frames(args.num_frames, args.fps, args.max_pixels)
-    model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, not target_only)
-    if target_only:
-        say(f"loading target {args.target} (no draft: target-only decoding) ...")
-        return Engine(models, load_model(models.target_dir, args.dtype, args.device),
-                      load_tokenizer(models.target_dir), frames=frames)
+    model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, args.draft != "none")
     gen = load_generator(args, models, say)
     return Engine(models, gen.model, gen.tokenizer, gen, frames)
 

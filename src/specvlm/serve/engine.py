@@ -41,45 +41,42 @@ def model_inputs(models, frames: Frames, files: TurnFiles, max_new_tokens: int, 
 
 
 class Engine:
-    """The loaded target (and generator, unless target-only) and the per-request steps the worker runs."""
+    """The loaded target, its generator (a SpeculativeGenerator, or TargetOnly for --draft none) and the
+    per-request steps the worker runs."""
 
-    def __init__(self, models, target, tokenizer, generator=None, frames: Frames = Frames()):
+    def __init__(self, models, target, tokenizer, generator, frames: Frames = Frames()):
         self.models, self.target, self.tokenizer, self.generator, self.frames = \
             models, target, tokenizer, generator, frames
         eos = target.generation_config.eos_token_id
         self.eos = set([eos] if isinstance(eos, int) else (eos or []))
         # how error messages name the model folders (clients need not learn the server's file system)
         self.folder_names = {str(models.target_dir): "the target model"}
-        if generator is not None and models.draft_dir is not None:
+        if models.draft_dir is not None:
             self.folder_names[str(models.draft_dir)] = "the draft model"
 
     @property
     def mode(self) -> str:
-        return "target-only" if self.generator is None else "speculative"
+        from ..target_only import TargetOnly
+
+        return "target-only" if isinstance(self.generator, TargetOnly) else "speculative"
 
     def prepare(self, files: TurnFiles, decoding: Decoding) -> dict:
         """Model inputs for the request (see `model_inputs`)."""
-        return model_inputs(self.models, self.frames, files, decoding.max_new_tokens, self.generator is not None)
+        return model_inputs(self.models, self.frames, files, decoding.max_new_tokens, self.mode == "speculative")
 
     def generate(self, inputs: dict, decoding: Decoding, streamer) -> None:
-        """Generates into `streamer`. Sampling is seeded by the request's seed when it gives one: a torch.Generator
-        for the speculative generator; torch's global generator for HF's generate, which takes none (the worker is
-        the only thread that generates)."""
+        """Generates into `streamer`. Sampling is seeded by the request's seed when it gives one, through a
+        torch.Generator (TargetOnly seeds torch's global generator from it: HF's generate takes none, and the worker
+        is the only thread that generates)."""
         options = decoding.generate_options()
-        sampled, seed = options["do_sample"], decoding.seed
+        seed = decoding.seed if options["do_sample"] else None
+        rng = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
         with torch.no_grad():   # grad mode is per thread: the worker thread needs its own
-            if self.generator is not None:
-                rng = torch.Generator(device="cpu").manual_seed(seed) if sampled and seed is not None else None
-                self.generator.generate(**inputs, **options, streamer=streamer, generator=rng)
-                return
-            if sampled and seed is not None:
-                torch.manual_seed(seed)
-            inputs = {k: v for k, v in inputs.items() if k != "draft_inputs"}
-            self.target.generate(**inputs, **options, streamer=streamer)
+            self.generator.generate(**inputs, **options, streamer=streamer, generator=rng)
 
     def stats(self, sink) -> dict:
         """The response's "specvlm" object: speculation statistics of the request just generated."""
-        if self.generator is None:
+        if self.mode == "target-only":
             first = sink.first_at or sink.started
             end = sink.last_at or first
             return dict(mode=self.mode, tau=None, acceptance_by_position=None, rounds=len(sink.tokens),
