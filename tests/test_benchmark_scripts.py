@@ -1,7 +1,6 @@
 """The benchmark scripts that need hardware or time we do not have in the suite run here at toy sizes, so they
 cannot rot: the GPU preset at tiny shapes on the CPU, the testbed fast-path comparison on one clip."""
 
-import sys
 from pathlib import Path
 
 import pytest
@@ -75,3 +74,14 @@ def test_gpu_check_runs_the_lossless_matrix_on_cpu(tmp_path):
     assert {r["engine"] for r in rows} == {"fast", "eager"} and {r["drafter"] for r in rows} == {"small", "self",
                                                                                                    "head"}
     assert all(r["result"] == "identical" for r in rows), [r for r in rows if r["result"] != "identical"]
+
+
+@pytest.mark.slow
+def test_serve_benchmark_runs(capsys):
+    import bench_serve
+
+    results = bench_serve.main(["--clients", "2", "--requests", "1", "--rounds", "1", "--max-tokens", "4",
+                                "--configs", "speculative,target-only"])
+    assert results["lossless"] is True and [row["name"] for row in results["rows"]] == ["speculative", "target-only"]
+    assert all(row["requests"] == 2 and row["consistent"] and row["tokens_per_s"] > 0 for row in results["rows"])
+    assert "| speculative | 2 |" in capsys.readouterr().out

@@ -62,7 +62,7 @@ CASES = [  # target, draft, inputs, extra options
     ("qwen", "self", "video", ["--pruning", "specvlm", "--visual-keep-ratio", "0.3"]),
     ("qwen", "qwen_draft", "image", ["--tree", "dynamic"]),
     ("onevision", "onevision_draft", "video", ["--pruning", "uniform", "--visual-keep-ratio", "0.5"]),
-    ("onevision", "self", "image", ["--tree", "chain"]),
+    ("onevision", "self", "image", ["--tree", "chain", "--pruning", "none"]),   # the unpruned self-draft, asked for
 ]
 
 
@@ -130,7 +130,7 @@ BAD_OPTIONS = [  # decoding / pruning options out of range -> the flag the messa
     (["--temperature", "0.7", "--top-p", "1.5"], "--top-p"),
     (["--top-k", "-1"], "--top-k"),
     (["--pruning", "specvlm", "--visual-keep-ratio", "0"], "--visual-keep-ratio"),
-    (["--visual-keep-ratio", "0.5"], "--pruning"),
+    (["--pruning", "none", "--visual-keep-ratio", "0.5"], "--pruning"),
     (["--pruning", "specvlm", "--stage1-mass", "-1"], "--stage1-mass"),
 ]
 
@@ -180,3 +180,49 @@ def test_eagle_head_drafts_and_output_stays_the_targets(capsys, folders, media, 
     code, _, err = _run(capsys, "generate", "--target", folders["onevision"], "--head", tmp_path / "head",
                         "--image", str(media / "picture.png"), "--prompt", "Q")
     assert code == 2 and "EagleHead" in err.strip().splitlines()[-1], err
+
+
+def _json(capsys, *argv) -> dict:
+    code, out, err = _run(capsys, "generate", *argv, "--json")
+    assert code == 0, err
+    return json.loads(out)
+
+
+def test_draft_none_is_the_target_alone_with_the_same_summary(capsys, folders, media):
+    media_args = ["--video", str(media / "clip.mp4"), "--num-frames", "6", "--prompt", "What happens here?"]
+    result = _json(capsys, "--target", folders["qwen"], "--draft", "none", *media_args, "--max-new-tokens", 10)
+    assert result["token_ids"] == _expected(folders["qwen"], media_args, 10)
+    stats = result["stats"]
+    assert stats["mode"] == "target-only" and stats["rounds"] == 0 and stats["new_tokens"] == 10
+    assert stats["visual_tokens"] == result["inputs"]["visual_tokens"] > 0 and stats["pruning"] == "none"
+    code, out, err = _run(capsys, "generate", "--target", folders["qwen"], "--draft", "none", *media_args,
+                          "--max-new-tokens", 6)
+    assert code == 0 and out.endswith("\n") and "no draft: target-only decoding" in err
+    assert err.strip().splitlines()[-1].startswith("6 tokens, target-only (no draft), "), err
+
+
+def test_self_drafts_from_a_specvlm_pruned_view_unless_told_otherwise(capsys, folders, media):
+    """--draft self without --pruning prunes with SpecVLM at keep 0.1 (an unpruned self-draft cannot be faster than
+    the target); --pruning none still gives the unpruned one. Both report the visual tokens the same way."""
+    media_args = ["--video", str(media / "clip.mp4"), "--num-frames", "6", "--prompt", "What happens here?"]
+    expected = _expected(folders["qwen"], media_args, 8)
+    pruned = _json(capsys, "--target", folders["qwen"], *media_args, "--max-new-tokens", 8)
+    unpruned = _json(capsys, "--target", folders["qwen"], "--pruning", "none", *media_args, "--max-new-tokens", 8)
+    assert pruned["token_ids"] == unpruned["token_ids"] == expected
+    visual = pruned["inputs"]["visual_tokens"]
+    assert pruned["stats"]["pruning"] == "specvlm" and pruned["stats"]["visual_tokens"] == visual
+    assert pruned["stats"]["kept_visual_tokens"] == int(visual * 0.1)
+    assert unpruned["stats"]["pruning"] == "none"
+    assert unpruned["stats"]["visual_tokens"] == unpruned["stats"]["kept_visual_tokens"] == visual
+    head_default = _json(capsys, "--target", folders["qwen"], "--draft", folders["qwen_draft"], *media_args,
+                         "--max-new-tokens", 4)
+    assert head_default["stats"]["pruning"] == "none"   # a draft model keeps the old default
+
+
+@pytest.mark.parametrize("draft", ["qwen_draft", "none"])
+def test_seed_makes_sampling_reproducible(capsys, folders, media, draft):
+    args = ["--target", folders["qwen"], "--draft", folders.get(draft, draft), "--image", media / "picture.png",
+            "--prompt", "Q", "--max-new-tokens", 12, "--temperature", "1.5"]
+    runs = {seed: [_json(capsys, *args, "--seed", seed)["token_ids"] for _ in range(2)] for seed in (1, 2)}
+    assert runs[1][0] == runs[1][1] and runs[2][0] == runs[2][1]
+    assert runs[1][0] != runs[2][0]   # a tiny random model at temperature 1.5: 12 tokens never coincide

@@ -163,3 +163,20 @@ def test_multi_turn_records_mask_every_answer(setup):
     assert tok.decode(ids[response]) == f"{first}<|im_end|>{second}<|im_end|>"
     assert tok.decode(ids[int(starts[0]):int(starts[1])]).startswith(first)
     assert "<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n" in tok.decode(ids[~response])
+
+
+def test_summary_reports_the_first_and_last_losses_observed(setup, tmp_path, capsys):
+    """With few steps the 10-step means coincide; the summary names the first and last steps' losses instead (what
+    the progress bar showed), and the JSON has both."""
+    root, _ = setup
+    argv = ["train-head", "--target", root / "target", "--data", root / "world" / "train.jsonl",
+            *[a for a in COMMON if a != "--json"]]
+    code, out, _ = run(capsys, *argv, "--out", tmp_path / "a", "--json")
+    assert code == 0
+    summary = json.loads(out)
+    state = torch.load(tmp_path / "a" / "trainer_state.pt", weights_only=False)
+    assert (summary["loss_first"], summary["loss_last"]) == (state["losses"][0], state["losses"][-1])
+    assert summary["loss_first"] != summary["loss_last"]
+    code, out, _ = run(capsys, *argv, "--out", tmp_path / "b")   # the same seeded run, as text
+    assert code == 0
+    assert f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} (first -> last step)" in out, out

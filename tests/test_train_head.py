@@ -2,7 +2,9 @@
 resumable, the loss is masked to the response, the target is never touched, and the CLI pair works."""
 
 import argparse
+import io
 import json
+import sys
 
 import pytest
 import torch
@@ -115,10 +117,19 @@ def test_loss_is_masked_to_the_response():
         Example(example.inputs, torch.zeros(length, dtype=torch.bool))
 
 
-def test_progress_bar_shows_loss_and_acceptance(capsys):
+def test_progress_bar_shows_loss_and_acceptance(capsys, monkeypatch):
+    class Terminal(io.StringIO):
+        def isatty(self) -> bool:
+            return True
+
+    terminal = Terminal()
+    monkeypatch.setattr(sys, "stderr", terminal)
     small_run(steps=2, progress=True)
-    err = capsys.readouterr().err
+    err = terminal.getvalue()
     assert "train-head" in err and "loss=" in err and "acc=" in err and "tau=" in err
+    monkeypatch.undo()
+    small_run(steps=2, progress=True)   # stderr is no terminal here: no bar (logs get no carriage returns)
+    assert "train-head" not in capsys.readouterr().err
 
 
 def test_bad_options():

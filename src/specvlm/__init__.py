@@ -1,10 +1,14 @@
 """specvlm: lossless speculative decoding for vision-language models on unmodified Hugging Face transformers."""
 
-from .drafters.eagle import EagleHead
-from .drafters.loading import load_drafter
-from .errors import SpecVLMError
-from .generator import SpecOutput, SpeculativeGenerator
-from .stats import SpecStats
+from ._lazy import lazy_exports
 
-__all__ = ["EagleHead", "SpecOutput", "SpecStats", "SpecVLMError", "SpeculativeGenerator", "load_drafter"]
+# the module that defines each name, imported on its first use (so the CLI starts without torch)
+_EXPORTS = {
+    ".drafters.eagle": ("EagleHead",),
+    ".drafters.loading": ("load_drafter",),
+    ".errors": ("SpecVLMError",),
+    ".generator": ("SpecOutput", "SpeculativeGenerator"),
+    ".stats": ("SpecStats",),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
 __version__ = "0.1.0"

@@ -1,16 +1,20 @@
-"""`specvlm` command line: generate | demo | train-head | bench | testbed build. Every command has --help; bad
-input is one line on stderr and a non-zero exit (set SPECVLM_DEBUG=1 to see tracebacks of unexpected errors)."""
+"""`specvlm` command line: generate | demo | train-head | bench | serve | testbed build. Every command has --help; bad
+input is one line on stderr and a non-zero exit (set SPECVLM_DEBUG=1 to see tracebacks of unexpected errors); Ctrl-C
+is one line and exit 130. Parsing and checking the options imports neither torch nor transformers (package
+`__init__`s export lazily), so option errors, --help and --version answer in a fraction of a second."""
 
 from __future__ import annotations
 
 import argparse
 import json
 import os
+import signal
 import sys
+from typing import NamedTuple
 
 from .errors import SpecVLMError
-from .inputs.cli_args import add_input_arguments
-from .pruning import METHODS
+from .inputs.arguments import add_input_arguments
+from .options import PRUNING_METHODS, check_pruning, check_tree, parse_device
 
 
 def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
@@ -33,8 +37,10 @@ def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
                    help="dynamic tree: tokens verified per round, root included")
     add_engine_arguments(g)
     g = p.add_argument_group("visual pruning of the draft's prompt (the target always sees every token)")
-    g.add_argument("--pruning", default="none", choices=("none",) + METHODS,
-                   help="how the draft's visual tokens are chosen (specvlm: verifier attention + uniform fill)")
+    g.add_argument("--pruning", default=None, choices=("none",) + PRUNING_METHODS,
+                   help="how the draft's visual tokens are chosen (specvlm: verifier attention + uniform fill). "
+                        "Default: specvlm with --draft self (an unpruned self-draft can never be faster than the "
+                        "target alone), else none")
     g.add_argument("--visual-keep-ratio", type=float, default=None,
                    help="fraction of visual tokens the draft keeps (default 0.1 with --pruning)")
     g.add_argument("--stage1-mass", type=float, default=0.4, help="specvlm Stage I attention mass λ (default 0.4)")
@@ -60,17 +66,40 @@ def _add_model_arguments(p: argparse.ArgumentParser) -> None:
     g = p.add_argument_group("models")
     g.add_argument("--target", required=True, help="target model folder (or hub id)")
     g.add_argument("--draft", default="self",
-                   help="draft model folder of the same family, or 'self' (the target drafts for itself; default)")
+                   help="a draft model folder (or hub id) of the same family; an EagleHead folder (as --head); "
+                        "'self' (default: the target drafts for itself from a SpecVLM-pruned view of the images / "
+                        "video, see --pruning); or 'none' (no speculation: the target's own Hugging Face generate, "
+                        "the baseline to compare with, with the same summary line)")
     g.add_argument("--head", default=None, metavar="DIR",
                    help="a trained EagleHead folder (specvlm train-head) to draft with instead of a draft model "
                         "(its tree defaults to EAGLE-2's dynamic tree)")
-    g.add_argument("--device", default="auto", help="auto (CUDA if present, all GPUs), cpu, cuda, cuda:1, ...")
+    g.add_argument("--device", default="auto", type=parse_device,
+                   help="auto (default: CUDA if present, spread over all GPUs; else cpu), cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"),
                    help="weights dtype (auto: the checkpoint's on GPU, float32 on CPU)")
 
 
+class OneLineParser(argparse.ArgumentParser):
+    """argparse, but a usage error is one line (the usage of `specvlm generate` alone is a screenful) and exit 2."""
+
+    def error(self, message: str):
+        self.exit(2, f"{self.prog}: error: {message} (see {self.prog} --help)\n")
+
+
+def version() -> str:
+    from importlib.metadata import PackageNotFoundError
+    from importlib.metadata import version as installed
+
+    try:
+        return installed("specvlm")
+    except PackageNotFoundError:   # run from a source tree that was never installed
+        from . import __version__
+        return __version__
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="specvlm", description="Lossless speculative decoding for VLMs.")
+    parser = OneLineParser(prog="specvlm", description="Lossless speculative decoding for VLMs.")
+    parser.add_argument("--version", action="version", version=f"specvlm {version()}")
     sub = parser.add_subparsers(dest="command", required=True)
 
     gen = sub.add_parser("generate", help="answer a prompt about images or a video, speculatively",
@@ -78,6 +107,8 @@ def build_parser() -> argparse.ArgumentParser:
     _add_model_arguments(gen)
     add_input_arguments(gen)
     _add_decoding_arguments(gen)
+    gen.add_argument("--seed", type=int, default=None, metavar="N",
+                     help="with --temperature > 0: seed the sampling, so the same N gives the same answer")
     gen.add_argument("--json", action="store_true", help="print one JSON object (text, token ids, stats)")
     gen.set_defaults(func=cmd_generate)
 
@@ -93,11 +124,14 @@ def build_parser() -> argparse.ArgumentParser:
     add_engine_arguments(demo)
     demo.set_defaults(func=cmd_demo)
 
-    from .train.head import add_train_head_parser
+    from .train.command import add_train_head_parser
     add_train_head_parser(sub)
 
     from .bench.command import add_bench_parser
     add_bench_parser(sub)
+
+    from .serve.command import add_serve_parser
+    add_serve_parser(sub)
 
     testbed = sub.add_parser("testbed", help="the synthetic testbed: build its tiny trained model pairs",
                              description="Tools for the synthetic video testbed (see `specvlm testbed build --help`).")
@@ -107,13 +141,14 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
     try:
+        args = build_parser().parse_args(argv)
         return args.func(args) or 0
     except SpecVLMError as err:
         print(f"specvlm: error: {err}", file=sys.stderr)
         return 2
-    except KeyboardInterrupt:
+    except KeyboardInterrupt:   # Ctrl-C at any moment: importing, loading, generating
+        signal.signal(signal.SIGINT, signal.SIG_IGN)   # a second Ctrl-C must not interrupt the way out
         print("specvlm: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # a bug, not bad input: one line unless asked for the traceback
@@ -125,10 +160,9 @@ def main(argv: list[str] | None = None) -> int:
 
 
 def _check_decoding(args) -> None:
-    """Every decoding and pruning option, checked before any weights load (the same checks the library runs)."""
-    from .generator import check_pruning
-    from .tree import TreeSpec
-
+    """Every decoding and pruning option, checked before any heavy import (the same checks the library runs).
+    Resolves the default --pruning (see `default_pruning`)."""
+    args.pruning = default_pruning(args)
     if args.max_new_tokens < 1:
         raise SpecVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if args.temperature < 0:
@@ -140,12 +174,25 @@ def _check_decoding(args) -> None:
     if args.pruning == "none" and args.visual_keep_ratio is not None:
         raise SpecVLMError("--visual-keep-ratio needs a pruning method, e.g. --pruning specvlm")
     try:
-        TreeSpec(kind=args.tree or "static", num_draft_tokens=args.num_draft_tokens, top_k=args.tree_top_k,
-                 depth=args.tree_depth, total_tokens=args.tree_total_tokens,
-                 confidence_threshold=args.confidence_threshold)
+        check_tree(args.tree or "static", args.num_draft_tokens, args.tree_top_k, args.tree_depth,
+                   args.tree_total_tokens, args.confidence_threshold)
         check_pruning(**_pruning_options(args))
     except SpecVLMError as err:   # the library's wording names keyword arguments; the CLI's names flags
         raise SpecVLMError(_as_flags(str(err))) from None
+
+
+def default_pruning(args) -> str:
+    """--pruning as given; unset, "specvlm" when the target drafts for itself, else "none". An unpruned self-draft
+    accepts every token, but each draft step costs a full target step, so it can never beat the target alone;
+    drafting from a pruned view (SpecVLM, keep 0.1 by default) is what makes self-speculation pay. `--pruning none`
+    still asks for the unpruned self-draft. `--draft none` has no draft to prune."""
+    if args.draft == "none":
+        if args.head or args.pruning not in (None, "none"):
+            raise SpecVLMError("--draft none decodes with the target alone: drop --head / --pruning")
+        return "none"
+    if args.pruning is not None:
+        return args.pruning
+    return "specvlm" if args.draft == "self" and not args.head else "none"
 
 
 def _as_flags(message: str) -> str:
@@ -162,55 +209,83 @@ def _decoding_options(args) -> dict:
 
 
 def cmd_generate(args) -> int:
+    _check_decoding(args)   # before the heavy imports: a bad option is one line at once
     import torch
 
-    from .compat import check_tokenizers
-    from .drafters.loading import is_eagle_head, load_drafter
-    from .generator import SpeculativeGenerator
     from .inputs import inputs_from_args
-    from .loading import load_config, load_model, load_tokenizer, resolve
+    from .streaming import PrintStreamer
 
-    _check_decoding(args)
     say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
     # Everything the user can get wrong is checked before any weights load: folders, configs, files, frames.
+    models = resolve_models(args)
+    report: dict = {}
+    inputs = inputs_from_args(args, models.target_dir, models.target_config, models.draft_dir, models.draft_config,
+                              progress=say, report=report)
+    gen = load_generator(args, models, say)
+    rng = None if args.seed is None else torch.Generator().manual_seed(args.seed)
+    streamer = None if args.json else PrintStreamer(gen.tokenizer)
+    with torch.no_grad():
+        out = gen.generate(**inputs, **_decoding_options(args), streamer=streamer, generator=rng)
+    if args.json:
+        print(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict(),
+                          "inputs": report}))
+    else:
+        say(out.stats.summary())
+    return 0
+
+
+class ModelDirs(NamedTuple):
+    target_dir: str
+    target_config: object
+    head: str | None            # an EagleHead folder (--head, or a --draft that holds one)
+    draft_dir: str | None       # a draft model folder; None for "self", "none" and heads
+    draft_config: object
+
+
+def resolve_models(args) -> ModelDirs:
+    """The --target / --draft / --head folders checked and their configs read; no weights load."""
+    from .drafters.loading import is_eagle_head
+    from .loading import load_config, resolve
+
     target_dir = resolve(args.target)
     target_config = load_config(target_dir)
     head = args.head or (args.draft if is_eagle_head(args.draft) else None)
     if args.head and args.draft != "self":
         raise SpecVLMError("give --draft or --head, not both: an EagleHead is the drafter")
     draft_dir = draft_config = None
-    if args.draft != "self" and head is None:
+    if args.draft not in ("self", "none") and head is None:
         draft_dir = resolve(args.draft)
         draft_config = load_config(draft_dir)
-    report: dict = {}
-    inputs = inputs_from_args(args, target_dir, target_config, draft_dir, draft_config, progress=say,
-                              report=report)
+    return ModelDirs(target_dir, target_config, head, draft_dir, draft_config)
+
+
+def load_generator(args, models: ModelDirs, say):
+    """Loads the target, its tokenizer and the drafter, and returns the SpeculativeGenerator the decoding, pruning and
+    engine options describe; for `--draft none`, the target alone behind the same interface (TargetOnly)."""
+    from .compat import check_tokenizers
+    from .drafters.loading import load_drafter
+    from .generator import SpeculativeGenerator
+    from .loading import load_model, load_tokenizer
+    from .target_only import TargetOnly
+
+    if args.draft == "none":
+        say(f"loading target {args.target} (no draft: target-only decoding) ...")
+        return TargetOnly(load_model(models.target_dir, args.dtype, args.device), load_tokenizer(models.target_dir))
     say(f"loading target {args.target} ...")
-    target, tokenizer = load_model(target_dir, args.dtype, args.device), load_tokenizer(target_dir)
+    target, tokenizer = load_model(models.target_dir, args.dtype, args.device), load_tokenizer(models.target_dir)
     draft = "self"
-    if head is not None:
-        say(f"loading EagleHead {head} ...")
-        draft = load_drafter(head, target, kind="head")
-    elif draft_dir is not None:
+    if models.head is not None:
+        say(f"loading EagleHead {models.head} ...")
+        draft = load_drafter(models.head, target, kind="head")
+    elif models.draft_dir is not None:
         say(f"loading draft {args.draft} ...")
-        check_tokenizers(tokenizer, load_tokenizer(draft_dir))
-        draft = load_model(draft_dir, args.dtype, args.device)
-    gen = SpeculativeGenerator(target, draft, tokenizer=tokenizer, tree=args.tree,
-                               num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
-                               tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens,
-                               confidence_threshold=args.confidence_threshold,
-                               **_pruning_options(args), **engine_options(args))
-    with torch.no_grad():
-        if args.json:
-            out = gen.generate(**inputs, **_decoding_options(args))
-            print(json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict(),
-                              "inputs": report}))
-            return 0
-        for piece in gen.stream(**inputs, **_decoding_options(args)):
-            print(piece, end="", flush=True)
-    print()
-    say(gen.stats.summary())
-    return 0
+        check_tokenizers(tokenizer, load_tokenizer(models.draft_dir))
+        draft = load_model(models.draft_dir, args.dtype, args.device)
+    return SpeculativeGenerator(target, draft, tokenizer=tokenizer, tree=args.tree,
+                                num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
+                                tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens,
+                                confidence_threshold=args.confidence_threshold,
+                                **_pruning_options(args), **engine_options(args))
 
 
 def _pruning_options(args) -> dict:

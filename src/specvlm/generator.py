@@ -21,11 +21,13 @@ from .adapters.capture import AttentionCapture
 from .compat import check_models
 from .drafters import DraftContext, DraftModelDrafter, Drafter
 from .errors import SpecVLMError
-from .pruning import METHODS, NEEDS_SCORES, Layout, budget, select
+from .options import check_pruning
+from .pruning import NEEDS_SCORES, Layout, select
 from .request import Request, resolve
 from .sampling import Sampling, device_generator, history_rows
 from .session import ModelSession, StaticSession, bucket
 from .stats import SpecStats
+from .streaming import AnswerText
 from .tree import DraftTree, TreeSpec
 from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
 
@@ -111,16 +113,14 @@ class SpeculativeGenerator:
         """Yields the answer's text as rounds are accepted; `self.stats` is complete once it is exhausted."""
         if self.tokenizer is None:
             raise ValueError("stream() needs a processor or tokenizer: SpeculativeGenerator(..., processor=...)")
-        tokens, shown = [], ""
+        text = AnswerText(self.tokenizer)
         for chunk in self._run(resolve(self.model.generation_config, input_ids, kwargs)):
-            tokens += chunk
-            text = self._decode_text(tokens)
-            if not text.endswith("\ufffd"):  # wait for the rest of a multi-byte character
-                yield text[len(shown):]
-                shown = text
-        text = self._decode_text(tokens)
-        if len(text) > len(shown):
-            yield text[len(shown):]
+            piece = text.add(chunk)
+            if piece:
+                yield piece
+        piece = text.rest()
+        if piece:
+            yield piece
 
     # ---- internals -------------------------------------------------------------------------------------------
     def _decode_text(self, tokens: list[int]) -> str | None:
@@ -224,6 +224,7 @@ class SpeculativeGenerator:
             scores, stats.scoring_s = capture.scores, capture.scoring_s
         else:
             logits, hidden = target.prefill(prompt, reserve)
+        stats.visual_tokens = stats.kept_visual_tokens = visual.numel()   # the draft sees them all unless pruned
         if self.pruning == "none" or visual.numel() == 0:
             return logits, hidden, None, scores
         started = time.perf_counter()
@@ -232,23 +233,8 @@ class SpeculativeGenerator:
                       features=prompt.embeds[0, visual.to(prompt.embeds.device)], stage1_mass=self.stage1_mass,
                       seed=self.pruning_seed)
         stats.selection_s = time.perf_counter() - started
-        stats.visual_tokens, stats.kept_visual_tokens = visual.numel(), keep.numel()
+        stats.pruning, stats.kept_visual_tokens = self.pruning, keep.numel()
         return logits, hidden, keep, scores
-
-
-def check_pruning(pruning: str, visual_keep_ratio: float | None, stage1_mass: float,
-                  draft_positions: str | None) -> None:
-    """One-line errors for bad pruning options (the CLI calls this before any weights load)."""
-    if pruning != "none" and pruning not in METHODS:
-        raise SpecVLMError(f"unknown pruning method {pruning!r}; choose from none, {', '.join(METHODS)}")
-    if pruning == "none" and visual_keep_ratio is not None:
-        raise SpecVLMError("visual_keep_ratio needs a pruning method, e.g. pruning='specvlm'")
-    if visual_keep_ratio is not None:
-        budget(1, visual_keep_ratio)   # raises unless 0 < ratio <= 1
-    if not 0 < stage1_mass <= 1:
-        raise SpecVLMError(f"stage1_mass (λ) must be in (0, 1], got {stage1_mass}")
-    if draft_positions not in (None, "original", "contiguous"):
-        raise SpecVLMError(f"draft_positions must be 'original' or 'contiguous', got {draft_positions!r}")
 
 
 def _accept(logits: torch.Tensor, tree: DraftTree, sampling: Sampling, seen, generator):

@@ -23,6 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SpecVLMError
+from .options import PRUNING_METHODS, check_keep_ratio
 
 
 @dataclass(frozen=True)
@@ -56,8 +57,7 @@ class Layout:
 
 
 def budget(n: int, keep_ratio: float) -> int:
-    if not 0 < keep_ratio <= 1:
-        raise SpecVLMError(f"visual_keep_ratio must be in (0, 1], got {keep_ratio}")
+    check_keep_ratio(keep_ratio)
     return min(n, math.floor(n * keep_ratio + 1e-9))
 
 
@@ -243,8 +243,7 @@ def select_frames(layout: Layout, k: int) -> torch.Tensor:
     return _sorted(torch.cat([kept, evenly(rest.nonzero().flatten(), k - kept.numel())]))
 
 
-METHODS = ("specvlm", "specvlm-grid", "uniform", "random", "attention", "window-front", "window-middle",
-           "window-back", "temporal", "frames")
+METHODS = PRUNING_METHODS
 NEEDS_SCORES = {"specvlm", "specvlm-grid", "attention"}
 
 

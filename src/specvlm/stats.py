@@ -3,6 +3,11 @@
 τ (`mean_accepted_tokens`) is the number of *draft* tokens the target accepted per verification round, the bonus
 token excluded (the convention of both SpecVLM papers' code; add 1 for "tokens per round"). Forward counts
 include the prefill forwards.
+
+`visual_tokens` counts the visual tokens in the target's prompt (the target always sees them all) and
+`kept_visual_tokens` those the draft's prompt keeps of them: all of them unless `pruning` names a method, so the
+two are equal when nothing was pruned. A target-only run (`mode` "target-only", `specvlm generate --draft none`)
+has no draft: no rounds, no draft prompt, nothing kept.
 """
 
 from __future__ import annotations
@@ -12,6 +17,7 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class SpecStats:
+    mode: str = "speculative"       # or "target-only": the target's own generate, the baseline
     new_tokens: int = 0
     rounds: int = 0
     accepted_tokens: int = 0
@@ -23,8 +29,9 @@ class SpecStats:
     decode_s: float = 0.0
     target_prompt_tokens: int = 0
     draft_prompt_tokens: int = 0
-    visual_tokens: int = 0          # visual tokens the target saw (counted when pruning)
-    kept_visual_tokens: int = 0     # of those, the ones the draft kept
+    visual_tokens: int = 0          # visual tokens in the target's prompt
+    kept_visual_tokens: int = 0     # of those, the ones the draft's prompt keeps (all unless pruned)
+    pruning: str = "none"           # the method that pruned the draft's prompt, "none" when nothing was pruned
     scoring_s: float = 0.0          # verifier-attention capture's extra fp32 score computation (inside prefill_s)
     selection_s: float = 0.0        # time to choose the kept tokens from the scores (inside prefill_s)
     compile_s: float = 0.0          # one-time torch.compile cost paid in this call (inside prefill_s / decode_s)
@@ -61,15 +68,17 @@ class SpecStats:
         return out
 
     def summary(self) -> str:
-        line = (f"{self.new_tokens} tokens, τ={self.mean_accepted_tokens:.2f} over {self.rounds} rounds, "
-                f"{self.tokens_per_second:.1f} tokens/s (prefill {self.prefill_s:.2f}s, decode {self.decode_s:.2f}s)")
+        how = ("target-only (no draft)" if self.mode == "target-only"
+               else f"τ={self.mean_accepted_tokens:.2f} over {self.rounds} rounds")
+        line = (f"{self.new_tokens} tokens, {how}, {self.tokens_per_second:.1f} tokens/s (prefill "
+                f"{self.prefill_s:.2f}s, decode {self.decode_s:.2f}s)")
         if self.compile_s:
             line += f"; one-time compile {self.compile_s:.1f}s (included)"
         return line + self.pruning_summary()
 
     def pruning_summary(self) -> str:
-        """'' unless the draft's prompt was pruned (visual_tokens is only counted then)."""
-        if not self.visual_tokens:
+        """'' unless the draft's prompt was pruned."""
+        if self.pruning == "none":
             return ""
         return (f"; draft kept {self.kept_visual_tokens}/{self.visual_tokens} visual tokens, prompt "
                 f"{self.draft_prompt_tokens} vs {self.target_prompt_tokens} (scoring {self.scoring_s * 1e3:.1f}ms, "

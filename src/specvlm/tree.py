@@ -25,7 +25,7 @@ from typing import Callable, Sequence
 
 import torch
 
-from .errors import SpecVLMError
+from .options import check_tree
 
 # The EAGLE-1 static tree `mc_sim_7b_63` that the video-pruning paper drafts with: 25 nodes below the root, depth
 # 5, 4/8/8/3/2 nodes per depth, 15 leaves. A path (r1, r2, ...) is "the r1-th best child of the root, then its
@@ -278,13 +278,8 @@ class TreeSpec:
     paths: tuple = EAGLE1_TREE
 
     def __post_init__(self):
-        if self.kind not in ("chain", "static", "dynamic"):
-            raise SpecVLMError(f"tree must be 'chain', 'static' or 'dynamic', got {self.kind!r}")
-        if min(self.num_draft_tokens, self.top_k, self.depth, self.total_tokens - 1) < 1:
-            raise SpecVLMError("num_draft_tokens, tree_top_k and tree_depth must be >= 1 and tree_total_tokens >= 2, "
-                               f"got {self.num_draft_tokens}, {self.top_k}, {self.depth} and {self.total_tokens}")
-        if not 0 <= self.confidence_threshold < 1:
-            raise SpecVLMError(f"confidence_threshold must be in [0, 1), got {self.confidence_threshold}")
+        check_tree(self.kind, self.num_draft_tokens, self.top_k, self.depth, self.total_tokens,
+                   self.confidence_threshold)
 
     @property
     def max_depth(self) -> int:

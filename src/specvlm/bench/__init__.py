@@ -6,7 +6,11 @@ harness behind `specvlm bench` (`runner.run_bench`) and its report (`report`: pu
     summary = run_bench("testbed:data/world", "models/target", "runs/b1", draft="models/draft", limit=4)
 """
 
-from .datasets import DatasetError, load_dataset
-from .runner import run_bench
+from .._lazy import lazy_exports
 
-__all__ = ["DatasetError", "load_dataset", "run_bench"]
+# the module that defines each name, imported on its first use (so the CLI starts without torch)
+_EXPORTS = {
+    ".datasets": ("DatasetError", "load_dataset"),
+    ".runner": ("run_bench",),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

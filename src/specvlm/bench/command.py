@@ -9,6 +9,7 @@ from pathlib import Path
 
 from ..cli import add_engine_arguments, engine_options
 from ..errors import SpecVLMError
+from ..options import parse_device
 from .datasets import LOADERS
 from .methods import (BASE_METHODS, DEFAULT_KEEP_RATIOS, DEFAULT_PRUNING_METHODS, PRUNED_FAMILIES, parse_keep_ratios,
                       parse_pruning_methods)
@@ -52,7 +53,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--target", required=True, help="target model folder")
     g.add_argument("--draft", default=None, help="draft model folder (same family) for hf-assisted, sd-*, prune:*")
     g.add_argument("--head", default=None, help="EagleHead folder for eagle / eagle-prune:*")
-    g.add_argument("--device", default="auto", help="auto (CUDA if present), cpu, cuda, ...")
+    g.add_argument("--device", default="auto", type=parse_device,
+                   help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     g = p.add_argument_group("methods")
     g.add_argument("--methods", default=None, help="comma-separated methods (see below)")
@@ -108,7 +110,7 @@ def cmd_bench(args) -> int:
                         num_draft_tokens=args.num_draft_tokens, tree=args.tree,
                         hf_assistant_tokens=args.hf_assistant_tokens, draft_positions=args.draft_positions,
                         **engine_options(args), dtype=args.dtype, device=args.device,
-                        force=args.force, command=_command_line(), say=say)
+                        force=args.force, command=_command_line(), say=say, progress=not args.quiet)
     from .report import markdown_table
 
     print(markdown_table(summary))

@@ -23,7 +23,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from ..errors import SpecVLMError
-from ..pruning import METHODS as PRUNING_METHODS
+from ..options import PRUNING_METHODS
 
 BASE_METHODS = ("target", "hf-assisted", "sd-chain", "sd-chain-conf", "sd-static", "sd-dynamic", "self", "eagle")
 HF_CONFIDENCE = 0.4   # transformers' default assistant_confidence_threshold

@@ -21,12 +21,14 @@ import inspect
 import json
 import platform
 import re
+import sys
 from pathlib import Path
 from typing import Callable
 
 import numpy as np
 
 from ..errors import SpecVLMError
+from ..progress import progress_bar
 from .datasets import LOADERS, load_dataset
 from .methods import (DEFAULT_KEEP_RATIOS, DEFAULT_PRUNING_METHODS, Run, default_methods, generator_options,
                       parse_methods)
@@ -252,8 +254,9 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
               num_draft_tokens: int = 5, tree: str = "static", hf_assistant_tokens: int | None = None,
               draft_positions: str | None = None, engine: str = "fast", compile="auto",
               dtype: str = "auto", device: str = "auto", force: bool = False, command: str | None = None,
-              say: Callable[[str], None] = lambda m: None) -> list[dict]:
-    """Run the benchmark and write its files to `out`; returns the summaries (`report.summarize`)."""
+              say: Callable[[str], None] = lambda m: None, progress: bool = False) -> list[dict]:
+    """Run the benchmark and write its files to `out`; returns the summaries (`report.summarize`). `progress`: a
+    bar per sample, with the time left, on stderr when it is a terminal."""
     import torch
 
     if max_new_tokens < 1:
@@ -293,6 +296,9 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
     (out / "config.json").write_text(json.dumps(context, indent=1) + "\n")
 
     rows: list[dict] = []
+    bar = progress_bar(len(records), "bench", "sample", progress)
+    if not bar.disable:   # the per-run lines go above the bar instead of through it
+        say = lambda message: bar.write(message, file=sys.stderr)   # noqa: E731
     try:
         with torch.no_grad(), open(out / "results.jsonl", "w", encoding="utf-8") as results:
             for index, record in enumerate(records):
@@ -301,7 +307,9 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
                     rows.append(row)
                     results.write(json.dumps(row, ensure_ascii=False) + "\n")
                 results.flush()
+                bar.update(1)
     finally:   # also after an interrupt: the summary of the samples completed so far
+        bar.close()
         summary = summarize(rows)
         if rows:
             (out / "summary.json").write_text(json.dumps(summary, indent=1) + "\n")

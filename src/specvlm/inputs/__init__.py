@@ -7,13 +7,16 @@
     model.generate(**inputs)
 """
 
-from .cli_args import add_input_arguments, inputs_from_args
-from .errors import InputError
-from .image import load_image
-from .processor import build_inputs, load_processor, processor_family, torchvision_usable
-from .prompt import conversation, fallback_prompt, render_prompt
-from .video import Video, load_video, sampler, uniform_indices
+from .._lazy import lazy_exports
 
-__all__ = ["InputError", "Video", "add_input_arguments", "build_inputs", "conversation", "fallback_prompt",
-           "inputs_from_args", "load_image", "load_processor", "load_video", "processor_family", "render_prompt",
-           "sampler", "torchvision_usable", "uniform_indices"]
+# the module that defines each name, imported on its first use (so the CLI starts without torch)
+_EXPORTS = {
+    ".arguments": ("add_input_arguments",),
+    ".cli_args": ("inputs_from_args",),
+    ".errors": ("InputError",),
+    ".image": ("load_image",),
+    ".processor": ("build_inputs", "load_processor", "processor_family", "torchvision_usable"),
+    ".prompt": ("conversation", "fallback_prompt", "render_prompt"),
+    ".video": ("Video", "load_video", "sampler", "uniform_indices"),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

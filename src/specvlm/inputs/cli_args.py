@@ -1,4 +1,5 @@
-"""Command-line hooks: `add_input_arguments(parser)` and `inputs_from_args(args, model_dir, model_config)`.
+"""Command-line hooks: `inputs_from_args(args, model_dir, model_config)` on the options `add_input_arguments(parser)`
+(arguments.py) defines.
 
 `inputs_from_args` checks every input before any heavy work, decodes the video once, and runs the target's
 processor (and the draft's, when a draft folder is given and its preprocessing differs). Every problem a user can
@@ -12,29 +13,14 @@ from typing import Callable
 
 import torch
 
+from .arguments import DEFAULT_NUM_FRAMES
 from .errors import InputError, check_file
 from .image import IMAGE_EXTENSIONS, load_image
 from .processor import FAMILIES, build_inputs, load_processor
 from .video import VIDEO_EXTENSIONS, check_sampling, load_video, sampler
 
-DEFAULT_NUM_FRAMES = 8
 # Families whose processors read the same prompt placeholders and pixels layout (draft and target may differ here).
 _INPUT_GROUP = {"qwen2_vl": "qwen", "qwen2_5_vl": "qwen", "llava_onevision": "llava_onevision"}
-
-
-def add_input_arguments(parser) -> None:
-    g = parser.add_argument_group("inputs")
-    g.add_argument("--video", metavar="FILE", help="video file (mp4, webm, mkv, avi, mov)")
-    g.add_argument("--image", metavar="FILE", action="append", default=[],
-                   help="image file (jpg, png, webp); repeat for several images")
-    if "--prompt" not in parser._option_string_actions:   # the caller may already define it
-        g.add_argument("--prompt", metavar="TEXT", help="the question or instruction")
-    g.add_argument("--num-frames", type=int, default=None, metavar="N",
-                   help=f"video frames sampled uniformly over the whole video (default {DEFAULT_NUM_FRAMES})")
-    g.add_argument("--fps", type=float, default=None, metavar="X",
-                   help="sample X frames per second of video instead of a fixed --num-frames")
-    g.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="Qwen-VL: resize each image / frame to at most N pixels (fewer visual tokens)")
 
 
 def inputs_from_args(args, model_dir, model_config, draft_dir=None, draft_config=None,

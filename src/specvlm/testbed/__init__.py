@@ -7,12 +7,14 @@ answers follow from the clip's event log. See `export.py` for the files it write
     texts = build_text_corpus(n_clips=2000)                         # all the world's text, for a tokenizer
 """
 
-from .export import (EXPLAIN_PROMPT, SPLITS, build_text_corpus, clip_id, generate_world, make_clip, split_of,
-                     write_mp4)
-from .language import CAPTION_PROMPTS, DESCRIBE_PROMPT, QUESTION_KINDS, conversations, is_correct
-from .render import render_clip
-from .world import Scene, simulate
+from .._lazy import lazy_exports
 
-__all__ = ["CAPTION_PROMPTS", "DESCRIBE_PROMPT", "EXPLAIN_PROMPT", "QUESTION_KINDS", "SPLITS", "Scene",
-           "build_text_corpus", "clip_id", "conversations", "generate_world", "is_correct", "make_clip",
-           "render_clip", "simulate", "split_of", "write_mp4"]
+# the module that defines each name, imported on its first use (so the CLI starts without torch)
+_EXPORTS = {
+    ".export": ("EXPLAIN_PROMPT", "SPLITS", "build_text_corpus", "clip_id", "generate_world", "make_clip", "split_of",
+                "write_mp4"),
+    ".language": ("CAPTION_PROMPTS", "DESCRIBE_PROMPT", "QUESTION_KINDS", "conversations", "is_correct"),
+    ".render": ("render_clip",),
+    ".world": ("Scene", "simulate"),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

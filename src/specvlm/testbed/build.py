@@ -34,12 +34,13 @@ N_SAMPLES = 3
 
 
 class Progress:
-    """One status line on stderr: redrawn in place on a terminal, else printed at most every 15 s."""
+    """Progress on stderr: on a terminal, a tqdm bar per stage with the time left; else one line at most every 15 s."""
 
     def __init__(self, enabled: bool = True, stream=sys.stderr):
         self.enabled, self.stream, self.start = enabled, stream, time.perf_counter()
         self.tty = enabled and getattr(stream, "isatty", lambda: False)()
         self.last = 0.0
+        self.bar = self.stage = None   # the current stage's tqdm bar (terminal only) and its name
 
     def elapsed(self) -> str:
         s = int(time.perf_counter() - self.start)
@@ -48,17 +49,37 @@ class Progress:
     def __call__(self, stage: str, done: int, total: int, note: str = "") -> None:
         if not self.enabled:
             return
+        if self.tty:
+            self._draw(stage, done, total, note)
+            return
         now = time.perf_counter()
-        if not self.tty and done < total and now - self.last < 15:
+        if done < total and now - self.last < 15:
             return
         self.last = now
         bar = "#" * int(20 * done / max(total, 1))
-        line = f"[{self.elapsed()}] {stage:<28} [{bar:<20}] {done}/{total} {note}"
-        self.stream.write(("\r" + line.ljust(100) + ("\n" if done >= total else "")) if self.tty else line + "\n")
+        self.stream.write(f"[{self.elapsed()}] {stage:<28} [{bar:<20}] {done}/{total} {note}\n")
         self.stream.flush()
+
+    def _draw(self, stage: str, done: int, total: int, note: str) -> None:
+        from ..progress import progress_bar
+
+        if self.bar is None or self.stage != stage:   # a new stage: a new bar (its rate is its own)
+            self._close()
+            self.bar, self.stage = progress_bar(total, stage, "it", file=self.stream), stage
+        self.bar.n = done
+        self.bar.set_postfix_str(note, refresh=False)
+        self.bar.refresh()
+        if done >= total:
+            self._close()
+
+    def _close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = self.stage = None
 
     def say(self, message: str) -> None:
         if self.enabled:
+            self._close()
             self.stream.write(f"[{self.elapsed()}] {message}\n")
             self.stream.flush()
 

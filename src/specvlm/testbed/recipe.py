@@ -12,8 +12,6 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-from ..inputs.testing import ONEVISION_CHAT_TEMPLATE, QWEN_CHAT_TEMPLATE, _token_names, save_tiny_processor
-from ..tiny import special_ids
 
 FAMILIES = ("llava_onevision", "qwen2_5_vl")
 ROLES = ("target", "draft")
@@ -118,6 +116,9 @@ def family_tokenizer(bpe_json: str, family: str, vocab: int):
     from tokenizers import Tokenizer
     from transformers import PreTrainedTokenizerFast
 
+    from ..inputs.testing import ONEVISION_CHAT_TEMPLATE, QWEN_CHAT_TEMPLATE, _token_names
+    from ..tiny import special_ids
+
     ids, names = special_ids(vocab), _token_names(family)
     tok = Tokenizer.from_str(bpe_json)
     tok.add_special_tokens(["<|im_start|>"] + [names[k] for k in sorted(ids, key=ids.get)])
@@ -133,6 +134,8 @@ def make_model(recipe: Recipe, family: str, role: str, seed: int):
     import torch
     from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2_5_VLConfig,
                               Qwen2_5_VLForConditionalGeneration, Qwen2Config, SiglipVisionConfig)
+
+    from ..tiny import special_ids
 
     a, ids = recipe.arch[role], special_ids(recipe.vocab)
     text = dict(vocab_size=recipe.vocab, hidden_size=a.hidden, intermediate_size=3 * a.hidden,
@@ -174,6 +177,8 @@ def save_processor(folder, recipe: Recipe, family: str, tokenizer, model) -> Pat
     """Tokenizer, chat template and image / video processor configs next to the weights. The processor files come
     from `save_tiny_processor` (sized to this recipe); its throwaway tokenizer is then replaced by ours, and the
     video processor remembers the frame count the model was trained on."""
+    from ..inputs.testing import save_tiny_processor
+
     folder = Path(folder)
     save_tiny_processor(folder, family, model=model if family == "llava_onevision" else None, vocab=recipe.vocab,
                         image_size=recipe.ov_image_size, min_pixels=recipe.qwen_pixels,

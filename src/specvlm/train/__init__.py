@@ -1,7 +1,12 @@
 """Training: online logit distillation of EagleVLM draft heads (`train_head`), and the data they learn from."""
 
-from .data import Example, as_example, greedy_examples, load_examples
-from .head import TrainConfig, TrainResult, add_train_arguments, distill_loss, run_from_args, train_head
+from .._lazy import lazy_exports
 
-__all__ = ["Example", "TrainConfig", "TrainResult", "add_train_arguments", "as_example", "distill_loss",
-           "greedy_examples", "load_examples", "run_from_args", "train_head"]
+# the module that defines each name, imported on its first use (so the CLI starts without torch)
+_EXPORTS = {
+    ".data": ("Example", "as_example", "greedy_examples", "load_examples"),
+    ".config": ("TrainConfig",),
+    ".head": ("TrainResult", "distill_loss", "run_from_args", "train_head"),
+    ".command": ("add_train_arguments",),
+}
+__getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

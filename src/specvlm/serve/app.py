@@ -1,0 +1,267 @@
+"""The HTTP side: FastAPI routes in OpenAI's chat completions dialect, on top of the model worker.
+
+    POST /v1/chat/completions   (stream or not)         GET /v1/models, /v1/models/{id}
+    GET  /health                                        GET /metrics (Prometheus text)
+
+A request is parsed and checked (400 / 401 / 404 / 413 before it ever waits), its media written to its own temporary
+folder, then queued (429 when the queue is full). Its HTTP status is decided once the worker has built its inputs:
+bad media is a 400 even for `stream: true`. After that a streamed answer goes out as Server-Sent Events; a client that
+disconnects, or a request past its deadline, stops the worker at its next round.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import hmac
+import json
+import logging
+import shutil
+import tempfile
+import time
+import uuid
+from contextlib import asynccontextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+from fastapi import Depends, FastAPI, Request
+from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException
+
+from .errors import APIError, bad_request, internal, timed_out
+from .media import materialize
+from .metrics import Metrics
+from .schema import ChatRequest, Decoding, chat_turn, decoding, parse_request
+from .worker import Delta, Failed, Finished, Job, Started, Worker
+
+log = logging.getLogger("specvlm.serve")
+CHAT_PATH = "/v1/chat/completions"
+POLL_S = 0.2   # how often a waiting handler looks for a gone client or a passed deadline
+
+
+@dataclass(frozen=True)
+class Settings:
+    model_name: str                  # the id clients send as "model"
+    defaults: Decoding               # the server's decoding options: what a request leaves out
+    temp_root: Path                  # each request's media folder is made (and removed) below it;
+                                     # the server removes it when it stops
+    api_key: str | None = None
+    allowed_media: Path | None = None   # resolved --allowed-local-media-path
+    max_queue: int = 64
+    request_timeout: float | None = None
+    max_request_bytes: int = 64 << 20
+
+
+class ClientGone(Exception):
+    pass
+
+
+def create_app(engine, settings: Settings) -> FastAPI:
+    metrics = Metrics()
+    worker = Worker(engine, settings.max_queue, metrics)
+    created = int(time.time())
+
+    @asynccontextmanager
+    async def lifespan(app):
+        worker.start()
+        try:
+            yield
+        finally:   # here, not after uvicorn returns: on SIGTERM uvicorn re-raises the signal once shut down
+            worker.stop()
+            shutil.rmtree(settings.temp_root, ignore_errors=True)
+
+    app = FastAPI(title="specvlm serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app.state.worker, app.state.metrics = worker, metrics
+
+    def error_response(request: Request, err: APIError) -> JSONResponse:
+        log.warning("%s %s -> %d %s", request.method, request.url.path, err.status, err.message)
+        if request.url.path == CHAT_PATH:
+            metrics.request(err.status)
+        return JSONResponse(err.body(), status_code=err.status)
+
+    @app.exception_handler(APIError)
+    async def on_api_error(request: Request, err: APIError):
+        return error_response(request, err)
+
+    @app.exception_handler(HTTPException)
+    async def on_http_error(request: Request, err: HTTPException):   # unknown route, wrong method
+        return error_response(request, APIError(err.status_code, str(err.detail), code="not_found"
+                                                if err.status_code == 404 else None))
+
+    @app.exception_handler(Exception)
+    async def on_bug(request: Request, err: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return error_response(request, internal(err))
+
+    async def authorized(request: Request) -> None:
+        if settings.api_key is None:
+            return
+        scheme, _, token = request.headers.get("authorization", "").partition(" ")
+        if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
+            raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
+                           code="invalid_api_key")
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok"}
+
+    @app.get("/metrics")
+    async def prometheus():
+        return PlainTextResponse(metrics.render(worker.queue_length, int(worker.busy)),
+                                 media_type="text/plain; version=0.0.4")
+
+    def model_card() -> dict:
+        return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "specvlm"}
+
+    @app.get("/v1/models", dependencies=[Depends(authorized)])
+    async def models():
+        return {"object": "list", "data": [model_card()]}
+
+    @app.get("/v1/models/{model:path}", dependencies=[Depends(authorized)])
+    async def model(model: str):
+        if model != settings.model_name:
+            raise unknown_model(model, settings.model_name)
+        return model_card()
+
+    async def next_event(job: Job, request: Request, watch_client: bool):
+        """The job's next event. Stops the job when the deadline passes (504) or, with `watch_client`, when the
+        client has gone (a streamed response watches through Starlette instead, which cancels the stream)."""
+        while True:
+            try:
+                return await asyncio.wait_for(job.events.get(), timeout=POLL_S)
+            except asyncio.TimeoutError:
+                if watch_client and await request.is_disconnected():
+                    worker.cancel(job, "disconnect")
+                    raise ClientGone() from None
+                if job.stop_reason() == "timeout":
+                    worker.cancel(job, "timeout")
+                    raise timed_out(job.timeout) from None
+
+    @app.post(CHAT_PATH, dependencies=[Depends(authorized)])
+    async def chat_completions(request: Request):
+        chat = parse_request(await read_json(request, settings.max_request_bytes))
+        if chat.model != settings.model_name:
+            raise unknown_model(chat.model, settings.model_name)
+        turn, options = chat_turn(chat.messages), decoding(chat, settings.defaults)
+        workdir = Path(tempfile.mkdtemp(prefix="request-", dir=settings.temp_root))
+        try:
+            files = await asyncio.to_thread(materialize, turn, workdir, settings.allowed_media)
+            job = Job(files, options, settings.request_timeout, workdir, asyncio.get_running_loop())
+            worker.submit(job)
+        except BaseException:
+            shutil.rmtree(workdir, ignore_errors=True)
+            raise
+        try:
+            first = await next_event(job, request, watch_client=True)
+            if isinstance(first, Failed):
+                raise first.error
+            reply = Reply(chat, settings.model_name)
+            if chat.stream:
+                metrics.request(200)
+                return StreamingResponse(stream(job, request, reply), media_type="text/event-stream",
+                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+            while not isinstance(event := await next_event(job, request, watch_client=True), Finished):
+                if isinstance(event, Failed):
+                    raise event.error
+                reply.text.append(event.text)
+        except ClientGone:
+            metrics.request(499)   # nginx's "client closed request": nobody reads this response
+            return Response(status_code=499)
+        metrics.request(200)
+        log.info("200 chat: %s", reply.summary(event))
+        return JSONResponse(reply.completion(event))
+
+    async def stream(job: Job, request: Request, reply: "Reply"):
+        finished = False
+        try:
+            yield sse(reply.chunk({"role": "assistant", "content": ""}))
+            while True:
+                try:
+                    event = await next_event(job, request, watch_client=False)
+                except APIError as err:
+                    event = Failed(err)
+                if isinstance(event, Delta):
+                    yield sse(reply.chunk({"content": event.text}))
+                    continue
+                finished = True
+                if isinstance(event, Failed):
+                    log.warning("POST %s stream -> %d %s", CHAT_PATH, event.error.status, event.error.message)
+                    yield sse(event.error.body())
+                else:
+                    log.info("200 chat (stream): %s", reply.summary(event))
+                    for chunk in reply.last_chunks(event):
+                        yield sse(chunk)
+                yield "data: [DONE]\n\n"
+                return
+        finally:
+            if not finished:   # the client went away (Starlette cancelled this stream) or the server stops
+                worker.cancel(job, "disconnect")
+
+    return app
+
+
+class Reply:
+    """The response objects of one request, in OpenAI's shapes."""
+
+    def __init__(self, chat: ChatRequest, model: str):
+        self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model
+        self.include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
+        self.text: list[str] = []
+
+    def _head(self, kind: str) -> dict:
+        return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
+
+    def chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
+        return {**self._head("chat.completion.chunk"),
+                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+
+    def last_chunks(self, done: Finished) -> list[dict]:
+        """The chunk with the finish_reason, then (stream_options.include_usage) one with the usage and no choices;
+        the last of them carries the speculation statistics under "specvlm"."""
+        chunks = [self.chunk({}, done.finish_reason)]
+        if self.include_usage:
+            chunks.append({**self._head("chat.completion.chunk"), "choices": [], "usage": done.usage})
+        chunks[-1]["specvlm"] = done.stats
+        return chunks
+
+    def completion(self, done: Finished) -> dict:
+        message = {"role": "assistant", "content": "".join(self.text)}
+        return {**self._head("chat.completion"),
+                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": done.finish_reason}],
+                "usage": done.usage, "specvlm": done.stats}
+
+    @staticmethod
+    def summary(done: Finished) -> str:
+        tau = done.stats.get("tau")
+        return (f"{done.usage['prompt_tokens']} prompt + {done.usage['completion_tokens']} new tokens, "
+                f"{done.finish_reason}" + ("" if tau is None else f", τ={tau:.2f}"))
+
+
+def sse(payload: dict) -> str:
+    return f"data: {json.dumps(payload)}\n\n"
+
+
+def unknown_model(name: str, served: str) -> APIError:
+    return APIError(404, f"the model {name!r} does not exist: this server serves {served!r}", param="model",
+                    code="model_not_found")
+
+
+async def read_json(request: Request, limit: int):
+    """The JSON body, refused with a 413 as soon as it is known to exceed `limit` bytes."""
+    declared = request.headers.get("content-length", "")
+    if declared.isdigit() and int(declared) > limit:
+        raise too_large(limit)
+    body, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > limit:
+            raise too_large(limit)
+        body.append(chunk)
+    try:
+        return json.loads(b"".join(body))
+    except ValueError:
+        raise bad_request("the request body is not valid JSON") from None
+
+
+def too_large(limit: int) -> APIError:
+    return APIError(413, f"the request body is larger than --max-request-bytes ({limit} bytes)",
+                    code="request_too_large")

@@ -1,0 +1,168 @@
+"""`specvlm serve`: the command line. Takes every `specvlm generate` option (models, decoding, pruning, engine,
+frames), plus the server's own; checks them all, binds the port and loads the models, then runs uvicorn."""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import os
+import shutil
+import socket
+import sys
+import tempfile
+from pathlib import Path
+
+from ..errors import SpecVLMError
+
+DESCRIPTION = """\
+Serve the target model behind an OpenAI-compatible HTTP API (POST /v1/chat/completions, streamed or not;
+GET /v1/models, /health, /metrics), decoding with lossless speculative decoding: every answer is exactly the
+target's own (greedy: token for token; sampling: the same distribution).
+
+A request is one user turn, as `specvlm generate` takes it: text parts (the question), images ("image_url":
+data:image/...;base64 URLs) and at most one video (vLLM's "video_url": a data:video/mp4;base64 URL), or local files
+under --allowed-local-media-path. The chat template is applied exactly as `specvlm generate --prompt` applies it,
+so a greedy request answers what `specvlm generate` prints for the same media and prompt."""
+
+EPILOG = """\
+The decoding options (--max-new-tokens, --temperature, --top-p, --top-k) are the defaults of requests that leave
+max_tokens, temperature, top_p or top_k out. The frame options apply to every request. One model worker serves the
+requests one at a time; the others wait in a queue of --max-queue (then 429).
+
+example (the bundled testbed pair; README.md, "Serving", has curl and openai client examples):
+  ASSETS=$(python -c "import specvlm.testbed.assets as a; print(a.HERE)")
+  specvlm serve --target $ASSETS/models/qwen2_5_vl/target --draft $ASSETS/models/qwen2_5_vl/draft \\
+      --served-model-name testbed --allowed-local-media-path $ASSETS/samples"""
+
+
+def add_serve_parser(sub) -> None:
+    from ..cli import _add_decoding_arguments, _add_model_arguments
+    from ..inputs.arguments import add_frame_arguments
+
+    p = sub.add_parser("serve", help="serve an OpenAI-compatible chat completions API, speculatively",
+                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    _add_model_arguments(p)
+    add_frame_arguments(p.add_argument_group("inputs (applied to every request)"))
+    _add_decoding_arguments(p)
+    g = p.add_argument_group("server")
+    g.add_argument("--host", default="127.0.0.1",
+                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the server, "
+                        "use --api-key then)")
+    g.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one, printed)")
+    g.add_argument("--served-model-name", default=None, metavar="NAME",
+                   help="the model id clients send and /v1/models lists (default: --target as given)")
+    g.add_argument("--api-key", default=os.environ.get("SPECVLM_API_KEY"), metavar="KEY",
+                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $SPECVLM_API_KEY, else no key)")
+    g.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
+                   help="let requests name local image / video files (file:// URLs or absolute paths) inside DIR; "
+                        "without it only data: URLs are accepted")
+    g.add_argument("--max-queue", type=int, default=64, metavar="N",
+                   help="requests that may wait while one generates (default 64); more get 429")
+    g.add_argument("--request-timeout", type=float, default=None, metavar="S",
+                   help="seconds from a request's arrival to its last token, queueing included; later it is "
+                        "stopped with 504 (default: no limit)")
+    g.add_argument("--max-request-bytes", type=int, default=64 << 20, metavar="N",
+                   help="largest request body, media included (default 67108864 = 64 MiB); larger gets 413")
+    g.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
+                   help="server log level (default info: one line per request)")
+    p.set_defaults(func=cmd_serve)
+
+
+def check_server_options(args) -> Path | None:
+    """One-line errors for the server's own options; returns the resolved --allowed-local-media-path."""
+    if not 0 <= args.port <= 65535:
+        raise SpecVLMError(f"--port must be in 0..65535, got {args.port}")
+    if args.max_queue < 0:
+        raise SpecVLMError(f"--max-queue must be >= 0, got {args.max_queue}")
+    if args.request_timeout is not None and not args.request_timeout > 0:
+        raise SpecVLMError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
+    if args.max_request_bytes < 1:
+        raise SpecVLMError(f"--max-request-bytes must be >= 1, got {args.max_request_bytes}")
+    if args.api_key is not None and not args.api_key.strip():
+        raise SpecVLMError("--api-key is empty")
+    if args.allowed_local_media_path is None:
+        return None
+    folder = Path(args.allowed_local_media_path).expanduser()
+    if not folder.is_dir():
+        raise SpecVLMError(f"--allowed-local-media-path {folder} is not a folder")
+    return folder.resolve()
+
+
+def cmd_serve(args) -> int:
+    from ..cli import _check_decoding
+    from ..inputs.video import check_sampling
+
+    _check_decoding(args)
+    check_sampling(args.num_frames, args.fps)
+    allowed = check_server_options(args)
+    say = lambda msg: print(msg, file=sys.stderr, flush=True)
+    sock = bind(args.host, args.port)   # before the (slow) model load: a taken port fails at once
+    engine = load_engine(args, say)
+    return run(args, engine, sock, allowed, say)
+
+
+def bind(host: str, port: int) -> socket.socket:
+    family = socket.AF_INET6 if ":" in host else socket.AF_INET
+    sock = socket.socket(family, socket.SOCK_STREAM)
+    sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)
+    try:
+        sock.bind((host, port))
+    except OSError as err:
+        sock.close()
+        raise SpecVLMError(f"cannot listen on {host}:{port}: {err.strerror or err}") from None
+    sock.listen(128)
+    return sock
+
+
+def load_engine(args, say):
+    """The models the options name, loaded, and the Engine that serves them. Before any weights load, a dry run of
+    the input pipeline on a text-only prompt checks the frame options, the processors and the draft's family."""
+    from ..cli import load_generator, resolve_models
+    from .engine import Engine, Frames, model_inputs
+    from .media import TurnFiles
+
+    models = resolve_models(args)
+    frames = Frames(args.num_frames, args.fps, args.max_pixels)
+    model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, args.draft != "none")
+    gen = load_generator(args, models, say)
+    return Engine(models, gen.model, gen.tokenizer, gen, frames)
+
+
+def default_decoding(args):
+    from .schema import Decoding
+
+    return Decoding(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
+                    top_k=args.top_k, seed=None, stop=())
+
+
+def run(args, engine, sock: socket.socket, allowed: Path | None, say) -> int:
+    import uvicorn
+
+    from .app import Settings, create_app
+
+    _log_to_stderr(args.log_level)
+    name = args.served_model_name or args.target
+    temp_root = Path(tempfile.mkdtemp(prefix="specvlm-serve-"))
+    settings = Settings(model_name=name, defaults=default_decoding(args), temp_root=temp_root, api_key=args.api_key,
+                        allowed_media=allowed, max_queue=args.max_queue, request_timeout=args.request_timeout,
+                        max_request_bytes=args.max_request_bytes)
+    host, port = sock.getsockname()[:2]
+    if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_key is None:
+        say(f"warning: listening on {args.host} without --api-key: anyone who reaches it can use the model")
+    say(f"specvlm serve: {engine.mode} decoding of {name!r} listening on http://{host}:{port}/v1")
+    config = uvicorn.Config(create_app(engine, settings), log_level=args.log_level, access_log=False,
+                            timeout_graceful_shutdown=3)
+    try:
+        uvicorn.Server(config).run(sockets=[sock])
+    finally:
+        shutil.rmtree(temp_root, ignore_errors=True)
+    return 0
+
+
+def _log_to_stderr(level: str) -> None:
+    log = logging.getLogger("specvlm.serve")
+    handler = logging.StreamHandler(sys.stderr)
+    handler.setFormatter(logging.Formatter("%(asctime)s %(levelname)s specvlm.serve: %(message)s"))
+    log.addHandler(handler)
+    log.setLevel(level.upper())
+    log.propagate = False

@@ -1,0 +1,87 @@
+"""The served model: how one request's files become model inputs and then tokens.
+
+Inputs go through `specvlm.inputs.inputs_from_args`, the very function `specvlm generate` calls on its
+`--video / --image / --prompt / --num-frames` flags, so the chat template, frame sampling, processor and the draft's
+own inputs are the generate command's, and a greedy request answers exactly what `specvlm generate` prints.
+
+Two modes: speculative (`SpeculativeGenerator.generate`, the default) and target-only (`--draft none`: the target's
+own Hugging Face `generate`, the baseline speculation is measured against). Both stream through the same HF
+streamer protocol (see worker.TextSink).
+"""
+
+from __future__ import annotations
+
+import argparse
+from dataclasses import dataclass
+
+import torch
+
+from .media import TurnFiles
+from .schema import Decoding
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The server's --num-frames / --fps / --max-pixels, applied to every request."""
+    num_frames: int | None = None
+    fps: float | None = None
+    max_pixels: int | None = None
+
+
+def model_inputs(models, frames: Frames, files: TurnFiles, max_new_tokens: int, with_draft: bool) -> dict:
+    """Model inputs for one request, built exactly as `specvlm generate --prompt ... --video ...` builds them (the
+    draft's own inputs too when `with_draft`); `InputError` (400) for bad media or a prompt too long."""
+    from ..inputs import inputs_from_args
+
+    args = argparse.Namespace(prompt=files.prompt, image=[str(p) for p in files.images],
+                              video=None if files.video is None else str(files.video), num_frames=frames.num_frames,
+                              fps=frames.fps, max_pixels=frames.max_pixels, max_new_tokens=max_new_tokens)
+    draft_dir, draft_config = (models.draft_dir, models.draft_config) if with_draft else (None, None)
+    return inputs_from_args(args, models.target_dir, models.target_config, draft_dir, draft_config)
+
+
+class Engine:
+    """The loaded target, its generator (a SpeculativeGenerator, or TargetOnly for --draft none) and the
+    per-request steps the worker runs."""
+
+    def __init__(self, models, target, tokenizer, generator, frames: Frames = Frames()):
+        self.models, self.target, self.tokenizer, self.generator, self.frames = \
+            models, target, tokenizer, generator, frames
+        eos = target.generation_config.eos_token_id
+        self.eos = set([eos] if isinstance(eos, int) else (eos or []))
+        # how error messages name the model folders (clients need not learn the server's file system)
+        self.folder_names = {str(models.target_dir): "the target model"}
+        if models.draft_dir is not None:
+            self.folder_names[str(models.draft_dir)] = "the draft model"
+
+    @property
+    def mode(self) -> str:
+        from ..target_only import TargetOnly
+
+        return "target-only" if isinstance(self.generator, TargetOnly) else "speculative"
+
+    def prepare(self, files: TurnFiles, decoding: Decoding) -> dict:
+        """Model inputs for the request (see `model_inputs`)."""
+        return model_inputs(self.models, self.frames, files, decoding.max_new_tokens, self.mode == "speculative")
+
+    def generate(self, inputs: dict, decoding: Decoding, streamer) -> None:
+        """Generates into `streamer`. Sampling is seeded by the request's seed when it gives one, through a
+        torch.Generator (TargetOnly seeds torch's global generator from it: HF's generate takes none, and the worker
+        is the only thread that generates)."""
+        options = decoding.generate_options()
+        seed = decoding.seed if options["do_sample"] else None
+        rng = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
+        with torch.no_grad():   # grad mode is per thread: the worker thread needs its own
+            self.generator.generate(**inputs, **options, streamer=streamer, generator=rng)
+
+    def stats(self, sink) -> dict:
+        """The response's "specvlm" object: speculation statistics of the request just generated."""
+        if self.mode == "target-only":
+            first = sink.first_at or sink.started
+            end = sink.last_at or first
+            return dict(mode=self.mode, tau=None, acceptance_by_position=None, rounds=len(sink.tokens),
+                        prefill_s=first - sink.started, decode_s=end - first)
+        stats = self.generator.stats
+        return dict(mode=self.mode, tau=stats.mean_accepted_tokens, acceptance_by_position=stats.acceptance_by_position,
+                    rounds=stats.rounds, accepted_tokens=stats.accepted_tokens, drafted_tokens=stats.drafted_tokens,
+                    prefill_s=stats.prefill_s, decode_s=stats.decode_s)

@@ -1,0 +1,274 @@
+"""One model worker thread and its bounded queue.
+
+A SpeculativeGenerator is not thread-safe and runs a batch of one, so requests are served one at a time, in arrival
+order, by a single thread that owns the models. Request handlers (the asyncio side) `submit` a Job and read its
+events; the worker turns the job's files into model inputs (the generate pipeline), generates, and pushes events
+back onto the handler's loop:
+
+    Started(prompt_tokens)  the inputs are built; from here a streamed answer's headers can go out
+    Delta(text)             new answer text (cut before the first stop string)
+    Finished(...)           finish_reason, usage, speculation stats
+    Failed(APIError)        a 4xx / 5xx for the client (bad media, prompt too long, ..., or a bug: 500)
+
+Generation streams through Hugging Face's streamer protocol (`put(ids)` once per verification round), for the
+speculative generator and for `target.generate` alike. `put` checks the job between rounds and raises `Stop` when
+the client went away, the deadline passed or a stop string appeared: the generator is abandoned at that round and the
+worker takes the next job.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import shutil
+import threading
+import time
+from collections import deque
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from ..errors import SpecVLMError
+from .errors import APIError, internal, shutting_down, timed_out
+from .media import TurnFiles
+from .schema import Decoding
+
+log = logging.getLogger("specvlm.serve")
+
+
+@dataclass
+class Started:
+    prompt_tokens: int
+
+
+@dataclass
+class Delta:
+    text: str
+
+
+@dataclass
+class Finished:
+    finish_reason: str      # "stop" (EOS or a stop string) | "length"
+    usage: dict
+    stats: dict             # the response's "specvlm" object
+
+
+@dataclass
+class Failed:
+    error: APIError
+
+
+class Stop(Exception):
+    """Raised from the streamer to abandon generation at the current round."""
+
+    def __init__(self, reason: str):   # "stop" (a stop string), "disconnect", "timeout", "shutdown"
+        super().__init__(reason)
+        self.reason = reason
+
+
+@dataclass(eq=False)
+class Job:
+    files: TurnFiles
+    decoding: Decoding
+    timeout: float | None                # seconds from arrival to the last token (--request-timeout), or None
+    workdir: Path | None                 # the request's temporary folder, removed when the job ends
+    loop: asyncio.AbstractEventLoop
+    arrived: float = field(default_factory=time.monotonic)
+    events: asyncio.Queue = field(default_factory=asyncio.Queue)
+    cancelled: str | None = None         # why the job should stop: "disconnect", "timeout", "shutdown"
+    first_token: float | None = None
+
+    def emit(self, event) -> None:
+        try:
+            self.loop.call_soon_threadsafe(self.events.put_nowait, event)
+        except RuntimeError:   # the loop is closed: the server is shutting down
+            pass
+
+    def cancel(self, reason: str) -> None:
+        self.cancelled = self.cancelled or reason
+
+    @property
+    def deadline(self) -> float | None:
+        return None if self.timeout is None else self.arrived + self.timeout
+
+    def stop_reason(self) -> str | None:
+        if self.cancelled:
+            return self.cancelled
+        if self.timeout is not None and time.monotonic() > self.deadline:
+            return "timeout"
+        return None
+
+    def clean(self) -> None:
+        if self.workdir is not None:
+            shutil.rmtree(self.workdir, ignore_errors=True)
+
+
+def stop_point(text: str, stops: tuple[str, ...], final: bool) -> tuple[int, bool]:
+    """(how much of `text` may be shown, whether a stop string ends it). The answer ends before the earliest stop
+    string (not returned, as in OpenAI's API); until generation is over, a tail that could still grow into a stop
+    string is held back."""
+    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    if hits:
+        return min(hits), True
+    if final:
+        return len(text), False
+    held = max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
+               default=0)
+    return len(text) - held, False
+
+
+class TextSink:
+    """An HF streamer (`put(prompt ids)`, then `put(new ids)` per round, `end()`) that turns tokens into answer text
+    the way `SpeculativeGenerator.stream` does (the whole answer decoded each time, a half multi-byte character held
+    back) and emits it, cut at stop strings."""
+
+    def __init__(self, job: Job, tokenizer, eos: set[int]):
+        self.job, self.tokenizer, self.eos = job, tokenizer, eos
+        self.tokens: list[int] = []
+        self.shown = 0
+        self.prompt_seen = False
+        self.stopped = False      # a stop string ended the answer
+        self.started = time.perf_counter()
+        self.first_at = self.last_at = None   # when the first / latest tokens arrived
+
+    def put(self, ids) -> None:
+        if not self.prompt_seen:
+            self.prompt_seen = True
+            return
+        self.tokens += ids.reshape(-1).tolist()
+        self.last_at = time.perf_counter()
+        if self.first_at is None:
+            self.first_at = self.last_at
+            self.job.first_token = time.monotonic()
+        if self._flush(final=False):
+            raise Stop("stop")
+        reason = self.job.stop_reason()
+        if reason:
+            raise Stop(reason)
+
+    def end(self) -> None:
+        self._flush(final=True)
+
+    @property
+    def finish_reason(self) -> str:
+        return "stop" if self.stopped or (self.tokens and self.tokens[-1] in self.eos) else "length"
+
+    def _flush(self, final: bool) -> bool:
+        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        if text.endswith("\ufffd") and not final:
+            return False
+        cut, self.stopped = stop_point(text, self.job.decoding.stop, final)
+        if cut > self.shown:
+            self.job.emit(Delta(text[self.shown: cut]))
+            self.shown = cut
+        return self.stopped
+
+
+class Worker:
+    """The model thread: takes jobs in order from a queue of at most `max_queue` waiting jobs."""
+
+    def __init__(self, engine, max_queue: int, metrics):
+        self.engine, self.max_queue, self.metrics = engine, max_queue, metrics
+        self._waiting: deque[Job] = deque()
+        self._cond = threading.Condition()
+        self._current: Job | None = None
+        self._stopping = False
+        self._thread = threading.Thread(target=self._loop, name="specvlm-worker", daemon=True)
+
+    def start(self) -> None:
+        self._thread.start()
+
+    def stop(self, timeout: float = 10.0) -> None:
+        with self._cond:
+            self._stopping = True
+            for job in self._waiting:
+                job.cancel("shutdown")
+                job.clean()
+                job.emit(Failed(shutting_down()))
+            self._waiting.clear()
+            if self._current is not None:
+                self._current.cancel("shutdown")
+            self._cond.notify_all()
+        self._thread.join(timeout)
+
+    @property
+    def queue_length(self) -> int:
+        return len(self._waiting)
+
+    @property
+    def busy(self) -> bool:
+        return self._current is not None
+
+    def submit(self, job: Job) -> None:
+        """Queue `job`, or refuse it with a 429 when `max_queue` jobs already wait."""
+        with self._cond:
+            if self._stopping:
+                raise shutting_down()
+            if len(self._waiting) >= self.max_queue:
+                raise APIError(429, f"the server is busy: its queue is full (--max-queue {self.max_queue}); retry "
+                                    "later", type="rate_limit_error", code="queue_full")
+            self._waiting.append(job)
+            self._cond.notify()
+
+    def cancel(self, job: Job, reason: str) -> None:
+        """Stop `job`: dropped at once while it waits, at its next round once it runs."""
+        with self._cond:
+            job.cancel(reason)
+            if job in self._waiting:
+                self._waiting.remove(job)
+                job.clean()
+                self._record_stop(reason, 0)
+
+    def _loop(self) -> None:
+        while True:
+            with self._cond:
+                while not self._waiting and not self._stopping:
+                    self._cond.wait()
+                if self._stopping:
+                    return
+                job = self._current = self._waiting.popleft()
+            try:
+                self._serve(job)
+            finally:
+                job.clean()
+                with self._cond:
+                    self._current = None
+
+    def _serve(self, job: Job) -> None:
+        reason = job.stop_reason()
+        if reason:
+            return self._stopped(job, reason, None)
+        sink = None
+        began = time.monotonic()
+        try:
+            inputs = self.engine.prepare(job.files, job.decoding)
+            prompt_tokens = int(inputs["input_ids"].shape[1])
+            prepared = time.monotonic()
+            job.emit(Started(prompt_tokens))
+            sink = TextSink(job, self.engine.tokenizer, set() if job.decoding.ignore_eos else self.engine.eos)
+            self.engine.generate(inputs, job.decoding, sink)
+        except Stop as stop:
+            if stop.reason != "stop":
+                return self._stopped(job, stop.reason, sink)
+        except SpecVLMError as err:   # bad media, a prompt too long for the model, ...: the client's to fix
+            message = str(err)
+            names = {**self.engine.folder_names, **job.files.names}   # no server paths in messages; longest first
+            for path in sorted(names, key=len, reverse=True):
+                message = message.replace(path, names[path])
+            return job.emit(Failed(APIError(400, message, code="invalid_input")))
+        except Exception as err:   # a bug: the client gets a 500, the log the traceback, the worker goes on
+            log.exception("generation failed")
+            return job.emit(Failed(internal(err)))
+        stats = dict(self.engine.stats(sink), queue_s=began - job.arrived, inputs_s=prepared - began)
+        usage = dict(prompt_tokens=prompt_tokens, completion_tokens=len(sink.tokens),
+                     total_tokens=prompt_tokens + len(sink.tokens))
+        self.metrics.generated(job, usage, stats)
+        job.emit(Finished(sink.finish_reason, usage, stats))
+
+    def _stopped(self, job: Job, reason: str, sink: TextSink | None) -> None:
+        self._record_stop(reason, len(sink.tokens) if sink else 0)
+        if reason == "timeout":
+            job.emit(Failed(timed_out(job.timeout)))
+
+    def _record_stop(self, reason: str, tokens: int) -> None:
+        log.info("request stopped (%s) after %d new tokens", reason, tokens)
+        self.metrics.cancelled(reason, tokens)

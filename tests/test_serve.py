@@ -1,0 +1,484 @@
+"""`specvlm serve` end to end: real server processes on 127.0.0.1 (free ports), the official `openai` client, the
+bundled testbed pair. Greedy answers equal what `specvlm generate` gives for the same media and prompt, streamed or
+not, speculative or target-only; every refusal is a 4xx in OpenAI's error shape and leaves the worker serving; the
+queue, the timeout and client disconnects free the worker; temporary media files are removed.
+
+Two servers start once per module (in parallel):
+  spec  speculative (target + draft), local media allowed under the samples folder, 1 MB request limit
+  base  target-only (--draft none), an API key, a queue of 1, a 6 s request timeout
+"""
+
+import base64
+import contextlib
+import io
+import json
+import os
+import re
+import signal
+import subprocess
+import sys
+import threading
+import time
+import urllib.error
+import urllib.request
+from pathlib import Path
+
+import openai
+import pytest
+from PIL import Image
+
+from specvlm.cli import main
+from specvlm.inputs import load_video
+from specvlm.serve.errors import APIError
+from specvlm.serve.media import local_file
+from specvlm.serve.metrics import Metrics
+from specvlm.serve.schema import Decoding, chat_turn, decoding, parse_request
+from specvlm.serve.worker import stop_point
+from specvlm.testbed.assets import SAMPLES_DIR, bundled_pair, sample_clips
+
+pytestmark = pytest.mark.xdist_group("serve")   # one worker runs the module: its servers start once
+
+MODEL = "testbed"
+KEY = "sk-test-key"
+TIMEOUT_S = 6
+TARGET, DRAFT = bundled_pair("qwen2_5_vl")
+CLIP = sample_clips(kind="caption")[0]["video"]
+QUESTION = "Describe the video in detail."
+VIDEO_TOKENS = 24
+IMAGE_QUESTION = "What is in the picture?"
+IMAGE_TOKENS = 12
+LONG = dict(max_tokens=3000, extra_body={"ignore_eos": True})   # runs for long (30 s and more) unless stopped
+
+
+class Server:
+    """`specvlm serve --port 0` in its own process group, its log in a file, TMPDIR in a folder of its own."""
+
+    def __init__(self, root: Path, *options: str):
+        self.root, self.tmp = root, root / "tmp"
+        self.tmp.mkdir(parents=True)
+        self.log = root / "server.log"
+        with open(self.log, "wb") as log:
+            self.proc = subprocess.Popen(
+                [sys.executable, "-m", "specvlm", "serve", "--target", str(TARGET), "--served-model-name", MODEL,
+                 "--port", "0", *options], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+                env={**os.environ, "TMPDIR": str(self.tmp), "OMP_NUM_THREADS": "1"})
+        self.url = None
+
+    def wait_ready(self, timeout: float = 180) -> "Server":
+        end = time.monotonic() + timeout
+        while self.url is None:
+            found = re.search(r"listening on (http://127\.0\.0\.1:\d+)/v1", self.log.read_text(errors="replace"))
+            if found:
+                self.url = found.group(1)
+            elif self.proc.poll() is not None or time.monotonic() > end:
+                raise RuntimeError(f"the server did not start:\n{self.log.read_text()[-3000:]}")
+            else:
+                time.sleep(0.2)
+        while get(self.url + "/health")[0] != 200:
+            time.sleep(0.1)
+        return self
+
+    def client(self, api_key: str = "unused") -> openai.OpenAI:
+        return openai.OpenAI(base_url=self.url + "/v1", api_key=api_key, max_retries=0, timeout=120)
+
+    def metric(self, name: str) -> float:
+        text = get(self.url + "/metrics")[1].decode()
+        found = re.search(rf"^{re.escape(name)} (\S+)$", text, re.M)
+        return float(found.group(1)) if found else 0.0
+
+    def stop(self) -> None:
+        if self.proc.poll() is None:
+            os.killpg(self.proc.pid, signal.SIGTERM)
+            try:
+                self.proc.wait(20)
+            except subprocess.TimeoutExpired:
+                os.killpg(self.proc.pid, signal.SIGKILL)
+                self.proc.wait()
+
+
+def get(url: str, headers: dict | None = None) -> tuple[int, bytes]:
+    return _http(urllib.request.Request(url, headers=headers or {}))
+
+
+def post(url: str, body, headers: dict | None = None) -> tuple[int, bytes]:
+    data = body if isinstance(body, bytes) else json.dumps(body).encode()
+    return _http(urllib.request.Request(url, data=data, headers={"Content-Type": "application/json",
+                                                                  **(headers or {})}))
+
+
+def _http(request) -> tuple[int, bytes]:
+    try:
+        with urllib.request.urlopen(request, timeout=120) as response:
+            return response.status, response.read()
+    except urllib.error.HTTPError as err:
+        return err.code, err.read()
+
+
+def data_url(path, media_type: str) -> str:
+    return f"data:{media_type};base64," + base64.b64encode(Path(path).read_bytes()).decode()
+
+
+def user(text: str, *media: tuple[str, str]) -> list[dict]:
+    parts = [{"type": f"{kind}_url", f"{kind}_url": {"url": url}} for kind, url in media]
+    return [{"role": "user", "content": [*parts, {"type": "text", "text": text}]}]
+
+
+def cli_generate(*argv) -> dict:
+    out = io.StringIO()
+    with contextlib.redirect_stdout(out):
+        assert main(["generate", "--target", str(TARGET), "--draft", str(DRAFT), "--json", *map(str, argv)]) == 0
+    return json.loads(out.getvalue())
+
+
+@pytest.fixture(scope="module")
+def servers(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve")
+    started = [Server(root / "spec", "--draft", str(DRAFT), "--allowed-local-media-path", str(SAMPLES_DIR),
+                      "--max-request-bytes", str(1 << 20), "--max-queue", "32"),
+               Server(root / "base", "--draft", "none", "--api-key", KEY, "--max-queue", "1",
+                      "--request-timeout", str(TIMEOUT_S), "--allowed-local-media-path", str(SAMPLES_DIR))]
+    try:
+        yield {"spec": started[0], "base": started[1]}
+    finally:
+        for server in started:
+            server.stop()
+
+
+@pytest.fixture(scope="module")
+def picture(tmp_path_factory):
+    path = tmp_path_factory.mktemp("picture") / "frame.png"
+    Image.fromarray(load_video(CLIP, num_frames=1).frames[0]).save(path)
+    return path
+
+
+@pytest.fixture(scope="module")
+def expected(servers, picture):
+    """What `specvlm generate --json` answers (computed while the servers start)."""
+    return {"video": cli_generate("--video", CLIP, "--prompt", QUESTION, "--max-new-tokens", VIDEO_TOKENS),
+            "image": cli_generate("--image", picture, "--prompt", IMAGE_QUESTION, "--max-new-tokens", IMAGE_TOKENS)}
+
+
+@pytest.fixture(scope="module")
+def spec(servers, expected):
+    return servers["spec"].wait_ready()
+
+
+@pytest.fixture(scope="module")
+def base(servers, expected):
+    return servers["base"].wait_ready()
+
+
+VIDEO = user(QUESTION, ("video", "file://" + CLIP))
+
+
+# ---- answers ---------------------------------------------------------------------------------------------------
+
+def test_models_health_and_unknown_routes(spec):
+    assert [m.id for m in spec.client().models.list()] == [MODEL]
+    assert spec.client().models.retrieve(MODEL).id == MODEL
+    assert json.loads(get(spec.url + "/health")[1]) == {"status": "ok"}
+    status, body = get(spec.url + "/v1/nothing")
+    assert status == 404 and set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
+
+
+def test_greedy_answer_equals_generate(spec, expected):
+    video = expected["video"]
+    messages = user(QUESTION, ("video", data_url(CLIP, "video/mp4")))
+    out = spec.client().chat.completions.create(model=MODEL, messages=messages, max_tokens=VIDEO_TOKENS,
+                                                temperature=0)
+    assert out.choices[0].message.content == video["text"]
+    assert out.choices[0].finish_reason == ("stop" if len(video["token_ids"]) < VIDEO_TOKENS else "length")
+    assert out.usage.completion_tokens == len(video["token_ids"])
+    assert out.usage.prompt_tokens == video["inputs"]["prompt_tokens"]
+    stats = out.model_extra["specvlm"]
+    assert stats["mode"] == "speculative" and stats["rounds"] >= 1 and stats["accepted_tokens"] > 0
+    assert stats["tau"] == pytest.approx(stats["accepted_tokens"] / stats["rounds"])
+
+
+def test_streamed_answer_equals_generate(spec, expected):
+    chunks = list(spec.client().chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS,
+                                                        stream=True, stream_options={"include_usage": True}))
+    assert chunks[0].choices[0].delta.role == "assistant"
+    text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+    assert text == expected["video"]["text"]
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2   # streamed, not one piece
+    finish, usage = chunks[-2], chunks[-1]
+    assert finish.choices[0].finish_reason in ("stop", "length") and not usage.choices
+    assert usage.usage.completion_tokens == len(expected["video"]["token_ids"])
+    assert usage.model_extra["specvlm"]["acceptance_by_position"][0] > 0
+    status, raw = post(spec.url + "/v1/chat/completions", dict(model=MODEL, messages=VIDEO, max_tokens=4,
+                                                                stream=True))
+    events = raw.decode().strip().split("\n\n")
+    assert status == 200 and events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
+    assert "usage" not in json.loads(events[-2][6:]) and "specvlm" in json.loads(events[-2][6:])
+
+
+def test_image_part_equals_generate(spec, expected, picture):
+    messages = user(IMAGE_QUESTION, ("image", data_url(picture, "image/png")))
+    out = spec.client().chat.completions.create(model=MODEL, messages=messages, max_tokens=IMAGE_TOKENS)
+    assert out.choices[0].message.content == expected["image"]["text"]
+    assert out.usage.prompt_tokens == expected["image"]["inputs"]["prompt_tokens"]
+
+
+def test_stop_string_cuts_the_answer(spec, expected):
+    text = expected["video"]["text"]
+    stop = text.split()[4]
+    client = spec.client()
+    out = client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS, stop=[stop, "zzz"])
+    assert out.choices[0].message.content == text[: text.index(stop)]
+    assert out.choices[0].finish_reason == "stop"
+    chunks = list(client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS, stop=stop,
+                                                 stream=True))
+    assert "".join(c.choices[0].delta.content or "" for c in chunks) == text[: text.index(stop)]
+
+
+def test_sampling_is_reproducible_per_seed(spec):
+    client = spec.client()
+    answers = [client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=12, temperature=1.0,
+                                              top_p=0.9, seed=11).choices[0].message.content for _ in range(2)]
+    assert answers[0] == answers[1] and answers[0]
+
+
+def test_target_only_server_gives_the_same_greedy_answer(base, expected):
+    out = base.client(KEY).chat.completions.create(
+        model=MODEL, messages=user(QUESTION, ("video", data_url(CLIP, "video/mp4"))), max_tokens=VIDEO_TOKENS)
+    assert out.choices[0].message.content == expected["video"]["text"]
+    assert out.model_extra["specvlm"]["mode"] == "target-only"
+
+
+# ---- refusals --------------------------------------------------------------------------------------------------
+
+def bad_requests(allowed_outside: str) -> dict:
+    """what is wrong -> (request body or raw bytes, status, a phrase the message contains)"""
+    garbage = base64.b64encode(b"definitely not a video").decode()
+    ok = dict(model=MODEL, max_tokens=4)
+    return {
+        "bad base64": ({**ok, "messages": user("Q", ("image", "data:image/png;base64,@@@"))}, 400, "base64"),
+        "undecodable image": ({**ok, "messages": user("Q", ("image", "data:image/png;base64," + garbage))}, 400,
+                              "cannot read image"),
+        "undecodable video": ({**ok, "messages": user("Q", ("video", "data:video/mp4;base64," + garbage))}, 400,
+                              "cannot read video"),
+        "wrong media type": ({**ok, "messages": user("Q", ("image", data_url(CLIP, "video/mp4")))}, 400,
+                             "unsupported image type"),
+        "remote URL": ({**ok, "messages": user("Q", ("video", "https://example.com/clip.mp4"))}, 400, "remote"),
+        "outside the allowed folder": ({**ok, "messages": user("Q", ("video", allowed_outside))}, 400,
+                                       "outside --allowed-local-media-path"),
+        "relative path": ({**ok, "messages": user("Q", ("video", "clip.mp4"))}, 400, "absolute"),
+        "unknown model": ({**ok, "model": "gpt-4o", "messages": VIDEO}, 404, "does not exist"),
+        "temperature": ({**ok, "messages": VIDEO, "temperature": 3}, 400, "temperature"),
+        "max_tokens": ({**ok, "messages": VIDEO, "max_tokens": 0}, 400, "max_tokens"),
+        "n": ({**ok, "messages": VIDEO, "n": 2}, 400, "n=2"),
+        "logprobs": ({**ok, "messages": VIDEO, "logprobs": True}, 400, "logprobs"),
+        "unknown field": ({**ok, "messages": VIDEO, "best_of": 3}, 400, "unknown parameter"),
+        "too many stops": ({**ok, "messages": VIDEO, "stop": list("abcde")}, 400, "stop"),
+        "system message": ({**ok, "messages": [{"role": "system", "content": "Be brief."}, *VIDEO]}, 400,
+                           "system messages"),
+        "multi-turn": ({**ok, "messages": [*VIDEO, {"role": "assistant", "content": "A"}, *VIDEO]}, 400,
+                       "multi-turn"),
+        "two videos": ({**ok, "messages": user("Q", ("video", "file://" + CLIP), ("video", "file://" + CLIP))}, 400,
+                       "one video"),
+        "no text": ({**ok, "messages": user("", ("video", "file://" + CLIP))}, 400, "no text"),
+        "audio part": ({**ok, "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, 400,
+                       "input_audio"),
+        "prompt too long": ({**ok, "messages": VIDEO, "max_tokens": 4000}, 400, "max_position_embeddings"),
+        "not JSON": (b"{model: ", 400, "not valid JSON"),
+        "too large": (json.dumps({**ok, "messages": user("Q", ("video", "data:video/mp4;base64," + "A" * (2 << 20)))}
+                                 ).encode(), 413, "--max-request-bytes"),
+    }
+
+
+def test_bad_requests_are_openai_errors_and_the_worker_keeps_serving(spec, expected, tmp_path):
+    outside = tmp_path / "clip.mp4"
+    outside.write_bytes(Path(CLIP).read_bytes())
+    for what, (body, status, phrase) in bad_requests(str(outside)).items():
+        got, raw = post(spec.url + "/v1/chat/completions", body)
+        error = json.loads(raw)["error"]
+        assert got == status and phrase in error["message"], (what, got, error)
+        assert set(error) == {"message", "type", "param", "code"} and "\n" not in error["message"], what
+    with pytest.raises(openai.BadRequestError, match="base64"):   # the official client maps them as OpenAI's
+        spec.client().chat.completions.create(model=MODEL, max_tokens=4, stream=True,
+                                              messages=user("Q", ("image", "data:image/png;base64,@@@")))
+    with pytest.raises(openai.NotFoundError):
+        spec.client().chat.completions.create(model="gpt-4o", messages=VIDEO, max_tokens=4)
+    out = spec.client().chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS)
+    assert out.choices[0].message.content == expected["video"]["text"]
+    assert spec.metric('specvlm_requests_total{status="400"}') >= 21
+    assert "Traceback" not in spec.log.read_text()
+
+
+def test_api_key(base):
+    status, raw = get(base.url + "/v1/models")
+    assert status == 401 and json.loads(raw)["error"]["code"] == "invalid_api_key"
+    for key in ("wrong", ""):
+        with pytest.raises(openai.AuthenticationError):
+            base.client(key or "x").chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=2)
+    status, _ = post(base.url + "/v1/chat/completions", dict(model=MODEL, messages=VIDEO, max_tokens=2))
+    assert status == 401
+    assert get(base.url + "/v1/models", {"Authorization": f"Bearer {KEY}"})[0] == 200
+    assert get(base.url + "/health")[0] == 200 and get(base.url + "/metrics")[0] == 200
+
+
+# ---- queue, timeout, disconnects, concurrency ------------------------------------------------------------------
+
+def wait_for(condition, timeout: float = 30.0) -> None:
+    end = time.monotonic() + timeout
+    while not condition():
+        assert time.monotonic() < end, "timed out waiting"
+        time.sleep(0.05)
+
+
+def test_full_queue_is_429_and_a_disconnect_frees_the_worker(base, expected):
+    client = base.client(KEY)
+    hold = client.chat.completions.create(model=MODEL, messages=VIDEO, stream=True, **LONG)
+    next(iter(hold))                                            # the role chunk: the worker is generating it
+    queued = {}
+    waiter = threading.Thread(target=lambda: queued.update(out=client.chat.completions.create(
+        model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS)))
+    waiter.start()
+    wait_for(lambda: base.metric("specvlm_queue_length") == 1)
+    with pytest.raises(openai.RateLimitError) as refused:      # running one + waiting one = full
+        client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=2)
+    assert refused.value.body["code"] == "queue_full"
+    hold.close()                                                # the client goes away mid-stream
+    waiter.join(60)
+    assert queued["out"].choices[0].message.content == expected["video"]["text"]
+    assert base.metric('specvlm_requests_cancelled_total{reason="disconnect"}') == 1
+
+
+@pytest.mark.slow
+def test_request_timeout_is_504_and_frees_the_worker(base, expected):
+    """A running streamed request gets an error event at its deadline; one waiting behind it a 504."""
+    client = base.client(KEY)
+    started = time.monotonic()
+    stream = iter(client.chat.completions.create(model=MODEL, messages=VIDEO, stream=True, **LONG))
+    next(stream)
+    with pytest.raises(openai.APIStatusError) as waited:
+        client.chat.completions.create(model=MODEL, messages=VIDEO, **LONG)
+    assert waited.value.status_code == 504 and waited.value.body["code"] == "timeout"
+    with pytest.raises(openai.APIError, match="--request-timeout"):
+        for _ in stream:
+            pass
+    assert TIMEOUT_S <= time.monotonic() - started < 2 * TIMEOUT_S + 10
+    out = client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS)
+    assert out.choices[0].message.content == expected["video"]["text"]
+    assert base.metric('specvlm_requests_cancelled_total{reason="timeout"}') == 2
+
+
+def test_disconnect_mid_stream_does_not_stall_the_next_request(spec, expected):
+    client = spec.client()
+    before = spec.metric("specvlm_generation_tokens_total")
+    stream = client.chat.completions.create(model=MODEL, messages=VIDEO, stream=True, **LONG)
+    chunks = iter(stream)
+    for _ in range(3):
+        next(chunks)
+    stream.close()                                              # the client goes away mid-stream
+    wait_for(lambda: spec.metric('specvlm_requests_cancelled_total{reason="disconnect"}') == 1)
+    stopped_after = spec.metric("specvlm_generation_tokens_total") - before
+    assert stopped_after < LONG["max_tokens"] / 4
+    started = time.monotonic()
+    out = client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS)
+    assert out.choices[0].message.content == expected["video"]["text"]
+    assert time.monotonic() - started < 60
+
+
+@pytest.mark.slow
+def test_sixteen_concurrent_streamed_clients_get_the_single_answer(spec, expected, picture):
+    messages = user(IMAGE_QUESTION, ("image", data_url(picture, "image/png")))
+    client = spec.client()
+    answers: dict = {}
+
+    def ask(i: int) -> None:
+        chunks = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=IMAGE_TOKENS, stream=True)
+        answers[i] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(16)]
+    for thread in threads:
+        thread.start()
+    for thread in threads:
+        thread.join(180)
+    assert answers == {i: expected["image"]["text"] for i in range(16)}
+
+
+def test_temporary_media_files_are_removed(spec, base):
+    """Runs last: every request has ended, so no request folder is left; a stopped server leaves nothing."""
+    wait_for(lambda: not list(spec.tmp.glob("specvlm-serve-*/request-*")), timeout=10)
+    assert len(list(spec.tmp.iterdir())) == 1           # the server's own temporary root, still running
+    base.stop()
+    assert base.proc.returncode is not None and not list(base.tmp.iterdir())
+
+
+# ---- pure parts ------------------------------------------------------------------------------------------------
+
+def test_stop_point_holds_back_what_could_become_a_stop_string():
+    assert stop_point("Hello wor", ("world",), final=False) == (6, False)
+    assert stop_point("Hello wor", ("world",), final=True) == (9, False)
+    assert stop_point("Hello world!", ("world", "lo"), final=False) == (3, True)   # the earliest stop wins
+    assert stop_point("abc", (), final=False) == (3, False)
+
+
+def test_local_paths_stay_inside_the_allowed_folder(tmp_path):
+    allowed, outside = tmp_path / "allowed", tmp_path / "outside.mp4"
+    allowed.mkdir()
+    outside.write_bytes(b"x")
+    (allowed / "inside.mp4").write_bytes(b"x")
+    (allowed / "link.mp4").symlink_to(outside)
+    root = allowed.resolve()
+    assert local_file(str(allowed / "inside.mp4"), "video", root, "p") == (allowed / "inside.mp4").resolve()
+    for path in (allowed / "link.mp4", allowed / ".." / "outside.mp4"):
+        with pytest.raises(APIError, match="outside"):
+            local_file(str(path), "video", root, "p")
+    with pytest.raises(APIError, match="allowed-local-media-path"):
+        local_file(str(allowed / "inside.mp4"), "video", None, "p")
+
+
+def test_request_fields_map_to_generate_options():
+    defaults = Decoding(max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop=())
+    request = parse_request(dict(model="m", messages=[{"role": "user", "content": "Q"}, {"role": "user", "content": [
+        {"type": "text", "text": "more"}, {"type": "image_url", "image_url": {"url": "data:x"}}]}],
+        max_completion_tokens=7, max_tokens=9, temperature=0.5, top_k=-1, stop="END", n=1, user="me"))
+    options = decoding(request, defaults)
+    assert options == Decoding(max_new_tokens=7, temperature=0.5, top_p=1.0, top_k=0, seed=None, stop=("END",))
+    assert options.generate_options() == dict(max_new_tokens=7, do_sample=True, temperature=0.5, top_p=1.0, top_k=0)
+    ignoring = decoding(parse_request(dict(model="m", messages=[{"role": "user", "content": "Q"}], ignore_eos=True)),
+                        defaults)
+    assert ignoring.generate_options() == dict(max_new_tokens=128, do_sample=False, eos_token_id=[])
+    turn = chat_turn(request.messages)
+    assert turn.prompt == "Q\nmore" and [m.url for m in turn.images] == ["data:x"] and turn.video is None
+    assert decoding(parse_request(dict(model="m", messages=[{"role": "user", "content": "Q"}])),
+                    defaults).generate_options() == dict(max_new_tokens=128, do_sample=False)
+
+
+def test_metrics_are_prometheus_text():
+    metrics = Metrics()
+    metrics.request(200)
+    metrics.request(429)
+    metrics.tau.observe(2.2)
+    text = metrics.render(queue_length=3, running=1)
+    assert 'specvlm_requests_total{status="429"} 1' in text and "specvlm_queue_length 3" in text
+    assert 'specvlm_tau_bucket{le="2.5"} 1' in text and 'specvlm_tau_bucket{le="2"} 0' in text
+    assert all(line.startswith("#") or re.match(r"^specvlm_\w+(\{[^}]*\})? \S+$", line) for line in text.splitlines())
+
+
+def test_help_and_bad_options_are_one_line_before_any_weights_load(capsys, tmp_path):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["serve", "--help"])
+    assert exit_info.value.code == 0 and "--allowed-local-media-path" in capsys.readouterr().out
+    import socket
+
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        bad = {  # options -> a phrase of the one-line error
+            ("--port", "70000"): "--port", ("--max-queue", "-1"): "--max-queue",
+            ("--request-timeout", "0"): "--request-timeout", ("--max-request-bytes", "0"): "--max-request-bytes",
+            ("--allowed-local-media-path", str(tmp_path / "none")): "not a folder",
+            ("--draft", "none", "--pruning", "specvlm"): "--draft none", ("--num-frames", "0"): "--num-frames",
+            ("--temperature", "-1"): "--temperature", ("--max-pixels", "10"): "--max-pixels",
+            ("--draft", str(tmp_path / "none")): "does not exist",
+            ("--port", str(taken.getsockname()[1])): "cannot listen",
+        }
+        for options, phrase in bad.items():
+            assert main(["serve", "--target", str(TARGET), *options]) == 2, options
+            err = capsys.readouterr().err.strip().splitlines()
+            assert err[-1].startswith("specvlm: error: ") and phrase in err[-1], (options, err)
+            assert not any(line.startswith("loading") for line in err), options
