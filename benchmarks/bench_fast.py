@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from common import machine, record, table
+from common import record, table
 from specvlm import SpeculativeGenerator
 from specvlm.session import observe_forwards
 

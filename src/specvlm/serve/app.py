@@ -31,7 +31,7 @@ from .errors import APIError, bad_request, internal, timed_out
 from .media import materialize
 from .metrics import Metrics
 from .schema import ChatRequest, Decoding, chat_turn, decoding, parse_request
-from .worker import Delta, Failed, Finished, Job, Started, Worker
+from .worker import Delta, Failed, Finished, Job, Worker
 
 log = logging.getLogger("specvlm.serve")
 CHAT_PATH = "/v1/chat/completions"
