@@ -17,7 +17,7 @@ import torch
 
 from common import ForwardCounter, median_time, record, table
 from specvlm import SpeculativeGenerator
-from specvlm.bench.measure import assistant_sees_its_pixels
+from specvlm.adapters.generation import assistant_sees_its_pixels
 from specvlm.tiny import make_inputs, make_model
 
 

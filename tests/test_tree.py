@@ -4,7 +4,8 @@ import itertools
 
 import torch
 
-from specvlm.tree import (EAGLE1_TREE, DraftTree, TreeSpec, additive_mask, ancestor_matrix, build_chain,
+from specvlm.adapters.attention import additive_mask
+from specvlm.tree import (EAGLE1_TREE, DraftTree, TreeSpec, ancestor_matrix, build_chain,
                           build_dynamic_tree, build_static_tree, node_depths, static_shape)
 
 V = 8

@@ -15,6 +15,7 @@ import copy
 import torch
 from transformers import GenerationConfig
 
+from .adapters.generation import generation_defaults
 from .errors import SpecVLMError
 
 # generate() options that change the distribution but that the speculative loop does not implement. Passing one
@@ -41,7 +42,7 @@ class Sampling:
     def resolve(cls, generation_config=None, **overrides) -> "Sampling":
         """Settings as `generate` would use them: explicit arguments over the given config over HF's defaults."""
         config = generation_config if generation_config is not None else GenerationConfig()
-        defaults = _hf_defaults()
+        defaults = generation_defaults()
         values = {}
         for name in ("do_sample", "temperature", "top_k", "top_p", "repetition_penalty"):
             value = overrides.get(name)
@@ -150,13 +151,6 @@ def history_rows(seen: torch.Tensor | None, path_tokens: torch.Tensor) -> torch.
     return rows[:, :vocab] | seen
 
 
-def _hf_defaults() -> dict:
-    """The values HF `generate` uses for options nobody set (transformers 5: top_k=50, max_length=20, ...)."""
-    getter = getattr(GenerationConfig, "_get_default_generation_params", None)
-    return getter() if getter else {"max_length": 20, "top_k": 50, "temperature": 1.0, "top_p": 1.0,
-                                    "repetition_penalty": 1.0, "do_sample": False}
-
-
 def effective_config(model_config: GenerationConfig | None, given: GenerationConfig | None,
                      **kwargs) -> GenerationConfig:
     """HF's precedence: keyword arguments > the `generation_config` passed in > the model's generation_config >
@@ -172,7 +166,7 @@ def max_new_tokens(config: GenerationConfig, prompt_len: int) -> int:
     """HF's rule: max_new_tokens if set, else max_length minus the prompt if anyone set it, else 20 new tokens."""
     value = config.max_new_tokens
     if value is None:
-        value = _hf_defaults()["max_length"] if config.max_length is None else config.max_length - prompt_len
+        value = generation_defaults()["max_length"] if config.max_length is None else config.max_length - prompt_len
     if value < 1:
         raise SpecVLMError(f"max_new_tokens must be >= 1, got {value}")
     return int(value)

@@ -25,9 +25,8 @@ from contextlib import contextmanager
 import torch
 
 from .adapters import Prompt, VLMAdapter, keep_cache_entries
-from .adapters.attention import gqa_attention, uses_gqa_attention
+from .adapters.attention import additive_mask, gqa_attention, uses_gqa_attention
 from .adapters.static_cache import SlotCache
-from .tree import additive_mask
 
 # Row counts a fast step is padded to: one compiled graph per bucket, at most 1/3 of a step wasted on padding.
 BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)

@@ -80,8 +80,8 @@ def make_model(family: str, seed: int = 0, hidden: int = 64, layers: int = 2, vo
             config, cls = Qwen2VLConfig(vision_config=vision, **common), Qwen2VLForConditionalGeneration
     else:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
-    config._attn_implementation = attn
     model = cls(config).eval()
+    model.set_attn_implementation(attn)
     model.generation_config.eos_token_id = ids["eos"]
     model.generation_config.pad_token_id = ids["pad"]
     return model

@@ -119,17 +119,6 @@ def ancestor_matrix(parents: torch.Tensor, max_depth: int | None = None) -> torc
     return visible
 
 
-def additive_mask(visible: torch.Tensor, prefix_len: int, dtype: torch.dtype, device) -> torch.Tensor:
-    """4-D attention mask (1, 1, q, prefix_len + m) for q new rows: the whole committed prefix is visible, and among
-    the m tree entries in the cache only those `visible` (q, m) marks. 0 = attend, dtype-min = blocked."""
-    q, m = visible.shape
-    visible = visible.to(device)
-    allowed = torch.cat([torch.ones(q, prefix_len, dtype=torch.bool, device=device), visible], dim=1)
-    mask = torch.zeros(q, prefix_len + m, dtype=dtype, device=device)
-    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
-    return mask[None, None]
-
-
 # ---- builders ----------------------------------------------------------------------------------------------------
 def build_chain(first: torch.Tensor, expand: Expand, length: int, choose: Callable[[torch.Tensor], torch.Tensor],
                 min_prob: float = 0.0) -> DraftTree:

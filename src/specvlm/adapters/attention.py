@@ -1,4 +1,5 @@
-"""The attention the fast engine's steps use on CPU: SDPA with grouped-query heads read in place.
+"""Attention plumbing: HF's 4-D additive mask convention (`additive_mask`), which implementation a config runs, and
+the attention the fast engine's steps use on CPU: SDPA with grouped-query heads read in place.
 
 With an explicit mask (every fast step has one: trees, padding, a static cache), transformers' SDPA path repeats
 the K/V heads to the query heads (`repeat_kv`) before calling SDPA, i.e. copies the whole cache once per layer
@@ -31,9 +32,25 @@ def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=Non
 AttentionInterface.register(NAME, sdpa_gqa)
 
 
+def additive_mask(visible: torch.Tensor, prefix_len: int, dtype: torch.dtype, device) -> torch.Tensor:
+    """4-D attention mask (1, 1, q, prefix_len + m) for q new rows: the whole committed prefix is visible, and among
+    the m tree entries in the cache only those `visible` (q, m) marks. 0 = attend, dtype-min = blocked."""
+    q, m = visible.shape
+    visible = visible.to(device)
+    allowed = torch.cat([torch.ones(q, prefix_len, dtype=torch.bool, device=device), visible], dim=1)
+    mask = torch.zeros(q, prefix_len + m, dtype=dtype, device=device)
+    mask.masked_fill_(~allowed, torch.finfo(dtype).min)
+    return mask[None, None]
+
+
+def implementation(config) -> str:
+    """The attention implementation layers configured by `config` run ("sdpa", "eager", "flash_attention_2", ...)."""
+    return config._attn_implementation
+
+
 def uses_gqa_attention(device: torch.device, config) -> bool:
     """Whether fast steps of layers configured by `config` on `device` should attend with `sdpa_gqa`."""
-    return device.type == "cpu" and config._attn_implementation == "sdpa"
+    return device.type == "cpu" and implementation(config) == "sdpa"
 
 
 @contextmanager

@@ -16,11 +16,14 @@ Family files fill in `visual_features`, `visual_spans` and `prompt_positions`; n
 
 from __future__ import annotations
 
+import copy
 import inspect
 from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
+
+from .attention import implementation
 
 
 @dataclass
@@ -197,8 +200,30 @@ class VLMAdapter:
         positions, next_position = self.prompt_positions(inputs, input_ids)
         return Prompt(input_ids, embeds, positions, int(next_position), self.spans(inputs, input_ids, features))
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.text_config)
+    def new_cache(self, config=None) -> DynamicCache:
+        """An empty HF cache for the language model (or for layers built from `config`, e.g. a draft head's)."""
+        return DynamicCache(config=config or self.text_config)
+
+    # ---- a standalone decoder layer of the model's own class (EAGLE's draft head) ------------------------------
+    def one_layer_config(self):
+        """The text config cut to one full-attention layer; SDPA unless the model runs eager attention (a head needs
+        arbitrary 4-D tree masks, which flash kernels do not take)."""
+        config = copy.deepcopy(self.text_config)
+        config.num_hidden_layers = 1
+        if getattr(config, "layer_types", None) is not None:
+            config.layer_types = ["full_attention"]
+        config.use_sliding_window = False
+        if implementation(config) not in ("eager", "sdpa"):
+            config._attn_implementation = "sdpa"
+        return config
+
+    def new_layer(self, config) -> torch.nn.Module:
+        """A freshly initialised decoder layer of the model's own class, configured by `config` (layer index 0)."""
+        return type(self.decoder.layers[0])(config, layer_idx=0)
+
+    def new_rotary(self, config) -> torch.nn.Module:
+        """The model's rotary embedding module for `config` (Qwen's M-RoPE takes 3-D position ids: `positions`)."""
+        return type(self.decoder.rotary_emb)(config=config)
 
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,

@@ -9,7 +9,7 @@ Every method reports the same `Measurement`, whoever runs it (HF `generate`, HF 
   prefill; decode = the rest, first draft tree included: the video paper's convention); HF's from a streamer that
   notes when the first new token comes out (time to first token = prefill; for HF assisted generation that is
   after its first round, which verifies the first drafts together with the prompt);
-- forward clocks, HF's methods: a forward pre/post hook on the decoder stack (`model.model.language_model`)
+- forward clocks, HF's methods: a forward pre/post hook on the decoder stack (the adapter's `decoder`)
   records every call's duration, keyed by the KV cache object passed in. The first cache seen on the target's
   decoder is the target; everything else is the draft (HF assisted generation). The LM head's time (a hook on the
   output embeddings) joins the decoder call just before it. Call 0 of each is its prefill, the rest its decode
@@ -27,6 +27,9 @@ from contextlib import ExitStack, contextmanager
 from dataclasses import asdict, dataclass, field
 
 import torch
+
+from ..adapters import adapter_for
+from ..adapters.generation import assistant_sees_its_pixels, recording_matches
 
 
 @dataclass
@@ -152,8 +155,8 @@ def _sync() -> None:
 
 
 def decoder_of(model):
-    """The decoder stack whose forwards are timed: HF VLMs' `model.model.language_model`."""
-    return model.model.language_model
+    """The decoder stack whose forwards are timed (HF VLMs' language model)."""
+    return adapter_for(model).decoder
 
 
 # ---- target alone (HF generate) ------------------------------------------------------------------------------------
@@ -174,60 +177,6 @@ def measure_target(target, inputs: dict, gen_kwargs: dict) -> Measurement:
 
 
 # ---- HF assisted generation ----------------------------------------------------------------------------------------
-@contextmanager
-def assistant_sees_its_pixels(assistant, draft_inputs: dict):
-    """transformers 5.x encodes the pixels once for the *target* (`mm_encoder_outputs`) and runs the assistant's
-    own prefill as a non-first iteration, so the assistant drafts blind (its prefill drops every multimodal
-    input). For a fair baseline we encode the pixels with the assistant's own vision tower (HF's own encoder
-    entry point) and hand them to its first forward; restored on exit. Yields whether it did."""
-    encoder = getattr(assistant, "_prepare_multimodal_encoder_kwargs_for_generation", None)
-    supported = getattr(assistant, "_supports_mm_encoder_outputs", lambda: False)
-    if encoder is None or not supported():   # an older path that still forwards the pixels themselves
-        yield False
-        return
-    encoder_inputs = {k: v for k, v in draft_inputs.items() if k not in ("input_ids", "attention_mask")}
-    with torch.no_grad():
-        own = encoder(encoder_inputs).get("mm_encoder_outputs")
-    original = assistant.prepare_inputs_for_generation
-
-    def prepare(input_ids, *args, is_first_iteration=False, **kwargs):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))   # named `cache` from transformers 5.24
-        if own and (cache is None or cache.get_seq_length() == 0):
-            kwargs["mm_encoder_outputs"], is_first_iteration = own, True
-        return original(input_ids, *args, is_first_iteration=is_first_iteration, **kwargs)
-
-    assistant.prepare_inputs_for_generation = prepare
-    try:
-        yield bool(own)
-    finally:
-        del assistant.prepare_inputs_for_generation   # back to the class's method
-
-
-@contextmanager
-def recording_matches(target, rounds: list[tuple[int, int]]):
-    """Appends (drafted, accepted) per assisted-generation round to `rounds`, from HF's own
-    `update_candidate_strategy(input_ids, scores, num_matches)` call (num_matches is recomputed by HF after a
-    round is cut at EOS / max_new_tokens, so it counts the accepted draft tokens exactly as our τ does)."""
-    original = target._get_candidate_generator
-
-    def get(*args, **kwargs):
-        generator = original(*args, **kwargs)
-        update = generator.update_candidate_strategy
-
-        def recorded(input_ids, scores, num_matches):
-            rounds.append((int(scores.shape[1]) - 1, int(num_matches)))
-            return update(input_ids, scores, num_matches)
-
-        generator.update_candidate_strategy = recorded
-        return generator
-
-    target._get_candidate_generator = get
-    try:
-        yield
-    finally:
-        del target._get_candidate_generator
-
-
 @contextmanager
 def assistant_settings(assistant, num_tokens: int | None):
     """`num_tokens`: a constant draft length with no confidence cut-off; None keeps HF's defaults."""

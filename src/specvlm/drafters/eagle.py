@@ -28,19 +28,18 @@ prefill, whose time is kept in `scoring_s`.
 
 from __future__ import annotations
 
-import copy
 import json
 from pathlib import Path
 
 import torch
 import torch.nn.functional as F
 from torch import nn
-from transformers import DynamicCache
 
 from ..adapters import Prompt, adapter_for, cache_keyword
+from ..adapters.attention import additive_mask, implementation
 from ..compressor import VisualCompressor, compress_sequence, question_features
 from ..errors import SpecVLMError
-from ..tree import DraftTree, additive_mask
+from ..tree import DraftTree
 from ..session import ModelSession
 from .base import DraftContext, Drafter, RoundSlots
 
@@ -58,19 +57,6 @@ def target_signature(adapter) -> dict:
                 vocab_size=adapter.vocab_size)
 
 
-def head_text_config(adapter):
-    """The target's text config cut to one full-attention layer; SDPA unless the target runs eager attention
-    (the head needs arbitrary 4-D tree masks, which flash kernels do not take)."""
-    config = copy.deepcopy(adapter.text_config)
-    config.num_hidden_layers = 1
-    if getattr(config, "layer_types", None) is not None:
-        config.layer_types = ["full_attention"]
-    config.use_sliding_window = False
-    if getattr(config, "_attn_implementation", None) not in ("eager", "sdpa"):
-        config._attn_implementation = "sdpa"
-    return config
-
-
 class EagleHead(nn.Module, Drafter):
     """`EagleHead.init_for(target)` (untrained), `EagleHead.from_pretrained(path, target)`, `save_pretrained(path)`;
     use it as `SpeculativeGenerator(target, head, tree="dynamic")` and train it with `specvlm.train.train_head`."""
@@ -86,12 +72,12 @@ class EagleHead(nn.Module, Drafter):
         nn.Module.__init__(self)
         adapter = adapter_for(target)
         self.adapter = adapter                  # a plain object: the target is not a submodule, never saved
-        self.head_config = config = head_text_config(adapter)
+        self.head_config = config = adapter.one_layer_config()
         hidden = adapter.hidden_size
         self.fc = nn.Linear(2 * hidden, hidden, bias=True)
-        self.layer = type(adapter.decoder.layers[0])(config, layer_idx=0)
+        self.layer = adapter.new_layer(config)
         self.cache_keyword = cache_keyword(self.layer)
-        self.rotary = type(adapter.decoder.rotary_emb)(config=config)
+        self.rotary = adapter.new_rotary(config)
         self.compressor = compressor
         dtype = dtype or adapter.dtype
         for module in (self.fc, self.layer, self.compressor):
@@ -181,13 +167,13 @@ class EagleHead(nn.Module, Drafter):
             return F.linear(h.to(weight.device, weight.dtype), weight.detach(), bias).float()
         return lm_head(h.to(self.adapter.dtype)).float()
 
-    def run_layer(self, x: torch.Tensor, positions: torch.Tensor, cache: DynamicCache | None = None,
+    def run_layer(self, x: torch.Tensor, positions: torch.Tensor, cache=None,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
         """The decoder layer over rows x (n, H) at 1-D `positions` (n,), appended to `cache`; `mask` is a 4-D
-        additive mask or None for causal attention over the cache."""
+        additive mask or None for causal attention over the cache (an HF cache from `adapter.new_cache`)."""
         n = x.shape[0]
         past = cache.get_seq_length() if cache is not None else 0
-        if mask is None and n > 1 and (past > 0 or self.head_config._attn_implementation != "sdpa"):
+        if mask is None and n > 1 and (past > 0 or implementation(self.head_config) != "sdpa"):
             mask = additive_mask(torch.ones(n, n, dtype=torch.bool, device=x.device).tril(), past, x.dtype, x.device)
         pos = positions.to(x.device)[None]
         rope = self.adapter.positions(positions).to(x.device)   # the same id on M-RoPE's 3 axes: plain 1-D RoPE
@@ -351,8 +337,8 @@ class HeadStepper:
     def attention_config(self):
         return self.head.head_config
 
-    def new_cache(self) -> DynamicCache:
-        return DynamicCache(config=self.head.head_config)
+    def new_cache(self):
+        return self.head.adapter.new_cache(self.head.head_config)
 
     def embed(self, rows: torch.Tensor) -> torch.Tensor:
         return rows.reshape(1, -1, rows.shape[-1])

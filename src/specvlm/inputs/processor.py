@@ -20,6 +20,7 @@ import json
 import re
 from pathlib import Path
 
+from ..adapters.processors import torch_free_processor_class
 from .errors import InputError, first_line
 from .video_processors import OnevisionVideoProcessor, QwenVLVideoProcessor
 
@@ -82,7 +83,8 @@ def load_processor(model_dir, family: str | None = None, use_torchvision: bool |
             from transformers import AutoProcessor
 
             return AutoProcessor.from_pretrained(str(model_dir))
-        return torch_free_processor_class(family).from_pretrained(str(model_dir))
+        hf_name, video_class, image_name = FAMILIES[family]
+        return torch_free_processor_class(hf_name, video_class, image_name).from_pretrained(str(model_dir))
     except (OSError, ValueError, KeyError, TypeError) as err:
         raise InputError(f"cannot load the processor of {model_dir}: {first_line(err)}") from None
 
@@ -92,31 +94,6 @@ def _supported(family: str, model_dir) -> str:
         raise InputError(f"{model_dir} is a {family!r} model; specvlm's input pipeline supports "
                          f"{', '.join(sorted(FAMILIES))}")
     return family
-
-
-@functools.cache
-def torch_free_processor_class(family: str):
-    """HF's processor class for `family`, taught to load and accept our torchvision-free video processor."""
-    import transformers
-
-    hf_name, video_class, image_name = FAMILIES[family]
-    base, image_class = getattr(transformers, hf_name), getattr(transformers, image_name)
-
-    class Processor(base):
-        def check_argument_for_proper_class(self, argument_name, argument):
-            return type(argument)   # HF insists on a BaseVideoProcessor, which needs torchvision
-
-        @classmethod
-        def _get_arguments_from_pretrained(cls, model_dir, processor_dict=None, **kwargs):
-            loaders = {
-                "tokenizer": lambda: cls._load_tokenizer_from_pretrained("tokenizer", model_dir, **kwargs),
-                "image_processor": lambda: image_class.from_pretrained(model_dir, **kwargs),
-                "video_processor": lambda: video_class.from_pretrained(model_dir, **kwargs),
-            }
-            return [loaders[name]() for name in cls.get_attributes()]
-
-    Processor.__name__ = Processor.__qualname__ = f"{hf_name}WithoutTorchvision"
-    return Processor
 
 
 def build_inputs(processor, prompt: str, images=(), video=None, **processor_kwargs) -> dict:
