@@ -9,8 +9,9 @@ Matrix: 4 families × {image, video} × drafters {small draft model, "self", Eag
 dynamic} × pruning {none, specvlm} (EagleHead: none) on the fast engine, plus the eager engine on the trees with
 no pruning; compiled steps (`--compile`, default auto = on CUDA) for one chain per family. Testbed: the bundled
 pair of each family on its 3 sample clips with the demo's settings (static tree, SpecVLM pruning 0.1), in float32
-and bfloat16. No PyAV needed on the device: the clips are decoded where the script starts only if PyAV imports,
-else the testbed rows are skipped with a note.
+and bfloat16. No PyAV needed on the device: the clips' sampled frames ship in data/testbed_clips.npz (0.4 MB,
+written by `--write-clips` where PyAV is installed) and go through the same processors and input checks as
+`specvlm generate` (`specvlm.inputs.cli_args.media_inputs`).
 """
 
 from __future__ import annotations
@@ -18,7 +19,9 @@ from __future__ import annotations
 import argparse
 import json
 import time
+from pathlib import Path
 
+import numpy as np
 import torch
 
 FAMILIES = ("llava_onevision", "qwen2_5_vl", "qwen2_vl", "llava_next_video")
@@ -67,40 +70,69 @@ def run_matrix(device: str, quick: bool, compile: bool, tokens: int) -> list[dic
     return rows
 
 
-def run_testbed(device: str, dtypes: list[str], tokens: int) -> list[dict]:
-    from specvlm import SpeculativeGenerator
+CLIPS = Path(__file__).parent / "data" / "testbed_clips.npz"   # the sample clips' sampled frames (--write-clips)
+
+
+def write_clips() -> None:
+    """Decodes the bundled caption clips (PyAV, here) into CLIPS, so that the device needs no video decoder."""
+    from specvlm.inputs.cli_args import DEFAULT_NUM_FRAMES
+    from specvlm.inputs.processor import load_processor
+    from specvlm.inputs.video import load_video, sampler
     from specvlm.testbed.assets import bundled_pair, sample_clips
 
-    try:
-        import av  # noqa: F401
-    except ImportError:
-        return [dict(family="testbed", note="skipped: PyAV is not installed here, the clips cannot be decoded")]
-    import argparse as ap
+    sample_frames = load_processor(bundled_pair("qwen2_5_vl")[0]).video_processor.sample_frames
+    arrays = {}
+    for sample in sample_clips(kind="caption"):
+        video = load_video(sample["video"], sample_indices_fn=sampler(DEFAULT_NUM_FRAMES, None, sample_frames))
+        name = Path(video.path).stem
+        arrays.update({f"{name}.frames": video.frames, f"{name}.indices": np.array(video.indices),
+                       f"{name}.timestamps": np.array(video.timestamps),
+                       f"{name}.meta": np.array([video.fps, video.total_frames])})
+    CLIPS.parent.mkdir(exist_ok=True)
+    np.savez_compressed(CLIPS, **arrays)
 
+
+def shipped_clips() -> dict:
+    """{clip name: Video} from CLIPS (the same frames both bundled families sample from the mp4s)."""
+    from specvlm.inputs.video import Video
+
+    data = np.load(CLIPS)
+    names = sorted({key.split(".")[0] for key in data.files})
+    return {name: Video(data[f"{name}.frames"], data[f"{name}.indices"].tolist(),
+                        data[f"{name}.timestamps"].tolist(), float(data[f"{name}.meta"][0]),
+                        int(data[f"{name}.meta"][1]), f"{name}.mp4") for name in names}
+
+
+def run_testbed(device: str, dtypes: list[str], tokens: int) -> list[dict]:
     from transformers import AutoModelForImageTextToText
 
-    from specvlm.inputs import inputs_from_args
+    from specvlm import SpeculativeGenerator
+    from specvlm.inputs.cli_args import media_inputs
+    from specvlm.inputs.processor import load_processor
+    from specvlm.testbed.assets import bundled_pair, sample_clips
 
+    clips = shipped_clips()
     rows = []
     for family in ("qwen2_5_vl", "llava_onevision"):
         target_dir, draft_dir = bundled_pair(family)
+        processor = load_processor(target_dir)
         for dtype in dtypes:
             load = lambda d: AutoModelForImageTextToText.from_pretrained(  # noqa: E731
                 d, dtype=getattr(torch, dtype)).to(device).eval()
             target, draft = load(target_dir), load(draft_dir)
             gen = SpeculativeGenerator(target, draft, tree="static", pruning="specvlm", visual_keep_ratio=0.1)
             for sample in sample_clips(kind="caption"):
-                args = ap.Namespace(video=sample["video"], image=[], prompt=sample["question"], num_frames=None,
-                                    fps=None, max_pixels=None, max_new_tokens=tokens)
-                inputs = _to(inputs_from_args(args, target_dir, target.config, draft_dir, draft.config), device,
-                             getattr(torch, dtype))
+                clip = Path(sample["video"]).stem
+                inputs = media_inputs(processor, sample["question"], [], clips[clip], target_dir, target.config,
+                                      draft_dir, draft.config, max_new_tokens=tokens)
+                inputs = _to(inputs, device, getattr(torch, dtype))
                 plain = {k: v for k, v in inputs.items() if k != "draft_inputs"}
                 options = dict(do_sample=False, max_new_tokens=tokens)
                 reference = target.generate(**plain, **options)[0, plain["input_ids"].shape[1]:].tolist()
                 started = time.perf_counter()
                 out = gen.generate(**inputs, **options)
                 row = dict(family=family, kind="testbed", drafter="draft", tree="static", pruning="specvlm",
-                           engine="fast", dtype=dtype, clip=sample["clip"], seconds=time.perf_counter() - started,
+                           engine="fast", dtype=dtype, clip=clip, seconds=time.perf_counter() - started,
                            tau=out.stats.mean_accepted_tokens)
                 rows.append(with_verdict(row, target, plain, out.token_ids, reference, options))
     return rows
@@ -145,7 +177,11 @@ def main(argv=None):
     ap.add_argument("--testbed-tokens", type=int, default=64)
     ap.add_argument("--json", default=None, metavar="OUT")
     ap.add_argument("--record", action="store_true", help="write the table into docs/BENCHMARKS.md")
+    ap.add_argument("--write-clips", action="store_true", help=f"decode the sample clips into {CLIPS.name} and exit")
     args = ap.parse_args(argv)
+    if args.write_clips:
+        write_clips()
+        return []
     torch.set_grad_enabled(False)
     compile = args.device.startswith("cuda") if args.compile == "auto" else args.compile == "on"
     started = time.perf_counter()
@@ -163,8 +199,27 @@ def main(argv=None):
     if args.record:
         from common import record
 
-        record("gpu-check", f"Lossless check on {args.device}", f"{line}\n\n{table}")
+        record(f"lossless-check-{args.device.split(':')[0]}", f"Lossless check on {args.device}",
+               f"{line}\n\n{grouped_table(rows)}\n\n{differences(rows)}")
     return rows
+
+
+def differences(rows: list[dict]) -> str:
+    different = [r for r in rows if r.get("result", "identical") != "identical"]
+    return f"Every difference:\n\n{format_table(different)}" if different else "No output differs."
+
+
+def grouped_table(rows: list[dict]) -> str:
+    """Counts per family, input, drafter and dtype (every tree, pruning and engine of the group together)."""
+    from common import table
+
+    groups: dict[tuple, list[str]] = {}
+    for r in rows:
+        if "result" in r:
+            groups.setdefault((r["family"], r["kind"], r["drafter"], r["dtype"]), []).append(r["result"])
+    body = [[*key, len(results), *(sum(x == k for x in results) for k in ("identical", "near-tie", "bug"))]
+            for key, results in groups.items()]
+    return table(["family", "input", "drafter", "dtype", "cases", "identical", "near-tie", "bug"], body)
 
 
 def format_table(rows: list[dict]) -> str:

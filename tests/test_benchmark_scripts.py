@@ -77,6 +77,16 @@ def test_gpu_check_runs_the_lossless_matrix_on_cpu(tmp_path):
 
 
 @pytest.mark.slow
+def test_gpu_check_runs_the_testbed_pairs_from_the_shipped_frames():
+    import gpu_check
+
+    rows = gpu_check.run_testbed("cpu", ["float32"], 4)
+    assert [(r["family"], r["clip"]) for r in rows] == [(f, c) for f in ("qwen2_5_vl", "llava_onevision")
+                                                         for c in ("clip_00009", "clip_00019", "clip_00029")]
+    assert all(r["result"] == "identical" for r in rows)
+
+
+@pytest.mark.slow
 def test_serve_benchmark_runs(capsys):
     import bench_serve
 

@@ -153,7 +153,7 @@ class SpeculativeGenerator:
         generator = device_generator(request.generator, device)
         self.drafter.begin(DraftContext(request.draft_inputs, prompt, hidden, sampling, self.tree, vocab, generator,
                                         keep, self.contiguous_positions, scores, self._session, target, reserve))
-        seen = None
+        seen = None   # [vocab] bool: ids the repetition penalty applies to
         if sampling.uses_history:  # repetition penalty: ids in the prompt and everything generated so far
             seen = torch.zeros(vocab, dtype=torch.bool, device=device)
             seen[prompt.input_ids[0].clamp_max(vocab - 1).to(device)] = True
@@ -169,14 +169,15 @@ class SpeculativeGenerator:
         while not done:
             if seen is not None:
                 seen[root] = True
-            tree = self.drafter.propose(root, max_new - stats.new_tokens, seen)
+            tree = self.drafter.propose(root, max_new - stats.new_tokens, seen)    # n nodes on the device
             prefix = target.length
-            depths = torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])
+            depths = torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])  # [n+1]
+            # logits [n+1, vocab] float32, hidden [n+1, hidden]: row 0 follows the root, row i+1 node i
             logits, hidden = target.extend(torch.cat([root, tree.tokens.to(device)]), target.next_position + depths,
                                            tree.verify_mask, prefix)
             verdict, processed = _accept(logits, tree, sampling, seen, generator)
             accepted = verdict.to_host(tree)                                 # the round's one sync
-            root = torch.full((1,), accepted.next_token, dtype=torch.long, device=device)
+            root = torch.full((1,), accepted.next_token, dtype=torch.long, device=device)   # [1]
             target.keep(prefix + 1, [prefix + 1 + node for node in accepted.path])
             self.drafter.commit(tree, accepted, root, hidden[[0] + [node + 1 for node in accepted.path]])
             stats.record_round(len(tree), len(accepted.path))

@@ -54,7 +54,6 @@ def inputs_from_args(args, model_dir, model_config, draft_dir=None, draft_config
     check_sampling(num_frames, fps)
     max_pixels, max_new_tokens = getattr(args, "max_pixels", None), getattr(args, "max_new_tokens", 0) or 0
     processor = _load_checked(model_dir, family, model_config)
-    size_options = _size_options(processor, family, max_pixels)
 
     started = time.perf_counter()
     pictures = [load_image(path) for path in images]
@@ -65,7 +64,22 @@ def inputs_from_args(args, model_dir, model_config, draft_dir=None, draft_config
         video = load_video(video_path, sample_indices_fn=sample, progress=_throttled(say, video_path))
         say(f"decoded {len(video.indices)} of {video.total_frames} frames from {video_path}")
     decoded = time.perf_counter()
-    inputs = build_inputs(processor, prompt, pictures, video, **size_options)
+    inputs = media_inputs(processor, prompt, pictures, video, model_dir, model_config, draft_dir, draft_config,
+                          max_pixels, max_new_tokens)
+    if report is not None:
+        ids = inputs["input_ids"][0]
+        report.update(frames=len(video.indices) if video else 0, images=len(pictures), decode_s=decoded - started,
+                      preprocess_s=time.perf_counter() - decoded, prompt_tokens=int(ids.numel()),
+                      visual_tokens=int(torch.isin(ids, _visual_ids(processor)).sum()))
+    return inputs
+
+
+def media_inputs(processor, prompt: str, pictures, video, model_dir, model_config, draft_dir=None, draft_config=None,
+                 max_pixels: int | None = None, max_new_tokens: int = 0) -> dict:
+    """Model inputs for media already loaded (PIL `pictures`, a decoded `Video` or None) through the target's
+    `processor`: what `inputs_from_args` does once the files are read (draft inputs and context checks included)."""
+    inputs = build_inputs(processor, prompt, pictures, video,
+                          **_size_options(processor, model_config.model_type, max_pixels))
     _check_context(inputs, model_config, model_dir, max_new_tokens, processor)
     if draft_config is not None:
         draft_processor = _load_checked(draft_dir, draft_config.model_type, draft_config)
@@ -77,11 +91,6 @@ def inputs_from_args(args, model_dir, model_config, draft_dir=None, draft_config
         if not _same(inputs, draft_inputs):   # e.g. another image size: the draft reads its own pixels
             _check_context(draft_inputs, draft_config, draft_dir, max_new_tokens, draft_processor)
             inputs["draft_inputs"] = draft_inputs
-    if report is not None:
-        ids = inputs["input_ids"][0]
-        report.update(frames=len(video.indices) if video else 0, images=len(pictures), decode_s=decoded - started,
-                      preprocess_s=time.perf_counter() - decoded, prompt_tokens=int(ids.numel()),
-                      visual_tokens=int(torch.isin(ids, _visual_ids(processor)).sum()))
     return inputs
 
 
