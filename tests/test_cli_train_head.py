@@ -7,7 +7,7 @@ import json
 import pytest
 import torch
 
-from conftest import model, reference
+from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.cli import main
 from specvlm.drafters import is_eagle_head, load_drafter
