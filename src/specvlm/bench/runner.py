@@ -171,7 +171,7 @@ class Models:
 
     def __init__(self, target: str, draft: str | None, head: str | None, runs: list[Run], dtype: str = "auto",
                  device: str = "auto", say: Callable[[str], None] = lambda m: None):
-        from ..compat import check_tokenizers
+        from ..drafters.loading import load_drafter
         from ..inputs import InputError, load_processor
         from ..loading import load_model
 
@@ -181,17 +181,17 @@ class Models:
         self.draft = self.draft_processor = self.head = None
         if draft is not None and any(r.drafter in ("draft", "hf") for r in runs):
             say(f"loading draft {draft} ...")
-            self.draft = load_model(draft, dtype, device)
             try:
                 self.draft_processor = load_processor(draft)
             except InputError:   # a draft folder without processor files reads the target's inputs
                 self.draft_processor = self.processor
-            check_tokenizers(self.processor.tokenizer, self.draft_processor.tokenizer)
+            # a model, not a drafter: HF assisted generation takes it too
+            self.draft = load_drafter(draft, self.target, dtype, device, kind="model",
+                                      tokenizer=self.processor.tokenizer,
+                                      draft_tokenizer=self.draft_processor.tokenizer)
         if head is not None and any(r.drafter == "head" for r in runs):
-            from ..drafters.eagle import EagleHead
-
             say(f"loading EAGLE head {head} ...")
-            self.head = EagleHead.from_pretrained(head, self.target)
+            self.head = load_drafter(head, self.target, kind="head")
 
 
 def build_generators(models: Models, runs: list[Run], num_draft_tokens: int,
