@@ -1,27 +1,18 @@
-import functools
+"""Session settings and fixtures only. conftest.py is pytest's plugin file, loaded under a module name pytest picks
+(two conftest.py files would clash as "conftest"); helpers that test files import by name live in helpers.py."""
+
 import os
 
 import pytest
 import torch
 
-from specvlm.tiny import make_inputs, make_model
+from helpers import model
+from specvlm.tiny import make_inputs
 
 torch.set_grad_enabled(False)
 # `make test` runs two pytest-xdist workers on the two cores: one torch thread each (tiny models run faster on one
 # thread than on two contended ones anyway); a plain `pytest` run uses both threads.
 torch.set_num_threads(1 if os.environ.get("PYTEST_XDIST_WORKER") else 2)
-
-
-@functools.lru_cache(maxsize=None)
-def model(family: str, seed: int = 0, **kw):
-    """Tiny models are cached per process: building one costs more than a whole short generation."""
-    return make_model(family, seed=seed, **kw)
-
-
-def reference(target, inputs: dict, **kw) -> list[int]:
-    """Target-only HF generate, new tokens only."""
-    out = target.generate(**inputs, **kw)
-    return out[0, inputs["input_ids"].shape[1]:].tolist()
 
 
 @pytest.fixture(scope="module")
@@ -55,22 +46,3 @@ def tiny():
 @pytest.fixture
 def inputs():
     return make_inputs
-
-
-def chi2_pvalue(samples: list[int], probs) -> float:
-    """Goodness of fit of integer samples to `probs`; cells expected to hold fewer than 5 samples are pooled."""
-    import numpy as np
-    from scipy.stats import chisquare
-
-    probs = np.asarray(probs, dtype=float)
-    probs = probs / probs.sum()
-    counts = np.bincount(samples, minlength=len(probs)).astype(float)
-    if counts[probs == 0].sum() > 0:
-        return 0.0   # a token the distribution cannot produce
-    expected = probs * len(samples)
-    big = expected >= 5
-    obs = np.append(counts[big], counts[~big].sum())
-    exp = np.append(expected[big], expected[~big].sum())
-    if exp[-1] == 0:
-        obs, exp = obs[:-1], exp[:-1]
-    return float(chisquare(obs, exp).pvalue)

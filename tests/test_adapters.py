@@ -6,7 +6,7 @@ import warnings
 import pytest
 import torch
 
-from conftest import model
+from helpers import model
 from specvlm.adapters import adapter_for
 from specvlm.session import ModelSession
 from specvlm.tiny import FAMILIES, make_inputs

@@ -5,12 +5,13 @@ errors for bad arguments."""
 import contextlib
 import io
 import json
+import math
 
 import pytest
 
 from specvlm.bench.methods import Run, parse_keep_ratios, parse_methods, parse_pruning_methods
-from specvlm.bench.report import (HEADERS, acceptance_by_position, ideal_speedup, markdown_table, summarize,
-                                  summary_markdown, vs_hf_assisted_lines)
+from specvlm.bench.report import (HEADERS, LEGEND, acceptance_by_position, error_bars, ideal_speedup, markdown_table,
+                                  plot, summarize, summary_markdown, vs_hf_assisted_lines)
 from specvlm.cli import main
 from specvlm.errors import SpecVLMError
 
@@ -19,10 +20,13 @@ FAMILY = "qwen2_5_vl"
 
 # ---- the report's arithmetic, on injected timings -------------------------------------------------------------------
 def _row(run, method, sample, wall, decode, *, setting="-", keep=None, rounds=0, accepted=0, histogram=(),
-         target_clock=(1, 0.0, 0.0), draft_clock=(0, 0.0, 0.0), new_tokens=10, lossless=True, target_forwards=10):
+         target_clock=(1, 0.0, 0.0), draft_clock=(0, 0.0, 0.0), new_tokens=10, lossless=True, target_forwards=10,
+         repeat_wall=None, repeat_decode=None):
+    """One results.jsonl row; `repeat_wall` / `repeat_decode`: every timed round's seconds (else timed once)."""
     clock = lambda c: {"calls": c[0], "prefill_s": c[1], "decode_s": c[2]}
-    return {"run": run, "method": method, "setting": setting, "keep_ratio": keep, "sample": sample, "wall_s": wall,
-            "decode_s": decode, "prefill_s": wall - decode, "rounds": rounds, "accepted": accepted,
+    rounds_of = {} if repeat_wall is None else {"repeat_wall_s": repeat_wall, "repeat_decode_s": repeat_decode}
+    return {**rounds_of, "run": run, "method": method, "setting": setting, "keep_ratio": keep, "sample": sample,
+            "wall_s": wall, "decode_s": decode, "prefill_s": wall - decode, "rounds": rounds, "accepted": accepted,
             "accept_histogram": list(histogram), "new_tokens": new_tokens, "lossless": lossless,
             "target_forwards": target_forwards, "draft_forwards": draft_clock[0],
             "target_clock": clock(target_clock), "draft_clock": clock(draft_clock)}
@@ -37,8 +41,10 @@ def test_speedup_is_against_the_same_runs_target():
                  target_clock=(3, 0.1, 0.2), draft_clock=(7, 0.05, 0.06), lossless=False, target_forwards=3)]
     target, sd = summarize(rows)
     assert target["run"] == "target" and target["speedup_wall"] == 1.0 and target["ideal_speedup"] == 1.0
-    assert sd["speedup_wall"] == pytest.approx((2.0 + 4.0) / (1.0 + 3.0))
-    assert sd["speedup_decode"] == pytest.approx((1.5 + 3.5) / (0.5 + 2.0))
+    assert sd["speedup_wall"] == pytest.approx((2.0 / 1.0 + 4.0 / 3.0) / 2)          # median of two per-sample ratios
+    assert sd["speedup_wall_range"] == pytest.approx([4.0 / 3.0, 2.0]) and sd["speedup_n"] == 2
+    assert sd["speedup_decode"] == pytest.approx((1.5 / 0.5 + 3.5 / 2.0) / 2)
+    assert sd["speedup_decode_range"] == pytest.approx([3.5 / 2.0, 1.5 / 0.5])
     assert sd["tau"] == pytest.approx(9 / 6) and sd["lossless"] == 1 and sd["samples"] == 2
     assert sd["acceptance_by_position"] == pytest.approx([5 / 6, 3 / 6])
     assert sd["tokens_per_s"] == pytest.approx(20 / 4.0)
@@ -53,6 +59,36 @@ def test_speedup_uses_only_samples_the_target_ran():
     rows = [_row("target", "target", "a", 2.0, 1.0),
             _row("m", "m", "a", 1.0, 0.5), _row("m", "m", "b", 100.0, 100.0)]
     assert summarize(rows)[1]["speedup_wall"] == pytest.approx(2.0)
+    assert summarize(rows)[1]["speedup_n"] == 1 and summarize(rows)[1]["speedup_samples"] == 1
+
+
+def test_table_shows_median_range_and_n_and_an_outlier_moves_only_the_range(tmp_path):
+    """Two samples × three interleaved rounds; round 3 of sample b was a 10x outlier (a stall in the target's
+    run): the headline stays the median, the outlier shows in the range."""
+    rows = [_row("target", "target", "a", 2.0, 1.0, repeat_wall=[2.0, 2.2, 1.8], repeat_decode=[1.0, 1.2, 0.8]),
+            _row("target", "target", "b", 2.0, 1.0, repeat_wall=[2.0, 2.0, 20.0], repeat_decode=[1.0, 1.0, 19.0]),
+            _row("sd", "sd-static", "a", 1.0, 0.5, repeat_wall=[1.0, 1.1, 1.2], repeat_decode=[0.5, 0.6, 0.4]),
+            _row("sd", "sd-static", "b", 1.0, 0.5, repeat_wall=[2.0, 1.0, 2.0], repeat_decode=[1.0, 0.5, 1.0])]
+    sd = summarize(rows)[1]
+    assert sd["speedup_n"] == 6 and sd["speedup_samples"] == 2
+    assert sd["speedup_wall"] == pytest.approx(2.0)   # ratios a: 2, 2, 1.5; b: 1, 2, 10 (a mean would say 3.08)
+    assert sd["speedup_wall_range"] == pytest.approx([1.0, 10.0])
+    assert sd["speedup_decode"] == pytest.approx(2.0) and sd["speedup_decode_range"] == pytest.approx([1.0, 19.0])
+    text = summary_markdown(summarize(rows), {"dataset": "testbed:w", "repeats": 3})
+    header = next(line for line in text.splitlines() if line.startswith("| method"))
+    cells = next(line for line in text.splitlines() if line.startswith("| sd-static")).split(" | ")
+    column = {name: cells[i] for i, name in enumerate(HEADERS)}
+    assert column["n"] == "6"
+    assert column["speedup (wall)"] == "2.00× (1.00–10.00)" and column["speedup (decode)"] == "2.00× (1.00–19.00)"
+    assert header.split(" | ")[HEADERS.index("n")] == "n" and LEGEND in text and "- repeats: 3" in text
+    assert [p.name for p in plot(summarize(rows), tmp_path)] == ["speedup.png"]   # with min-max error bars
+
+
+def test_error_bars_reach_from_the_min_to_the_max():
+    points = [{"speedup_decode": 2.0, "speedup_decode_range": [1.5, 3.0]}, {"speedup_decode": None}]
+    medians, (down, up) = error_bars(points, "speedup_decode")
+    assert medians[0] == 2.0 and down[0] == 0.5 and up[0] == 1.0
+    assert all(math.isnan(v) for v in (medians[1], down[1], up[1]))
 
 
 def test_ours_vs_hf_assisted_is_a_ratio_of_wall_times_over_shared_samples():
@@ -61,20 +97,22 @@ def test_ours_vs_hf_assisted_is_a_ratio_of_wall_times_over_shared_samples():
             _row("sd-static", "sd-static", "a", 0.5, 0.4), _row("sd-static", "sd-static", "b", 1.0, 0.8),
             _row("self", "self", "a", 0.25, 0.2), _row("self", "self", "c", 100.0, 90.0)]   # c: no hf-assisted row
     by_run = {s["run"]: s for s in summarize(rows)}
-    assert by_run["sd-static"]["vs_hf_assisted_wall"] == pytest.approx((1.0 + 3.0) / (0.5 + 1.0))   # not the mean ratio
+    assert by_run["sd-static"]["vs_hf_assisted_wall"] == pytest.approx((1.0 / 0.5 + 3.0 / 1.0) / 2)   # the median
+    assert by_run["sd-static"]["vs_hf_assisted_wall_range"] == pytest.approx([2.0, 3.0])
     assert by_run["self"]["vs_hf_assisted_wall"] == pytest.approx(1.0 / 0.25)
     assert by_run["hf-assisted"]["vs_hf_assisted_wall"] == pytest.approx(1.0)
     assert by_run["target"]["vs_hf_assisted_wall"] is None
     summary = list(by_run.values())
     assert vs_hf_assisted_lines(summary) == [
-        "Ours vs HF assisted generation (Σ hf-assisted wall / Σ method wall, same samples): sd-static 2.67×, "
-        "self 4.00×.", ""]
+        "Ours vs HF assisted generation (hf-assisted wall / method wall per sample and round, median (min–max)): "
+        "sd-static 2.50× (2.00–3.00), self 4.00× (4.00–4.00).", ""]
     text = summary_markdown(summary, {"dataset": "testbed:w"})
-    assert "sd-static 2.67×, self 4.00×" in text
+    assert "sd-static 2.50× (2.00–3.00), self 4.00× (4.00–4.00)" in text
     column = HEADERS.index("vs hf-assisted (wall)")
     cells = {line.split(" | ")[0].lstrip("| "): line.split(" | ")[column] for line in text.splitlines()
              if line.startswith("| ") and not line.startswith("| method")}
-    assert cells == {"target": "–", "hf-assisted": "1.00×", "sd-static": "2.67×", "self": "4.00×"}
+    assert cells == {"target": "–", "hf-assisted": "1.00× (1.00–1.00)", "sd-static": "2.50× (2.00–3.00)",
+                     "self": "4.00× (4.00–4.00)"}
     without = summarize([r for r in rows if r["method"] != "hf-assisted"])
     assert all(s["vs_hf_assisted_wall"] is None for s in without) and vs_hf_assisted_lines(without) == []
 
@@ -149,6 +187,7 @@ def bench(setup):
                      "--target", str(setup / "target"), "--draft", str(setup / "draft"), "--head",
                      str(setup / "head"), "--methods", METHODS, "--keep-ratios", ",".join(map(str, KEEP)),
                      "--num-frames", "4", "--max-new-tokens", "6", "--num-draft-tokens", "3", "--warmup", "1",
+                     "--repeats", "1",
                      "--out", str(out), "--strict"])
     torch.set_num_threads(threads)
     return code, out, log.getvalue()
@@ -215,22 +254,45 @@ def test_summary_rows_and_speedups_match_the_same_run(bench):
     summary = json.loads((out / "summary.json").read_text())
     assert [s["run"] for s in summary] == RUNS
     target_wall = {r["sample"]: r["wall_s"] for r in rows if r["method"] == "target"}
+    assisted_wall = {r["sample"]: r["wall_s"] for r in rows if r["method"] == "hf-assisted"}
     for s in summary:
         mine = [r for r in rows if r["run"] == s["run"]]
-        assert s["speedup_wall"] == pytest.approx(sum(target_wall[r["sample"]] for r in mine) /
-                                                  sum(r["wall_s"] for r in mine))
-        assert s["lossless"] == s["samples"] == 2
-    assisted_wall = {r["sample"]: r["wall_s"] for r in rows if r["method"] == "hf-assisted"}
-    for s in summary[1:]:
-        mine = [r for r in rows if r["run"] == s["run"]]
-        assert s["vs_hf_assisted_wall"] == pytest.approx(sum(assisted_wall[r["sample"]] for r in mine) /
-                                                         sum(r["wall_s"] for r in mine))
+        assert all(r["repeat_wall_s"] == [r["wall_s"]] for r in mine)   # --repeats 1: one round
+        ratios = sorted(target_wall[r["sample"]] / r["wall_s"] for r in mine)
+        assert s["speedup_wall"] == pytest.approx(sum(ratios) / 2) and s["speedup_wall_range"] == pytest.approx(ratios)
+        assert s["lossless"] == s["samples"] == s["speedup_n"] == 2
+        if s["run"] != "target":
+            vs_hf = sorted(assisted_wall[r["sample"]] / r["wall_s"] for r in mine)
+            assert s["vs_hf_assisted_wall_range"] == pytest.approx(vs_hf)
     table = (out / "summary.md").read_text()
     body = [line for line in table.splitlines() if line.startswith("| ") and not line.startswith("| method")]
     assert len(body) == len(RUNS) and any("| prune:specvlm | keep=0.25 | 2/2 |" in line for line in body)
     assert "ideal = (τ + 1) · t_T / (t_V + k · t_D)" in table
     assert "Ours vs HF assisted generation" in table and "- kinds: caption" in table
     assert markdown_table(summary).count("\n") == len(RUNS) + 1
+    assert LEGEND in table
+
+
+def test_repeats_run_every_method_once_per_round_rotating(setup, tmp_path):
+    """--repeats 2: each round runs every method once, the order rotated by one per round (so round r of two
+    methods ran side by side); each row keeps every round's times and the summary pairs them."""
+    log, printed = io.StringIO(), io.StringIO()
+    with contextlib.redirect_stderr(log), contextlib.redirect_stdout(printed):
+        code = main(["bench", "--dataset", f"testbed:{setup / 'world'}", "--split", "train", "--kinds", "caption",
+                     "--limit", "1", "--target", str(setup / "target"), "--draft", str(setup / "draft"),
+                     "--methods", "target,sd-chain", "--num-frames", "4", "--max-new-tokens", "4", "--warmup", "0",
+                     "--repeats", "2", "--threads", "1", "--out", str(tmp_path / "o")])
+    assert code == 0
+    timed = [line.split()[2].rstrip(":") for line in log.getvalue().splitlines() if line.startswith("[")]
+    assert timed == ["target", "sd-chain", "sd-chain", "target"]
+    rows = [json.loads(line) for line in (tmp_path / "o" / "results.jsonl").read_text().splitlines()]
+    assert all(len(r["repeat_wall_s"]) == len(r["repeat_decode_s"]) == 2 for r in rows)
+    assert all(r["wall_s"] == min(r["repeat_wall_s"]) for r in rows)   # the median of two rounds: the lower
+    sd = json.loads((tmp_path / "o" / "summary.json").read_text())[1]
+    target, mine = rows[0]["repeat_wall_s"], rows[1]["repeat_wall_s"]
+    assert sd["speedup_n"] == 2 and sd["speedup_wall_range"] == pytest.approx(
+        sorted(t / m for t, m in zip(target, mine)))
+    assert printed.getvalue().rstrip().endswith(LEGEND)   # the printed table comes with its legend
 
 
 def _fails(capsys, argv, match):

@@ -10,8 +10,8 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from conftest import model as tiny_model
-from conftest import reference
+from helpers import model as tiny_model
+from helpers import reference
 from specvlm.cli import main
 from specvlm.inputs import add_input_arguments, inputs_from_args
 from specvlm.inputs.testing import index_frames, save_tiny_processor, write_video

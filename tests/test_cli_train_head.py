@@ -3,17 +3,20 @@ head that `load_drafter` loads and that drafts losslessly, `--resume` gives exac
 bad input is one line on stderr with a non-zero exit."""
 
 import json
+from types import SimpleNamespace
 
 import pytest
 import torch
 
-from conftest import model, reference
+from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.cli import main
+from specvlm.compat import IncompatibleDraft
 from specvlm.drafters import is_eagle_head, load_drafter
 from specvlm.drafters.eagle import EagleHead
 from specvlm.errors import SpecVLMError
 from specvlm.inputs.testing import save_tiny_processor
+from specvlm.loading import load_tokenizer
 from specvlm.testbed import generate_world
 from specvlm.train.data import load_examples
 
@@ -133,7 +136,9 @@ def test_bad_inputs_are_one_line_errors(setup, straight, tmp_path, capsys):
 def test_load_drafter(setup, straight, tmp_path):
     root, target = setup
     assert load_drafter("self", target) == "self"
-    draft = load_drafter(str(root / "target"), target)                   # a model folder: a draft VLM
+    assert load_drafter("none", target) is None                          # no drafter: target-only decoding
+    tokenizer = load_tokenizer(str(root / "target"))
+    draft = load_drafter(str(root / "target"), target, tokenizer=tokenizer)   # a model folder: a draft VLM
     assert type(draft) is type(target) and not is_eagle_head(root / "target")
     with pytest.raises(SpecVLMError, match="not an EagleHead folder"):
         load_drafter(str(root / "target"), target, kind="head")
@@ -147,6 +152,27 @@ def test_load_drafter(setup, straight, tmp_path):
         other = tmp_path / "onevision"
         model("llava_onevision").save_pretrained(other)
         load_drafter(str(other), target)
+
+
+def fake_tokenizer(vocab: dict):
+    """All that `check_tokenizers` reads of a tokenizer."""
+    return SimpleNamespace(get_vocab=lambda: vocab)
+
+
+def test_load_drafter_checks_tokenizers_before_loading_weights(setup, monkeypatch):
+    root, target = setup
+    vocab = load_tokenizer(str(root / "target")).get_vocab()
+    a, b = sorted(vocab)[:2]
+    swapped = fake_tokenizer({**vocab, a: vocab[b], b: vocab[a]})   # two ids exchanged
+
+    def no_weights(*args, **kwargs):
+        raise AssertionError("the draft's weights were loaded before its tokenizer was checked")
+
+    monkeypatch.setattr("specvlm.loading.load_model", no_weights)
+    with pytest.raises(IncompatibleDraft, match="2 with different ids"):      # the draft folder's own tokenizer
+        load_drafter(str(root / "target"), target, tokenizer=swapped)
+    with pytest.raises(IncompatibleDraft, match="2 with different ids"):      # one the caller already has
+        load_drafter(str(root / "target"), target, tokenizer=fake_tokenizer(vocab), draft_tokenizer=swapped)
 
 
 def test_multi_turn_records_mask_every_answer(setup):

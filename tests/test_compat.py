@@ -2,7 +2,7 @@
 
 import pytest
 
-from conftest import model
+from helpers import model
 from specvlm import SpeculativeGenerator
 from specvlm.compat import IncompatibleDraft, check_tokenizers
 

@@ -12,7 +12,7 @@ import pytest
 import torch
 from torch.overrides import TorchFunctionMode
 
-from conftest import model
+from helpers import model
 from specvlm import SpeculativeGenerator
 from specvlm.drafters.eagle import EagleHead
 from specvlm.tiny import make_inputs

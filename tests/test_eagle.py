@@ -8,7 +8,8 @@ import json
 import pytest
 import torch
 
-from conftest import model, reference
+from helpers import (VOCAB, chi2_pvalues, model, peaky, reference, speculative_samples, trained, training_data,
+                     training_prompts)
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.drafters import DraftContext
@@ -21,32 +22,9 @@ from specvlm.train.data import append_tokens
 from specvlm.tree import TreeSpec
 
 FAMILIES = ("llava_onevision", "qwen2_5_vl")
-TRAIN_STEPS = 200
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
-
-
-def peaky(family):
-    return model(family, init=0.3)   # peaky next-token distributions: learnable, long accepted paths
-
-
-@functools.lru_cache(maxsize=None)
-def training_prompts(family):
-    return [make_inputs(family, ("image", "video")[i % 2], prompt_len=3 + i % 5, seed=i) for i in range(8)]
-
-
-@functools.lru_cache(maxsize=None)
-def training_data(family):
-    return greedy_examples(peaky(family), training_prompts(family), max_new_tokens=24)
-
-
-@functools.lru_cache(maxsize=None)
-def trained(family):
-    """A head distilled for 200 steps on the peaky target's own greedy answers (shared with test_train_head)."""
-    target = peaky(family)
-    head = EagleHead.init_for(target, seed=0)
-    return train_head(target, training_data(family), head, steps=TRAIN_STEPS, lr=3e-3, seed=0, progress=False)
 
 
 def context(target, inputs, tree=TreeSpec(kind="dynamic"), sampling=Sampling()):
@@ -199,8 +177,6 @@ def test_tree_nodes_see_exactly_their_ancestors(family):
 # ---- sampling --------------------------------------------------------------------------------------------------------
 @functools.lru_cache(maxsize=None)
 def small_vocab_pair(family):
-    from test_sampling_lossless import VOCAB
-
     target = model(family, vocab=VOCAB, init=0.5, hidden=32, layers=1)
     prompts = [make_inputs(family, ("image", "video")[i % 2], prompt_len=3 + i % 5, seed=i, vocab=VOCAB)
                for i in range(8)]
@@ -215,8 +191,6 @@ def untrained_small_vocab_head(family):
 
 
 def small_vocab_case(family, kind, head):
-    from test_sampling_lossless import VOCAB
-
     target, drafter = (small_vocab_pair if head == "trained" else untrained_small_vocab_head)(family)
     return target, drafter, make_inputs(family, kind, vocab=VOCAB)
 
@@ -235,8 +209,6 @@ def small_vocab_case(family, kind, head):
 ])
 def test_sampling_with_head_follows_target_distribution(family, kind, tree, temperature, top_p, head, runs,
                                                          min_accepted, min_rejected):
-    from test_sampling_lossless import chi2_pvalues, speculative_samples
-
     target, drafter, inputs = small_vocab_case(family, kind, head)
     samples, totals = speculative_samples(target, drafter, inputs, tree, temperature, top_p, runs)
     assert totals["accepted"] >= min_accepted and totals["all_rejected"] >= min_rejected, totals
@@ -264,8 +236,6 @@ def test_chi2_with_an_untrained_head_catches_a_wrong_correction(monkeypatch):
     """The untrained-head case above, same runs, with a broken acceptance rule: the test must fail (measured
     p ~ 1e-22 for tokens 1-2), so its pass means something even though few drafts are accepted."""
     import specvlm.generator
-
-    from test_sampling_lossless import chi2_pvalues, speculative_samples
 
     monkeypatch.setattr(specvlm.generator, "accept_tree_sampled", accept_with_correction_from_p)
     target, drafter, inputs = small_vocab_case("qwen2_5_vl", "video", "untrained")

@@ -4,7 +4,7 @@ self-draft session, compiled steps (CPU inductor here; CUDA graphs on a GPU) and
 import pytest
 import torch
 
-from conftest import model, reference
+from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.session import BUCKETS, ModelSession, StaticSession, bucket

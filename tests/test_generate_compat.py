@@ -6,7 +6,7 @@ import pytest
 import torch
 from transformers import GenerationConfig, TextIteratorStreamer
 
-from conftest import model, reference
+from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.errors import SpecVLMError
 from specvlm.request import left_padding

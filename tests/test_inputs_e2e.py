@@ -8,7 +8,7 @@ import pytest
 import torch
 from PIL import Image
 
-from conftest import reference
+from helpers import reference
 from specvlm import SpeculativeGenerator
 from specvlm.inputs import add_input_arguments, inputs_from_args
 from specvlm.inputs.testing import index_frames, save_tiny_processor, write_video

@@ -9,7 +9,7 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from conftest import model, reference
+from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.tiny import FAMILIES, make_inputs, special_ids
 

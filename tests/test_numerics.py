@@ -3,7 +3,7 @@ not have chosen), on hand-made logits and on a planted case of each in a real mo
 
 import torch
 
-from conftest import reference
+from helpers import reference
 from specvlm.numerics import Divergence, classify, diagnose, first_difference, ulp
 from specvlm.tiny import make_inputs, make_model
 

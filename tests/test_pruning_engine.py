@@ -7,7 +7,7 @@ import functools
 import pytest
 import torch
 
-from conftest import model, reference
+from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.adapters.capture import AttentionCapture

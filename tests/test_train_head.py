@@ -9,11 +9,11 @@ import sys
 import pytest
 import torch
 
+from helpers import peaky, trained, training_data, training_prompts
 from specvlm import SpeculativeGenerator
 from specvlm.drafters.eagle import EagleHead
 from specvlm.errors import SpecVLMError
 from specvlm.train import Example, TrainConfig, add_train_arguments, as_example, distill_loss, run_from_args, train_head
-from test_eagle import peaky, trained, training_data, training_prompts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 

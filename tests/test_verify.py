@@ -3,7 +3,7 @@ target's distribution. Each χ² test is paired with a broken rule that the same
 
 import torch
 
-from conftest import chi2_pvalue
+from helpers import chi2_pvalue
 from specvlm.tree import DraftTree
 from specvlm.verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
 

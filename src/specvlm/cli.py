@@ -262,25 +262,23 @@ def resolve_models(args) -> ModelDirs:
 def load_generator(args, models: ModelDirs, say):
     """Loads the target, its tokenizer and the drafter, and returns the SpeculativeGenerator the decoding, pruning and
     engine options describe; for `--draft none`, the target alone behind the same interface (TargetOnly)."""
-    from .compat import check_tokenizers
     from .drafters.loading import load_drafter
     from .generator import SpeculativeGenerator
     from .loading import load_model, load_tokenizer
     from .target_only import TargetOnly
 
-    if args.draft == "none":
-        say(f"loading target {args.target} (no draft: target-only decoding) ...")
-        return TargetOnly(load_model(models.target_dir, args.dtype, args.device), load_tokenizer(models.target_dir))
-    say(f"loading target {args.target} ...")
+    say(f"loading target {args.target}{' (no draft: target-only decoding)' if args.draft == 'none' else ''} ...")
     target, tokenizer = load_model(models.target_dir, args.dtype, args.device), load_tokenizer(models.target_dir)
-    draft = "self"
+    spec, kind = args.draft, None   # "self" or "none"
     if models.head is not None:
         say(f"loading EagleHead {models.head} ...")
-        draft = load_drafter(models.head, target, kind="head")
+        spec, kind = models.head, "head"
     elif models.draft_dir is not None:
         say(f"loading draft {args.draft} ...")
-        check_tokenizers(tokenizer, load_tokenizer(models.draft_dir))
-        draft = load_model(models.draft_dir, args.dtype, args.device)
+        spec, kind = models.draft_dir, "model"
+    draft = load_drafter(spec, target, args.dtype, args.device, kind=kind, tokenizer=tokenizer)
+    if draft is None:
+        return TargetOnly(target, tokenizer)
     return SpeculativeGenerator(target, draft, tokenizer=tokenizer, tree=args.tree,
                                 num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
                                 tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens,

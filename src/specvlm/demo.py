@@ -14,6 +14,7 @@ import time
 
 import torch
 
+from .drafters.loading import load_drafter
 from .generator import SpeculativeGenerator
 from .inputs import inputs_from_args
 from .testbed.assets import bundled_pair, sample_clips
@@ -58,9 +59,9 @@ def run_demo(family: str = "qwen2_5_vl", max_new_tokens: int = 96, keep_ratio: f
     torch.set_flush_denormal(True)   # fp16 checkpoints upcast to fp32 produce denormals that crawl on CPU
     target_dir, draft_dir = bundled_pair(family)
     sample = sample_clips(kind="caption")[0]
-    load = lambda folder: AutoModelForImageTextToText.from_pretrained(folder, dtype=torch.float32).eval()  # noqa
-    target, draft = load(target_dir), load(draft_dir)
+    target = AutoModelForImageTextToText.from_pretrained(target_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
+    draft = load_drafter(draft_dir, target, dtype="float32", kind="model", tokenizer=tokenizer)   # on the target's CPU
     args = argparse.Namespace(video=sample["video"], image=[], prompt=sample["question"], num_frames=None,
                               fps=None, max_pixels=None, max_new_tokens=max_new_tokens)
     inputs = inputs_from_args(args, target_dir, target.config, draft_dir, draft.config)

@@ -16,8 +16,8 @@ from .methods import (BASE_METHODS, DEFAULT_KEEP_RATIOS, DEFAULT_PRUNING_METHODS
 
 DESCRIPTION = """Run methods × settings over a dataset: every output is checked token for token against the
 target's own greedy output, and every speedup is measured against the target-only run of the same invocation
-(methods interleaved per sample, warm-up first). Writes results.jsonl, summary.json, summary.md and PNG plots
-to --out."""
+(warm-up first, then --repeats rounds of every method, interleaved; speedups are medians with their min-max).
+Writes results.jsonl, summary.json, summary.md and PNG plots to --out."""
 
 EPILOG = f"""methods: {', '.join(BASE_METHODS)}, {', '.join(f'{f}:<pruning method>' for f in PRUNED_FAMILIES)}
 (prune / self-prune / eagle-prune alone = every --pruning-methods entry; each runs at every --keep-ratios).
@@ -75,7 +75,10 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     g.add_argument("--max-new-tokens", type=int, default=128, help="tokens per sample at most (default 128)")
     g.add_argument("--ignore-eos", action="store_true",
                    help="always generate --max-new-tokens (the video paper's older code), for equal lengths")
-    g.add_argument("--repeats", type=int, default=1, help="timed runs per method and sample; the median is kept")
+    g.add_argument("--repeats", type=int, default=3,
+                   help="timed rounds per sample after the warm-up, every method once per round, interleaved "
+                        "(default 3): speedups are the median of the per-sample, per-round ratios, with their "
+                        "min-max")
     g.add_argument("--warmup", type=int, default=1, help="untimed passes of every method on the first sample")
     g.add_argument("--threads", type=int, default=None,
                    help="torch CPU threads (default: torch's; on a shared machine fewer threads can be faster)")
@@ -111,9 +114,10 @@ def cmd_bench(args) -> int:
                         hf_assistant_tokens=args.hf_assistant_tokens, draft_positions=args.draft_positions,
                         **engine_options(args), dtype=args.dtype, device=args.device,
                         force=args.force, command=_command_line(), say=say, progress=not args.quiet)
-    from .report import markdown_table
+    from .report import LEGEND, markdown_table
 
     print(markdown_table(summary))
+    print(LEGEND)
     say(f"wrote {args.out}/results.jsonl, summary.md, summary.json and plots")
     failed = [s["run"] for s in summary if s["lossless"] < s["samples"]]
     if failed:

@@ -4,13 +4,15 @@ arithmetic can be checked on made-up timings.
 Conventions (both SpecVLM papers'):
 - τ = draft tokens accepted per verification round, the bonus token excluded, pooled over samples
   (Σ accepted / Σ rounds); acceptance at position i = fraction of rounds whose i-th draft token was accepted.
-- speedup = Σ target-only time / Σ method time over the same samples of the same run (outputs are identical, so
-  this is also the ratio of tokens/s). "wall" times the whole generate call; "decode" excludes the prefill (the
-  papers' headline numbers are decode-phase speedups).
-- vs hf-assisted = Σ hf-assisted wall time / Σ method wall time over the samples both ran (> 1: the method beats
-  HF assisted generation on the same pair and inputs). Wall only: HF's prefill / decode split comes from its first
-  streamed token, which in assisted generation arrives after the first verification round, so its decode time is
-  not comparable with ours.
+- speedup = target-only time / method time, one ratio per (sample, timed round): the runner times every method once
+  per round, interleaved, so round r of the target and of the method ran side by side on the same sample (outputs
+  are identical, so this is also the ratio of tokens/s). Reported as the median of those n ratios with their
+  min–max: one slow or fast outlier moves the range, never the headline. "wall" times the whole generate call;
+  "decode" excludes the prefill (the papers' headline numbers are decode-phase speedups).
+- vs hf-assisted = hf-assisted wall time / method wall time, paired and summarised the same way (> 1: the method
+  beats HF assisted generation on the same pair and inputs). Wall only: HF's prefill / decode split comes from its
+  first streamed token, which in assisted generation arrives after the first verification round, so its decode
+  time is not comparable with ours.
 - ideal speedup (decode phase), from the measured τ and measured per-forward costs:
 
       ideal = (τ + 1) · t_T / (t_V + k · t_D)
@@ -26,6 +28,7 @@ Conventions (both SpecVLM papers'):
 
 from __future__ import annotations
 
+import statistics
 from collections import defaultdict
 from pathlib import Path
 
@@ -52,13 +55,29 @@ def _ratio(num: float, den: float) -> float | None:
     return num / den if den else None
 
 
-def wall_ratio(reference: dict[str, dict], rows: list[dict]) -> float | None:
-    """Σ reference wall / Σ rows' wall over the samples both ran (`reference`: sample -> row); None when they share
-    no sample. Pairing by sample keeps a method that ran on extra samples from skewing the ratio."""
-    paired = [r for r in rows if r["sample"] in reference]
-    if not paired:
-        return None
-    return _ratio(sum(reference[r["sample"]]["wall_s"] for r in paired), sum(r["wall_s"] for r in paired))
+def _rounds(row: dict, key: str) -> list[float]:
+    """The row's per-round times of `key` ("wall_s" | "decode_s"); a row without them was timed once."""
+    return row.get("repeat_" + key) or [row[key]]
+
+
+def paired_ratios(reference: dict[str, dict], rows: list[dict], key: str) -> list[float]:
+    """reference time / row time for every (sample, round) both ran (`reference`: sample -> row). Rounds pair by
+    index: the runner's round r runs every method once, side by side. Pairing keeps a method that ran on extra
+    samples from skewing the numbers."""
+    ratios = []
+    for row in rows:
+        if row["sample"] in reference:
+            pairs = zip(_rounds(reference[row["sample"]], key), _rounds(row, key))
+            ratios += [num / den for num, den in pairs if den > 0]
+    return ratios
+
+
+def spread(values: list[float]) -> tuple[float | None, list[float] | None]:
+    """(median, [min, max]) of `values`; (None, None) when there are none. The median is the headline: one outlier
+    run moves the range, not it."""
+    if not values:
+        return None, None
+    return statistics.median(values), [min(values), max(values)]
 
 
 def _per_call(rows: list[dict], clock: str) -> tuple[float, int]:
@@ -69,9 +88,10 @@ def _per_call(rows: list[dict], clock: str) -> tuple[float, int]:
 
 
 def summarize(rows: list[dict]) -> list[dict]:
-    """One summary per run (method × setting), in first-seen order, target first. Speedups divide the target
-    run's summed times by the run's, over the samples both have; `vs_hf_assisted_wall` does the same with the
-    hf-assisted run's wall times (None for the target, and for every run when hf-assisted did not run)."""
+    """One summary per run (method × setting), in first-seen order, target first. Speedups are the median and
+    [min, max] of the target's time / the run's over the (sample, round) pairs both have (`speedup_n` of them, from
+    `speedup_samples` samples); `vs_hf_assisted_wall` does the same with the hf-assisted run's wall times (None for
+    the target, and for every run when hf-assisted did not run)."""
     by_run: dict[str, list[dict]] = defaultdict(list)
     for row in rows:
         by_run[row["run"]].append(row)
@@ -81,8 +101,6 @@ def summarize(rows: list[dict]) -> list[dict]:
     out = []
     for name, group in by_run.items():
         first = group[0]
-        paired = [r for r in group if r["sample"] in target]
-        refs = [target[r["sample"]] for r in paired]
         rounds = sum(r["rounds"] for r in group)
         accepted = sum(r["accepted"] for r in group)
         histogram: list[int] = []
@@ -98,8 +116,10 @@ def summarize(rows: list[dict]) -> list[dict]:
         d_s, d_calls = _per_call(group, "draft_clock")
         t_verify, t_draft = _ratio(v_s, v_calls), _ratio(d_s, d_calls)
         k = _ratio(d_calls, rounds)
-        wall = wall_ratio(target, group)
-        decode = _ratio(sum(r["decode_s"] for r in refs), sum(r["decode_s"] for r in paired))
+        wall_ratios = paired_ratios(target, group, "wall_s")
+        wall, wall_range = spread(wall_ratios)
+        decode, decode_range = spread(paired_ratios(target, group, "decode_s"))
+        vs_hf, vs_hf_range = (None, None) if is_target else spread(paired_ratios(assisted, group, "wall_s"))
         ideal = 1.0 if is_target else ideal_speedup(tau, t_target, t_verify, t_draft, k)
         out.append({
             "run": name, "method": first["method"], "setting": first["setting"], "keep_ratio": first.get("keep_ratio"),
@@ -107,8 +127,10 @@ def summarize(rows: list[dict]) -> list[dict]:
             "new_tokens": new_tokens, "rounds": rounds, "tau": tau,
             "acceptance_by_position": acceptance_by_position(histogram),
             "tokens_per_s": _ratio(new_tokens, sum(r["wall_s"] for r in group)),
-            "speedup_wall": wall, "speedup_decode": decode, "ideal_speedup": ideal,
-            "vs_hf_assisted_wall": None if is_target else wall_ratio(assisted, group),
+            "speedup_wall": wall, "speedup_wall_range": wall_range, "speedup_decode": decode,
+            "speedup_decode_range": decode_range, "speedup_n": len(wall_ratios),
+            "speedup_samples": sum(r["sample"] in target for r in group), "ideal_speedup": ideal,
+            "vs_hf_assisted_wall": vs_hf, "vs_hf_assisted_wall_range": vs_hf_range,
             "prefill_s": sum(r["prefill_s"] for r in group) / len(group),
             "decode_s": sum(r["decode_s"] for r in group) / len(group),
             "wall_s": sum(r["wall_s"] for r in group) / len(group),
@@ -135,9 +157,20 @@ def _positions(acc: list[float], n: int = 5) -> str:
     return " / ".join(f"{a:.2f}" for a in acc[:n]) if acc else "–"
 
 
-HEADERS = ["method", "setting", "lossless", "τ", "accept @1..5", "tokens/s", "speedup (wall)", "speedup (decode)",
+HEADERS = ["method", "setting", "lossless", "τ", "accept @1..5", "tokens/s", "n", "speedup (wall)", "speedup (decode)",
            "ideal (decode)", "vs hf-assisted (wall)", "prefill s", "decode s", "target fwd / token",
            "draft fwd / round", "t_T / t_V / t_D ms"]
+
+# Printed under the table wherever it appears (summary.md and the command's output): the cells need it to be read.
+LEGEND = ("speedup / vs hf-assisted: median (min–max) of n paired ratios, one per sample and timed round (every "
+          "method runs once per round, interleaved, so each pair ran side by side); n = samples × --repeats.")
+
+
+def _spread_cell(s: dict, key: str) -> str:
+    median, bounds = s.get(key), s.get(key + "_range")
+    if median is None:
+        return "–"
+    return f"{median:.2f}× ({bounds[0]:.2f}–{bounds[1]:.2f})"
 
 
 def table_rows(summary: list[dict]) -> list[list[str]]:
@@ -145,9 +178,9 @@ def table_rows(summary: list[dict]) -> list[list[str]]:
     for s in summary:
         times = " / ".join(_fmt(s[k], 2) for k in ("t_target_ms", "t_verify_ms", "t_draft_ms"))
         rows.append([s["method"], s["setting"], f"{s['lossless']}/{s['samples']}", _fmt(s["tau"]),
-                     _positions(s["acceptance_by_position"]), _fmt(s["tokens_per_s"], 1),
-                     _fmt(s["speedup_wall"], 2, "×"), _fmt(s["speedup_decode"], 2, "×"),
-                     _fmt(s["ideal_speedup"], 2, "×"), _fmt(s.get("vs_hf_assisted_wall"), 2, "×"),
+                     _positions(s["acceptance_by_position"]), _fmt(s["tokens_per_s"], 1), _fmt(s["speedup_n"]),
+                     _spread_cell(s, "speedup_wall"), _spread_cell(s, "speedup_decode"),
+                     _fmt(s["ideal_speedup"], 2, "×"), _spread_cell(s, "vs_hf_assisted_wall"),
                      _fmt(s["prefill_s"], 3), _fmt(s["decode_s"], 3),
                      _fmt(s["target_forwards_per_token"], 3), _fmt(s["draft_forwards_per_round"], 1), times])
     return rows
@@ -174,7 +207,7 @@ def summary_markdown(summary: list[dict], context: dict) -> str:
         elif isinstance(value, list):
             value = ", ".join(map(str, value))
         lines.append(f"- {key.replace('_', ' ')}: " + (f"`{value}`" if key == "command" else str(value)))
-    lines += ["", markdown_table(summary), ""]
+    lines += ["", markdown_table(summary), "", LEGEND, ""]
     if failures:
         lines += ["**Lossless check failed** (output differs from target-only greedy): " +
                   ", ".join(f"{s['run']} ({s['samples'] - s['lossless']} of {s['samples']})" for s in failures), ""]
@@ -186,18 +219,21 @@ def summary_markdown(summary: list[dict], context: dict) -> str:
         "- lossless: samples whose output equals target-only greedy `generate`, token for token.",
         "- τ: draft tokens accepted per verification round, bonus token excluded (both SpecVLM papers' convention),"
         " pooled over samples; accept @i: fraction of rounds whose i-th draft token was accepted.",
-        "- speedup: Σ target-only time / Σ method time over the same samples in this run (methods interleaved per"
-        " sample, order rotated); wall = whole `generate` call, decode = after the prefill (the papers' headline"
-        " numbers are decode-phase). prefill s / decode s: means per sample.",
+        "- speedup: target-only time / method time per sample and timed round of this run (each round runs every"
+        " method once, order rotated by one per round), reported as the median of those n ratios with their min–max:"
+        " an outlier run moves the range, not the headline; wall = whole `generate` call, decode = after the prefill"
+        " (the papers' headline numbers are decode-phase). prefill s / decode s: means per sample (of each sample's"
+        " median round).",
         f"- ideal (decode): `{IDEAL_FORMULA}` with t_T the target-only forward per token, t_V the method's"
         " target verification forward, t_D its draft forward and k draft forwards per round, all measured in this"
         " run (model forwards only, decoder stack + LM head: tree building, acceptance, sampling and Python are"
         " outside, so achieved / ideal shows their cost).",
         "- hf-assisted: HF `generate(assistant_model=draft)`; its draft is given its own vision features (transformers"
         " 5.x would otherwise draft without the video), τ from HF's own per-round match counts.",
-        "- vs hf-assisted (wall): Σ hf-assisted wall time / Σ method wall time over the same samples in this run"
-        " (same pair, same inputs; > 1: faster than HF assisted generation). Wall only: HF's first streamed token"
-        " comes after its first verification round, so its decode split is not comparable with ours.",
+        "- vs hf-assisted (wall): hf-assisted wall time / method wall time, paired by sample and round like the"
+        " speedups, median (min–max) (same pair, same inputs; > 1: faster than HF assisted generation). Wall only:"
+        " HF's first streamed token comes after its first verification round, so its decode split is not comparable"
+        " with ours.",
     ]
     return "\n".join(lines) + "\n"
 
@@ -209,14 +245,24 @@ def vs_hf_assisted_lines(summary: list[dict]) -> list[str]:
             and s.get("vs_hf_assisted_wall") is not None]
     if not ours:
         return []
-    ratios = ", ".join(f"{s['run']} {s['vs_hf_assisted_wall']:.2f}×" for s in ours)
-    return [f"Ours vs HF assisted generation (Σ hf-assisted wall / Σ method wall, same samples): {ratios}.", ""]
+    ratios = ", ".join(f"{s['run']} {_spread_cell(s, 'vs_hf_assisted_wall')}" for s in ours)
+    return [f"Ours vs HF assisted generation (hf-assisted wall / method wall per sample and round, median "
+            f"(min–max)): {ratios}.", ""]
 
 
 # ---- plots ----------------------------------------------------------------------------------------------------------
+def error_bars(points: list[dict], key: str) -> tuple[list[float], list[list[float]]]:
+    """Medians of `key` and matplotlib's asymmetric `yerr` (down to the min, up to the max); NaN where unknown."""
+    nan = float("nan")
+    medians = [p[key] if p[key] is not None else nan for p in points]
+    bounds = [p.get(key + "_range") or [nan, nan] for p in points]
+    return medians, [[m - b[0] for m, b in zip(medians, bounds)], [b[1] - m for m, b in zip(medians, bounds)]]
+
+
 def plot(summary: list[dict], out_dir) -> list[Path]:
     """pruning_curve.png (τ and speedup vs keep ratio, one line per pruning method) when a pruning method ran, and
-    speedup.png (achieved wall / decode speedup and the ideal, per run). Agg backend: no display needed."""
+    speedup.png (achieved wall / decode speedup and the ideal, per run). Speedups are medians with error bars from
+    the min to the max paired ratio (report's LEGEND). Agg backend: no display needed."""
     import matplotlib
 
     matplotlib.use("Agg", force=True)
@@ -234,8 +280,8 @@ def plot(summary: list[dict], out_dir) -> list[Path]:
             points = sorted(points, key=lambda s: s["keep_ratio"])
             x = [p["keep_ratio"] for p in points]
             ax_tau.plot(x, [p["tau"] if p["tau"] is not None else float("nan") for p in points], "o-", label=method)
-            ax_speed.plot(x, [p["speedup_decode"] if p["speedup_decode"] is not None else float("nan")
-                              for p in points], "o-", label=method)
+            medians, yerr = error_bars(points, "speedup_decode")
+            ax_speed.errorbar(x, medians, yerr=yerr, fmt="o-", capsize=3, label=method)
         for s in summary:   # unpruned references
             if s["method"] in ("sd-static", "self") and s["tau"] is not None:
                 ax_tau.axhline(s["tau"], ls="--", lw=1, color="gray")
@@ -245,7 +291,8 @@ def plot(summary: list[dict], out_dir) -> list[Path]:
                     ax_speed.annotate(s["method"], (1.0, s["speedup_decode"]), fontsize=8, color="gray",
                                       ha="right", va="bottom")
         ax_speed.axhline(1.0, ls=":", lw=1, color="black")
-        for ax, label in ((ax_tau, "τ (accepted draft tokens / round)"), (ax_speed, "decode speedup vs target")):
+        for ax, label in ((ax_tau, "τ (accepted draft tokens / round)"),
+                          (ax_speed, "decode speedup vs target (median, min–max)")):
             ax.set_xscale("log")
             ax.set_xlabel("visual keep ratio of the draft")
             ax.set_ylabel(label)
@@ -259,15 +306,15 @@ def plot(summary: list[dict], out_dir) -> list[Path]:
     if runs:
         fig, ax = plt.subplots(figsize=(max(6.0, 0.55 * len(runs) + 2), 4.5))
         xs = range(len(runs))
-        value = lambda s, k: s[k] if s[k] is not None else float("nan")
-        ax.bar([x - 0.2 for x in xs], [value(s, "speedup_wall") for s in runs], 0.4, label="wall")
-        ax.bar([x + 0.2 for x in xs], [value(s, "speedup_decode") for s in runs], 0.4, label="decode")
-        ax.plot(list(xs), [value(s, "ideal_speedup") for s in runs], "k_", ms=14, mew=2, ls="none",
-                label="ideal (decode)")
+        for shift, key, label in ((-0.2, "speedup_wall", "wall"), (0.2, "speedup_decode", "decode")):
+            medians, yerr = error_bars(runs, key)
+            ax.bar([x + shift for x in xs], medians, 0.4, yerr=yerr, capsize=3, label=label)
+        ax.plot(list(xs), [s["ideal_speedup"] if s["ideal_speedup"] is not None else float("nan") for s in runs],
+                "k_", ms=14, mew=2, ls="none", label="ideal (decode)")
         ax.axhline(1.0, ls=":", lw=1, color="black")
         ax.set_xticks(list(xs))
         ax.set_xticklabels([s["run"] for s in runs], rotation=60, ha="right", fontsize=8)
-        ax.set_ylabel("speedup vs target-only (same run)")
+        ax.set_ylabel("speedup vs target-only (same run): median, min–max")
         ax.legend(fontsize=8)
         ax.grid(axis="y", alpha=0.3)
         fig.tight_layout()

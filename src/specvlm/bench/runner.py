@@ -2,9 +2,11 @@
 in the same process so speedups compare like with like.
 
 Per sample: decode the video / images once and build the processor inputs (untimed); on the first sample run every
-method `warmup` times untimed (lazy initialisation, allocator, caches); then run every method once (or `repeats`
-times, keeping the median wall time), in an order rotated by one per sample so slow drift of the machine spreads
-over all methods. A method's output is lossless when its token ids equal the target-only run's on that sample.
+method `warmup` times untimed (lazy initialisation, allocator, caches); then `repeats` timed rounds, each running
+every method once, in an order rotated by one per round so slow drift of the machine spreads over all methods. A
+row keeps the median round's measurement and every round's wall and decode times (`repeat_wall_s`,
+`repeat_decode_s`): round r of two methods ran side by side, which is what the report's paired ratios rest on.
+A method's output is lossless when its token ids equal the target-only run's on that sample.
 
 Files written to `out` (refused when it exists non-empty, unless `force`):
     results.jsonl     one row per method × setting × sample (token ids, text, times, acceptance, forward clocks)
@@ -171,7 +173,7 @@ class Models:
 
     def __init__(self, target: str, draft: str | None, head: str | None, runs: list[Run], dtype: str = "auto",
                  device: str = "auto", say: Callable[[str], None] = lambda m: None):
-        from ..compat import check_tokenizers
+        from ..drafters.loading import load_drafter
         from ..inputs import InputError, load_processor
         from ..loading import load_model
 
@@ -181,17 +183,17 @@ class Models:
         self.draft = self.draft_processor = self.head = None
         if draft is not None and any(r.drafter in ("draft", "hf") for r in runs):
             say(f"loading draft {draft} ...")
-            self.draft = load_model(draft, dtype, device)
             try:
                 self.draft_processor = load_processor(draft)
             except InputError:   # a draft folder without processor files reads the target's inputs
                 self.draft_processor = self.processor
-            check_tokenizers(self.processor.tokenizer, self.draft_processor.tokenizer)
+            # a model, not a drafter: HF assisted generation takes it too
+            self.draft = load_drafter(draft, self.target, dtype, device, kind="model",
+                                      tokenizer=self.processor.tokenizer,
+                                      draft_tokenizer=self.draft_processor.tokenizer)
         if head is not None and any(r.drafter == "head" for r in runs):
-            from ..drafters.eagle import EagleHead
-
             say(f"loading EAGLE head {head} ...")
-            self.head = EagleHead.from_pretrained(head, self.target)
+            self.head = load_drafter(head, self.target, kind="head")
 
 
 def build_generators(models: Models, runs: list[Run], num_draft_tokens: int,
@@ -230,7 +232,14 @@ def _same_ids(a: dict, b: dict) -> bool:
     return a["input_ids"].shape == b["input_ids"].shape and bool((a["input_ids"] == b["input_ids"]).all())
 
 
-def _row(run: Run, record: dict, index: int, m, walls: list[float], reference: list[int] | None, tokenizer) -> dict:
+def _median_round(trials: list):
+    """The round of median wall time (the lower of two)."""
+    return sorted(trials, key=lambda t: t.wall_s)[(len(trials) - 1) // 2]
+
+
+def _row(run: Run, record: dict, index: int, trials: list, reference: list[int] | None, tokenizer) -> dict:
+    """The median round's measurement and every round's times; lossless when every round's output is `reference`."""
+    m = _median_round(trials)
     row = {"run": run.name, "method": run.method, "setting": run.setting, "keep_ratio": run.keep_ratio,
            "tree": run.tree, "pruning": run.pruning, "sample": record["id"], "index": index,
            "dataset": record.get("dataset"), "subset": record.get("subset")}
@@ -239,18 +248,19 @@ def _row(run: Run, record: dict, index: int, m, walls: list[float], reference: l
     row.update(data)
     row.update(extra)
     row["text"] = tokenizer.decode(m.token_ids, skip_special_tokens=True) if tokenizer is not None else None
-    row["lossless"] = reference is None or m.token_ids == reference
+    row["lossless"] = reference is None or all(t.token_ids == reference for t in trials)
     row["tokens_per_s"] = m.new_tokens / m.wall_s if m.wall_s > 0 else None
     row["tau"] = m.accepted / m.rounds if m.rounds else None
     row["acceptance_by_position"] = acceptance_by_position(m.accept_histogram)
-    row["repeat_wall_s"] = walls
+    row["repeat_wall_s"] = [t.wall_s for t in trials]
+    row["repeat_decode_s"] = [t.decode_s for t in trials]
     return row
 
 
 def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head: str | None = None,
               methods: str | None = None, keep_ratios=DEFAULT_KEEP_RATIOS, pruning_methods=DEFAULT_PRUNING_METHODS,
               max_new_tokens: int = 128, num_frames: int = 8, limit: int | None = None, split: str | None = None,
-              prompt: str | None = None, kinds=None, repeats: int = 1, warmup: int = 1, ignore_eos: bool = False,
+              prompt: str | None = None, kinds=None, repeats: int = 3, warmup: int = 1, ignore_eos: bool = False,
               num_draft_tokens: int = 5, tree: str = "static", hf_assistant_tokens: int | None = None,
               draft_positions: str | None = None, engine: str = "fast", compile="auto",
               dtype: str = "auto", device: str = "auto", force: bool = False, command: str | None = None,
@@ -286,7 +296,7 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
     tokenizer = getattr(models.processor, "tokenizer", None)
     context = {"dataset": dataset, "command": command, "machine": machine(), "target": target, "draft": draft,
                "head": head, "samples": len(records), "max_new_tokens": max_new_tokens, "num_frames": num_frames,
-               "repeats": repeats, "warmup": warmup, "order": "methods rotated by one per sample",
+               "repeats": repeats, "warmup": warmup, "order": "methods rotated by one per timed round",
                "runs": [r.name for r in runs], "ignore_eos": ignore_eos, "num_draft_tokens": num_draft_tokens,
                "tree": tree, "hf_assistant_tokens": hf_assistant_tokens, "draft_positions": draft_positions,
                "engine": engine, "compile": compile,
@@ -321,7 +331,8 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
 def _sample_rows(index: int, record: dict, runs: list[Run], models: Models, generators: dict, gen_kwargs: dict,
                  num_frames: int, warmup: int, repeats: int, hf_assistant_tokens, tokenizer, say,
                  n_records: int) -> list[dict]:
-    """Every run on one sample (warm-up first on sample 0), in an order rotated by `index`; rows in run order."""
+    """Every run on one sample (warm-up first on sample 0), `repeats` rounds of every run, the order rotated by one
+    per round over the whole benchmark; rows in run order."""
     inputs, draft_inputs = sample_inputs(record, models.processor, models.draft_processor, num_frames)
     go = lambda run: execute(run, models, generators, inputs, draft_inputs, gen_kwargs, hf_assistant_tokens)
     if index == 0:
@@ -329,16 +340,17 @@ def _sample_rows(index: int, record: dict, runs: list[Run], models: Models, gene
             for run in runs:
                 say(f"warm-up {w + 1}/{warmup}: {run.name}")
                 go(run)
-    shift = index % len(runs)
-    measured = {}
-    for run in runs[shift:] + runs[:shift]:
-        trials = [go(run) for _ in range(repeats)]
-        m = sorted(trials, key=lambda t: t.wall_s)[(len(trials) - 1) // 2]   # the median (lower of two)
-        measured[run] = (m, [t.wall_s for t in trials])
-        tau = f", τ={m.accepted / m.rounds:.2f}" if m.rounds else ""
-        say(f"[{index + 1}/{n_records}] {record['id']} {run.name}: {m.new_tokens} tokens, {m.wall_s:.3f}s{tau}")
-    reference = measured[runs[0]][0].token_ids
-    rows = [_row(run, record, index, *measured[run], reference, tokenizer) for run in runs]
+    trials = {run: [] for run in runs}
+    for r in range(repeats):
+        shift = (index * repeats + r) % len(runs)
+        for run in runs[shift:] + runs[:shift]:
+            m = go(run)
+            trials[run].append(m)
+            tau = f", τ={m.accepted / m.rounds:.2f}" if m.rounds else ""
+            of = f" (round {r + 1}/{repeats})" if repeats > 1 else ""
+            say(f"[{index + 1}/{n_records}] {record['id']} {run.name}: {m.new_tokens} tokens, {m.wall_s:.3f}s{tau}{of}")
+    reference = _median_round(trials[runs[0]]).token_ids   # runs[0] is the target
+    rows = [_row(run, record, index, trials[run], reference, tokenizer) for run in runs]
     differ = [row["run"] for row in rows if not row["lossless"]]
     if differ:
         say(f"[{index + 1}/{n_records}] {record['id']}: OUTPUT DIFFERS FROM TARGET for {', '.join(differ)}")

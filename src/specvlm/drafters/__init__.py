@@ -1,6 +1,6 @@
 """Who proposes tokens: a draft VLM (`DraftModelDrafter`, small model or "self") or an EagleVLM head
-(`drafters.eagle.EagleHead`); `load_drafter(spec, target)` turns a CLI spec ("self", a model folder, a head folder)
-into one of them."""
+(`drafters.eagle.EagleHead`); `load_drafter(spec, target)` turns a CLI spec ("self", "none", a model folder, a head
+folder) into one of them (None for "none"); every command loads its drafts through it."""
 
 from .base import DraftContext, Drafter, fit_vocab
 from .draft_model import DraftModelDrafter

@@ -1,13 +1,16 @@
 """`load_drafter(spec, target)`: what `specvlm generate --draft / --head` names, as something
-`SpeculativeGenerator(target, drafter)` takes.
+`SpeculativeGenerator(target, drafter)` takes. The one place drafts are loaded: `specvlm generate` and `serve`
+(cli.load_generator), `specvlm bench` and `specvlm demo` all call it.
 
     "self"                       -> "self" (the target drafts for itself)
+    "none"                       -> None (no drafter: the caller decodes with the target alone, `TargetOnly`)
     an EagleHead folder          -> EagleHead.from_pretrained(folder, target)   (config.json says specvlm_head="eagle")
     a model folder or hub id     -> the draft VLM, loaded like the target (same dtype / device rules)
     an EagleHead or a model      -> itself (already loaded)
 
 Mismatches are one-line `SpecVLMError`s before any generation: a head trained for another target architecture or
-size, a draft model of another family or with other placeholder ids, a folder that is neither.
+size, a draft model of another family, with other placeholder ids or (given the target's tokenizer) another
+tokenizer, a folder that is neither.
 """
 
 from __future__ import annotations
@@ -27,12 +30,16 @@ def is_eagle_head(path) -> bool:
     return isinstance(config, dict) and config.get("specvlm_head") == "eagle"
 
 
-def load_drafter(spec, target, dtype: str = "auto", device: str | None = None, kind: str | None = None):
-    """"self", a loaded draft VLM, or a loaded `EagleHead`, checked against `target` (a loaded HF VLM).
+def load_drafter(spec, target, dtype: str = "auto", device: str | None = None, kind: str | None = None,
+                 tokenizer=None, draft_tokenizer=None):
+    """"self", None ("none"), a loaded draft VLM, or a loaded `EagleHead`, checked against `target` (a loaded HF
+    VLM).
 
     `kind`: None detects from the folder; "head" insists on an EagleHead folder (`--head`), "model" on a model
     (`--draft`). `dtype` / `device` apply to a draft model ("auto" / None: the target's device, float32 on CPU);
-    a head takes the target's device and dtype."""
+    a head takes the target's device and dtype. `tokenizer` (the target's): a draft model's tokenizer must agree
+    with it (`compat.check_tokenizers`), checked before the draft's weights load; that is `draft_tokenizer` when
+    the caller has it already (the bench reads it from the draft's processor), else the draft folder's own."""
     from ..adapters import adapter_for
     from ..drafters.eagle import EagleHead
 
@@ -43,10 +50,10 @@ def load_drafter(spec, target, dtype: str = "auto", device: str | None = None, k
     if not isinstance(spec, (str, Path)):            # an already loaded model (or another Drafter)
         return spec
     name = str(spec)
-    if name == "self":
+    if name in ("self", "none"):
         if kind == "head":
-            raise SpecVLMError("--head needs the folder of a trained EagleHead, not 'self'")
-        return "self"
+            raise SpecVLMError(f"--head needs the folder of a trained EagleHead, not {name!r}")
+        return "self" if name == "self" else None
     path = Path(name).expanduser()
     if is_eagle_head(path):
         if kind == "model":
@@ -60,9 +67,11 @@ def load_drafter(spec, target, dtype: str = "auto", device: str | None = None, k
             raise SpecVLMError(f"head folder {name} does not exist")
         raise SpecVLMError(f"{name} is not an EagleHead folder (its config.json does not say specvlm_head='eagle'); "
                            "train one with `specvlm train-head`, or pass a draft model as --draft")
-    from ..compat import check_models
-    from ..loading import load_model
+    from ..compat import check_models, check_tokenizers
+    from ..loading import load_model, load_tokenizer
 
+    if tokenizer is not None:   # reading a tokenizer takes a moment, a model's weights much longer
+        check_tokenizers(tokenizer, draft_tokenizer if draft_tokenizer is not None else load_tokenizer(name))
     target_adapter = adapter_for(target)
     if device is None or device == "auto":
         device = "cuda" if target_adapter.device.type == "cuda" else str(target_adapter.device)
