@@ -8,6 +8,7 @@ _EXPORTS = {
     ".drafters.loading": ("load_drafter",),
     ".errors": ("SpecVLMError",),
     ".generator": ("SpecOutput", "SpeculativeGenerator"),
+    ".options": ("DecodeConfig",),
     ".stats": ("SpecStats",),
 }
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

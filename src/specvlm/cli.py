@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from .errors import SpecVLMError
 from .inputs.arguments import add_input_arguments
-from .options import PRUNING_METHODS, check_pruning, check_tree, parse_device
+from .options import PRUNING_METHODS, DecodeConfig, parse_device
 
 
 def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
@@ -171,14 +171,7 @@ def _check_decoding(args) -> None:
         raise SpecVLMError(f"--top-p must be in (0, 1], got {args.top_p}")
     if args.top_k < 0:
         raise SpecVLMError(f"--top-k must be >= 0, got {args.top_k}")
-    if args.pruning == "none" and args.visual_keep_ratio is not None:
-        raise SpecVLMError("--visual-keep-ratio needs a pruning method, e.g. --pruning specvlm")
-    try:
-        check_tree(args.tree or "static", args.num_draft_tokens, args.tree_top_k, args.tree_depth,
-                   args.tree_total_tokens, args.confidence_threshold)
-        check_pruning(**_pruning_options(args))
-    except SpecVLMError as err:   # the library's wording names keyword arguments; the CLI's names flags
-        raise SpecVLMError(_as_flags(str(err))) from None
+    DecodeConfig.from_args(args)   # errors name the flags
 
 
 def default_pruning(args) -> str:
@@ -193,13 +186,6 @@ def default_pruning(args) -> str:
     if args.pruning is not None:
         return args.pruning
     return "specvlm" if args.draft == "self" and not args.head else "none"
-
-
-def _as_flags(message: str) -> str:
-    for name in ("num_draft_tokens", "tree_top_k", "tree_depth", "tree_total_tokens", "confidence_threshold",
-                 "visual_keep_ratio", "stage1_mass", "draft_positions"):
-        message = message.replace(name, "--" + name.replace("_", "-"))
-    return message
 
 
 def _decoding_options(args) -> dict:
@@ -279,16 +265,7 @@ def load_generator(args, models: ModelDirs, say):
     draft = load_drafter(spec, target, args.dtype, args.device, kind=kind, tokenizer=tokenizer)
     if draft is None:
         return TargetOnly(target, tokenizer)
-    return SpeculativeGenerator(target, draft, tokenizer=tokenizer, tree=args.tree,
-                                num_draft_tokens=args.num_draft_tokens, tree_top_k=args.tree_top_k,
-                                tree_depth=args.tree_depth, tree_total_tokens=args.tree_total_tokens,
-                                confidence_threshold=args.confidence_threshold,
-                                **_pruning_options(args), **engine_options(args))
-
-
-def _pruning_options(args) -> dict:
-    return dict(pruning=args.pruning, visual_keep_ratio=args.visual_keep_ratio, stage1_mass=args.stage1_mass,
-                draft_positions=args.draft_positions)
+    return SpeculativeGenerator(target, draft, tokenizer=tokenizer, config=DecodeConfig.from_args(args))
 
 
 def cmd_demo(args) -> int:

@@ -21,7 +21,7 @@ from .adapters.capture import AttentionCapture
 from .compat import check_models
 from .drafters import DraftContext, DraftModelDrafter, Drafter
 from .errors import SpecVLMError
-from .options import check_pruning
+from .options import DecodeConfig
 from .pruning import NEEDS_SCORES, Layout, select
 from .request import Request, resolve
 from .sampling import Sampling, device_generator, history_rows
@@ -58,16 +58,18 @@ class SpeculativeGenerator:
     "contiguous": the shorter prompt is renumbered, the default otherwise), `pruning_seed` (for "random").
     """
 
-    def __init__(self, target, draft="self", *, processor=None, tokenizer=None, tree: str | None = None,
-                 num_draft_tokens: int = 5, tree_top_k: int = 10, tree_depth: int = 6, tree_total_tokens: int = 60,
-                 confidence_threshold: float = 0.0,
-                 pruning: str = "none", visual_keep_ratio: float | None = None, stage1_mass: float = 0.4,
-                 draft_positions: str | None = None, pruning_seed: int = 0, engine: str = "fast",
-                 compile: bool | str = "auto"):
-        if engine not in ("fast", "eager"):
-            raise SpecVLMError(f"engine must be 'fast' or 'eager', got {engine!r}")
-        if compile not in ("auto", True, False):
-            raise SpecVLMError(f"compile must be 'auto', True or False, got {compile!r}")
+    def __init__(self, target, draft="self", *, processor=None, tokenizer=None, config: DecodeConfig | None = None,
+                 **options):
+        # options: DecodeConfig's fields as keywords (tree, num_draft_tokens, pruning, engine, compile, ...)
+        if config is not None and options:
+            raise SpecVLMError("give a DecodeConfig or its options as keywords, not both")
+        try:
+            config = config or DecodeConfig(**options)
+        except TypeError:   # an unknown keyword
+            unknown = sorted(set(options) - set(DecodeConfig.__dataclass_fields__) - {"spell"})
+            raise SpecVLMError(f"SpeculativeGenerator got unknown options {unknown}; it takes "
+                               f"{', '.join(f for f in DecodeConfig.__dataclass_fields__ if f != 'spell')}") from None
+        self.config = config
         self.model = target
         self.target = adapter_for(target)
         if isinstance(draft, Drafter):
@@ -80,17 +82,17 @@ class SpeculativeGenerator:
             draft_adapter = adapter_for(draft)
             check_models(self.target, draft_adapter)
             self.drafter = DraftModelDrafter(draft_adapter)
-        self.tree = TreeSpec(kind=tree or self.drafter.default_tree, num_draft_tokens=num_draft_tokens,
-                             top_k=tree_top_k, depth=tree_depth, total_tokens=tree_total_tokens,
-                             confidence_threshold=confidence_threshold)
+        self.tree = TreeSpec(kind=config.tree or self.drafter.default_tree, num_draft_tokens=config.num_draft_tokens,
+                             top_k=config.tree_top_k, depth=config.tree_depth, total_tokens=config.tree_total_tokens,
+                             confidence_threshold=config.confidence_threshold)
         self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
-        check_pruning(pruning, visual_keep_ratio, stage1_mass, draft_positions)
-        self.pruning, self.stage1_mass, self.pruning_seed = pruning, stage1_mass, pruning_seed
-        self.visual_keep_ratio = 0.1 if visual_keep_ratio is None else visual_keep_ratio
-        self.contiguous_positions = (draft_positions or ("original" if self.target.uses_mrope else "contiguous")) \
-            == "contiguous"
-        self.engine = engine
-        self.compile = engine == "fast" and (self.target.device.type == "cuda" if compile == "auto" else compile)
+        self.pruning, self.stage1_mass, self.pruning_seed = config.pruning, config.stage1_mass, config.pruning_seed
+        self.visual_keep_ratio = 0.1 if config.visual_keep_ratio is None else config.visual_keep_ratio
+        self.contiguous_positions = (config.draft_positions or ("original" if self.target.uses_mrope
+                                                                else "contiguous")) == "contiguous"
+        self.engine = config.engine
+        self.compile = config.engine == "fast" and (self.target.device.type == "cuda" if config.compile == "auto"
+                                                    else config.compile)
         self._sessions: list = []
 
     # ---- public API ------------------------------------------------------------------------------------------
