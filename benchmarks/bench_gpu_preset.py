@@ -53,7 +53,8 @@ def build_pair(shape: str, draft_layers: int, device: str, dtype: torch.dtype, s
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
     text = dict(SHAPES[shape], max_position_embeddings=32768, tie_word_embeddings=False, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6})
+                rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+                bos_token_id=None, eos_token_id=None)   # Qwen's ids lie outside the small shapes' vocabularies
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     s = 3 * (head_dim // 2) // 8
     text["rope_parameters"]["mrope_section"] = [head_dim // 2 - 2 * s, s, s]
