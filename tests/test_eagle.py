@@ -341,7 +341,7 @@ def test_verifier_branch_uses_the_targets_attention(family, kind):
     text->visual attention; training captures the same scores from the prompt part of a whole conversation."""
     from specvlm.adapters.capture import AttentionCapture
     from specvlm.pruning import select_specvlm
-    from specvlm.train.head import target_forward
+    from specvlm.train.loss import target_forward
 
     target = peaky(family)
     head = EagleHead.init_for(target, compressor=dict(mode="concat", branches=["verifier:4"]), seed=0)

@@ -55,7 +55,7 @@ def add_engine_arguments(g) -> None:
                         "dynamic cache and eager forwards (the reference path). Same output either way")
     g.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
                    help="torch.compile the fast engine's steps (CUDA graphs on CUDA). auto: on CUDA only; on CPU the "
-                        "one-time compile (tens of seconds per step shape) outlasts a single answer")
+                        "one-time compile (seconds per step shape, more on big models) outlasts a single short answer")
 
 
 def engine_options(args) -> dict:

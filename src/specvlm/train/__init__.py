@@ -6,7 +6,9 @@ from .._lazy import lazy_exports
 _EXPORTS = {
     ".data": ("Example", "as_example", "greedy_examples", "load_examples"),
     ".config": ("TrainConfig",),
-    ".head": ("TrainResult", "distill_loss", "run_from_args", "train_head"),
+    ".head": ("TrainResult", "train_head"),
+    ".loss": ("distill_loss",),
+    ".run": ("run_from_args",),
     ".command": ("add_train_arguments",),
 }
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)

@@ -1,5 +1,5 @@
 """`specvlm train-head`: its options, defined without importing torch (a bad option fails at once); the run itself
-is `head.run_from_args`."""
+is `run.run_from_args`."""
 
 from __future__ import annotations
 
@@ -10,7 +10,7 @@ from .config import TrainConfig
 
 
 def _run(args) -> int:
-    from .head import run_from_args
+    from .run import run_from_args
 
     return run_from_args(args)
 

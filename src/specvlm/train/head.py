@@ -16,7 +16,6 @@ accept if positions were independent.
 
 from __future__ import annotations
 
-import json
 import time
 from collections import Counter
 from dataclasses import asdict, dataclass, field, fields
@@ -24,14 +23,13 @@ from pathlib import Path
 from typing import Callable
 
 import torch
-import torch.nn.functional as F
 
 from ..adapters import adapter_for
-from ..compressor import MODES, VisualCompressor
 from ..drafters.eagle import CONFIG_NAME, WEIGHTS_NAME, EagleHead
 from ..errors import SpecVLMError
 from .config import TrainConfig
-from .data import Example, as_example, greedy_examples, load_examples
+from .data import Example, as_example
+from .loss import TargetPass, distill_loss, target_pass, wants_scores
 
 STATE_NAME = "trainer_state.pt"
 EMA = 0.9
@@ -61,90 +59,6 @@ class TrainResult:
                     loss_last=self.losses[-1] if self.losses else None, loss_first10=first(self.losses),
                     loss_last10=last(self.losses), accuracy_last10=last(self.accuracy), picks=self.picks,
                     parameters=self.head.trainable_parameters())
-
-
-@dataclass
-class LossParts:
-    loss: torch.Tensor
-    ce: float
-    feature: float
-    accuracy: float
-    tokens: int
-
-
-@torch.no_grad()
-def target_forward(adapter, prompt, score_until: int | None = None):
-    """((logits, hidden), scores) of the frozen target over the whole sequence. With `score_until` (the first
-    response token), the prompt runs first under `AttentionCapture` (the verifier's text->visual attention of the
-    question, as at inference, where the response does not exist yet) and the response after it on the same
-    cache; else scores is None."""
-    cache = adapter.new_cache()
-    if score_until is None:
-        return adapter.forward(prompt.embeds, prompt.positions, cache), None
-    from ..adapters.capture import AttentionCapture
-
-    visual = prompt.visual_mask.nonzero().flatten()
-    with AttentionCapture(adapter, int(visual.max()) + 1, visual) as capture:
-        head_logits, head_hidden = adapter.forward(prompt.embeds[:, :score_until],
-                                                   prompt.positions[..., :score_until], cache)
-    tail_logits, tail_hidden = adapter.forward(prompt.embeds[:, score_until:], prompt.positions[..., score_until:],
-                                               cache)
-    return (torch.cat([head_logits, tail_logits]), torch.cat([head_hidden, tail_hidden])), capture.scores
-
-
-@dataclass
-class TargetPass:
-    """What the frozen target gives one example: its prompt (merged embeds, spans, positions), logits and final
-    features over the whole sequence, the verifier's attention scores when a compressor branch reads them, and
-    the response mask. Deterministic, so it can be kept and reused (`TrainConfig.cache_target`)."""
-    prompt: object
-    logits: torch.Tensor
-    hidden: torch.Tensor
-    scores: torch.Tensor | None
-    response: torch.Tensor
-
-
-@torch.no_grad()
-def target_pass(head: EagleHead, example: Example) -> TargetPass:
-    adapter = head.adapter
-    first_response = int(example.response.nonzero()[0])
-    prompt = adapter.prepare({k: v.to(adapter.device) if torch.is_tensor(v) else v for k, v in example.inputs.items()})
-    wants_scores = head.compressor is not None and head.compressor.needs_scores and bool(prompt.spans)
-    (logits, hidden), scores = target_forward(adapter, prompt, first_response if wants_scores else None)
-    return TargetPass(prompt, logits, hidden, scores, example.response)
-
-
-def _wants_scores(head: EagleHead, cached: TargetPass) -> bool:
-    return head.compressor is not None and head.compressor.needs_scores and bool(cached.prompt.spans)
-
-
-def distill_loss(head: EagleHead, example: Example | None, config: TrainConfig = TrainConfig(),
-                 cached: TargetPass | None = None) -> LossParts:
-    """The head's loss on one example; the target runs here, online, without gradients (or `cached` gives
-    what it computed for this example before)."""
-    target = cached if cached is not None else target_pass(head, example)
-    prompt, logits_p, hidden, scores = target.prompt, target.logits, target.hidden, target.scores
-    response = target.response.to(hidden.device)
-    first_response = int(response.nonzero()[0])
-    features = hidden
-    if config.feature_noise:   # U(-a, a) on the head's input features only, never on its targets
-        noise = torch.rand_like(hidden, dtype=torch.float32) * 2 - 1
-        features = hidden + (noise * config.feature_noise).to(hidden.dtype)
-    out, row_of = head(prompt.embeds[0], hidden, prompt.spans, first_response, features, scores=scores)
-    use = (response[1:].to(row_of.device) & (row_of >= 0)).nonzero().flatten()
-    pred = out[row_of[use]]
-    f_p = hidden[1:][use.to(hidden.device)].to(pred.device, pred.dtype)
-    z_q = head.logits(pred)
-    z_p = logits_p[1:][use.to(logits_p.device)].to(z_q.device)
-    ce = -(z_p.softmax(-1) * z_q.log_softmax(-1)).sum(-1).mean()
-    feature = F.smooth_l1_loss(pred.float(), f_p.float())
-    loss = config.logit_weight * ce + config.feature_weight * feature
-    if head.compressor is not None and head.training:   # select mode: the gate's budget and credit terms
-        distill = float(loss.detach())
-        loss = loss + head.compressor.budget_loss.to(loss.device)
-        loss = loss + head.compressor.credit_loss(distill).to(loss.device)
-    accuracy = float((z_q.argmax(-1) == z_p.argmax(-1)).float().mean())
-    return LossParts(loss, float(ce.detach()), float(feature.detach()), accuracy, int(use.numel()))
 
 
 class _Stream:
@@ -320,7 +234,7 @@ def _train(head: EagleHead, data, config: TrainConfig, target_cache: dict | None
             for _ in range(per_step):
                 key, load = next(stream)
                 if config.cache_target and key is not None:
-                    if key not in passes or (passes[key].scores is None and _wants_scores(head, passes[key])):
+                    if key not in passes or (passes[key].scores is None and wants_scores(head, passes[key].prompt)):
                         passes[key] = target_pass(head, load())
                     parts = distill_loss(head, None, config, cached=passes[key])
                 else:
@@ -360,117 +274,3 @@ def _progress(config: TrainConfig, start: int):
     from ..progress import progress_bar
 
     return progress_bar(config.steps, "train-head", "step", config.progress, initial=start)
-
-
-# ---- command line --------------------------------------------------------------------------------------------------
-def _loss_change(summary: dict) -> str:
-    """The first and last steps' losses (what the progress bar showed), and 10-step means once they do not
-    overlap."""
-    if summary["loss_first"] is None:
-        return "no steps run"
-    text = f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} (first -> last step"
-    if summary["steps"] >= 20:
-        text += f"; means of the first / last 10 steps {summary['loss_first10']:.4f} -> {summary['loss_last10']:.4f}"
-    return text + ")"
-
-
-def _tiny_setup(family: str, n: int):
-    from ..tiny import FAMILIES, make_inputs, make_model
-
-    if family not in FAMILIES:
-        raise SpecVLMError(f"--tiny-smoke {family}: choose from {', '.join(FAMILIES)}")
-    if n < 1:
-        raise SpecVLMError(f"--tiny-examples must be >= 1, got {n}")
-    target = make_model(family, init=0.3)
-    prompts = [make_inputs(family, ("image", "video")[i % 2], prompt_len=3 + i % 5, seed=i) for i in range(n)]
-    return target, greedy_examples(target, prompts, max_new_tokens=24)
-
-
-def compressor_config(spec: str, branches: str | None = None, ratio: int = 3, budget_weight: float = 0.0,
-                      heads: int = 1) -> dict | None:
-    """`--compressor` as a `VisualCompressor` config: None, a mode (with its default or the given branches), or one
-    fixed branch (a one-branch concat, no gate)."""
-    if spec == "none":
-        if branches:
-            raise SpecVLMError("--compressor-branches needs --compressor select, weighted or concat")
-        return None
-    if spec in MODES:
-        config = dict(mode=spec, ratio=ratio, budget_weight=budget_weight, heads=heads)
-        if branches:
-            config["branches"] = [b.strip() for b in branches.split(",") if b.strip()]
-    else:
-        if branches:
-            raise SpecVLMError(f"--compressor {spec} is one branch; --compressor-branches goes with a mode")
-        config = dict(mode="concat", branches=[spec], heads=heads)
-    try:
-        VisualCompressor.from_config(8 * heads, config)   # validates branch names and ratios
-    except ValueError as err:
-        raise SpecVLMError(f"--compressor: {err}") from None
-    return config
-
-
-def _positive(**values) -> None:
-    for name, value in values.items():
-        if value is not None and value < 1:
-            raise SpecVLMError(f"--{name.replace('_', '-')} must be >= 1, got {value}")
-
-
-def run_from_args(args) -> int:
-    _positive(steps=args.steps, batch=args.batch_size, grad_accum=args.grad_accum, limit=args.limit)
-    if not args.lr > 0:
-        raise SpecVLMError(f"--lr must be > 0, got {args.lr}")
-    if args.feature_noise < 0 or args.clip_grad < 0 or args.checkpoint_every < 0:
-        raise SpecVLMError("--noise, --clip and --save-every must be >= 0")
-    if args.resume and args.overwrite:
-        raise SpecVLMError("--resume continues the run in --out and --overwrite replaces it: give one")
-    check_out_dir(Path(args.out), args.resume, args.overwrite, dry_run=True)
-    compressor_config(args.compressor, args.compressor_branches, args.compressor_ratio, args.budget_weight)
-    if args.tiny_smoke:
-        target, examples = _tiny_setup(args.tiny_smoke, args.tiny_examples)
-        if args.data:
-            examples = load_examples(args.data)
-    else:
-        from ..loading import load_model, resolve
-
-        if not args.data:
-            raise SpecVLMError("--target needs --data (a JSONL of conversations or a testbed world folder)")
-        resolve(args.target)   # a missing model folder is reported before the data is read
-        examples = load_examples(args.data, args.target, split=args.split, num_frames=args.num_frames,
-                                 fps=args.fps, max_pixels=args.max_pixels, limit=args.limit)
-        target = load_model(args.target, dtype=args.dtype, device=args.device)
-        if hasattr(examples, "check_against"):
-            examples.check_against(target.config)
-    if args.limit is not None and isinstance(examples, list):
-        examples = examples[:args.limit]
-    heads = int(adapter_for(target).text_config.num_attention_heads)
-    saved = _saved_run(Path(args.out)) if args.resume else None
-    if args.init or saved is not None:
-        source = args.init or saved
-        if args.compressor != "none" and not args.init:
-            wanted = compressor_config(args.compressor, args.compressor_branches, args.compressor_ratio,
-                                       args.budget_weight, heads)
-            have = json.loads((Path(source) / "config.json").read_text()).get("compressor")
-            if have is None or {**have, **wanted} != have:
-                raise SpecVLMError(f"--resume: the run in {args.out} was started with compressor {have}, not "
-                                   f"--compressor {args.compressor}; leave the option out to continue it")
-        head = EagleHead.from_pretrained(source, target, dtype=torch.float32)
-    else:
-        compressor = compressor_config(args.compressor, args.compressor_branches, args.compressor_ratio,
-                                       args.budget_weight, heads)
-        head = EagleHead.init_for(target, compressor=compressor, seed=args.seed, dtype=torch.float32)
-    config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                         clip_grad=args.clip_grad or None, feature_noise=args.feature_noise,
-                         logit_weight=args.logit_weight, feature_weight=args.feature_weight, seed=args.seed,
-                         out_dir=args.out, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                         overwrite=args.overwrite, cache_target=args.cache_target,
-                         progress=not args.no_progress and not args.json)
-    result = train_head(target, examples, head, config)
-    summary = dict(result.as_dict(), out=args.out)
-    if args.json:
-        print(json.dumps(summary))
-    else:
-        picks = f", gate picks {result.picks}" if result.picks else ""
-        print(f"trained {summary['parameters']:,} head parameters for {result.steps} steps in {result.seconds:.1f}s: "
-              f"{_loss_change(summary)}, top-1 agreement {summary['accuracy_last10']:.2f} (last 10 steps){picks}; "
-              f"saved to {args.out}")
-    return 0
