@@ -91,6 +91,11 @@ def run_demo(family: str = "qwen2_5_vl", max_new_tokens: int = 96, keep_ratio: f
           f"{stats.target_forwards} for {stats.new_tokens} tokens")
     print(f"timing ({torch.get_num_threads()} CPU threads, one warm-up each, then {repeats} rounds):")
     print(speedup_line(times["target"], times["speculative"]))
+    if gen.compile:
+        print(f"one-time compile {gen.compile_seconds:.1f}s (during the warm-up, not in the times above)")
+    elif gen.engine == "fast" and target.device.type == "cpu":
+        print("uncompiled: on CPU, `specvlm demo --compile on` compiles the steps once (about 10 s here) and is what "
+              "makes speculation pay (docs/BENCHMARKS.md, fast-* sections)")
     print("output equals target-only decoding:", "yes, token for token" if same else "NO — this is a bug")
     return 0 if same else 1
 

@@ -145,7 +145,7 @@ class SpeculativeGenerator:
         inputs, sampling, max_new, eos = request.inputs, request.sampling, request.max_new, request.eos
         self.stats = stats = SpecStats()
         started = time.perf_counter()
-        self._compiled_before = self._compile_s()
+        self._compiled_before = self.compile_seconds
         prompt = self.target.prepare(inputs)
         target = self._session(self.target)
         # entries a session writes beyond its prompt: the answer, then one round's padded feeds past it
@@ -198,10 +198,11 @@ class SpeculativeGenerator:
 
     def _clock(self, stats: SpecStats, started: float) -> None:
         stats.draft_forwards = self.drafter.forwards
-        stats.compile_s = self._compile_s() - self._compiled_before
+        stats.compile_s = self.compile_seconds - self._compiled_before
         stats.decode_s = time.perf_counter() - started - stats.prefill_s
 
-    def _compile_s(self) -> float:
+    @property
+    def compile_seconds(self) -> float:
         """Seconds spent compiling so far, over every session this generator made (target, draft, head)."""
         return sum(getattr(session, "compile_s", 0.0) for session in self._sessions)
 
