@@ -14,7 +14,7 @@ from typing import NamedTuple
 
 from .errors import SpecVLMError
 from .inputs.arguments import add_input_arguments
-from .options import PRUNING_METHODS, DecodeConfig, parse_device
+from .options import COMPILE_FLAG, PRUNING_METHODS, DecodeConfig, parse_device
 
 
 def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
@@ -59,7 +59,7 @@ def add_engine_arguments(g) -> None:
 
 
 def engine_options(args) -> dict:
-    return dict(engine=args.engine, compile={"auto": "auto", "on": True, "off": False}[args.compile])
+    return dict(engine=args.engine, compile=COMPILE_FLAG[args.compile])
 
 
 def _add_model_arguments(p: argparse.ArgumentParser) -> None:

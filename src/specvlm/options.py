@@ -12,6 +12,7 @@ from .errors import SpecVLMError
 PRUNING_METHODS = ("specvlm", "specvlm-grid", "uniform", "random", "attention", "window-front", "window-middle",
                    "window-back", "temporal", "frames")
 TREE_KINDS = ("chain", "static", "dynamic")
+COMPILE_FLAG = {"auto": "auto", "on": True, "off": False}   # --compile -> SpeculativeGenerator(compile=...)
 
 
 def keyword(name: str) -> str:
@@ -90,7 +91,7 @@ class DecodeConfig:
         """From parsed command-line flags (`--compile auto|on|off`); errors name the flags."""
         values = {name: getattr(args, name) for name in cls.__dataclass_fields__
                   if name not in ("spell", "pruning_seed", "compile") and hasattr(args, name)}
-        values["compile"] = {"auto": "auto", "on": True, "off": False}[getattr(args, "compile", "auto")]
+        values["compile"] = COMPILE_FLAG[getattr(args, "compile", "auto")]
         return cls(**{**values, **overrides}, spell=flag)
 
 
