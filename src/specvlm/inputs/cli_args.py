@@ -8,6 +8,7 @@ fix raises `InputError` with a one-line message.
 
 from __future__ import annotations
 
+import functools
 import time
 from typing import Callable
 
@@ -106,10 +107,17 @@ def _check_model(model_dir, config, has_images: bool, has_video: bool, role: str
     return family
 
 
+@functools.lru_cache(maxsize=16)
+def _processor(model_dir: str, family: str):
+    """A folder's processor, read from disk once per process: `specvlm serve` builds every request's inputs (target
+    and draft) through here, and reading a processor costs ~20 ms. Only called, never changed, so sharing is safe."""
+    return load_processor(model_dir, family=family)
+
+
 def _load_checked(model_dir, family, config):
     """The folder's processor, checked to speak the model's placeholder ids (a mismatched tokenizer would put the
     pixels nowhere, or index past the embedding table)."""
-    processor = load_processor(model_dir, family=family)
+    processor = _processor(str(model_dir), family)
     for what in ("image_token_id", "video_token_id"):
         ours, theirs = getattr(processor, what, None), getattr(config, what, None)
         if ours is not None and theirs is not None and ours != theirs:
