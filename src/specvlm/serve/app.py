@@ -35,6 +35,7 @@ from .worker import Delta, Failed, Finished, Job, Worker
 
 log = logging.getLogger("specvlm.serve")
 CHAT_PATH = "/v1/chat/completions"
+DRAIN_FACTOR = 4   # see read_json
 POLL_S = 0.2   # how often a waiting handler looks for a gone client or a passed deadline
 
 
@@ -246,16 +247,21 @@ def unknown_model(name: str, served: str) -> APIError:
 
 
 async def read_json(request: Request, limit: int):
-    """The JSON body, refused with a 413 as soon as it is known to exceed `limit` bytes."""
+    """The JSON body, refused with a 413 when it exceeds `limit` bytes. An oversized body is still read to its end
+    (kept only up to `limit`) when it is at most DRAIN_FACTOR times the limit: a client still sending gets its 413
+    rather than a broken pipe. A larger one is refused at once and its connection cut."""
     declared = request.headers.get("content-length", "")
-    if declared.isdigit() and int(declared) > limit:
+    if declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
         raise too_large(limit)
     body, size = [], 0
     async for chunk in request.stream():
         size += len(chunk)
-        if size > limit:
-            raise too_large(limit)
-        body.append(chunk)
+        if size > DRAIN_FACTOR * limit:
+            break
+        if size <= limit:
+            body.append(chunk)
+    if size > limit:
+        raise too_large(limit)
     try:
         return json.loads(b"".join(body))
     except ValueError:
