@@ -1,5 +1,6 @@
 """The benchmark scripts that need hardware or time we do not have in the suite run here at toy sizes, so they
-cannot rot: the GPU preset at tiny shapes on the CPU, the testbed fast-path comparison on one clip."""
+cannot rot: the GPU preset at tiny shapes on the CPU, the testbed fast-path comparison on one clip, the testbed
+findings on a 20-clip world."""
 
 from pathlib import Path
 
@@ -95,3 +96,15 @@ def test_serve_benchmark_runs(capsys):
     assert results["lossless"] is True and [row["name"] for row in results["rows"]] == ["speculative", "target-only"]
     assert all(row["requests"] == 2 and row["consistent"] and row["tokens_per_s"] > 0 for row in results["rows"])
     assert "| speculative | 2 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
+def test_testbed_findings_run_on_a_small_world(tmp_path):
+    import bench_testbed
+
+    body = bench_testbed.main(["--family", "qwen2_5_vl", "--world", str(tmp_path / "world"), "--world-clips", "20",
+                               "--clips", "1", "--keep-ratios", "0.1", "--max-new-tokens", "8", "--cost-tokens", "2",
+                               "--repeats", "1"])
+    assert "| all |" in body and "| random | 0.01 |" in body and "ratio" in body
+    tau_rows = [line for line in body.splitlines() if line.startswith(("| none", "| specvlm", "| random"))]
+    assert tau_rows and all(line.rstrip(" |").endswith("1/1") for line in tau_rows)   # every output lossless

@@ -16,7 +16,8 @@ from specvlm.testbed.recipe import Arch, Recipe
 MINI = Recipe(n_clips=10, world_size=64, clip_frames=(16, 18), num_frames=4, ov_image_size=56,
               qwen_pixels=56 * 56, vocab=512, arch={"target": Arch(32, 1, 2, 1, 16, 1),
                                                     "draft": Arch(32, 1, 2, 1, 16, 1)},
-              steps={"target": 2, "draft": 2}, eval_clips=1, tau_clips=1, tau_tokens=4)
+              text_steps={"target": 1, "draft": 1}, steps={"target": 2, "draft": 2}, eval_clips=1, tau_clips=1,
+              tau_tokens=4)
 
 
 @pytest.fixture(scope="module")
@@ -90,6 +91,33 @@ def test_same_seed_same_tokenizer_and_first_loss(mini_build):
         json.loads((folder / "metrics.json").read_text())["train"]["first_loss"]
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_probe_and_distillation_terms(mini_build, family):
+    """The recipe's two extra loss terms do what they say: the probe adds exactly weight x its loss on the visual
+    tokens' embeddings (every visual token labelled, objects present), and distilling from the model itself with
+    distill=1 leaves nothing (KL of a distribution with itself), with distill=0 the plain loss."""
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.probe import VisualProbe
+    from specvlm.testbed.recipe import make_model
+    from specvlm.testbed.train import Formatter, example_loss, load_clips
+
+    out, _ = mini_build
+    processor = load_processor(out / "models" / family / "target")
+    fmt = Formatter(processor)
+    clip = load_clips(out / "world", "train", processor, MINI.num_frames, limit=1)[0]
+    assert clip.labels.shape == (clip.n_visual, 2)          # (what they hold: tests/test_testbed_probe.py)
+    model = make_model(MINI, family, "target", seed=4).eval()
+    torch.manual_seed(0)
+    probe = VisualProbe(model.config.get_text_config().hidden_size)
+    order = list(range(len(clip.turns)))
+    plain = example_loss(model, fmt, clip, order, autocast=False)
+    with_probe = [example_loss(model, fmt, clip, order, autocast=False, probe=probe, probe_weight=w) - plain
+                  for w in (1.0, 2.0)]
+    assert with_probe[0] > 0 and torch.allclose(with_probe[1], 2 * with_probe[0])
+    assert example_loss(model, fmt, clip, order, autocast=False, teacher=model, distill=1.0).abs() < 1e-5
+    assert torch.allclose(example_loss(model, fmt, clip, order, autocast=False, teacher=model, distill=0.0), plain)
+
+
 def test_same_seed_builds_identical_weights(mini_build, tmp_path):
     """The build's promise: the same command gives the same models. A second build with the same seed, in the same
     process (so RNG state left behind by the first cannot leak in unnoticed), saves bit-identical tensors."""
@@ -101,7 +129,8 @@ def test_same_seed_builds_identical_weights(mini_build, tmp_path):
     again = build_testbed(tmp_path, minutes=1, seed=0, recipe=MINI, progress=False)
     for family, fam in again["families"].items():
         for role in ROLES:
-            assert fam[role]["train"]["steps"] == MINI.steps[role] and not fam[role]["train"]["stopped_early"]
+            assert fam[role]["train"]["steps"] == MINI.text_steps[role] + MINI.steps[role]
+            assert not fam[role]["train"]["stopped_early"]
             first = load_file(out / "models" / family / role / "model.safetensors")
             second = load_file(tmp_path / "models" / family / role / "model.safetensors")
             assert first and first.keys() == second.keys()
@@ -110,6 +139,32 @@ def test_same_seed_builds_identical_weights(mini_build, tmp_path):
             assert fam[role]["validation_loss"] == report["families"][family][role]["validation_loss"]
         assert (tmp_path / "models" / family / "target" / "tokenizer.json").read_bytes() == \
             (out / "models" / family / "target" / "tokenizer.json").read_bytes()
+
+
+def test_resume_reuses_finished_models_and_retrains_the_rest(mini_build, tmp_path):
+    """An interrupted build (here: the Qwen draft never finished) continues with --resume: the finished models'
+    files are left as they are, the missing one is trained again to the same weights; another seed is refused."""
+    import shutil
+
+    from safetensors.torch import load_file
+
+    out, _ = mini_build
+    copy = tmp_path / "build"
+    shutil.copytree(out, copy)
+    unfinished = copy / "models" / "qwen2_5_vl" / "draft"
+    (unfinished / "metrics.json").unlink()
+    (unfinished / "model.safetensors").write_bytes(b"half-written")
+    kept = {p: p.stat().st_mtime_ns for p in (copy / "models").glob("*/target/model.safetensors")}
+    report = build_testbed(copy, minutes=1, seed=0, recipe=MINI, progress=False, resume=True)
+    assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
+    first, again = load_file(out / "models" / "qwen2_5_vl" / "draft" / "model.safetensors"), \
+        load_file(unfinished / "model.safetensors")
+    assert all(torch.equal(first[k], again[k]) for k in first)
+    assert report["families"]["qwen2_5_vl"]["draft"]["train"]["steps"] == MINI.text_steps["draft"] + MINI.steps["draft"]
+    with pytest.raises(SpecVLMError, match="another recipe, seed"):
+        build_testbed(copy, minutes=1, seed=1, recipe=MINI, progress=False, resume=True)
+    with pytest.raises(SpecVLMError, match="contradict"):
+        prepare_out(copy, force=True, resume=True)
 
 
 def test_cli_rejects_bad_options(tmp_path, capsys):

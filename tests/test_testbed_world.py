@@ -8,7 +8,7 @@ import pytest
 
 from specvlm.testbed import (CAPTION_PROMPTS, DESCRIBE_PROMPT, build_text_corpus, generate_world, is_correct,
                              make_clip, render_clip, simulate, split_of)
-from specvlm.testbed.language import NUMBERS, SHAPE_WORDS, Language, conversations
+from specvlm.testbed.language import NUMBERS, SHAPE_WORDS, Language, conversations, short_answer
 from specvlm.testbed.world import COLORS, SHAPES, Obj, Scene, direction_name
 
 SMALL = dict(frames=(16, 24), size=64)
@@ -222,6 +222,7 @@ def test_answers_follow_the_event_log():
         for c in convs[1:]:
             assert c["answer"] in c["answer_text"].lower() or c["kind"] == "count" and c["answer"] == "one"
             assert is_correct(c["answer_text"], c["answer"]), (c["answer_text"], c["answer"])
+            assert c["answer_text"] == short_answer(c["answer"])
             expected = oracle(scene, c["kind"], c["question"])
             if expected is None:
                 continue

@@ -1,6 +1,6 @@
 """`specvlm testbed build`: the synthetic world, one tokenizer, and a trained target + draft per family.
 
-    specvlm testbed build --out testbed-build --minutes 25 --seed 0
+    specvlm testbed build --out testbed-build --minutes 60 --seed 0
 
 writes
 
@@ -14,6 +14,7 @@ The bundled assets (`specvlm.testbed.assets`) are OUT/models and OUT/samples cop
 command gives the same models: every random choice is seeded and training runs a step count fixed by --minutes
 (unless training overruns twice the budget: each model may take an even share of the time left until start +
 2 × --minutes among the models still to train, and one that passes its share stops early, which is recorded).
+An interrupted build continues with the same command plus --resume: finished models are reloaded, not retrained.
 """
 
 from __future__ import annotations
@@ -29,7 +30,8 @@ from pathlib import Path
 from ..errors import SpecVLMError
 from .recipe import FAMILIES, ROLES, Recipe
 
-OWNED = ("world", "models", "samples", "build.json", "_processors")   # what --force may replace in OUT
+OWNED = ("world", "models", "samples", "build.json", "_processors", "build-state.json")   # what --force replaces
+STATE = "build-state.json"      # what a build in OUT was started with; --resume continues only the same build
 N_SAMPLES = 3
 
 
@@ -84,13 +86,17 @@ class Progress:
             self.stream.flush()
 
 
-def prepare_out(out: Path, force: bool) -> None:
-    """Refuse to touch a non-empty folder without --force; with it, replace only what a build writes."""
+def prepare_out(out: Path, force: bool, resume: bool = False) -> None:
+    """Refuse to touch a non-empty folder without --force or --resume; with --force, replace only what a build
+    writes; with --resume, keep it (`check_resume` then decides what can be reused)."""
     if out.exists() and not out.is_dir():
         raise SpecVLMError(f"--out {out} is a file, not a folder")
-    if out.is_dir() and any(out.iterdir()):
+    if force and resume:
+        raise SpecVLMError("--force and --resume contradict each other: --force starts over, --resume continues")
+    if out.is_dir() and any(out.iterdir()) and not resume:
         if not force:
-            raise SpecVLMError(f"--out {out} is not empty; pass --force to replace a previous build there")
+            raise SpecVLMError(f"--out {out} is not empty; pass --force to replace a previous build there, or "
+                               f"--resume to continue an interrupted one")
         for name in OWNED:
             path = out / name
             if path.is_dir():
@@ -106,17 +112,28 @@ def prepare_out(out: Path, force: bool) -> None:
         raise SpecVLMError(f"--out {out} is not writable: {err.strerror or err}") from None
 
 
-def build_testbed(out, minutes: float = 25.0, seed: int = 0, families=FAMILIES, recipe: Recipe | None = None,
-                  force: bool = False, progress: bool = True) -> dict:
+def check_resume(out: Path, state: dict, resume: bool) -> None:
+    """Record what this build is (`state`); when resuming, the folder must hold a build of the same state."""
+    path, state = out / STATE, json.loads(json.dumps(state))        # as JSON keeps it (tuples become lists)
+    if resume and path.is_file() and json.loads(path.read_text()) != state:
+        raise SpecVLMError(f"--out {out} holds a build with another recipe, seed or arithmetic; --resume continues "
+                           f"only the same command (use --force to start over)")
+    path.write_text(json.dumps(state, indent=1) + "\n")
+
+
+def build_testbed(out, minutes: float = 60.0, seed: int = 0, families=FAMILIES, recipe: Recipe | None = None,
+                  force: bool = False, progress: bool = True, resume: bool = False) -> dict:
     """Run the whole build into `out` and return build.json's content. `recipe` overrides the full recipe scaled to
-    `minutes` (tests pass a miniature one)."""
+    `minutes` (tests pass a miniature one). With `resume`, a build of the same recipe and seed interrupted in `out`
+    continues: the world is reused and every model whose folder is complete (its metrics.json, written last) is
+    reloaded instead of trained again."""
     import torch
     from transformers.utils import logging as hf_logging
 
     from ..inputs import load_processor
     from . import build_text_corpus, generate_world
     from .recipe import family_tokenizer, make_model, save_checkpoint, save_processor, train_bpe, visual_tokens
-    from .train import answer_accuracy, load_clips, speculative_tau, train, validation_loss
+    from .train import answer_accuracy, bf16_is_fast, load_clips, speculative_tau, train, validation_loss
     from .train import Formatter
 
     if not minutes > 0:
@@ -125,14 +142,16 @@ def build_testbed(out, minutes: float = 25.0, seed: int = 0, families=FAMILIES, 
     if not families or any(f not in FAMILIES for f in families):
         raise SpecVLMError(f"--families must be among {', '.join(FAMILIES)}, got {', '.join(families) or 'none'}")
     out = Path(out).expanduser()
-    prepare_out(out, force)
+    prepare_out(out, force, resume)
     recipe = recipe or Recipe().scaled(minutes)
+    check_resume(out, {"seed": seed, "recipe": recipe.to_dict(), "bf16_autocast": bf16_is_fast()}, resume)
     show = Progress(progress)
     hf_logging.disable_progress_bar()           # HF's per-save / per-load bars would bury our one status line
     start = time.perf_counter()
     budget_end = start + 2 * minutes * 60          # the hard stop for training; normally never reached
     report = {"command": f"specvlm testbed build --minutes {minutes:g} --seed {seed} --families {' '.join(families)}",
               "seed": seed, "recipe": recipe.to_dict(), "torch_threads": torch.get_num_threads(),
+              "bf16_autocast": bf16_is_fast(),
               "families": {}, "timings_s": {}}
 
     world = out / "world"
@@ -160,13 +179,23 @@ def build_testbed(out, minutes: float = 25.0, seed: int = 0, families=FAMILIES, 
         models = {}
         for ri, role in enumerate(ROLES):
             t1 = time.perf_counter()
+            folder = out / "models" / family / role
+            if resume and (folder / "metrics.json").is_file():
+                fam[role] = {k: v for k, v in json.loads((folder / "metrics.json").read_text()).items() if k != "pair"}
+                models[role] = _reload(folder)
+                show.say(f"{family} {role}: reused from the interrupted build")
+                continue
             model = make_model(recipe, family, role, seed=1000 * seed + 10 * fi + ri)
             remaining = max(budget_end - t1, 0)
             share = remaining / (2 * (len(families) - fi) - ri)   # the models still to train split what is left
-            result = train(model, train_clips, fmt, recipe.steps[role], recipe.lr[role], seed=seed * 7919 + ri,
-                           warmup=recipe.warmup, text_steps=recipe.text_steps, deadline=t1 + share,
+            text, video = recipe.text_steps[role], recipe.steps[role]
+            result = train(model, train_clips, fmt, text + video, recipe.lr[role], seed=seed * 7919 + ri,
+                           warmup=recipe.warmup, text_steps=text,
+                           question_steps=text + int(recipe.question_share * video), probe_weight=recipe.probe_weight,
+                           teacher=models.get("target") if role == "draft" else None, distill=recipe.distill,
+                           deadline=t1 + share,
                            progress=lambda d, n, loss: show(f"{family}: train {role}", d, n, f"loss {loss:.3f}"))
-            folder = save_checkpoint(out / "models" / family / role, model, recipe, family, tokenizer)
+            save_checkpoint(folder, model, recipe, family, tokenizer)
             models[role] = reloaded = _reload(folder)
             show.say(f"{family} {role}: evaluating on {len(val_clips)} validation clips ...")
             metrics = {"family": family, "role": role, "params_m": round(sum(p.numel() for p in model.parameters())
@@ -175,6 +204,7 @@ def build_testbed(out, minutes: float = 25.0, seed: int = 0, families=FAMILIES, 
                        "train": result, "validation_loss": round(validation_loss(reloaded, val_clips, fmt), 4)}
             metrics.update(answer_accuracy(reloaded, val_clips, fmt, recipe.eval_questions))
             fam[role] = metrics
+            (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")   # last: the folder is complete
             report["timings_s"][f"{family}/{role}"] = round(time.perf_counter() - t1, 1)
             del model
         del train_clips
@@ -228,21 +258,24 @@ def add_build_command(testbed_parser) -> None:
     """`specvlm testbed build` under the `testbed` parser that cli.py creates."""
     sub = testbed_parser.add_subparsers(dest="testbed_command", required=True)
     p = sub.add_parser(
-        "build", help="generate the world and train a target + draft per family (CPU, ~25 minutes)",
+        "build", help="generate the world and train a target + draft per family (CPU, ~1 hour)",
         description="Generate the synthetic video world, train one byte-level BPE tokenizer on its text, and train "
                     "from scratch a target and a draft VLM (real HF classes) for each family on its train split. "
                     "Writes OUT/world, OUT/models/<family>/{target,draft} (HF folders with metrics.json), "
                     "OUT/samples and OUT/build.json. Deterministic for a given --minutes and --seed.")
     p.add_argument("--out", default="testbed-build", help="output folder (default: ./testbed-build); must be "
                                                           "empty or absent unless --force")
-    p.add_argument("--minutes", type=float, default=25.0,
-                   help="total time budget on 2 CPU cores (default 25); sets the training steps")
+    p.add_argument("--minutes", type=float, default=60.0,
+                   help="total time budget on 2 CPU cores (default 60, the bundled build); sets the training steps")
     p.add_argument("--seed", type=int, default=0, help="seed of the world, the initialisation and the data order")
     p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES, metavar="FAMILY",
                    help=f"families to build (default: all of {', '.join(FAMILIES)})")
     p.add_argument("--force", action="store_true",
                    help="replace a previous build's world/, models/, samples/ and build.json in --out "
                         "(other files there are left alone)")
+    p.add_argument("--resume", action="store_true",
+                   help="continue an interrupted build of the same command in --out: reuse its world and the models "
+                        "it finished")
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_build)
 
@@ -254,16 +287,17 @@ def cmd_build(args) -> int:
     if os.environ.get("OMP_WAIT_POLICY") is None:
         # Every check on --out (file, non-empty without --force, not creatable or writable) runs here, so the
         # one-line error comes from this process, before the child below starts.
-        prepare_out(out, args.force)
+        prepare_out(out, args.force, args.resume)
         # OpenMP threads that spin-wait at every barrier slow training 5-10x when other processes share the two
         # cores (measured: 1.4-2 s against 5-22 s a step). The policy is read once when torch loads, so the build
         # runs in a child process that starts with it.
         argv = ["--out", str(out), "--minutes", str(args.minutes), "--seed", str(args.seed),
-                "--families", *args.families] + ["--force"] * args.force + ["--quiet"] * args.quiet
+                "--families", *args.families] + ["--force"] * args.force + ["--resume"] * args.resume + \
+            ["--quiet"] * args.quiet
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
         return subprocess.call([sys.executable, "-m", "specvlm", "testbed", "build", *argv], env=env)
     report = build_testbed(out, minutes=args.minutes, seed=args.seed, families=args.families,
-                           force=args.force, progress=not args.quiet)
+                           force=args.force, progress=not args.quiet, resume=args.resume)
     print(json.dumps(summary(report), indent=1))
     return 0
 

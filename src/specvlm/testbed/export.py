@@ -31,7 +31,7 @@ from .language import CAPTION_PROMPTS, DESCRIBE_PROMPT, conversations
 from .render import render_clip
 from .world import Scene, simulate
 
-WORLD_VERSION = 1
+WORLD_VERSION = 2
 SPLITS = ("train", "validation", "test")
 EXPLAIN_PROMPT = "Please give a detailed and reasonable explanation for the answer."   # EagleVLM's image prompt
 

@@ -41,11 +41,17 @@ class Recipe:
     arch: dict = field(default_factory=lambda: {
         "target": Arch(hidden=256, layers=6, heads=4, kv_heads=2, vision_width=96, vision_depth=2),
         "draft": Arch(hidden=128, layers=2, heads=2, kv_heads=1, vision_width=64, vision_depth=1)})
-    steps: dict = field(default_factory=lambda: {"target": 586, "draft": 586})   # = scaled(25)
-    lr: dict = field(default_factory=lambda: {"target": 1.5e-3, "draft": 2e-3})
+    # the curriculum, per role: `text_steps` on the questions without the video (the model learns to read the
+    # question: which kind of answer it wants), then `steps` with the video, the first `question_share` of them on
+    # the questions only (0: none; 0.5 left the captions unlearnt, see docs/DESIGN.md), the rest on the
+    # caption + questions packs
+    text_steps: dict = field(default_factory=lambda: {"target": 600, "draft": 300})
+    steps: dict = field(default_factory=lambda: {"target": 796, "draft": 398})   # = scaled(60)
+    question_share: float = 0.0
+    lr: dict = field(default_factory=lambda: {"target": 2e-3, "draft": 2e-3})
+    probe_weight: float = 1.0            # the visual-token probe's loss (probe.py) next to the answer loss
+    distill: float = 0.8                 # drafts: answer-token loss = 0.2 cross-entropy + 0.8 KL(target || draft)
     warmup: float = 0.05                 # fraction of steps with linear warmup, then cosine to 10%
-    text_steps: int = 0                  # first steps without the video (off: 200 such steps did not teach a
-                                         # target to read the question, see docs/DESIGN.md "Testbed")
     eval_clips: int = 30                 # validation clips for loss and accuracy
     eval_questions: int = 5              # questions scored per validation clip (its first ones)
     tau_clips: int = 4                   # validation clips whose captions measure τ
@@ -58,20 +64,23 @@ class Recipe:
         return d
 
     def scaled(self, minutes: float) -> "Recipe":
-        """Training steps for a total budget of `minutes` on 2 CPU cores: about 4 minutes go to the world, the pixel
-        caches and the evaluation; the rest trains the targets N steps and the drafts N/3 (one clip per step). At
-        equal steps in this short regime a draft learns *faster* than its target (a 587-step build: OV draft val
-        loss 1.00 against the target's 1.37), and a draft should be the weaker model of a pair. A function of
-        `minutes` only, so the same command gives the same models."""
-        train_s = max(minutes - 4.0, 0.5) * 60
-        steps = max(int(train_s / (STEP_SECONDS["target"] + STEP_SECONDS["draft"] / 3)), 30)
-        return replace(self, steps={"target": steps, "draft": steps // 3})
+        """Video steps for a total budget of `minutes` on 2 CPU cores: about 6 minutes go to the world, the pixel
+        caches and the evaluation, the text steps take what they take, the rest trains the targets N video steps
+        and the drafts N/2 (one clip per step; a draft step includes its teacher's forward). A function of
+        `minutes` only, so the same command gives the same models on the same kind of machine
+        (`train.bf16_is_fast` decides the arithmetic)."""
+        text_s = sum(self.text_steps[role] * TEXT_STEP_SECONDS[role] for role in ROLES)
+        train_s = max((minutes - 6.0) * 60 - text_s, 30.0)
+        steps = max(int(train_s / (STEP_SECONDS["target"] + STEP_SECONDS["draft"] / 2)), 30)
+        return replace(self, steps={"target": steps, "draft": steps // 2})
 
 
-# seconds per training step of both families' models, measured in full builds on this machine's 2 cores (bf16
-# autocast, lightly shared), packs of a caption + 16 questions (~1150 tokens): LLaVA-OV target 0.55, draft 0.26;
-# Qwen2.5-VL target 0.90, draft 0.43
-STEP_SECONDS = {"target": 0.55 + 0.90, "draft": 0.26 + 0.43}
+# seconds per training step of both families' models on 2 AVX2 cores in fp32 (AMD EPYC, no bf16 units; with AMX
+# bf16 a step took ~0.6x this), packs of a caption + 16 questions (~1100 tokens): LLaVA-OV target 0.93, draft
+# with its teacher's forward 0.75; Qwen2.5-VL target 1.5, draft 1.2. Text steps (questions only, ~350 tokens):
+# targets 0.33 + 0.35, drafts with the teacher 0.2 + 0.2
+STEP_SECONDS = {"target": 0.93 + 1.5, "draft": 0.75 + 1.2}
+TEXT_STEP_SECONDS = {"target": 0.33 + 0.35, "draft": 0.2 + 0.2}
 
 
 def visual_tokens(recipe: Recipe, family: str) -> int:

@@ -29,6 +29,14 @@ UNIT_SHAPES = {                                  # outlines in units of the radi
 }
 
 
+def _draw_shape(draw, shape: str, cx: float, cy: float, r: float, fill) -> None:
+    """One object centred at (cx, cy) pixels with radius r, filled with `fill` (an RGB triple or a label)."""
+    if shape == "circle":
+        draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
+    else:
+        draw.polygon([(cx + px * r, cy + py * r) for px, py in UNIT_SHAPES[shape]], fill=fill)
+
+
 def background(scene: Scene, size: int) -> np.ndarray:
     """(size, size, 3) uint8: the plain colour plus a faint, static texture (amplitude about 10 levels)."""
     base = np.asarray(BACKGROUNDS[scene.background][0], dtype=np.float32)
@@ -65,11 +73,24 @@ def render_clip(scene: Scene, size: int = 224) -> np.ndarray:
             x, y, live = scene.states[t, k]
             if not live:
                 continue
-            cx, cy, r = x * size, y * size, o.radius * size
-            fill = COLORS[scene.colors[t][k]]
-            if o.shape == "circle":
-                draw.ellipse([cx - r, cy - r, cx + r, cy + r], fill=fill)
-            else:
-                draw.polygon([(cx + px * r, cy + py * r) for px, py in UNIT_SHAPES[o.shape]], fill=fill)
+            _draw_shape(draw, o.shape, x * size, y * size, o.radius * size, COLORS[scene.colors[t][k]])
         out[t] = np.asarray(img)
+    return out
+
+
+def object_masks(scene: Scene, size: int, frames) -> np.ndarray:
+    """(len(frames), size, size) uint8: which object each pixel of the given frames shows (object index + 1, 0 for
+    the background), drawn in the order `render_clip` paints them, so a later object covers an earlier one."""
+    from PIL import Image, ImageDraw
+
+    out = np.zeros((len(frames), size, size), dtype=np.uint8)
+    for n, t in enumerate(frames):
+        img = Image.new("L", (size, size), 0)
+        draw = ImageDraw.Draw(img)
+        for k, o in enumerate(scene.objects):
+            x, y, live = scene.states[t, k]
+            if not live:
+                continue
+            _draw_shape(draw, o.shape, x * size, y * size, o.radius * size, k + 1)
+        out[n] = np.asarray(img)
     return out

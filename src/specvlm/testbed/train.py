@@ -10,6 +10,7 @@ out exactly like a single-turn inference prompt; loss is on the assistant answer
 
 from __future__ import annotations
 
+import functools
 import json
 import math
 import time
@@ -22,6 +23,7 @@ import torch
 
 from ..inputs import build_inputs, load_video, render_prompt, sampler
 from .language import is_correct
+from .probe import VisualProbe, token_grid, visual_labels
 
 VISUAL_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
@@ -33,6 +35,7 @@ class Clip:
     visual: dict                  # the processor's pixel tensors for this clip (fp16 in the training cache)
     n_visual: int                 # video placeholder tokens after expansion
     turns: list                   # [(question, answer_text, canonical answer or None, kind)], caption first
+    labels: torch.Tensor | None = None   # (n_visual, 2) what each visual token shows (probe.visual_labels)
 
 
 class Formatter:
@@ -101,7 +104,11 @@ class Formatter:
 def load_clips(world: Path, split: str, processor, num_frames: int, limit: int | None = None,
                pixel_dtype=torch.float16, progress: Callable[[int, int], None] | None = None) -> list[Clip]:
     """The clips of `split` with their pixels preprocessed once by the real processor."""
+    from .world import simulate
+
     fmt = Formatter(processor)
+    world_info = json.loads((world / "world.json").read_text())
+    merge = getattr(processor.video_processor, "merge_size", 2) or 2
     by_clip: dict[str, list[dict]] = {}
     for line in open(world / f"{split}.jsonl", encoding="utf-8"):
         row = json.loads(line)
@@ -119,7 +126,11 @@ def load_clips(world: Path, split: str, processor, num_frames: int, limit: int |
                   for k in VISUAL_KEYS if k in full}
         turns = [(r["conversation"][0]["content"], r["conversation"][1]["content"], r["answer"], r["kind"])
                  for r in rows]
-        clip = Clip(name, path, visual, n_visual, turns)
+        scene = simulate(np.random.default_rng([world_info["seed"], int(name.rsplit("_", 1)[1])]),
+                         tuple(world_info["frames"]), world_info["fps"])
+        labels = visual_labels(scene, video.indices, world_info["size"],
+                               *token_grid(visual, n_visual, len(video.indices), merge))
+        clip = Clip(name, path, visual, n_visual, turns, labels)
         if n == 0:   # our prompt ids must be the processor's, token for token
             mine = fmt.inputs(clip, fmt.prompt(turns[0][0], n_visual))
             for k in ("input_ids", "mm_token_type_ids"):
@@ -131,6 +142,19 @@ def load_clips(world: Path, split: str, processor, num_frames: int, limit: int |
     return clips
 
 
+@functools.lru_cache(maxsize=None)
+def bf16_is_fast() -> bool:
+    """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): there bf16 autocast trains ~1.4x faster; on
+    others (e.g. AVX2-only AMD EPYC) a bf16 matmul is ~100x slower than fp32 (measured 2.5 s vs 0.02 s at 1024^2),
+    so training stays in fp32. Read from /proc/cpuinfo: a fixed property of the machine, so a build stays
+    reproducible on it (recorded in build.json)."""
+    try:
+        flags = Path("/proc/cpuinfo").read_text().split()
+    except OSError:
+        return False
+    return "amx_bf16" in flags or "avx512_bf16" in flags
+
+
 def lr_at(step: int, steps: int, peak: float, warmup: float) -> float:
     """Linear warmup, then cosine decay to 10% of the peak."""
     w = max(1, int(steps * warmup))
@@ -140,35 +164,63 @@ def lr_at(step: int, steps: int, peak: float, warmup: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def example_loss(model, fmt: Formatter, clip: Clip, order, autocast: bool, video: bool = True) -> torch.Tensor:
+def example_loss(model, fmt: Formatter, clip: Clip, order, autocast: bool, video: bool = True,
+                 probe: VisualProbe | None = None, probe_weight: float = 0.0, teacher=None,
+                 distill: float = 0.0, parts: dict | None = None) -> torch.Tensor:
+    """The weighted answer loss of one packed example (`Formatter.example`), plus `probe_weight` x the probe's
+    loss on the visual tokens' embeddings, and with a `teacher`, each answer token's loss mixed as
+    (1 - distill) x cross-entropy + distill x KL(teacher || model) on the teacher's logits for the same ids.
+    `parts`, when given, receives the probe's unweighted loss under "probe"."""
     ids, labels, weights = fmt.example(clip, order, video)
+    inputs = fmt.inputs(clip, ids, video)
+    use_probe = probe is not None and probe_weight > 0 and video and clip.labels is not None
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
-        logits = model(**fmt.inputs(clip, ids, video)).logits
+        out = model(**inputs, output_hidden_states=use_probe)
+        if teacher is not None:
+            with torch.no_grad():
+                teacher_logits = teacher(**inputs).logits[0, :-1].float()
+    logits = out.logits[0, :-1].float()                                     # (L - 1, vocab)
     target = torch.tensor(labels[1:])
-    per_token = torch.nn.functional.cross_entropy(logits[0, :-1].float(), target, ignore_index=-100, reduction="none")
-    return (per_token * torch.tensor(weights[1:])).sum()
+    per_token = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="none")
+    if teacher is not None:
+        log_p = torch.log_softmax(teacher_logits, -1)
+        kl = (log_p.exp() * (log_p - torch.log_softmax(logits, -1))).sum(-1)  # (L - 1,) forward KL per position
+        per_token = (1 - distill) * per_token + distill * kl * (target != -100)
+    loss = (per_token * torch.tensor(weights[1:])).sum()
+    if use_probe:
+        embeds = out.hidden_states[0][0, inputs["input_ids"][0] == fmt.video_id]   # (n_visual, hidden)
+        probe_loss = probe.loss(embeds, clip.labels)
+        loss = loss + probe_weight * probe_loss
+        if parts is not None:
+            parts["probe"] = float(probe_loss.detach())
+    return loss
 
 
 def train(model, clips: list[Clip], fmt: Formatter, steps: int, lr: float, seed: int, warmup: float = 0.05,
-          text_steps: int = 0, deadline: float | None = None,
-          progress: Callable[[int, int, float], None] | None = None) -> dict:
-    """AdamW on one clip per step (bf16 autocast: the CPU's AMX units make it ~1.4x faster; weights stay fp32),
-    the first `text_steps` of `steps` on the clip's conversations without the video (see `Recipe.text_steps`).
+          text_steps: int = 0, question_steps: int = 0, probe_weight: float = 0.0, teacher=None, distill: float = 0.0,
+          deadline: float | None = None, progress: Callable[[int, int, float], None] | None = None) -> dict:
+    """AdamW on one clip per step (bf16 autocast where the CPU has bf16 units, `bf16_is_fast`; weights stay fp32),
+    the first `text_steps` of `steps` on the clip's conversations without the video (see `Recipe.text_steps`);
+    `probe_weight` > 0 adds the visual-token probe (probe.py), a `teacher` distils its logits (`example_loss`).
     Stops early only if the wall clock passes `deadline` (then the run is not reproducible; reported)."""
     with torch.enable_grad():   # callers (tests) may have switched autograd off globally
-        return _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, deadline, progress)
+        return _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_steps, probe_weight, teacher,
+                      distill, deadline, progress)
 
 
-def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, deadline, progress) -> dict:
+def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_steps, probe_weight, teacher, distill,
+           deadline, progress) -> dict:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.train()
-    decay = [p for n, p in model.named_parameters() if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in model.named_parameters() if not (p.ndim >= 2 and "embed" not in n)]
+    probe = VisualProbe(model.config.get_text_config().hidden_size) if probe_weight > 0 else None
+    params = list(model.named_parameters()) + (list(probe.named_parameters()) if probe else [])
+    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
+    rest = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98))
     order: list[int] = []
-    losses, start, done = [], time.perf_counter(), 0
+    losses, probe_losses, start, done = [], [], time.perf_counter(), 0
     for step in range(steps):
         if deadline is not None and time.perf_counter() > deadline:
             break
@@ -177,20 +229,29 @@ def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, deadline, pro
         clip = clips[order.pop()]
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
-        loss = example_loss(model, fmt, clip, rng.permutation(len(clip.turns)), autocast=True,
-                            video=step >= text_steps)
+        turns = [int(k) for k in rng.permutation(len(clip.turns))]
+        if step < question_steps:          # the curriculum's first part: short answers only, no captions
+            turns = [k for k in turns if clip.turns[k][2] is not None]
+        parts: dict = {}
+        loss = example_loss(model, fmt, clip, turns, autocast=bf16_is_fast(),
+                            video=step >= text_steps, probe=probe, probe_weight=probe_weight, teacher=teacher,
+                            distill=distill, parts=parts)
         loss.backward()
-        torch.nn.utils.clip_grad_norm_(model.parameters(), 1.0)
+        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
         opt.zero_grad(set_to_none=True)
         losses.append(float(loss.detach()))
+        if "probe" in parts:
+            probe_losses.append(parts["probe"])
         done = step + 1
         if progress:
             progress(done, steps, float(np.mean(losses[-50:])))
     model.eval()
     return {"steps": done, "planned_steps": steps, "stopped_early": done < steps, "first_loss": losses[0],
             "final_loss": float(np.mean(losses[-50:])), "seconds": round(time.perf_counter() - start, 1),
-            "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)]}
+            "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)],
+            "probe_loss_curve": [round(float(np.mean(probe_losses[i:i + 50])), 4)
+                                 for i in range(0, len(probe_losses), 50)]}
 
 
 # ---- evaluation (float32, as the engine runs) ----------------------------------------------------------------------

@@ -1,0 +1,193 @@
+"""Do the bundled testbed models read the video? Issue 12's findings on the held-out test split, per family:
+
+    python benchmarks/bench_testbed.py [--family qwen2_5_vl] [--models OUT/models] [--clips 12] [--max-new-tokens 64]
+                                       [--record]
+
+1. Answer accuracy per question kind of the target and the draft (greedy, every test question), next to the
+   majority baseline (always answer the train split's most frequent answer of that kind).
+2. Draft τ (draft tokens accepted per round, γ=5 chain, greedy) on the test captions vs the share of visual tokens
+   the draft's prompt keeps, per pruning method (specvlm / uniform / random / attention); random keep 0.01 is the
+   "almost no video" reference. Median and min–max over clips; every output checked equal to `target.generate`.
+3. The same curve for self-speculation (the target drafts from its own pruned prompt).
+4. Per-token decode cost of target and draft (HF eager `generate`, (t(1 + n tokens) − t(1 token)) / n, median of
+   interleaved repeats).
+
+The world is regenerated from the build's seed (`Recipe()`'s 400 clips, seed 0), so the test clips are the ones the
+models never saw.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import tempfile
+import time
+from collections import Counter
+from pathlib import Path
+
+import torch
+
+from common import record, table
+from specvlm import SpeculativeGenerator
+
+METHODS = ("specvlm", "uniform", "random", "attention")
+
+
+def load(folder):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def majority_baseline(world: Path, test_clips) -> dict[str, float]:
+    """Per kind: accuracy on the test questions of always giving the train split's most frequent answer."""
+    import json
+
+    from specvlm.testbed import is_correct
+
+    counts: dict[str, Counter] = {}
+    for line in open(world / "train.jsonl", encoding="utf-8"):
+        row = json.loads(line)
+        if row["answer"] is not None:
+            counts.setdefault(row["kind"], Counter())[row["answer"]] += 1
+    hits: dict[str, list[bool]] = {}
+    for clip in test_clips:
+        for _, _, answer, kind in clip.turns:
+            if answer is not None:
+                guess = counts[kind].most_common(1)[0][0] if kind in counts else ""
+                hits.setdefault(kind, []).append(is_correct(f"{guess}.", answer))
+    return {k: statistics.fmean(v) for k, v in hits.items()}
+
+
+def accuracy_rows(models: dict, clips, fmt, baseline: dict) -> list[list]:
+    from specvlm.testbed.train import answer_accuracy
+
+    per_role = {role: answer_accuracy(m, clips, fmt, per_clip=1000) for role, m in models.items()}
+    kinds = sorted(per_role["target"]["by_kind"])
+    rows = [[k, per_role["target"]["by_kind"][k], per_role["draft"]["by_kind"][k], round(baseline[k], 3),
+             sum(1 for c in clips for t in c.turns if t[3] == k)] for k in kinds]
+    rows.append(["all", per_role["target"]["accuracy"], per_role["draft"]["accuracy"],
+                 round(statistics.fmean(baseline[t[3]] for c in clips for t in c.turns if t[2] is not None), 3),
+                 per_role["target"]["questions"]])
+    return rows
+
+
+def tau_curve(target, draft, clips, fmt, settings, max_new_tokens: int) -> list[list]:
+    """One row per (method, keep): median, min and max over clips of τ, kept tokens, and losslessness."""
+    prompts = [fmt.inputs(c, fmt.prompt(c.turns[0][0], c.n_visual)) for c in clips]
+    reference = [target.generate(**p, max_new_tokens=max_new_tokens, do_sample=False)[0, p["input_ids"].shape[1]:]
+                 .tolist() for p in prompts]
+    rows = []
+    for method, keep in settings:
+        options = dict(tree="chain", num_draft_tokens=5)
+        if method != "none":
+            options.update(pruning=method, visual_keep_ratio=keep)
+        gen = SpeculativeGenerator(target, draft, **options)
+        taus, kept, same = [], [], 0
+        for p, ref in zip(prompts, reference):
+            out = gen.generate(**p, max_new_tokens=max_new_tokens, do_sample=False)
+            taus.append(out.stats.mean_accepted_tokens)
+            kept.append(out.stats.kept_visual_tokens / max(out.stats.visual_tokens, 1))
+            same += out.token_ids == ref
+        rows.append([method, keep, round(statistics.median(taus), 2), round(min(taus), 2), round(max(taus), 2),
+                     round(statistics.fmean(taus), 2), round(statistics.fmean(kept), 3), f"{same}/{len(prompts)}"])
+    return rows
+
+
+def decode_ms(models: dict, prompt: dict, new_tokens: int, repeats: int) -> dict[str, float]:
+    """Median ms per decoded token of each model, (t(1 + n) − t(1)) / n, the models interleaved per repeat."""
+    def timed(model, n):
+        start = time.perf_counter()
+        model.generate(**prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        return time.perf_counter() - start
+
+    samples: dict[str, list[float]] = {k: [] for k in models}
+    for m in models.values():
+        timed(m, 2)                                                           # warm-up
+    for _ in range(repeats):
+        for k, m in models.items():
+            samples[k].append((timed(m, 1 + new_tokens) - timed(m, 1)) / new_tokens * 1e3)
+    return {k: statistics.median(v) for k, v in samples.items()}
+
+
+def run_family(family: str, world: Path, args) -> str:
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.assets import bundled_pair
+    from specvlm.testbed.recipe import Recipe
+    from specvlm.testbed.train import Formatter, load_clips
+
+    target_dir, draft_dir = (Path(args.models) / family / "target", Path(args.models) / family / "draft") \
+        if args.models else bundled_pair(family)
+    target, draft = load(target_dir), load(draft_dir)
+    processor = load_processor(target_dir)
+    fmt = Formatter(processor)
+    recipe = Recipe()
+    clips = load_clips(world, "test", processor, recipe.num_frames, pixel_dtype=torch.float32)
+    print(f"{family}: {len(clips)} test clips", flush=True)
+    parts = []
+    if not args.skip_accuracy:
+        rows = accuracy_rows({"target": target, "draft": draft}, clips, fmt, majority_baseline(world, clips))
+        parts.append(f"**Answer accuracy** ({family}, test split, every question, greedy):\n\n"
+                     + table(["kind", "target", "draft", "majority baseline", "questions"], rows))
+        print(parts[-1], flush=True)
+    tau_clips = clips[:args.clips]
+    keeps = [float(k) for k in args.keep_ratios.split(",")]
+    settings = [("none", 1.0)] + [(m, k) for k in keeps for m in METHODS] + [("random", 0.01)]
+    header = ["pruning", "keep", "τ median", "τ min", "τ max", "τ mean", "kept share", "lossless"]
+    rows = tau_curve(target, draft, tau_clips, fmt, settings, args.max_new_tokens)
+    parts.append(f"**Draft τ vs visual tokens kept** ({family} draft, {len(tau_clips)} test captions, chain γ=5, "
+                 f"{args.max_new_tokens} new tokens):\n\n" + table(header, rows))
+    print(parts[-1], flush=True)
+    self_settings = [(m, k) for k in keeps for m in METHODS]
+    rows = tau_curve(target, "self", tau_clips, fmt, self_settings, args.max_new_tokens)
+    parts.append(f"**Self-speculation τ vs visual tokens kept** ({family} target drafting from its pruned prompt, "
+                 f"same captions):\n\n" + table(header, rows))
+    print(parts[-1], flush=True)
+    ms = decode_ms({"target": target, "draft": draft}, fmt.inputs(clips[0], fmt.prompt(clips[0].turns[0][0],
+                                                                                      clips[0].n_visual)),
+                   args.cost_tokens, args.repeats)
+    parts.append(f"**Decode cost per token** (HF eager `generate`, median of {args.repeats} interleaved repeats): "
+                 f"target {ms['target']:.2f} ms, draft {ms['draft']:.2f} ms, ratio "
+                 f"**{ms['target'] / ms['draft']:.2f}×**.")
+    print(parts[-1], flush=True)
+    return f"### {family} ({args.models or 'bundled'})\n\n" + "\n\n".join(parts)
+
+
+def main(argv=None) -> str:
+    from specvlm.testbed import generate_world
+    from specvlm.testbed.recipe import FAMILIES, Recipe
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--family", choices=FAMILIES, action="append", help="default: both")
+    ap.add_argument("--world", help="the build's world folder (default: regenerate it into a temporary folder)")
+    ap.add_argument("--world-clips", type=int, default=Recipe().n_clips,
+                    help="clips of the world (default: the build's; fewer only to try the script out)")
+    ap.add_argument("--models", help="a build's models folder (OUT/models of `specvlm testbed build`; default: the "
+                                     "bundled pairs)")
+    ap.add_argument("--clips", type=int, default=12, help="test captions for the τ curves (default 12)")
+    ap.add_argument("--keep-ratios", default="0.25,0.1,0.05")
+    ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--cost-tokens", type=int, default=32, help="tokens per decode-cost measurement")
+    ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--skip-accuracy", action="store_true")
+    ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
+    ap.add_argument("--record", action="store_true", help="write the tables into docs/BENCHMARKS.md")
+    ap.add_argument("--label", default="bundled", help="names the recorded section (default: bundled)")
+    args = ap.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    torch.set_grad_enabled(False)
+    recipe = Recipe()
+    with tempfile.TemporaryDirectory() as tmp:
+        world = Path(args.world) if args.world else Path(tmp) / "world"
+        generate_world(world, args.world_clips, seed=0, frames=tuple(recipe.clip_frames), size=recipe.world_size,
+                       questions=recipe.questions, workers=2)
+        body = "\n\n".join(run_family(f, world, args) for f in args.family or FAMILIES)
+    if args.record:
+        record(f"testbed-findings-{args.label}", f"Testbed findings, {args.label} pairs: do the models read the video?",
+               body)
+    return body
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,96 @@
+"""The visual-token probe of the testbed recipe: token layouts, cell coverage and labels on hand-made scenes."""
+
+import numpy as np
+import pytest
+import torch
+
+from specvlm.testbed.probe import (COLOR_CLASSES, SHAPE_CLASSES, VisualProbe, cell_cover, token_grid,
+                                   visual_labels)
+from specvlm.testbed.render import object_masks, render_clip
+from specvlm.testbed.world import COLORS, Obj, Scene
+
+
+def scene_with(objects, positions, n_frames=4, colors=None):
+    """A still scene: objects[k] at positions[k] (unit square) in every frame."""
+    states = np.zeros((n_frames, len(objects), 3))
+    for k, (x, y) in enumerate(positions):
+        states[:, k] = (x, y, 1.0)
+    colors = colors or [[o.color for o in objects] for _ in range(n_frames)]
+    return Scene(n_frames, 8, "black", "plain", 0, objects, [], states, colors)
+
+
+def obj(i, shape, color, size="large"):
+    o = Obj(i, shape, color, size, None, 0, 3)
+    o.colors = [(0, color)]
+    return o
+
+
+def test_token_grid_layouts():
+    qwen = {"video_grid_thw": torch.tensor([[2, 8, 8]])}
+    assert token_grid(qwen, 2 * 4 * 4, 4) == (2, 4, 0)
+    assert token_grid({}, 4 * 9 + 1, 4) == (4, 3, 1)            # LLaVA-OV: 4 frames of 3x3, one newline
+    with pytest.raises(ValueError, match="not 4 square grids"):
+        token_grid({}, 4 * 9, 4)
+    with pytest.raises(ValueError, match="unexpected Qwen video grid"):
+        token_grid(qwen, 31, 4)
+
+
+def test_cell_cover_is_the_area_fraction():
+    masks = np.zeros((1, 4, 4), dtype=np.uint8)
+    masks[0, :2, :2] = 1                                  # object 0 fills the top-left quarter
+    masks[0, 3, 3] = 2                                    # object 1 one pixel of the bottom-right quarter
+    cover = cell_cover(masks, 2, 2)
+    assert cover.shape == (1, 3, 2, 2)
+    assert torch.allclose(cover.sum(1), torch.ones(1, 2, 2))
+    assert cover[0, 1, 0, 0] == 1 and cover[0, 2, 1, 1] == 0.25 and cover[0, 0, 1, 1] == 0.75
+
+
+def test_object_masks_match_the_rendered_frames():
+    s = scene_with([obj(0, "triangle", "red"), obj(1, "square", "blue")], [(0.3, 0.3), (0.7, 0.7)])
+    masks = object_masks(s, 64, [0, 2])
+    frames = render_clip(s, 64)[[0, 2]]
+    for k, color in ((1, COLORS["red"]), (2, COLORS["blue"])):
+        painted = (frames == np.array(color)).all(-1)
+        assert (masks == k).sum() > 50 and ((masks == k) == painted).mean() > 0.99   # edges may antialias
+
+
+def test_visual_labels_name_the_object_in_each_cell():
+    # a large red triangle in the top-left cell and a large blue square in the bottom-right cell of a 2x2 grid
+    s = scene_with([obj(0, "triangle", "red"), obj(1, "square", "blue")], [(0.25, 0.25), (0.75, 0.75)])
+    labels = visual_labels(s, [0, 1, 2, 3], 64, groups=2, side=2, extra=1)
+    assert labels.shape == (2 * 4 + 1, 2)
+    red, tri = COLOR_CLASSES.index("red"), SHAPE_CLASSES.index("triangle")
+    blue, sq = COLOR_CLASSES.index("blue"), SHAPE_CLASSES.index("square")
+    for g in range(2):
+        grid = labels[4 * g:4 * g + 4].view(2, 2, 2)
+        assert grid[0, 0].tolist() == [red, tri] and grid[1, 1].tolist() == [blue, sq]
+        assert grid[0, 1].tolist() == [0, 0] and grid[1, 0].tolist() == [0, 0]
+    assert labels[-1].tolist() == [-100, -100]
+
+
+def test_visual_labels_use_each_groups_colour():
+    o = obj(0, "circle", "red")
+    o.colors = [(0, "red"), (2, "green")]
+    s = scene_with([o], [(0.5, 0.5)], colors=[["red"], ["red"], ["green"], ["green"]])
+    labels = visual_labels(s, [0, 1, 2, 3], 32, groups=2, side=4, extra=0).view(2, 4, 4, 2)
+    assert labels[:, 1, 1, 0].tolist() == [COLOR_CLASSES.index("red"), COLOR_CLASSES.index("green")]
+    assert labels[:, 0, 0].tolist() == [[0, 0], [0, 0]]
+
+
+def test_probe_loss_learns_and_ignores_the_extra_tokens():
+    torch.manual_seed(0)
+    labels = torch.tensor([[1, 2], [0, 0], [3, 4], [-100, -100]])
+    embeds = torch.randn(4, 8)
+    probe = VisualProbe(8)
+    first = probe.loss(embeds, labels)
+    opt = torch.optim.SGD(probe.parameters(), lr=0.5)
+    with torch.enable_grad():                          # the suite runs with autograd off
+        for _ in range(50):
+            opt.zero_grad()
+            loss = probe.loss(embeds, labels)
+            loss.backward()
+            opt.step()
+    assert loss < 0.2 * first
+    poisoned = embeds.clone()
+    poisoned[3] = float("nan")                         # an ignored token cannot reach the loss
+    assert torch.isfinite(probe.loss(poisoned, labels))
