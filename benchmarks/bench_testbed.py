@@ -59,15 +59,16 @@ def majority_baseline(world: Path, test_clips) -> dict[str, float]:
     return {k: statistics.fmean(v) for k, v in hits.items()}
 
 
-def accuracy_rows(models: dict, clips, fmt, baseline: dict) -> list[list]:
+def accuracy_rows(models: dict, clips, fmt, baseline: dict, per_clip: int) -> list[list]:
     from specvlm.testbed.train import answer_accuracy
 
-    per_role = {role: answer_accuracy(m, clips, fmt, per_clip=1000) for role, m in models.items()}
+    per_role = {role: answer_accuracy(m, clips, fmt, per_clip=per_clip) for role, m in models.items()}
+    asked = [t[3] for c in clips for t in [t for t in c.turns if t[2] is not None][:per_clip]]
     kinds = sorted(per_role["target"]["by_kind"])
     rows = [[k, per_role["target"]["by_kind"][k], per_role["draft"]["by_kind"][k], round(baseline[k], 3),
-             sum(1 for c in clips for t in c.turns if t[3] == k)] for k in kinds]
+             asked.count(k)] for k in kinds]
     rows.append(["all", per_role["target"]["accuracy"], per_role["draft"]["accuracy"],
-                 round(statistics.fmean(baseline[t[3]] for c in clips for t in c.turns if t[2] is not None), 3),
+                 round(statistics.fmean(baseline[k] for k in asked), 3),
                  per_role["target"]["questions"]])
     return rows
 
@@ -126,7 +127,8 @@ def run_family(family: str, world: Path, args) -> str:
     print(f"{family}: {len(clips)} test clips", flush=True)
     parts = []
     if not args.skip_accuracy:
-        rows = accuracy_rows({"target": target, "draft": draft}, clips, fmt, majority_baseline(world, clips))
+        rows = accuracy_rows({"target": target, "draft": draft}, clips, fmt, majority_baseline(world, clips),
+                             args.questions_per_clip)
         parts.append(f"**Answer accuracy** ({family}, test split, every question, greedy):\n\n"
                      + table(["kind", "target", "draft", "majority baseline", "questions"], rows))
         print(parts[-1], flush=True)
@@ -169,6 +171,8 @@ def main(argv=None) -> str:
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--cost-tokens", type=int, default=32, help="tokens per decode-cost measurement")
     ap.add_argument("--repeats", type=int, default=5)
+    ap.add_argument("--questions-per-clip", type=int, default=1000, help="questions scored per test clip (default: "
+                                                                         "all)")
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--record", action="store_true", help="write the tables into docs/BENCHMARKS.md")
