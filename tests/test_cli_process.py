@@ -63,7 +63,10 @@ def test_bad_options_are_one_line_before_torch_loads(argv, flag):
 
 def _interrupt(argv, wait_for: str | None, delay: float) -> subprocess.CompletedProcess:
     """Starts the CLI, waits for `wait_for` on stderr (or `delay` seconds), sends SIGINT, and returns the result."""
-    proc = subprocess.Popen(SPECVLM + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env())
+    # SIGINT as in a foreground terminal: a suite started in the background (`cmd &` without job control) hands its
+    # children SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all
+    proc = subprocess.Popen(SPECVLM + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
+                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = ""
     if wait_for == "answer":   # the first streamed text: generation has begun
         proc.stdout.read(1)
