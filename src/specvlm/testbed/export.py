@@ -45,10 +45,15 @@ def clip_id(index: int) -> str:
     return f"clip_{index:05d}"
 
 
+def clip_scene(index: int, seed: int = 0, frames: tuple[int, int] = (16, 64), fps: int = 8) -> Scene:
+    """Clip `index`'s story in the world `seed` (what its frames show), without its conversations."""
+    return simulate(np.random.default_rng([seed, index]), tuple(frames), fps)
+
+
 def make_clip(index: int, seed: int = 0, frames: tuple[int, int] = (16, 64), fps: int = 8,
               questions: int = 5) -> tuple[Scene, list[dict]]:
     """Clip `index` of the world `seed`: its scene and its conversations (no pixels)."""
-    scene = simulate(np.random.default_rng([seed, index]), tuple(frames), fps)
+    scene = clip_scene(index, seed, frames, fps)
     return scene, conversations(scene, np.random.default_rng([seed, index, 1]), questions)
 
 

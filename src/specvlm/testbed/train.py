@@ -104,7 +104,7 @@ class Formatter:
 def load_clips(world: Path, split: str, processor, num_frames: int, limit: int | None = None,
                pixel_dtype=torch.float16, progress: Callable[[int, int], None] | None = None) -> list[Clip]:
     """The clips of `split` with their pixels preprocessed once by the real processor."""
-    from .world import simulate
+    from .export import clip_scene
 
     fmt = Formatter(processor)
     world_info = json.loads((world / "world.json").read_text())
@@ -126,8 +126,7 @@ def load_clips(world: Path, split: str, processor, num_frames: int, limit: int |
                   for k in VISUAL_KEYS if k in full}
         turns = [(r["conversation"][0]["content"], r["conversation"][1]["content"], r["answer"], r["kind"])
                  for r in rows]
-        scene = simulate(np.random.default_rng([world_info["seed"], int(name.rsplit("_", 1)[1])]),
-                         tuple(world_info["frames"]), world_info["fps"])
+        scene = clip_scene(int(name.rsplit("_", 1)[1]), world_info["seed"], world_info["frames"], world_info["fps"])
         labels = visual_labels(scene, video.indices, world_info["size"],
                                *token_grid(visual, n_visual, len(video.indices), merge))
         clip = Clip(name, path, visual, n_visual, turns, labels)
@@ -249,9 +248,12 @@ def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_step
     model.eval()
     return {"steps": done, "planned_steps": steps, "stopped_early": done < steps, "first_loss": losses[0],
             "final_loss": float(np.mean(losses[-50:])), "seconds": round(time.perf_counter() - start, 1),
-            "loss_curve": [round(float(np.mean(losses[i:i + 50])), 4) for i in range(0, len(losses), 50)],
-            "probe_loss_curve": [round(float(np.mean(probe_losses[i:i + 50])), 4)
-                                 for i in range(0, len(probe_losses), 50)]}
+            "loss_curve": _curve(losses), "probe_loss_curve": _curve(probe_losses)}
+
+
+def _curve(values: list[float], every: int = 50) -> list[float]:
+    """Means of consecutive blocks of `every` values: a loss curve small enough for metrics.json."""
+    return [round(float(np.mean(values[i:i + every])), 4) for i in range(0, len(values), every)]
 
 
 # ---- evaluation (float32, as the engine runs) ----------------------------------------------------------------------
