@@ -16,7 +16,7 @@ from specvlm.testbed.recipe import Arch, Recipe
 MINI = Recipe(n_clips=10, world_size=64, clip_frames=(16, 18), num_frames=4, ov_image_size=56,
               qwen_pixels=56 * 56, vocab=512, arch={"target": Arch(32, 1, 2, 1, 16, 1),
                                                     "draft": Arch(32, 1, 2, 1, 16, 1)},
-              text_steps={"target": 1, "draft": 1}, steps={"target": 2, "draft": 2}, eval_clips=1, tau_clips=1,
+              vision_steps={"target": 2, "draft": 2}, text_steps={"target": 1, "draft": 1}, steps={"target": 2, "draft": 2}, eval_clips=1, tau_clips=1,
               tau_tokens=4)
 
 
@@ -116,6 +116,31 @@ def test_probe_and_distillation_terms(mini_build, family):
     assert with_probe[0] > 0 and torch.allclose(with_probe[1], 2 * with_probe[0])
     assert example_loss(model, fmt, clip, order, autocast=False, teacher=model, distill=1.0).abs() < 1e-5
     assert torch.allclose(example_loss(model, fmt, clip, order, autocast=False, teacher=model, distill=0.0), plain)
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_vision_pretraining_trains_the_tower_alone(mini_build, family):
+    """`pretrain_vision` lowers the probe's loss on the clips it sees, changes the vision tower and projector, and
+    leaves every language-model weight as it was (no LM in the loop)."""
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.recipe import make_model
+    from specvlm.testbed.train import load_clips, pretrain_vision, probe_accuracy
+
+    out, _ = mini_build
+    processor = load_processor(out / "models" / family / "target")
+    clips = load_clips(out / "world", "train", processor, MINI.num_frames)
+    model = make_model(MINI, family, "target", seed=4)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    probe, result = pretrain_vision(model, clips, steps=100, lr=1e-2, seed=0, batch=1)
+    curve = result["probe_loss_curve"]
+    assert result["steps"] == 100 and curve[0] > 0 and curve[-1] < curve[0]
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    language = {n for n in before if "language_model" in n or "lm_head" in n}
+    assert changed and not changed & language
+    assert any("visual" in n or "vision_tower" in n for n in changed)
+    assert any("merger" in n or "projector" in n for n in changed)
+    scores = probe_accuracy(model, probe, clips)
+    assert scores["cells"] == sum(int((c.labels[:, 1] > 0).sum()) for c in clips) > 0 and 0 <= scores["color"] <= 1
 
 
 def test_same_seed_builds_identical_weights(mini_build, tmp_path):

@@ -133,7 +133,8 @@ def build_testbed(out, minutes: float = 60.0, seed: int = 0, families=FAMILIES, 
     from ..inputs import load_processor
     from . import build_text_corpus, generate_world
     from .recipe import family_tokenizer, make_model, save_checkpoint, save_processor, train_bpe, visual_tokens
-    from .train import answer_accuracy, bf16_is_fast, load_clips, speculative_tau, train, validation_loss
+    from .train import (answer_accuracy, bf16_is_fast, load_clips, pretrain_vision, probe_accuracy, speculative_tau,
+                        train, validation_loss)
     from .train import Formatter
 
     if not minutes > 0:
@@ -188,13 +189,21 @@ def build_testbed(out, minutes: float = 60.0, seed: int = 0, families=FAMILIES, 
             model = make_model(recipe, family, role, seed=1000 * seed + 10 * fi + ri)
             remaining = max(budget_end - t1, 0)
             share = remaining / (2 * (len(families) - fi) - ri)   # the models still to train split what is left
+            probe, vision = None, None
+            if recipe.vision_steps[role]:
+                probe, vision = pretrain_vision(
+                    model, train_clips, recipe.vision_steps[role], recipe.vision_lr, seed=seed * 7919 + ri,
+                    batch=recipe.vision_batch, warmup=recipe.warmup,
+                    progress=lambda d, n, loss: show(f"{family}: vision {role}", d, n, f"probe loss {loss:.3f}"))
             text, video = recipe.text_steps[role], recipe.steps[role]
             result = train(model, train_clips, fmt, text + video, recipe.lr[role], seed=seed * 7919 + ri,
                            warmup=recipe.warmup, text_steps=text,
                            question_steps=text + int(recipe.question_share * video), probe_weight=recipe.probe_weight,
-                           teacher=models.get("target") if role == "draft" else None, distill=recipe.distill,
-                           deadline=t1 + share,
+                           probe=probe, teacher=models.get("target") if role == "draft" else None,
+                           distill=recipe.distill, deadline=t1 + share,
                            progress=lambda d, n, loss: show(f"{family}: train {role}", d, n, f"loss {loss:.3f}"))
+            if vision is not None:
+                result["vision_pretraining"] = dict(vision, probe_accuracy=probe_accuracy(model, probe, val_clips))
             save_checkpoint(folder, model, recipe, family, tokenizer)
             models[role] = reloaded = _reload(folder)
             show.say(f"{family} {role}: evaluating on {len(val_clips)} validation clips ...")

@@ -92,3 +92,11 @@ class VisualProbe(torch.nn.Module):
         parts = [per_token[obj].mean() if obj.any() else per_token.new_zeros(()),
                  BACKGROUND_WEIGHT * per_token[~obj].mean() if (~obj).any() else per_token.new_zeros(())]
         return parts[0] + parts[1]
+
+    @torch.no_grad()
+    def hits(self, embeds: torch.Tensor, labels: torch.Tensor) -> dict:
+        """How many object cells (labels[:, 1] > 0) each read-out names right, and how many there are."""
+        obj = labels[:, 1] > 0
+        embeds, labels = embeds[obj].float(), labels[obj]
+        return {"color": int((self.color(embeds).argmax(-1) == labels[:, 0]).sum()),
+                "shape": int((self.shape(embeds).argmax(-1) == labels[:, 1]).sum()), "cells": int(obj.sum())}

@@ -41,12 +41,16 @@ class Recipe:
     arch: dict = field(default_factory=lambda: {
         "target": Arch(hidden=256, layers=6, heads=4, kv_heads=2, vision_width=96, vision_depth=2),
         "draft": Arch(hidden=128, layers=2, heads=2, kv_heads=1, vision_width=64, vision_depth=1)})
-    # the curriculum, per role: `text_steps` on the questions without the video (the model learns to read the
-    # question: which kind of answer it wants), then `steps` with the video, the first `question_share` of them on
-    # the questions only (0: none; 0.5 left the captions unlearnt, see docs/DESIGN.md), the rest on the
-    # caption + questions packs
+    # the curriculum, per role: `vision_steps` of the vision tower + projector alone on the visual-token probe
+    # (`vision_batch` clips a step, no language model: `train.pretrain_vision`), then `text_steps` on the questions
+    # without the video (the model learns to read the question: which kind of answer it wants), then `steps` with
+    # the video, the first `question_share` of them on the questions only (0: none; 0.5 left the captions
+    # unlearnt, see docs/DESIGN.md), the rest on the caption + questions packs
+    vision_steps: dict = field(default_factory=lambda: {"target": 150, "draft": 150})
+    vision_batch: int = 4
+    vision_lr: float = 3e-3
     text_steps: dict = field(default_factory=lambda: {"target": 600, "draft": 300})
-    steps: dict = field(default_factory=lambda: {"target": 796, "draft": 398})   # = scaled(60)
+    steps: dict = field(default_factory=lambda: {"target": 737, "draft": 368})   # = scaled(60)
     question_share: float = 0.0
     lr: dict = field(default_factory=lambda: {"target": 2e-3, "draft": 2e-3})
     probe_weight: float = 1.0            # the visual-token probe's loss (probe.py) next to the answer loss
@@ -65,12 +69,13 @@ class Recipe:
 
     def scaled(self, minutes: float) -> "Recipe":
         """Video steps for a total budget of `minutes` on 2 CPU cores: about 6 minutes go to the world, the pixel
-        caches and the evaluation, the text steps take what they take, the rest trains the targets N video steps
+        caches and the evaluation, the vision and text steps take what they take, the rest trains the targets N video steps
         and the drafts N/2 (one clip per step; a draft step includes its teacher's forward). A function of
         `minutes` only, so the same command gives the same models on the same kind of machine
         (`train.bf16_is_fast` decides the arithmetic)."""
-        text_s = sum(self.text_steps[role] * TEXT_STEP_SECONDS[role] for role in ROLES)
-        train_s = max((minutes - 6.0) * 60 - text_s, 30.0)
+        fixed_s = sum(self.text_steps[role] * TEXT_STEP_SECONDS[role]
+                      + self.vision_steps[role] * VISION_STEP_SECONDS[role] * self.vision_batch / 4 for role in ROLES)
+        train_s = max((minutes - 6.0) * 60 - fixed_s, 30.0)
         steps = max(int(train_s / (STEP_SECONDS["target"] + STEP_SECONDS["draft"] / 2)), 30)
         return replace(self, steps={"target": steps, "draft": steps // 2})
 
@@ -81,6 +86,7 @@ class Recipe:
 # targets 0.33 + 0.35, drafts with the teacher 0.2 + 0.2
 STEP_SECONDS = {"target": 0.93 + 1.5, "draft": 0.75 + 1.2}
 TEXT_STEP_SECONDS = {"target": 0.33 + 0.35, "draft": 0.2 + 0.2}
+VISION_STEP_SECONDS = {"target": 0.35 + 0.5, "draft": 0.2 + 0.3}   # 4 clips, vision tower + projector + probe
 
 
 def visual_tokens(recipe: Recipe, family: str) -> int:

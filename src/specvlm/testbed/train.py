@@ -38,6 +38,11 @@ class Clip:
     labels: torch.Tensor | None = None   # (n_visual, 2) what each visual token shows (probe.visual_labels)
 
 
+def float_pixels(visual: dict) -> dict:
+    """A clip's cached processor tensors with the pixels in float32 (the cache holds the training split in fp16)."""
+    return {k: v.float() if k == "pixel_values_videos" else v for k, v in visual.items()}
+
+
 class Formatter:
     """Token ids of prompts and answers for one family's processor, without re-running the video processor."""
 
@@ -72,8 +77,8 @@ class Formatter:
         out = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
         if self.qwen:
             out["mm_token_type_ids"] = (input_ids == self.video_id).long() * 2
-        for k, v in clip.visual.items() if video else ():
-            out[k] = v.float() if v.is_floating_point() and k == "pixel_values_videos" else v
+        if video:
+            out.update(float_pixels(clip.visual))
         return out
 
     def example(self, clip: Clip, order, video: bool = True) -> tuple[list[int], list[int], list[float]]:
@@ -154,6 +159,54 @@ def bf16_is_fast() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
+def pretrain_vision(model, clips: list[Clip], steps: int, lr: float, seed: int, batch: int = 4,
+                    warmup: float = 0.05, progress: Callable[[int, int, float], None] | None = None
+                    ) -> tuple[VisualProbe, dict]:
+    """The vision tower and projector alone, trained on the visual-token probe (probe.py): `steps` AdamW steps of
+    `batch` clips each, no language model in the loop (the features come from the adapter's `visual_features`,
+    the rows the LM would receive). Returns the trained probe (the LM steps keep training it) and a summary with
+    the probe's loss curve. Like pretraining a VLM's vision encoder before its language steps: a from-scratch
+    tower that learns only through answer tokens never separated the colours (probe loss 1.85 of 4.4 at chance
+    after 1060 packed steps, colour answers at 0-9 %)."""
+    with torch.enable_grad():
+        return _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress)
+
+
+def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress):
+    from ..adapters import adapter_for
+
+    rng = np.random.default_rng(seed)
+    torch.manual_seed(seed)
+    model.train()
+    adapter = adapter_for(model)
+    probe = VisualProbe(model.config.get_text_config().hidden_size)
+    params = [p for n, p in model.named_parameters() if "language_model" not in n and "lm_head" not in n
+              and "embed_tokens" not in n] + list(probe.parameters())
+    opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
+    losses, start, order = [], time.perf_counter(), []
+    for step in range(steps):
+        for group in opt.param_groups:
+            group["lr"] = lr_at(step, steps, lr, warmup)
+        total = 0.0
+        for _ in range(batch):
+            if not order:
+                order = list(rng.permutation(len(clips)))
+            clip = clips[order.pop()]
+            embeds = adapter.visual_features(float_pixels(clip.visual))["video"][0]           # (n_visual, hidden)
+            loss = probe.loss(embeds, clip.labels) / batch
+            loss.backward()
+            total += float(loss.detach())
+        torch.nn.utils.clip_grad_norm_(params, 1.0)
+        opt.step()
+        opt.zero_grad(set_to_none=True)
+        losses.append(total)
+        if progress:
+            progress(step + 1, steps, float(np.mean(losses[-50:])))
+    model.eval()
+    return probe, {"steps": steps, "batch": batch, "seconds": round(time.perf_counter() - start, 1),
+                   "probe_loss_curve": _curve(losses)}
+
+
 def lr_at(step: int, steps: int, peak: float, warmup: float) -> float:
     """Linear warmup, then cosine decay to 10% of the peak."""
     w = max(1, int(steps * warmup))
@@ -196,23 +249,27 @@ def example_loss(model, fmt: Formatter, clip: Clip, order, autocast: bool, video
 
 
 def train(model, clips: list[Clip], fmt: Formatter, steps: int, lr: float, seed: int, warmup: float = 0.05,
-          text_steps: int = 0, question_steps: int = 0, probe_weight: float = 0.0, teacher=None, distill: float = 0.0,
-          deadline: float | None = None, progress: Callable[[int, int, float], None] | None = None) -> dict:
+          text_steps: int = 0, question_steps: int = 0, probe_weight: float = 0.0, probe: VisualProbe | None = None,
+          teacher=None, distill: float = 0.0, deadline: float | None = None, progress: Callable[[int, int, float], None] | None = None) -> dict:
     """AdamW on one clip per step (bf16 autocast where the CPU has bf16 units, `bf16_is_fast`; weights stay fp32),
     the first `text_steps` of `steps` on the clip's conversations without the video (see `Recipe.text_steps`);
-    `probe_weight` > 0 adds the visual-token probe (probe.py), a `teacher` distils its logits (`example_loss`).
+    `probe_weight` > 0 adds the visual-token probe (probe.py; `probe`, e.g. `pretrain_vision`'s, or a fresh
+    one), a `teacher` distils its logits (`example_loss`).
     Stops early only if the wall clock passes `deadline` (then the run is not reproducible; reported)."""
     with torch.enable_grad():   # callers (tests) may have switched autograd off globally
-        return _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_steps, probe_weight, teacher,
-                      distill, deadline, progress)
+        return _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_steps, probe_weight, probe,
+                      teacher, distill, deadline, progress)
 
 
-def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_steps, probe_weight, teacher, distill,
-           deadline, progress) -> dict:
+def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_steps, probe_weight, probe, teacher,
+           distill, deadline, progress) -> dict:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.train()
-    probe = VisualProbe(model.config.get_text_config().hidden_size) if probe_weight > 0 else None
+    if probe_weight <= 0:
+        probe = None
+    elif probe is None:
+        probe = VisualProbe(model.config.get_text_config().hidden_size)
     params = list(model.named_parameters()) + (list(probe.named_parameters()) if probe else [])
     decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
@@ -246,8 +303,8 @@ def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_step
         if progress:
             progress(done, steps, float(np.mean(losses[-50:])))
     model.eval()
-    return {"steps": done, "planned_steps": steps, "stopped_early": done < steps, "first_loss": losses[0],
-            "final_loss": float(np.mean(losses[-50:])), "seconds": round(time.perf_counter() - start, 1),
+    return {"steps": done, "planned_steps": steps, "stopped_early": done < steps, "first_loss": losses[0] if losses else None,
+            "final_loss": float(np.mean(losses[-50:])) if losses else None, "seconds": round(time.perf_counter() - start, 1),
             "loss_curve": _curve(losses), "probe_loss_curve": _curve(probe_losses)}
 
 
@@ -268,6 +325,19 @@ def validation_loss(model, clips: list[Clip], fmt: Formatter) -> float:
         total += float(torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum"))
         count += int((target != -100).sum())
     return total / max(count, 1)
+
+
+@torch.no_grad()
+def probe_accuracy(model, probe: VisualProbe, clips: list[Clip]) -> dict:
+    """The probe's colour and shape accuracy over all object cells of `clips`, and how many cells that was."""
+    from ..adapters import adapter_for
+
+    adapter, total = adapter_for(model), {"color": 0, "shape": 0, "cells": 0}
+    for clip in clips:
+        hits = probe.hits(adapter.visual_features(float_pixels(clip.visual))["video"][0], clip.labels)
+        total = {k: total[k] + hits[k] for k in total}
+    return {"color": round(total["color"] / max(total["cells"], 1), 3),
+            "shape": round(total["shape"] / max(total["cells"], 1), 3), "cells": total["cells"]}
 
 
 @torch.no_grad()
