@@ -214,6 +214,8 @@ def main():
                          "CPU a 60-token verification costs several decode steps")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--record", action="store_true", help="write the tables into docs/BENCHMARKS.md")
+    ap.add_argument("--label", default="",
+                    help="records into its own section (eagle-LABEL) instead of replacing the main one")
     args = ap.parse_args()
     torch.set_flush_denormal(True)   # random or barely trained weights can produce denormals, which CPUs crawl on
     if args.threads:
@@ -343,7 +345,9 @@ def main():
     ])
     print(body)
     if args.record:
-        record("eagle", "EagleVLM: τ and speedup vs training steps, per visual-compressor mode", body)
+        record(f"eagle-{args.label}" if args.label else "eagle",
+               "EagleVLM: τ and speedup vs training steps, per visual-compressor mode"
+               + (f" ({args.label})" if args.label else ""), body)
 
 
 HEADERS = ["mode", "steps", "train s", "tree", "τ", "tok/round", "speedup (decode)", "speedup (e2e)", "draft/step",

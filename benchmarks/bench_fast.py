@@ -21,7 +21,7 @@ import time
 
 import torch
 
-from common import record, table
+from common import hf_static_config, record, table
 from specvlm import SpeculativeGenerator
 from specvlm.session import observe_forwards
 
@@ -56,18 +56,6 @@ def clip_inputs(target_dir, draft_dir, target, draft, limit: int) -> list[dict]:
                             max_pixels=None, max_new_tokens=1)
         out.append(inputs_from_args(args, target_dir, target.config, draft_dir, draft.config))
     return out
-
-
-def hf_static_config(device: torch.device):
-    """HF's compiled static-cache decoding: what `generate(cache_implementation="static")` compiles on CUDA by
-    itself; on CPU the same has to be asked for (HF's `_compile_all_devices` flag; CUDA graphs off there)."""
-    from transformers import CompileConfig
-
-    if device.type == "cuda":
-        return CompileConfig()
-    config = CompileConfig(mode="default")
-    config._compile_all_devices = True
-    return config
 
 
 def main(argv=None):

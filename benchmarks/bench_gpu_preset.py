@@ -29,7 +29,7 @@ import time
 
 import torch
 
-from common import machine, record, table
+from common import hf_static_config, machine, record, table
 
 # Qwen2.5-VL language-model shapes (config.json of the released checkpoints); "tiny" runs anywhere in seconds,
 # "cpu" (~50M parameters) is what the CPU machines can time in minutes.
@@ -144,16 +144,6 @@ def calibrate(target, draft, inputs, draft_layers: int, gamma: int, want_tau: fl
     return best
 
 
-def hf_static_config(device: torch.device):
-    from transformers import CompileConfig
-
-    if device.type == "cuda":
-        return None   # HF compiles the static-cache decode step on CUDA by itself
-    config = CompileConfig(mode="default")
-    config._compile_all_devices = True
-    return config
-
-
 def main(argv=None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--shape", default="7b", choices=sorted(SHAPES))
@@ -219,8 +209,7 @@ def measure(target, draft, inputs, args, compile: bool, device: str) -> dict:
 
     methods = {"HF eager generate": hf()}
     if compile:
-        methods["HF static-cache generate, compiled"] = hf(cache_implementation="static",
-                                                           **({"compile_config": static} if static else {}))
+        methods["HF static-cache generate, compiled"] = hf(cache_implementation="static", compile_config=static)
     else:
         methods["HF static-cache generate"] = hf(cache_implementation="static", disable_compile=True)
     methods["ours, eager engine"] = ours("eager", False)

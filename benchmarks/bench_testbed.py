@@ -9,8 +9,9 @@
    the draft's prompt keeps, per pruning method (specvlm / uniform / random / attention); random keep 0.01 is the
    "almost no video" reference. Median and min–max over clips; every output checked equal to `target.generate`.
 3. The same curve for self-speculation (the target drafts from its own pruned prompt).
-4. Per-token decode cost of target and draft (HF eager `generate`, (t(1 + n tokens) − t(1 token)) / n, median of
-   interleaved repeats).
+4. Per-token decode cost of target and draft ((t(1 + n tokens) − t(1 token)) / n, median of interleaved repeats),
+   with HF eager `generate` and with HF's compiled static-cache `generate` (per-forward overhead mostly gone: the
+   cost ratio then follows the models' compute more closely).
 
 The world is regenerated from the build's seed (`Recipe()`'s 400 clips, seed 0), so the test clips are the ones the
 models never saw.
@@ -27,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from common import record, table
+from common import hf_static_config, record, table
 from specvlm import SpeculativeGenerator
 
 METHODS = ("specvlm", "uniform", "random", "attention")
@@ -95,16 +96,17 @@ def tau_curve(target, draft, clips, fmt, settings, max_new_tokens: int) -> list[
     return rows
 
 
-def decode_ms(models: dict, prompt: dict, new_tokens: int, repeats: int) -> dict[str, float]:
-    """Median ms per decoded token of each model, (t(1 + n) − t(1)) / n, the models interleaved per repeat."""
+def decode_ms(models: dict, prompt: dict, new_tokens: int, repeats: int, **generate_kwargs) -> dict[str, float]:
+    """Median ms per decoded token of each model, (t(1 + n) − t(1)) / n, the models interleaved per repeat;
+    `generate_kwargs` choose HF's decoding (e.g. its compiled static cache)."""
     def timed(model, n):
         start = time.perf_counter()
-        model.generate(**prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False)
+        model.generate(**prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, **generate_kwargs)
         return time.perf_counter() - start
 
     samples: dict[str, list[float]] = {k: [] for k in models}
     for m in models.values():
-        timed(m, 2)                                                           # warm-up
+        timed(m, 1 + new_tokens)                                              # warm-up (and compile)
     for _ in range(repeats):
         for k, m in models.items():
             samples[k].append((timed(m, 1 + new_tokens) - timed(m, 1)) / new_tokens * 1e3)
@@ -145,12 +147,18 @@ def run_family(family: str, world: Path, args) -> str:
     parts.append(f"**Self-speculation τ vs visual tokens kept** ({family} target drafting from its pruned prompt, "
                  f"same captions):\n\n" + table(header, rows))
     print(parts[-1], flush=True)
-    ms = decode_ms({"target": target, "draft": draft}, fmt.inputs(clips[0], fmt.prompt(clips[0].turns[0][0],
-                                                                                      clips[0].n_visual)),
-                   args.cost_tokens, args.repeats)
-    parts.append(f"**Decode cost per token** (HF eager `generate`, median of {args.repeats} interleaved repeats): "
-                 f"target {ms['target']:.2f} ms, draft {ms['draft']:.2f} ms, ratio "
-                 f"**{ms['target'] / ms['draft']:.2f}×**.")
+    prompt = fmt.inputs(clips[0], fmt.prompt(clips[0].turns[0][0], clips[0].n_visual))
+    costs = {"HF eager `generate`": {}}
+    if not args.no_compile:
+        costs["HF compiled static-cache `generate`"] = dict(cache_implementation="static",
+                                                           compile_config=hf_static_config(target.device))
+    lines = []
+    for name, kwargs in costs.items():
+        ms = decode_ms({"target": target, "draft": draft}, prompt, args.cost_tokens, args.repeats, **kwargs)
+        lines.append(f"{name}: target {ms['target']:.2f} ms, draft {ms['draft']:.2f} ms, ratio "
+                     f"**{ms['target'] / ms['draft']:.2f}×**")
+    parts.append(f"**Decode cost per token** (median of {args.repeats} interleaved repeats): " + "; ".join(lines)
+                 + ".")
     print(parts[-1], flush=True)
     return f"### {family} ({args.models or 'bundled'})\n\n" + "\n\n".join(parts)
 
@@ -169,6 +177,7 @@ def main(argv=None) -> str:
     ap.add_argument("--clips", type=int, default=12, help="test captions for the τ curves (default 12)")
     ap.add_argument("--keep-ratios", default="0.25,0.1,0.05")
     ap.add_argument("--max-new-tokens", type=int, default=64)
+    ap.add_argument("--no-compile", action="store_true", help="leave out the compiled decode cost (a quick run)")
     ap.add_argument("--cost-tokens", type=int, default=32, help="tokens per decode-cost measurement")
     ap.add_argument("--repeats", type=int, default=5)
     ap.add_argument("--questions-per-clip", type=int, default=1000, help="questions scored per test clip (default: "

@@ -67,3 +67,16 @@ def record(section: str, title: str, body: str) -> None:
     doc = pattern.sub(lambda _: text, doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text + "\n"
     BENCHMARKS_MD.parent.mkdir(exist_ok=True)
     BENCHMARKS_MD.write_text(doc)
+
+
+def hf_static_config(device: torch.device):
+    """The compile config of HF's compiled static-cache decoding (`generate(cache_implementation="static",
+    compile_config=...)`): on CUDA HF compiles the decode step by itself (a default CompileConfig); on CPU it has
+    to be asked for (HF's `_compile_all_devices` flag; CUDA graphs off there)."""
+    from transformers import CompileConfig
+
+    if device.type == "cuda":
+        return CompileConfig()
+    config = CompileConfig(mode="default")
+    config._compile_all_devices = True
+    return config

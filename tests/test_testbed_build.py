@@ -16,8 +16,8 @@ from specvlm.testbed.recipe import Arch, Recipe
 MINI = Recipe(n_clips=10, world_size=64, clip_frames=(16, 18), num_frames=4, ov_image_size=56,
               qwen_pixels=56 * 56, vocab=512, arch={"target": Arch(32, 1, 2, 1, 16, 1),
                                                     "draft": Arch(32, 1, 2, 1, 16, 1)},
-              vision_steps={"target": 2, "draft": 2}, text_steps={"target": 1, "draft": 1}, steps={"target": 2, "draft": 2}, eval_clips=1, tau_clips=1,
-              tau_tokens=4)
+              vision_steps={"target": 2, "draft": 2}, text_steps={"target": 1, "draft": 1},
+              steps={"target": 2, "draft": 2}, eval_clips=1, tau_clips=1, tau_tokens=4)
 
 
 @pytest.fixture(scope="module")

@@ -198,7 +198,8 @@ def build_testbed(out, minutes: float = 60.0, seed: int = 0, families=FAMILIES, 
             text, video = recipe.text_steps[role], recipe.steps[role]
             result = train(model, train_clips, fmt, text + video, recipe.lr[role], seed=seed * 7919 + ri,
                            warmup=recipe.warmup, text_steps=text,
-                           question_steps=text + int(recipe.question_share * video), probe_weight=recipe.probe_weight,
+                           question_steps=int(recipe.question_share * video), caption_first=recipe.caption_first,
+                           probe_weight=recipe.probe_weight,
                            probe=probe, teacher=models.get("target") if role == "draft" else None,
                            distill=recipe.distill, deadline=t1 + share,
                            progress=lambda d, n, loss: show(f"{family}: train {role}", d, n, f"loss {loss:.3f}"))
