@@ -131,7 +131,9 @@ def run_family(family: str, world: Path, args) -> str:
     if not args.skip_accuracy:
         rows = accuracy_rows({"target": target, "draft": draft}, clips, fmt, majority_baseline(world, clips),
                              args.questions_per_clip)
-        parts.append(f"**Answer accuracy** ({family}, test split, every question, greedy):\n\n"
+        asked = "every question" if args.questions_per_clip >= recipe.questions else \
+            f"the first {args.questions_per_clip} questions of each clip"
+        parts.append(f"**Answer accuracy** ({family}, test split, {asked}, greedy):\n\n"
                      + table(["kind", "target", "draft", "majority baseline", "questions"], rows))
         print(parts[-1], flush=True)
     tau_clips = clips[:args.clips]

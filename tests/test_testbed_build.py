@@ -143,6 +143,31 @@ def test_vision_pretraining_trains_the_tower_alone(mini_build, family):
     assert scores["cells"] == sum(int((c.labels[:, 1] > 0).sum()) for c in clips) > 0 and 0 <= scores["color"] <= 1
 
 
+def test_curriculum_orders_the_turns(mini_build, monkeypatch):
+    """What each training step sees: text steps without the video, then `question_steps` video steps on the
+    questions only, then whole packs; with caption_first=1 every pack that has the caption starts with it."""
+    from specvlm.inputs import load_processor
+    from specvlm.testbed import train as train_module
+    from specvlm.testbed.recipe import make_model
+
+    out, _ = mini_build
+    processor = load_processor(out / "models" / "qwen2_5_vl" / "target")
+    clips = train_module.load_clips(out / "world", "train", processor, MINI.num_frames, limit=2)
+    seen = []
+
+    def spy(model, fmt, clip, order, autocast, video=True, **kw):
+        seen.append(([clip.turns[k][2] is None for k in order], video))
+        return sum(p.sum() for p in model.parameters()) * 0.0
+
+    monkeypatch.setattr(train_module, "example_loss", spy)
+    model = make_model(MINI, "qwen2_5_vl", "target", seed=4)
+    train_module.train(model, clips, train_module.Formatter(processor), steps=6, lr=1e-3, seed=0, text_steps=2,
+                       question_steps=2, caption_first=1.0)
+    assert [video for _, video in seen] == [False, False, True, True, True, True]
+    assert all(is_caption[0] and not any(is_caption[1:]) for is_caption, _ in seen[:2] + seen[4:])
+    assert not any(any(is_caption) for is_caption, _ in seen[2:4])          # questions only
+
+
 def test_same_seed_builds_identical_weights(mini_build, tmp_path):
     """The build's promise: the same command gives the same models. A second build with the same seed, in the same
     process (so RNG state left behind by the first cannot leak in unnoticed), saves bit-identical tensors."""
