@@ -11,6 +11,7 @@ out exactly like a single-turn inference prompt; loss is on the assistant answer
 from __future__ import annotations
 
 import functools
+import itertools
 import json
 import math
 import time
@@ -183,15 +184,12 @@ def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress):
     params = [p for n, p in model.named_parameters() if "language_model" not in n and "lm_head" not in n
               and "embed_tokens" not in n] + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
-    losses, start, order = [], time.perf_counter(), []
+    losses, start, stream = [], time.perf_counter(), shuffled_forever(clips, rng)
     for step in range(steps):
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         total = 0.0
-        for _ in range(batch):
-            if not order:
-                order = list(rng.permutation(len(clips)))
-            clip = clips[order.pop()]
+        for clip in itertools.islice(stream, batch):
             embeds = adapter.visual_features(float_pixels(clip.visual))["video"][0]           # (n_visual, hidden)
             loss = probe.loss(embeds, clip.labels) / batch
             loss.backward()
@@ -205,6 +203,14 @@ def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress):
     model.eval()
     return probe, {"steps": steps, "batch": batch, "seconds": round(time.perf_counter() - start, 1),
                    "probe_loss_curve": _curve(losses)}
+
+
+def shuffled_forever(clips: list[Clip], rng: np.random.Generator):
+    """The clips one at a time, epoch after epoch, each epoch in a new order drawn from `rng` when it starts."""
+    while True:
+        order = list(rng.permutation(len(clips)))
+        while order:
+            yield clips[order.pop()]
 
 
 def lr_at(step: int, steps: int, peak: float, warmup: float) -> float:
@@ -278,14 +284,12 @@ def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_step
     rest = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
     opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
                             lr=lr, betas=(0.9, 0.98))
-    order: list[int] = []
+    stream = shuffled_forever(clips, rng)
     losses, probe_losses, start, done = [], [], time.perf_counter(), 0
     for step in range(steps):
         if deadline is not None and time.perf_counter() > deadline:
             break
-        if not order:
-            order = list(rng.permutation(len(clips)))
-        clip = clips[order.pop()]
+        clip = next(stream)
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         turns = [int(k) for k in rng.permutation(len(clip.turns))]
