@@ -1,6 +1,7 @@
 """`specvlm testbed build`: a miniature build end to end, determinism (two builds, identical tensors), CLI errors,
 and the bundled checkpoints."""
 
+import contextlib
 import json
 
 import pytest
@@ -9,7 +10,7 @@ import torch
 from specvlm.cli import main
 from specvlm.errors import SpecVLMError
 from specvlm.generator import SpeculativeGenerator
-from specvlm.testbed.build import build_testbed, prepare_out
+from specvlm.testbed.build import build_testbed, flush_denormal_enabled, prepare_out
 from specvlm.testbed.recipe import Arch, Recipe
 
 # ten clips is the smallest world with a validation (index 8) and a test (index 9) clip
@@ -23,7 +24,7 @@ MINI = Recipe(n_clips=10, world_size=64, clip_frames=(16, 18), num_frames=4, ov_
 @pytest.fixture(scope="module")
 def mini_build(tmp_path_factory):
     out = tmp_path_factory.mktemp("build")
-    return out, build_testbed(out, minutes=1, seed=0, recipe=MINI, progress=False)
+    return out, build_testbed(out, minutes=1, seed=0, recipe=MINI, progress=False, threads=1)
 
 
 def load(folder):
@@ -168,19 +169,50 @@ def test_curriculum_orders_the_turns(mini_build, monkeypatch):
     assert not any(any(is_caption) for is_caption, _ in seen[2:4])          # questions only
 
 
+@contextlib.contextmanager
+def other_caller_state():
+    """Global torch state unlike conftest's (autograd on, float64 by default, 2 threads, flush-to-zero on, bf16
+    autocast, the RNG moved on), as a script that trained something first might leave it; restored afterwards."""
+    saved = torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads(), flush_denormal_enabled()
+    torch.set_grad_enabled(True)
+    torch.set_default_dtype(torch.float64)
+    torch.set_num_threads(2)
+    torch.set_flush_denormal(True)
+    torch.rand(7)
+    try:
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            yield
+    finally:
+        torch.set_grad_enabled(saved[0])
+        torch.set_default_dtype(saved[1])
+        torch.set_num_threads(saved[2])
+        torch.set_flush_denormal(saved[3])
+
+
 def test_same_seed_builds_identical_weights(mini_build, tmp_path):
-    """The build's promise: the same command gives the same models. A second build with the same seed, in the same
-    process (so RNG state left behind by the first cannot leak in unnoticed), saves bit-identical tensors."""
+    """The build's promise: the same command gives the same models, whatever ran before it in the process. A second
+    build with the same seed, in the same process, under another global torch state than the first (grad mode,
+    default dtype, threads, flush-to-zero, autocast, RNG), trains on the same pixels and saves bit-identical
+    tensors; the caller's state is as it was afterwards. (Issue 25: the clips were lossy H.264, whose encoder now
+    and then coded the same frames differently, so two builds could train on different pixels.)"""
     from safetensors.torch import load_file
 
     from specvlm.testbed.recipe import ROLES
 
     out, report = mini_build
-    again = build_testbed(tmp_path, minutes=1, seed=0, recipe=MINI, progress=False)
+    with other_caller_state():
+        rng = torch.get_rng_state()
+        again = build_testbed(tmp_path, minutes=1, seed=0, recipe=MINI, progress=False, threads=1)
+        assert torch.equal(torch.get_rng_state(), rng)
+        assert torch.is_grad_enabled() and torch.get_default_dtype() == torch.float64
+        assert torch.get_num_threads() == 2 and flush_denormal_enabled() and torch.is_autocast_enabled("cpu")
     for family, fam in again["families"].items():
+        assert fam["train_pixels_sha256"] == report["families"][family]["train_pixels_sha256"], \
+            f"{family}: the world's decoded training pixels differ between two builds of one seed"
         for role in ROLES:
             assert fam[role]["train"]["steps"] == MINI.text_steps[role] + MINI.steps[role]
             assert not fam[role]["train"]["stopped_early"]
+            assert not report["families"][family][role]["train"]["stopped_early"]
             first = load_file(out / "models" / family / role / "model.safetensors")
             second = load_file(tmp_path / "models" / family / role / "model.safetensors")
             assert first and first.keys() == second.keys()
@@ -205,14 +237,16 @@ def test_resume_reuses_finished_models_and_retrains_the_rest(mini_build, tmp_pat
     (unfinished / "metrics.json").unlink()
     (unfinished / "model.safetensors").write_bytes(b"half-written")
     kept = {p: p.stat().st_mtime_ns for p in (copy / "models").glob("*/target/model.safetensors")}
-    report = build_testbed(copy, minutes=1, seed=0, recipe=MINI, progress=False, resume=True)
+    report = build_testbed(copy, minutes=1, seed=0, recipe=MINI, progress=False, resume=True, threads=1)
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
     first, again = load_file(out / "models" / "qwen2_5_vl" / "draft" / "model.safetensors"), \
         load_file(unfinished / "model.safetensors")
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert report["families"]["qwen2_5_vl"]["draft"]["train"]["steps"] == MINI.text_steps["draft"] + MINI.steps["draft"]
     with pytest.raises(SpecVLMError, match="another recipe, seed"):
-        build_testbed(copy, minutes=1, seed=1, recipe=MINI, progress=False, resume=True)
+        build_testbed(copy, minutes=1, seed=1, recipe=MINI, progress=False, resume=True, threads=1)
+    with pytest.raises(SpecVLMError, match="another recipe, seed"):
+        build_testbed(copy, minutes=1, seed=0, recipe=MINI, progress=False, resume=True, threads=2)
     with pytest.raises(SpecVLMError, match="contradict"):
         prepare_out(copy, force=True, resume=True)
 

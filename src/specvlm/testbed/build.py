@@ -19,6 +19,8 @@ An interrupted build continues with the same command plus --resume: finished mod
 
 from __future__ import annotations
 
+import contextlib
+import hashlib
 import json
 import os
 import shutil
@@ -121,12 +123,58 @@ def check_resume(out: Path, state: dict, resume: bool) -> None:
     path.write_text(json.dumps(state, indent=1) + "\n")
 
 
+def default_threads() -> int:
+    """The CPUs this process may run on: what torch uses in a fresh process, whatever a caller set since."""
+    return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
+
+
+def flush_denormal_enabled() -> bool:
+    """Whether this thread flushes denormals to zero (`torch.set_flush_denormal`, which has no getter)."""
+    import torch
+
+    return float(torch.tensor([1e-39], dtype=torch.float32, device="cpu").mul(1.0)[0]) == 0.0
+
+
+@contextlib.contextmanager
+def build_arithmetic(threads: int):
+    """The torch state a build computes under, whatever the caller left: autograd off (training switches it on for
+    its own steps), float32 default dtype, no autocast, denormals kept, `threads` intra-op threads, and the global
+    RNG seeded inside the build (every model and loop seeds it) and given back to the caller as it was. All of it
+    is restored on the way out. Grad mode, dtype, autocast and threads change what is computed; a caller's RNG or
+    flush-to-zero (specvlm demo and bench turn it on) must not reach the build, nor the build's reach the caller."""
+    import torch
+
+    saved = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads(), flush_denormal_enabled())
+    try:
+        with torch.random.fork_rng(devices=[]), torch.autocast("cpu", enabled=False):
+            torch.set_grad_enabled(False)
+            torch.set_default_dtype(torch.float32)
+            torch.set_num_threads(threads)
+            torch.set_flush_denormal(False)
+            yield
+    finally:
+        torch.set_grad_enabled(saved[0])
+        torch.set_default_dtype(saved[1])
+        torch.set_num_threads(saved[2])
+        torch.set_flush_denormal(saved[3])
+
+
 def build_testbed(out, minutes: float = 60.0, seed: int = 0, families=FAMILIES, recipe: Recipe | None = None,
-                  force: bool = False, progress: bool = True, resume: bool = False) -> dict:
+                  force: bool = False, progress: bool = True, resume: bool = False, threads: int | None = None
+                  ) -> dict:
     """Run the whole build into `out` and return build.json's content. `recipe` overrides the full recipe scaled to
     `minutes` (tests pass a miniature one). With `resume`, a build of the same recipe and seed interrupted in `out`
     continues: the world is reused and every model whose folder is complete (its metrics.json, written last) is
-    reloaded instead of trained again."""
+    reloaded instead of trained again. `threads`: torch intra-op threads (default: every CPU this process may use);
+    part of the arithmetic, so recorded and checked by `resume`. The caller's torch state (grad mode, dtype,
+    threads, RNG, autocast, flush-to-zero) neither changes the result nor is changed by the build
+    (`build_arithmetic`)."""
+    threads = threads or default_threads()
+    with build_arithmetic(threads):
+        return _build(out, minutes, seed, families, recipe, force, progress, resume, threads)
+
+
+def _build(out, minutes, seed, families, recipe, force, progress, resume, threads) -> dict:
     import torch
     from transformers.utils import logging as hf_logging
 
@@ -145,13 +193,14 @@ def build_testbed(out, minutes: float = 60.0, seed: int = 0, families=FAMILIES, 
     out = Path(out).expanduser()
     prepare_out(out, force, resume)
     recipe = recipe or Recipe().scaled(minutes)
-    check_resume(out, {"seed": seed, "recipe": recipe.to_dict(), "bf16_autocast": bf16_is_fast()}, resume)
+    check_resume(out, {"seed": seed, "recipe": recipe.to_dict(), "bf16_autocast": bf16_is_fast(), "threads": threads},
+                 resume)
     show = Progress(progress)
     hf_logging.disable_progress_bar()           # HF's per-save / per-load bars would bury our one status line
     start = time.perf_counter()
     budget_end = start + 2 * minutes * 60          # the hard stop for training; normally never reached
     report = {"command": f"specvlm testbed build --minutes {minutes:g} --seed {seed} --families {' '.join(families)}",
-              "seed": seed, "recipe": recipe.to_dict(), "torch_threads": torch.get_num_threads(),
+              "seed": seed, "recipe": recipe.to_dict(), "torch_threads": threads,
               "bf16_autocast": bf16_is_fast(),
               "families": {}, "timings_s": {}}
 
@@ -174,6 +223,7 @@ def build_testbed(out, minutes: float = 60.0, seed: int = 0, families=FAMILIES, 
         val_clips = load_clips(world, "validation", processor, recipe.num_frames, limit=recipe.eval_clips,
                                pixel_dtype=torch.float32)
         fam = report["families"][family] = {"visual_tokens": train_clips[0].n_visual,
+                                            "train_pixels_sha256": pixels_digest(train_clips),
                                             "expected_visual_tokens": visual_tokens(recipe, family),
                                             "train_clips": len(train_clips), "validation_clips": len(val_clips)}
         report["timings_s"][f"{family}/pixel_cache"] = round(time.perf_counter() - t0, 1)
@@ -236,6 +286,17 @@ def build_testbed(out, minutes: float = 60.0, seed: int = 0, families=FAMILIES, 
     (out / "build.json").write_text(json.dumps(report, indent=1) + "\n")
     show.say(f"done in {show.elapsed()}: {out}")
     return report
+
+
+def pixels_digest(clips) -> str:
+    """SHA-256 of the clips' processed pixel tensors in order: what training reads from the world's decoded video.
+    Recorded per family, so two builds that differ can be told apart as "different inputs" or "same inputs,
+    different arithmetic"."""
+    digest = hashlib.sha256()
+    for clip in clips:
+        for key in sorted(clip.visual):
+            digest.update(clip.visual[key].contiguous().numpy().tobytes())
+    return digest.hexdigest()
 
 
 def _reload(folder: Path):

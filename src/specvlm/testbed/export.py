@@ -14,8 +14,8 @@ Layout of `out_dir`:
 
 Clip i depends only on (seed, i): its story on np.random.default_rng([seed, i]), its wording on
 default_rng([seed, i, 1]); its split is i % 10 == 8 -> validation, 9 -> test, else train. So a bigger world starts
-with the clips of a smaller one, and the same seed always gives byte-identical JSONL and identical rendered frames
-(the mp4 encoding of those frames is near-identical only: see `write_mp4`).
+with the clips of a smaller one, and the same seed always gives byte-identical JSONL, identical rendered frames and
+identical decoded frames (the mp4s are lossless H.264 of them: see `write_mp4`; their bytes may still differ).
 """
 
 from __future__ import annotations
@@ -32,6 +32,7 @@ from .render import render_clip
 from .world import Scene, simulate
 
 WORLD_VERSION = 2
+VIDEO_CODING = "h264-lossless"   # in world.json: a world written with lossy clips (before issue 25) is not reused
 SPLITS = ("train", "validation", "test")
 EXPLAIN_PROMPT = "Please give a detailed and reasonable explanation for the answer."   # EagleVLM's image prompt
 
@@ -83,16 +84,19 @@ def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
     return np.concatenate(planes, axis=1).clip(0, 255).astype(np.uint8).reshape(n, h * 3 // 2, w)
 
 
-def write_mp4(path, frames: np.ndarray, fps: int = 8, crf: int = 18) -> Path:
-    """(F, H, W, 3) uint8 RGB (H, W even) -> H.264 (libx264, yuv420p) mp4 at `fps`. One encoder thread and our own
-    colour conversion; even so, libx264 in PyAV's wheel encodes the same frames differently now and then (about 1
-    run in 20, most often a process's first encode; decoded pixels up to ~34 levels apart), so only the frames and
-    the JSONL files of a world are exactly reproducible, not the mp4 bytes."""
+def write_mp4(path, frames: np.ndarray, fps: int = 8) -> Path:
+    """(F, H, W, 3) uint8 RGB (H, W even) -> lossless H.264 (libx264 at qp 0, yuv420p) mp4 at `fps`.
+
+    Lossless because the build trains on these files as decoded: a decoder returns exactly the yuv420p planes
+    `rgb_to_yuv420p` made, whatever bitstream the encoder chose. With lossy coding (crf 18 until December 2026) the
+    decoded pixels were the encoder's choice, and libx264 in PyAV's wheel was seen to encode the same frames
+    differently now and then (most often a process's first encode; pixels up to ~34 levels apart), so two builds of
+    one seed could train on different pixels (issue 25). Lossless costs ~1.7x the bytes (~20 KB a 224 px clip)."""
     import av
 
     path = Path(path)
     with av.open(str(path), "w") as container:
-        stream = container.add_stream("libx264", rate=fps, options={"crf": str(crf), "preset": "veryfast"})
+        stream = container.add_stream("libx264", rate=fps, options={"qp": "0", "preset": "veryfast"})
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
         stream.codec_context.thread_count = 1
         for plane in rgb_to_yuv420p(frames):
@@ -125,7 +129,7 @@ def generate_world(out_dir, n_clips: int, seed: int = 0, frames: tuple[int, int]
     if size < 32 or size % 2:
         raise ValueError(f"size must be an even number >= 32, got {size}")
     out = Path(out_dir)
-    params = {"version": WORLD_VERSION, "seed": seed, "n_clips": n_clips, "frames": list(frames), "size": size,
+    params = {"version": WORLD_VERSION, "video": VIDEO_CODING, "seed": seed, "n_clips": n_clips, "frames": list(frames), "size": size,
               "fps": fps, "questions": questions}
     info_path = out / "world.json"
     if reuse and info_path.is_file():
