@@ -1,19 +1,24 @@
-"""`specvlm serve` under load: N concurrent streaming clients × M requests each, speculative decoding (generate's
-default static tree; a chain that stops when the draft doubts, the CPU's best in bench-confidence) and the target
-alone (`--draft none`: the target's own HF `generate` behind the same server) side by side.
+"""`specvlm serve` under load: N concurrent streaming clients, continuous batching against the same server one
+request at a time, and speculation against the target alone batched the same way.
 
-    python benchmarks/bench_serve.py [--family qwen2_5_vl] [--clients 4] [--requests 2] [--rounds 2]
-                                     [--max-tokens 64] [--configs speculative,speculative-conf,target-only]
-                                     [--server-args "..."] [--threads 1] [--record]
+    python benchmarks/bench_serve.py [--family qwen2_5_vl] [--clients 1,4,8,16,32] [--requests 1] [--rounds 3]
+                                     [--max-tokens 48] [--configs speculative,target-only,speculative-batch1]
+                                     [--server-args "..."] [--threads 2] [--record]
 
-Every configuration gets its own server process (the bundled testbed pair, greedy); all start together and get one
-warm-up request per clip. Then, per round, each configuration in turn (the order rotated every round, so drifting
-machine load hits them alike) takes a burst: N clients each send M requests one after the other, cycling over the
-bundled caption clips (base64 data URLs, as a remote client sends them). `ignore_eos` makes every answer exactly
---max-tokens long, so every configuration generates the same tokens. Per request: time to first token (first
-content chunk, queueing included) and latency (to the last chunk); per configuration: requests/s and generated
-tokens/s over the summed wall time of its bursts. Every answer is checked against the target-only server's for the
-same clip (lossless).
+Configurations (each its own `specvlm serve` process on the bundled testbed pair, greedy):
+  speculative          the default server: speculative decoding (generate's default static tree), continuous
+                       batching (--max-batch 16)
+  target-only          --draft none: the target alone, one token a round, batched by the same engine
+  speculative-batch1   --max-batch 1: one request at a time, the others queue (the engine before batching)
+
+All servers start together and get one warm-up request per clip. Then for each client count, per round, each
+configuration in turn (the order rotated every round, so drifting machine load hits them alike) takes a burst: N
+clients each send --requests requests one after the other, cycling over the bundled caption clips (base64 data URLs,
+as a remote client sends them). `ignore_eos` makes every answer exactly --max-tokens long, so every configuration
+generates the same tokens. Per burst: generated tokens/s (all tokens / burst wall time); per request: time to first
+token (first content chunk, queueing included) and time per output token after the first ((latency - TTFT) /
+(tokens - 1)). A row reports the median burst tokens/s with its min-max range over rounds, and p50 / p99 of the
+per-request times pooled over rounds. Every answer is checked against the target-only server's for the same clip.
 """
 
 from __future__ import annotations
@@ -36,10 +41,12 @@ from common import machine, record, table
 
 QUESTION_KIND = "caption"
 CONFIGS = {  # name -> `specvlm serve` options; {draft}: the bundled draft folder
-    "speculative": ["--draft", "{draft}"],                                                   # generate's defaults
-    "speculative-conf": ["--draft", "{draft}", "--tree", "chain", "--confidence-threshold", "0.4"],   # CPU's best
+    "speculative": ["--draft", "{draft}"],                                      # generate's defaults, batched
     "target-only": ["--draft", "none"],
+    "speculative-batch1": ["--draft", "{draft}", "--max-batch", "1"],           # one request at a time
+    "speculative-conf": ["--draft", "{draft}", "--tree", "chain", "--confidence-threshold", "0.4"],
 }
+DEFAULT_CONFIGS = ("speculative", "target-only", "speculative-batch1")
 STATS = ("inputs_s", "prefill_s", "decode_s")   # worker seconds per request, from the response's "specvlm" object
 
 
@@ -111,14 +118,18 @@ def burst(client, prompts: list, clients: int, requests: int, max_tokens: int) -
     return results, time.perf_counter() - started
 
 
-def summary(name: str, results: list[dict], wall: float, answers: dict) -> dict:
-    ttft, latency = sorted(r["ttft"] for r in results), sorted(r["latency"] for r in results)
+def summary(name: str, clients: int, bursts: list[tuple[list[dict], float]], answers: dict) -> dict:
+    """One row: a configuration at one client count, over its bursts (one per round)."""
+    results = [r for done, _ in bursts for r in done]
+    rates = sorted(sum(r["tokens"] for r in done) / wall for done, wall in bursts)
+    ttft = sorted(r["ttft"] for r in results)
+    per_token = sorted((r["latency"] - r["ttft"]) / max(r["tokens"] - 1, 1) for r in results)
     taus = [r["tau"] for r in results if r["tau"] is not None]
-    return dict(name=name, answers=answers, consistent=all(r["text"] == answers[r["prompt"]] for r in results),
-                requests=len(results), rps=len(results) / wall, tokens_per_s=sum(r["tokens"] for r in results) / wall,
-                ttft_p50=percentile(ttft, 50), ttft_p95=percentile(ttft, 95), latency_p50=percentile(latency, 50),
-                latency_p95=percentile(latency, 95), tau=statistics.mean(taus) if taus else None,
-                **{key: statistics.mean(r[key] for r in results) for key in STATS})
+    return dict(name=name, clients=clients, answers=answers,
+                consistent=all(r["text"] == answers[r["prompt"]] for r in results), requests=len(results),
+                tokens_per_s=statistics.median(rates), tokens_per_s_range=(rates[0], rates[-1]),
+                ttft_p50=percentile(ttft, 50), ttft_p99=percentile(ttft, 99), tpot_p50=percentile(per_token, 50),
+                tpot_p99=percentile(per_token, 99), tau=statistics.mean(taus) if taus else None)
 
 
 def percentile(values: list[float], p: float) -> float:
@@ -130,36 +141,45 @@ def measure(names: list[str], target, draft, prompts: list, args, workdir: Path)
     extra = shlex.split(args.server_args)
     servers = {name: Server(target, [o.format(draft=draft) for o in CONFIGS[name]] + extra,
                             workdir / f"{name}.log", args.threads) for name in names}
+    rows = []
     try:
         clients = {name: server.client() for name, server in servers.items()}
         answers = {name: {i: ask(client, messages, args.max_tokens)["text"] for i, messages in enumerate(prompts)}
                    for name, client in clients.items()}   # also the warm-up
-        results = {name: [] for name in names}
-        walls = dict.fromkeys(names, 0.0)
-        for round_ in range(args.rounds):
-            for name in names[round_ % len(names):] + names[: round_ % len(names)]:
-                done, wall = burst(clients[name], prompts, args.clients, args.requests, args.max_tokens)
-                results[name] += done
-                walls[name] += wall
+        for count in args.clients:
+            bursts = {name: [] for name in names}
+            for round_ in range(args.rounds):
+                for name in names[round_ % len(names):] + names[: round_ % len(names)]:
+                    bursts[name].append(burst(clients[name], prompts, count, args.requests, args.max_tokens))
+            rows += [summary(name, count, bursts[name], answers[name]) for name in names]
+            print(f"{count} clients measured", file=sys.stderr, flush=True)
     finally:
         for server in servers.values():
             server.stop()
-    return [summary(name, results[name], walls[name], answers[name]) for name in names]
+    return rows
 
 
 def main(argv: list[str] | None = None) -> dict:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--family", default="qwen2_5_vl", choices=("qwen2_5_vl", "llava_onevision"))
-    parser.add_argument("--clients", type=int, default=4, help="concurrent clients (default 4)")
-    parser.add_argument("--requests", type=int, default=2, help="requests per client and round, one after another")
-    parser.add_argument("--rounds", type=int, default=2, help="bursts per configuration, interleaved (default 2)")
-    parser.add_argument("--max-tokens", type=int, default=64, help="tokens per answer (ignore_eos: exactly)")
-    parser.add_argument("--configs", default=",".join(CONFIGS), help=f"which of {', '.join(CONFIGS)}")
+    parser.add_argument("--clients", default="1,4,8,16,32",
+                        help="concurrent client counts, comma-separated (default 1,4,8,16,32)")
+    parser.add_argument("--requests", type=int, default=1, help="requests per client and burst, one after another")
+    parser.add_argument("--rounds", type=int, default=3, help="bursts per configuration and client count, "
+                                                              "interleaved (default 3)")
+    parser.add_argument("--max-tokens", type=int, default=48, help="tokens per answer (ignore_eos: exactly)")
+    parser.add_argument("--configs", default=",".join(DEFAULT_CONFIGS), help=f"which of {', '.join(CONFIGS)}")
     parser.add_argument("--server-args", default="", help="more `specvlm serve` options for every configuration, "
                                                           "e.g. \"--compile on\"")
-    parser.add_argument("--threads", type=int, default=1, help="torch threads of each server (default 1)")
+    parser.add_argument("--threads", type=int, default=2, help="torch threads of each server (default 2)")
     parser.add_argument("--record", action="store_true", help="write the table to docs/BENCHMARKS.md (serve)")
     args = parser.parse_args(argv)
+    try:
+        args.clients = [int(c) for c in args.clients.split(",")]
+    except ValueError:
+        parser.error(f"--clients takes comma-separated counts, got {args.clients!r}")
+    if min(args.clients) < 1 or args.requests < 1 or args.rounds < 1 or args.max_tokens < 2:
+        parser.error("--clients, --requests and --rounds must be >= 1, --max-tokens >= 2")
     import torch
 
     from specvlm.testbed.assets import bundled_pair, sample_clips
@@ -181,30 +201,34 @@ def main(argv: list[str] | None = None) -> dict:
 
 
 def report(rows: list[dict], args, clips: int) -> dict:
-    base = next((r for r in rows if r["name"] == "target-only"), None)
-    lossless = None if base is None else all(r["answers"] == base["answers"] for r in rows)
-    body = table(["server", "requests", "requests/s", "tokens/s", "TTFT p50 s", "TTFT p95 s", "latency p50 s",
-                  "latency p95 s", "τ", "vs target-only (tokens/s)",
-                  "worker s per request: inputs / prefill / decode"],
-                 [[r["name"], r["requests"], r["rps"], r["tokens_per_s"], r["ttft_p50"], r["ttft_p95"],
-                   r["latency_p50"], r["latency_p95"], "–" if r["tau"] is None else r["tau"],
-                   "–" if base is None else f"{r['tokens_per_s'] / base['tokens_per_s']:.2f}×",
-                   " / ".join(f"{r[key]:.2f}" for key in STATS)] for r in rows])
-    notes = (f"{args.clients} concurrent streaming clients × {args.requests} requests each, per burst; "
-             f"{args.rounds} bursts per server, interleaved (order rotated each round); {clips} bundled "
+    by = {(r["name"], r["clients"]): r for r in rows}
+    base = {r["clients"]: r for r in rows if r["name"] == "target-only"}
+    lossless = None if not base else all(r["answers"] == next(iter(base.values()))["answers"] for r in rows)
+
+    def ratio(r, other):
+        o = by.get((other, r["clients"]))
+        return "–" if o is None or o is r else f"{r['tokens_per_s'] / o['tokens_per_s']:.2f}×"
+
+    body = table(["server", "clients", "tokens/s (median, min–max)", "TTFT p50 s", "TTFT p99 s",
+                  "s/token p50", "s/token p99", "τ", "vs target-only", "vs speculative-batch1"],
+                 [[r["name"], r["clients"], f"{r['tokens_per_s']:.1f} ({r['tokens_per_s_range'][0]:.1f}–"
+                   f"{r['tokens_per_s_range'][1]:.1f})", r["ttft_p50"], r["ttft_p99"], f"{r['tpot_p50']:.3f}",
+                   f"{r['tpot_p99']:.3f}", "–" if r["tau"] is None else r["tau"], ratio(r, "target-only"),
+                   ratio(r, "speculative-batch1")] for r in rows])
+    notes = (f"Per client count: {args.rounds} bursts per server, interleaved (order rotated each round); a burst "
+             f"is N concurrent streaming clients × {args.requests} request(s) each; {clips} bundled "
              f"{QUESTION_KIND} clips ({args.family} pair, 8 frames, sent as base64 data URLs), greedy, exactly "
-             f"{args.max_tokens} new tokens per answer (ignore_eos); one warm-up request per clip first. One model "
-             "worker per server (batch 1): requests queue, so TTFT includes waiting. Each server: torch threads "
-             f"{args.threads}, OMP_WAIT_POLICY=PASSIVE; extra options: {args.server_args or 'none'}. Worker seconds "
-             "per request (means, from the response's `specvlm` stats): inputs = video decode + processor, prefill "
-             "= to the first token, decode = the rest. "
+             f"{args.max_tokens} new tokens per answer (ignore_eos); one warm-up request per clip first. Tokens/s: "
+             "all generated tokens / burst wall time, median and range over the bursts; TTFT (queueing included) and "
+             "seconds per output token after the first: p50 / p99 over all requests of the row. Each server: torch "
+             f"threads {args.threads}, OMP_WAIT_POLICY=PASSIVE; extra options: {args.server_args or 'none'}. "
              + ("Every answer is identical to the target-only server's for its clip."
                 if lossless else "" if lossless is None else "ANSWERS DIFFER from the target-only server's!")
              + ("" if all(r["consistent"] for r in rows) else " Some repeated requests answered differently!"))
     print(body + "\n\n" + notes)
     if args.record:
-        record("serve", "specvlm serve under concurrent clients: speculative vs target-only (CPU)",
-               f"{notes}\n\n{body}")
+        record("serve", "specvlm serve under concurrent clients: continuous batching, speculative vs target-only "
+                        "(CPU)", f"{notes}\n\n{body}")
     return {"rows": rows, "lossless": lossless, "machine": machine()}
 
 

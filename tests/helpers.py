@@ -87,6 +87,17 @@ class Oracle:
         return p1, joint12, (joint12[:, None] * torch.stack(rows3)).sum(0)
 
 
+@functools.lru_cache(maxsize=None)
+def perturbed_pair(family):
+    """A small-vocabulary target and its draft: the target with a perturbed LM head, close enough that multi-token
+    blocks are accepted, different enough that rejections and residual draws happen every few rounds."""
+    target = model(family, vocab=VOCAB, init=0.5, hidden=32, layers=1)
+    draft = copy.deepcopy(target)
+    torch.manual_seed(7)
+    draft.lm_head.weight.add_(torch.randn_like(draft.lm_head.weight) * 0.6)
+    return target, draft
+
+
 def speculative_samples(target, draft, inputs, tree, temperature, top_p, runs, **options):
     """`runs` speculative samples of the first 3 tokens with a small tree, and totals over them: draft tokens
     accepted and drafted, rounds, and rounds that rejected every proposal (their token came from the residual). The

@@ -26,11 +26,11 @@ def test_prefill_and_decode_steps_are_bit_identical_to_generate(family, kind):
     inputs = make_inputs(family, kind)
     tokens, logits = hf_steps(target, inputs, 4)
     session = ModelSession(adapter_for(target))
-    first, _ = session.prefill(session.adapter.prepare(inputs))
+    first, _ = session.prefill(0, session.adapter.prepare(inputs))
     assert torch.equal(first[0], logits[0])
     for i in range(3):
-        step, _ = session.extend(torch.tensor([tokens[i]]), torch.tensor([session.next_position]))
-        assert torch.equal(step[0], logits[i + 1]), f"decode step {i + 1} differs (positions?)"
+        step, _ = session.extend(torch.tensor([[tokens[i]]]), torch.tensor([session.next_positions]))
+        assert torch.equal(step[0, 0], logits[i + 1]), f"decode step {i + 1} differs (positions?)"
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl"])
@@ -57,7 +57,7 @@ def test_without_mm_token_type_ids_we_follow_stock_1d_fallback():
         warnings.simplefilter("always")
         prompt = adapter.prepare(inputs)
     assert any("mm_token_type_ids" in str(w.message) for w in caught)
-    first, _ = ModelSession(adapter).prefill(prompt)
+    first, _ = ModelSession(adapter).prefill(0, prompt)
     assert torch.equal(first[0], logits[0]) and prompt.next_position == len(prompt)
 
 
@@ -73,24 +73,25 @@ def test_tree_forward_equals_sequential_decoding(family):
     tokens = torch.tensor([11, 12, 13, 14, 15])
     parents = torch.tensor([-1, -1, 0, 2, 1])        # two branches: 11-13-14 and 12-15
     tree_session = ModelSession(adapter)
-    tree_session.prefill(prompt)
-    prefix = tree_session.length
+    tree_session.prefill(0, prompt)
+    prefix = tree_session.lengths[0]
     depths = torch.tensor([0, 1, 1, 2, 3, 2])
-    logits, _ = tree_session.extend(torch.cat([torch.tensor([root]), tokens]), tree_session.next_position + depths,
-                                    ancestor_matrix(parents), prefix)
-    for node, path in ((-1, []), (0, [11]), (2, [11, 13]), (3, [11, 13, 14]), (1, [12]), (4, [12, 15])):
+    logits, _ = tree_session.extend(torch.cat([torch.tensor([root]), tokens])[None],
+                                    (tree_session.next_positions[0] + depths)[None],
+                                    visible=ancestor_matrix(parents)[None], prefix=[prefix])
+
+    def sequential(ids):
         seq = ModelSession(adapter)
-        seq.prefill(prompt)
-        out, _ = seq.extend(torch.tensor([root] + path), seq.next_position + torch.arange(len(path) + 1))
-        assert torch.allclose(logits[node + 1], out[-1], atol=1e-5), f"node {node}"
+        seq.prefill(0, prompt)
+        out, _ = seq.extend(torch.tensor([ids]), (seq.next_positions[0] + torch.arange(len(ids)))[None])
+        return out[0, -1]
+    for node, path in ((-1, []), (0, [11]), (2, [11, 13]), (3, [11, 13, 14]), (1, [12]), (4, [12, 15])):
+        assert torch.allclose(logits[0, node + 1], sequential([root] + path), atol=1e-5), f"node {node}"
     # keep root + branch 12-15 and continue with token 16
-    tree_session.keep(prefix + 1, [prefix + 1 + 1, prefix + 1 + 4])
-    after, _ = tree_session.extend(torch.tensor([16]), torch.tensor([tree_session.next_position]))
-    seq = ModelSession(adapter)
-    seq.prefill(prompt)
-    out, _ = seq.extend(torch.tensor([root, 12, 15, 16]), seq.next_position + torch.arange(4))
-    assert tree_session.length == prefix + 4
-    assert torch.allclose(after[-1], out[-1], atol=1e-5)
+    tree_session.keep([prefix + 1], [[prefix + 1 + 1, prefix + 1 + 4]])
+    after, _ = tree_session.extend(torch.tensor([[16]]), torch.tensor([tree_session.next_positions]))
+    assert tree_session.lengths == [prefix + 4]
+    assert torch.allclose(after[0, -1], sequential([root, 12, 15, 16]), atol=1e-5)
 
 
 @pytest.mark.parametrize("family,kind,grid,tail", [

@@ -91,10 +91,13 @@ def test_gpu_check_runs_the_testbed_pairs_from_the_shipped_frames():
 def test_serve_benchmark_runs(capsys):
     import bench_serve
 
-    results = bench_serve.main(["--clients", "2", "--requests", "1", "--rounds", "1", "--max-tokens", "4",
-                                "--configs", "speculative,target-only"])
-    assert results["lossless"] is True and [row["name"] for row in results["rows"]] == ["speculative", "target-only"]
-    assert all(row["requests"] == 2 and row["consistent"] and row["tokens_per_s"] > 0 for row in results["rows"])
+    results = bench_serve.main(["--clients", "1,2", "--requests", "1", "--rounds", "1", "--max-tokens", "4",
+                                "--configs", "speculative,target-only,speculative-batch1"])
+    assert results["lossless"] is True
+    assert [(row["name"], row["clients"]) for row in results["rows"]] == [
+        (name, clients) for clients in (1, 2) for name in ("speculative", "target-only", "speculative-batch1")]
+    assert all(row["requests"] == row["clients"] and row["consistent"] and row["tokens_per_s"] > 0
+               for row in results["rows"])
     assert "| speculative | 2 |" in capsys.readouterr().out
 
 

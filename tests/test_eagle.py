@@ -12,9 +12,9 @@ from helpers import (VOCAB, chi2_pvalues, model, peaky, reference, speculative_s
                      training_prompts)
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
-from specvlm.drafters import DraftContext
+from specvlm.drafters import DraftContext, DraftSetup
 from specvlm.drafters.eagle import EagleHead
-from specvlm.sampling import Sampling
+from specvlm.sampling import RowSampling, Sampling
 from specvlm.session import ModelSession
 from specvlm.tiny import make_inputs
 from specvlm.train import greedy_examples, train_head
@@ -27,11 +27,15 @@ FAMILIES = ("llava_onevision", "qwen2_5_vl")
 pytestmark = pytest.mark.usefixtures("one_thread")
 
 
-def context(target, inputs, tree=TreeSpec(kind="dynamic"), sampling=Sampling()):
+def begin(head, target, inputs, tree=TreeSpec(kind="dynamic"), sampling=Sampling()):
+    """The head as the decode loop starts it for one row: (the row's context, its root (1,), its RowSampling)."""
     adapter = adapter_for(target)
     prompt = adapter.prepare(inputs)
-    logits, hidden = ModelSession(adapter).prefill(prompt)
-    return DraftContext(inputs, prompt, hidden, sampling, tree, logits.shape[-1]), logits[0].argmax().reshape(1)
+    logits, hidden = ModelSession(adapter).prefill(0, prompt)
+    head.start(DraftSetup(tree, logits.shape[-1], 1))
+    ctx = DraftContext(inputs, prompt, hidden, sampling)
+    head.add_row(0, ctx)
+    return ctx, logits[0].argmax().reshape(1), RowSampling([sampling])
 
 
 # ---- lossless ----------------------------------------------------------------------------------------------------
@@ -118,13 +122,13 @@ def test_incremental_decoding_matches_full_sequence(family):
                                                                                           max_new_tokens=20)
     finally:
         del head.run_layer
-    positions = torch.cat([p for p, _ in fed])
-    incremental = torch.cat([o for _, o in fed])
+    positions = torch.cat([p.reshape(-1) for p, _ in fed])              # each feed: one row of the batch
+    incremental = torch.cat([o.reshape(-1, o.shape[-1]) for _, o in fed])
     assert positions.tolist() == list(range(len(positions)))
     adapter = adapter_for(target)
     prompt = adapter.prepare(append_tokens(inputs, out.token_ids))
     _, hidden = adapter.forward(prompt.embeds, prompt.positions, adapter.new_cache())
-    full, row_of = head(prompt.embeds[0], hidden)
+    full, row_of = head(prompt.embeds[0], hidden[0])
     assert len(incremental) >= inputs["input_ids"].shape[1] + out.stats.rounds - 1
     assert torch.allclose(incremental, full[: len(incremental)], atol=1e-4)
 
@@ -141,9 +145,9 @@ class RecordingTree:
     def build(self, first, expand, choose, max_depth):
         paths = []   # by slot: the tokens from the root's child down to the node fed there
 
-        def spy(tokens, parent_slots, depth):
+        def spy(tokens, parent_slots, depth):   # (B, w): one row here
             out = expand(tokens, parent_slots, depth)
-            for token, parent, row in zip(tokens.tolist(), parent_slots.tolist(), out):
+            for token, parent, row in zip(tokens[0].tolist(), parent_slots[0].tolist(), out[0]):
                 paths.append((paths[parent] if parent >= 0 else []) + [token])
                 assert len(paths[-1]) == depth
                 self.rows.append((paths[-1], row))
@@ -158,9 +162,8 @@ def test_tree_nodes_see_exactly_their_ancestors(family):
     target, head = peaky(family), trained(family).head
     inputs = training_prompts(family)[2]
     recording = RecordingTree(TreeSpec(kind="dynamic", top_k=4, depth=4, total_tokens=20))
-    ctx, root = context(target, inputs, recording)
-    head.begin(ctx)
-    head.propose(root, 4, None)
+    ctx, root, sampling = begin(head, target, inputs, recording)
+    head.propose(root, 4, None, sampling, None)
     assert len(recording.rows) == 4 * 3
     prompt = ctx.target_prompt
     base, _ = head.prompt_pairs(prompt.embeds[0], ctx.target_hidden, prompt.spans, len(prompt))
@@ -215,18 +218,18 @@ def test_sampling_with_head_follows_target_distribution(family, kind, tree, temp
     assert min(chi2_pvalues(target, inputs, temperature, top_p, samples)) > 1e-3
 
 
-def accept_with_correction_from_p(p, tree, generator=None):
+def accept_with_correction_from_p(p, tree, random=None):
     """A classic wrong tree rule: each child is tried with its plain p(x) (no renormalisation after rejections)
-    and the correction is drawn from p itself, so rejected children can come out again."""
+    and the correction is drawn from p itself, so rejected children can come out again. (Batch of one.)"""
     from specvlm.verify import Verdict
 
-    tokens, kids, path, row = tree.tokens.tolist(), tree.children(), [], 0
+    tokens, kids, path, row = tree.tokens[0].tolist(), tree.children(0), [], 0
     while True:
-        child = next((c for c in kids[row] if float(torch.rand(())) < float(p[row, tokens[c]])), None)
+        child = next((c for c in kids[row] if float(torch.rand(())) < float(p[0, row, tokens[c]])), None)
         if child is None:
             n = len(tree)
-            return Verdict(torch.tensor(len(path)), torch.multinomial(p[row], 1),
-                           torch.tensor(path + [n] * (n - len(path))))
+            return Verdict(torch.tensor([len(path)]), torch.multinomial(p[0, row], 1),
+                           torch.tensor([path + [n] * (n - len(path))]))
         path.append(child)
         row = child + 1
 
@@ -235,9 +238,9 @@ def accept_with_correction_from_p(p, tree, generator=None):
 def test_chi2_with_an_untrained_head_catches_a_wrong_correction(monkeypatch):
     """The untrained-head case above, same runs, with a broken acceptance rule: the test must fail (measured
     p ~ 1e-22 for tokens 1-2), so its pass means something even though few drafts are accepted."""
-    import specvlm.generator
+    import specvlm.batch
 
-    monkeypatch.setattr(specvlm.generator, "accept_tree_sampled", accept_with_correction_from_p)
+    monkeypatch.setattr(specvlm.batch, "accept_tree_sampled", accept_with_correction_from_p)
     target, drafter, inputs = small_vocab_case("qwen2_5_vl", "video", "untrained")
     samples, _ = speculative_samples(target, drafter, inputs, "dynamic", 1.0, 1.0, runs=800)
     assert chi2_pvalues(target, inputs, 1.0, 1.0, samples)[0] < 1e-6
@@ -245,9 +248,8 @@ def test_chi2_with_an_untrained_head_catches_a_wrong_correction(monkeypatch):
 
 # ---- files ---------------------------------------------------------------------------------------------------------
 def proposals(head, target, inputs):
-    ctx, root = context(target, inputs)
-    head.begin(ctx)
-    tree = head.propose(root, 6, None)
+    _, root, sampling = begin(head, target, inputs)
+    tree = head.propose(root, 6, None, sampling, None)
     return tree.tokens.tolist(), tree.parents.tolist()
 
 
@@ -362,7 +364,7 @@ def test_verifier_branch_uses_the_targets_attention(family, kind):
     n = visual.numel() - int(visual[0] == 0)
     kept = -(-n // 4)
     assert out.stats.draft_prompt_tokens == len(prompt) - 1 - n + kept
-    hidden = ModelSession(adapter).prefill(prompt)[1]
+    hidden = ModelSession(adapter).prefill(0, prompt)[1]
     x, _ = head.prompt_pairs(prompt.embeds[0], hidden, prompt.spans, len(prompt), scores=capture.scores)
     assert len(prompt.spans) == 1 and visual[0] >= 1
     keep = select_specvlm(capture.scores, kept)                     # among the span's tokens (= its pairs)

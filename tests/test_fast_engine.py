@@ -9,7 +9,7 @@ from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.session import BUCKETS, ModelSession, StaticSession, bucket
 from specvlm.tiny import make_inputs
-from specvlm.tree import ancestor_matrix
+from specvlm.tree import ancestor_matrix, node_depths
 
 
 def test_buckets_pad_by_at_most_a_third():
@@ -18,30 +18,66 @@ def test_buckets_pad_by_at_most_a_third():
     assert list(BUCKETS) == sorted(BUCKETS)
 
 
+FEEDS = ([3, 4, 7], [8, 0, 0])                       # a ragged causal feed: 3 and 1 real tokens
+COUNTS = (3, 1)
+TOKENS = ([5, 11, 12, 13, 14, 15], [9, 21, 22, 23, 24, 25])
+PARENTS = ([-1, -1, 0, 2, 1], [-1, 0, 1, 0, 3])     # row 0: 11-13-14 and 12-15; row 1: 21-22 and 21-24-25
+KEPT = ([2, 5], [4])                                # row 0 keeps root, 12, 15; row 1 root, 23
+
+
+def _steps(session, prompts, which=(0, 1)):
+    """Rows with prompts of different lengths (`which`: whose feed, tree and kept path each row gets) through:
+    prefill, a ragged causal feed, a tree per row (different shapes, one mask per row), keeping a different path
+    per row, and one more token. Returns each row's real outputs."""
+    for row, prompt in enumerate(prompts):
+        session.prefill(row, prompt, reserve=64)
+    pick = lambda table: torch.tensor([table[w] for w in which])  # noqa: E731
+    counts = [COUNTS[w] for w in which]
+    fed, _ = session.extend(pick(FEEDS), torch.tensor(session.next_positions)[:, None] + torch.arange(3),
+                            counts=counts)
+    prefix = list(session.lengths)
+    parents = pick(PARENTS)
+    depths = torch.cat([torch.zeros(len(which), 1, dtype=torch.long), node_depths(parents)], 1)
+    tree, _ = session.extend(pick(TOKENS), torch.tensor(session.next_positions)[:, None] + depths,
+                             visible=ancestor_matrix(parents), prefix=prefix)
+    kept = [KEPT[w] for w in which]
+    session.keep([p + 1 for p in prefix], [[p + k for k in row] for p, row in zip(prefix, kept)])
+    after, _ = session.extend(torch.tensor([[16 + 10 * w] for w in which]),
+                              torch.tensor(session.next_positions)[:, None])
+    assert session.lengths == [p + 2 + len(row) for p, row in zip(prefix, kept)]
+    return [(fed[b, :counts[b]], tree[b], after[b]) for b in range(len(which))]
+
+
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
-def test_static_steps_equal_eager_steps(family):
-    """Prefill, a causal feed, a tree (padded to its bucket) and keeping a path give the logits the eager
-    session gives, up to float rounding (attention over the whole slot buffer sums in another order)."""
+def test_batched_static_steps_equal_eager_rows_and_single_rows(family):
+    """The batched slot cache (one forward for both rows) gives each row the logits the eager session gives (a
+    DynamicCache per row, run alone) and a one-row static session gives, up to float rounding (attention over the
+    whole slot buffer sums in another order): per-row lengths, positions (Qwen's M-RoPE offsets), masks and kept
+    paths do not leak between rows."""
     adapter = adapter_for(model(family))
-    prompt = adapter.prepare(make_inputs(family, "image"))
-    eager, static = ModelSession(adapter), StaticSession(adapter)
-    for session in (eager, static):
-        session.prefill(prompt, reserve=64)
-    assert static.cache.capacity >= len(prompt) + 64 and static.cache.capacity % 128 == 0
-    outs = []
-    tokens = torch.tensor([5, 11, 12, 13, 14, 15])
-    parents = torch.tensor([-1, -1, 0, 2, 1])             # root, then two branches: 11-13-14 and 12-15
-    for session in (eager, static):
-        feed, _ = session.extend(torch.tensor([3, 4]), session.next_position + torch.arange(2))
-        prefix = session.length
-        depths = torch.tensor([0, 1, 1, 2, 3, 2])
-        tree, _ = session.extend(tokens, session.next_position + depths, ancestor_matrix(parents), prefix)
-        session.keep(prefix + 1, [prefix + 2, prefix + 5])   # root, 12, 15
-        after, _ = session.extend(torch.tensor([16]), torch.tensor([session.next_position]))
-        outs.append((feed, tree, after))
-        assert session.length == prefix + 4
-    for a, b in zip(*outs):
-        assert a.shape == b.shape and torch.allclose(a, b, atol=1e-5)
+    prompts = [adapter.prepare(make_inputs(family, "image")), adapter.prepare(make_inputs(family, "video", seed=3))]
+    assert len(prompts[0]) != len(prompts[1])
+    eager, static = _steps(ModelSession(adapter), prompts), _steps(StaticSession(adapter), prompts)
+    alone = [_steps(StaticSession(adapter), [prompt], [row])[0] for row, prompt in enumerate(prompts)]
+    for row in range(2):
+        for ours, theirs, single in zip(static[row], eager[row], alone[row]):
+            assert ours.shape == theirs.shape and torch.allclose(ours, theirs, atol=1e-5)
+            assert torch.allclose(ours, single, atol=1e-5)
+
+
+def test_slot_cache_grows_without_losing_rows():
+    adapter = adapter_for(model("qwen2_5_vl"))
+    session = StaticSession(adapter)
+    short, long = adapter.prepare(make_inputs("qwen2_5_vl", "image")), \
+        adapter.prepare(make_inputs("qwen2_5_vl", "video", frames=16))
+    session.prefill(0, short, reserve=8)
+    keys = session.cache.layers[0].keys[0, :, : len(short)].clone()
+    session.prefill(1, long, reserve=300)                   # a second, longer row: more rows and more slots
+    assert session.cache.rows >= 2 and session.cache.capacity >= len(long) + 300
+    assert torch.equal(session.cache.layers[0].keys[0, :, : len(short)], keys)
+    session.move_row(1, 0)
+    session.drop_rows(1)
+    assert session.lengths == [len(long)]
 
 
 def test_static_cache_is_reused_and_grows():
@@ -65,9 +101,9 @@ def test_self_drafting_shares_the_target_session_and_prefills_once():
     gen = SpeculativeGenerator(target, "self", tree="static")
     original = StaticSession.prefill
 
-    def counted(self, prompt, reserve=0):
+    def counted(self, row, prompt, reserve=0):
         prefills.append(len(prompt))
-        return original(self, prompt, reserve)
+        return original(self, row, prompt, reserve)
     StaticSession.prefill = counted
     try:
         out = gen.generate(**inputs, do_sample=False, max_new_tokens=12)

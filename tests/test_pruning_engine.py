@@ -25,12 +25,12 @@ def test_capture_equals_eager_maps_and_leaves_prefill_untouched(family, attn):
     visual = prompt.visual_mask.nonzero().flatten()
     start = int(visual.max()) + 1
     plain = ModelSession(adapter)
-    logits, hidden = plain.prefill(prompt)
+    logits, hidden = plain.prefill(0, prompt)
     captured = ModelSession(adapter)
     with AttentionCapture(adapter, start, visual) as capture:
-        logits2, hidden2 = captured.prefill(prompt)
+        logits2, hidden2 = captured.prefill(0, prompt)
     assert torch.equal(logits, logits2) and torch.equal(hidden, hidden2)
-    for a, b in zip(plain.cache.layers, captured.cache.layers):
+    for a, b in zip(plain.caches[0].layers, captured.caches[0].layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
     assert adapter.decoder.config._attn_implementation == attn          # restored
     eager = model(family, attn="eager")
@@ -58,7 +58,7 @@ def test_capture_of_a_chunk_that_follows_a_cache(family, attn):
         logits, _ = adapter.forward(prompt.embeds[:, start:], prompt.positions[..., start:], cache)
     assert cache.get_seq_length() == len(prompt)
     whole, _ = adapter.forward(prompt.embeds, prompt.positions, adapter.new_cache())
-    assert torch.allclose(logits, whole[start:], atol=1e-5)
+    assert torch.allclose(logits, whole[:, start:], atol=1e-5)
     maps = adapter_for(model(family, attn="eager")).decoder(inputs_embeds=prompt.embeds, position_ids=prompt.positions,
                                                             output_attentions=True).attentions
     expected = torch.stack([m[0, :, start:][..., visual] for m in maps]).float().mean(dim=(0, 1, 2))
@@ -144,13 +144,15 @@ def test_draft_prefill_is_the_pruned_prompt(family):
     gen = SpeculativeGenerator(target, copy.deepcopy(target), tree="chain", pruning="uniform", visual_keep_ratio=0.5,
                                engine="eager")   # a DynamicCache knows its own length
     began = {}
-    begin = gen.drafter.begin
+    add_row = gen.drafter.add_row
 
-    def spy(ctx):
-        begin(ctx)
-        began.update(cache=gen.drafter.session.cache.get_seq_length(), length=gen.drafter.session.length,
-                     offset=gen.drafter.session.offset, prompt=ctx.target_prompt, keep=ctx.visual_keep)
-    gen.drafter.begin = spy
+    def spy(row, ctx):
+        tokens = add_row(row, ctx)
+        session = gen.drafter.session
+        began.update(cache=session.caches[row].get_seq_length(), length=session.lengths[row],
+                     offset=session.offsets[row], prompt=ctx.target_prompt, keep=ctx.visual_keep)
+        return tokens
+    gen.drafter.add_row = spy
     out = gen.generate(**inputs, do_sample=False, max_new_tokens=4)
     prompt, keep = began["prompt"], began["keep"]
     pruned = len(prompt) - int(prompt.visual_mask.sum()) + keep.numel()

@@ -3,25 +3,13 @@ target's exact distribution, computed by enumerating continuations with plain HF
 histograms are dense). The draft is the target with a perturbed LM head: close enough that multi-token blocks are
 accepted, different enough that rejections and residual draws happen every few rounds."""
 
-import copy
-import functools
-
 import pytest
 import torch
 
-from helpers import VOCAB, Oracle, chi2_pvalue, chi2_pvalues, model, speculative_samples
+from helpers import VOCAB, Oracle, chi2_pvalue, chi2_pvalues, perturbed_pair, speculative_samples
 from specvlm.tiny import make_inputs
 
 pytestmark = [pytest.mark.slow, pytest.mark.usefixtures("one_thread")]
-
-
-@functools.lru_cache(maxsize=None)
-def pair(family):
-    target = model(family, vocab=VOCAB, init=0.5, hidden=32, layers=1)
-    draft = copy.deepcopy(target)
-    torch.manual_seed(7)
-    draft.lm_head.weight.add_(torch.randn_like(draft.lm_head.weight) * 0.6)
-    return target, draft
 
 
 @pytest.mark.parametrize("family,kind,tree,temperature,top_p", [
@@ -32,7 +20,7 @@ def pair(family):
     ("llava_onevision", "image", "dynamic", 1.0, 1.0),
 ])
 def test_first_tokens_follow_target_distribution(family, kind, tree, temperature, top_p):
-    target, draft = pair(family)
+    target, draft = perturbed_pair(family)
     assert_first_tokens_follow_target(target, draft, make_inputs(family, kind, vocab=VOCAB), tree, temperature,
                                       top_p, runs=2000)
 
@@ -48,7 +36,7 @@ def assert_first_tokens_follow_target(target, draft, inputs, tree, temperature, 
 
 def test_chain_with_confidence_threshold_follows_target_distribution():
     """A chain that stops after a draft token of q(x) < 0.3: the stop depends on the draft's own draws only."""
-    target, draft = pair("qwen2_5_vl")
+    target, draft = perturbed_pair("qwen2_5_vl")
     totals = assert_first_tokens_follow_target(target, draft, make_inputs("qwen2_5_vl", "video", vocab=VOCAB),
                                                "chain", 1.0, 1.0, runs=2000, confidence_threshold=0.3)
     # chains were cut early in many rounds, and ran on in many others
@@ -57,7 +45,7 @@ def test_chain_with_confidence_threshold_follows_target_distribution():
 
 def test_chi2_has_power_against_the_draft_distribution():
     """Samples drawn from the draft alone must fail the same test: the test can tell the two models apart."""
-    target, draft = pair("qwen2_5_vl")
+    target, draft = perturbed_pair("qwen2_5_vl")
     inputs = make_inputs("qwen2_5_vl", "image", vocab=VOCAB)
     torch.manual_seed(0)
     draft_samples = draft.generate(**inputs, do_sample=True, top_k=0, max_new_tokens=2, eos_token_id=-1,

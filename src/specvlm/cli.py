@@ -245,9 +245,11 @@ def resolve_models(args) -> ModelDirs:
     return ModelDirs(target_dir, target_config, head, draft_dir, draft_config)
 
 
-def load_generator(args, models: ModelDirs, say):
+def load_generator(args, models: ModelDirs, say, batched: bool = False):
     """Loads the target, its tokenizer and the drafter, and returns the SpeculativeGenerator the decoding, pruning and
-    engine options describe; for `--draft none`, the target alone behind the same interface (TargetOnly)."""
+    engine options describe; for `--draft none`, the target alone behind the same interface: HF's own `generate`
+    (TargetOnly), or with `batched` (the server) a generator that drafts nothing, so that it batches like
+    speculation."""
     from .drafters.loading import load_drafter
     from .generator import SpeculativeGenerator
     from .loading import load_model, load_tokenizer
@@ -263,7 +265,7 @@ def load_generator(args, models: ModelDirs, say):
         say(f"loading draft {args.draft} ...")
         spec, kind = models.draft_dir, "model"
     draft = load_drafter(spec, target, args.dtype, args.device, kind=kind, tokenizer=tokenizer)
-    if draft is None:
+    if draft is None and not batched:
         return TargetOnly(target, tokenizer)
     return SpeculativeGenerator(target, draft, tokenizer=tokenizer, config=DecodeConfig.from_args(args))
 

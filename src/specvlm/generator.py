@@ -1,12 +1,14 @@
-"""SpeculativeGenerator: the decode loop.
+"""SpeculativeGenerator: the public face of the decode loop (batch.py runs it).
 
-    prefill target (all visual tokens) -> first token (the root); prefill the drafter
-    each round: draft a tree below the root; verify [root, *tree] in ONE target forward (tree mask, positions by
-                depth); accept a path; keep its K/V in both caches; the target's next token becomes the new root
-    stop at EOS or max_new_tokens, cutting the last round like HF `generate` does
+    prefill each row's target alone (all visual tokens) -> its first token (the root); prefill the drafter's row
+    each round, all rows at once: draft a tree below every root; verify every [root, *tree] in ONE target forward
+                (tree masks, positions by depth, per row); accept a path per row; keep its K/V in both caches; the
+                target's next token becomes the row's new root
+    a row stops at EOS or max_new_tokens, its last round cut like HF `generate` does, and leaves the batch
 
-The loop never looks at the model family: adapters hide it. Output is exactly the target's: token-identical to
-`target.generate(do_sample=False)` when greedy, the same distribution when sampling.
+The loop never looks at the model family: adapters hide it. Output is exactly the target's, row by row:
+token-identical to `target.generate(do_sample=False)` on each row alone when greedy, the same distribution when
+sampling.
 """
 
 from __future__ import annotations
@@ -17,29 +19,29 @@ from typing import Iterator
 
 import torch
 from .adapters import adapter_for
-from .adapters.capture import AttentionCapture
+from .batch import DecodeBatch, Row
 from .compat import check_models
-from .drafters import DraftContext, DraftModelDrafter, Drafter
+from .drafters import DraftModelDrafter, Drafter
+from .drafters.base import NoDraft
 from .errors import SpecVLMError
 from .options import DecodeConfig
-from .pruning import NEEDS_SCORES, Layout, select
-from .request import Request, resolve
-from .sampling import Sampling, device_generator, history_rows
-from .session import ModelSession, StaticSession, bucket
+from .request import BatchRequest, Request, resolve
+from .session import ModelSession, StaticSession
 from .stats import SpecStats
 from .streaming import AnswerText
-from .tree import DraftTree, TreeSpec
-from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
+from .tree import TreeSpec
 
 
 @dataclass
 class SpecOutput:
-    token_ids: list[int]        # new tokens only, cut after EOS like HF generate
-    text: str | None
-    stats: SpecStats
-    sequences: torch.Tensor | None = None   # (1, L + n): the prompt as given, then the new tokens (HF's tensor)
-    scores: tuple | None = None             # output_scores=True: processed scores (1, V) per new token, like HF's
-    logits: tuple | None = None             # output_logits=True: raw logits (1, V) per new token
+    token_ids: list               # new tokens only, cut after EOS like HF generate; a list per row for a batch > 1
+    text: str | list | None       # their text (a list per row for a batch > 1), when a tokenizer is known
+    stats: SpecStats              # the whole call (for a batch: summed over rows; τ per row and round)
+    sequences: torch.Tensor | None = None   # (B, L + n): the prompt as given, then the new tokens (HF's tensor;
+                                            # rows that end early are padded with pad_token_id)
+    scores: tuple | None = None             # output_scores=True: processed scores (B, V) per new token, like HF's
+    logits: tuple | None = None             # output_logits=True: raw logits (B, V) per new token
+    row_stats: list[SpecStats] | None = None   # per row of the batch
 
 
 class SpeculativeGenerator:
@@ -74,10 +76,12 @@ class SpeculativeGenerator:
         self.target = adapter_for(target)
         if isinstance(draft, Drafter):
             self.drafter = draft
+        elif draft is None:
+            self.drafter = NoDraft()
         elif isinstance(draft, str) and draft == "self":
             self.drafter = DraftModelDrafter(adapter_for(target), reuse_target_prompt=True)
         elif isinstance(draft, str):
-            raise SpecVLMError(f"draft must be a model, 'self' or a Drafter, got the string {draft!r}")
+            raise SpecVLMError(f"draft must be a model, 'self', None or a Drafter, got the string {draft!r}")
         else:
             draft_adapter = adapter_for(draft)
             check_models(self.target, draft_adapter)
@@ -94,29 +98,42 @@ class SpeculativeGenerator:
         self.compile = config.engine == "fast" and (self.target.device.type == "cuda" if config.compile == "auto"
                                                     else config.compile)
         self._sessions: list = []
+        self.stats = SpecStats()
+
+    @property
+    def mode(self) -> str:
+        """"speculative", or "target-only" when drafting nothing (`draft=None`: the same engine, one token a
+        round; what a batched server compares speculation against)."""
+        return "target-only" if isinstance(self.drafter, NoDraft) else "speculative"
 
     # ---- public API ------------------------------------------------------------------------------------------
     def generate(self, input_ids=None, **kwargs) -> SpecOutput:
-        """Like `target.generate(**inputs, **kwargs)` for one sequence, with the same keywords (`max_new_tokens`,
-        `max_length`, `do_sample`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `eos_token_id`,
+        """Like `target.generate(**inputs, **kwargs)`, with the same keywords (`max_new_tokens`, `max_length`,
+        `do_sample`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `eos_token_id`, `pad_token_id`,
         `generation_config`, `streamer`, `return_dict_in_generate`, `output_scores`, `output_logits`, ...; see
-        `specvlm.request`); unset options come from the target's generation_config, as in HF. A left-padded
-        `attention_mask` is honoured. Also `draft_inputs` (the draft's own processor outputs, when its
-        preprocessing differs from the target's) and `generator` (a torch.Generator for sampling).
+        `specvlm.request`); unset options come from the target's generation_config, as in HF. A batch (a
+        left-padded processor output for B prompts, each with its own images / video) decodes all rows together;
+        row b's tokens are those of `target.generate` on row b alone. Also `draft_inputs` (the draft's own processor
+        outputs, when its preprocessing differs from the target's) and `generator` (a torch.Generator for sampling).
         `out.sequences` is the tensor `target.generate` returns."""
-        request = resolve(self.model.generation_config, input_ids, kwargs)
-        tokens = [t for chunk in self._run(request) for t in chunk]
-        new = torch.tensor([tokens], dtype=request.prompt_ids.dtype, device=request.prompt_ids.device)
-        return SpecOutput(tokens, self._decode_text(tokens), self.stats, torch.cat([request.prompt_ids, new], 1),
-                          tuple(request.scores) if request.output_scores else None,
-                          tuple(request.logits) if request.output_logits else None)
+        request = self._resolve(input_ids, kwargs)
+        if len(request.rows) == 1:
+            tokens = [t for chunk in self._run(request) for t in chunk]
+            rows = [(request.rows[0], tokens, self.stats)]
+        else:
+            rows = self._run_batch(request)
+        return self._output(request, rows)
 
     def stream(self, input_ids=None, **kwargs) -> Iterator[str]:
-        """Yields the answer's text as rounds are accepted; `self.stats` is complete once it is exhausted."""
+        """Yields the answer's text as rounds are accepted (a batch of one); `self.stats` is complete once it is
+        exhausted."""
         if self.tokenizer is None:
             raise ValueError("stream() needs a processor or tokenizer: SpeculativeGenerator(..., processor=...)")
+        request = self._resolve(input_ids, kwargs)
+        if len(request.rows) != 1:
+            raise SpecVLMError(f"stream() takes one sequence; this batch has {len(request.rows)} rows: use generate()")
         text = AnswerText(self.tokenizer)
-        for chunk in self._run(resolve(self.model.generation_config, input_ids, kwargs)):
+        for chunk in self._run(request):
             piece = text.add(chunk)
             if piece:
                 yield piece
@@ -124,150 +141,123 @@ class SpeculativeGenerator:
         if piece:
             yield piece
 
+    def request(self, input_ids=None, **kwargs) -> Request:
+        """One sequence's decoding request, resolved exactly as `generate(input_ids, **kwargs)` resolves it (what
+        `DecodeBatch.add` takes)."""
+        request = self._resolve(input_ids, kwargs)
+        if len(request.rows) != 1 or request.streamer is not None:
+            raise SpecVLMError("request() takes one sequence and no streamer")
+        return request.rows[0]
+
+    def batch(self, max_rows: int) -> DecodeBatch:
+        """A running batch of at most `max_rows` sequences for this generator's models (what `specvlm serve`
+        decodes with): `add(request)` rows as they come, `step()` a round for all of them."""
+        return DecodeBatch(self, max_rows)
+
     # ---- internals -------------------------------------------------------------------------------------------
+    def _resolve(self, input_ids, kwargs) -> BatchRequest:
+        draft_adapter = getattr(self.drafter, "adapter", None)
+        return resolve(self.model.generation_config, input_ids, kwargs, split=self.target.split_batch,
+                       draft_split=getattr(draft_adapter, "split_batch", None))
+
     def _decode_text(self, tokens: list[int]) -> str | None:
         return None if self.tokenizer is None else self.tokenizer.decode(tokens, skip_special_tokens=True)
 
-    def _run(self, request: Request):
-        """The decode loop's chunks of new token ids, fed to the request's streamer on the way (HF's protocol:
-        the prompt first, then each chunk, then `end()`)."""
-        streamer = request.streamer
+    def _run(self, request: BatchRequest):
+        """A batch of one, chunk by chunk (new token ids per round), fed to the request's streamer on the way (HF's
+        protocol: the prompt first, then each chunk, then `end()`)."""
+        streamer, one = request.streamer, request.rows[0]
         if streamer is not None:
-            streamer.put(request.prompt_ids.cpu())
-        for chunk in self._decode(request):
+            streamer.put(one.prompt_ids.cpu())
+        started = time.perf_counter()
+        batch = DecodeBatch(self, 1)
+        row, first = batch.add(one)
+        self.stats = row.stats
+        chunks = [first]
+        while True:
+            chunk = chunks.pop()
             if streamer is not None:
                 streamer.put(torch.tensor(chunk, dtype=torch.long, device="cpu"))
             yield chunk
+            if row.done:
+                break
+            ((_, chunk),) = batch.step()
+            chunks.append(chunk)
+            row.stats.decode_s = time.perf_counter() - started - row.stats.prefill_s
         if streamer is not None:
             streamer.end()
 
-    def _decode(self, request: Request):
-        inputs, sampling, max_new, eos = request.inputs, request.sampling, request.max_new, request.eos
-        self.stats = stats = SpecStats()
+    def _run_batch(self, request: BatchRequest) -> list[tuple]:
+        """Every row of a batch: all join (each prefilled alone), then rounds until all have finished."""
         started = time.perf_counter()
-        self._compiled_before = self.compile_seconds
-        prompt = self.target.prepare(inputs)
-        target = self._session(self.target)
-        # entries a session writes beyond its prompt: the answer, then one round's padded feeds past it
-        reserve = max_new + 2 * bucket(self.tree.max_nodes + 2) + self.tree.max_fed
-        logits, hidden, keep, scores = self._prefill(target, prompt, reserve, stats)
-        vocab, device = logits.shape[-1], logits.device
-        generator = device_generator(request.generator, device)
-        self.drafter.begin(DraftContext(request.draft_inputs, prompt, hidden, sampling, self.tree, vocab, generator,
-                                        keep, self.contiguous_positions, scores, self._session, target, reserve))
-        seen = None   # [vocab] bool: ids the repetition penalty applies to
-        if sampling.uses_history:  # repetition penalty: ids in the prompt and everything generated so far
-            seen = torch.zeros(vocab, dtype=torch.bool, device=device)
-            seen[prompt.input_ids[0].clamp_max(vocab - 1).to(device)] = True
-        root = sampling.pick(logits[0], seen, generator)                 # (1,) on the device
-        first = int(root)
-        if request.keeps_rows:
-            _keep_rows(request, logits, sampling.processed(logits, seen), [0])
-        stats.target_prompt_tokens, stats.draft_prompt_tokens = len(prompt), self.drafter.prompt_tokens
-        stats.new_tokens, stats.target_forwards = 1, 1
-        stats.prefill_s = time.perf_counter() - started
-        yield [first]
-        done = first in eos or stats.new_tokens >= max_new
-        while not done:
-            if seen is not None:
-                seen[root] = True
-            tree = self.drafter.propose(root, max_new - stats.new_tokens, seen)    # n nodes on the device
-            prefix = target.length
-            depths = torch.cat([torch.zeros(1, dtype=torch.long, device=device), tree.depths.to(device)])  # [n+1]
-            # logits [n+1, vocab] float32, hidden [n+1, hidden]: row 0 follows the root, row i+1 node i
-            logits, hidden = target.extend(torch.cat([root, tree.tokens.to(device)]), target.next_position + depths,
-                                           tree.verify_mask, prefix)
-            verdict, processed = _accept(logits, tree, sampling, seen, generator)
-            accepted = verdict.to_host(tree)                                 # the round's one sync
-            root = torch.full((1,), accepted.next_token, dtype=torch.long, device=device)   # [1]
-            target.keep(prefix + 1, [prefix + 1 + node for node in accepted.path])
-            self.drafter.commit(tree, accepted, root, hidden[[0] + [node + 1 for node in accepted.path]])
-            stats.record_round(len(tree), len(accepted.path))
-            new = accepted.tokens + [accepted.next_token]
-            if seen is not None:
-                seen[new] = True
-            new = _cut(new, eos, max_new - stats.new_tokens)
-            if request.keeps_rows:
-                _keep_rows(request, logits, processed, ([0] + [node + 1 for node in accepted.path])[: len(new)])
-            stats.new_tokens += len(new)
-            stats.target_forwards += 1
-            done = new[-1] in eos or stats.new_tokens >= max_new
-            self._clock(stats, started)
-            yield new
-        self._clock(stats, started)
+        batch = DecodeBatch(self, len(request.rows))
+        rows: list[Row] = [batch.add(one)[0] for one in request.rows]
+        prefilled = time.perf_counter()
+        while len(batch):
+            batch.step()
+        self.stats = _total([row.stats for row in rows], batch, prefilled - started,
+                            time.perf_counter() - prefilled)
+        return [(row.request, row.tokens, row.stats) for row in rows]
 
-    def _clock(self, stats: SpecStats, started: float) -> None:
-        stats.draft_forwards = self.drafter.forwards
-        stats.compile_s = self.compile_seconds - self._compiled_before
-        stats.decode_s = time.perf_counter() - started - stats.prefill_s
+    def _output(self, request: BatchRequest, rows: list[tuple]) -> SpecOutput:
+        """HF's outputs: `sequences` (B, L + longest answer), rows that ended early padded with pad_token_id;
+        scores / logits per new-token step (B, V), NaN for rows already finished at that step (HF fills those with
+        whatever the model predicts after its padding, which no reader should use)."""
+        prompt = request.prompt_ids
+        longest = max(len(tokens) for _, tokens, _ in rows)
+        # rows end early only at an eos id, and without a pad_token_id HF pads with the first eos id
+        pad = request.pad_token_id if request.pad_token_id is not None else 0
+        new = torch.tensor([tokens + [pad] * (longest - len(tokens)) for _, tokens, _ in rows], dtype=prompt.dtype,
+                           device="cpu").to(prompt.device)
+        sequences = torch.cat([prompt, new], 1)
+        scores = _steps([one.scores for one, _, _ in rows], longest) if request.output_scores else None
+        logits = _steps([one.logits for one, _, _ in rows], longest) if request.output_logits else None
+        if len(rows) == 1:
+            (_, tokens, stats), = rows
+            return SpecOutput(tokens, self._decode_text(tokens), self.stats, sequences, scores, logits, [stats])
+        tokens = [tokens for _, tokens, _ in rows]
+        text = None if self.tokenizer is None else [self._decode_text(t) for t in tokens]
+        return SpecOutput(tokens, text, self.stats, sequences, scores, logits, [stats for _, _, stats in rows])
 
     @property
     def compile_seconds(self) -> float:
         """Seconds spent compiling so far, over every session this generator made (target, draft, head)."""
         return sum(getattr(session, "compile_s", 0.0) for session in self._sessions)
 
-    def _session(self, adapter):
+    def session(self, adapter):
         """A session of this generator's engine for `adapter` (the target's, a draft model's), reused across
         generate calls so that a static cache and its compiled steps are built once."""
         for session in self._sessions:
             if session.adapter is adapter:
                 return session
         session = ModelSession(adapter) if self.engine == "eager" else StaticSession(adapter, self.compile)
-        if self.engine == "fast":
-            self._sessions.append(session)
+        self._sessions.append(session)
         return session
 
-    def _prefill(self, target: ModelSession, prompt, reserve: int, stats: SpecStats):
-        """Target prefill; the verifier's attention scores when pruning or the drafter needs them (captured in this
-        one prefill, never a second); with pruning, the draft's kept visual tokens."""
-        visual = prompt.visual_mask.nonzero().flatten()
-        scores = None
-        if visual.numel() and (self.pruning in NEEDS_SCORES or self.drafter.needs_visual_scores):
-            with AttentionCapture(self.target, int(visual.max()) + 1, visual) as capture:
-                logits, hidden = target.prefill(prompt, reserve)
-            scores, stats.scoring_s = capture.scores, capture.scoring_s
-        else:
-            logits, hidden = target.prefill(prompt, reserve)
-        stats.visual_tokens = stats.kept_visual_tokens = visual.numel()   # the draft sees them all unless pruned
-        if self.pruning == "none" or visual.numel() == 0:
-            return logits, hidden, None, scores
-        started = time.perf_counter()
-        layout = Layout(tuple((span.grid, span.tail, span.length) for span in prompt.spans))
-        keep = select(self.pruning, visual.numel(), self.visual_keep_ratio, scores=scores, layout=layout,
-                      features=prompt.embeds[0, visual.to(prompt.embeds.device)], stage1_mass=self.stage1_mass,
-                      seed=self.pruning_seed)
-        stats.selection_s = time.perf_counter() - started
-        stats.pruning, stats.kept_visual_tokens = self.pruning, keep.numel()
-        return logits, hidden, keep, scores
+
+def _steps(per_row: list[list[torch.Tensor]], steps: int) -> tuple:
+    """Per-row lists of (1, V) rows -> one (B, V) tensor per step; NaN where a row had already finished."""
+    out = []
+    for t in range(steps):
+        present = next(rows[t] for rows in per_row if len(rows) > t)
+        out.append(torch.cat([rows[t] if len(rows) > t else torch.full_like(present, float("nan"))
+                              for rows in per_row]))
+    return tuple(out)
 
 
-def _accept(logits: torch.Tensor, tree: DraftTree, sampling: Sampling, seen, generator):
-    """(Verdict, processed scores (n+1, V)) for `logits` (n+1, V): row 0 follows the root, row i+1 node i; each
-    row's repetition history is its path."""
-    rows_seen = None
-    if seen is not None:
-        anc = tree.ancestors.to(logits.device)
-        paths = torch.where(anc, tree.tokens.to(logits.device)[None, :], -1)            # (n, n) path tokens
-        rows_seen = history_rows(seen, torch.cat([paths.new_full((1, paths.shape[1]), -1), paths]))
-    processed = sampling.processed(logits, rows_seen)
-    if not sampling.do_sample:
-        return accept_greedy(processed.argmax(-1), tree), processed
-    p = processed.softmax(-1)
-    if tree.chain and tree.probs is not None:
-        return accept_chain_sampled(p, tree, generator), processed
-    return accept_tree_sampled(p, tree, generator), processed
-
-
-def _keep_rows(request: Request, logits: torch.Tensor, processed: torch.Tensor, rows: list[int]) -> None:
-    """output_scores / output_logits: the rows that produced the new tokens, one (1, V) tensor per token."""
-    for row in rows:
-        request.scores.append(processed[row: row + 1])
-        request.logits.append(logits[row: row + 1])
-
-
-def _cut(new: list[int], eos: set[int], room: int) -> list[int]:
-    for i, token in enumerate(new):
-        if token in eos:
-            new = new[: i + 1]
-            break
-    return new[:room]
+def _total(rows: list[SpecStats], batch: DecodeBatch, prefill_s: float, decode_s: float) -> SpecStats:
+    """A batch call's statistics: counts summed over rows (τ = accepted per row and round), forwards as run (a
+    prefill per row, one batched forward per round), times of the call."""
+    total = SpecStats(mode=rows[0].mode, pruning=rows[0].pruning)
+    for stats in rows:
+        for name in ("new_tokens", "rounds", "accepted_tokens", "drafted_tokens", "target_prompt_tokens",
+                     "draft_prompt_tokens", "visual_tokens", "kept_visual_tokens", "scoring_s", "selection_s"):
+            setattr(total, name, getattr(total, name) + getattr(stats, name))
+        width = max(len(total.accept_histogram), len(stats.accept_histogram))
+        total.accept_histogram = [a + b for a, b in zip(total.accept_histogram + [0] * width,
+                                                        stats.accept_histogram + [0] * width)][:width]
+    total.target_forwards = batch.forwards
+    total.draft_forwards = batch.gen.drafter.forwards
+    total.prefill_s, total.decode_s = prefill_s, decode_s
+    total.compile_s = sum(stats.compile_s for stats in rows)
+    return total

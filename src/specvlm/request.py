@@ -19,7 +19,7 @@ from .sampling import Sampling, effective_config, max_new_tokens
 # GenerationConfig fields honoured here (the rest must stay at HF's default).
 SAMPLING_KEYS = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
 HONOURED_KEYS = set(SAMPLING_KEYS) | {
-    "eos_token_id", "pad_token_id", "bos_token_id",   # pad / bos: nothing to pad in a batch of one
+    "eos_token_id", "pad_token_id", "bos_token_id",   # pad: what finished rows of a batch are padded with
     "use_cache",                                      # a KV cache is always used; the output is the same
     "num_beams", "num_return_sequences",              # 1 only: checked by Sampling.resolve
     "return_dict_in_generate", "output_scores", "output_logits",
@@ -33,6 +33,7 @@ IGNORED = ("synced_gpus", "tokenizer", "assistant_tokenizer")   # multi-GPU sync
 
 @dataclass
 class Request:
+    """One sequence to decode: a row of a `generate` call's batch, or one server request."""
     inputs: dict                       # model inputs, batch of one, left padding removed
     draft_inputs: dict
     prompt_ids: torch.Tensor           # (1, L) as given (padding included): the head of `sequences`
@@ -40,20 +41,29 @@ class Request:
     max_new: int
     eos: set[int]
     generator: torch.Generator | None = None
+    keeps_rows: bool = False           # output_scores / output_logits: keep each new token's rows
+    scores: list = field(default_factory=list)    # (1, V) per new token, when asked
+    logits: list = field(default_factory=list)
+
+
+@dataclass
+class BatchRequest:
+    """What a `generate(**inputs, **kwargs)` call asks for: one `Request` per row of the batch, and the batch-wide
+    outputs (HF's `sequences` is the prompt as given, then the new tokens, right-padded with `pad_token_id`)."""
+    rows: list[Request]
+    prompt_ids: torch.Tensor           # (B, L) as given
+    pad_token_id: int | None
     streamer: object = None
     return_dict: bool = False
     output_scores: bool = False
     output_logits: bool = False
-    scores: list = field(default_factory=list)    # (1, V) per new token, when asked
-    logits: list = field(default_factory=list)
-
-    @property
-    def keeps_rows(self) -> bool:
-        return self.output_scores or self.output_logits
 
 
-def resolve(model_config: GenerationConfig | None, input_ids, kwargs: dict) -> Request:
-    """A Request from `generate`'s arguments (`kwargs` holds everything but input_ids)."""
+def resolve(model_config: GenerationConfig | None, input_ids, kwargs: dict, split=None,
+            draft_split=None) -> BatchRequest:
+    """A BatchRequest from `generate`'s arguments (`kwargs` holds everything but input_ids). `split` (the target
+    adapter's `split_batch`) and `draft_split` (the draft's, for `draft_inputs`) cut a batch of B > 1 rows into
+    batch-of-one inputs."""
     kwargs = dict(kwargs)
     generation_config = kwargs.pop("generation_config", None)
     draft_inputs = kwargs.pop("draft_inputs", None)
@@ -76,10 +86,14 @@ def resolve(model_config: GenerationConfig | None, input_ids, kwargs: dict) -> R
             raise SpecVLMError(f"generate() got an unsupported argument {key}={value!r}")
     if input_ids is None:
         raise SpecVLMError("generate() needs input_ids (the processor's output)")
-    if input_ids.shape[0] != 1:
-        raise SpecVLMError(f"batch size {input_ids.shape[0]}: generate() takes one sequence per call")
+    if input_ids.dim() != 2 or input_ids.shape[0] < 1:
+        raise SpecVLMError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    rows = input_ids.shape[0]
+    if rows > 1 and streamer is not None:
+        raise SpecVLMError(f"a streamer takes a batch of one (as HF's streamers do); this batch has {rows} rows")
     inputs["input_ids"] = input_ids
     eos_override = options.pop("eos_token_id", None)
+    pad_override = options.pop("pad_token_id", None)
     flags = {k: bool(options.pop(k, False)) for k in ("return_dict_in_generate", "output_scores", "output_logits")}
     config = effective_config(model_config, generation_config, **{k: options.get(k) for k in SAMPLING_KEYS})
     for key in ("num_beams", "num_return_sequences"):
@@ -89,12 +103,37 @@ def resolve(model_config: GenerationConfig | None, input_ids, kwargs: dict) -> R
     sampling = Sampling.resolve(config)
     eos = eos_override if eos_override is not None else config.eos_token_id
     eos = set([eos] if isinstance(eos, int) else (eos or []))
-    pads = left_padding(inputs.get("attention_mask"))
+    pad = pad_override if pad_override is not None else config.pad_token_id
+    if pad is None and eos:    # HF pads finished rows with the first eos id then
+        first = eos_override if eos_override is not None else config.eos_token_id
+        pad = first if isinstance(first, int) else list(first)[0]
     max_new = max_new_tokens(config, input_ids.shape[1])   # HF counts max_length with the padding
-    inputs = strip_left_padding(inputs, pads)
-    draft_inputs = strip_left_padding(draft_inputs, pads) if draft_inputs else inputs
-    return Request(inputs, draft_inputs, input_ids, sampling, max_new, eos, generator, streamer,
-                   flags["return_dict_in_generate"], flags["output_scores"], flags["output_logits"])
+    keeps_rows = flags["output_scores"] or flags["output_logits"]
+    row_inputs = [inputs] if rows == 1 else _split(split, inputs, rows, "inputs")
+    if draft_inputs and rows > 1:
+        row_drafts = _split(draft_split, draft_inputs, rows, "draft_inputs")
+    else:
+        row_drafts = [draft_inputs] * rows
+    requests = []
+    for row, (one, draft) in enumerate(zip(row_inputs, row_drafts)):
+        pads = left_padding(one.get("attention_mask"))
+        one = strip_left_padding(one, pads)
+        draft = strip_left_padding(draft, pads) if draft else one
+        requests.append(Request(one, draft, input_ids[row: row + 1], sampling, max_new, eos, generator, keeps_rows))
+    return BatchRequest(requests, input_ids, pad, streamer, flags["return_dict_in_generate"], flags["output_scores"],
+                        flags["output_logits"])
+
+
+def _split(split, inputs: dict, rows: int, name: str) -> list[dict]:
+    if split is None:
+        raise SpecVLMError(f"a batch of {rows} rows needs its {name} split per row, and nothing here can split them")
+    try:
+        out = split(inputs)
+    except ValueError as err:
+        raise SpecVLMError(f"cannot split the batch's {name} into its {rows} rows: {err}") from None
+    if len(out) != rows:
+        raise SpecVLMError(f"{name} hold {len(out)} rows, input_ids {rows}")
+    return out
 
 
 def left_padding(attention_mask: torch.Tensor | None) -> int:

@@ -116,19 +116,117 @@ class Sampling:
             scores = scores / self.temperature
         return scores.log_softmax(dim=-1)
 
-    def pick(self, logits: torch.Tensor, seen: torch.Tensor | None = None, generator=None) -> torch.Tensor:
-        """One token (a (1,) long tensor on the logits' device) from a single row of logits (V,)."""
+    def pick(self, logits: torch.Tensor, seen: torch.Tensor | None = None, random=None) -> torch.Tensor:
+        """One token per row, (...) long on the logits' device, from logits (..., V); `random`: a `RowRandom`."""
         if not self.do_sample:
-            return self.scores(logits, seen).argmax(-1).reshape(1)
-        return sample_from(self.probs(logits, seen), generator).reshape(1)
+            return self.scores(logits, seen).argmax(-1)
+        return sample_from(self.probs(logits, seen), random)
 
 
-def sample_from(probs: torch.Tensor, generator=None) -> torch.Tensor:
+class RowSampling:
+    """The sampling settings of a batch's rows (one `Sampling` each, e.g. per server request), applied to tensors
+    whose first dimension is the row: (B, ..., V). Rows that share settings are processed together by the settings'
+    own methods, so every row's scores are exactly what its `Sampling` (and HF's processors) give; a batch with one
+    setting (a library call) is one call."""
+
+    def __init__(self, rows):
+        self.rows = tuple(rows)
+        self.groups: dict[Sampling, list[int]] = {}
+        for row, sampling in enumerate(self.rows):
+            self.groups.setdefault(sampling, []).append(row)
+        self._index: dict = {}
+
+    @property
+    def single(self) -> Sampling | None:
+        return self.rows[0] if len(self.groups) == 1 else None
+
+    @property
+    def any_sample(self) -> bool:
+        return any(s.do_sample for s in self.groups)
+
+    @property
+    def uses_history(self) -> bool:
+        return any(s.uses_history for s in self.groups)
+
+    def do_sample(self, device) -> torch.Tensor:
+        """(B,) bool on `device`: which rows sample."""
+        return torch.tensor([s.do_sample for s in self.rows], dtype=torch.bool, device=device)
+
+    def _group_index(self, device):
+        if device not in self._index:
+            self._index[device] = [(s, torch.tensor(rows, dtype=torch.long, device=device))
+                                   for s, rows in self.groups.items()]
+        return self._index[device]
+
+    def map(self, fn, x: torch.Tensor, seen: torch.Tensor | None = None, random=None) -> torch.Tensor:
+        """`fn(sampling, x, seen, random)` applied to each group of rows sharing a `Sampling` (one call when all
+        do), results put back in row order; `seen` and `random` are cut to the group's rows."""
+        if self.single is not None:
+            return fn(self.single, x, seen, random)
+        out = None
+        for sampling, index in self._group_index(x.device):
+            part = fn(sampling, x[index], None if seen is None else seen[index],
+                      None if random is None else random.subset(self.groups[sampling]))
+            if out is None:
+                out = part.new_empty((x.shape[0], *part.shape[1:]))
+            out[index] = part
+        return out
+
+    def scores(self, logits, seen=None):
+        return self.map(lambda s, x, h, r: s.scores(x, h), logits, seen)
+
+    def processed(self, logits, seen=None):
+        return self.map(lambda s, x, h, r: s.processed(x, h), logits, seen)
+
+    def probs(self, logits, seen=None):
+        return self.map(lambda s, x, h, r: s.probs(x, h), logits, seen)
+
+    def pick(self, logits: torch.Tensor, seen: torch.Tensor | None = None, random=None) -> torch.Tensor:
+        """One token per row, (B, ...) long, from logits (B, ..., V), each row by its own rule."""
+        return self.map(lambda s, x, h, r: s.pick(x, h, r), logits, seen, random)
+
+
+class RowRandom:
+    """Random draws for a batch whose rows may each have their own `torch.Generator` (a server request's seed) or
+    none (torch's global generator). Rows sharing a generator draw together, in one call; a library batch has one
+    generator, so it is one call, and a batch of one draws exactly what an unbatched draw of its shape would."""
+
+    def __init__(self, generators):
+        self.generators = list(generators)
+        self.groups: dict[int, tuple[torch.Generator | None, list[int]]] = {}
+        for row, generator in enumerate(self.generators):
+            self.groups.setdefault(id(generator), (generator, []))[1].append(row)
+
+    def subset(self, rows: list[int]) -> "RowRandom":
+        return RowRandom([self.generators[i] for i in rows])
+
+    def fill(self, shape, device, dtype, method: str) -> torch.Tensor:
+        """A (B, ...) tensor of i.i.d. draws (`method`: "exponential_" or "uniform_"), each row's from its generator."""
+        if len(self.groups) == 1:
+            return getattr(torch.empty(shape, dtype=dtype, device=device), method)(generator=self.generators[0])
+        out = torch.empty(shape, dtype=dtype, device=device)
+        for generator, rows in self.groups.values():
+            part = torch.empty((len(rows), *shape[1:]), dtype=dtype, device=device)
+            out[torch.tensor(rows, dtype=torch.long, device=device)] = getattr(part, method)(generator=generator)
+        return out
+
+
+def sample_from(probs: torch.Tensor, random: RowRandom | None = None) -> torch.Tensor:
     """One draw per row of `probs` (..., V) -> (...) long, on their device, without a host round trip: the
     exponential trick, argmax p / E with E ~ Exp(1) i.i.d. (P(argmax = i) = p_i / Σ p; gpt-fast samples so).
-    `generator` must live on the probabilities' device (`device_generator` makes one)."""
-    noise = torch.empty(probs.shape, dtype=torch.float32, device=probs.device).exponential_(generator=generator)
+    `random`: a `RowRandom` (dimension 0 of `probs` is its row) whose generators live on the probabilities' device
+    (`device_generator` makes them), or None for torch's global generator."""
+    shape, device = probs.shape, probs.device
+    noise = torch.empty(shape, dtype=torch.float32, device=device).exponential_() if random is None else \
+        random.fill(shape, device, torch.float32, "exponential_")
     return (probs.float() / noise).argmax(-1)
+
+
+def uniform(shape, device, dtype, random: RowRandom | None = None) -> torch.Tensor:
+    """U[0, 1) draws of `shape` (dimension 0: the row), from the rows' generators or torch's global one."""
+    if random is None:
+        return torch.rand(shape, dtype=dtype, device=device)
+    return random.fill(shape, device, dtype, "uniform_")
 
 
 def device_generator(generator: torch.Generator | None, device: torch.device) -> torch.Generator | None:
@@ -141,14 +239,15 @@ def device_generator(generator: torch.Generator | None, device: torch.device) ->
 
 
 def history_rows(seen: torch.Tensor | None, path_tokens: torch.Tensor) -> torch.Tensor | None:
-    """Per row, the ids the repetition penalty applies to: everything committed (`seen`, (V,) bool) plus the
-    row's own draft path, `path_tokens` (rows, d) long with -1 where a row's path is shorter. (rows, V) bool."""
+    """Per tree row, the ids the repetition penalty applies to: everything its batch row committed (`seen`, (B, V)
+    bool) plus the tree row's own draft path, `path_tokens` (B, r, d) long with -1 where a path is shorter.
+    Returns (B, r, V) bool."""
     if seen is None:
         return None
     vocab = seen.shape[-1]
-    rows = torch.zeros(path_tokens.shape[0], vocab + 1, dtype=torch.bool, device=seen.device)
-    rows.scatter_(1, torch.where(path_tokens >= 0, path_tokens, vocab).to(seen.device), True)
-    return rows[:, :vocab] | seen
+    rows = torch.zeros(*path_tokens.shape[:-1], vocab + 1, dtype=torch.bool, device=seen.device)
+    rows.scatter_(-1, torch.where(path_tokens >= 0, path_tokens, vocab).to(seen.device), True)
+    return rows[..., :vocab] | seen[:, None, :]
 
 
 def effective_config(model_config: GenerationConfig | None, given: GenerationConfig | None,

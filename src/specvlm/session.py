@@ -65,65 +65,104 @@ def _observed(session, kind: str):
 
 
 class ModelSession:
-    """Engine "eager": `DynamicCache` and the model's own forward."""
+    """Engine "eager": one `DynamicCache` per row and the model's own forward, row after row (the reference path;
+    the fast engine batches rows into one forward)."""
 
     def __init__(self, adapter: VLMAdapter):
         self.adapter = adapter
-        self.cache = adapter.new_cache()
-        self.length = 0      # entries in the cache
-        self.offset = 0      # position of cache entry i is i + offset
+        self.caches: list = []
+        self.lengths: list[int] = []   # entries in each row's cache
+        self.offsets: list[int] = []   # position of row b's cache entry i is i + offsets[b]
         self.forwards = 0
 
     @property
-    def next_position(self) -> int:
-        return self.length + self.offset
+    def next_positions(self) -> list[int]:
+        return [length + offset for length, offset in zip(self.lengths, self.offsets)]
 
-    def prefill(self, prompt: Prompt, reserve: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """Logits (1, V) after the prompt, and the prompt's hidden states (L, H). `reserve`: entries the session
-        will append after the prompt at most (a static cache allocates them)."""
+    def reserve_rows(self, rows: int) -> None:
+        """The most rows this session will hold at once (a static cache allocates them; nothing to do here)."""
+
+    def prefill(self, row: int, prompt: Prompt, reserve: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """Row `row` (an existing row, replaced, or the next new one) starts with `prompt`, run alone: logits (1, V)
+        after it and its hidden states (L, H). `reserve`: entries the row will append after the prompt at most (a
+        static cache allocates them)."""
+        cache = self.adapter.new_cache()
         with _observed(self, "prefill"):
-            logits, hidden = self.adapter.forward(prompt.embeds, prompt.positions, self.cache, last_only=True)
-        self._prefilled(prompt)
+            logits, hidden = self.adapter.forward(prompt.embeds, prompt.positions, cache, last_only=True)
+        self._set_row(row, cache, prompt)
+        return logits[0], hidden[0]
+
+    def _set_row(self, row: int, cache, prompt: Prompt) -> None:
+        if row > len(self.lengths):
+            raise IndexError(f"row {row} of a session holding {len(self.lengths)} rows")
+        if row == len(self.lengths):
+            self.lengths.append(0), self.offsets.append(0), self.caches.append(None)
+        self.lengths[row], self.offsets[row] = len(prompt), prompt.next_position - len(prompt)
+        self.caches[row] = cache
+        self.forwards += 1
+
+    def extend(self, ids: torch.Tensor, positions: torch.Tensor, counts: list[int] | None = None,
+               visible: torch.Tensor | None = None, prefix: list[int] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        """Append n positions to each of rows 0..B-1: `ids` (B, n) (or input vectors (B, n, H) for a draft head) at
+        1-D `positions` (B, n). `counts[b]`: how many of row b's n are real (the rest is padding, never committed);
+        default all. Without `visible` the new tokens attend causally; with it (B, n, w), row b's token r sees the
+        first `prefix[b]` entries plus entries prefix[b] + j where visible[b, r, j] (w = the row's entries after its
+        prefix, the new ones included). Returns float32 logits (B, n, V) and final hidden states (B, n, H); rows'
+        padding positions hold zeros."""
+        rows, n = ids.shape[0], ids.shape[1]
+        logits = hidden = None
+        for b in range(rows):
+            count = n if counts is None else counts[b]
+            mask = None
+            if visible is not None and not _is_causal(visible[b, :count]):
+                mask = additive_mask(visible[b, :count], prefix[b], self.adapter.dtype, self.adapter.device)
+            with _observed(self, "step"):
+                out, h = self.adapter.forward(self.adapter.embed(ids[b: b + 1, :count]),
+                                              self.adapter.positions(positions[b: b + 1, :count]),
+                                              self.caches[b], mask)
+            if logits is None:
+                logits = out.new_zeros(rows, n, out.shape[-1])
+                hidden = h.new_zeros(rows, n, h.shape[-1])
+            logits[b, :count], hidden[b, :count] = out[0], h[0]
+            self.lengths[b] += count
+        self.forwards += 1
         return logits, hidden
 
-    def _prefilled(self, prompt: Prompt) -> None:
-        self.forwards += 1
-        self.length = len(prompt)
-        self.offset = prompt.next_position - len(prompt)
+    def keep(self, prefix: list[int], extra: list[list[int]]) -> None:
+        """Row b keeps cache entries [0, prefix[b]) and then `extra[b]` (host ints >= prefix[b]: called after the
+        round's sync), for rows 0..len(prefix)-1."""
+        for b, (p, kept) in enumerate(zip(prefix, extra)):
+            keep_cache_entries(self.caches[b], p, kept)
+            self.lengths[b] = p + len(kept)
 
-    def extend(self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor | None = None,
-               prefix: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        """Append tokens `ids` (n,) at 1-D `positions` (n,). Without `visible` they attend causally; with it, row r
-        sees the first `prefix` cache entries plus the entries after them that `visible[r]` marks.
-        Returns float32 logits (n, V) and final hidden states (n, H)."""
-        mask = None
-        if visible is not None and not _is_causal(visible):
-            mask = additive_mask(visible, prefix, self.adapter.dtype, self.adapter.device)
-        with _observed(self, "step"):
-            logits, hidden = self.adapter.forward(self.adapter.embed(ids), self.adapter.positions(positions),
-                                                  self.cache, mask)
-        self.forwards += 1
-        self.length += int(ids.shape[0])
-        return logits, hidden
+    def truncate(self, lengths: list[int]) -> None:
+        """Forget every entry of row b from `lengths[b]` on (a drafter sharing this session drops what it drafted)."""
+        self.keep(lengths, [[] for _ in lengths])
 
-    def keep(self, prefix: int, extra=()) -> None:
-        """Keep cache entries [0, prefix) and then `extra` (host ints >= prefix: called after the round's sync)."""
-        keep_cache_entries(self.cache, prefix, extra)
-        self.length = prefix + len(extra)
+    def move_row(self, src: int, dst: int) -> None:
+        """Row `src` becomes row `dst` (a batch fills the gap a finished row left with its last row)."""
+        for state in (self.caches, self.lengths, self.offsets):
+            state[dst] = state[src]
 
-    def truncate(self, length: int) -> None:
-        """Forget every entry from `length` on (a drafter sharing this session drops what it drafted)."""
-        self.keep(length)
+    def drop_rows(self, rows: int) -> None:
+        """Forget rows `rows`, `rows` + 1, ... (after the batch moved what it keeps below them)."""
+        for state in (self.caches, self.lengths, self.offsets):
+            del state[rows:]
 
 
 class StaticSession(ModelSession):
-    """Engine "fast": a `SlotCache` and fixed-shape steps, compiled when `compile` is set (`mode`
-    "reduce-overhead" gives CUDA graphs on CUDA). `compile_s` accumulates the first call of each new shape."""
+    """Engine "fast": a `SlotCache` with a row per sequence and fixed-shape steps over all rows at once, compiled
+    when `compile` is set (`mode` "reduce-overhead" gives CUDA graphs on CUDA). `compile_s` accumulates the first
+    call of each new shape."""
 
     def __init__(self, adapter: VLMAdapter, compile: bool = False):
         self.adapter = adapter
         self.cache = SlotCache(adapter.num_layers)
-        self.length = self.offset = self.forwards = 0
+        self.lengths, self.offsets = [], []
+        self.caches: list = []   # unused: one SlotCache holds every row
+        self.forwards = 0
+        self.max_rows = 1
         self.compile_s = 0.0
         self.gqa = uses_gqa_attention(adapter.device, adapter.attention_config)
         self.cudagraphs = compile and adapter.device.type == "cuda"
@@ -131,56 +170,73 @@ class StaticSession(ModelSession):
         self.compiled = compile
         self._seen_shapes: set = set()
 
-    def prefill(self, prompt: Prompt, reserve: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
-        """The model's own prefill into a DynamicCache (bit-identical to `generate`'s), copied into the slots."""
+    def reserve_rows(self, rows: int) -> None:
+        # compiled steps pad the batch to a bucket, whose extra rows must exist (they write only their own slots)
+        self.max_rows = max(self.max_rows, bucket(rows) if self.compiled else rows)
+
+    def prefill(self, row: int, prompt: Prompt, reserve: int = 0) -> tuple[torch.Tensor, torch.Tensor]:
+        """The model's own prefill into a DynamicCache (bit-identical to `generate`'s), copied into row `row`."""
         staging = self.adapter.new_cache()
         with _observed(self, "prefill"):
             logits, hidden = self.adapter.forward(prompt.embeds, prompt.positions, staging, last_only=True)
         needed = len(prompt) + reserve
         capacity = self.cache.capacity if self.cache.capacity >= needed else -(-needed // 128) * 128
-        if self.cache.load(staging, len(prompt), capacity):
+        if self.cache.load(staging, row, len(prompt), max(self.max_rows, row + 1), capacity):
             self._seen_shapes.clear()
-        self._prefilled(prompt)
-        return logits, hidden
+        self._set_row(row, None, prompt)
+        return logits[0], hidden[0]
 
-    def extend(self, ids: torch.Tensor, positions: torch.Tensor, visible: torch.Tensor | None = None,
-               prefix: int | None = None) -> tuple[torch.Tensor, torch.Tensor]:
-        n = int(ids.shape[0])
-        rows, start = bucket(n), self.length
-        if start + rows > self.cache.capacity:
-            raise RuntimeError(f"static cache overflow: {start} + {rows} rows > {self.cache.capacity} slots")
+    def extend(self, ids: torch.Tensor, positions: torch.Tensor, counts: list[int] | None = None,
+               visible: torch.Tensor | None = None, prefix: list[int] | None = None
+               ) -> tuple[torch.Tensor, torch.Tensor]:
+        rows, n = ids.shape[0], ids.shape[1]
+        width = bucket(n)
+        padded_rows = bucket(rows) if self.compiled else rows
+        starts = self.lengths[:rows]
+        if max(starts) + width > self.cache.capacity:
+            raise RuntimeError(f"static cache overflow: {max(starts)} + {width} slots > {self.cache.capacity}")
         device = self.cache.start.device
-        # allowed (rows, capacity): the committed prefix, then the window [prefix, start + n) as `visible` says
-        # (causal when None); padding rows see the prefix only (their outputs and their K/V slots beyond
-        # start + n are never read)
-        allowed = torch.zeros(rows, self.cache.capacity, dtype=torch.bool, device=device)
+        extra = padded_rows - rows
+        host = torch.tensor([starts + [0] * extra, (prefix or starts) + [0] * extra], dtype=torch.long, device="cpu")
+        start, seen_until = host.to(device)                              # (Bp,) each
+        # allowed (Bp, width, capacity): every row sees its committed prefix, then its window as `visible` says
+        # (causal when None: position r sees slots up to start + r); padding rows of the batch see slot 0 only
+        # (their outputs and their slots are never read)
+        column = torch.arange(self.cache.capacity, device=device)
         if visible is None:
-            prefix = start
-            allowed[:n, start: start + n] = _lower_triangle(n, device)
+            allowed = column[None, None, :] <= (start[:, None] + torch.arange(width, device=device))[:, :, None]
         else:
-            allowed[:n, prefix: start + n] = visible.to(device)
-        allowed[:, :prefix] = True
-        ids, positions = ids.to(device), positions.to(device).reshape(-1)
-        if rows > n:
-            ids = torch.cat([ids, ids.new_zeros(rows - n, *ids.shape[1:])])
-            positions = torch.cat([positions, positions[-1:].expand(rows - n)])
-        self.cache.start.fill_(start)
+            allowed = (column[None, None, :] < seen_until[:, None, None]).expand(padded_rows, width, -1).clone()
+            w = visible.shape[-1]
+            window = seen_until[:rows, None] + torch.arange(w, device=device)                  # (B, w) slots
+            allowed[:rows, :n].scatter_(2, window[:, None, :].expand(rows, n, w), visible.to(device))
+        if extra:
+            allowed[rows:] = column == 0
+        ids = _pad(ids.to(device), padded_rows, width)
+        positions = _pad(positions.to(device), padded_rows, width, edge=True)
+        self.cache.start[:padded_rows].copy_(start)
         with _observed(self, "step"):
             logits, hidden = self._run(ids, self.adapter.positions(positions), allowed)
         self.forwards += 1
-        self.length += n
-        return logits[:n], hidden[:n]
+        for b in range(rows):
+            self.lengths[b] += n if counts is None else counts[b]
+        return logits[:rows, :n], hidden[:rows, :n]
 
-    def keep(self, prefix: int, extra=()) -> None:
+    def keep(self, prefix: list[int], extra: list[list[int]]) -> None:
         self.cache.keep(prefix, extra)
-        self.length = prefix + len(extra)
+        for b, (p, kept) in enumerate(zip(prefix, extra)):
+            self.lengths[b] = p + len(kept)
 
-    def truncate(self, length: int) -> None:
-        self.length = length
+    def truncate(self, lengths: list[int]) -> None:
+        self.lengths[: len(lengths)] = lengths
+
+    def move_row(self, src: int, dst: int) -> None:
+        self.cache.move_row(src, dst, self.lengths[src])
+        super().move_row(src, dst)
 
     # ---- the step ----------------------------------------------------------------------------------------------
     def _run(self, ids, positions, allowed):
-        shape = (ids.shape[0], self.cache.capacity)
+        shape = (*ids.shape[:2], self.cache.capacity)
         first = shape not in self._seen_shapes
         started = time.perf_counter()
         if self.cudagraphs:
@@ -196,11 +252,23 @@ class StaticSession(ModelSession):
         return logits, hidden
 
     def _step(self, ids: torch.Tensor, positions: torch.Tensor, allowed: torch.Tensor):
-        # ids (rows,) (or the rows' input vectors (rows, H) for a head), positions in the model's format for rows,
-        # allowed (rows, capacity) bool
+        # ids (Bp, width) (or the rows' input vectors (Bp, width, H) for a head), positions in the model's format,
+        # allowed (Bp, width, capacity) bool -> additive mask (Bp, 1, width, capacity)
         dtype = self.adapter.dtype
         mask = torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-        return self.adapter.forward(self.adapter.embed(ids), positions, self.cache, mask[None, None])
+        return self.adapter.forward(self.adapter.embed(ids), positions, self.cache, mask[:, None])
+
+
+def _pad(x: torch.Tensor, rows: int, width: int, edge: bool = False) -> torch.Tensor:
+    """x (B, n, ...) padded to (rows, width, ...): new positions repeat the row's last one (`edge`, for positions)
+    or are zeros; new rows are zeros."""
+    b, n = x.shape[0], x.shape[1]
+    if width > n:
+        fill = x[:, -1:].expand(b, width - n, *x.shape[2:]) if edge else x.new_zeros(b, width - n, *x.shape[2:])
+        x = torch.cat([x, fill], 1)
+    if rows > b:
+        x = torch.cat([x, x.new_zeros(rows - b, *x.shape[1:])])
+    return x
 
 
 def _compiled(method, device_type: str):
@@ -228,12 +296,6 @@ def _compiled(method, device_type: str):
 
 
 _COPIES = itertools.count()
-
-
-@functools.lru_cache(maxsize=64)
-def _lower_triangle(n: int, device: torch.device) -> torch.Tensor:
-    """(n, n) causal visibility, made once per size and device (read only)."""
-    return torch.ones(n, n, dtype=torch.bool, device=device).tril()
 
 
 def _synchronize(device: torch.device) -> None:

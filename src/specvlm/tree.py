@@ -1,17 +1,19 @@
 """Draft trees: the shapes, how a drafter grows them on its device, and the masks that verify them.
 
-A round starts from the *root*: the newest committed token, which neither model has in its KV cache yet. A tree
-holds n draft nodes below it. Node i carries `tokens[i]`, `parents[i]` (-1 is the root; parents come before
-children, parents[i] < i) and `depths[i]` (1 for the root's children). A chain is the tree whose parents are
--1, 0, 1, ...
+A round starts from the *root*: the newest committed token, which neither model has in its KV cache yet. Every
+row of a batch has its own root and its own tree of n draft nodes below it (the same n for all rows; a static tree
+even has the same shape). Node i of row b carries `tokens[b, i]`, `parents[b, i]` (-1 is the root; parents come
+before children, parents[b, i] < i) and `depths[b, i]` (1 for the root's children). A chain is the tree whose
+parents are -1, 0, 1, ...
 
 Builders are pure bookkeeping around one callable,
 
-    expand(tokens (w,) long, parent_slots (w,) long, depth: int) -> logprobs (w, V)
+    expand(tokens (B, w) long, parent_slots (B, w) long, depth: int) -> logprobs (B, w, V)
 
-which feeds w new nodes, all at `depth` below the root, to the drafter and returns its next-token log-probabilities
-below each of them. Within a round the drafter numbers the nodes it is fed in order (slot 0, 1, ...), and
-`parent_slots[j]` is the slot of node j's parent (-1: the root). Every tensor stays on the drafter's device: no
+which feeds w new nodes per row, all at `depth` below the root, to the drafter (one batched forward) and returns
+its next-token log-probabilities below each of them. Within a round the drafter numbers the nodes it is fed in
+order (slot 0, 1, ..., the same slots in every row), and `parent_slots[b, j]` is the slot of node j's parent
+(-1: the root). Every tensor stays on the drafter's device: no
 builder reads one back to the host, so a whole round is queued without a synchronisation (the chain's confidence
 stop excepted: deciding to stop is a host decision by nature). Tests drive the builders with hand-made tables.
 """
@@ -46,44 +48,52 @@ Expand = Callable[[torch.Tensor, torch.Tensor, int], torch.Tensor]
 
 @dataclass
 class DraftTree:
-    tokens: torch.Tensor                 # (n,) long
-    parents: torch.Tensor                # (n,) long, -1 = root
-    depths: torch.Tensor | None = None   # (n,) long; derived from parents when not given
-    probs: torch.Tensor | None = None    # (n, V): distribution node i was sampled from (chains when sampling)
-    fed: torch.Tensor | None = None      # (n,) long: the drafter slot node i was fed at this round, -1 if never
+    """One round's proposals for a batch of rows: every row's tree has the same number of nodes n (its shape may
+    differ). Tensors are (B, n) on the drafter's device; `valid` marks nodes a row really proposed (a chain that
+    stopped early, or a row that asked for fewer tokens, pads the rest with never-acceptable nodes)."""
+    tokens: torch.Tensor                 # (B, n) long
+    parents: torch.Tensor                # (B, n) long, -1 = root
+    depths: torch.Tensor | None = None   # (B, n) long; derived from parents when not given
+    probs: torch.Tensor | None = None    # (B, n, V): distribution node i was sampled from (chains when sampling)
+    fed: torch.Tensor | None = None      # (B, n) long: the drafter slot node i was fed at this round, -1 if never
     max_depth: int | None = None         # an upper bound of depths (host), when the builder knows it
     chain: bool = False                  # host knowledge that this is a chain (verified causally, without a mask)
+    valid: torch.Tensor | None = None    # (B, n) bool, None = every node is a real proposal
 
     def __post_init__(self):
         if self.depths is None:
             self.depths = node_depths(self.parents)
 
     def __len__(self) -> int:
-        return int(self.tokens.numel())
+        return int(self.tokens.shape[-1])
+
+    @property
+    def rows(self) -> int:
+        return int(self.tokens.shape[0])
 
     @cached_property
     def ancestors(self) -> torch.Tensor:
-        """(n, n) bool on the tree's device; [i, j] is True when j is i or an ancestor of i."""
+        """(B, n, n) bool on the tree's device; [b, i, j] is True when j is i or an ancestor of i in row b."""
         if self.chain:
-            return _chain_ancestors(len(self) + 1, self.tokens.device)[1:, 1:]
-        return self.verify_mask[1:, 1:]
+            return _chain_ancestors(len(self) + 1, self.tokens.device)[1:, 1:].expand(self.rows, -1, -1)
+        return self.verify_mask[:, 1:, 1:]
 
     @cached_property
     def verify_mask(self) -> torch.Tensor | None:
-        """(n+1, n+1) visibility of [root, *nodes] for the target's verification, None for a chain (causal)."""
+        """(B, n+1, n+1) visibility of [root, *nodes] for the target's verification, None for a chain (causal)."""
         return None if self.chain else ancestor_matrix(self.parents, self.max_depth)
 
     # ---- host views (they synchronise; for tests and debugging, never on the decode path) ----------------------
-    def children(self) -> list[list[int]]:
-        """children()[0] lists the root's children, children()[i + 1] those of node i, in node order."""
+    def children(self, row: int = 0) -> list[list[int]]:
+        """children(b)[0] lists the root's children in row b, children(b)[i + 1] those of node i, in node order."""
         kids: list[list[int]] = [[] for _ in range(len(self) + 1)]
-        for node, parent in enumerate(self.parents.tolist()):
+        for node, parent in enumerate(self.parents[row].tolist()):
             kids[parent + 1].append(node)
         return kids
 
-    def path(self, node: int) -> list[int]:
-        """Nodes from the root's child down to `node` (inclusive)."""
-        parents = self.parents.tolist()
+    def path(self, node: int, row: int = 0) -> list[int]:
+        """Nodes of row `row` from the root's child down to `node` (inclusive)."""
+        parents = self.parents[row].tolist()
         out = []
         while node >= 0:
             out.append(node)
@@ -92,7 +102,7 @@ class DraftTree:
 
     @property
     def is_chain(self) -> bool:
-        return self.chain or self.parents.tolist() == list(range(-1, len(self) - 1))
+        return self.chain or all(row == list(range(-1, len(self) - 1)) for row in self.parents.tolist())
 
 
 @lru_cache(maxsize=64)
@@ -101,46 +111,60 @@ def _chain_ancestors(n: int, device: torch.device) -> torch.Tensor:
 
 
 def node_depths(parents: torch.Tensor) -> torch.Tensor:
-    """(n,) depths from parents, on their device (parents[i] < i, so one pass in node order)."""
-    depth: list[int] = []
-    for parent in parents.tolist():
-        depth.append(1 if parent < 0 else depth[parent] + 1)
-    return torch.tensor(depth, dtype=torch.long, device=parents.device)
+    """Depths from parents ((n,) or (B, n)), on their device (parents[i] < i, so one pass in node order)."""
+    rows = []
+    for row in parents.reshape(-1, parents.shape[-1]).tolist():
+        depth: list[int] = []
+        for parent in row:
+            depth.append(1 if parent < 0 else depth[parent] + 1)
+        rows.append(depth)
+    return torch.tensor(rows, dtype=torch.long, device=parents.device).reshape(parents.shape)
 
 
 def ancestor_matrix(parents: torch.Tensor, max_depth: int | None = None) -> torch.Tensor:
-    """(n+1, n+1) bool on the parents' device; [i, j] is True when j is i or an ancestor of i. Index 0 is the root,
-    node k is k+1. Built by `max_depth` rounds of "inherit the parent's row" (n rounds when the depth is unknown)."""
-    n = parents.numel()
-    visible = torch.eye(n + 1, dtype=torch.bool, device=parents.device)
-    rows = parents.long() + 1                                    # each node's parent row (the root is row 0)
+    """(..., n+1, n+1) bool on the parents' device for parents (..., n); [i, j] is True when j is i or an ancestor
+    of i. Index 0 is the root, node k is k+1. Built by `max_depth` rounds of "inherit the parent's row" (n rounds
+    when the depth is unknown)."""
+    n = parents.shape[-1]
+    flat = parents.reshape(-1, n).long()                                         # (B, n)
+    visible = torch.eye(n + 1, dtype=torch.bool, device=parents.device).repeat(flat.shape[0], 1, 1)
+    rows = (flat + 1)[:, :, None].expand(-1, -1, n + 1)                         # each node's parent row
     for _ in range(n if max_depth is None else max_depth):
-        visible[1:] |= visible[rows]
-    return visible
+        visible[:, 1:] |= visible.gather(1, rows)
+    return visible.reshape(*parents.shape[:-1], n + 1, n + 1)
 
 
 # ---- builders ----------------------------------------------------------------------------------------------------
 def build_chain(first: torch.Tensor, expand: Expand, length: int, choose: Callable[[torch.Tensor], torch.Tensor],
                 min_prob: float = 0.0) -> DraftTree:
-    """Up to γ = `length` tokens one after another. `first` (V,) and each expansion are log-probabilities; `choose`
-    picks a token from them as a (1,) tensor (argmax when greedy, a sample when not). The chosen-from distributions
-    are kept as `probs` (q). The chain stops early after a token the draft gave probability q(x) < `min_prob` (HF
-    assisted generation's confidence threshold): a token the draft doubts is likely rejected, and every token after
-    it wasted. The stop depends on the draft's own draws only, so the acceptance rules stay exact; it reads q(x) on
-    the host, one synchronisation per drafted token, which is why it is off (0) by default."""
-    tokens, rows = [], []
+    """Up to γ = `length` tokens one after another, per row. `first` (B, V) and each expansion are
+    log-probabilities; `choose` picks a token per row from them, (B,) (argmax when greedy, a sample when not). The
+    chosen-from distributions are kept as `probs` (q). A row's chain stops early after a token its draft gave
+    probability q(x) < `min_prob` (HF assisted generation's confidence threshold): a token the draft doubts is
+    likely rejected, and every token after it wasted. Drafting goes on while any row goes on; a stopped row's later
+    nodes are not `valid`. The stop depends on the draft's own draws only, so the acceptance rules stay exact; it
+    reads q(x) on the host, one synchronisation per drafted token, which is why it is off (0) by default."""
+    rows, device = first.shape[0], first.device
+    tokens, dists, live = [], [], []
     logprobs, log_min = first, math.log(min_prob) if min_prob > 0 else None
+    going = torch.ones(rows, dtype=torch.bool, device=device)
     for i in range(length):
-        rows.append(logprobs)
-        tokens.append(choose(logprobs).reshape(1))
-        if i + 1 == length or (log_min is not None and float(logprobs[tokens[-1]]) < log_min):
+        dists.append(logprobs)
+        tokens.append(choose(logprobs).reshape(rows))
+        live.append(going)
+        if log_min is not None:
+            going = going & (logprobs.gather(1, tokens[-1][:, None])[:, 0] >= log_min)
+        if i + 1 == length or (log_min is not None and not bool(going.any())):
             break
-        logprobs = expand(tokens[-1], torch.full((1,), i - 1, dtype=torch.long, device=first.device), i + 1)[0]
-    n, device = len(tokens), first.device
-    fed = torch.arange(n, device=device)
-    fed[-1] = -1   # the last token is proposed but never fed to the drafter
-    return DraftTree(torch.cat(tokens), torch.arange(-1, n - 1, device=device), torch.arange(1, n + 1, device=device),
-                     probs=torch.stack(rows).float().exp(), fed=fed, max_depth=n, chain=True)
+        parent = torch.full((rows, 1), i - 1, dtype=torch.long, device=device)
+        logprobs = expand(tokens[-1][:, None], parent, i + 1)[:, 0]
+    n = len(tokens)
+    fed = torch.arange(n, device=device).expand(rows, n).clone()
+    fed[:, -1] = -1   # the last token is proposed but never fed to the drafter
+    positions = torch.arange(n, device=device)
+    return DraftTree(torch.stack(tokens, 1), (positions - 1).expand(rows, n), (positions + 1).expand(rows, n),
+                     probs=torch.stack(dists, 1).float().exp(), fed=fed, max_depth=n, chain=True,
+                     valid=torch.stack(live, 1) if log_min is not None else None)
 
 
 @dataclass(frozen=True)
@@ -196,62 +220,66 @@ def static_shape(paths: tuple = EAGLE1_TREE, max_depth: int | None = None) -> St
 
 
 def build_static_tree(first: torch.Tensor, expand: Expand, paths=EAGLE1_TREE, max_depth: int | None = None) -> DraftTree:
-    """EAGLE-1 style: a fixed shape filled with the drafter's top-ranked tokens, one drafter call per depth that
-    has children (only nodes with children are fed)."""
+    """EAGLE-1 style: a fixed shape filled with each row's top-ranked tokens, one drafter call per depth that has
+    children (only nodes with children are fed). `first` (B, V)."""
     shape = static_shape(tuple(paths), max_depth)
     t = shape.tensors(first.device)
-    tokens = torch.zeros(len(shape.parents), dtype=torch.long, device=first.device)
-    rows = first[None]                     # (1, V): the root's distribution
+    rows = first.shape[0]
+    tokens = torch.zeros(rows, len(shape.parents), dtype=torch.long, device=first.device)
+    dists = first[:, None]                 # (B, 1, V): the root's distribution
     child_row = torch.zeros(len(shape.levels[0]) if shape.levels else 0, dtype=torch.long, device=first.device)
     for d in range(1, shape.max_depth + 1):
         ranks = t[f"rank{d}"]
-        k = min(max(shape.ranks[i] for i in shape.levels[d - 1]) + 1, rows.shape[-1])
-        top = torch.topk(rows.float(), k, dim=-1).indices                      # (fed parents, k)
-        tokens[t[f"level{d}"]] = top[child_row, ranks.clamp_max(k - 1)]
+        k = min(max(shape.ranks[i] for i in shape.levels[d - 1]) + 1, dists.shape[-1])
+        top = torch.topk(dists.float(), k, dim=-1).indices                     # (B, fed parents, k)
+        tokens[:, t[f"level{d}"]] = top[:, child_row, ranks.clamp_max(k - 1)]
         if d < shape.max_depth:
             feed = t[f"feed{d}"]
-            rows = expand(tokens[feed], t[f"feed_parent_slot{d}"], d)
+            dists = expand(tokens[:, feed], t[f"feed_parent_slot{d}"].expand(rows, -1), d)
             child_row = t[f"child_row{d + 1}"]
-    return DraftTree(tokens, t["parents"], t["depths"], fed=t["fed"], max_depth=shape.max_depth)
+    expand_rows = lambda name: t[name].expand(rows, -1)  # noqa: E731
+    return DraftTree(tokens, expand_rows("parents"), expand_rows("depths"), fed=expand_rows("fed"),
+                     max_depth=shape.max_depth)
 
 
 def build_dynamic_tree(first: torch.Tensor, expand: Expand, top_k: int, depth: int, total_tokens: int) -> DraftTree:
-    """EAGLE-2: grow `depth` layers, each time expanding the `top_k` frontier nodes with the highest cumulative
-    draft log-probability into top_k children each; then keep the `total_tokens - 1` best of all candidates.
+    """EAGLE-2, per row: grow `depth` layers, each time expanding the `top_k` frontier nodes with the highest
+    cumulative draft log-probability into top_k children each; then keep the `total_tokens - 1` best of all
+    candidates. `first` (B, V).
 
     A node's value (sum of log-probs on its path) never exceeds its parent's, and a stable sort puts the parent
     (smaller index) first on ties, so the kept set is always a connected tree. Every step is a fixed-shape tensor
     operation on the drafter's device; the frontier is fed at slots (layer - 1)·k ... layer·k - 1."""
-    device = first.device
-    k = min(top_k, first.numel())
+    device, rows = first.device, first.shape[0]
+    k = min(top_k, first.shape[-1])
     count = k + (depth - 1) * k * k                      # candidates: k root children, then k² per layer
-    values = torch.empty(count, dtype=torch.float32, device=device)
-    tokens = torch.empty(count, dtype=torch.long, device=device)
-    parents = torch.full((count,), -1, dtype=torch.long, device=device)
-    depths = torch.ones(count, dtype=torch.long, device=device)
-    slots = torch.full((count,), -1, dtype=torch.long, device=device)
+    values = torch.empty(rows, count, dtype=torch.float32, device=device)
+    tokens = torch.empty(rows, count, dtype=torch.long, device=device)
+    parents = torch.full((rows, count), -1, dtype=torch.long, device=device)
+    depths = torch.ones(rows, count, dtype=torch.long, device=device)
+    slots = torch.full((rows, count), -1, dtype=torch.long, device=device)
     top = torch.topk(first.float().clamp_min(_FLOOR), k)
-    values[:k], tokens[:k] = top.values, top.indices
-    frontier, base = torch.arange(k, device=device), k
+    values[:, :k], tokens[:, :k] = top.values, top.indices
+    frontier, base = torch.arange(k, device=device).expand(rows, k), k                  # (B, k) candidate ids
     for layer in range(1, depth):
-        slots[frontier] = torch.arange((layer - 1) * k, layer * k, device=device)
-        parent = parents[frontier]
-        parent_slots = torch.where(parent >= 0, slots[parent.clamp_min(0)], -1)
-        rows = expand(tokens[frontier], parent_slots, layer).float().clamp_min(_FLOOR)     # (k, V)
-        child = torch.topk(rows, k, dim=-1)
-        cumulative = (values[frontier][:, None] + child.values).flatten()                 # (k²,)
+        slots.scatter_(1, frontier, torch.arange((layer - 1) * k, layer * k, device=device).expand(rows, k))
+        parent = parents.gather(1, frontier)
+        parent_slots = torch.where(parent >= 0, slots.gather(1, parent.clamp_min(0)), -1)
+        dists = expand(tokens.gather(1, frontier), parent_slots, layer).float().clamp_min(_FLOOR)   # (B, k, V)
+        child = torch.topk(dists, k, dim=-1)                                                     # (B, k, k)
+        cumulative = (values.gather(1, frontier)[:, :, None] + child.values).flatten(1)           # (B, k²)
         new = slice(base, base + k * k)
-        values[new], tokens[new] = cumulative, child.indices.flatten()
-        parents[new], depths[new] = frontier.repeat_interleave(k), layer + 1
+        values[:, new], tokens[:, new] = cumulative, child.indices.flatten(1)
+        parents[:, new], depths[:, new] = frontier.repeat_interleave(k, dim=1), layer + 1
         frontier = base + torch.topk(cumulative, k).indices
         base += k * k
-    kept = torch.sort(values, descending=True, stable=True).indices[: min(total_tokens - 1, count)]
-    kept = kept.sort().values                            # candidate order: parents before children
-    new_index = torch.full((count,), -1, dtype=torch.long, device=device)
-    new_index[kept] = torch.arange(kept.numel(), device=device)
-    parent = parents[kept]
-    return DraftTree(tokens[kept], torch.where(parent >= 0, new_index[parent.clamp_min(0)], -1), depths[kept],
-                     fed=slots[kept], max_depth=depth)
+    kept = torch.sort(values, descending=True, stable=True).indices[:, : min(total_tokens - 1, count)]
+    kept = kept.sort(-1).values                          # candidate order: parents before children
+    new_index = torch.full((rows, count), -1, dtype=torch.long, device=device)
+    new_index.scatter_(1, kept, torch.arange(kept.shape[1], device=device).expand_as(kept))
+    parent = parents.gather(1, kept)
+    return DraftTree(tokens.gather(1, kept), torch.where(parent >= 0, new_index.gather(1, parent.clamp_min(0)), -1),
+                     depths.gather(1, kept), fed=slots.gather(1, kept), max_depth=depth)
 
 
 @dataclass(frozen=True)
@@ -294,7 +322,8 @@ class TreeSpec:
 
     def build(self, first: torch.Tensor, expand: Expand, choose: Callable[[torch.Tensor], torch.Tensor],
               max_depth: int) -> DraftTree:
-        """A tree no deeper than `max_depth` (the tokens still wanted this generation)."""
+        """Trees below each row's root (`first` (B, V): the draft's log-probabilities after it), no deeper than
+        `max_depth` (the most tokens any row still wants this generation)."""
         if self.kind == "chain":
             return build_chain(first, expand, min(self.num_draft_tokens, max_depth), choose, self.confidence_threshold)
         if self.kind == "static":

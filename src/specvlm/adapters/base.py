@@ -157,12 +157,13 @@ class VLMAdapter:
         return torch.arange(length, device=self.device)[None], length
 
     def positions(self, pos: torch.Tensor) -> torch.Tensor:
-        """1-D positions (n,) of text tokens -> position ids for a batch of one."""
-        return pos.to(self.device)[None]
+        """1-D positions of text tokens, (B, n) (or (n,) for a batch of one) -> the model's position ids (B, n)."""
+        return pos.to(self.device).reshape(-1, pos.shape[-1])
 
     # ---- shared ----------------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        return self.embeddings(ids.to(self.device).reshape(1, -1))
+        """Token embeddings (B, n, H) of ids (B, n) (or (n,) for a batch of one)."""
+        return self.embeddings(ids.to(self.device).reshape(-1, ids.shape[-1]))
 
     def token_id(self, modality: str) -> int | None:
         return self.image_token_id if modality == "image" else self.video_token_id
@@ -204,6 +205,53 @@ class VLMAdapter:
         """An empty HF cache for the language model (or for layers built from `config`, e.g. a draft head's)."""
         return DynamicCache(config=config or self.text_config)
 
+    # ---- batches: a processor output for B prompts -> B batch-of-one inputs ------------------------------------
+    visual_keys: tuple[str, ...] = ()   # the family's visual inputs, which `split_visual` assigns to rows
+
+    def split_batch(self, inputs: dict) -> list[dict]:
+        """B dicts, row b's inputs exactly as the family's processor returns them for prompt b alone, except that
+        the row's left padding stays: input_ids / attention_mask / mm_token_type_ids (and any (B, L) token tensor)
+        become (1, L) slices, so `request.left_padding` / `strip_left_padding` still see the pads.
+
+        Visual tensors are handed to rows in order (row 0's items first), which is how HF's batched forward consumes
+        them: it scatters the features of all items over the placeholders of the flattened batch. Each family says
+        how many items a row holds (`split_visual`); every count is checked against the row's placeholder tokens
+        where the layout allows, and anything that does not add up, or any tensor whose split is unknown, is a
+        one-line ValueError: a wrong split would still decode, silently, with another row's image.
+
+        Rows are views of the batch's tensors (same dtype and device); only small counts go to the host. A batch of
+        one comes back as `[inputs]`."""
+        batch, length = batch_shape(inputs)
+        if batch == 1:
+            return [inputs]
+        visual = self.split_visual(inputs, inputs["input_ids"])
+        rows: list[dict] = [{} for _ in range(batch)]
+        for key, value in inputs.items():
+            if value is None or isinstance(value, (bool, int, float, str)):
+                for row in rows:      # nothing per row in it: every row gets it
+                    row[key] = value
+            elif key in self.visual_keys:
+                for row, parts in zip(rows, visual):
+                    if key in parts:
+                        row[key] = parts[key]
+            elif isinstance(value, torch.Tensor) and tuple(value.shape) == (batch, length):
+                for b, row in enumerate(rows):
+                    row[key] = value[b: b + 1]
+            elif isinstance(value, torch.Tensor) and value.dim() == 0:
+                for row in rows:
+                    row[key] = value
+            else:
+                shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
+                raise ValueError(f"{self.family}: cannot split {key!r} ({shape}) over a batch of {batch}: it is "
+                                 f"neither a ({batch}, {length}) token tensor nor one of the family's visual inputs "
+                                 f"({', '.join(self.visual_keys)})")
+        return rows
+
+    def split_visual(self, inputs: dict, input_ids: torch.Tensor) -> list[dict]:
+        """Per row, {key: tensor} of the family's visual inputs that row holds (keys of `visual_keys`; a row without
+        images or videos gets none, as its processor output would have none)."""
+        return [{} for _ in range(input_ids.shape[0])]
+
     # ---- a standalone decoder layer of the model's own class (EAGLE's draft head) ------------------------------
     def one_layer_config(self):
         """The text config cut to one full-attention layer; SDPA unless the model runs eager attention (a head needs
@@ -228,28 +276,87 @@ class VLMAdapter:
     @torch.no_grad()
     def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,
                 mask: torch.Tensor | None = None, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Run the language model over `embeds` (1, n, H) appended to `cache`. Returns float32 logits (n, V) (or
-        (1, V) with `last_only`) and the final hidden states (n, H) after the last norm."""
+        """Run the language model over `embeds` (B, n, H) appended to `cache` (`mask`: additive (B, 1, n, keys) or
+        None for causal). Returns float32 logits (B, n, V) (or (B, 1, V) with `last_only`) and the final hidden
+        states (B, n, H) after the last norm."""
         out = self.decoder(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
                            **{self.cache_keyword: cache})
-        hidden = out.last_hidden_state[0]
-        rows = hidden[-1:] if last_only else hidden
+        hidden = out.last_hidden_state
+        rows = hidden[:, -1:] if last_only else hidden
         return self.lm_head(rows).float(), hidden
 
 
 def keep_cache_entries(cache: DynamicCache, prefix: int, extra=()) -> None:
     """Keep the first `prefix` cache entries, then the entries at positions `extra` (host ints, all >= prefix), in
     order. This is how a verified tree collapses to its accepted path without recomputing any K/V."""
-    from .static_cache import _on_devices
-
     extra = list(extra)
-    index = _on_devices(extra)
+    moved = extra and extra != list(range(prefix, prefix + len(extra)))
+    host = torch.tensor(extra, dtype=torch.long, device="cpu")
     for layer in cache.layers:
         if not getattr(layer, "is_initialized", False):
             continue
         keys, values = layer.keys, layer.values
-        if extra and extra != list(range(prefix, prefix + len(extra))):
-            keys[..., prefix: prefix + len(extra), :] = keys[..., index(keys.device), :]
-            values[..., prefix: prefix + len(extra), :] = values[..., index(values.device), :]
+        if moved:
+            index = host.to(keys.device)
+            keys[..., prefix: prefix + len(extra), :] = keys[..., index, :]
+            values[..., prefix: prefix + len(extra), :] = values[..., index, :]
         layer.keys = keys[..., : prefix + len(extra), :]
         layer.values = values[..., : prefix + len(extra), :]
+
+
+# ---- batch bookkeeping (host ints), shared by the families' `split_visual` ----------------------------------------
+def batch_shape(inputs: dict) -> tuple[int, int]:
+    """(B, L) of a processor-shaped batch, after checking that its token tensors agree on it."""
+    input_ids = inputs.get("input_ids")
+    if not isinstance(input_ids, torch.Tensor) or input_ids.dim() != 2:
+        shape = tuple(input_ids.shape) if isinstance(input_ids, torch.Tensor) else type(input_ids).__name__
+        raise ValueError(f"a batch needs input_ids of shape (B, L), got {shape}")
+    batch, length = input_ids.shape
+    for key in ("attention_mask", "mm_token_type_ids"):
+        value = inputs.get(key)
+        if isinstance(value, torch.Tensor) and tuple(value.shape) != (batch, length):
+            raise ValueError(f"{key} has shape {tuple(value.shape)} but input_ids has ({batch}, {length})")
+    return int(batch), int(length)
+
+
+def placeholder_counts(input_ids: torch.Tensor, token_id: int | None) -> list[int]:
+    """Per row, how many placeholder tokens `token_id` it holds, counted like HF's forward counts them (every
+    position, pads included: a pad is never a placeholder)."""
+    if token_id is None:
+        return [0] * input_ids.shape[0]
+    return (input_ids == token_id).sum(1).tolist()
+
+
+def items_by_tokens(counts: list[int], lengths: list[int], modality: str) -> list[range]:
+    """Per row, the range of items (images or videos, in batch order) whose token `lengths` fill its `counts`
+    placeholders: row 0 takes the first items until their tokens add up to its count, then row 1, ... exactly as
+    one masked_scatter over the flattened batch hands them out. A row that cannot be filled exactly, or items left
+    over, is a ValueError."""
+    out, item = [], 0
+    for row, count in enumerate(counts):
+        start, tokens = item, 0
+        while tokens < count and item < len(lengths):
+            tokens, item = tokens + lengths[item], item + 1
+        if tokens != count:
+            raise ValueError(f"row {row} has {count} {modality} placeholder tokens but the batch's {modality}s, taken "
+                             f"in order, give it {tokens} ({modality} token lengths: {lengths})")
+        out.append(range(start, item))
+    if item != len(lengths):
+        raise ValueError(f"the batch has {len(lengths)} {modality}s but its {modality} placeholder tokens "
+                         f"({sum(counts)}, per row {counts}) take only the first {item}")
+    return out
+
+
+def hand_out(rows: list[dict], items: list[range], tensors: dict) -> None:
+    """Give each row its items' slice (dim 0) of every tensor in `tensors`; a row without items gets no key."""
+    for row, mine in zip(rows, items):
+        if mine:
+            row.update({key: value[mine.start: mine.stop] for key, value in tensors.items()})
+
+
+def offsets(sizes: list[int]) -> list[int]:
+    """Cumulative starts: item i occupies [offsets[i], offsets[i + 1]) of a tensor that concatenates them."""
+    out = [0]
+    for size in sizes:
+        out.append(out[-1] + size)
+    return out

@@ -4,6 +4,10 @@ Positions: stock `generate` gives visual tokens (t, h, w) ids from `get_rope_ind
 tokens_per_second * second_per_grid_ts) and text tokens the same id on all three axes; after the prompt, text
 continues at len(prompt) + rope_delta. Without `mm_token_type_ids` stock `generate` silently uses 1-D positions,
 and so do we (to stay token-identical); the processor always emits them.
+
+Batches: pixel_values (sum of patches, D) concatenates every image's t*h*w patches in batch order, image_grid_thw
+(num_images, 3) gives each image's grid, and an image fills t*h*w / merge**2 placeholders; videos likewise, with
+second_per_grid_ts (num_videos,). The grids therefore say which images fill which row's placeholders.
 """
 
 from __future__ import annotations
@@ -12,12 +16,17 @@ import warnings
 
 import torch
 
-from .base import VLMAdapter, feature_items
+from .base import VLMAdapter, feature_items, hand_out, items_by_tokens, offsets, placeholder_counts
 
 
 class Qwen2_5_VLAdapter(VLMAdapter):
     model_types = ("qwen2_5_vl",)
     uses_mrope = True
+    # (modality, patches, grids, per-item extras); Qwen2-VL's processor gives no second_per_grid_ts, its model
+    # ignores it, and a batch that has it is split like Qwen2.5-VL's
+    VISUAL_INPUTS = (("image", "pixel_values", "image_grid_thw", ()),
+                     ("video", "pixel_values_videos", "video_grid_thw", ("second_per_grid_ts",)))
+    visual_keys = ("pixel_values", "image_grid_thw", "pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 
     def visual_features(self, inputs: dict) -> dict:
         model, out = self.model.model, {}
@@ -50,4 +59,39 @@ class Qwen2_5_VLAdapter(VLMAdapter):
         return positions.to(self.device), input_ids.shape[1] + int(delta.reshape(-1)[0])
 
     def positions(self, pos: torch.Tensor) -> torch.Tensor:
-        return pos.to(self.device)[None, None].expand(3, 1, -1)
+        """1-D text positions (B, n) or (n,) -> M-RoPE ids (3, B, n): the same id on the t, h and w axes."""
+        return pos.to(self.device).reshape(-1, pos.shape[-1])[None].expand(3, -1, -1)
+
+    def split_visual(self, inputs: dict, input_ids: torch.Tensor) -> list[dict]:
+        """Images and videos go to rows by their grids: item i has t*h*w patch rows and t*h*w / merge**2
+        placeholder tokens, and rows take items in order until their placeholder counts are filled."""
+        rows = [{} for _ in range(input_ids.shape[0])]
+        merge = self.config.vision_config.spatial_merge_size
+        for modality, pixels_key, grid_key, extra_keys in self.VISUAL_INPUTS:
+            counts = placeholder_counts(input_ids, self.token_id(modality))
+            pixels, grid = inputs.get(pixels_key), inputs.get(grid_key)
+            extras = {key: inputs[key] for key in extra_keys if inputs.get(key) is not None}
+            if pixels is None and grid is None and not extras:
+                if any(counts):
+                    raise ValueError(f"{self.family}: the batch has {modality} placeholder tokens (per row {counts}) "
+                                     f"but no {pixels_key}")
+                continue
+            if pixels is None or grid is None:
+                given = ", ".join(k for k in (pixels_key, grid_key, *extras) if inputs.get(k) is not None)
+                raise ValueError(f"{self.family}: the batch has {given} but no "
+                                 f"{grid_key if pixels is not None else pixels_key}")
+            patches = [t * h * w for t, h, w in grid.tolist()]          # (num_items, 3) -> host ints
+            if sum(patches) != pixels.shape[0]:
+                raise ValueError(f"{self.family}: {grid_key} gives {sum(patches)} patches but {pixels_key} has "
+                                 f"{pixels.shape[0]} rows")
+            for key, value in extras.items():
+                if value.shape[0] != len(patches):
+                    raise ValueError(f"{self.family}: {key} has {value.shape[0]} entries for {len(patches)} "
+                                     f"{modality}s")
+            items = items_by_tokens(counts, [p // merge ** 2 for p in patches], modality)
+            start = offsets(patches)
+            for row, mine in zip(rows, items):
+                if mine:
+                    row[pixels_key] = pixels[start[mine.start]: start[mine.stop]]     # (its items' patches, D)
+            hand_out(rows, items, {grid_key: grid, **extras})
+        return rows

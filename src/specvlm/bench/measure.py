@@ -15,7 +15,7 @@ Every method reports the same `Measurement`, whoever runs it (HF `generate`, HF 
   output embeddings) joins the decoder call just before it. Call 0 of each is its prefill, the rest its decode
   forwards.
 - forward clocks, ours: every forward of a session (`session.observe_forwards`: decoder + LM head, compiled or
-  not) while the drafter begins or proposes is the draft's, every other one the target's ("self" drafting in the
+  not) while the drafter adds its row or proposes is the draft's, every other one the target's ("self" drafting in the
   target's own session included). Vision towers, sampling, tree building and cache bookkeeping are not in the
   clocks.
 """
@@ -223,7 +223,7 @@ def measure_hf_assisted(target, draft, inputs: dict, draft_inputs: dict, gen_kwa
 
 # ---- ours -----------------------------------------------------------------------------------------------------------
 def measure_speculative(generator, target, inputs: dict, draft_inputs: dict | None, gen_kwargs: dict) -> Measurement:
-    """`SpeculativeGenerator.generate`; forwards run while the drafter begins or proposes are the draft's."""
+    """`SpeculativeGenerator.generate`; forwards run while the drafter adds its row or proposes are the draft's."""
     from ..session import observe_forwards
 
     drafter = generator.drafter
@@ -236,7 +236,7 @@ def measure_speculative(generator, target, inputs: dict, draft_inputs: dict | No
         (draft_clock if drafting[0] else target_clock).add(seconds, prefill=kind == "prefill")
 
     with ExitStack() as stack:
-        for name in ("begin", "propose"):
+        for name in ("add_row", "propose"):
             stack.enter_context(_flagged(drafter, name, drafting))
         stack.enter_context(observe_forwards(heard))
         _sync()

@@ -1,11 +1,15 @@
-"""The contract between the decode loop and whoever proposes tokens.
+"""The contract between the decode loop and whoever proposes tokens, for a batch of rows.
 
-Each round the loop calls `propose(root, max_depth, seen)` for a `DraftTree` below the root token (a (1,) tensor
-on the device), verifies it with one target forward, then calls `commit(tree, accepted, next_token,
-target_hidden)` with the round's outcome on the host (`verify.Accepted`: the accepted nodes, their tokens and
-slots), the target's next token (the new root, still on the device) and the target's final hidden states for
-[root, *accepted] (what EAGLE-style heads feed on). Between rounds a drafter's cache holds exactly the committed
-tokens it has processed. `propose` never reads a tensor back to the host.
+Per batch the loop calls `start(setup)` (what every row shares: tree shape, vocabulary, sessions), then
+`add_row(row, ctx)` for each sequence as it joins (its own prompt, prefilled on its own). Each round it calls
+`propose(roots, max_depth, seen, sampling, random)` for a batched `DraftTree` below every active row's root token
+(`roots` (B,) on the device), verifies all rows with one target forward, then calls `commit(tree, accepted,
+next_tokens, target_hidden)` with the round's outcome per row on the host (`verify.Accepted`: the accepted nodes,
+their tokens and slots), the target's next tokens (the new roots, still on the device) and per row the target's
+final hidden states for [root, *accepted] (what EAGLE-style heads feed on). Active rows are rows 0..B-1; when a
+row leaves, the loop moves the last row into its place (`move_row`) and drops the tail (`drop_rows`). Between
+rounds a drafter's cache holds exactly the committed tokens it has processed, per row. `propose` never reads a
+tensor back to the host.
 """
 
 from __future__ import annotations
@@ -17,86 +21,110 @@ from typing import Callable
 import torch
 
 from ..adapters import Prompt
-from ..sampling import Sampling, history_rows, sample_from
+from ..sampling import RowRandom, RowSampling, Sampling, history_rows, sample_from
 from ..tree import DraftTree, TreeSpec
 
 
 @dataclass
+class DraftSetup:
+    """What every row of a batch shares."""
+    tree: TreeSpec
+    vocab_size: int                           # width of the target's logits; draft distributions are fitted to it
+    max_rows: int                             # the most rows the batch holds at once
+    new_session: Callable | None = None       # adapter -> a session of the generator's engine
+    target_session: object = None             # the target's session ("self" without pruning drafts in it)
+    pruning: bool = False                     # the draft's prompts are pruned (rows without visual input aside)
+    contiguous_positions: bool = False        # pruning: renumber the draft's shorter prompt 0..L'-1
+
+
+@dataclass
 class DraftContext:
-    inputs: dict                  # processor outputs for the drafter (its own visual inputs)
+    """One row, as it joins the batch."""
+    inputs: dict                  # processor outputs for the drafter (its own visual inputs), batch of one
     target_prompt: Prompt         # what the target saw, positions included
     target_hidden: torch.Tensor   # (L, H) target's final hidden states over the prompt
     sampling: Sampling
-    tree: TreeSpec
-    vocab_size: int               # width of the target's logits; draft distributions are fitted to it
-    generator: torch.Generator | None = None  # on the drafter's device
-    visual_keep: torch.Tensor | None = None   # pruning: indices of the visual tokens the draft keeps
-    contiguous_positions: bool = False        # pruning: renumber the draft's shorter prompt 0..L'-1
+    visual_keep: torch.Tensor | None = None    # pruning: indices of the visual tokens the draft keeps
     visual_scores: torch.Tensor | None = None  # the target's text->visual attention, captured in its prefill
-    new_session: Callable | None = None       # adapter -> a session of the generator's engine
-    target_session: object = None             # the target's session ("self" without pruning drafts in it)
-    reserve: int = 0                          # entries a session may append after its prompt this generation
+    reserve: int = 0                           # entries the row may append after its prompt this generation
 
 
 class Drafter:
     forwards: int = 0
-    prompt_tokens: int = 0
     default_tree: str = "static"   # the tree shape used when the caller names none (EAGLE heads: "dynamic")
 
-    needs_visual_scores: bool = False   # True: begin() reads ctx.visual_scores (the target's attention capture)
+    needs_visual_scores: bool = False   # True: add_row() reads ctx.visual_scores (the target's attention capture)
 
-    def begin(self, ctx: DraftContext) -> None:
+    def start(self, setup: DraftSetup) -> None:
         raise NotImplementedError
 
-    def propose(self, root: torch.Tensor, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
+    def add_row(self, row: int, ctx: DraftContext) -> int:
+        """Prefill row `row` (the next free one); returns the draft prompt's length."""
         raise NotImplementedError
 
-    def commit(self, tree: DraftTree, accepted, next_token: torch.Tensor, target_hidden: torch.Tensor) -> None:
+    def propose(self, roots: torch.Tensor, max_depth: int, seen: torch.Tensor | None, sampling: RowSampling,
+                random: RowRandom | None) -> DraftTree:
         raise NotImplementedError
 
-    # Shared by drafters that keep `self.ctx` from begin(): the draft distribution a tree builder expands.
+    def commit(self, tree: DraftTree, accepted: list, next_tokens: torch.Tensor,
+               target_hidden: list[torch.Tensor]) -> None:
+        raise NotImplementedError
+
+    def move_row(self, src: int, dst: int) -> None:
+        raise NotImplementedError
+
+    def drop_rows(self, rows: int) -> None:
+        raise NotImplementedError
+
+    # Shared by drafters that keep `self.setup`, `self.sampling` and `self.random` for the round.
     def _logprobs(self, logits: torch.Tensor, seen: torch.Tensor | None) -> torch.Tensor:
-        logits = fit_vocab(logits, self.ctx.vocab_size)
-        sampling = self.ctx.sampling
-        if self.ctx.tree.kind == "chain" and sampling.do_sample:
-            return sampling.probs(logits, seen).log()   # the chain samples from exactly this q
-        return sampling.logprobs(logits, seen)
+        """The draft distribution a tree builder expands, per row (B, ..., V): log q exactly as a sampled chain
+        draws from it, else the temperature-scaled log-probabilities that rank candidates."""
+        chain = self.setup.tree.kind == "chain"
+
+        def rows(sampling: Sampling, x, history, _random):
+            if chain and sampling.do_sample:
+                return sampling.probs(x, history).log()   # the chain samples from exactly this q
+            return sampling.logprobs(x, history)
+        return self.sampling.map(rows, fit_vocab(logits, self.setup.vocab_size), seen)
 
     def _choose(self, logprobs: torch.Tensor) -> torch.Tensor:
-        if self.ctx.sampling.do_sample:
-            return sample_from(logprobs.exp(), self.ctx.generator)
-        return logprobs.argmax(-1)
+        """A chain's next token per row (B,): sampled from q when the row samples, else its argmax."""
+        def rows(sampling: Sampling, x, _history, random):
+            return sample_from(x.exp(), random) if sampling.do_sample else x.argmax(-1)
+        return self.sampling.map(rows, logprobs, None, self.random)
 
 
 class RoundSlots:
-    """What a drafter tracks about the nodes fed within one round (see `tree.Expand`): node j of the round sits
-    at slot j, sees the nodes of its own path only, and its repetition history is the committed ids plus that
-    path. Fixed-size device buffers with one extra all-empty last row, which parent slot -1 (the root) indexes,
-    so feeding w nodes costs three small tensor operations and never synchronises."""
+    """What a drafter tracks about the nodes fed within one round (see `tree.Expand`), per row: node j of the round
+    sits at slot j, sees the nodes of its own path only, and its repetition history is the row's committed ids plus
+    that path. Fixed-size device buffers with one extra all-empty last slot, which parent slot -1 (the root)
+    indexes, so feeding w nodes per row costs a few small tensor operations and never synchronises."""
 
-    def __init__(self, spec: TreeSpec, device: torch.device, seen: torch.Tensor | None):
+    def __init__(self, spec: TreeSpec, rows: int, device: torch.device, seen: torch.Tensor | None):
         size = max(spec.max_fed, 1)
         self.count = 0
-        self.visible = torch.zeros(size + 1, size, dtype=torch.bool, device=device)   # [slot, slot]: own path
+        self.batch = torch.arange(rows, device=device)[:, None]
+        self.visible = torch.zeros(rows, size + 1, size, dtype=torch.bool, device=device)   # [b, slot, slot]
         self.seen = seen
         self.paths = None if seen is None else \
-            torch.full((size + 1, spec.max_depth), -1, dtype=torch.long, device=device)   # [slot, depth-1]: tokens
+            torch.full((rows, size + 1, spec.max_depth), -1, dtype=torch.long, device=device)   # [b, slot, depth-1]
 
     def add(self, tokens: torch.Tensor, parent_slots: torch.Tensor, depth: int):
-        """Register w nodes fed next; returns their visibility over the round's fed window (w, count) and their
-        repetition histories (w, V) (None without a penalty)."""
-        w, first = tokens.numel(), self.count
-        rows = self.visible[parent_slots]                                 # (w, size): the parents' paths
-        rows[:, first: first + w] |= _identity(w, rows.device)            # ... and the node itself
-        self.visible[first: first + w] = rows
+        """Register w nodes per row fed next, `tokens` and `parent_slots` (B, w); returns their visibility over the
+        round's fed window (B, w, count) and their repetition histories (B, w, V) (None without a penalty)."""
+        w, first = tokens.shape[1], self.count
+        rows = self.visible[self.batch, parent_slots]                       # (B, w, size): the parents' paths
+        rows[:, :, first: first + w] |= _identity(w, rows.device)           # ... and the node itself
+        self.visible[:, first: first + w] = rows
         self.count += w
         history = None
         if self.paths is not None:
-            paths = self.paths[parent_slots]
-            paths[:, depth - 1] = tokens
-            self.paths[first: first + w] = paths
+            paths = self.paths[self.batch, parent_slots]                    # (B, w, max_depth)
+            paths[:, :, depth - 1] = tokens
+            self.paths[:, first: first + w] = paths
             history = history_rows(self.seen, paths)
-        return rows[:, : self.count], history
+        return rows[:, :, : self.count], history
 
 
 @functools.lru_cache(maxsize=32)
@@ -114,3 +142,29 @@ def fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
         pad = logits.new_full((*logits.shape[:-1], vocab_size - width), float("-inf"))
         return torch.cat([logits, pad], dim=-1)
     return logits
+
+
+class NoDraft(Drafter):
+    """Proposes nothing: every round verifies the root alone and commits the target's next token, i.e. plain
+    target-only decoding through the same batched engine (cache, compiled steps, batching) as speculation."""
+
+    default_tree = "chain"
+
+    def start(self, setup: DraftSetup) -> None:
+        self.setup, self.forwards = setup, 0
+
+    def add_row(self, row: int, ctx: DraftContext) -> int:
+        return 0
+
+    def propose(self, roots, max_depth, seen, sampling, random) -> DraftTree:
+        empty = roots.new_zeros(roots.shape[0], 0)
+        return DraftTree(empty, empty, empty, fed=empty, max_depth=0, chain=True)
+
+    def commit(self, tree, accepted, next_tokens, target_hidden) -> None:
+        pass
+
+    def move_row(self, src: int, dst: int) -> None:
+        pass
+
+    def drop_rows(self, rows: int) -> None:
+        pass

@@ -18,7 +18,7 @@ import torch
 from ..adapters import VLMAdapter
 from ..errors import SpecVLMError
 from ..tree import DraftTree
-from .base import DraftContext, Drafter, RoundSlots
+from .base import DraftContext, Drafter, DraftSetup, RoundSlots
 
 
 class DraftModelDrafter(Drafter):
@@ -26,56 +26,93 @@ class DraftModelDrafter(Drafter):
         self.adapter = adapter
         self.reuse_target_prompt = reuse_target_prompt  # "self": the target's own prompt, no second vision pass
 
-    def begin(self, ctx: DraftContext) -> None:
-        self.ctx = ctx
-        self.forwards, self.pending = 0, []
-        self.shared = self.reuse_target_prompt and ctx.visual_keep is None and ctx.target_session is not None
+    def start(self, setup: DraftSetup) -> None:
+        self.setup = setup
+        self.forwards = 0
+        self.pending: list[list[int]] = []      # per row: accepted tokens it has not been fed yet
+        self.shared = self.reuse_target_prompt and not setup.pruning and setup.target_session is not None
         if self.shared:
-            self.session = ctx.target_session
-            self.prompt_tokens = len(ctx.target_prompt)
-            return
+            self.session = setup.target_session
+        else:
+            self.session = setup.new_session(self.adapter)
+            self.session.drop_rows(0)
+            self.session.reserve_rows(setup.max_rows)
+
+    def add_row(self, row: int, ctx: DraftContext) -> int:
+        self._set(self.pending, row, [])
+        if self.shared:
+            return len(ctx.target_prompt)
         prompt = ctx.target_prompt if self.reuse_target_prompt else self.adapter.prepare(ctx.inputs)
         if ctx.visual_keep is not None:
             n_target = int(ctx.target_prompt.visual_mask.sum())
             if int(prompt.visual_mask.sum()) != n_target:
                 raise SpecVLMError("visual pruning needs the draft to see the same visual tokens as the target: "
                                    f"it has {int(prompt.visual_mask.sum())}, the target {n_target}")
-            prompt = prompt.keep_visual(ctx.visual_keep, ctx.contiguous_positions, self.adapter.positions)
-        self.session = ctx.new_session(self.adapter)
-        self.session.prefill(prompt, ctx.reserve)
+            prompt = prompt.keep_visual(ctx.visual_keep, self.setup.contiguous_positions, self.adapter.positions)
+        self.session.prefill(row, prompt, ctx.reserve)
         self.forwards += 1
-        self.prompt_tokens = len(prompt)
+        return len(prompt)
 
-    def propose(self, root: torch.Tensor, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
-        session = self.session
-        self.base = session.length
-        feed = torch.cat([torch.tensor(self.pending, dtype=torch.long, device=root.device), root])
-        start = session.next_position
-        logits, _ = session.extend(feed, torch.arange(start, start + feed.numel(), device=root.device))
+    @staticmethod
+    def _set(state: list, row: int, value) -> None:
+        if row == len(state):
+            state.append(value)
+        else:
+            state[row] = value
+
+    def propose(self, roots, max_depth, seen, sampling, random) -> DraftTree:
+        session, rows, device = self.session, roots.shape[0], roots.device
+        self.sampling, self.random = sampling, random
+        self.base = session.lengths[:rows]
+        # feed each row its pending tokens, then its root, right-padded to the longest: (B, width)
+        pending = self.pending[:rows]
+        counts = [len(p) + 1 for p in pending]
+        width = max(counts)
+        host = torch.tensor([p + [0] * (width - len(p)) for p in pending], dtype=torch.long, device="cpu")
+        feed = host.to(device)
+        last = torch.tensor([c - 1 for c in counts], dtype=torch.long, device="cpu").to(device)[:, None]   # (B, 1)
+        feed.scatter_(1, last, roots[:, None])
+        starts = torch.tensor(session.next_positions[:rows], dtype=torch.long, device="cpu").to(device)
+        logits, _ = session.extend(feed, starts[:, None] + torch.arange(width, device=device), counts=counts)
         self.forwards += 1
-        root_end, root_position = session.length, session.next_position - 1
-        slots = RoundSlots(self.ctx.tree, root.device, seen)
+        root_logits = logits.gather(1, last[:, :, None].expand(-1, 1, logits.shape[-1]))[:, 0]           # (B, V)
+        root_end = session.lengths[:rows]
+        root_position = starts + last[:, 0]                                                           # (B,)
+        slots = RoundSlots(self.setup.tree, rows, device, seen)
 
         def expand(tokens: torch.Tensor, parent_slots: torch.Tensor, depth: int) -> torch.Tensor:
             visible, history = slots.add(tokens, parent_slots, depth)
-            positions = torch.full((tokens.numel(),), root_position + depth, device=tokens.device)
-            out, _ = session.extend(tokens, positions, visible, prefix=root_end)
+            positions = (root_position + depth)[:, None].expand(-1, tokens.shape[1])
+            out, _ = session.extend(tokens, positions, visible=visible, prefix=root_end)
             self.forwards += 1
             return self._logprobs(out, history)
 
-        tree = self.ctx.tree.build(self._logprobs(logits[-1:], seen)[0], expand, self._choose, max_depth)
+        tree = self.setup.tree.build(self._logprobs(root_logits, seen), expand, self._choose, max_depth)
         self.root_end = root_end
         if self.shared:   # the target verifies from the same slots
             session.truncate(self.base)
         return tree
 
-    def commit(self, tree: DraftTree, accepted, next_token: torch.Tensor, target_hidden: torch.Tensor) -> None:
+    def commit(self, tree: DraftTree, accepted, next_tokens, target_hidden) -> None:
         if self.shared:   # the target's own entries for the accepted tokens are already in place
             return
         kept = []
-        for slot in accepted.fed:
-            if slot < 0:
-                break
-            kept.append(self.root_end + slot)
+        for row, outcome in enumerate(accepted):
+            fed = []
+            for slot in outcome.fed:
+                if slot < 0:
+                    break
+                fed.append(self.root_end[row] + slot)
+            kept.append(fed)
+            self.pending[row] = outcome.tokens[len(fed):]
         self.session.keep(self.root_end, kept)
-        self.pending = accepted.tokens[len(kept):]
+
+    def move_row(self, src: int, dst: int) -> None:
+        self.pending[dst] = self.pending[src]
+        if not self.shared:   # a shared session is the target's, which the loop moves itself
+            self.session.move_row(src, dst)
+
+    def drop_rows(self, rows: int) -> None:
+        del self.pending[rows:]
+        if not self.shared:
+            self.session.drop_rows(rows)

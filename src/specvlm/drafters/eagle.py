@@ -41,7 +41,7 @@ from ..compressor import VisualCompressor, compress_sequence, question_features
 from ..errors import SpecVLMError
 from ..tree import DraftTree
 from ..session import ModelSession
-from .base import DraftContext, Drafter, RoundSlots
+from .base import DraftContext, Drafter, DraftSetup, RoundSlots
 
 CONFIG_NAME, WEIGHTS_NAME, FORMAT = "config.json", "model.safetensors", "specvlm-eagle-head"
 
@@ -169,18 +169,21 @@ class EagleHead(nn.Module, Drafter):
 
     def run_layer(self, x: torch.Tensor, positions: torch.Tensor, cache=None,
                   mask: torch.Tensor | None = None) -> torch.Tensor:
-        """The decoder layer over rows x (n, H) at 1-D `positions` (n,), appended to `cache`; `mask` is a 4-D
-        additive mask or None for causal attention over the cache (an HF cache from `adapter.new_cache`)."""
-        n = x.shape[0]
+        """The decoder layer over rows x (B, n, H) (or (n, H): one sequence) at 1-D `positions` (B, n) (or (n,)),
+        appended to `cache`; `mask` is a 4-D additive mask or None for causal attention over the cache (an HF cache
+        from `adapter.new_cache`). Returns the outputs in x's shape."""
+        single = x.dim() == 2
+        x, positions = (x[None], positions[None]) if single else (x, positions)
+        n = x.shape[1]
         past = cache.get_seq_length() if cache is not None else 0
         if mask is None and n > 1 and (past > 0 or implementation(self.head_config) != "sdpa"):
             mask = additive_mask(torch.ones(n, n, dtype=torch.bool, device=x.device).tril(), past, x.dtype, x.device)
-        pos = positions.to(x.device)[None]
+        pos = positions.to(x.device)
         rope = self.adapter.positions(positions).to(x.device)   # the same id on M-RoPE's 3 axes: plain 1-D RoPE
-        out = self.layer(x[None], attention_mask=mask, position_ids=pos, use_cache=cache is not None,
-                         position_embeddings=self.rotary(x[None], rope), **{self.cache_keyword: cache})
+        out = self.layer(x, attention_mask=mask, position_ids=pos, use_cache=cache is not None,
+                         position_embeddings=self.rotary(x, rope), **{self.cache_keyword: cache})
         out = out[0] if isinstance(out, tuple) else out
-        return out[0]
+        return out[0] if single else out
 
     def prompt_pairs(self, embeds: torch.Tensor, hidden: torch.Tensor, spans, prompt_end: int,
                      features: torch.Tensor | None = None, visual_keep: torch.Tensor | None = None,
@@ -243,27 +246,36 @@ class EagleHead(nn.Module, Drafter):
             self.__dict__["_stepper"] = HeadStepper(self)   # not a submodule: never saved, never moved
         return self.__dict__["_stepper"]
 
-    @torch.no_grad()
-    def begin(self, ctx: DraftContext) -> None:
-        self.ctx = ctx
-        prompt, hidden = ctx.target_prompt, ctx.target_hidden
+    def start(self, setup: DraftSetup) -> None:
+        self.setup = setup
         self.forwards, self.scoring_s = 0, 0.0
+        self.session = (setup.new_session or ModelSession)(self.stepper)
+        self.session.drop_rows(0)
+        self.session.reserve_rows(setup.max_rows)
+        self.pending: list[list[int]] = []                 # per row: accepted tokens not yet fed
+        self.pending_features: list[torch.Tensor] = []     # per row: target features of their predecessors (+ root's)
+
+    @torch.no_grad()
+    def add_row(self, row: int, ctx: DraftContext) -> int:
+        prompt, hidden = ctx.target_prompt, ctx.target_hidden
         scores = None
         if self.needs_visual_scores:
             scores = lambda: self._visual_scores(ctx)
-        x, _ = self.prompt_pairs(prompt.embeds[0], hidden, prompt.spans, len(prompt),
-                                 visual_keep=getattr(ctx, "visual_keep", None), scores=scores)
+        x, _ = self.prompt_pairs(prompt.embeds[0], hidden, prompt.spans, len(prompt), visual_keep=ctx.visual_keep,
+                                 scores=scores)
         if x.shape[0] == 0:
             raise SpecVLMError("an EagleHead needs a prompt of at least two tokens")
-        self.session = (ctx.new_session or ModelSession)(self.stepper)
         n = x.shape[0]
         rows = Prompt(torch.zeros(1, n, dtype=torch.long, device="cpu"), x[None], torch.arange(n, device=x.device)[None],
                       n)
-        self.session.prefill(rows, ctx.reserve)                # the head's positions count its own rows
+        self.session.prefill(row, rows, ctx.reserve)           # the head's positions count its own rows
         self.forwards += 1
-        self.prompt_tokens = n
-        self.pending: list[int] = []                       # accepted tokens not yet fed
-        self.pending_features = hidden[-1:]                # target features of their predecessors (+ root's)
+        for state, value in ((self.pending, []), (self.pending_features, hidden[-1:])):
+            if row == len(state):
+                state.append(value)
+            else:
+                state[row] = value
+        return n
 
     def _visual_scores(self, ctx: DraftContext) -> torch.Tensor:
         """The target's text->visual attention scores of the prompt's visual tokens: the generator's when it
@@ -283,37 +295,59 @@ class EagleHead(nn.Module, Drafter):
         return capture.scores
 
     @torch.no_grad()
-    def propose(self, root: torch.Tensor, max_depth: int, seen: torch.Tensor | None) -> DraftTree:
-        session, device = self.session, self.fc.weight.device
-        feed = torch.cat([torch.tensor(self.pending, dtype=torch.long, device=root.device), root])
-        x = self.pairs(self.adapter.embed(feed)[0], self.pending_features)
-        start = session.length
-        logits, out = session.extend(x, torch.arange(start, start + feed.numel(), device=device))
+    def propose(self, roots, max_depth, seen, sampling, random) -> DraftTree:
+        session, device, rows = self.session, self.fc.weight.device, roots.shape[0]
+        self.sampling, self.random = sampling, random
+        # each row's pairs (pending_j, f(predecessor)) and (root, f(last)), right-padded to the longest: (B, width)
+        pending = self.pending[:rows]
+        counts = [len(p) + 1 for p in pending]
+        width = max(counts)
+        host = torch.tensor([p + [0] * (width - len(p)) for p in pending], dtype=torch.long, device="cpu")
+        feed = host.to(roots.device)
+        last = torch.tensor([c - 1 for c in counts], dtype=torch.long, device="cpu").to(roots.device)[:, None]
+        feed.scatter_(1, last, roots[:, None])
+        features = torch.stack([F.pad(f.to(device), (0, 0, 0, width - f.shape[0])) for f in self.pending_features[:rows]])
+        x = self.pairs(self.adapter.embed(feed), features)                                     # (B, width, H)
+        starts = torch.tensor(session.lengths[:rows], dtype=torch.long, device="cpu").to(device)
+        logits, out = session.extend(x, starts[:, None] + torch.arange(width, device=device), counts=counts)
         self.forwards += 1
-        root_end, root_position = session.length, session.length - 1
-        slots = RoundSlots(self.ctx.tree, device, seen)
-        outputs = out.new_zeros(max(self.ctx.tree.max_fed, 1) + 1, out.shape[-1])   # [slot + 1]: f̂ there; [0]: root
-        outputs[0] = out[-1]
+        last = last.to(device)
+        root_logits = logits.gather(1, last[:, :, None].expand(-1, 1, logits.shape[-1]))[:, 0]   # (B, V)
+        root_end = session.lengths[:rows]
+        root_position = starts + last[:, 0]                                                   # (B,)
+        slots = RoundSlots(self.setup.tree, rows, device, seen)
+        # [b, slot + 1]: f̂ at the node fed there; [b, 0]: at the root
+        outputs = out.new_zeros(rows, max(self.setup.tree.max_fed, 1) + 1, out.shape[-1])
+        outputs[:, 0] = out.gather(1, last[:, :, None].expand(-1, 1, out.shape[-1]))[:, 0]
+        batch = torch.arange(rows, device=device)[:, None]
 
         def expand(tokens: torch.Tensor, parent_slots: torch.Tensor, depth: int) -> torch.Tensor:
-            first_slot = slots.count
+            first_slot, w = slots.count, tokens.shape[1]
             visible, history = slots.add(tokens, parent_slots, depth)
-            x = self.pairs(self.adapter.embed(tokens)[0], outputs[parent_slots + 1])
-            positions = torch.full((tokens.numel(),), root_position + depth, device=device)
-            logits, out = session.extend(x, positions, visible, prefix=root_end)
+            x = self.pairs(self.adapter.embed(tokens), outputs[batch, parent_slots + 1])
+            positions = (root_position + depth)[:, None].expand(-1, w)
+            logits, out = session.extend(x, positions, visible=visible, prefix=root_end)
             self.forwards += 1
-            outputs[first_slot + 1: first_slot + 1 + tokens.numel()] = out
+            outputs[:, first_slot + 1: first_slot + 1 + w] = out
             return self._logprobs(logits, history)
 
-        tree = self.ctx.tree.build(self._logprobs(logits[-1:], seen)[0], expand, self._choose, max_depth)
+        tree = self.setup.tree.build(self._logprobs(root_logits, seen), expand, self._choose, max_depth)
         session.truncate(root_end)   # tree entries used the head's own features: drop them
         return tree
 
-    def commit(self, tree: DraftTree, accepted, next_token: torch.Tensor, target_hidden: torch.Tensor) -> None:
+    def commit(self, tree: DraftTree, accepted, next_tokens, target_hidden) -> None:
         """Next round feeds (accepted_j, f(predecessor)) for every accepted node and (next_token, f(last)), with
-        the target's features of [root, *accepted]."""
-        self.pending = accepted.tokens
-        self.pending_features = target_hidden
+        the target's features of [root, *accepted], per row."""
+        for row, (outcome, hidden) in enumerate(zip(accepted, target_hidden)):
+            self.pending[row], self.pending_features[row] = outcome.tokens, hidden
+
+    def move_row(self, src: int, dst: int) -> None:
+        self.pending[dst], self.pending_features[dst] = self.pending[src], self.pending_features[src]
+        self.session.move_row(src, dst)
+
+    def drop_rows(self, rows: int) -> None:
+        del self.pending[rows:], self.pending_features[rows:]
+        self.session.drop_rows(rows)
 
 
 class HeadStepper:
@@ -341,14 +375,14 @@ class HeadStepper:
         return self.head.adapter.new_cache(self.head.head_config)
 
     def embed(self, rows: torch.Tensor) -> torch.Tensor:
-        return rows.reshape(1, -1, rows.shape[-1])
+        return rows.reshape(-1, *rows.shape[-2:])
 
     def positions(self, pos: torch.Tensor) -> torch.Tensor:
-        return pos.to(self.device)[None]
+        return pos.to(self.device).reshape(-1, pos.shape[-1])
 
     def forward(self, rows: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None = None,
                 last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
-        """Head outputs f̂ (n, H) for input rows (1, n, H) at positions (1, n), and float32 logits of the target's
-        LM head on them (n, V) (or (1, V) with `last_only`)."""
-        out = self.head.run_layer(rows[0], positions[0], cache, mask)
-        return self.head.logits(out[-1:] if last_only else out), out
+        """Float32 logits of the target's LM head (B, n, V) (or (B, 1, V) with `last_only`) on the head outputs f̂
+        (B, n, H), for input rows (B, n, H) at positions (B, n)."""
+        out = self.head.run_layer(rows, positions, cache, mask)
+        return self.head.logits(out[:, -1:] if last_only else out), out

@@ -48,6 +48,7 @@ class Settings:
     api_key: str | None = None
     allowed_media: Path | None = None   # resolved --allowed-local-media-path
     max_queue: int = 64
+    max_batch: int = 16
     request_timeout: float | None = None
     max_request_bytes: int = 64 << 20
 
@@ -58,7 +59,7 @@ class ClientGone(Exception):
 
 def create_app(engine, settings: Settings) -> FastAPI:
     metrics = Metrics()
-    worker = Worker(engine, settings.max_queue, metrics)
+    worker = Worker(engine, settings.max_queue, metrics, settings.max_batch)
     created = int(time.time())
 
     @asynccontextmanager
@@ -107,7 +108,7 @@ def create_app(engine, settings: Settings) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(metrics.render(worker.queue_length, int(worker.busy)),
+        return PlainTextResponse(metrics.render(worker.queue_length, worker.running),
                                  media_type="text/plain; version=0.0.4")
 
     def model_card() -> dict:

@@ -14,6 +14,9 @@ from pathlib import Path
 
 from ..errors import SpecVLMError
 
+DEFAULT_MAX_BATCH = 16   # rows of the KV cache the server allocates: memory grows with it (see DESIGN, Serving)
+MAX_BATCH_LIMIT = 256
+
 DESCRIPTION = """\
 Serve the target model behind an OpenAI-compatible HTTP API (POST /v1/chat/completions, streamed or not;
 GET /v1/models, /health, /metrics), decoding with lossless speculative decoding: every answer is exactly the
@@ -26,8 +29,9 @@ so a greedy request answers what `specvlm generate` prints for the same media an
 
 EPILOG = """\
 The decoding options (--max-new-tokens, --temperature, --top-p, --top-k) are the defaults of requests that leave
-max_tokens, temperature, top_p or top_k out. The frame options apply to every request. One model worker serves the
-requests one at a time; the others wait in a queue of --max-queue (then 429).
+max_tokens, temperature, top_p or top_k out. The frame options apply to every request. One model worker decodes up
+to --max-batch requests together (continuous batching: a request is prefilled on its own, then joins the running
+batch at the next round, and leaves it when it ends); more wait in a queue of --max-queue (then 429).
 
 example (the bundled testbed pair; README.md, "Serving", has curl and openai client examples):
   ASSETS=$(python -c "import specvlm.testbed.assets as a; print(a.HERE)")
@@ -56,8 +60,11 @@ def add_serve_parser(sub) -> None:
     g.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
                    help="let requests name local image / video files (file:// URLs or absolute paths) inside DIR; "
                         "without it only data: URLs are accepted")
+    g.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
+                   help=f"requests decoded together, one round for all of them at a time (default "
+                        f"{DEFAULT_MAX_BATCH}; 1: one request at a time)")
     g.add_argument("--max-queue", type=int, default=64, metavar="N",
-                   help="requests that may wait while one generates (default 64); more get 429")
+                   help="requests that may wait while --max-batch others decode (default 64); more get 429")
     g.add_argument("--request-timeout", type=float, default=None, metavar="S",
                    help="seconds from a request's arrival to its last token, queueing included; later it is "
                         "stopped with 504 (default: no limit)")
@@ -74,6 +81,8 @@ def check_server_options(args) -> Path | None:
         raise SpecVLMError(f"--port must be in 0..65535, got {args.port}")
     if args.max_queue < 0:
         raise SpecVLMError(f"--max-queue must be >= 0, got {args.max_queue}")
+    if not 1 <= args.max_batch <= MAX_BATCH_LIMIT:
+        raise SpecVLMError(f"--max-batch must be in 1..{MAX_BATCH_LIMIT}, got {args.max_batch}")
     if args.request_timeout is not None and not args.request_timeout > 0:
         raise SpecVLMError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
     if args.max_request_bytes < 1:
@@ -124,7 +133,7 @@ def load_engine(args, say):
     models = resolve_models(args)
     frames = Frames(args.num_frames, args.fps, args.max_pixels)
     model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, args.draft != "none")
-    gen = load_generator(args, models, say)
+    gen = load_generator(args, models, say, batched=True)
     return Engine(models, gen.model, gen.tokenizer, gen, frames)
 
 
@@ -144,7 +153,8 @@ def run(args, engine, sock: socket.socket, allowed: Path | None, say) -> int:
     name = args.served_model_name or args.target
     temp_root = Path(tempfile.mkdtemp(prefix="specvlm-serve-"))
     settings = Settings(model_name=name, defaults=default_decoding(args), temp_root=temp_root, api_key=args.api_key,
-                        allowed_media=allowed, max_queue=args.max_queue, request_timeout=args.request_timeout,
+                        allowed_media=allowed, max_queue=args.max_queue, max_batch=args.max_batch,
+                        request_timeout=args.request_timeout,
                         max_request_bytes=args.max_request_bytes)
     host, port = sock.getsockname()[:2]
     if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_key is None:

@@ -4,9 +4,9 @@ Inputs go through `specvlm.inputs.inputs_from_args`, the very function `specvlm 
 `--video / --image / --prompt / --num-frames` flags, so the chat template, frame sampling, processor and the draft's
 own inputs are the generate command's, and a greedy request answers exactly what `specvlm generate` prints.
 
-Two modes: speculative (`SpeculativeGenerator.generate`, the default) and target-only (`--draft none`: the target's
-own Hugging Face `generate`, the baseline speculation is measured against). Both stream through the same HF
-streamer protocol (see worker.TextSink).
+Two modes through the same batched engine (`SpeculativeGenerator.batch`, see worker.py): speculative (the default)
+and target-only (`--draft none`: a generator that drafts nothing, one token a round, the baseline speculation is
+measured against, batched the same way). Both stream through the same HF streamer protocol (see worker.TextSink).
 """
 
 from __future__ import annotations
@@ -41,14 +41,12 @@ def model_inputs(models, frames: Frames, files: TurnFiles, max_new_tokens: int, 
 
 
 class Engine:
-    """The loaded target, its generator (a SpeculativeGenerator, or TargetOnly for --draft none) and the
-    per-request steps the worker runs."""
+    """The loaded target, its generator (a SpeculativeGenerator; for --draft none one that drafts nothing, so that
+    target-only serving batches exactly like speculation) and the per-request steps the worker runs."""
 
     def __init__(self, models, target, tokenizer, generator, frames: Frames = Frames()):
         self.models, self.target, self.tokenizer, self.generator, self.frames = \
             models, target, tokenizer, generator, frames
-        eos = target.generation_config.eos_token_id
-        self.eos = set([eos] if isinstance(eos, int) else (eos or []))
         # how error messages name the model folders (clients need not learn the server's file system)
         self.folder_names = {str(models.target_dir): "the target model"}
         if models.draft_dir is not None:
@@ -56,32 +54,29 @@ class Engine:
 
     @property
     def mode(self) -> str:
-        from ..target_only import TargetOnly
-
-        return "target-only" if isinstance(self.generator, TargetOnly) else "speculative"
+        return self.generator.mode
 
     def prepare(self, files: TurnFiles, decoding: Decoding) -> dict:
         """Model inputs for the request (see `model_inputs`)."""
         return model_inputs(self.models, self.frames, files, decoding.max_new_tokens, self.mode == "speculative")
 
-    def generate(self, inputs: dict, decoding: Decoding, streamer) -> None:
-        """Generates into `streamer`. Sampling is seeded by the request's seed when it gives one, through a
-        torch.Generator (TargetOnly seeds torch's global generator from it: HF's generate takes none, and the worker
-        is the only thread that generates)."""
+    def request(self, inputs: dict, decoding: Decoding):
+        """The decoding request `generate(**inputs, **options)` would make of it (HF's option resolution, the target's
+        generation_config), with the request's seed as its own torch.Generator when it samples."""
         options = decoding.generate_options()
         seed = decoding.seed if options["do_sample"] else None
         rng = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
-        with torch.no_grad():   # grad mode is per thread: the worker thread needs its own
-            self.generator.generate(**inputs, **options, streamer=streamer, generator=rng)
+        return self.generator.request(**inputs, **options, generator=rng)
 
-    def stats(self, sink) -> dict:
-        """The response's "specvlm" object: speculation statistics of the request just generated."""
+    def batch(self, max_rows: int):
+        """A running batch of at most `max_rows` requests (`batch.DecodeBatch`)."""
+        return self.generator.batch(max_rows)
+
+    def stats(self, sink, stats) -> dict:
+        """The response's "specvlm" object: the request's own speculation statistics (`stats`, its row's)."""
         if self.mode == "target-only":
-            first = sink.first_at or sink.started
-            end = sink.last_at or first
-            return dict(mode=self.mode, tau=None, acceptance_by_position=None, rounds=len(sink.tokens),
-                        prefill_s=first - sink.started, decode_s=end - first)
-        stats = self.generator.stats
+            return dict(mode=self.mode, tau=None, acceptance_by_position=None, rounds=stats.rounds,
+                        prefill_s=stats.prefill_s, decode_s=stats.decode_s)
         return dict(mode=self.mode, tau=stats.mean_accepted_tokens, acceptance_by_position=stats.acceptance_by_position,
                     rounds=stats.rounds, accepted_tokens=stats.accepted_tokens, drafted_tokens=stats.drafted_tokens,
                     prefill_s=stats.prefill_s, decode_s=stats.decode_s)

@@ -68,7 +68,7 @@ class Metrics:
                 ("generation_tokens_total", "counter", "tokens generated (cancelled requests too)",
                  self.generation_tokens),
                 ("queue_length", "gauge", "requests waiting for the model worker", queue_length),
-                ("running_requests", "gauge", "requests the worker is generating (0 or 1)", running),
+                ("running_requests", "gauge", "requests decoding in the running batch", running),
                 ("tau", "histogram", "draft tokens accepted per verification round, per request", self.tau),
                 ("request_latency_seconds", "histogram", "arrival to last token, completed requests", self.latency),
                 ("time_to_first_token_seconds", "histogram", "arrival to first generated token", self.first_token),

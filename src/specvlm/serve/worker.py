@@ -1,19 +1,20 @@
-"""One model worker thread and its bounded queue.
+"""One model worker thread, its bounded queue, and the running batch (continuous batching).
 
-A SpeculativeGenerator is not thread-safe and runs a batch of one, so requests are served one at a time, in arrival
-order, by a single thread that owns the models. Request handlers (the asyncio side) `submit` a Job and read its
-events; the worker turns the job's files into model inputs (the generate pipeline), generates, and pushes events
-back onto the handler's loop:
+One thread owns the models and a running `DecodeBatch` of at most --max-batch requests. Between two rounds it
+admits waiting requests (each prefilled on its own, then decoding with the others from the next round on),
+drops requests whose client left or whose deadline passed, and runs one round for every running request: a
+request's answer never waits for another request to finish, only for the round it shares. Request handlers (the
+asyncio side) `submit` a Job and read its events; the worker turns the job's files into model inputs (the generate
+pipeline), and pushes events back onto the handler's loop:
 
     Started(prompt_tokens)  the inputs are built; from here a streamed answer's headers can go out
     Delta(text)             new answer text (cut before the first stop string)
     Finished(...)           finish_reason, usage, speculation stats
     Failed(APIError)        a 4xx / 5xx for the client (bad media, prompt too long, ..., or a bug: 500)
 
-Generation streams through Hugging Face's streamer protocol (`put(ids)` once per verification round), for the
-speculative generator and for `target.generate` alike. `put` checks the job between rounds and raises `Stop` when
-the client went away, the deadline passed or a stop string appeared: the generator is abandoned at that round and the
-worker takes the next job.
+Each request's tokens go through Hugging Face's streamer protocol (`put(ids)` once per round). `put` raises `Stop`
+when the client went away, the deadline passed or a stop string appeared: the request leaves the batch at that
+round and its slots are reused. `--max-batch 1` serves one request at a time (the engine before batching).
 """
 
 from __future__ import annotations
@@ -163,14 +164,26 @@ class TextSink:
         return self.stopped
 
 
-class Worker:
-    """The model thread: takes jobs in order from a queue of at most `max_queue` waiting jobs."""
+@dataclass(eq=False)
+class Running:
+    """A request in the batch: its job, where its text goes, and its timings."""
+    job: Job
+    sink: TextSink
+    prompt_tokens: int
+    began: float
+    prepared: float
+    row: object = None        # its `batch.Row`
 
-    def __init__(self, engine, max_queue: int, metrics):
-        self.engine, self.max_queue, self.metrics = engine, max_queue, metrics
+
+class Worker:
+    """The model thread: admits jobs in order from a queue of at most `max_queue` waiting jobs into a running batch
+    of at most `max_batch`."""
+
+    def __init__(self, engine, max_queue: int, metrics, max_batch: int = 1):
+        self.engine, self.max_queue, self.metrics, self.max_batch = engine, max_queue, metrics, max_batch
         self._waiting: deque[Job] = deque()
         self._cond = threading.Condition()
-        self._current: Job | None = None
+        self._running: list[Running] = []
         self._stopping = False
         self._thread = threading.Thread(target=self._loop, name="specvlm-worker", daemon=True)
 
@@ -185,8 +198,8 @@ class Worker:
                 job.clean()
                 job.emit(Failed(shutting_down()))
             self._waiting.clear()
-            if self._current is not None:
-                self._current.cancel("shutdown")
+            for running in self._running:
+                running.job.cancel("shutdown")
             self._cond.notify_all()
         self._thread.join(timeout)
 
@@ -195,8 +208,8 @@ class Worker:
         return len(self._waiting)
 
     @property
-    def busy(self) -> bool:
-        return self._current is not None
+    def running(self) -> int:
+        return len(self._running)
 
     def submit(self, job: Job) -> None:
         """Queue `job`, or refuse it with a 429 when `max_queue` jobs already wait."""
@@ -210,7 +223,7 @@ class Worker:
             self._cond.notify()
 
     def cancel(self, job: Job, reason: str) -> None:
-        """Stop `job`: dropped at once while it waits, at its next round once it runs."""
+        """Stop `job`: dropped at once while it waits, before the next round once it runs."""
         with self._cond:
             job.cancel(reason)
             if job in self._waiting:
@@ -218,53 +231,123 @@ class Worker:
                 job.clean()
                 self._record_stop(reason, 0)
 
+    # ---- the loop ---------------------------------------------------------------------------------------------
     def _loop(self) -> None:
+        batch = self.engine.batch(self.max_batch)
         while True:
             with self._cond:
-                while not self._waiting and not self._stopping:
+                while not self._waiting and not self._running and not self._stopping:
                     self._cond.wait()
                 if self._stopping:
-                    return
-                job = self._current = self._waiting.popleft()
-            try:
-                self._serve(job)
-            finally:
-                job.clean()
-                with self._cond:
-                    self._current = None
+                    break
+                joining = []
+                while self._waiting and len(self._running) + len(joining) < self.max_batch:
+                    joining.append(self._waiting.popleft())
+            for job in joining:
+                self._join(batch, job)
+            for running in list(self._running):
+                reason = running.job.stop_reason()
+                if reason:
+                    self._leave(batch, running)
+                    self._stopped(running.job, reason, running.sink)
+            if self._running:
+                batch = self._round(batch)
+        for running in list(self._running):
+            self._leave(batch, running)
+            self._stopped(running.job, "shutdown", running.sink)
 
-    def _serve(self, job: Job) -> None:
+    def _join(self, batch, job: Job) -> None:
         reason = job.stop_reason()
         if reason:
+            job.clean()
             return self._stopped(job, reason, None)
-        sink = None
         began = time.monotonic()
+        running = None
         try:
             inputs = self.engine.prepare(job.files, job.decoding)
+            request = self.engine.request(inputs, job.decoding)
             prompt_tokens = int(inputs["input_ids"].shape[1])
-            prepared = time.monotonic()
+            running = Running(job, TextSink(job, self.engine.tokenizer, request.eos), prompt_tokens, began,
+                              time.monotonic())
             job.emit(Started(prompt_tokens))
-            sink = TextSink(job, self.engine.tokenizer, set() if job.decoding.ignore_eos else self.engine.eos)
-            self.engine.generate(inputs, job.decoding, sink)
-        except Stop as stop:
-            if stop.reason != "stop":
-                return self._stopped(job, stop.reason, sink)
+            running.sink.put(request.prompt_ids.cpu())
+            running.row, first = batch.add(request, tag=job)
+            with self._cond:
+                self._running.append(running)
+            self._deliver(batch, running, first)
         except SpecVLMError as err:   # bad media, a prompt too long for the model, ...: the client's to fix
+            self._drop(batch, running, job)
             message = str(err)
             names = {**self.engine.folder_names, **job.files.names}   # no server paths in messages; longest first
             for path in sorted(names, key=len, reverse=True):
                 message = message.replace(path, names[path])
-            return job.emit(Failed(APIError(400, message, code="invalid_input")))
+            job.emit(Failed(APIError(400, message, code="invalid_input")))
         except Exception as err:   # a bug: the client gets a 500, the log the traceback, the worker goes on
+            self._drop(batch, running, job)
             log.exception("generation failed")
-            return job.emit(Failed(internal(err)))
-        stats = dict(self.engine.stats(sink), queue_s=began - job.arrived, inputs_s=prepared - began)
-        usage = dict(prompt_tokens=prompt_tokens, completion_tokens=len(sink.tokens),
-                     total_tokens=prompt_tokens + len(sink.tokens))
+            job.emit(Failed(internal(err)))
+
+    def _round(self, batch):
+        """One round for every running request; returns the batch to go on with (a fresh one after a bug, which
+        fails every request in it: their caches are in an unknown state)."""
+        try:
+            results = batch.step()
+        except Exception as err:
+            log.exception("a decoding round failed")
+            for running in list(self._running):
+                self._forget(running)
+                running.job.emit(Failed(internal(err)))
+                running.job.clean()
+            return self.engine.batch(self.max_batch)
+        by_row = {id(r.row): r for r in self._running}
+        for row, tokens in results:
+            self._deliver(batch, by_row[id(row)], tokens)
+        return batch
+
+    def _deliver(self, batch, running: Running, tokens: list[int]) -> None:
+        """New tokens to the request's sink; the request ends here when they finish it or the sink stops it."""
+        import torch
+
+        try:
+            running.sink.put(torch.tensor(tokens, dtype=torch.long, device="cpu"))
+        except Stop as stop:
+            self._leave(batch, running)
+            if stop.reason != "stop":
+                return self._stopped(running.job, stop.reason, running.sink)
+            return self._finish(running)
+        if running.row.done:
+            self._forget(running)
+            self._finish(running)
+
+    def _finish(self, running: Running) -> None:
+        job, sink = running.job, running.sink
+        sink.end()
+        stats = dict(self.engine.stats(sink, running.row.stats), queue_s=running.began - job.arrived,
+                     inputs_s=running.prepared - running.began)
+        usage = dict(prompt_tokens=running.prompt_tokens, completion_tokens=len(sink.tokens),
+                     total_tokens=running.prompt_tokens + len(sink.tokens))
         self.metrics.generated(job, usage, stats)
         job.emit(Finished(sink.finish_reason, usage, stats))
+        job.clean()
+
+    def _leave(self, batch, running: Running) -> None:
+        """`running` stops decoding: out of the batch (if still in it: a finished row left by itself)."""
+        if running.row is not None and running.row in batch.rows:
+            batch.remove(running.row)
+        self._forget(running)
+
+    def _forget(self, running: Running) -> None:
+        with self._cond:
+            if running in self._running:
+                self._running.remove(running)
+
+    def _drop(self, batch, running: Running | None, job: Job) -> None:
+        if running is not None:
+            self._leave(batch, running)
+        job.clean()
 
     def _stopped(self, job: Job, reason: str, sink: TextSink | None) -> None:
+        job.clean()
         self._record_stop(reason, len(sink.tokens) if sink else 0)
         if reason == "timeout":
             job.emit(Failed(timed_out(job.timeout)))

@@ -31,7 +31,8 @@ def target_forward(adapter, prompt, score_until: int | None = None):
     cache; else scores is None."""
     cache = adapter.new_cache()
     if score_until is None:
-        return adapter.forward(prompt.embeds, prompt.positions, cache), None
+        logits, hidden = adapter.forward(prompt.embeds, prompt.positions, cache)
+        return (logits[0], hidden[0]), None
     from ..adapters.capture import AttentionCapture
 
     visual = prompt.visual_mask.nonzero().flatten()
@@ -40,7 +41,7 @@ def target_forward(adapter, prompt, score_until: int | None = None):
                                                    prompt.positions[..., :score_until], cache)
     tail_logits, tail_hidden = adapter.forward(prompt.embeds[:, score_until:], prompt.positions[..., score_until:],
                                                cache)
-    return (torch.cat([head_logits, tail_logits]), torch.cat([head_hidden, tail_hidden])), capture.scores
+    return (torch.cat([head_logits[0], tail_logits[0]]), torch.cat([head_hidden[0], tail_hidden[0]])), capture.scores
 
 
 @dataclass

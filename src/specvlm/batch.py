@@ -1,0 +1,286 @@
+"""DecodeBatch: sequences decoding together, one round for all of them per step.
+
+    add(request)  prefill the row ALONE (bit-identical to `generate` for it), pick its first token, prefill the
+                  drafter's row; the row joins the running batch at the next round
+    step()        every row: draft (one batched drafter forward per tree level), verify all rows' trees in ONE
+                  target forward (B, nodes + 1) with a per-row mask and positions, accept per row on the device,
+                  one host synchronisation for the whole batch, keep each row's accepted path in place
+    remove(row)   a finished, cancelled or timed-out row leaves; the last row moves into its place
+
+Each row has its own committed length and position offset (Qwen's M-RoPE delta, a pruned draft's shorter prompt),
+so rows never realign: rejected slots simply lie past a row's length until overwritten. A row's tokens are those
+of `target.generate` on that row alone (greedy), or drawn from its distribution (sampling), whatever else is in the
+batch: every row has its own sampling settings, stop tokens, token budget and random generator.
+
+`SpeculativeGenerator.generate` runs a batch for its call (all rows join, then steps until all have finished);
+`specvlm serve` keeps one running and adds requests as they come (continuous batching).
+"""
+
+from __future__ import annotations
+
+import time
+from dataclasses import dataclass, field
+
+import torch
+
+from .adapters.capture import AttentionCapture
+from .drafters.base import DraftContext, DraftSetup
+from .pruning import NEEDS_SCORES, Layout, select
+from .request import Request
+from .sampling import RowRandom, RowSampling, device_generator, history_rows
+from .session import bucket
+from .stats import SpecStats
+from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
+
+
+@dataclass(eq=False)
+class Row:
+    """One sequence in a batch: its request, what it generated, and its statistics."""
+    request: Request
+    tag: object = None                  # the caller's handle (the server's job)
+    tokens: list[int] = field(default_factory=list)
+    stats: SpecStats = field(default_factory=SpecStats)
+    root: int = 0                       # the newest committed token, which no cache holds yet
+    generator: torch.Generator | None = None   # on the target's device
+    done: bool = False
+    started: float = 0.0
+
+    @property
+    def room(self) -> int:
+        return self.request.max_new - len(self.tokens)
+
+
+class DecodeBatch:
+    """Rows decoding together under one `SpeculativeGenerator` (its target, drafter, tree and engine). At most
+    `max_rows` at once. Not thread-safe: one thread owns a batch (and its generator)."""
+
+    def __init__(self, gen, max_rows: int):
+        self.gen, self.max_rows = gen, max_rows
+        self.target = gen.session(gen.target)
+        self.target.drop_rows(0)
+        self.target.reserve_rows(max_rows)
+        self.rows: list[Row] = []
+        self.vocab = gen.target.vocab_size
+        self.device = gen.target.device
+        self.seen: torch.Tensor | None = None      # (max_rows, V) bool: ids the repetition penalty applies to
+        self._generators: dict[int, torch.Generator | None] = {}
+        self.forwards = 0                          # target forwards: prefills and rounds
+        self.rounds = 0
+        self.setup = DraftSetup(gen.tree, self.vocab, max_rows, gen.session, self.target, gen.pruning != "none",
+                                gen.contiguous_positions)
+        gen.drafter.start(self.setup)
+        self.drafted_forwards = 0
+
+    def __len__(self) -> int:
+        return len(self.rows)
+
+    @property
+    def full(self) -> bool:
+        return len(self.rows) >= self.max_rows
+
+    # ---- joining ----------------------------------------------------------------------------------------------
+    def add(self, request: Request, tag=None) -> tuple[Row, list[int]]:
+        """Prefill `request` on its own and return its row with its first token. A row that is finished by its
+        first token (EOS, max_new_tokens 1) is returned done and never joins the running rounds."""
+        if self.full:
+            raise RuntimeError(f"the batch holds {self.max_rows} rows already")
+        gen, index = self.gen, len(self.rows)
+        row = Row(request, tag, started=time.perf_counter())
+        stats = row.stats
+        stats.mode = gen.mode
+        compiled_before = gen.compile_seconds
+        prompt = gen.target.prepare(request.inputs)
+        # entries a row writes beyond its prompt: the answer, then one round's padded feeds past it
+        reserve = request.max_new + 2 * bucket(gen.tree.max_nodes + 2) + gen.tree.max_fed
+        logits, hidden, keep, scores = self._prefill(index, prompt, reserve, stats)
+        self.forwards += 1
+        row.generator = self._device_generator(request.generator)
+        sampling = request.sampling
+        seen = None
+        if sampling.uses_history:   # the repetition penalty: ids in the prompt and everything generated so far
+            seen = self._seen_row(index)
+            seen[prompt.input_ids[0].clamp_max(self.vocab - 1).to(self.device)] = True
+        random = None if row.generator is None else RowRandom([row.generator])
+        first = int(sampling.pick(logits, seen, random))                             # logits (1, V)
+        if request.keeps_rows:
+            _keep_rows(request, logits, sampling.processed(logits, seen), [0])
+        stats.target_prompt_tokens, stats.new_tokens, stats.target_forwards = len(prompt), 1, 1
+        stats.draft_forwards = gen.drafter.forwards
+        row.tokens, row.root = [first], first
+        row.done = first in request.eos or request.max_new <= 1
+        if not row.done:
+            ctx = DraftContext(request.draft_inputs, prompt, hidden, sampling, keep, scores, reserve)
+            stats.draft_prompt_tokens = gen.drafter.add_row(index, ctx)
+            if seen is not None:
+                seen[first] = True
+            self.rows.append(row)
+        else:
+            self.target.drop_rows(index)
+        stats.draft_forwards = gen.drafter.forwards - stats.draft_forwards
+        stats.prefill_s = time.perf_counter() - row.started
+        stats.compile_s = gen.compile_seconds - compiled_before
+        return row, [first]
+
+    def _prefill(self, row: int, prompt, reserve: int, stats: SpecStats):
+        """Row `row`'s target prefill; the verifier's attention scores when pruning or the drafter needs them
+        (captured in this one prefill, never a second); with pruning, the draft's kept visual tokens."""
+        gen = self.gen
+        visual = prompt.visual_mask.nonzero().flatten()
+        scores = None
+        if visual.numel() and (gen.pruning in NEEDS_SCORES or gen.drafter.needs_visual_scores):
+            with AttentionCapture(gen.target, int(visual.max()) + 1, visual) as capture:
+                logits, hidden = self.target.prefill(row, prompt, reserve)
+            scores, stats.scoring_s = capture.scores, capture.scoring_s
+        else:
+            logits, hidden = self.target.prefill(row, prompt, reserve)
+        stats.visual_tokens = stats.kept_visual_tokens = visual.numel()   # the draft sees them all unless pruned
+        if gen.pruning == "none" or visual.numel() == 0:
+            return logits, hidden, None, scores
+        started = time.perf_counter()
+        layout = Layout(tuple((span.grid, span.tail, span.length) for span in prompt.spans))
+        keep = select(gen.pruning, visual.numel(), gen.visual_keep_ratio, scores=scores, layout=layout,
+                      features=prompt.embeds[0, visual.to(prompt.embeds.device)], stage1_mass=gen.stage1_mass,
+                      seed=gen.pruning_seed)
+        stats.selection_s = time.perf_counter() - started
+        stats.pruning, stats.kept_visual_tokens = gen.pruning, keep.numel()
+        return logits, hidden, keep, scores
+
+    def _device_generator(self, generator):
+        """The request's generator on the target's device, one per user generator (a library call's rows share
+        theirs, so they draw together)."""
+        key = id(generator)
+        if key not in self._generators:
+            self._generators[key] = device_generator(generator, self.device)
+        return self._generators[key]
+
+    def _seen_row(self, index: int) -> torch.Tensor:
+        if self.seen is None:
+            self.seen = torch.zeros(self.max_rows, self.vocab, dtype=torch.bool, device=self.device)
+        self.seen[index] = False
+        return self.seen[index]
+
+    # ---- a round ----------------------------------------------------------------------------------------------
+    def step(self) -> list[tuple[Row, list[int]]]:
+        """One round for every row: each row's new tokens (cut at EOS / its budget). Rows that finished are
+        removed from the batch (their `done` is set)."""
+        rows, gen, device = self.rows, self.gen, self.device
+        count = len(rows)
+        if not count:
+            return []
+        started = time.perf_counter()
+        compiled_before, drafted_before = gen.compile_seconds, gen.drafter.forwards
+        sampling = RowSampling([row.request.sampling for row in rows])
+        generators = [row.generator for row in rows]
+        random = None if all(g is None for g in generators) else RowRandom(generators)
+        seen = self.seen[:count] if self.seen is not None and sampling.uses_history else None
+        host = torch.tensor([[row.root for row in rows], self.target.next_positions[:count]], dtype=torch.long,
+                            device="cpu").to(device)
+        roots, next_positions = host[0], host[1]                                       # (B,) each
+        tree = gen.drafter.propose(roots, max(row.room for row in rows), seen, sampling, random)   # n nodes a row
+        prefix = self.target.lengths[:count]
+        depths = torch.cat([torch.zeros(count, 1, dtype=torch.long, device=device), tree.depths.to(device)], 1)
+        # logits (B, n+1, V) float32, hidden (B, n+1, H): position 0 follows the root, i+1 node i
+        logits, hidden = self.target.extend(torch.cat([roots[:, None], tree.tokens.to(device)], 1),
+                                            next_positions[:, None] + depths, visible=tree.verify_mask,
+                                            prefix=prefix)
+        processed, verdict = _accept(logits, tree, sampling, seen, random)
+        accepted = verdict.to_host(tree)                                        # the round's one sync
+        self.forwards += 1
+        self.rounds += 1
+        self.target.keep([p + 1 for p in prefix], [[p + 1 + node for node in a.path] for p, a in zip(prefix, accepted)])
+        for row, a in zip(rows, accepted):
+            row.root = a.next_token
+        next_roots = torch.tensor([a.next_token for a in accepted], dtype=torch.long, device="cpu").to(device)
+        kept = [hidden[b, [0] + [node + 1 for node in a.path]] for b, a in enumerate(accepted)]
+        gen.drafter.commit(tree, accepted, next_roots, kept)
+        out = self._finish_round(tree, accepted, logits, processed, seen is not None)
+        drafted = gen.drafter.forwards - drafted_before
+        elapsed, compiled = time.perf_counter() - started, gen.compile_seconds - compiled_before
+        for row, _ in out:
+            row.stats.target_forwards += 1
+            row.stats.draft_forwards += drafted
+            row.stats.decode_s += elapsed
+            row.stats.compile_s += compiled
+        self._remove_finished()
+        return out
+
+    def _finish_round(self, tree, accepted, logits, processed, penalised: bool) -> list[tuple[Row, list[int]]]:
+        out, seen_rows, seen_tokens = [], [], []
+        for b, (row, a) in enumerate(zip(self.rows, accepted)):
+            request = row.request
+            row.stats.record_round(a.drafted if a.drafted is not None else len(tree), len(a.path))
+            new = a.tokens + [a.next_token]
+            if penalised:
+                seen_rows += [b] * len(new)
+                seen_tokens += new
+            new = _cut(new, request.eos, row.room)
+            if request.keeps_rows:
+                _keep_rows(request, logits[b], processed[b], ([0] + [node + 1 for node in a.path])[: len(new)])
+            row.tokens += new
+            row.stats.new_tokens += len(new)
+            row.done = new[-1] in request.eos or row.room <= 0
+            out.append((row, new))
+        if seen_rows:
+            host = torch.tensor([seen_rows, seen_tokens], dtype=torch.long, device="cpu").to(self.device)
+            self.seen[host[0], host[1].clamp_max(self.vocab - 1)] = True
+        return out
+
+    # ---- leaving ----------------------------------------------------------------------------------------------
+    def remove(self, row: Row) -> None:
+        """`row` leaves the batch (finished, cancelled, timed out): the last row moves into its place."""
+        index = self.rows.index(row)
+        last = len(self.rows) - 1
+        if index != last:
+            self.target.move_row(last, index)
+            self.gen.drafter.move_row(last, index)
+            if self.seen is not None:
+                self.seen[index] = self.seen[last]
+            self.rows[index] = self.rows[last]
+        self.rows.pop()
+        self.target.drop_rows(last)
+        self.gen.drafter.drop_rows(last)
+
+    def _remove_finished(self) -> None:
+        for row in [row for row in self.rows if row.done]:
+            self.remove(row)
+
+
+def _accept(logits: torch.Tensor, tree, sampling: RowSampling, seen, random):
+    """(processed scores (B, n+1, V), Verdict) for `logits` (B, n+1, V): per row, position 0 follows the root,
+    i+1 node i; each position's repetition history is its path. Greedy rows take the greedy rule, sampling rows
+    the sampled one (both computed when a batch mixes them)."""
+    rows = logits.shape[0]
+    rows_seen = None
+    if seen is not None:
+        paths = torch.where(tree.ancestors, tree.tokens[:, None, :], -1).to(logits.device)    # (B, n, n)
+        rows_seen = history_rows(seen, torch.cat([paths.new_full((rows, 1, paths.shape[2]), -1), paths], 1))
+    processed = sampling.processed(logits, rows_seen)
+    if not sampling.any_sample:
+        return processed, accept_greedy(processed.argmax(-1), tree)
+    p = processed.softmax(-1)
+    rule = accept_chain_sampled if tree.chain and tree.probs is not None else accept_tree_sampled
+    sampled = rule(p, tree, random)
+    if all(s.do_sample for s in sampling.rows):
+        return processed, sampled
+    greedy = accept_greedy(processed.argmax(-1), tree)
+    do_sample = sampling.do_sample(logits.device)
+    for name in ("count", "next_token", "path"):
+        mine, theirs = getattr(sampled, name), getattr(greedy, name)
+        flag = do_sample.reshape(-1, *[1] * (mine.dim() - 1))
+        setattr(sampled, name, torch.where(flag, mine, theirs))
+    return processed, sampled
+
+
+def _keep_rows(request: Request, logits: torch.Tensor, processed: torch.Tensor, rows: list[int]) -> None:
+    """output_scores / output_logits: the rows that produced the new tokens, one (1, V) tensor per token."""
+    for row in rows:
+        request.scores.append(processed[row: row + 1])
+        request.logits.append(logits[row: row + 1])
+
+
+def _cut(new: list[int], eos: set[int], room: int) -> list[int]:
+    for i, token in enumerate(new):
+        if token in eos:
+            new = new[: i + 1]
+            break
+    return new[:room]
