@@ -1,8 +1,8 @@
 """The GPU preset: speculative decoding at real model shapes without real weights, against HF eager `generate` and
 HF's compiled static-cache `generate`, in one run on one GPU (≤ 6 minutes for --shape 7b on an H200).
 
-    python benchmarks/bench_gpu_preset.py --shape 7b [--tau 3.5] [--record]     # on a GPU
-    python benchmarks/bench_gpu_preset.py --shape tiny                           # anywhere (the test suite runs it)
+    python benchmarks/bench_gpu_preset.py --shape 7b [--tau 3.5] [--batches 1,4,16] [--record]   # on a GPU
+    python benchmarks/bench_gpu_preset.py --shape tiny        # anywhere (the test suite runs it)
 
 The pair is a *calibrated-agreement pair*. Target: a Qwen2.5-VL with the language model at the named shape and
 random weights (a small vision tower: it only adds to the prefill). Draft: the target's own first `--draft-layers`
@@ -17,7 +17,9 @@ Rows (interleaved repeats, median and range): HF eager `target.generate`, HF `ge
 "static")` (compiled by HF on CUDA), ours on the eager engine, ours on the fast engine compiled (CUDA graphs on
 CUDA). Per row: decode ms/token, wall, speedup against both HF rows, τ, and for ours the engine efficiency (share
 of decode time inside model forwards, from a separate run with per-forward timing). One-time costs (compilation)
-are reported apart. `--json OUT` writes everything; `--record` puts the table in docs/BENCHMARKS.md.
+are reported apart. `--batches` adds batches of that many prompts (each its own video, same length): HF's batched
+eager and static-cache `generate` on the whole batch against our batched fast engine, generated tokens/s.
+`--json OUT` writes everything; `--record` puts the tables in docs/BENCHMARKS.md.
 """
 
 from __future__ import annotations
@@ -153,6 +155,8 @@ def main(argv=None):
     ap.add_argument("--prompt-tokens", type=int, default=4096)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
+    ap.add_argument("--batches", default="1,4,16",
+                    help="batch sizes, comma-separated (1: the single-prompt table; more: the batched one)")
     ap.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
                     help="default: bfloat16 on CUDA, float32 on CPU")
     ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
@@ -176,10 +180,14 @@ def main(argv=None):
           f"{target.config.text_config.num_hidden_layers} layers, alpha {alpha:.4f} -> calibration τ "
           f"{calibrated:.2f} ({time.perf_counter() - started:.0f}s)", flush=True)
     results = measure(target, draft, inputs, args, compile, device)
+    sizes = [int(b) for b in args.batches.split(",") if int(b) > 1]
+    results["batches"] = measure_batches(target, draft, args, compile, device, sizes) if sizes else []
     results.update(shape=args.shape, alpha=alpha, calibration_tau=calibrated, prompt_tokens=n_prompt,
                    draft_layers=draft_layers, dtype=str(dtype), device=machine(),
                    total_s=time.perf_counter() - started)
     body = report(results)
+    if results["batches"]:
+        body += "\n\n" + batch_report(results["batches"])
     print(body)
     print(f"total {results['total_s']:.0f}s")
     if args.json:
@@ -258,6 +266,59 @@ def measure(target, draft, inputs, args, compile: bool, device: str) -> dict:
             "subtracted from every row's wall to get decode ms/token.")
     return dict(rows=rows, prefill_s=prefill, note=note, repeats=args.repeats, gamma=args.gamma,
                 max_new_tokens=args.max_new_tokens)
+
+
+def batch_inputs(target, rows: int, prompt_tokens: int, device: str) -> dict:
+    """`rows` video prompts of the same length (each its own pixels), collated as the processor batches them."""
+    from specvlm.tiny import make_batch
+
+    pad = target.generation_config.pad_token_id
+    parts = [video_inputs(target, prompt_tokens, "cpu", seed=10 + b) for b in range(rows)]
+    return {k: v.to(device) for k, v in make_batch(parts, "qwen2_5_vl", pad).items()}
+
+
+def measure_batches(target, draft, args, compile: bool, device: str, sizes: list[int]) -> list[dict]:
+    """Per batch size: HF eager and static-cache `generate` on the batch, ours batched (fast engine), generated
+    tokens/s, interleaved repeats after a warm-up each; how many of our rows equal HF eager's batched rows."""
+    from specvlm import SpeculativeGenerator
+
+    opts = dict(do_sample=False, max_new_tokens=args.max_new_tokens)
+    static = dict(cache_implementation="static", compile_config=hf_static_config(torch.device(device))) if compile \
+        else dict(cache_implementation="static", disable_compile=True)
+    gen = SpeculativeGenerator(target, draft, engine="fast", compile=compile, tree="chain", num_draft_tokens=args.gamma)
+    out = []
+    for size in sizes:
+        batch = batch_inputs(target, size, args.prompt_tokens, device)
+        n = batch["input_ids"].shape[1]
+        methods = {"HF eager generate": lambda: target.generate(**batch, **opts)[:, n:].tolist(),
+                   "HF static-cache generate": lambda: target.generate(**batch, **opts, **static)[:, n:].tolist(),
+                   "ours, fast engine, batched": lambda: gen.generate(**batch, **opts).token_ids}
+        answers = {name: run() for name, run in methods.items()}   # warm-up, compilation
+        walls = {name: [] for name in methods}
+        names = list(methods)
+        for r in range(args.repeats):
+            for name in names[r % len(names):] + names[: r % len(names)]:
+                _sync()
+                t = time.perf_counter()
+                methods[name]()
+                _sync()
+                walls[name].append(time.perf_counter() - t)
+        same = sum(a == b for a, b in zip(answers["ours, fast engine, batched"], answers["HF eager generate"]))
+        out.append(dict(batch=size, walls=walls, rows_equal_hf_eager=same,
+                        tokens=size * args.max_new_tokens))
+    return out
+
+
+def batch_report(batches: list[dict]) -> str:
+    rows = []
+    for entry in batches:
+        eager, static = (statistics.median(entry["walls"][k]) for k in ("HF eager generate", "HF static-cache generate"))
+        for name, walls in entry["walls"].items():
+            wall = statistics.median(walls)
+            rows.append([name, entry["batch"], f"{entry['tokens'] / wall:.1f}", f"{eager / wall:.2f}",
+                         f"{static / wall:.2f}",
+                         f"{entry['rows_equal_hf_eager']}/{entry['batch']}" if name.startswith("ours") else "-"])
+    return table(["method", "batch", "tokens/s (median)", "× HF eager", "× HF static", "rows = HF eager's"], rows)
 
 
 def report(results: dict) -> str:

@@ -21,8 +21,10 @@ def test_gpu_preset_runs_at_tiny_shapes(tmp_path):
 
     out = tmp_path / "preset.json"
     results = bench_gpu_preset.main(["--shape", "tiny", "--prompt-tokens", "300", "--max-new-tokens", "24",
-                                     "--repeats", "1", "--tau", "3", "--json", str(out)])
+                                     "--repeats", "1", "--tau", "3", "--batches", "1,3", "--json", str(out)])
     rows = results["rows"]
+    (batched,) = results["batches"]
+    assert batched["batch"] == 3 and batched["rows_equal_hf_eager"] == 3 and len(batched["walls"]) == 3
     assert out.is_file() and len(rows) == 4 and all(row["lossless"] for row in rows.values())
     assert abs(results["calibration_tau"] - 3) < 1          # the bisection reached the asked-for agreement
     ours = [row for name, row in rows.items() if name.startswith("ours")]

@@ -141,3 +141,21 @@ def test_compiled_steps_are_lossless_and_report_their_one_time_cost():
     assert first.token_ids == second.token_ids == expected
     assert first.stats.compile_s > 0 and second.stats.compile_s == 0
     assert "one-time compile" in first.stats.summary() and "compile" not in second.stats.summary()
+
+
+def test_rows_grow_their_slots_during_generation(monkeypatch):
+    """A row's prefill reserves slots for RESERVE_AHEAD new tokens only (a huge max_new_tokens must not allocate
+    every row's cache up to it); a longer answer grows the cache mid-generation, every row keeping its entries."""
+    import specvlm.batch
+    from specvlm.tiny import make_batch, special_ids
+
+    monkeypatch.setattr(specvlm.batch, "RESERVE_AHEAD", 4)
+    target = model("qwen2_5_vl")
+    rows = [make_inputs("qwen2_5_vl", "image"), make_inputs("qwen2_5_vl", "video", prompt_len=9, seed=2)]
+    gen = SpeculativeGenerator(target, model("qwen2_5_vl", seed=1, hidden=32, layers=1), tree="static")
+    out = gen.generate(**make_batch(rows, "qwen2_5_vl", special_ids(1024)["pad"]), do_sample=False,
+                       max_new_tokens=150, eos_token_id=-1)
+    assert out.token_ids == [reference(target, row, do_sample=False, max_new_tokens=150, eos_token_id=-1)
+                             for row in rows]
+    longest = max(row["input_ids"].shape[1] for row in rows)
+    assert all(s.cache.capacity >= longest + 150 for s in gen._sessions)

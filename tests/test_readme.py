@@ -20,12 +20,20 @@ def test_readme_python_examples_run(capsys):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
-    out, gen, inputs = namespace["out"], namespace["gen"], namespace["inputs"]
-    plain = namespace["target"].generate(**inputs, do_sample=False, max_new_tokens=64)
+    out, gen, inputs, target = namespace["out"], namespace["gen"], namespace["inputs"], namespace["target"]
+    plain = target.generate(**inputs, do_sample=False, max_new_tokens=64)
     assert out.token_ids == plain[0, inputs["input_ids"].shape[1]:].tolist()
     printed = capsys.readouterr().out
-    assert out.text and printed.startswith(out.text) and printed.rstrip().endswith(out.text.rstrip())
-    assert gen.stats.new_tokens == len(out.token_ids)
+    # the answer, then the same answer streamed, then the batch's shape and its rows' answers
+    batched, batch = namespace["batched"], namespace["batch"]
+    assert out.text and printed.startswith(out.text + "\n") and f"{out.text}\nbatch: {tuple(batched.sequences.shape)}\n" in printed
+    assert printed.rstrip().endswith("\n".join(batched.text).rstrip())
+    from specvlm.adapters import adapter_for
+    from specvlm.request import left_padding, strip_left_padding
+
+    for row, tokens in zip(adapter_for(target).split_batch(batch), batched.token_ids):
+        row = strip_left_padding(row, left_padding(row["attention_mask"]))
+        assert tokens == target.generate(**row, do_sample=False, max_new_tokens=64)[0, row["input_ids"].shape[1]:].tolist()
 
 
 def serving_script(port: int) -> str:

@@ -4,8 +4,10 @@ not, speculative or target-only; every refusal is a 4xx in OpenAI's error shape 
 queue, the timeout and client disconnects free the worker; temporary media files are removed.
 
 Two servers start once per module (in parallel):
-  spec  speculative (target + draft), local media allowed under the samples folder, 1 MB request limit
-  base  target-only (--draft none), an API key, a queue of 1, a 6 s request timeout
+  spec  speculative (target + draft), continuous batching (the default --max-batch), local media allowed under the
+        samples folder, 1 MB request limit
+  base  target-only (--draft none), one request at a time (--max-batch 1), an API key, a queue of 1, a 6 s request
+        timeout
 """
 
 import base64
@@ -135,7 +137,7 @@ def servers(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
     started = [Server(root / "spec", "--draft", str(DRAFT), "--allowed-local-media-path", str(SAMPLES_DIR),
                       "--max-request-bytes", str(1 << 20), "--max-queue", "32"),
-               Server(root / "base", "--draft", "none", "--api-key", KEY, "--max-queue", "1",
+               Server(root / "base", "--draft", "none", "--api-key", KEY, "--max-queue", "1", "--max-batch", "1",
                       "--request-timeout", str(TIMEOUT_S), "--allowed-local-media-path", str(SAMPLES_DIR))]
     try:
         yield {"spec": started[0], "base": started[1]}
@@ -399,6 +401,37 @@ def test_sixteen_concurrent_streamed_clients_get_the_single_answer(spec, expecte
     assert answers == {i: expected["image"]["text"] for i in range(16)}
 
 
+def test_batched_clients_get_their_single_answers_while_one_leaves(spec, expected, picture):
+    """Continuous batching: video and image requests decode together (the worker runs several at once), one
+    long request leaves mid-stream (its client goes away) while the others go on; every other answer is exactly
+    the one `specvlm generate` gives alone."""
+    client = spec.client()
+    image = user(IMAGE_QUESTION, ("image", data_url(picture, "image/png")))
+    answers, running = {}, []
+    before = spec.metric('specvlm_requests_cancelled_total{reason="disconnect"}')
+
+    def ask(i: int) -> None:
+        messages, tokens = (VIDEO, VIDEO_TOKENS) if i % 2 else (image, IMAGE_TOKENS)
+        chunks = client.chat.completions.create(model=MODEL, messages=messages, max_tokens=tokens, stream=True)
+        answers[i] = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
+
+    leaving = client.chat.completions.create(model=MODEL, messages=VIDEO, stream=True, **LONG)
+    chunks = iter(leaving)
+    next(chunks)
+    threads = [threading.Thread(target=ask, args=(i,)) for i in range(6)]
+    for thread in threads:
+        thread.start()
+    while any(thread.is_alive() for thread in threads):
+        running.append(spec.metric("specvlm_running_requests"))
+        if len(running) == 20:
+            leaving.close()                                     # mid-stream, while the others decode
+        time.sleep(0.05)
+    leaving.close()
+    assert answers == {i: expected["video" if i % 2 else "image"]["text"] for i in range(6)}
+    assert max(running) >= 3                                    # requests really decoded together
+    wait_for(lambda: spec.metric('specvlm_requests_cancelled_total{reason="disconnect"}') == before + 1)
+
+
 def test_temporary_media_files_are_removed(spec, base):
     """Runs last: every request has ended, so no request folder is left; a stopped server leaves nothing."""
     wait_for(lambda: not list(spec.tmp.glob("specvlm-serve-*/request-*")), timeout=10)
@@ -482,3 +515,28 @@ def test_help_and_bad_options_are_one_line_before_any_weights_load(capsys, tmp_p
             err = capsys.readouterr().err.strip().splitlines()
             assert err[-1].startswith("specvlm: error: ") and phrase in err[-1], (options, err)
             assert not any(line.startswith("loading") for line in err), options
+
+
+def test_warm_up_runs_every_batch_bucket_and_leaves_the_engine_ready():
+    """What the server does before it reports healthy when it compiles (CUDA, or --compile on; run here
+    uncompiled, the same calls): every row bucket up to --max-batch decodes two rounds, nothing stays in the
+    batch, the slot cache already reserves RESERVE_AHEAD new tokens, and a request afterwards answers as alone."""
+    from specvlm.batch import RESERVE_AHEAD
+    from specvlm.cli import _check_decoding, build_parser
+    from specvlm.serve.command import load_engine
+    from specvlm.serve.media import TurnFiles
+
+    args = build_parser().parse_args(["serve", "--target", str(TARGET), "--draft", str(DRAFT), "--max-batch", "5"])
+    _check_decoding(args)                     # what `specvlm serve` checks and fills in before loading
+    engine = load_engine(args, lambda message: None)
+    assert engine.warm_up(5) == [1, 2, 3, 4, 5]
+    target = engine.generator.session(engine.generator.target)
+    assert target.cache.capacity >= RESERVE_AHEAD and target.cache.rows >= 5
+    decoding = Decoding(max_new_tokens=VIDEO_TOKENS, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop=())
+    request = engine.request(engine.prepare(TurnFiles(QUESTION, (), Path(CLIP), {}), decoding), decoding)
+    batch = engine.batch(5)
+    row, tokens = batch.add(request)
+    while len(batch):
+        tokens += batch.step()[0][1]
+    assert engine.tokenizer.decode(tokens, skip_special_tokens=True) == cli_generate(
+        "--video", CLIP, "--prompt", QUESTION, "--max-new-tokens", VIDEO_TOKENS)["text"]

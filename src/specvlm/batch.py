@@ -32,6 +32,8 @@ from .session import bucket
 from .stats import SpecStats
 from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
 
+RESERVE_AHEAD = 1024   # new tokens a row's slots are reserved for at its prefill; more are grown when needed
+
 
 @dataclass(eq=False)
 class Row:
@@ -90,8 +92,10 @@ class DecodeBatch:
         stats.mode = gen.mode
         compiled_before = gen.compile_seconds
         prompt = gen.target.prepare(request.inputs)
-        # entries a row writes beyond its prompt: the answer, then one round's padded feeds past it
-        reserve = request.max_new + 2 * bucket(gen.tree.max_nodes + 2) + gen.tree.max_fed
+        # entries a row writes beyond its prompt: the answer, then one round's padded feeds past it; a long answer's
+        # slots are reserved only in part and grown as it gets there (a request's max_new_tokens alone must not
+        # allocate every row's cache up to it)
+        reserve = min(request.max_new, RESERVE_AHEAD) + 2 * bucket(gen.tree.max_nodes + 2) + gen.tree.max_fed
         logits, hidden, keep, scores = self._prefill(index, prompt, reserve, stats)
         self.forwards += 1
         row.generator = self._device_generator(request.generator)

@@ -193,8 +193,8 @@ class StaticSession(ModelSession):
         width = bucket(n)
         padded_rows = bucket(rows) if self.compiled else rows
         starts = self.lengths[:rows]
-        if max(starts) + width > self.cache.capacity:
-            raise RuntimeError(f"static cache overflow: {max(starts)} + {width} slots > {self.cache.capacity}")
+        if max(starts) + width > self.cache.capacity:   # a row outgrew what its prefill reserved
+            self._grow(max(starts) + width)
         device = self.cache.start.device
         extra = padded_rows - rows
         host = torch.tensor([starts + [0] * extra, (prefix or starts) + [0] * extra], dtype=torch.long, device="cpu")
@@ -221,6 +221,13 @@ class StaticSession(ModelSession):
         for b in range(rows):
             self.lengths[b] += n if counts is None else counts[b]
         return logits[:rows, :n], hidden[:rows, :n]
+
+    def _grow(self, needed: int) -> None:
+        """More slots for every row: at least `needed`, and half again what there was, so that a long answer
+        reallocates (and recompiles) a few times, not every 128 tokens."""
+        grown = -(-max(needed, self.cache.capacity * 3 // 2) // 128) * 128
+        self.cache.grow(grown)
+        self._seen_shapes.clear()
 
     def keep(self, prefix: list[int], extra: list[list[int]]) -> None:
         self.cache.keep(prefix, extra)

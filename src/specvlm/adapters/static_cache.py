@@ -97,6 +97,13 @@ class SlotCache(Cache):
         return fresh
 
     @torch.no_grad()
+    def grow(self, capacity: int) -> None:
+        """Every row gets `capacity` slots, keeping what it holds (new buffers: compiled steps must be rebuilt)."""
+        self.capacity = capacity
+        for layer in self.layers:
+            layer.allocate(layer.keys, layer.values, self.rows, capacity)
+
+    @torch.no_grad()
     def keep(self, prefix: list[int], sources: list[list[int]]) -> None:
         """Row b's entries at slots `sources[b]` (host ints, all >= prefix[b], increasing) move to slots prefix[b],
         prefix[b] + 1, ...: per layer one gather and one indexed write for the whole batch (the gather reads before

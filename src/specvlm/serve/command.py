@@ -134,7 +134,12 @@ def load_engine(args, say):
     frames = Frames(args.num_frames, args.fps, args.max_pixels)
     model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, args.draft != "none")
     gen = load_generator(args, models, say, batched=True)
-    return Engine(models, gen.model, gen.tokenizer, gen, frames)
+    engine = Engine(models, gen.model, gen.tokenizer, gen, frames)
+    if gen.compile:   # CUDA, or --compile on: compile every batch shape before the server says it is healthy
+        say(f"compiling the decoding steps for batches of up to {args.max_batch} requests ...")
+        rows = engine.warm_up(args.max_batch)
+        say(f"compiled in {gen.compile_seconds:.0f}s (batches of {', '.join(map(str, rows))} rows)")
+    return engine
 
 
 def default_decoding(args):

@@ -72,6 +72,30 @@ class Engine:
         """A running batch of at most `max_rows` requests (`batch.DecodeBatch`)."""
         return self.generator.batch(max_rows)
 
+    def warm_up(self, max_rows: int) -> list[int]:
+        """Compile the steps before the first request: batches of every row bucket up to `max_rows` (compiled steps
+        pad their rows to one), each for two rounds of a text-only request that reserves RESERVE_AHEAD new tokens,
+        so the slot cache is already as long as typical requests need (a longer one grows it and recompiles once).
+        Returns the row counts warmed up."""
+        from ..batch import RESERVE_AHEAD
+        from ..session import bucket
+
+        decoding = Decoding(max_new_tokens=RESERVE_AHEAD, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop=(),
+                            ignore_eos=True)
+        inputs = self.prepare(TurnFiles("Hello.", (), None, {}), decoding)
+        sizes = sorted({bucket(rows) for rows in range(1, max_rows + 1)} | {max_rows})
+        sizes = [rows for rows in sizes if rows <= max_rows]
+        batch = self.batch(max_rows)
+        with torch.no_grad():   # grad mode is per thread
+            for rows in sizes:
+                for _ in range(rows):
+                    batch.add(self.request(inputs, decoding))
+                for _ in range(2):
+                    batch.step()
+                while len(batch):
+                    batch.remove(batch.rows[-1])
+        return sizes
+
     def stats(self, sink, stats) -> dict:
         """The response's "specvlm" object: the request's own speculation statistics (`stats`, its row's)."""
         if self.mode == "target-only":

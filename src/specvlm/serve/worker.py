@@ -1,7 +1,9 @@
 """One model worker thread, its bounded queue, and the running batch (continuous batching).
 
-One thread owns the models and a running `DecodeBatch` of at most --max-batch requests. Between two rounds it
-admits waiting requests (each prefilled on its own, then decoding with the others from the next round on),
+One thread owns the models and a running `DecodeBatch` of at most --max-batch requests. A submitted request's inputs
+are built first by a small pool of prepare threads (media decoding and processors, the same pipeline `specvlm
+generate` runs), so that no round waits for a video to decode. Between two rounds the model thread admits prepared
+requests (each prefilled on its own, then decoding with the others from the next round on),
 drops requests whose client left or whose deadline passed, and runs one round for every running request: a
 request's answer never waits for another request to finish, only for the round it shares. Request handlers (the
 asyncio side) `submit` a Job and read its events; the worker turns the job's files into model inputs (the generate
@@ -77,6 +79,7 @@ class Job:
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
     cancelled: str | None = None         # why the job should stop: "disconnect", "timeout", "shutdown"
     first_token: float | None = None
+    prepared: tuple | None = None        # (model inputs, decoding request, seconds it took), once prepared
 
     def emit(self, event) -> None:
         try:
@@ -166,25 +169,32 @@ class TextSink:
 
 @dataclass(eq=False)
 class Running:
-    """A request in the batch: its job, where its text goes, and its timings."""
+    """A request in the batch: its job, where its text goes, and when it was admitted."""
     job: Job
     sink: TextSink
     prompt_tokens: int
-    began: float
-    prepared: float
+    admitted: float
     row: object = None        # its `batch.Row`
 
 
+PREPARE_THREADS = 2   # requests whose inputs (video decoding, processors) are built at once, beside the model thread
+
+
 class Worker:
-    """The model thread: admits jobs in order from a queue of at most `max_queue` waiting jobs into a running batch
-    of at most `max_batch`."""
+    """The model thread: admits prepared jobs in order from a queue of at most `max_queue` waiting jobs into a running
+    batch of at most `max_batch`. A job's inputs (its media decoded, the processors run) are built first, by
+    PREPARE_THREADS threads beside the model thread, so decoding rounds never wait for a video to decode."""
 
     def __init__(self, engine, max_queue: int, metrics, max_batch: int = 1):
+        from concurrent.futures import ThreadPoolExecutor
+
         self.engine, self.max_queue, self.metrics, self.max_batch = engine, max_queue, metrics, max_batch
-        self._waiting: deque[Job] = deque()
+        self._preparing: set[Job] = set()
+        self._waiting: deque[Job] = deque()        # prepared, in the order they became so
         self._cond = threading.Condition()
         self._running: list[Running] = []
         self._stopping = False
+        self._prepare_pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="specvlm-prepare")
         self._thread = threading.Thread(target=self._loop, name="specvlm-worker", daemon=True)
 
     def start(self) -> None:
@@ -193,19 +203,21 @@ class Worker:
     def stop(self, timeout: float = 10.0) -> None:
         with self._cond:
             self._stopping = True
-            for job in self._waiting:
+            for job in [*self._waiting, *self._preparing]:
                 job.cancel("shutdown")
-                job.clean()
                 job.emit(Failed(shutting_down()))
+            for job in self._waiting:
+                job.clean()
             self._waiting.clear()
             for running in self._running:
                 running.job.cancel("shutdown")
             self._cond.notify_all()
+        self._prepare_pool.shutdown(wait=False, cancel_futures=True)
         self._thread.join(timeout)
 
     @property
     def queue_length(self) -> int:
-        return len(self._waiting)
+        return len(self._waiting) + len(self._preparing)
 
     @property
     def running(self) -> int:
@@ -216,20 +228,55 @@ class Worker:
         with self._cond:
             if self._stopping:
                 raise shutting_down()
-            if len(self._waiting) >= self.max_queue:
+            if self.queue_length >= self.max_queue:
                 raise APIError(429, f"the server is busy: its queue is full (--max-queue {self.max_queue}); retry "
                                     "later", type="rate_limit_error", code="queue_full")
-            self._waiting.append(job)
-            self._cond.notify()
+            self._preparing.add(job)
+        self._prepare_pool.submit(self._prepare, job)
 
     def cancel(self, job: Job, reason: str) -> None:
-        """Stop `job`: dropped at once while it waits, before the next round once it runs."""
+        """Stop `job`: dropped at once while it waits, when its inputs are built if it is being prepared, before the
+        next round once it runs."""
         with self._cond:
             job.cancel(reason)
             if job in self._waiting:
                 self._waiting.remove(job)
                 job.clean()
                 self._record_stop(reason, 0)
+
+    def _prepare(self, job: Job) -> None:
+        """A prepare thread: the job's model inputs and decoding request, then into the queue (or its 400)."""
+        began = time.monotonic()
+        failed = None
+        if not job.stop_reason():
+            try:
+                inputs = self.engine.prepare(job.files, job.decoding)
+                job.prepared = (inputs, self.engine.request(inputs, job.decoding), time.monotonic() - began)
+            except SpecVLMError as err:   # bad media, a prompt too long for the model, ...: the client's to fix
+                failed = APIError(400, self._client_message(err, job), code="invalid_input")
+            except Exception as err:      # a bug: the client gets a 500, the log the traceback
+                log.exception("preparing the inputs failed")
+                failed = internal(err)
+        with self._cond:
+            self._preparing.discard(job)
+            reason = job.stop_reason()
+            if failed is None and not reason and not self._stopping:
+                self._waiting.append(job)
+                self._cond.notify()
+                return
+        job.clean()
+        if failed is not None:
+            job.emit(Failed(failed))
+        elif reason and reason != "shutdown":
+            self._stopped(job, reason, None)
+
+    def _client_message(self, err: Exception, job: Job) -> str:
+        """The error's message without the server's paths (clients need not learn its file system)."""
+        message = str(err)
+        names = {**self.engine.folder_names, **job.files.names}   # longest first
+        for path in sorted(names, key=len, reverse=True):
+            message = message.replace(path, names[path])
+        return message
 
     # ---- the loop ---------------------------------------------------------------------------------------------
     def _loop(self) -> None:
@@ -259,29 +306,20 @@ class Worker:
     def _join(self, batch, job: Job) -> None:
         reason = job.stop_reason()
         if reason:
-            job.clean()
             return self._stopped(job, reason, None)
-        began = time.monotonic()
-        running = None
+        inputs, request, _ = job.prepared
+        prompt_tokens = int(inputs["input_ids"].shape[1])
+        running = Running(job, TextSink(job, self.engine.tokenizer, request.eos), prompt_tokens, time.monotonic())
         try:
-            inputs = self.engine.prepare(job.files, job.decoding)
-            request = self.engine.request(inputs, job.decoding)
-            prompt_tokens = int(inputs["input_ids"].shape[1])
-            running = Running(job, TextSink(job, self.engine.tokenizer, request.eos), prompt_tokens, began,
-                              time.monotonic())
             job.emit(Started(prompt_tokens))
             running.sink.put(request.prompt_ids.cpu())
             running.row, first = batch.add(request, tag=job)
             with self._cond:
                 self._running.append(running)
             self._deliver(batch, running, first)
-        except SpecVLMError as err:   # bad media, a prompt too long for the model, ...: the client's to fix
+        except SpecVLMError as err:   # the client's to fix, found only now
             self._drop(batch, running, job)
-            message = str(err)
-            names = {**self.engine.folder_names, **job.files.names}   # no server paths in messages; longest first
-            for path in sorted(names, key=len, reverse=True):
-                message = message.replace(path, names[path])
-            job.emit(Failed(APIError(400, message, code="invalid_input")))
+            job.emit(Failed(APIError(400, self._client_message(err, job), code="invalid_input")))
         except Exception as err:   # a bug: the client gets a 500, the log the traceback, the worker goes on
             self._drop(batch, running, job)
             log.exception("generation failed")
@@ -322,8 +360,9 @@ class Worker:
     def _finish(self, running: Running) -> None:
         job, sink = running.job, running.sink
         sink.end()
-        stats = dict(self.engine.stats(sink, running.row.stats), queue_s=running.began - job.arrived,
-                     inputs_s=running.prepared - running.began)
+        inputs_s = job.prepared[2]
+        stats = dict(self.engine.stats(sink, running.row.stats), inputs_s=inputs_s,
+                     queue_s=running.admitted - job.arrived - inputs_s)
         usage = dict(prompt_tokens=running.prompt_tokens, completion_tokens=len(sink.tokens),
                      total_tokens=running.prompt_tokens + len(sink.tokens))
         self.metrics.generated(job, usage, stats)
@@ -341,9 +380,8 @@ class Worker:
             if running in self._running:
                 self._running.remove(running)
 
-    def _drop(self, batch, running: Running | None, job: Job) -> None:
-        if running is not None:
-            self._leave(batch, running)
+    def _drop(self, batch, running: Running, job: Job) -> None:
+        self._leave(batch, running)
         job.clean()
 
     def _stopped(self, job: Job, reason: str, sink: TextSink | None) -> None:
