@@ -10,6 +10,8 @@ Configurations (each its own `specvlm serve` process on the bundled testbed pair
                        batching (--max-batch 16)
   target-only          --draft none: the target alone, one token a round, batched by the same engine
   speculative-batch1   --max-batch 1: one request at a time, the others queue (the engine before batching)
+  speculative-conf, speculative-chain-pruned: other speculative settings (a confidence chain; a γ=5 chain drafting
+                       from a SpecVLM-pruned view), on request
 
 All servers start together and get one warm-up request per clip. Then for each client count, per round, each
 configuration in turn (the order rotated every round, so drifting machine load hits them alike) takes a burst: N
@@ -45,6 +47,8 @@ CONFIGS = {  # name -> `specvlm serve` options; {draft}: the bundled draft folde
     "target-only": ["--draft", "none"],
     "speculative-batch1": ["--draft", "{draft}", "--max-batch", "1"],           # one request at a time
     "speculative-conf": ["--draft", "{draft}", "--tree", "chain", "--confidence-threshold", "0.4"],
+    "speculative-chain-pruned": ["--draft", "{draft}", "--tree", "chain", "--num-draft-tokens", "5",
+                                 "--pruning", "specvlm"],                     # the CPU's best batched setting
 }
 DEFAULT_CONFIGS = ("speculative", "target-only", "speculative-batch1")
 STATS = ("inputs_s", "prefill_s", "decode_s")   # worker seconds per request, from the response's "specvlm" object
@@ -173,6 +177,7 @@ def main(argv: list[str] | None = None) -> dict:
                                                           "e.g. \"--compile on\"")
     parser.add_argument("--threads", type=int, default=2, help="torch threads of each server (default 2)")
     parser.add_argument("--record", action="store_true", help="write the table to docs/BENCHMARKS.md (serve)")
+    parser.add_argument("--label", default=None, help="record under the section serve-LABEL instead of serve")
     args = parser.parse_args(argv)
     try:
         args.clients = [int(c) for c in args.clients.split(",")]
@@ -227,8 +232,9 @@ def report(rows: list[dict], args, clips: int) -> dict:
              + ("" if all(r["consistent"] for r in rows) else " Some repeated requests answered differently!"))
     print(body + "\n\n" + notes)
     if args.record:
-        record("serve", "specvlm serve under concurrent clients: continuous batching, speculative vs target-only "
-                        "(CPU)", f"{notes}\n\n{body}")
+        section = "serve" + (f"-{args.label}" if args.label else "")
+        record(section, "specvlm serve under concurrent clients: continuous batching, speculative vs target-only "
+                        f"(CPU){f', {args.label}' if args.label else ''}", f"{notes}\n\n{body}")
     return {"rows": rows, "lossless": lossless, "machine": machine()}
 
 

@@ -72,3 +72,32 @@ def test_generation_names_every_device(family):
                             gen.generate(**inputs, do_sample=False, max_new_tokens=6)
                             gen.generate(**inputs, do_sample=True, max_new_tokens=6, repetition_penalty=1.2)
     assert not mode.violations, sorted(mode.violations)
+
+
+@pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
+def test_batched_generation_names_every_device(family):
+    """The batch paths too: splitting a batch, per-row prefills, batched drafting and verification, rows that
+    finish early and leave, mixed sampling settings and per-row generators."""
+    from specvlm.tiny import make_batch, special_ids
+
+    target = model(family)
+    rows = [make_inputs(family, "video"), make_inputs(family, "image", prompt_len=7, seed=1),
+            make_inputs(family, "text", prompt_len=5, seed=2)]
+    batch = make_batch(rows, family, special_ids(1024)["pad"])
+    drafters = {"small": model(family, seed=1, hidden=32, layers=1), "self": "self", "none": None,
+                "head": EagleHead.init_for(target, seed=0)}
+    with RequireDevice() as mode:
+        for name, draft in drafters.items():
+            for tree in ("chain", "static", "dynamic"):
+                gen = SpeculativeGenerator(target, draft, tree=tree, num_draft_tokens=3,
+                                           confidence_threshold=0.3 if tree == "chain" else 0.0)
+                gen.generate(**batch, do_sample=False, max_new_tokens=6)
+                gen.generate(**batch, do_sample=True, max_new_tokens=6, repetition_penalty=1.2,
+                             generator=torch.Generator(device="cpu").manual_seed(0))
+                running = gen.batch(2)
+                for i, (row, sample) in enumerate(zip(rows[:2], (False, True))):
+                    running.add(gen.request(**row, do_sample=sample, max_new_tokens=4, eos_token_id=-1,
+                                            generator=torch.Generator(device="cpu").manual_seed(i)))
+                while len(running):
+                    running.step()
+    assert not mode.violations, sorted(mode.violations)

@@ -54,7 +54,8 @@ class Row:
 
 class DecodeBatch:
     """Rows decoding together under one `SpeculativeGenerator` (its target, drafter, tree and engine). At most
-    `max_rows` at once. Not thread-safe: one thread owns a batch (and its generator)."""
+    `max_rows` at once. Not thread-safe: one thread owns a batch and its generator, and a generator runs one batch at
+    a time (the batch decodes in the generator's sessions; a new batch, or a `generate` call, starts them afresh)."""
 
     def __init__(self, gen, max_rows: int):
         self.gen, self.max_rows = gen, max_rows
