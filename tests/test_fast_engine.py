@@ -150,10 +150,11 @@ def test_rows_grow_their_slots_during_generation(monkeypatch):
     from specvlm.tiny import make_batch, special_ids
 
     monkeypatch.setattr(specvlm.batch, "RESERVE_AHEAD", 4)
-    target = model("qwen2_5_vl")
-    rows = [make_inputs("qwen2_5_vl", "image"), make_inputs("qwen2_5_vl", "video", prompt_len=9, seed=2)]
-    gen = SpeculativeGenerator(target, model("qwen2_5_vl", seed=1, hidden=32, layers=1), tree="static")
-    out = gen.generate(**make_batch(rows, "qwen2_5_vl", special_ids(1024)["pad"]), do_sample=False,
+    family = "llava_onevision"   # (5.3's Qwen2.5-VL generate differs on some prompts: DESIGN, transformers range)
+    target = model(family)
+    rows = [make_inputs(family, "image"), make_inputs(family, "video", prompt_len=9, seed=2)]
+    gen = SpeculativeGenerator(target, model(family, seed=1, hidden=32, layers=1), tree="static")
+    out = gen.generate(**make_batch(rows, family, special_ids(1024)["pad"]), do_sample=False,
                        max_new_tokens=150, eos_token_id=-1)
     assert out.token_ids == [reference(target, row, do_sample=False, max_new_tokens=150, eos_token_id=-1)
                              for row in rows]
