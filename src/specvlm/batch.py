@@ -68,11 +68,9 @@ class DecodeBatch:
         self.seen: torch.Tensor | None = None      # (max_rows, V) bool: ids the repetition penalty applies to
         self._generators: dict[int, torch.Generator | None] = {}
         self.forwards = 0                          # target forwards: prefills and rounds
-        self.rounds = 0
         self.setup = DraftSetup(gen.tree, self.vocab, max_rows, gen.session, self.target, gen.pruning != "none",
                                 gen.contiguous_positions)
         gen.drafter.start(self.setup)
-        self.drafted_forwards = 0
 
     def __len__(self) -> int:
         return len(self.rows)
@@ -191,7 +189,6 @@ class DecodeBatch:
         processed, verdict = _accept(logits, tree, sampling, seen, random)
         accepted = verdict.to_host(tree)                                        # the round's one sync
         self.forwards += 1
-        self.rounds += 1
         self.target.keep([p + 1 for p in prefix], [[p + 1 + node for node in a.path] for p, a in zip(prefix, accepted)])
         for row, a in zip(rows, accepted):
             row.root = a.next_token

@@ -16,7 +16,6 @@ Both take token ids and positions as device tensors and never read a tensor back
 
 from __future__ import annotations
 
-import functools
 import itertools
 import time
 import types
