@@ -10,7 +10,7 @@ import torch
 from specvlm.cli import main
 from specvlm.errors import SpecVLMError
 from specvlm.generator import SpeculativeGenerator
-from specvlm.testbed.build import build_testbed, flush_denormal_enabled, prepare_out
+from specvlm.testbed.build import build_testbed, flush_denormal_enabled, global_torch_state, prepare_out
 from specvlm.testbed.recipe import Arch, Recipe
 
 # ten clips is the smallest world with a validation (index 8) and a test (index 9) clip
@@ -173,20 +173,9 @@ def test_curriculum_orders_the_turns(mini_build, monkeypatch):
 def other_caller_state():
     """Global torch state unlike conftest's (autograd on, float64 by default, 2 threads, flush-to-zero on, bf16
     autocast, the RNG moved on), as a script that trained something first might leave it; restored afterwards."""
-    saved = torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads(), flush_denormal_enabled()
-    torch.set_grad_enabled(True)
-    torch.set_default_dtype(torch.float64)
-    torch.set_num_threads(2)
-    torch.set_flush_denormal(True)
-    torch.rand(7)
-    try:
-        with torch.autocast("cpu", dtype=torch.bfloat16):
-            yield
-    finally:
-        torch.set_grad_enabled(saved[0])
-        torch.set_default_dtype(saved[1])
-        torch.set_num_threads(saved[2])
-        torch.set_flush_denormal(saved[3])
+    with global_torch_state(True, torch.float64, 2, True), torch.autocast("cpu", dtype=torch.bfloat16):
+        torch.rand(7)
+        yield
 
 
 def test_same_seed_builds_identical_weights(mini_build, tmp_path):

@@ -136,6 +136,26 @@ def flush_denormal_enabled() -> bool:
 
 
 @contextlib.contextmanager
+def global_torch_state(grad: bool, dtype, threads: int, flush_denormal: bool):
+    """Within the block: torch's global grad mode, default dtype, intra-op threads and flush-to-zero as given; the
+    previous ones are restored on the way out."""
+    import torch
+
+    saved = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads(), flush_denormal_enabled())
+    try:
+        torch.set_grad_enabled(grad)
+        torch.set_default_dtype(dtype)
+        torch.set_num_threads(threads)
+        torch.set_flush_denormal(flush_denormal)
+        yield
+    finally:
+        torch.set_grad_enabled(saved[0])
+        torch.set_default_dtype(saved[1])
+        torch.set_num_threads(saved[2])
+        torch.set_flush_denormal(saved[3])
+
+
+@contextlib.contextmanager
 def build_arithmetic(threads: int):
     """The torch state a build computes under, whatever the caller left: autograd off (training switches it on for
     its own steps), float32 default dtype, no autocast, denormals kept, `threads` intra-op threads, and the global
@@ -144,19 +164,9 @@ def build_arithmetic(threads: int):
     flush-to-zero (specvlm demo and bench turn it on) must not reach the build, nor the build's reach the caller."""
     import torch
 
-    saved = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads(), flush_denormal_enabled())
-    try:
-        with torch.random.fork_rng(devices=[]), torch.autocast("cpu", enabled=False):
-            torch.set_grad_enabled(False)
-            torch.set_default_dtype(torch.float32)
-            torch.set_num_threads(threads)
-            torch.set_flush_denormal(False)
-            yield
-    finally:
-        torch.set_grad_enabled(saved[0])
-        torch.set_default_dtype(saved[1])
-        torch.set_num_threads(saved[2])
-        torch.set_flush_denormal(saved[3])
+    with global_torch_state(False, torch.float32, threads, False), torch.random.fork_rng(devices=[]), \
+            torch.autocast("cpu", enabled=False):
+        yield
 
 
 def build_testbed(out, minutes: float = 60.0, seed: int = 0, families=FAMILIES, recipe: Recipe | None = None,
