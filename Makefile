@@ -1,7 +1,7 @@
 # `make demo` and `make test` set everything up on a fresh machine: they create or refresh .venv at the repo root.
 # torch: a torch already importable in .venv is kept (e.g. a user's CUDA build); otherwise the CPU wheel
 # torch==2.13.0 is installed first, so no later requirement can pull the multi-GB CUDA stack.
-# `make test` runs the whole suite on the newest transformers the pyproject admits (.venv), then the core
+# `make test` runs the lint, format and type checks (`make lint`), then the whole suite on the newest transformers the pyproject admits (.venv), then the core
 # lossless tests on the oldest one (.venv-oldest, transformers==$(OLDEST_TRANSFORMERS)): the admitted range is
 # the tested range.
 PYTHON ?= python3
@@ -14,7 +14,7 @@ OLD_PY := $(OLD)/bin/python
 OLD_STAMP := $(OLD)/.specvlm-installed
 CORE_TESTS := tests/test_adapters.py tests/test_lossless.py tests/test_fast_engine.py tests/test_generate_compat.py
 
-.PHONY: setup test test-newest test-oldest demo clean
+.PHONY: setup lint test test-newest test-oldest demo clean
 
 setup: $(STAMP)
 
@@ -30,7 +30,12 @@ $(OLD_STAMP): pyproject.toml Makefile
 	$(OLD_PY) -m pip install --quiet --disable-pip-version-check -e ".[dev]" "transformers==$(OLDEST_TRANSFORMERS)"
 	@touch $(OLD_STAMP)
 
-test: test-newest test-oldest
+test: lint test-newest test-oldest
+
+# lint and format checks (configured in pyproject.toml); `ruff format src tests benchmarks` fixes the format
+lint: $(STAMP)
+	$(VENV)/bin/ruff check src tests benchmarks
+	$(VENV)/bin/ruff format --check src tests benchmarks
 
 test-newest: $(STAMP)
 	$(PY) -m pytest

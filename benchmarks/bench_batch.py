@@ -21,10 +21,11 @@ import time
 
 import torch
 
-from common import hf_static_config, record, table
 from specvlm import SpeculativeGenerator
 
-SETTING = dict(tree="static")   # generate's default for a draft model
+from common import hf_static_config, record, table
+
+SETTING = dict(tree="static")  # generate's default for a draft model
 
 
 def batch_inputs(target_dir, rows: int) -> dict:
@@ -34,12 +35,20 @@ def batch_inputs(target_dir, rows: int) -> dict:
 
     processor = load_processor(target_dir)
     clips = sample_clips(kind="caption")
-    videos = [load_video(c["video"], sample_indices_fn=sampler(8, sample_frames=processor.video_processor.sample_frames))
-              for c in clips]
+    videos = [
+        load_video(c["video"], sample_indices_fn=sampler(8, sample_frames=processor.video_processor.sample_frames))
+        for c in clips
+    ]
     pick = [i % len(clips) for i in range(rows)]
-    out = processor(text=[render_prompt(processor, clips[i]["question"], 0, 1) for i in pick],
-                    videos=[videos[i].frames for i in pick], video_metadata=[videos[i].metadata for i in pick],
-                    do_sample_frames=False, padding=True, padding_side="left", return_tensors="pt")
+    out = processor(
+        text=[render_prompt(processor, clips[i]["question"], 0, 1) for i in pick],
+        videos=[videos[i].frames for i in pick],
+        video_metadata=[videos[i].metadata for i in pick],
+        do_sample_frames=False,
+        padding=True,
+        padding_side="left",
+        return_tensors="pt",
+    )
     return dict(out)
 
 
@@ -62,12 +71,11 @@ def main(argv=None):
     sizes = [int(b) for b in args.batches.split(",")]
     torch.set_grad_enabled(False)
     torch.set_num_threads(args.threads)
-    torch.set_flush_denormal(True)   # fp16 checkpoints upcast to fp32 produce denormals that crawl on CPU
+    torch.set_flush_denormal(True)  # fp16 checkpoints upcast to fp32 produce denormals that crawl on CPU
+    from bench_fast import load_pair
     from transformers.utils import logging as hf_logging
 
-    from bench_fast import load_pair
-
-    hf_logging.set_verbosity_error()   # eos_token_id=-1 (every answer full length) makes HF warn at every call
+    hf_logging.set_verbosity_error()  # eos_token_id=-1 (every answer full length) makes HF warn at every call
 
     target_dir, _, target, draft, tokenizer = load_pair(args.family, args.threads)
     opts = dict(do_sample=False, max_new_tokens=args.max_new_tokens, eos_token_id=-1)
@@ -79,6 +87,7 @@ def main(argv=None):
         def run(batch):
             n = batch["input_ids"].shape[1]
             return target.generate(**batch, **opts, **extra)[:, n:].tolist()
+
         return run
 
     def one_at_a_time(batch):
@@ -91,10 +100,13 @@ def main(argv=None):
         rows = adapter_for(target).split_batch(batch)
         return [strip_left_padding(row, left_padding(row["attention_mask"])) for row in rows]
 
-    methods = {"HF eager": hf({}), "HF static compiled": hf(static),
-               "ours, one row at a time": one_at_a_time,
-               "ours batched": lambda batch: rows_of(ours.generate(**batch, **opts)),
-               "ours batched compiled": lambda batch: rows_of(compiled.generate(**batch, **opts))}
+    methods = {
+        "HF eager": hf({}),
+        "HF static compiled": hf(static),
+        "ours, one row at a time": one_at_a_time,
+        "ours batched": lambda batch: rows_of(ours.generate(**batch, **opts)),
+        "ours batched compiled": lambda batch: rows_of(compiled.generate(**batch, **opts)),
+    }
     if args.methods:
         wanted = {m.strip() for m in args.methods.split(",")} | {"HF eager"}
         methods = {k: v for k, v in methods.items() if k in wanted}
@@ -105,17 +117,17 @@ def main(argv=None):
     for size in sizes:
         batch = batch_inputs(target_dir, size)
         alone = {}
-        for row in target_rows(batch):   # the reference: each row alone
+        for row in target_rows(batch):  # the reference: each row alone
             key = tuple(row["input_ids"][0].tolist())
             if key not in alone:
-                alone[key] = target.generate(**row, **opts)[0, row["input_ids"].shape[1]:].tolist()
+                alone[key] = target.generate(**row, **opts)[0, row["input_ids"].shape[1] :].tolist()
         want = [alone[tuple(row["input_ids"][0].tolist())] for row in target_rows(batch)]
-        for run in methods.values():     # warm-up, pays compilation
+        for run in methods.values():  # warm-up, pays compilation
             run(batch)
         times = {name: [] for name in names}
         lossless = dict.fromkeys(names, True)
         for r in range(args.repeats):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 t = time.perf_counter()
                 out = methods[name](batch)
                 times[name].append(time.perf_counter() - t)
@@ -132,19 +144,29 @@ def main(argv=None):
                 cells.append(f"{statistics.median(ratios):.2f}× ({ratios[0]:.2f}–{ratios[-1]:.2f})")
             rows.append(cells + ["yes" if lossless[name] else "NO"])
         print(f"batch {size} done ({time.perf_counter() - started:.0f}s)", flush=True)
-    headers = ["method", "batch", "tokens/s (median, min–max)", "vs HF eager", "vs HF static compiled",
-               "rows = target.generate alone"]
+    headers = [
+        "method",
+        "batch",
+        "tokens/s (median, min–max)",
+        "vs HF eager",
+        "vs HF static compiled",
+        "rows = target.generate alone",
+    ]
     body = table(headers, rows)
     print(body)
     if args.record:
-        record(f"batch-{args.family}", f"Batched generate on the bundled {args.family} pair (CPU)", f"""
+        record(
+            f"batch-{args.family}",
+            f"Batched generate on the bundled {args.family} pair (CPU)",
+            f"""
 Batches of {args.batches} prompts cycling over the bundled caption clips (8 frames, left-padded by the processor),
 {args.max_new_tokens} new tokens per row (no eos), greedy; ours: {SETTING}, the fast engine. Each method once as
 warm-up per batch size (pays torch.compile), then {args.repeats} repeats with the order rotated each repeat.
 Speedups: per-repeat ratios of wall time, median (min–max). "One row at a time": our generator called per row.
 
 {body}
-""")
+""",
+        )
     return rows
 
 

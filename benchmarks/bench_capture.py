@@ -19,7 +19,7 @@ import torch
 
 from common import record, table
 
-TEXT_AFTER = 32   # question + template tail after the visual tokens
+TEXT_AFTER = 32  # question + template tail after the visual tokens
 
 
 KINDS = ("plain prefill", "specvlm capture", "eager maps")
@@ -39,8 +39,13 @@ def _setup(n_visual: int, threads: int = 2):
     adapter = adapter_for(target)
     length = 8 + n_visual + TEXT_AFTER
     embeds = torch.randn(1, length, 256, generator=torch.Generator().manual_seed(0)) * 0.5
-    prompt = Prompt(torch.zeros(1, length, dtype=torch.long), embeds, torch.arange(length)[None], length,
-                    [VisualSpan("video", 8, n_visual)])
+    prompt = Prompt(
+        torch.zeros(1, length, dtype=torch.long),
+        embeds,
+        torch.arange(length)[None],
+        length,
+        [VisualSpan("video", 8, n_visual)],
+    )
     visual, split = torch.arange(8, 8 + n_visual), 8 + n_visual
 
     def plain():
@@ -53,11 +58,20 @@ def _setup(n_visual: int, threads: int = 2):
 
     def eager_maps():  # prefix with SDPA, then the text chunk in eager with output_attentions=True, maps kept
         cache = adapter.new_cache()
-        adapter.decoder(inputs_embeds=embeds[:, :split], position_ids=prompt.positions[:, :split],
-                        use_cache=True, **{adapter.cache_keyword: cache})
+        adapter.decoder(
+            inputs_embeds=embeds[:, :split],
+            position_ids=prompt.positions[:, :split],
+            use_cache=True,
+            **{adapter.cache_keyword: cache},
+        )
         adapter.decoder.config._attn_implementation = "eager"
-        out = adapter.decoder(inputs_embeds=embeds[:, split:], position_ids=prompt.positions[:, split:],
-                              use_cache=True, **{adapter.cache_keyword: cache}, output_attentions=True)
+        out = adapter.decoder(
+            inputs_embeds=embeds[:, split:],
+            position_ids=prompt.positions[:, split:],
+            use_cache=True,
+            **{adapter.cache_keyword: cache},
+            output_attentions=True,
+        )
         adapter.decoder.config._attn_implementation = "sdpa"
         return torch.stack([a[0, :, :, 8:split].float().mean((0, 1)) for a in out.attentions]).mean(0)
 
@@ -95,7 +109,7 @@ def interleaved_times(n_visual: int, repeats: int, threads: int) -> dict[str, fl
     """Median seconds per kind, the kinds alternating within each repeat so machine load hits all alike."""
     runs = _setup(n_visual, threads)
     for run in runs.values():
-        run()   # warm-up
+        run()  # warm-up
     times = {kind: [] for kind in KINDS}
     for _ in range(repeats):
         for kind, run in runs.items():
@@ -116,13 +130,24 @@ def main():
         secs = interleaved_times(n, args.repeats, args.threads)
         mem = {kind: peak_memory(kind, n, args.threads) for kind in KINDS}
         for kind in KINDS:
-            rows.append([n, kind, secs[kind] * 1000, secs[kind] / secs["plain prefill"], mem[kind],
-                         mem[kind] - mem["plain prefill"]])
+            rows.append(
+                [
+                    n,
+                    kind,
+                    secs[kind] * 1000,
+                    secs[kind] / secs["plain prefill"],
+                    mem[kind],
+                    mem[kind] - mem["plain prefill"],
+                ]
+            )
         print(rows[-3:], flush=True)
     body = table(["visual tokens", "prefill", "ms", "× plain", "peak growth MiB", "extra MiB"], rows)
     print(body)
     if args.record:
-        record("capture", "Verifier-attention capture overhead (pruning issue)", f"""
+        record(
+            "capture",
+            "Verifier-attention capture overhead (pruning issue)",
+            f"""
 Tiny-width LLaVA-OneVision language model (4 layers, width 256, 4 heads / 2 KV heads), prompt = 8 text tokens +
 N visual tokens + {TEXT_AFTER} text tokens after them (random embeddings: this measures the language model only).
 "specvlm capture" is the full prefill through our registered attention function (the model's own SDPA, plus fp32
@@ -140,7 +165,8 @@ floats, which the tiny width hides (4 × 4 × {TEXT_AFTER} × 16k × 4 B ≈ 8 M
 The capture's own peak is transient: per layer it recomputes float32 logits for the text rows against all keys
 (in chunks of at most 2^24 elements, i.e. ≤ 64 MiB), then frees them; that, not kept state, is its extra peak at
 16k here. Peak-RSS growth on this machine is coarse (allocator arenas), so read the memory columns to ±30 MiB.
-""")
+""",
+        )
 
 
 if __name__ == "__main__":

@@ -15,10 +15,11 @@ import copy
 
 import torch
 
-from common import ForwardCounter, median_time, record, table
 from specvlm import SpeculativeGenerator
 from specvlm.adapters.generation import assistant_sees_its_pixels
 from specvlm.tiny import make_inputs, make_model
+
+from common import ForwardCounter, median_time, record, table
 
 
 def main():
@@ -52,33 +53,66 @@ def main():
         draft.generation_config.num_assistant_tokens_schedule = "constant"
         draft.generation_config.assistant_confidence_threshold = 0.0
         (ids, fwd), secs = median_time(lambda: run_hf(assistant_model=draft), args.repeats)
-        rows.append([f"HF assisted, γ={gamma} (draft blind to video)", "-", fwd, fwd / len(ids), secs,
-                     plain_s / secs, "equal" if ids == plain else "DIFFERENT"])
-    with assistant_sees_its_pixels(draft, inputs):   # the draft drafts with its own video features
+        rows.append(
+            [
+                f"HF assisted, γ={gamma} (draft blind to video)",
+                "-",
+                fwd,
+                fwd / len(ids),
+                secs,
+                plain_s / secs,
+                "equal" if ids == plain else "DIFFERENT",
+            ]
+        )
+    with assistant_sees_its_pixels(draft, inputs):  # the draft drafts with its own video features
         for gamma in (2, 4):
             draft.generation_config.num_assistant_tokens = gamma
             (ids, fwd), secs = median_time(lambda: run_hf(assistant_model=draft), args.repeats)
-            rows.append([f"HF assisted, γ={gamma}, draft given its video (workaround)", "-", fwd, fwd / len(ids),
-                         secs, plain_s / secs, "equal" if ids == plain else "DIFFERENT"])
+            rows.append(
+                [
+                    f"HF assisted, γ={gamma}, draft given its video (workaround)",
+                    "-",
+                    fwd,
+                    fwd / len(ids),
+                    secs,
+                    plain_s / secs,
+                    "equal" if ids == plain else "DIFFERENT",
+                ]
+            )
 
-    for label, tree, kw in (("specvlm chain γ=2", "chain", dict(num_draft_tokens=2)),
-                            ("specvlm chain γ=4", "chain", dict(num_draft_tokens=4)),
-                            ("specvlm static tree (26 tokens)", "static", {}),
-                            ("specvlm dynamic tree (k=10, 60 tokens, depth 6)", "dynamic", {})):
+    for label, tree, kw in (
+        ("specvlm chain γ=2", "chain", dict(num_draft_tokens=2)),
+        ("specvlm chain γ=4", "chain", dict(num_draft_tokens=4)),
+        ("specvlm static tree (26 tokens)", "static", {}),
+        ("specvlm dynamic tree (k=10, 60 tokens, depth 6)", "dynamic", {}),
+    ):
         gen = SpeculativeGenerator(target, draft, tree=tree, **kw)
-        out, secs = median_time(lambda: gen.generate(**inputs, **opts), args.repeats)
+        out, secs = median_time(lambda gen=gen: gen.generate(**inputs, **opts), args.repeats)
         s = out.stats
-        rows.append([label, f"{s.mean_accepted_tokens:.2f}", s.target_forwards, s.target_forwards / s.new_tokens,
-                     secs, plain_s / secs, "equal" if out.token_ids == plain else "DIFFERENT"])
+        rows.append(
+            [
+                label,
+                f"{s.mean_accepted_tokens:.2f}",
+                s.target_forwards,
+                s.target_forwards / s.new_tokens,
+                secs,
+                plain_s / secs,
+                "equal" if out.token_ids == plain else "DIFFERENT",
+            ]
+        )
 
     headers = ["method", "τ", "target forwards", "target fwd / token", "wall s", "speedup", "output vs greedy"]
     body = table(headers, rows)
     print(body)
     if args.record:
         n_visual = int((inputs["input_ids"] == target.config.video_token_id).sum())
-        record("core", "Core engine: identical-copy draft vs target.generate vs HF assisted generation", f"""
-Tiny random {args.family} target (8 layers, width 512, vocab 16384, {sum(p.numel() for p in target.parameters())/1e6:.0f}M
-parameters), draft = an identical copy; video prompt of {n_prompt} tokens ({n_visual} visual); {args.new_tokens} new
+        millions = sum(p.numel() for p in target.parameters()) / 1e6
+        record(
+            "core",
+            "Core engine: identical-copy draft vs target.generate vs HF assisted generation",
+            f"""
+Tiny random {args.family} target (8 layers, width 512, vocab 16384, {millions:.0f}M parameters), draft = an
+identical copy; video prompt of {n_prompt} tokens ({n_visual} visual); {args.new_tokens} new
 tokens, greedy; median of {args.repeats} runs after a warm-up. Target forwards include the prefill.
 
 {body}
@@ -87,7 +121,8 @@ Reading: with a draft that always agrees, specvlm needs 1/(γ+1) target forwards
 and a static/dynamic tree accepts 5-6 tokens per round. The identical copy costs as much as the target, so wall
 time shows the cost of drafting with a full-size model, not a speedup; real speedups need a cheap draft that
 agrees (see the testbed sections). HF assisted generation drops the video for the assistant in transformers
-5.x (see docs/DESIGN.md), so its "identical" draft is blind and is rejected often: more target forwards.""")
+5.x (see docs/DESIGN.md), so its "identical" draft is blind and is rejected often: more target forwards.""",
+        )
 
 
 if __name__ == "__main__":

@@ -21,11 +21,11 @@ from common import record, table
 
 # Qwen2.5(-VL) language-model sizes: hidden, layers, attention heads, KV heads, FFN, vocabulary
 PRESETS = {
-    "0.5b": (896, 24, 14, 2, 4864, 151936),     # Qwen2.5-0.5B
-    "3b": (2048, 36, 16, 2, 11008, 151936),     # Qwen2.5-VL-3B-Instruct
-    "7b": (3584, 28, 28, 4, 18944, 152064),     # Qwen2.5-VL-7B-Instruct
+    "0.5b": (896, 24, 14, 2, 4864, 151936),  # Qwen2.5-0.5B
+    "3b": (2048, 36, 16, 2, 11008, 151936),  # Qwen2.5-VL-3B-Instruct
+    "7b": (3584, 28, 28, 4, 18944, 152064),  # Qwen2.5-VL-7B-Instruct
 }
-TEXT_TOKENS = 100   # system prompt, question and template around the video
+TEXT_TOKENS = 100  # system prompt, question and template around the video
 
 
 def language_model(preset: str, device: str, dtype: torch.dtype):
@@ -34,12 +34,18 @@ def language_model(preset: str, device: str, dtype: torch.dtype):
     from transformers.models.qwen2_5_vl.modeling_qwen2_5_vl import Qwen2_5_VLTextModel
 
     hidden, layers, heads, kv_heads, ffn, vocab = PRESETS[preset]
-    scale = hidden // heads // 128   # the released models' (t, h, w) rotary split [16, 24, 24] is for head_dim 128
+    scale = hidden // heads // 128  # the released models' (t, h, w) rotary split [16, 24, 24] is for head_dim 128
     section = [16 * scale, 24 * scale, 24 * scale] if scale else [8, 12, 12]
-    config = Qwen2_5_VLTextConfig(hidden_size=hidden, num_hidden_layers=layers, num_attention_heads=heads,
-                                  num_key_value_heads=kv_heads, intermediate_size=ffn, vocab_size=vocab,
-                                  max_position_embeddings=32768,
-                                  rope_scaling={"type": "mrope", "mrope_section": section})
+    config = Qwen2_5_VLTextConfig(
+        hidden_size=hidden,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv_heads,
+        intermediate_size=ffn,
+        vocab_size=vocab,
+        max_position_embeddings=32768,
+        rope_scaling={"type": "mrope", "mrope_section": section},
+    )
     config._attn_implementation = "sdpa"
     with torch.device(device):
         decoder = Qwen2_5_VLTextModel(config).to(dtype).eval()
@@ -55,8 +61,9 @@ def filled_cache(config, length: int, device: str, dtype: torch.dtype):
     head_dim = config.hidden_size // config.num_attention_heads
     for layer in range(config.num_hidden_layers):
         shape = (1, config.num_key_value_heads, length, head_dim)
-        cache.update(torch.randn(shape, device=device, dtype=dtype), torch.randn(shape, device=device, dtype=dtype),
-                     layer)
+        cache.update(
+            torch.randn(shape, device=device, dtype=dtype), torch.randn(shape, device=device, dtype=dtype), layer
+        )
     return cache
 
 
@@ -68,11 +75,10 @@ def step_ms(decoder, lm_head, cache, length: int, steps: int) -> float:
     embeds = torch.randn(1, 1, decoder.config.hidden_size, device=device, dtype=lm_head.weight.dtype)
     positions = torch.full((3, 1, 1), length, device=device)
     times = []
-    for i in range(steps + 2):   # two warm-up steps
+    for i in range(steps + 2):  # two warm-up steps
         _sync()
         started = time.perf_counter()
-        out = decoder(inputs_embeds=embeds, position_ids=positions, use_cache=True,
-                      **{cache_keyword(decoder): cache})
+        out = decoder(inputs_embeds=embeds, position_ids=positions, use_cache=True, **{cache_keyword(decoder): cache})
         lm_head(out.last_hidden_state[:, -1])
         _sync()
         if i >= 2:
@@ -111,22 +117,45 @@ def main():
                 cache = filled_cache(config, length, device, dtype)
                 ms = step_ms(decoder, lm_head, cache, length, args.steps)
                 full = full or ms
-                kv_mib = 2 * config.num_hidden_layers * length * config.num_key_value_heads * \
-                    (config.hidden_size // config.num_attention_heads) * dtype.itemsize / 2**20
+                kv_mib = (
+                    2
+                    * config.num_hidden_layers
+                    * length
+                    * config.num_key_value_heads
+                    * (config.hidden_size // config.num_attention_heads)
+                    * dtype.itemsize
+                    / 2**20
+                )
                 rows.append([preset, f"{params / 1e9:.2f}B", n_visual, keep, length, round(kv_mib), ms, full / ms])
                 print(rows[-1], flush=True)
                 del cache
         del decoder, lm_head
-    body = table(["language model", "params", "visual tokens", "keep", "cache tokens", "KV MiB", "step ms",
-                  "speedup vs keep 1.0"], rows)
+    body = table(
+        [
+            "language model",
+            "params",
+            "visual tokens",
+            "keep",
+            "cache tokens",
+            "KV MiB",
+            "step ms",
+            "speedup vs keep 1.0",
+        ],
+        rows,
+    )
     print(body)
     if args.record:
         where = "bf16 on the GPU" if gpu else "fp32 on the CPU"
-        record("draft-kv", "Pruning issue: draft decode step with 100% vs 10% of the visual KV", body + f"""
+        record(
+            "draft-kv",
+            "Pruning issue: draft decode step with 100% vs 10% of the visual KV",
+            body
+            + f"""
 
 One decode step (decoder + LM head, one token) of a random-weight Qwen2.5-VL language model, {where}, with its KV cache
 holding the visual tokens kept plus {TEXT_TOKENS} text tokens; median of {args.steps} steps after 2 warm-ups. Random
-K/V fill the cache (a step's cost depends on shapes only).""")
+K/V fill the cache (a step's cost depends on shapes only).""",
+        )
 
 
 if __name__ == "__main__":

@@ -30,17 +30,18 @@ from pathlib import Path
 
 import torch
 
-from common import record, table
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.drafters.eagle import EagleHead
 from specvlm.train import train_head
 from specvlm.train.data import ConversationData
 
+from common import record, table
+
 ROOT = Path(__file__).resolve().parent.parent
-BUDGET_WEIGHT = 0.5   # select-budget's default: the kept fraction is at most 1/3 (conv 3x), so the term is at
+BUDGET_WEIGHT = 0.5  # select-budget's default: the kept fraction is at most 1/3 (conv 3x), so the term is at
 #                       most ~0.17, comparable to the testbed head's distillation loss late in training (~0.25)
-MODES = {   # compressor config per mode (the paper's defaults: prune/pool 20x, conv 3x, 2 resampler queries)
+MODES = {  # compressor config per mode (the paper's defaults: prune/pool 20x, conv 3x, 2 resampler queries)
     "none": None,
     "prune": dict(mode="concat", branches=["prune:20"]),
     "pool": dict(mode="concat", branches=["pool:20"]),
@@ -96,8 +97,10 @@ def prompt_of(data: ConversationData, index: int) -> tuple[dict, int]:
     """Inputs of a record's first user turn with its media (its answer cut off) and the answer's length."""
     example = data[index]
     length = int(example.response.nonzero()[0])
-    cut = {k: (v[:, :length] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
-           for k, v in example.inputs.items()}
+    cut = {
+        k: (v[:, :length] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+        for k, v in example.inputs.items()
+    }
     return cut, int(example.response.sum())
 
 
@@ -143,6 +146,7 @@ def evaluate(target, head, prompts, references, options, max_new: int) -> dict:
             return propose(*a, **k)
         finally:
             draft_s[0] += time.perf_counter() - start
+
     head.propose = timed_propose
     if head.compressor is not None:
         head.compressor.picks.clear()
@@ -164,8 +168,9 @@ def evaluate(target, head, prompts, references, options, max_new: int) -> dict:
     finally:
         del head.propose
     out["draft_s"] = draft_s[0]
-    out["picks"] = dict(head.compressor.picks) if head.compressor is not None and head.compressor.mode == "select" \
-        else None
+    out["picks"] = (
+        dict(head.compressor.picks) if head.compressor is not None and head.compressor.mode == "select" else None
+    )
     return out
 
 
@@ -191,33 +196,50 @@ def main():
     ap.add_argument("--family", help="testbed family to look for (default: the first found)")
     ap.add_argument("--tiny", metavar="FAMILY", help="use a random tiny target instead (τ is meaningless)")
     ap.add_argument("--world", help="world folder (train/test JSONL + videos); default: generate --clips clips")
-    ap.add_argument("--clips", type=int, default=40, help="clips of a generated world (default 40; seed 0, the "
-                    "testbed build's world starts with the same clips)")
+    ap.add_argument(
+        "--clips",
+        type=int,
+        default=40,
+        help="clips of a generated world (default 40; seed 0, the testbed build's world starts with the same clips)",
+    )
     ap.add_argument("--steps", default="0,100,300,1000", help="training steps at which to evaluate")
-    ap.add_argument("--full-modes", default="none,select,select-budget",
-                    help="modes trained to the largest --steps; the others stop at --short-max (CPU budget)")
+    ap.add_argument(
+        "--full-modes",
+        default="none,select,select-budget",
+        help="modes trained to the largest --steps; the others stop at --short-max (CPU budget)",
+    )
     ap.add_argument("--short-max", type=int, default=300)
-    ap.add_argument("--all-zero", action="store_true", help="evaluate the untrained head of every mode, not only "
-                    "the first mode's")
+    ap.add_argument(
+        "--all-zero", action="store_true", help="evaluate the untrained head of every mode, not only the first mode's"
+    )
     ap.add_argument("--modes", default="none,pool,conv,resampler,select", help=f"of {', '.join(MODES)}")
     ap.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3: small targets)")
     ap.add_argument("--noise", type=float, default=0.0, help="feature noise a of U(-a, a)")
-    ap.add_argument("--budget-weight", type=float, default=BUDGET_WEIGHT,
-                    help=f"select-budget mode: weight of the gate's budget term (default {BUDGET_WEIGHT})")
+    ap.add_argument(
+        "--budget-weight",
+        type=float,
+        default=BUDGET_WEIGHT,
+        help=f"select-budget mode: weight of the gate's budget term (default {BUDGET_WEIGHT})",
+    )
     ap.add_argument("--eval", type=int, default=4, help="test prompts per evaluation (default 4)")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--num-frames", type=int, default=8)
     ap.add_argument("--tree-total-tokens", type=int, default=60)
     ap.add_argument("--tree-depth", type=int, default=6)
-    ap.add_argument("--small-tree", default="16,4,4", metavar="TOTAL,DEPTH,TOPK",
-                    help="a second, smaller dynamic tree evaluated at each mode's last step count ('' = none): on "
-                         "CPU a 60-token verification costs several decode steps")
+    ap.add_argument(
+        "--small-tree",
+        default="16,4,4",
+        metavar="TOTAL,DEPTH,TOPK",
+        help="a second, smaller dynamic tree evaluated at each mode's last step count ('' = none): on "
+        "CPU a 60-token verification costs several decode steps",
+    )
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--record", action="store_true", help="write the tables into docs/BENCHMARKS.md")
-    ap.add_argument("--label", default="",
-                    help="records into its own section (eagle-LABEL) instead of replacing the main one")
+    ap.add_argument(
+        "--label", default="", help="records into its own section (eagle-LABEL) instead of replacing the main one"
+    )
     args = ap.parse_args()
-    torch.set_flush_denormal(True)   # random or barely trained weights can produce denormals, which CPUs crawl on
+    torch.set_flush_denormal(True)  # random or barely trained weights can produce denormals, which CPUs crawl on
     if args.threads:
         torch.set_num_threads(args.threads)
     steps = sorted({int(s) for s in args.steps.split(",")})
@@ -238,20 +260,23 @@ def main():
     world = Path(args.world) if args.world else scratch / "world"
     if not args.world:
         from specvlm.testbed import generate_world
+
         generate_world(world, args.clips, seed=0, workers=2)
     from specvlm.loading import load_model
+
     target = load_model(str(target_dir), dtype="float32", device="cpu")
-    train = ConversationData(world / "train.jsonl", target_dir, num_frames=args.num_frames,
-                             model_config=target.config, cache=10 ** 6)   # every clip decoded once
+    train = ConversationData(
+        world / "train.jsonl", target_dir, num_frames=args.num_frames, model_config=target.config, cache=10**6
+    )  # every clip decoded once
     test = ConversationData(world / "test.jsonl", target_dir, num_frames=args.num_frames)
     kinds = [json.loads(line).get("kind") for line in (world / "test.jsonl").read_text().splitlines() if line]
     order = [i for i, k in enumerate(kinds) if k == "caption"] + [i for i, k in enumerate(kinds) if k != "caption"]
-    picked = [prompt_of(test, i) for i in order[:args.eval]]   # captions first: long answers
+    picked = [prompt_of(test, i) for i in order[: args.eval]]  # captions first: long answers
     prompts = [p for p, _ in picked]
     options = dict(tree="dynamic", tree_top_k=10, tree_total_tokens=args.tree_total_tokens, tree_depth=args.tree_depth)
 
     with torch.no_grad():
-        for p in prompts[:1]:            # warm-up (allocator, kernels)
+        for p in prompts[:1]:  # warm-up (allocator, kernels)
             timed_target(target, p, 4)
         hf = [timed_target(target, p, args.max_new_tokens) for p in prompts]
         references = [ids for ids, _, _ in hf]
@@ -266,17 +291,31 @@ def main():
     adapter = adapter_for(target)
     target_params = sum(p.numel() for p in target.parameters())
     lm_params = sum(p.numel() for p in adapter.decoder.parameters())
-    print(f"target {target_dir}: {target_params:,} parameters ({lm_params:,} language model); "
-          f"target-only loop {base_tokens} tokens in {base_total:.2f}s (decode {base_decode:.2f}s; target.generate "
-          f"{hf_total:.2f}s / {hf_decode:.2f}s), one step "
-          f"{step_s * 1e3:.1f} ms", flush=True)
+    print(
+        f"target {target_dir}: {target_params:,} parameters ({lm_params:,} language model); "
+        f"target-only loop {base_tokens} tokens in {base_total:.2f}s (decode {base_decode:.2f}s; target.generate "
+        f"{hf_total:.2f}s / {hf_decode:.2f}s), one step "
+        f"{step_s * 1e3:.1f} ms",
+        flush=True,
+    )
 
     def row(mode, n, seconds, ev, label):
         rounds = max(ev["rounds"], 1)
-        return [mode, n, round(seconds, 1), label, ev["accepted"] / rounds, ev["tokens"] / rounds,
-                base_decode / ev["decode_s"], base_total / ev["total_s"], ev["draft_s"] / rounds / step_s,
-                (ev["decode_s"] - ev["draft_s"]) / rounds / step_s, f"{ev['head_prompt']}/{ev['prompt']}",
-                "yes" if ev["equal"] else "NO", json.dumps(ev["picks"]) if ev["picks"] else "-"]
+        return [
+            mode,
+            n,
+            round(seconds, 1),
+            label,
+            ev["accepted"] / rounds,
+            ev["tokens"] / rounds,
+            base_decode / ev["decode_s"],
+            base_total / ev["total_s"],
+            ev["draft_s"] / rounds / step_s,
+            (ev["decode_s"] - ev["draft_s"]) / rounds / step_s,
+            f"{ev['head_prompt']}/{ev['prompt']}",
+            "yes" if ev["equal"] else "NO",
+            json.dumps(ev["picks"]) if ev["picks"] else "-",
+        ]
 
     big_label = f"{args.tree_total_tokens}/{args.tree_depth}/10"
     small, small_label = None, None
@@ -285,23 +324,39 @@ def main():
         small = dict(tree="dynamic", tree_top_k=top_k, tree_total_tokens=total, tree_depth=depth)
         small_label = f"{total}/{depth}/{top_k}"
     rows, size_rows, train_log = [], [], {}
-    passes: dict = {}   # the frozen target's outputs per training example, shared by every mode's run
+    passes: dict = {}  # the frozen target's outputs per training example, shared by every mode's run
     for mode in modes:
-        head = EagleHead.init_for(target, compressor=compressor_of(mode, args.budget_weight), seed=0,
-                                   dtype=torch.float32)
+        head = EagleHead.init_for(
+            target, compressor=compressor_of(mode, args.budget_weight), seed=0, dtype=torch.float32
+        )
         out_dir = scratch / f"head-{mode}"
         done, seconds = 0, 0.0
         full = mode in {m.strip() for m in args.full_modes.split(",")}
         for n in steps:
             if (not full and n > args.short_max) or (n == 0 and mode != modes[0] and not args.all_zero):
-                continue   # an untrained head is evaluated once (the first mode): it is costly and uninformative
+                continue  # an untrained head is evaluated once (the first mode): it is costly and uninformative
             if n > done:
-                result = train_head(target, train, head, steps=n, lr=args.lr, feature_noise=args.noise, seed=0,
-                                    out_dir=str(out_dir), resume=done > 0, progress=False, cache_target=True,
-                                    target_cache=passes)
+                result = train_head(
+                    target,
+                    train,
+                    head,
+                    steps=n,
+                    lr=args.lr,
+                    feature_noise=args.noise,
+                    seed=0,
+                    out_dir=str(out_dir),
+                    resume=done > 0,
+                    progress=False,
+                    cache_target=True,
+                    target_cache=passes,
+                )
                 done, seconds = n, seconds + result.seconds
-                train_log[mode] = dict(steps=n, seconds=round(seconds, 1), loss_last10=result.as_dict()["loss_last10"],
-                                       train_picks=result.picks or None)
+                train_log[mode] = dict(
+                    steps=n,
+                    seconds=round(seconds, 1),
+                    loss_last10=result.as_dict()["loss_last10"],
+                    train_picks=result.picks or None,
+                )
             with torch.no_grad():
                 ev = evaluate(target, head, prompts, references, options, args.max_new_tokens)
             rows.append(row(mode, n, seconds, ev, big_label))
@@ -311,47 +366,78 @@ def main():
                 ev = evaluate(target, head, prompts, references, small, args.max_new_tokens)
             rows.append(row(mode, done, seconds, ev, small_label))
             print(table(HEADERS, rows[-1:]).splitlines()[-1], flush=True)
-        size_rows.append([mode, describe(head.compressor), head.trainable_parameters(),
-                          sum(p.numel() for p in head.compressor.parameters()) if head.compressor else 0,
-                          head.trainable_parameters() / lm_params])
+        size_rows.append(
+            [
+                mode,
+                describe(head.compressor),
+                head.trainable_parameters(),
+                sum(p.numel() for p in head.compressor.parameters()) if head.compressor else 0,
+                head.trainable_parameters() / lm_params,
+            ]
+        )
 
     elapsed = time.perf_counter() - started
-    body = "\n\n".join([
-        ("**Caveat: a RANDOM tiny target** (`--tiny`): its outputs are noise, so τ and speedups say nothing about "
-         "EagleVLM; this only exercises the pipeline.\n" if caveat else "") +
-        f"Target `{target_dir.relative_to(ROOT) if target_dir.is_relative_to(ROOT) else target_dir.name}` "
-        f"({target_params:,} parameters, {lm_params:,} in the language model), fp32 on CPU. Training: the world's "
-        f"train split ({len(train)} conversations), lr {args.lr}, batch 1, AdamW β=(0.9, 0.95), clip 0.5, noise "
-        f"{args.noise}, seed 0, the target's outputs cached per example (identical results); one run per mode, evaluated after each step count (modes other than {args.full_modes} stop at "
-        f"{args.short_max} steps). Evaluation: the first "
-        f"{len(prompts)} test-split prompts (captions first; {args.num_frames} frames), greedy, {args.max_new_tokens} new tokens, "
-        f"dynamic trees as listed. Target-only baseline (same process, outputs identical): a plain greedy loop on "
-        f"the same engine (adapter prefill, then one 1-token forward per token): {base_tokens} tokens, "
-        f"{base_total:.2f} s end to end, decode {base_decode:.2f} s; HF `target.generate` on the same prompts: "
-        f"{hf_total:.2f} s, decode {hf_decode:.2f} s (its prefill is slower, so speedups against it would be "
-        f"larger). One target decode step {step_s * 1e3:.1f} ms.",
-        table(HEADERS, rows),
-        "tree: dynamic tree tokens verified per round / depth / top-k. τ: draft tokens accepted per round (bonus "
-        "excluded); tok/round = new tokens per verification round; "
-        "speedups are target-only loop / speculative time (decode; end to end incl. the same prefill); "
-        "draft/step and verify/step: per-round head time and the rest of the round, in target decode steps; head "
-        "prompt: the head's prompt rows / the target's prompt tokens (compression); lossless: every output equal "
-        "to `target.generate`; gate picks: branches the select gate chose at inference (one per prompt). train s: "
-        "cumulative training seconds of that mode; the target's outputs per example are computed once and shared "
-        "by all modes, so the first mode's time includes them.",
-        table(["mode", "compressor", "head parameters", "of which compressor", "head / language model"], size_rows),
-        "Training log (last step count): " + json.dumps(train_log),
-        f"Total wall time {elapsed / 60:.1f} min on 2 shared CPU cores.",
-    ])
+    shown_target = target_dir.relative_to(ROOT) if target_dir.is_relative_to(ROOT) else target_dir.name
+    body = "\n\n".join(
+        [
+            (
+                "**Caveat: a RANDOM tiny target** (`--tiny`): its outputs are noise, so τ and speedups say nothing "
+                "about EagleVLM; this only exercises the pipeline.\n"
+                if caveat
+                else ""
+            )
+            + f"Target `{shown_target}` "
+            f"({target_params:,} parameters, {lm_params:,} in the language model), fp32 on CPU. Training: the world's "
+            f"train split ({len(train)} conversations), lr {args.lr}, batch 1, AdamW β=(0.9, 0.95), clip 0.5, noise "
+            f"{args.noise}, seed 0, the target's outputs cached per example (identical results); one run per mode, "
+            f"evaluated after each step count (modes other than {args.full_modes} stop at "
+            f"{args.short_max} steps). Evaluation: the first "
+            f"{len(prompts)} test-split prompts (captions first; {args.num_frames} frames), greedy, "
+            f"{args.max_new_tokens} new tokens, "
+            f"dynamic trees as listed. Target-only baseline (same process, outputs identical): a plain greedy loop on "
+            f"the same engine (adapter prefill, then one 1-token forward per token): {base_tokens} tokens, "
+            f"{base_total:.2f} s end to end, decode {base_decode:.2f} s; HF `target.generate` on the same prompts: "
+            f"{hf_total:.2f} s, decode {hf_decode:.2f} s (its prefill is slower, so speedups against it would be "
+            f"larger). One target decode step {step_s * 1e3:.1f} ms.",
+            table(HEADERS, rows),
+            "tree: dynamic tree tokens verified per round / depth / top-k. τ: draft tokens accepted per round (bonus "
+            "excluded); tok/round = new tokens per verification round; "
+            "speedups are target-only loop / speculative time (decode; end to end incl. the same prefill); "
+            "draft/step and verify/step: per-round head time and the rest of the round, in target decode steps; head "
+            "prompt: the head's prompt rows / the target's prompt tokens (compression); lossless: every output equal "
+            "to `target.generate`; gate picks: branches the select gate chose at inference (one per prompt). train s: "
+            "cumulative training seconds of that mode; the target's outputs per example are computed once and shared "
+            "by all modes, so the first mode's time includes them.",
+            table(["mode", "compressor", "head parameters", "of which compressor", "head / language model"], size_rows),
+            "Training log (last step count): " + json.dumps(train_log),
+            f"Total wall time {elapsed / 60:.1f} min on 2 shared CPU cores.",
+        ]
+    )
     print(body)
     if args.record:
-        record(f"eagle-{args.label}" if args.label else "eagle",
-               "EagleVLM: τ and speedup vs training steps, per visual-compressor mode"
-               + (f" ({args.label})" if args.label else ""), body)
+        record(
+            f"eagle-{args.label}" if args.label else "eagle",
+            "EagleVLM: τ and speedup vs training steps, per visual-compressor mode"
+            + (f" ({args.label})" if args.label else ""),
+            body,
+        )
 
 
-HEADERS = ["mode", "steps", "train s", "tree", "τ", "tok/round", "speedup (decode)", "speedup (e2e)", "draft/step",
-           "verify/step", "head prompt", "lossless", "gate picks"]
+HEADERS = [
+    "mode",
+    "steps",
+    "train s",
+    "tree",
+    "τ",
+    "tok/round",
+    "speedup (decode)",
+    "speedup (e2e)",
+    "draft/step",
+    "verify/step",
+    "head prompt",
+    "lossless",
+    "gate picks",
+]
 
 if __name__ == "__main__":
     main()

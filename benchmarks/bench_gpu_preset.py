@@ -36,16 +36,46 @@ from common import hf_static_config, machine, record, table
 # Qwen2.5-VL language-model shapes (config.json of the released checkpoints); "tiny" runs anywhere in seconds,
 # "cpu" (~50M parameters) is what the CPU machines can time in minutes.
 SHAPES = {
-    "tiny": dict(hidden_size=64, intermediate_size=128, num_hidden_layers=6, num_attention_heads=4,
-                 num_key_value_heads=2, vocab_size=1024),
-    "cpu": dict(hidden_size=512, intermediate_size=1536, num_hidden_layers=12, num_attention_heads=8,
-                num_key_value_heads=2, vocab_size=16384),
-    "3b": dict(hidden_size=2048, intermediate_size=11008, num_hidden_layers=36, num_attention_heads=16,
-               num_key_value_heads=2, vocab_size=151936),
-    "7b": dict(hidden_size=3584, intermediate_size=18944, num_hidden_layers=28, num_attention_heads=28,
-               num_key_value_heads=4, vocab_size=152064),
-    "32b": dict(hidden_size=5120, intermediate_size=27648, num_hidden_layers=64, num_attention_heads=40,
-                num_key_value_heads=8, vocab_size=152064),
+    "tiny": dict(
+        hidden_size=64,
+        intermediate_size=128,
+        num_hidden_layers=6,
+        num_attention_heads=4,
+        num_key_value_heads=2,
+        vocab_size=1024,
+    ),
+    "cpu": dict(
+        hidden_size=512,
+        intermediate_size=1536,
+        num_hidden_layers=12,
+        num_attention_heads=8,
+        num_key_value_heads=2,
+        vocab_size=16384,
+    ),
+    "3b": dict(
+        hidden_size=2048,
+        intermediate_size=11008,
+        num_hidden_layers=36,
+        num_attention_heads=16,
+        num_key_value_heads=2,
+        vocab_size=151936,
+    ),
+    "7b": dict(
+        hidden_size=3584,
+        intermediate_size=18944,
+        num_hidden_layers=28,
+        num_attention_heads=28,
+        num_key_value_heads=4,
+        vocab_size=152064,
+    ),
+    "32b": dict(
+        hidden_size=5120,
+        intermediate_size=27648,
+        num_hidden_layers=64,
+        num_attention_heads=40,
+        num_key_value_heads=8,
+        vocab_size=152064,
+    ),
 }
 
 
@@ -54,18 +84,38 @@ def build_pair(shape: str, draft_layers: int, device: str, dtype: torch.dtype, s
     LM head, vision tower)."""
     from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
 
-    text = dict(SHAPES[shape], max_position_embeddings=32768, tie_word_embeddings=False, rms_norm_eps=1e-6,
-                rope_parameters={"rope_type": "default", "rope_theta": 1e6},
-                bos_token_id=None, eos_token_id=None)   # Qwen's ids lie outside the small shapes' vocabularies
+    text = dict(
+        SHAPES[shape],
+        max_position_embeddings=32768,
+        tie_word_embeddings=False,
+        rms_norm_eps=1e-6,
+        rope_parameters={"rope_type": "default", "rope_theta": 1e6},
+        bos_token_id=None,
+        eos_token_id=None,
+    )  # Qwen's ids lie outside the small shapes' vocabularies
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     s = 3 * (head_dim // 2) // 8
     text["rope_parameters"]["mrope_section"] = [head_dim // 2 - 2 * s, s, s]
     vocab = text["vocab_size"]
-    ids = dict(image_token_id=vocab - 6, video_token_id=vocab - 5, vision_start_token_id=vocab - 4,
-               vision_end_token_id=vocab - 3)
-    vision = dict(depth=1, hidden_size=64, intermediate_size=128, num_heads=2, out_hidden_size=text["hidden_size"],
-                  patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=112,
-                  fullatt_block_indexes=[0], tokens_per_second=2)
+    ids = dict(
+        image_token_id=vocab - 6,
+        video_token_id=vocab - 5,
+        vision_start_token_id=vocab - 4,
+        vision_end_token_id=vocab - 3,
+    )
+    vision = dict(
+        depth=1,
+        hidden_size=64,
+        intermediate_size=128,
+        num_heads=2,
+        out_hidden_size=text["hidden_size"],
+        patch_size=14,
+        spatial_merge_size=2,
+        temporal_patch_size=2,
+        window_size=112,
+        fullatt_block_indexes=[0],
+        tokens_per_second=2,
+    )
 
     def config(layers):
         c = Qwen2_5_VLConfig(text_config=dict(text, num_hidden_layers=layers), vision_config=vision, **ids)
@@ -83,12 +133,15 @@ def build_pair(shape: str, draft_layers: int, device: str, dtype: torch.dtype, s
     finally:
         torch.set_default_dtype(previous)
     t, d = target.model, draft.model
-    d.visual, d.language_model.embed_tokens, d.language_model.norm = t.visual, t.language_model.embed_tokens, \
-        t.language_model.norm
+    d.visual, d.language_model.embed_tokens, d.language_model.norm = (
+        t.visual,
+        t.language_model.embed_tokens,
+        t.language_model.norm,
+    )
     d.language_model.rotary_emb = t.language_model.rotary_emb
     d.language_model.layers = torch.nn.ModuleList(t.language_model.layers[:draft_layers])
     draft.lm_head = target.lm_head
-    for model in (target, draft):   # random weights: no end of sequence, every run makes max_new_tokens
+    for model in (target, draft):  # random weights: no end of sequence, every run makes max_new_tokens
         model.generation_config.eos_token_id = None
         model.generation_config.pad_token_id = vocab - 1
     assert not any(p.is_meta for p in draft.parameters()) and not any(b.is_meta for b in draft.buffers())
@@ -110,22 +163,29 @@ def video_inputs(target, prompt_tokens: int, device: str, seed: int = 0) -> dict
     grid (t, h, w) holds the rest, shaped exactly like the processor's output."""
     config = target.config
     g = torch.Generator(device="cpu").manual_seed(seed)
-    side = max(2, int(((prompt_tokens - 24) / 8) ** 0.5))            # 8 temporal groups of side x side tokens
+    side = max(2, int(((prompt_tokens - 24) / 8) ** 0.5))  # 8 temporal groups of side x side tokens
     t, h, w = 8, 2 * side, 2 * side
     n = t * h * w // 4
-    text = lambda k: torch.randint(0, config.text_config.vocab_size - 8, (k,), generator=g).tolist()  # noqa: E731
-    seq = text(8) + [config.vision_start_token_id] + [config.video_token_id] * n + [config.vision_end_token_id] + text(14)
+    text = lambda k: torch.randint(0, config.text_config.vocab_size - 8, (k,), generator=g).tolist()
+    seq = (
+        text(8) + [config.vision_start_token_id] + [config.video_token_id] * n + [config.vision_end_token_id] + text(14)
+    )
     input_ids = torch.tensor([seq], device="cpu")
     pixels = torch.randn(t * h * w, 3 * 2 * 14 * 14, generator=g, device="cpu")
-    inputs = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-                  mm_token_type_ids=(input_ids == config.video_token_id).int() * 2, pixel_values_videos=pixels,
-                  video_grid_thw=torch.tensor([[t, h, w]], device="cpu"),
-                  second_per_grid_ts=torch.tensor([1.0], device="cpu"))
+    inputs = dict(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        mm_token_type_ids=(input_ids == config.video_token_id).int() * 2,
+        pixel_values_videos=pixels,
+        video_grid_thw=torch.tensor([[t, h, w]], device="cpu"),
+        second_per_grid_ts=torch.tensor([1.0], device="cpu"),
+    )
     return {k: v.to(device) for k, v in inputs.items()}
 
 
-def calibrate(target, draft, inputs, draft_layers: int, gamma: int, want_tau: float, tokens: int,
-              steps: int = 10) -> tuple[float, float]:
+def calibrate(
+    target, draft, inputs, draft_layers: int, gamma: int, want_tau: float, tokens: int, steps: int = 10
+) -> tuple[float, float]:
     """Bisection on alpha in [0, 1] for τ (draft tokens accepted per round of a γ-chain) ≈ want_tau."""
     from specvlm import SpeculativeGenerator
 
@@ -138,7 +198,7 @@ def calibrate(target, draft, inputs, draft_layers: int, gamma: int, want_tau: fl
         tau = gen.generate(**inputs, do_sample=False, max_new_tokens=tokens).stats.mean_accepted_tokens
         if abs(tau - want_tau) < abs(best[1] - want_tau):
             best = (alpha, tau)
-        if tau > want_tau:      # too easy: make the deep layers matter more
+        if tau > want_tau:  # too easy: make the deep layers matter more
             low = alpha
         else:
             high = alpha
@@ -155,12 +215,23 @@ def main(argv=None):
     ap.add_argument("--prompt-tokens", type=int, default=4096)
     ap.add_argument("--max-new-tokens", type=int, default=128)
     ap.add_argument("--repeats", type=int, default=3)
-    ap.add_argument("--batches", default="1,4,16",
-                    help="batch sizes, comma-separated (1: the single-prompt table; more: the batched one)")
-    ap.add_argument("--dtype", default=None, choices=("bfloat16", "float16", "float32"),
-                    help="default: bfloat16 on CUDA, float32 on CPU")
-    ap.add_argument("--compile", choices=("auto", "on", "off"), default="auto",
-                    help="compile our fast engine and HF's static cache (auto: on CUDA only)")
+    ap.add_argument(
+        "--batches",
+        default="1,4,16",
+        help="batch sizes, comma-separated (1: the single-prompt table; more: the batched one)",
+    )
+    ap.add_argument(
+        "--dtype",
+        default=None,
+        choices=("bfloat16", "float16", "float32"),
+        help="default: bfloat16 on CUDA, float32 on CPU",
+    )
+    ap.add_argument(
+        "--compile",
+        choices=("auto", "on", "off"),
+        default="auto",
+        help="compile our fast engine and HF's static cache (auto: on CUDA only)",
+    )
     ap.add_argument("--json", default=None, metavar="OUT", help="write the results as JSON")
     ap.add_argument("--record", action="store_true", help="write the table into docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
@@ -174,17 +245,34 @@ def main(argv=None):
     target, draft = build_pair(args.shape, draft_layers, device, dtype)
     inputs = video_inputs(target, args.prompt_tokens, device)
     n_prompt = int(inputs["input_ids"].shape[1])
-    alpha, calibrated = calibrate(target, draft, video_inputs(target, min(args.prompt_tokens, 1024), device, seed=1),
-                                  draft_layers, args.gamma, args.tau, tokens=48)
-    print(f"{args.shape}: prompt {n_prompt} tokens, draft = {draft_layers} of "
-          f"{target.config.text_config.num_hidden_layers} layers, alpha {alpha:.4f} -> calibration τ "
-          f"{calibrated:.2f} ({time.perf_counter() - started:.0f}s)", flush=True)
+    alpha, calibrated = calibrate(
+        target,
+        draft,
+        video_inputs(target, min(args.prompt_tokens, 1024), device, seed=1),
+        draft_layers,
+        args.gamma,
+        args.tau,
+        tokens=48,
+    )
+    print(
+        f"{args.shape}: prompt {n_prompt} tokens, draft = {draft_layers} of "
+        f"{target.config.text_config.num_hidden_layers} layers, alpha {alpha:.4f} -> calibration τ "
+        f"{calibrated:.2f} ({time.perf_counter() - started:.0f}s)",
+        flush=True,
+    )
     results = measure(target, draft, inputs, args, compile, device)
     sizes = [int(b) for b in args.batches.split(",") if int(b) > 1]
     results["batches"] = measure_batches(target, draft, args, compile, device, sizes) if sizes else []
-    results.update(shape=args.shape, alpha=alpha, calibration_tau=calibrated, prompt_tokens=n_prompt,
-                   draft_layers=draft_layers, dtype=str(dtype), device=machine(),
-                   total_s=time.perf_counter() - started)
+    results.update(
+        shape=args.shape,
+        alpha=alpha,
+        calibration_tau=calibrated,
+        prompt_tokens=n_prompt,
+        draft_layers=draft_layers,
+        dtype=str(dtype),
+        device=machine(),
+        total_s=time.perf_counter() - started,
+    )
     body = report(results)
     if results["batches"]:
         body += "\n\n" + batch_report(results["batches"])
@@ -194,8 +282,11 @@ def main(argv=None):
         with open(args.json, "w") as f:
             json.dump(results, f, indent=1)
     if args.record:
-        record(f"gpu-preset-{args.shape}", f"GPU preset: calibrated-agreement pair at Qwen2.5-VL-{args.shape} shapes",
-               f"{results['note']}\n\n{body}")
+        record(
+            f"gpu-preset-{args.shape}",
+            f"GPU preset: calibrated-agreement pair at Qwen2.5-VL-{args.shape} shapes",
+            f"{results['note']}\n\n{body}",
+        )
     return results
 
 
@@ -224,7 +315,7 @@ def measure(target, draft, inputs, args, compile: bool, device: str) -> dict:
     methods["ours, fast engine" + (" compiled" if compile else "")] = ours("fast", compile)
 
     one_time, reference = {}, None
-    for name, run in methods.items():   # warm-up: compilation and CUDA graph capture happen here
+    for name, run in methods.items():  # warm-up: compilation and CUDA graph capture happen here
         t = time.perf_counter()
         ids, stats = run()
         _sync()
@@ -234,7 +325,7 @@ def measure(target, draft, inputs, args, compile: bool, device: str) -> dict:
     taus, lossless = {}, {name: True for name in methods}
     names = list(methods)
     for r in range(args.repeats):
-        for name in names[r % len(names):] + names[: r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             _sync()
             t = time.perf_counter()
             ids, stats = methods[name]()
@@ -248,24 +339,35 @@ def measure(target, draft, inputs, args, compile: bool, device: str) -> dict:
     rows = {}
     for name in methods:
         wall = statistics.median(walls[name])
-        rows[name] = dict(wall_s=wall, wall_range=[min(walls[name]), max(walls[name])],
-                          decode_ms_per_token=(wall - prefill) / args.max_new_tokens * 1e3,
-                          one_time_s=max(one_time[name] - wall, 0.0), lossless=lossless[name],
-                          tau=statistics.mean(taus[name]) if name in taus else None)
-    for name, (engine, compiled) in (("ours, eager engine", ("eager", False)),
-                                     (names[-1], ("fast", compile))):
+        rows[name] = dict(
+            wall_s=wall,
+            wall_range=[min(walls[name]), max(walls[name])],
+            decode_ms_per_token=(wall - prefill) / args.max_new_tokens * 1e3,
+            one_time_s=max(one_time[name] - wall, 0.0),
+            lossless=lossless[name],
+            tau=statistics.mean(taus[name]) if name in taus else None,
+        )
+    for name, (engine, compiled) in (("ours, eager engine", ("eager", False)), (names[-1], ("fast", compile))):
         gen = SpeculativeGenerator(target, draft, engine=engine, compile=compiled, **chain)
         gen.generate(**inputs, **opts)
         seconds = []
-        with observe_forwards(lambda session, kind, s: seconds.append((kind, s))):
+        with observe_forwards(lambda session, kind, s, seconds=seconds: seconds.append((kind, s))):
             out = gen.generate(**inputs, **opts)
         rows[name]["efficiency"] = sum(s for kind, s in seconds if kind == "step") / out.stats.decode_s
-    note = (f"Qwen2.5-VL-{args.shape} language-model shapes, random weights, {inputs['input_ids'].shape[1]}-token "
-            f"video prompt, {args.max_new_tokens} new tokens (no EOS), greedy; chain γ={args.gamma}; "
-            f"{args.repeats} interleaved repeats after a warm-up; prefill (target alone) {prefill:.3f}s, "
-            "subtracted from every row's wall to get decode ms/token.")
-    return dict(rows=rows, prefill_s=prefill, note=note, repeats=args.repeats, gamma=args.gamma,
-                max_new_tokens=args.max_new_tokens)
+    note = (
+        f"Qwen2.5-VL-{args.shape} language-model shapes, random weights, {inputs['input_ids'].shape[1]}-token "
+        f"video prompt, {args.max_new_tokens} new tokens (no EOS), greedy; chain γ={args.gamma}; "
+        f"{args.repeats} interleaved repeats after a warm-up; prefill (target alone) {prefill:.3f}s, "
+        "subtracted from every row's wall to get decode ms/token."
+    )
+    return dict(
+        rows=rows,
+        prefill_s=prefill,
+        note=note,
+        repeats=args.repeats,
+        gamma=args.gamma,
+        max_new_tokens=args.max_new_tokens,
+    )
 
 
 def batch_inputs(target, rows: int, prompt_tokens: int, device: str) -> dict:
@@ -283,41 +385,56 @@ def measure_batches(target, draft, args, compile: bool, device: str, sizes: list
     from specvlm import SpeculativeGenerator
 
     opts = dict(do_sample=False, max_new_tokens=args.max_new_tokens)
-    static = dict(cache_implementation="static", compile_config=hf_static_config(torch.device(device))) if compile \
+    static = (
+        dict(cache_implementation="static", compile_config=hf_static_config(torch.device(device)))
+        if compile
         else dict(cache_implementation="static", disable_compile=True)
+    )
     gen = SpeculativeGenerator(target, draft, engine="fast", compile=compile, tree="chain", num_draft_tokens=args.gamma)
     out = []
     for size in sizes:
         batch = batch_inputs(target, size, args.prompt_tokens, device)
         n = batch["input_ids"].shape[1]
-        methods = {"HF eager generate": lambda: target.generate(**batch, **opts)[:, n:].tolist(),
-                   "HF static-cache generate": lambda: target.generate(**batch, **opts, **static)[:, n:].tolist(),
-                   "ours, fast engine, batched": lambda: gen.generate(**batch, **opts).token_ids}
-        answers = {name: run() for name, run in methods.items()}   # warm-up, compilation
+        methods = {
+            "HF eager generate": lambda batch=batch, n=n: target.generate(**batch, **opts)[:, n:].tolist(),
+            "HF static-cache generate": lambda batch=batch, n=n: target.generate(**batch, **opts, **static)[
+                :, n:
+            ].tolist(),
+            "ours, fast engine, batched": lambda batch=batch: gen.generate(**batch, **opts).token_ids,
+        }
+        answers = {name: run() for name, run in methods.items()}  # warm-up, compilation
         walls = {name: [] for name in methods}
         names = list(methods)
         for r in range(args.repeats):
-            for name in names[r % len(names):] + names[: r % len(names)]:
+            for name in names[r % len(names) :] + names[: r % len(names)]:
                 _sync()
                 t = time.perf_counter()
                 methods[name]()
                 _sync()
                 walls[name].append(time.perf_counter() - t)
         same = sum(a == b for a, b in zip(answers["ours, fast engine, batched"], answers["HF eager generate"]))
-        out.append(dict(batch=size, walls=walls, rows_equal_hf_eager=same,
-                        tokens=size * args.max_new_tokens))
+        out.append(dict(batch=size, walls=walls, rows_equal_hf_eager=same, tokens=size * args.max_new_tokens))
     return out
 
 
 def batch_report(batches: list[dict]) -> str:
     rows = []
     for entry in batches:
-        eager, static = (statistics.median(entry["walls"][k]) for k in ("HF eager generate", "HF static-cache generate"))
+        eager, static = (
+            statistics.median(entry["walls"][k]) for k in ("HF eager generate", "HF static-cache generate")
+        )
         for name, walls in entry["walls"].items():
             wall = statistics.median(walls)
-            rows.append([name, entry["batch"], f"{entry['tokens'] / wall:.1f}", f"{eager / wall:.2f}",
-                         f"{static / wall:.2f}",
-                         f"{entry['rows_equal_hf_eager']}/{entry['batch']}" if name.startswith("ours") else "-"])
+            rows.append(
+                [
+                    name,
+                    entry["batch"],
+                    f"{entry['tokens'] / wall:.1f}",
+                    f"{eager / wall:.2f}",
+                    f"{static / wall:.2f}",
+                    f"{entry['rows_equal_hf_eager']}/{entry['batch']}" if name.startswith("ours") else "-",
+                ]
+            )
     return table(["method", "batch", "tokens/s (median)", "× HF eager", "× HF static", "rows = HF eager's"], rows)
 
 
@@ -327,14 +444,35 @@ def report(results: dict) -> str:
     hf_eager, hf_static = rows[names[0]], rows[names[1]]
     out = []
     for name, row in rows.items():
-        out.append([name, f"{row['decode_ms_per_token']:.2f}", f"{row['wall_s']:.3f}",
-                    f"{row['wall_range'][0]:.3f}–{row['wall_range'][1]:.3f}",
-                    f"{hf_eager['wall_s'] / row['wall_s']:.2f}", f"{hf_static['wall_s'] / row['wall_s']:.2f}",
-                    "-" if row["tau"] is None else f"{row['tau']:.2f}",
-                    f"{row['efficiency']:.2f}" if "efficiency" in row else "-",
-                    f"{row['one_time_s']:.1f}", "yes" if row["lossless"] else "NO"])
-    return table(["method", "decode ms/token", "wall s (median)", "wall range", "× HF eager", "× HF static",
-                  "τ", "efficiency", "one-time s", "lossless"], out)
+        out.append(
+            [
+                name,
+                f"{row['decode_ms_per_token']:.2f}",
+                f"{row['wall_s']:.3f}",
+                f"{row['wall_range'][0]:.3f}–{row['wall_range'][1]:.3f}",
+                f"{hf_eager['wall_s'] / row['wall_s']:.2f}",
+                f"{hf_static['wall_s'] / row['wall_s']:.2f}",
+                "-" if row["tau"] is None else f"{row['tau']:.2f}",
+                f"{row['efficiency']:.2f}" if "efficiency" in row else "-",
+                f"{row['one_time_s']:.1f}",
+                "yes" if row["lossless"] else "NO",
+            ]
+        )
+    return table(
+        [
+            "method",
+            "decode ms/token",
+            "wall s (median)",
+            "wall range",
+            "× HF eager",
+            "× HF static",
+            "τ",
+            "efficiency",
+            "one-time s",
+            "lossless",
+        ],
+        out,
+    )
 
 
 def _median(fn, n: int) -> float:

@@ -17,14 +17,17 @@ from pathlib import Path
 
 import numpy as np
 
-from common import median_time, record, table
 from specvlm.inputs import build_inputs, load_processor, load_video
 from specvlm.inputs.testing import save_tiny_processor, write_video
 
+from common import median_time, record, table
+
 # The released checkpoints' video settings (preprocessor configs of llava-onevision-qwen2-*-ov-hf and
 # Qwen2.5-VL-*-Instruct): SigLIP 384 px; Qwen videos between 128·28² and 768·28² pixels per frame.
-PROCESSORS = {"llava_onevision": dict(image_size=384),
-              "qwen2_5_vl": dict(min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28)}
+PROCESSORS = {
+    "llava_onevision": dict(image_size=384),
+    "qwen2_5_vl": dict(min_pixels=128 * 28 * 28, max_pixels=768 * 28 * 28),
+}
 
 
 def moving_frames(n: int, width: int, height: int) -> np.ndarray:
@@ -48,32 +51,48 @@ def main():
     rows = []
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        processors = {family: load_processor(save_tiny_processor(tmp / family, family, **kw))
-                      for family, kw in PROCESSORS.items()}
+        processors = {
+            family: load_processor(save_tiny_processor(tmp / family, family, **kw)) for family, kw in PROCESSORS.items()
+        }
         for size in args.sizes:
             width, height = map(int, size.split("x"))
             clip = write_video(tmp / f"clip_{size}.mp4", moving_frames(30 * args.seconds, width, height), fps=30)
             for n in args.frames:
-                video, decode_s = median_time(lambda: load_video(clip, num_frames=n))
+                video, decode_s = median_time(lambda clip=clip, n=n: load_video(clip, num_frames=n))
                 for family, processor in processors.items():
-                    inputs, prep_s = median_time(lambda: build_inputs(processor, "What happens?", video=video))
+                    inputs, prep_s = median_time(
+                        lambda processor=processor, video=video: build_inputs(processor, "What happens?", video=video)
+                    )
                     visual = int((inputs["input_ids"] == processor.video_token_id).sum())
-                    rows.append([size, n, family, visual, 1e3 * decode_s / n, 1e3 * prep_s / n,
-                                 1e3 * (decode_s + prep_s) / n])
+                    rows.append(
+                        [size, n, family, visual, 1e3 * decode_s / n, 1e3 * prep_s / n, 1e3 * (decode_s + prep_s) / n]
+                    )
                     print(rows[-1], flush=True)
-    headers = ["video", "frames", "processor", "visual tokens", "decode ms/frame", "preprocess ms/frame",
-               "total ms/frame"]
+    headers = [
+        "video",
+        "frames",
+        "processor",
+        "visual tokens",
+        "decode ms/frame",
+        "preprocess ms/frame",
+        "total ms/frame",
+    ]
     body = table(headers, rows)
     print(body)
     if args.record:
-        record("inputs", "Inputs: video decode + preprocess time per frame", body + f"""
+        record(
+            "inputs",
+            "Inputs: video decode + preprocess time per frame",
+            body
+            + f"""
 
 {args.seconds} s H.264 clips at 30 fps, frames sampled uniformly over the whole clip; median of 3 runs after a
 warm-up. Preprocessing is our torchvision-free processor at the released checkpoints' sizes (LLaVA-OneVision:
 SigLIP 384 px, 2×2-pooled video tokens; Qwen2.5-VL: smart-resize to multiples of 28 within 128·28²..768·28²
 pixels, temporal patch 2). Decoding does not seek: every frame up to the last sampled one is decoded (only the
 sampled ones are kept), so "decode ms/frame" is the whole clip's decode time divided by the frames sampled, and
-falls as more frames are sampled from the same clip.""")
+falls as more frames are sampled from the same clip.""",
+        )
 
 
 if __name__ == "__main__":

@@ -28,8 +28,9 @@ from pathlib import Path
 
 import torch
 
-from common import hf_static_config, record, table
 from specvlm import SpeculativeGenerator
+
+from common import hf_static_config, record, table
 
 METHODS = ("specvlm", "uniform", "random", "attention")
 
@@ -47,7 +48,7 @@ def majority_baseline(world: Path, test_clips) -> dict[str, float]:
     from specvlm.testbed import is_correct
 
     counts: dict[str, Counter] = {}
-    for line in open(world / "train.jsonl", encoding="utf-8"):
+    for line in (world / "train.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         if row["answer"] is not None:
             counts.setdefault(row["kind"], Counter())[row["answer"]] += 1
@@ -66,19 +67,29 @@ def accuracy_rows(models: dict, clips, fmt, baseline: dict, per_clip: int) -> li
     per_role = {role: answer_accuracy(m, clips, fmt, per_clip=per_clip) for role, m in models.items()}
     asked = [t[3] for c in clips for t in [t for t in c.turns if t[2] is not None][:per_clip]]
     kinds = sorted(per_role["target"]["by_kind"])
-    rows = [[k, per_role["target"]["by_kind"][k], per_role["draft"]["by_kind"][k], round(baseline[k], 3),
-             asked.count(k)] for k in kinds]
-    rows.append(["all", per_role["target"]["accuracy"], per_role["draft"]["accuracy"],
-                 round(statistics.fmean(baseline[k] for k in asked), 3),
-                 per_role["target"]["questions"]])
+    rows = [
+        [k, per_role["target"]["by_kind"][k], per_role["draft"]["by_kind"][k], round(baseline[k], 3), asked.count(k)]
+        for k in kinds
+    ]
+    rows.append(
+        [
+            "all",
+            per_role["target"]["accuracy"],
+            per_role["draft"]["accuracy"],
+            round(statistics.fmean(baseline[k] for k in asked), 3),
+            per_role["target"]["questions"],
+        ]
+    )
     return rows
 
 
 def tau_curve(target, draft, clips, fmt, settings, max_new_tokens: int) -> list[list]:
     """One row per (method, keep): median, min and max over clips of τ, kept tokens, and losslessness."""
     prompts = [fmt.inputs(c, fmt.prompt(c.turns[0][0], c.n_visual)) for c in clips]
-    reference = [target.generate(**p, max_new_tokens=max_new_tokens, do_sample=False)[0, p["input_ids"].shape[1]:]
-                 .tolist() for p in prompts]
+    reference = [
+        target.generate(**p, max_new_tokens=max_new_tokens, do_sample=False)[0, p["input_ids"].shape[1] :].tolist()
+        for p in prompts
+    ]
     rows = []
     for method, keep in settings:
         options = dict(tree="chain", num_draft_tokens=5)
@@ -91,14 +102,25 @@ def tau_curve(target, draft, clips, fmt, settings, max_new_tokens: int) -> list[
             taus.append(out.stats.mean_accepted_tokens)
             kept.append(out.stats.kept_visual_tokens / max(out.stats.visual_tokens, 1))
             same += out.token_ids == ref
-        rows.append([method, keep, round(statistics.median(taus), 2), round(min(taus), 2), round(max(taus), 2),
-                     round(statistics.fmean(taus), 2), round(statistics.fmean(kept), 3), f"{same}/{len(prompts)}"])
+        rows.append(
+            [
+                method,
+                keep,
+                round(statistics.median(taus), 2),
+                round(min(taus), 2),
+                round(max(taus), 2),
+                round(statistics.fmean(taus), 2),
+                round(statistics.fmean(kept), 3),
+                f"{same}/{len(prompts)}",
+            ]
+        )
     return rows
 
 
 def decode_ms(models: dict, prompt: dict, new_tokens: int, repeats: int, **generate_kwargs) -> dict[str, float]:
     """Median ms per decoded token of each model, (t(1 + n) − t(1)) / n, the models interleaved per repeat;
     `generate_kwargs` choose HF's decoding (e.g. its compiled static cache)."""
+
     def timed(model, n):
         start = time.perf_counter()
         model.generate(**prompt, max_new_tokens=n, min_new_tokens=n, do_sample=False, **generate_kwargs)
@@ -106,7 +128,7 @@ def decode_ms(models: dict, prompt: dict, new_tokens: int, repeats: int, **gener
 
     samples: dict[str, list[float]] = {k: [] for k in models}
     for m in models.values():
-        timed(m, 1 + new_tokens)                                              # warm-up (and compile)
+        timed(m, 1 + new_tokens)  # warm-up (and compile)
     for _ in range(repeats):
         for k, m in models.items():
             samples[k].append((timed(m, 1 + new_tokens) - timed(m, 1)) / new_tokens * 1e3)
@@ -119,8 +141,11 @@ def run_family(family: str, world: Path, args) -> str:
     from specvlm.testbed.recipe import Recipe
     from specvlm.testbed.train import Formatter, load_clips
 
-    target_dir, draft_dir = (Path(args.models) / family / "target", Path(args.models) / family / "draft") \
-        if args.models else bundled_pair(family)
+    target_dir, draft_dir = (
+        (Path(args.models) / family / "target", Path(args.models) / family / "draft")
+        if args.models
+        else bundled_pair(family)
+    )
     target, draft = load(target_dir), load(draft_dir)
     processor = load_processor(target_dir)
     fmt = Formatter(processor)
@@ -129,38 +154,50 @@ def run_family(family: str, world: Path, args) -> str:
     print(f"{family}: {len(clips)} test clips", flush=True)
     parts = []
     if not args.skip_accuracy:
-        rows = accuracy_rows({"target": target, "draft": draft}, clips, fmt, majority_baseline(world, clips),
-                             args.questions_per_clip)
-        asked = "every question" if args.questions_per_clip >= recipe.questions else \
-            f"the first {args.questions_per_clip} questions of each clip"
-        parts.append(f"**Answer accuracy** ({family}, test split, {asked}, greedy):\n\n"
-                     + table(["kind", "target", "draft", "majority baseline", "questions"], rows))
+        rows = accuracy_rows(
+            {"target": target, "draft": draft}, clips, fmt, majority_baseline(world, clips), args.questions_per_clip
+        )
+        asked = (
+            "every question"
+            if args.questions_per_clip >= recipe.questions
+            else f"the first {args.questions_per_clip} questions of each clip"
+        )
+        parts.append(
+            f"**Answer accuracy** ({family}, test split, {asked}, greedy):\n\n"
+            + table(["kind", "target", "draft", "majority baseline", "questions"], rows)
+        )
         print(parts[-1], flush=True)
-    tau_clips = clips[:args.clips]
+    tau_clips = clips[: args.clips]
     keeps = [float(k) for k in args.keep_ratios.split(",")]
     settings = [("none", 1.0)] + [(m, k) for k in keeps for m in METHODS] + [("random", 0.01)]
     header = ["pruning", "keep", "τ median", "τ min", "τ max", "τ mean", "kept share", "lossless"]
     rows = tau_curve(target, draft, tau_clips, fmt, settings, args.max_new_tokens)
-    parts.append(f"**Draft τ vs visual tokens kept** ({family} draft, {len(tau_clips)} test captions, chain γ=5, "
-                 f"{args.max_new_tokens} new tokens):\n\n" + table(header, rows))
+    parts.append(
+        f"**Draft τ vs visual tokens kept** ({family} draft, {len(tau_clips)} test captions, chain γ=5, "
+        f"{args.max_new_tokens} new tokens):\n\n" + table(header, rows)
+    )
     print(parts[-1], flush=True)
     self_settings = [(m, k) for k in keeps for m in METHODS]
     rows = tau_curve(target, "self", tau_clips, fmt, self_settings, args.max_new_tokens)
-    parts.append(f"**Self-speculation τ vs visual tokens kept** ({family} target drafting from its pruned prompt, "
-                 f"same captions):\n\n" + table(header, rows))
+    parts.append(
+        f"**Self-speculation τ vs visual tokens kept** ({family} target drafting from its pruned prompt, "
+        f"same captions):\n\n" + table(header, rows)
+    )
     print(parts[-1], flush=True)
     prompt = fmt.inputs(clips[0], fmt.prompt(clips[0].turns[0][0], clips[0].n_visual))
     costs = {"HF eager `generate`": {}}
     if not args.no_compile:
-        costs["HF compiled static-cache `generate`"] = dict(cache_implementation="static",
-                                                           compile_config=hf_static_config(target.device))
+        costs["HF compiled static-cache `generate`"] = dict(
+            cache_implementation="static", compile_config=hf_static_config(target.device)
+        )
     lines = []
     for name, kwargs in costs.items():
         ms = decode_ms({"target": target, "draft": draft}, prompt, args.cost_tokens, args.repeats, **kwargs)
-        lines.append(f"{name}: target {ms['target']:.2f} ms, draft {ms['draft']:.2f} ms, ratio "
-                     f"**{ms['target'] / ms['draft']:.2f}×**")
-    parts.append(f"**Decode cost per token** (median of {args.repeats} interleaved repeats): " + "; ".join(lines)
-                 + ".")
+        lines.append(
+            f"{name}: target {ms['target']:.2f} ms, draft {ms['draft']:.2f} ms, ratio "
+            f"**{ms['target'] / ms['draft']:.2f}×**"
+        )
+    parts.append(f"**Decode cost per token** (median of {args.repeats} interleaved repeats): " + "; ".join(lines) + ".")
     print(parts[-1], flush=True)
     return f"### {family} ({args.models or 'bundled'})\n\n" + "\n\n".join(parts)
 
@@ -172,18 +209,24 @@ def main(argv=None) -> str:
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", choices=FAMILIES, action="append", help="default: both")
     ap.add_argument("--world", help="the build's world folder (default: regenerate it into a temporary folder)")
-    ap.add_argument("--world-clips", type=int, default=Recipe().n_clips,
-                    help="clips of the world (default: the build's; fewer only to try the script out)")
-    ap.add_argument("--models", help="a build's models folder (OUT/models of `specvlm testbed build`; default: the "
-                                     "bundled pairs)")
+    ap.add_argument(
+        "--world-clips",
+        type=int,
+        default=Recipe().n_clips,
+        help="clips of the world (default: the build's; fewer only to try the script out)",
+    )
+    ap.add_argument(
+        "--models", help="a build's models folder (OUT/models of `specvlm testbed build`; default: the bundled pairs)"
+    )
     ap.add_argument("--clips", type=int, default=12, help="test captions for the τ curves (default 12)")
     ap.add_argument("--keep-ratios", default="0.25,0.1,0.05")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--no-compile", action="store_true", help="leave out the compiled decode cost (a quick run)")
     ap.add_argument("--cost-tokens", type=int, default=32, help="tokens per decode-cost measurement")
     ap.add_argument("--repeats", type=int, default=5)
-    ap.add_argument("--questions-per-clip", type=int, default=1000, help="questions scored per test clip (default: "
-                                                                         "all)")
+    ap.add_argument(
+        "--questions-per-clip", type=int, default=1000, help="questions scored per test clip (default: all)"
+    )
     ap.add_argument("--skip-accuracy", action="store_true")
     ap.add_argument("--threads", type=int, default=0, help="torch threads (0: torch's default)")
     ap.add_argument("--record", action="store_true", help="write the tables into docs/BENCHMARKS.md")
@@ -195,12 +238,22 @@ def main(argv=None) -> str:
     recipe = Recipe()
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(args.world) if args.world else Path(tmp) / "world"
-        generate_world(world, args.world_clips, seed=0, frames=tuple(recipe.clip_frames), size=recipe.world_size,
-                       questions=recipe.questions, workers=2)
+        generate_world(
+            world,
+            args.world_clips,
+            seed=0,
+            frames=tuple(recipe.clip_frames),
+            size=recipe.world_size,
+            questions=recipe.questions,
+            workers=2,
+        )
         body = "\n\n".join(run_family(f, world, args) for f in args.family or FAMILIES)
     if args.record:
-        record(f"testbed-findings-{args.label}", f"Testbed findings, {args.label} pairs: do the models read the video?",
-               body)
+        record(
+            f"testbed-findings-{args.label}",
+            f"Testbed findings, {args.label} pairs: do the models read the video?",
+            body,
+        )
     return body
 
 

@@ -50,18 +50,25 @@ def table(headers: list[str], rows: list[list]) -> str:
 
 def machine() -> str:
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{platform.machine()}, {torch.get_num_threads()} torch threads, {gpu}, torch {torch.__version__}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def record(section: str, title: str, body: str) -> None:
     """Replace (or append) the section between <!-- section --> markers in docs/BENCHMARKS.md."""
-    script = Path(sys.argv[0]).resolve()   # named from the repo root, wherever it was started from
-    script = script.relative_to(BENCHMARKS_MD.parent.parent) if script.is_relative_to(BENCHMARKS_MD.parent.parent) \
+    script = Path(sys.argv[0]).resolve()  # named from the repo root, wherever it was started from
+    script = (
+        script.relative_to(BENCHMARKS_MD.parent.parent)
+        if script.is_relative_to(BENCHMARKS_MD.parent.parent)
         else script
+    )
     command = "python " + " ".join([str(script), *sys.argv[1:]])
-    text = (f"<!-- {section}:start -->\n## {title}\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
-            f"Recorded: {time.strftime('%Y-%m-%d')}\n\n{body.strip()}\n<!-- {section}:end -->")
+    text = (
+        f"<!-- {section}:start -->\n## {title}\n\nCommand: `{command}`  \nMachine: {machine()}  \n"
+        f"Recorded: {time.strftime('%Y-%m-%d')}\n\n{body.strip()}\n<!-- {section}:end -->"
+    )
     doc = BENCHMARKS_MD.read_text() if BENCHMARKS_MD.exists() else "# Benchmarks\n"
     pattern = re.compile(rf"<!-- {section}:start -->.*?<!-- {section}:end -->", re.S)
     doc = pattern.sub(lambda _: text, doc) if pattern.search(doc) else doc.rstrip() + "\n\n" + text + "\n"

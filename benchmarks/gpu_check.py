@@ -33,10 +33,8 @@ def matrix_cases(quick: bool):
             for drafter in ("small", "self", "head"):
                 for tree in ("chain", "static", "dynamic") if not quick else ("chain", "dynamic"):
                     for pruning in ("none", "specvlm") if drafter != "head" else ("none",):
-                        yield dict(family=family, kind=kind, drafter=drafter, tree=tree, pruning=pruning,
-                                   engine="fast")
-                    yield dict(family=family, kind=kind, drafter=drafter, tree=tree, pruning="none",
-                               engine="eager")
+                        yield dict(family=family, kind=kind, drafter=drafter, tree=tree, pruning=pruning, engine="fast")
+                    yield dict(family=family, kind=kind, drafter=drafter, tree=tree, pruning="none", engine="eager")
 
 
 def run_matrix(device: str, quick: bool, compile: bool, tokens: int) -> list[dict]:
@@ -48,21 +46,38 @@ def run_matrix(device: str, quick: bool, compile: bool, tokens: int) -> list[dic
     def get(family):
         if family not in models:
             target = make_model(family).to(device)
-            models[family] = dict(target=target, small=make_model(family, seed=1, hidden=32, layers=1).to(device),
-                                  self="self", head=EagleHead.init_for(target, seed=0))
+            models[family] = dict(
+                target=target,
+                small=make_model(family, seed=1, hidden=32, layers=1).to(device),
+                self="self",
+                head=EagleHead.init_for(target, seed=0),
+            )
         return models[family]
 
     cases = list(matrix_cases(quick))
-    cases += [dict(family=f, kind="video", drafter="self", tree="chain", pruning="none", engine="fast compiled")
-              for f in (FAMILIES[:2] if quick else FAMILIES)] if compile else []
+    cases += (
+        [
+            dict(family=f, kind="video", drafter="self", tree="chain", pruning="none", engine="fast compiled")
+            for f in (FAMILIES[:2] if quick else FAMILIES)
+        ]
+        if compile
+        else []
+    )
     for case in cases:
         m = get(case["family"])
         inputs = {k: v.to(device) for k, v in make_inputs(case["family"], case["kind"]).items()}
         options = dict(do_sample=False, max_new_tokens=tokens)
-        reference = m["target"].generate(**inputs, **options)[0, inputs["input_ids"].shape[1]:].tolist()
+        reference = m["target"].generate(**inputs, **options)[0, inputs["input_ids"].shape[1] :].tolist()
         engine = "fast" if case["engine"].startswith("fast") else "eager"
-        gen = SpeculativeGenerator(m["target"], m[case["drafter"]], tree=case["tree"], num_draft_tokens=4,
-                                   pruning=case["pruning"], engine=engine, compile=case["engine"] == "fast compiled")
+        gen = SpeculativeGenerator(
+            m["target"],
+            m[case["drafter"]],
+            tree=case["tree"],
+            num_draft_tokens=4,
+            pruning=case["pruning"],
+            engine=engine,
+            compile=case["engine"] == "fast compiled",
+        )
         started = time.perf_counter()
         out = gen.generate(**inputs, **options)
         row = dict(case, dtype="float32", seconds=time.perf_counter() - started, tau=out.stats.mean_accepted_tokens)
@@ -70,7 +85,7 @@ def run_matrix(device: str, quick: bool, compile: bool, tokens: int) -> list[dic
     return rows
 
 
-CLIPS = Path(__file__).parent / "data" / "testbed_clips.npz"   # the sample clips' sampled frames (--write-clips)
+CLIPS = Path(__file__).parent / "data" / "testbed_clips.npz"  # the sample clips' sampled frames (--write-clips)
 
 
 def write_clips() -> None:
@@ -85,9 +100,14 @@ def write_clips() -> None:
     for sample in sample_clips(kind="caption"):
         video = load_video(sample["video"], sample_indices_fn=sampler(DEFAULT_NUM_FRAMES, None, sample_frames))
         name = Path(video.path).stem
-        arrays.update({f"{name}.frames": video.frames, f"{name}.indices": np.array(video.indices),
-                       f"{name}.timestamps": np.array(video.timestamps),
-                       f"{name}.meta": np.array([video.fps, video.total_frames])})
+        arrays.update(
+            {
+                f"{name}.frames": video.frames,
+                f"{name}.indices": np.array(video.indices),
+                f"{name}.timestamps": np.array(video.timestamps),
+                f"{name}.meta": np.array([video.fps, video.total_frames]),
+            }
+        )
     CLIPS.parent.mkdir(exist_ok=True)
     np.savez_compressed(CLIPS, **arrays)
 
@@ -98,9 +118,17 @@ def shipped_clips() -> dict:
 
     data = np.load(CLIPS)
     names = sorted({key.split(".")[0] for key in data.files})
-    return {name: Video(data[f"{name}.frames"], data[f"{name}.indices"].tolist(),
-                        data[f"{name}.timestamps"].tolist(), float(data[f"{name}.meta"][0]),
-                        int(data[f"{name}.meta"][1]), f"{name}.mp4") for name in names}
+    return {
+        name: Video(
+            data[f"{name}.frames"],
+            data[f"{name}.indices"].tolist(),
+            data[f"{name}.timestamps"].tolist(),
+            float(data[f"{name}.meta"][0]),
+            int(data[f"{name}.meta"][1]),
+            f"{name}.mp4",
+        )
+        for name in names
+    }
 
 
 def run_testbed(device: str, dtypes: list[str], tokens: int) -> list[dict]:
@@ -117,23 +145,44 @@ def run_testbed(device: str, dtypes: list[str], tokens: int) -> list[dict]:
         target_dir, draft_dir = bundled_pair(family)
         processor = load_processor(target_dir)
         for dtype in dtypes:
-            load = lambda d: AutoModelForImageTextToText.from_pretrained(  # noqa: E731
-                d, dtype=getattr(torch, dtype)).to(device).eval()
+            load = (
+                lambda d, dtype=dtype: AutoModelForImageTextToText.from_pretrained(d, dtype=getattr(torch, dtype))
+                .to(device)
+                .eval()
+            )
             target, draft = load(target_dir), load(draft_dir)
             gen = SpeculativeGenerator(target, draft, tree="static", pruning="specvlm", visual_keep_ratio=0.1)
             for sample in sample_clips(kind="caption"):
                 clip = Path(sample["video"]).stem
-                inputs = media_inputs(processor, sample["question"], [], clips[clip], target_dir, target.config,
-                                      draft_dir, draft.config, max_new_tokens=tokens)
+                inputs = media_inputs(
+                    processor,
+                    sample["question"],
+                    [],
+                    clips[clip],
+                    target_dir,
+                    target.config,
+                    draft_dir,
+                    draft.config,
+                    max_new_tokens=tokens,
+                )
                 inputs = _to(inputs, device, getattr(torch, dtype))
                 plain = {k: v for k, v in inputs.items() if k != "draft_inputs"}
                 options = dict(do_sample=False, max_new_tokens=tokens)
-                reference = target.generate(**plain, **options)[0, plain["input_ids"].shape[1]:].tolist()
+                reference = target.generate(**plain, **options)[0, plain["input_ids"].shape[1] :].tolist()
                 started = time.perf_counter()
                 out = gen.generate(**inputs, **options)
-                row = dict(family=family, kind="testbed", drafter="draft", tree="static", pruning="specvlm",
-                           engine="fast", dtype=dtype, clip=clip, seconds=time.perf_counter() - started,
-                           tau=out.stats.mean_accepted_tokens)
+                row = dict(
+                    family=family,
+                    kind="testbed",
+                    drafter="draft",
+                    tree="static",
+                    pruning="specvlm",
+                    engine="fast",
+                    dtype=dtype,
+                    clip=clip,
+                    seconds=time.perf_counter() - started,
+                    tau=out.stats.mean_accepted_tokens,
+                )
                 rows.append(with_verdict(row, target, plain, out.token_ids, reference, options))
     return rows
 
@@ -164,8 +213,10 @@ def summary(rows: list[dict]) -> str:
     for r in done:
         by_dtype.setdefault(r["dtype"], []).append(r["result"] == "identical")
     rates = ", ".join(f"{d}: {sum(v)}/{len(v)} identical" for d, v in by_dtype.items())
-    return (f"{len(done)} outputs: {counts['identical']} identical to target.generate, {counts['near-tie']} "
-            f"near-ties, {counts['bug']} bugs ({rates})")
+    return (
+        f"{len(done)} outputs: {counts['identical']} identical to target.generate, {counts['near-tie']} "
+        f"near-ties, {counts['bug']} bugs ({rates})"
+    )
 
 
 def main(argv=None):
@@ -199,8 +250,11 @@ def main(argv=None):
     if args.record:
         from common import record
 
-        record(f"lossless-check-{args.device.split(':')[0]}", f"Lossless check on {args.device}",
-               f"{line}\n\n{grouped_table(rows)}\n\n{differences(rows)}")
+        record(
+            f"lossless-check-{args.device.split(':')[0]}",
+            f"Lossless check on {args.device}",
+            f"{line}\n\n{grouped_table(rows)}\n\n{differences(rows)}",
+        )
     return rows
 
 
@@ -217,8 +271,10 @@ def grouped_table(rows: list[dict]) -> str:
     for r in rows:
         if "result" in r:
             groups.setdefault((r["family"], r["kind"], r["drafter"], r["dtype"]), []).append(r["result"])
-    body = [[*key, len(results), *(sum(x == k for x in results) for k in ("identical", "near-tie", "bug"))]
-            for key, results in groups.items()]
+    body = [
+        [*key, len(results), *(sum(x == k for x in results) for k in ("identical", "near-tie", "bug"))]
+        for key, results in groups.items()
+    ]
     return table(["family", "input", "drafter", "dtype", "cases", "identical", "near-tie", "bug"], body)
 
 
@@ -230,11 +286,35 @@ def format_table(rows: list[dict]) -> str:
         if "result" not in r:
             body.append([r.get("family", "-"), r.get("note", ""), "", "", "", "", "", "", "", ""])
             continue
-        body.append([r["family"], r["kind"] + (f" {r['clip']}" if "clip" in r else ""), r["drafter"], r["tree"],
-                     r["pruning"], r["engine"], r["dtype"], f"{r['tau']:.2f}", r["result"],
-                     "-" if r["position"] < 0 else f"{r['position']} (gap {r['gap']:.3g} vs {r['tolerance']:.3g})"])
-    return table(["family", "input", "drafter", "tree", "pruning", "engine", "dtype", "τ", "vs target.generate",
-                  "first difference"], body)
+        body.append(
+            [
+                r["family"],
+                r["kind"] + (f" {r['clip']}" if "clip" in r else ""),
+                r["drafter"],
+                r["tree"],
+                r["pruning"],
+                r["engine"],
+                r["dtype"],
+                f"{r['tau']:.2f}",
+                r["result"],
+                "-" if r["position"] < 0 else f"{r['position']} (gap {r['gap']:.3g} vs {r['tolerance']:.3g})",
+            ]
+        )
+    return table(
+        [
+            "family",
+            "input",
+            "drafter",
+            "tree",
+            "pruning",
+            "engine",
+            "dtype",
+            "τ",
+            "vs target.generate",
+            "first difference",
+        ],
+        body,
+    )
 
 
 if __name__ == "__main__":

@@ -27,16 +27,19 @@ def main():
     summary = args.out / "summary.md"
     if not summary.is_file():
         raise SystemExit(f"record_bench: {summary} does not exist (is {args.out} a finished bench run?)")
-    body = summary.read_text().split("\n", 1)[1].strip()   # drop the "# specvlm bench: ..." heading
+    body = summary.read_text().split("\n", 1)[1].strip()  # drop the "# specvlm bench: ..." heading
     images = []
     for png in sorted(args.out.glob("*.png")):
         target = DOCS / "img" / f"{args.section}_{png.name}"
         target.parent.mkdir(exist_ok=True)
         shutil.copyfile(png, target)
         images.append(f"![{png.stem}](img/{target.name})")
-    text = (f"<!-- {args.section}:start -->\n## {args.title}\n\nRecorded: {time.strftime('%Y-%m-%d')}\n\n{body}\n\n"
-            + (args.note.strip() + "\n\n" if args.note.strip() else "") + "\n".join(images)
-            + f"\n<!-- {args.section}:end -->")
+    text = (
+        f"<!-- {args.section}:start -->\n## {args.title}\n\nRecorded: {time.strftime('%Y-%m-%d')}\n\n{body}\n\n"
+        + (args.note.strip() + "\n\n" if args.note.strip() else "")
+        + "\n".join(images)
+        + f"\n<!-- {args.section}:end -->"
+    )
     path = DOCS / "BENCHMARKS.md"
     doc = path.read_text()
     pattern = re.compile(rf"<!-- {args.section}:start -->.*?<!-- {args.section}:end -->", re.S)

@@ -6,8 +6,9 @@ import os
 import pytest
 import torch
 
-from helpers import model
 from specvlm.tiny import make_inputs
+
+from helpers import model
 
 torch.set_grad_enabled(False)
 # `make test` runs two pytest-xdist workers on the two cores: one torch thread each (tiny models run faster on one

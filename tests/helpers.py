@@ -15,11 +15,11 @@ from specvlm.drafters.eagle import EagleHead
 from specvlm.tiny import make_inputs, make_model
 from specvlm.train import greedy_examples, train_head
 
-VOCAB = 16   # the sampling tests' vocabulary: small enough that histograms of the first tokens are dense
+VOCAB = 16  # the sampling tests' vocabulary: small enough that histograms of the first tokens are dense
 TRAIN_STEPS = 200
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def model(family: str, seed: int = 0, **kw):
     """Tiny models are cached per process: building one costs more than a whole short generation."""
     return make_model(family, seed=seed, **kw)
@@ -28,7 +28,7 @@ def model(family: str, seed: int = 0, **kw):
 def reference(target, inputs: dict, **kw) -> list[int]:
     """Target-only HF generate, new tokens only."""
     out = target.generate(**inputs, **kw)
-    return out[0, inputs["input_ids"].shape[1]:].tolist()
+    return out[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 def chi2_pvalue(samples: list[int], probs) -> float:
@@ -40,7 +40,7 @@ def chi2_pvalue(samples: list[int], probs) -> float:
     probs = probs / probs.sum()
     counts = np.bincount(samples, minlength=len(probs)).astype(float)
     if counts[probs == 0].sum() > 0:
-        return 0.0   # a token the distribution cannot produce
+        return 0.0  # a token the distribution cannot produce
     expected = probs * len(samples)
     big = expected >= 5
     obs = np.append(counts[big], counts[~big].sum())
@@ -66,7 +66,7 @@ class Oracle:
 
     def __init__(self, target, inputs, temperature, top_p):
         self.target, self.warp = target, lambda logits: warped(logits, temperature, top_p)
-        self.cache_keyword = cache_keyword(target)   # `past_key_values` before transformers 5.24
+        self.cache_keyword = cache_keyword(target)  # `past_key_values` before transformers 5.24
         out = target(**inputs, use_cache=True)
         self.cache, self.first = out[self.cache_keyword], out.logits[0, -1]
 
@@ -87,7 +87,7 @@ class Oracle:
         return p1, joint12, (joint12[:, None] * torch.stack(rows3)).sum(0)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def perturbed_pair(family):
     """A small-vocabulary target and its draft: the target with a perturbed LM head, close enough that multi-token
     blocks are accepted, different enough that rejections and residual draws happen every few rounds."""
@@ -102,16 +102,22 @@ def speculative_samples(target, draft, inputs, tree, temperature, top_p, runs, *
     """`runs` speculative samples of the first 3 tokens with a small tree, and totals over them: draft tokens
     accepted and drafted, rounds, and rounds that rejected every proposal (their token came from the residual). The
     first token comes from the prefill, so every run has at least one round."""
-    gen = SpeculativeGenerator(target, draft, tree=tree, num_draft_tokens=3, tree_top_k=3, tree_depth=3,
-                               tree_total_tokens=8, **options)
+    gen = SpeculativeGenerator(
+        target, draft, tree=tree, num_draft_tokens=3, tree_top_k=3, tree_depth=3, tree_total_tokens=8, **options
+    )
     torch.manual_seed(0)
     samples, totals = [], dict(accepted=0, drafted=0, rounds=0, all_rejected=0)
     for _ in range(runs):
-        out = gen.generate(**inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0,
-                           max_new_tokens=3, eos_token_id=-1)
+        out = gen.generate(
+            **inputs, do_sample=True, temperature=temperature, top_p=top_p, top_k=0, max_new_tokens=3, eos_token_id=-1
+        )
         samples.append(out.token_ids)
-        for key, value in (("accepted", out.stats.accepted_tokens), ("drafted", out.stats.drafted_tokens),
-                           ("rounds", out.stats.rounds), ("all_rejected", out.stats.accept_histogram[0])):
+        for key, value in (
+            ("accepted", out.stats.accepted_tokens),
+            ("drafted", out.stats.drafted_tokens),
+            ("rounds", out.stats.rounds),
+            ("all_rejected", out.stats.accept_histogram[0]),
+        ):
             totals[key] += value
     return samples, totals
 
@@ -119,26 +125,28 @@ def speculative_samples(target, draft, inputs, tree, temperature, top_p, runs, *
 def chi2_pvalues(target, inputs, temperature, top_p, samples) -> tuple[float, float]:
     """χ² p-values of the samples against the target's exact joint law of tokens 1-2 and marginal of token 3."""
     _, joint12, marginal3 = Oracle(target, inputs, temperature, top_p).distributions()
-    return (chi2_pvalue([a * VOCAB + b for a, b, _ in samples], joint12),
-            chi2_pvalue([c for _, _, c in samples], marginal3))
+    return (
+        chi2_pvalue([a * VOCAB + b for a, b, _ in samples], joint12),
+        chi2_pvalue([c for _, _, c in samples], marginal3),
+    )
 
 
 # ---- EAGLE heads distilled on a peaky tiny target ----------------------------------------------------------------
 def peaky(family):
-    return model(family, init=0.3)   # peaky next-token distributions: learnable, long accepted paths
+    return model(family, init=0.3)  # peaky next-token distributions: learnable, long accepted paths
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training_prompts(family):
     return [make_inputs(family, ("image", "video")[i % 2], prompt_len=3 + i % 5, seed=i) for i in range(8)]
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def training_data(family):
     return greedy_examples(peaky(family), training_prompts(family), max_new_tokens=24)
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def trained(family):
     """A head distilled for 200 steps on the peaky target's own greedy answers (shared with test_train_head)."""
     target = peaky(family)

@@ -15,21 +15,43 @@ PACKAGE = Path(specvlm.__file__).parent
 DOOR = PACKAGE / "adapters"
 
 # transformers modules the rest of the package may import from (public API)
-PUBLIC_MODULES = {"transformers", "transformers.utils", "transformers.utils.logging", "transformers.video_utils",
-                  "transformers.image_utils", "transformers.image_transforms", "transformers.processing_utils",
-                  "transformers.feature_extraction_utils"}
+PUBLIC_MODULES = {
+    "transformers",
+    "transformers.utils",
+    "transformers.utils.logging",
+    "transformers.video_utils",
+    "transformers.image_utils",
+    "transformers.image_transforms",
+    "transformers.processing_utils",
+    "transformers.feature_extraction_utils",
+}
 # names that are internals even when importable from the top level
-INTERNAL_NAMES = {"DynamicCache", "StaticCache", "Cache", "AttentionInterface", "ALL_ATTENTION_FUNCTIONS",
-                  "DynamicLayer", "EncoderDecoderCache"}
+INTERNAL_NAMES = {
+    "DynamicCache",
+    "StaticCache",
+    "Cache",
+    "AttentionInterface",
+    "ALL_ATTENTION_FUNCTIONS",
+    "DynamicLayer",
+    "EncoderDecoderCache",
+}
 # attribute names that reach into a model's inner modules; the ON_MODELS ones are common words (a recipe's `layers`,
 # a clip's `visual`), so they count only on something named like a model or its decoder
-INTERNAL_ATTRIBUTES = {"language_model", "rotary_emb", "embed_tokens", "vision_tower", "multi_modal_projector",
-                       "image_newline"}
+INTERNAL_ATTRIBUTES = {
+    "language_model",
+    "rotary_emb",
+    "embed_tokens",
+    "vision_tower",
+    "multi_modal_projector",
+    "image_newline",
+}
 ON_MODELS = {"layers", "visual"}
 MODEL_LIKE = re.compile(r"\b(model|decoder|target|draft)\b")
 # private attributes of other libraries that the rest of the package may use, with why
-ALLOWED_PRIVATE = {"_dynamo",                    # torch.compile's settings (session.py)
-                   "_option_string_actions"}      # argparse: whether a parser already defines an option
+ALLOWED_PRIVATE = {
+    "_dynamo",  # torch.compile's settings (session.py)
+    "_option_string_actions",
+}  # argparse: whether a parser already defines an option
 
 
 def violations(source: str) -> list[str]:
@@ -42,20 +64,32 @@ def violations(source: str) -> list[str]:
                 found.append(f"{where}: imports from {node.module}")
             found += [f"{where}: imports {a.name}" for a in node.names if a.name in INTERNAL_NAMES]
         elif isinstance(node, ast.Import):
-            found += [f"{where}: imports {a.name}" for a in node.names
-                      if a.name.startswith("transformers") and a.name not in PUBLIC_MODULES]
+            found += [
+                f"{where}: imports {a.name}"
+                for a in node.names
+                if a.name.startswith("transformers") and a.name not in PUBLIC_MODULES
+            ]
         elif isinstance(node, ast.Attribute):
             private = node.attr.startswith("_") and not node.attr.startswith("__")
             own = isinstance(node.value, ast.Name) and node.value.id in ("self", "cls")
             on_model = node.attr in ON_MODELS and MODEL_LIKE.search(ast.unparse(node.value))
-            if node.attr in INTERNAL_ATTRIBUTES or node.attr in INTERNAL_NAMES or on_model or (
-                    private and not own and node.attr not in ALLOWED_PRIVATE):
+            if (
+                node.attr in INTERNAL_ATTRIBUTES
+                or node.attr in INTERNAL_NAMES
+                or on_model
+                or (private and not own and node.attr not in ALLOWED_PRIVATE)
+            ):
                 found.append(f"{where}: .{node.attr}")
         elif isinstance(node, ast.Call) and getattr(node.func, "id", None) in ("getattr", "setattr", "hasattr"):
             name = node.args[1] if len(node.args) > 1 else None
-            if isinstance(name, ast.Constant) and isinstance(name.value, str) and (
-                    name.value in INTERNAL_ATTRIBUTES or (name.value.startswith("_")
-                                                          and not name.value.startswith("__"))):
+            if (
+                isinstance(name, ast.Constant)
+                and isinstance(name.value, str)
+                and (
+                    name.value in INTERNAL_ATTRIBUTES
+                    or (name.value.startswith("_") and not name.value.startswith("__"))
+                )
+            ):
                 found.append(f"{where}: {node.func.id}(..., {name.value!r})")
     return found
 
@@ -83,7 +117,9 @@ def test_the_scan_finds_each_kind_of_reach():
     }
     for source, expected in planted.items():
         assert any(expected in v for v in violations(source)), (source, violations(source))
-    clean = ("from transformers import AutoTokenizer, GenerationConfig\nself._cache = 1\n"
-             "import torch._dynamo\ntorch._dynamo.config.recompile_limit = 64\nn = recipe.arch.layers\n"
-             "rows = clip.visual\nhead = self.adapter.lm_head\n")
+    clean = (
+        "from transformers import AutoTokenizer, GenerationConfig\nself._cache = 1\n"
+        "import torch._dynamo\ntorch._dynamo.config.recompile_limit = 64\nn = recipe.arch.layers\n"
+        "rows = clip.visual\nhead = self.adapter.lm_head\n"
+    )
     assert violations(clean) == []

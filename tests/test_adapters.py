@@ -6,17 +6,17 @@ import warnings
 import pytest
 import torch
 
-from helpers import model
 from specvlm.adapters import adapter_for
 from specvlm.session import ModelSession
 from specvlm.tiny import FAMILIES, make_inputs
 from specvlm.tree import ancestor_matrix
 
+from helpers import model
+
 
 def hf_steps(target, inputs, n):
-    out = target.generate(**inputs, do_sample=False, max_new_tokens=n, output_logits=True,
-                          return_dict_in_generate=True)
-    return out.sequences[0, inputs["input_ids"].shape[1]:].tolist(), [l[0] for l in out.logits]
+    out = target.generate(**inputs, do_sample=False, max_new_tokens=n, output_logits=True, return_dict_in_generate=True)
+    return out.sequences[0, inputs["input_ids"].shape[1] :].tolist(), [step[0] for step in out.logits]
 
 
 @pytest.mark.parametrize("kind", ["image", "video"])
@@ -39,9 +39,12 @@ def test_mrope_positions_are_stock(family):
     inputs = make_inputs(family, "video", frames=6)
     target.generate(**inputs, do_sample=False, max_new_tokens=2)
     prompt = adapter_for(target).prepare(inputs)
-    stock, delta = target.model.get_rope_index(inputs["input_ids"], inputs["mm_token_type_ids"],
-                                               video_grid_thw=inputs["video_grid_thw"],
-                                               second_per_grid_ts=inputs.get("second_per_grid_ts"))
+    stock, delta = target.model.get_rope_index(
+        inputs["input_ids"],
+        inputs["mm_token_type_ids"],
+        video_grid_thw=inputs["video_grid_thw"],
+        second_per_grid_ts=inputs.get("second_per_grid_ts"),
+    )
     assert torch.equal(prompt.positions, stock)
     assert prompt.next_position - len(prompt) == int(target.model.rope_deltas) == int(delta) < 0
     assert prompt.positions.shape == (3, 1, len(prompt))
@@ -71,20 +74,24 @@ def test_tree_forward_equals_sequential_decoding(family):
     prompt = adapter.prepare(inputs)
     root = 5
     tokens = torch.tensor([11, 12, 13, 14, 15])
-    parents = torch.tensor([-1, -1, 0, 2, 1])        # two branches: 11-13-14 and 12-15
+    parents = torch.tensor([-1, -1, 0, 2, 1])  # two branches: 11-13-14 and 12-15
     tree_session = ModelSession(adapter)
     tree_session.prefill(0, prompt)
     prefix = tree_session.lengths[0]
     depths = torch.tensor([0, 1, 1, 2, 3, 2])
-    logits, _ = tree_session.extend(torch.cat([torch.tensor([root]), tokens])[None],
-                                    (tree_session.next_positions[0] + depths)[None],
-                                    visible=ancestor_matrix(parents)[None], prefix=[prefix])
+    logits, _ = tree_session.extend(
+        torch.cat([torch.tensor([root]), tokens])[None],
+        (tree_session.next_positions[0] + depths)[None],
+        visible=ancestor_matrix(parents)[None],
+        prefix=[prefix],
+    )
 
     def sequential(ids):
         seq = ModelSession(adapter)
         seq.prefill(0, prompt)
         out, _ = seq.extend(torch.tensor([ids]), (seq.next_positions[0] + torch.arange(len(ids)))[None])
         return out[0, -1]
+
     for node, path in ((-1, []), (0, [11]), (2, [11, 13]), (3, [11, 13, 14]), (1, [12]), (4, [12, 15])):
         assert torch.allclose(logits[0, node + 1], sequential([root] + path), atol=1e-5), f"node {node}"
     # keep root + branch 12-15 and continue with token 16
@@ -94,10 +101,17 @@ def test_tree_forward_equals_sequential_decoding(family):
     assert torch.allclose(after[0, -1], sequential([root, 12, 15, 16]), atol=1e-5)
 
 
-@pytest.mark.parametrize("family,kind,grid,tail", [
-    ("llava_onevision", "video", (4, 2, 2), 1), ("llava_onevision", "image", None, 0),
-    ("llava_next_video", "video", (4, 2, 2), 0), ("qwen2_5_vl", "video", (2, 4, 6), 0),
-    ("qwen2_5_vl", "image", (1, 4, 6), 0), ("qwen2_vl", "video", (2, 4, 6), 0)])
+@pytest.mark.parametrize(
+    "family,kind,grid,tail",
+    [
+        ("llava_onevision", "video", (4, 2, 2), 1),
+        ("llava_onevision", "image", None, 0),
+        ("llava_next_video", "video", (4, 2, 2), 0),
+        ("qwen2_5_vl", "video", (2, 4, 6), 0),
+        ("qwen2_5_vl", "image", (1, 4, 6), 0),
+        ("qwen2_vl", "video", (2, 4, 6), 0),
+    ],
+)
 def test_visual_spans(family, kind, grid, tail):
     inputs = make_inputs(family, kind, prompt_len=5)
     prompt = adapter_for(model(family)).prepare(inputs)
@@ -113,7 +127,7 @@ def test_visual_spans(family, kind, grid, tail):
 
 def test_placeholder_mismatch_is_a_clear_error():
     inputs = make_inputs("qwen2_5_vl", "image")
-    inputs["input_ids"] = inputs["input_ids"][:, :-4]     # drop suffix and the last placeholders' tail
+    inputs["input_ids"] = inputs["input_ids"][:, :-4]  # drop suffix and the last placeholders' tail
     inputs["input_ids"] = torch.cat([inputs["input_ids"][:, :6], inputs["input_ids"][:, 8:]], 1)
     inputs["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, : inputs["input_ids"].shape[1]]
     with pytest.raises(ValueError, match="placeholder tokens"):

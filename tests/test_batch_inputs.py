@@ -4,12 +4,13 @@ kept), so the engine can prefill it alone; `tiny.make_batch` is the inverse used
 
 import pytest
 import torch
+from test_device_discipline import RequireDevice
 
-from helpers import model
 from specvlm.adapters import adapter_for
 from specvlm.request import left_padding, strip_left_padding
 from specvlm.tiny import FAMILIES, make_batch, make_inputs, special_ids
-from test_device_discipline import RequireDevice
+
+from helpers import model
 
 PAD = special_ids(1024)["pad"]
 QWEN = ("qwen2_5_vl", "qwen2_vl")
@@ -19,24 +20,34 @@ def mixed_rows(family: str) -> list[dict]:
     """Different prompt lengths and kinds: anyres / grid-varied images, a text-only row, several images with a
     video in one row, and a video row (Qwen's videos with another frame count; LLaVA stacks videos, so not there)."""
     qwen = family in QWEN
-    big = dict(grid=(4, 6)) if qwen else dict(image_size=(56, 112))        # LLaVA: 3 patches
+    big = dict(grid=(4, 6)) if qwen else dict(image_size=(56, 112))  # LLaVA: 3 patches
     pair = dict(grid=[(4, 4), (8, 6)]) if qwen else dict(image_size=(112, 112))
-    return [make_inputs(family, "image", prompt_len=5, seed=1, **big),
-            make_inputs(family, "text", prompt_len=2, seed=2),
-            make_inputs(family, "image+video", images=2, seed=3, **pair),
-            make_inputs(family, "video", prompt_len=9, seed=4, frames=6 if qwen else 4)]
+    return [
+        make_inputs(family, "image", prompt_len=5, seed=1, **big),
+        make_inputs(family, "text", prompt_len=2, seed=2),
+        make_inputs(family, "image+video", images=2, seed=3, **pair),
+        make_inputs(family, "video", prompt_len=9, seed=4, frames=6 if qwen else 4),
+    ]
 
 
 def images_only_rows(family: str) -> list[dict]:
-    sizes = [dict(grid=(8, 12)), dict(grid=(4, 4)), dict(grid=[(4, 6), (6, 4), (4, 4)])] if family in QWEN else \
-        [dict(image_size=(112, 112)), dict(image_size=(56, 56)), dict(image_size=(112, 56))]
-    return [make_inputs(family, "image", prompt_len=3 + b, seed=10 + b, images=3 if b == 2 else 1, **size)
-            for b, size in enumerate(sizes)]
+    sizes = (
+        [dict(grid=(8, 12)), dict(grid=(4, 4)), dict(grid=[(4, 6), (6, 4), (4, 4)])]
+        if family in QWEN
+        else [dict(image_size=(112, 112)), dict(image_size=(56, 56)), dict(image_size=(112, 56))]
+    )
+    return [
+        make_inputs(family, "image", prompt_len=3 + b, seed=10 + b, images=3 if b == 2 else 1, **size)
+        for b, size in enumerate(sizes)
+    ]
 
 
 def text_first_rows(family: str) -> list[dict]:
-    return [make_inputs(family, "text", prompt_len=7, seed=20), make_inputs(family, "video", seed=21),
-            make_inputs(family, "video", prompt_len=1, seed=22)]
+    return [
+        make_inputs(family, "text", prompt_len=7, seed=20),
+        make_inputs(family, "video", seed=21),
+        make_inputs(family, "video", prompt_len=1, seed=22),
+    ]
 
 
 def left_padded(tokens: torch.Tensor, length: int, fill: int) -> torch.Tensor:
@@ -94,8 +105,8 @@ def test_each_split_row_generates_and_prepares_like_the_row_alone(family):
     split = adapter.split_batch(make_batch(rows, family, PAD))
     with torch.no_grad():
         for b, (got, row) in enumerate(zip(split, rows)):
-            new = target.generate(**got, do_sample=False, max_new_tokens=8)[0, got["input_ids"].shape[1]:]
-            alone = target.generate(**row, do_sample=False, max_new_tokens=8)[0, row["input_ids"].shape[1]:]
+            new = target.generate(**got, do_sample=False, max_new_tokens=8)[0, got["input_ids"].shape[1] :]
+            alone = target.generate(**row, do_sample=False, max_new_tokens=8)[0, row["input_ids"].shape[1] :]
             assert new.tolist() == alone.tolist(), f"row {b}"
             unpadded = strip_left_padding(got, left_padding(got["attention_mask"]))
             mine, theirs = adapter.prepare(unpadded), adapter.prepare(row)
@@ -110,8 +121,9 @@ def test_make_batch_is_what_hf_batched_generate_reads(family):
     Logits, not token strings: the padded batch runs other matmul shapes, so only rounding may differ."""
     target = model(family)
     rows = mixed_rows(family)
-    first = lambda inputs: target.generate(**inputs, do_sample=False, max_new_tokens=1, output_logits=True,
-                                           return_dict_in_generate=True).logits[0]      # (B, V)
+    first = lambda inputs: target.generate(
+        **inputs, do_sample=False, max_new_tokens=1, output_logits=True, return_dict_in_generate=True
+    ).logits[0]  # (B, V)
     batched = first(make_batch(rows, family, PAD))
     for b, row in enumerate(rows):
         assert torch.allclose(batched[b], first(row)[0], atol=1e-5), f"row {b}"
@@ -128,7 +140,7 @@ def test_cut_patch_padding_gives_the_padded_slices_features(family):
     first, cuts = 0, 0
     for got in split:
         images = got["pixel_values"].shape[0]
-        padded = dict(got, pixel_values=batch["pixel_values"][first: first + images])
+        padded = dict(got, pixel_values=batch["pixel_values"][first : first + images])
         first += images
         cuts += padded["pixel_values"].shape[1] > got["pixel_values"].shape[1]
         cut, kept = adapter.visual_features(got)["image"], adapter.visual_features(padded)["image"]
@@ -143,13 +155,14 @@ def media():
 
     from specvlm.testbed.assets import sample_clips
 
-    images = [Image.new("RGB", size, colour) for size, colour in
-              (((60, 40), (200, 10, 10)), ((30, 50), (10, 200, 10)), ((40, 40), (1, 2, 3)))]
+    images = [
+        Image.new("RGB", size, colour)
+        for size, colour in (((60, 40), (200, 10, 10)), ((30, 50), (10, 200, 10)), ((40, 40), (1, 2, 3)))
+    ]
     return images, [clip["video"] for clip in sample_clips()[:2]]
 
 
-@pytest.mark.parametrize("family,nested", [("qwen2_5_vl", True), ("llava_onevision", True),
-                                           ("llava_onevision", False)])
+@pytest.mark.parametrize("family,nested", [("qwen2_5_vl", True), ("llava_onevision", True), ("llava_onevision", False)])
 def test_a_real_processor_batch_splits_into_its_per_prompt_outputs(family, nested, media):
     """One list of images per prompt (`nested`, as build_inputs and apply_chat_template pass them) or one flat
     list: LLaVA-OneVision's batch_num_images then has one group per image, every image is anyres, and the rows are
@@ -162,11 +175,17 @@ def test_a_real_processor_batch_splits_into_its_per_prompt_outputs(family, neste
     folder = bundled_pair(family)[0]
     processor = load_processor(folder)
     images, clips = media
-    frames = (4, 4) if family == "llava_onevision" else (4, 6)     # LLaVA stacks a batch's videos
-    videos = [load_video(path, sample_indices_fn=sampler(n, sample_frames=processor.video_processor.sample_frames))
-              for path, n in zip(clips, frames)]
-    prompts = [("What is it?", images[:1], []), ("Describe both and the clip.", images[1:], videos[:1]),
-               ("Hello", [], []), ("What happens?", [], videos[1:])]
+    frames = (4, 4) if family == "llava_onevision" else (4, 6)  # LLaVA stacks a batch's videos
+    videos = [
+        load_video(path, sample_indices_fn=sampler(n, sample_frames=processor.video_processor.sample_frames))
+        for path, n in zip(clips, frames)
+    ]
+    prompts = [
+        ("What is it?", images[:1], []),
+        ("Describe both and the clip.", images[1:], videos[:1]),
+        ("Hello", [], []),
+        ("What happens?", [], videos[1:]),
+    ]
 
     def process(batch, **options):
         """The processor on prompts (question, images, videos), as build_inputs calls it for one."""
@@ -176,8 +195,9 @@ def test_a_real_processor_batch_splits_into_its_per_prompt_outputs(family, neste
             kwargs["images"] = per_prompt if nested else [image for group in per_prompt for image in group]
         clips = [v for _, _, vs in batch for v in vs]
         if clips:
-            kwargs.update(videos=[v.frames for v in clips], video_metadata=[v.metadata for v in clips],
-                          do_sample_frames=False)
+            kwargs.update(
+                videos=[v.frames for v in clips], video_metadata=[v.metadata for v in clips], do_sample_frames=False
+            )
         return dict(processor(**kwargs, **options))
 
     batch = process(prompts, padding=True, padding_side="left")
@@ -210,16 +230,31 @@ ERRORS = {
     "placeholders missing": ("qwen2_5_vl", lambda b: _drop_image_placeholders(b, 2, 16), "take only the first 1"),
     "grid vs patches": ("qwen2_5_vl", lambda b: _with(b, pixel_values=b["pixel_values"][:-4]), "gives .* patches"),
     "no pixels": ("qwen2_5_vl", lambda b: {k: v for k, v in b.items() if k != "pixel_values"}, "but no pixel_values"),
-    "timing per video": ("qwen2_5_vl", lambda b: _with(b, second_per_grid_ts=b["second_per_grid_ts"][:1]),
-                         "second_per_grid_ts has 1 entries for 2 videos"),
-    "unknown per-row key": ("qwen2_5_vl", lambda b: _with(b, image_sizes=torch.ones(4, 2, dtype=torch.long)),
-                            "cannot split 'image_sizes'"),
-    "batch_num_images short": ("llava_onevision", lambda b: _with(b, batch_num_images=b["batch_num_images"][:1]),
-                               "adds up to 1 images but pixel_values has 3"),
-    "batch_num_images sum": ("llava_onevision", lambda b: _with(b, batch_num_images=b["batch_num_images"] + 1),
-                             "adds up to 5 images but pixel_values has 3"),
-    "video placeholders": ("llava_onevision", lambda b: _with(b, input_ids=b["input_ids"].where(
-        b["input_ids"] != special_ids(1024)["video"], 7)), "take only the first 0"),
+    "timing per video": (
+        "qwen2_5_vl",
+        lambda b: _with(b, second_per_grid_ts=b["second_per_grid_ts"][:1]),
+        "second_per_grid_ts has 1 entries for 2 videos",
+    ),
+    "unknown per-row key": (
+        "qwen2_5_vl",
+        lambda b: _with(b, image_sizes=torch.ones(4, 2, dtype=torch.long)),
+        "cannot split 'image_sizes'",
+    ),
+    "batch_num_images short": (
+        "llava_onevision",
+        lambda b: _with(b, batch_num_images=b["batch_num_images"][:1]),
+        "adds up to 1 images but pixel_values has 3",
+    ),
+    "batch_num_images sum": (
+        "llava_onevision",
+        lambda b: _with(b, batch_num_images=b["batch_num_images"] + 1),
+        "adds up to 5 images but pixel_values has 3",
+    ),
+    "video placeholders": (
+        "llava_onevision",
+        lambda b: _with(b, input_ids=b["input_ids"].where(b["input_ids"] != special_ids(1024)["video"], 7)),
+        "take only the first 0",
+    ),
     "anyres lengths": ("llava_next_video", lambda b: _drop_image_placeholders(b, 0, 1), "row 0 has 51 image"),
 }
 

@@ -7,9 +7,22 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from specvlm.bench.datasets import (DESCRIBE_PROMPT, EXPLAIN_PROMPT, MC_PROMPT, DatasetError, load_dataset,
-                                    load_llava_bench, load_longvideobench, load_mlvu, load_mmmu, load_mvbench,
-                                    load_testbed, load_video_detail_caption, read_rows, shards)
+from specvlm.bench.datasets import (
+    DESCRIBE_PROMPT,
+    EXPLAIN_PROMPT,
+    MC_PROMPT,
+    DatasetError,
+    load_dataset,
+    load_llava_bench,
+    load_longvideobench,
+    load_mlvu,
+    load_mmmu,
+    load_mvbench,
+    load_testbed,
+    load_video_detail_caption,
+    read_rows,
+    shards,
+)
 from specvlm.errors import SpecVLMError
 from specvlm.inputs.testing import index_frames, write_video
 
@@ -51,7 +64,7 @@ def vdc(tmp_path, clip):
     root = tmp_path / "VideoDetailCaption"
     rows = [{"video_name": f"v_{i}", "question": f"Describe video {i}.", "answer": f"caption {i}"} for i in range(6)]
     _json(root / "test.jsonl", rows, lines=True)
-    for i in range(5):                                  # v_5 is missing on disk
+    for i in range(5):  # v_5 is missing on disk
         _video(root / "Test_Videos" / (f"v_{i}.mp4" if i != 3 else "v_3.MP4"), clip)
     return root
 
@@ -60,22 +73,21 @@ def test_vdc_records_and_prompts(vdc):
     recs = load_video_detail_caption(vdc, missing="skip")
     assert [r["id"] for r in recs] == [f"v_{i}" for i in range(5)]
     assert recs[0]["question"] == "Describe video 0." and recs[0]["reference"] == "caption 0"
-    assert recs[3]["video"].endswith("Test_Videos/v_3.MP4")          # other extensions are found
+    assert recs[3]["video"].endswith("Test_Videos/v_3.MP4")  # other extensions are found
     assert recs[0]["dataset"] == "videodetailcaption" and recs[0]["meta"]["video_name"] == "v_0"
     described = load_video_detail_caption(vdc, prompt="describe", missing="skip")
     assert {r["question"] for r in described} == {DESCRIBE_PROMPT}
 
 
 def test_vdc_paper_sampling_is_hf_shuffle_then_skip_missing(vdc):
-    order = np.random.default_rng(42).permutation(6)               # datasets.Dataset.shuffle(seed=42)
-    recs = load_dataset("VideoDetailCaption", vdc, paper=True)     # limit 100, missing videos skipped
+    order = np.random.default_rng(42).permutation(6)  # datasets.Dataset.shuffle(seed=42)
+    recs = load_dataset("VideoDetailCaption", vdc, paper=True)  # limit 100, missing videos skipped
     assert [r["id"] for r in recs] == [f"v_{i}" for i in order if i != 5]
-    assert [r["id"] for r in load_dataset("vdc", vdc, paper=True, limit=2)] == \
-        [f"v_{i}" for i in order[:2] if i != 5]
+    assert [r["id"] for r in load_dataset("vdc", vdc, paper=True, limit=2)] == [f"v_{i}" for i in order[:2] if i != 5]
 
 
 def test_vdc_errors(vdc, tmp_path):
-    assert "v_5" in _error(load_video_detail_caption, vdc, match="does not exist")    # missing="error" default
+    assert "v_5" in _error(load_video_detail_caption, vdc, match="does not exist")  # missing="error" default
     (vdc / "Test_Videos").rename(vdc / "elsewhere")
     _error(load_video_detail_caption, vdc, match="no Test_Videos folder")
     assert len(load_video_detail_caption(vdc, video_dir=vdc / "elsewhere", missing="skip")) == 5
@@ -92,6 +104,7 @@ def test_vdc_parquet_needs_pyarrow_or_json(tmp_path):
     (root / "test-00000-of-00001.parquet").write_bytes(b"PAR1 not really")
     try:
         import pyarrow  # noqa: F401
+
         _error(load_video_detail_caption, root, match="cannot read parquet")
     except ImportError:
         _error(load_video_detail_caption, root, match="pyarrow")
@@ -102,14 +115,24 @@ def test_vdc_parquet_needs_pyarrow_or_json(tmp_path):
 def mvbench(tmp_path, clip):
     root = tmp_path / "MVBench"
     for task in ("action_sequence", "action_prediction"):
-        rows = [{"video": f"{task}_{i}.mp4", "question": f"What happened {i}?",
-                 "candidates": ["sat down", "stood up", "ran"], "answer": "stood up", "start": 1.0, "end": 3.5}
-                for i in range(4)]
+        rows = [
+            {
+                "video": f"{task}_{i}.mp4",
+                "question": f"What happened {i}?",
+                "candidates": ["sat down", "stood up", "ran"],
+                "answer": "stood up",
+                "start": 1.0,
+                "end": 3.5,
+            }
+            for i in range(4)
+        ]
         _json(root / "json" / f"{task}.json", rows)
         for i in range(4):
             _video(root / "video" / "star" / "Charades_v1_480" / f"{task}_{i}.mp4", clip)
-    _json(root / "json" / "episodic_reasoning.json",
-          [{"video": "ep0", "question": "Why?", "candidates": ["a", "b"], "answer": "b", "start": 0, "end": 2}])
+    _json(
+        root / "json" / "episodic_reasoning.json",
+        [{"video": "ep0", "question": "Why?", "candidates": ["a", "b"], "answer": "b", "start": 0, "end": 2}],
+    )
     for k in range(3):
         _png(root / "video" / "tvqa" / "frames_fps3_hq" / "ep0" / f"{k:05d}.png", k * 40)
     return root
@@ -130,15 +153,24 @@ def test_mvbench_original_prompt_and_per_task_sampling(mvbench):
     assert len(recs) == 4 and [r["subset"] for r in recs] == ["action_sequence"] * 2 + ["action_prediction"] * 2
     order = np.random.default_rng(42).permutation(4)[:2]
     assert [r["id"] for r in recs[:2]] == [f"action_sequence-{i}" for i in order]
-    assert recs[0]["question"].splitlines() == [f"Question: What happened {order[0]}?", "Options:", "(A) sat down",
-                                                "(B) stood up", "(C) ran", MC_PROMPT]
+    assert recs[0]["question"].splitlines() == [
+        f"Question: What happened {order[0]}?",
+        "Options:",
+        "(A) sat down",
+        "(B) stood up",
+        "(C) ran",
+        MC_PROMPT,
+    ]
 
 
 def test_mvbench_frame_folder_task_and_all(mvbench):
     (rec,) = load_mvbench(mvbench, tasks="episodic_reasoning")
     assert rec["video"].endswith("tvqa/frames_fps3_hq/ep0") and rec["meta"]["data_type"] == "frame"
-    assert {r["subset"] for r in load_mvbench(mvbench, tasks="all")} == \
-        {"action_sequence", "action_prediction", "episodic_reasoning"}
+    assert {r["subset"] for r in load_mvbench(mvbench, tasks="all")} == {
+        "action_sequence",
+        "action_prediction",
+        "episodic_reasoning",
+    }
 
 
 def test_mvbench_errors(mvbench, tmp_path):
@@ -158,10 +190,17 @@ def test_mvbench_errors(mvbench, tmp_path):
 @pytest.fixture
 def lvb(tmp_path, clip):
     root = tmp_path / "LongVideoBench"
-    base = {"candidates": ["red", "green", "blue"], "duration": 12.0, "duration_group": 15,
-            "question_category": "S2E", "video_id": "vid"}
-    _json(root / "lvb_test_wo_gt.json", [dict(base, id=f"t{i}", video_path=f"t{i}.mp4", question=f"Q{i}?")
-                                         for i in range(3)])
+    base = {
+        "candidates": ["red", "green", "blue"],
+        "duration": 12.0,
+        "duration_group": 15,
+        "question_category": "S2E",
+        "video_id": "vid",
+    }
+    _json(
+        root / "lvb_test_wo_gt.json",
+        [dict(base, id=f"t{i}", video_path=f"t{i}.mp4", question=f"Q{i}?") for i in range(3)],
+    )
     _json(root / "lvb_val.json", [dict(base, id="v0", video_path="v0.mp4", question="Colour?", correct_choice=2)])
     for name in ("t0", "t1", "t2", "v0"):
         _video(root / "videos" / f"{name}.mp4", clip)
@@ -192,14 +231,34 @@ def test_longvideobench_errors(lvb, tmp_path):
 def mlvu(tmp_path, clip):
     root = tmp_path / "data"
     base = root / "MLVU"
-    _json(base / "json" / "1_plotQA.json", [{"video": f"p{i}.mp4", "question": f"Plot {i}?", "candidates": ["x", "y"],
-                                             "answer": "y", "question_type": "plotQA", "duration": 30}
-                                            for i in range(3)])
-    _json(base / "json" / "8_sub_scene.json", [{"video": "s0.mp4", "question": "Describe the scene.",
-                                                "answer": "A long free answer.", "question_type": "sub_scene"}])
+    _json(
+        base / "json" / "1_plotQA.json",
+        [
+            {
+                "video": f"p{i}.mp4",
+                "question": f"Plot {i}?",
+                "candidates": ["x", "y"],
+                "answer": "y",
+                "question_type": "plotQA",
+                "duration": 30,
+            }
+            for i in range(3)
+        ],
+    )
+    _json(
+        base / "json" / "8_sub_scene.json",
+        [
+            {
+                "video": "s0.mp4",
+                "question": "Describe the scene.",
+                "answer": "A long free answer.",
+                "question_type": "sub_scene",
+            }
+        ],
+    )
     for i in range(3):
         _video(base / "video" / "1_plotQA" / f"p{i}.mp4", clip)
-    _video(base / "video" / "sub_scene" / "s0.mp4", clip)        # the other published folder naming
+    _video(base / "video" / "sub_scene" / "s0.mp4", clip)  # the other published folder naming
     return root
 
 
@@ -225,8 +284,19 @@ def test_mlvu_errors(mlvu, tmp_path):
 @pytest.fixture
 def llava_bench(tmp_path):
     root = tmp_path / "llava-bench-in-the-wild"
-    _json(root / "questions.jsonl", [{"question_id": i, "image": f"{i:03d}.png", "text": f"What is in image {i}?",
-                                      "category": "conv" if i % 2 else "detail"} for i in range(4)], lines=True)
+    _json(
+        root / "questions.jsonl",
+        [
+            {
+                "question_id": i,
+                "image": f"{i:03d}.png",
+                "text": f"What is in image {i}?",
+                "category": "conv" if i % 2 else "detail",
+            }
+            for i in range(4)
+        ],
+        lines=True,
+    )
     _json(root / "answers_gpt4.jsonl", [{"question_id": i, "text": f"Answer {i}."} for i in range(4)], lines=True)
     for i in range(4):
         _png(root / "images" / f"{i:03d}.png", i * 50)
@@ -256,11 +326,29 @@ def test_llava_bench_errors(llava_bench):
 def mmmu(tmp_path):
     root = tmp_path / "MMMU"
     for subject in ("Art", "Math", "Physics"):
-        rows = [{"id": f"validation_{subject}_{i + 1}", "question": f"<image 1> {subject} question {i}?",
-                 "options": "['one', 'two', 'three']", "answer": "C", "question_type": "multiple-choice",
-                 "image_1": f"images/{subject}_{i}.png", "image_2": None, "subfield": "sub"} for i in range(3)]
-        rows.append({"id": f"validation_{subject}_4", "question": "Open one?", "options": "[]", "answer": "42",
-                     "question_type": "open", "image_1": {"path": f"images/{subject}_0.png"}})
+        rows = [
+            {
+                "id": f"validation_{subject}_{i + 1}",
+                "question": f"<image 1> {subject} question {i}?",
+                "options": "['one', 'two', 'three']",
+                "answer": "C",
+                "question_type": "multiple-choice",
+                "image_1": f"images/{subject}_{i}.png",
+                "image_2": None,
+                "subfield": "sub",
+            }
+            for i in range(3)
+        ]
+        rows.append(
+            {
+                "id": f"validation_{subject}_4",
+                "question": "Open one?",
+                "options": "[]",
+                "answer": "42",
+                "question_type": "open",
+                "image_1": {"path": f"images/{subject}_0.png"},
+            }
+        )
         _json(root / subject / "validation.json", rows)
         for i in range(3):
             _png(root / subject / "images" / f"{subject}_{i}.png", i * 60)
@@ -271,13 +359,18 @@ def test_mmmu_subjects_options_and_images(mmmu):
     recs = load_mmmu(mmmu, subjects=["Math", "Art"])
     assert [r["subset"] for r in recs] == ["Math"] * 4 + ["Art"] * 4
     mc, open_ = recs[0], recs[3]
-    assert mc["question"].splitlines() == ["<image 1> Math question 0?", "(A) one", "(B) two", "(C) three",
-                                           EXPLAIN_PROMPT]
+    assert mc["question"].splitlines() == [
+        "<image 1> Math question 0?",
+        "(A) one",
+        "(B) two",
+        "(C) three",
+        EXPLAIN_PROMPT,
+    ]
     assert mc["reference"] == "(C) three" and mc["images"] == [str(mmmu / "Math" / "images" / "Math_0.png")]
     assert open_["reference"] == "42" and open_["meta"]["question_type"] == "open"
-    assert open_["images"] == [str(mmmu / "Math" / "images" / "Math_0.png")]     # {"path": ...} form
+    assert open_["images"] == [str(mmmu / "Math" / "images" / "Math_0.png")]  # {"path": ...} form
     assert load_mmmu(mmmu, subjects="Art", prompt="original")[3]["question"].endswith("single word or phrase.")
-    assert {r["subset"] for r in load_mmmu(mmmu)} == {"Art", "Math", "Physics"}     # every subject present
+    assert {r["subset"] for r in load_mmmu(mmmu)} == {"Art", "Math", "Physics"}  # every subject present
     assert len(load_dataset("mmmu", mmmu, paper=True, limit=2, subjects=("Art", "Math"))) == 4
 
 
@@ -310,7 +403,7 @@ def test_testbed_world(world):
     row = json.loads((world / "train.jsonl").read_text().splitlines()[0])
     assert recs[0]["question"] == row["conversation"][0]["content"]
     assert recs[0]["reference"] == row["conversation"][1]["content"]
-    assert load_testbed(world, split="test") == []                     # clips 9, 19, ... are the test split
+    assert load_testbed(world, split="test") == []  # clips 9, 19, ... are the test split
     assert load_testbed(world / "train.jsonl", limit=3) == recs[:3]
     captions = load_testbed(world, split="train", kinds="caption")
     assert [r["id"] for r in captions] == ["clip_00000-00", "clip_00001-00"]
@@ -336,11 +429,15 @@ def test_testbed_errors(world, tmp_path):
     _error(load_testbed, world, split="bogus", match="bogus.jsonl does not exist")
     bad = _json(tmp_path / "bad.jsonl", [{"video": "v.mp4", "conversation": "not a list"}], lines=True)
     _error(load_testbed, bad, match="record 0 has a malformed conversation")
-    no_user = _json(tmp_path / "nouser.jsonl", [{"video": "v.mp4", "conversation": [
-        {"role": "assistant", "content": "hi"}]}], lines=True)
+    no_user = _json(
+        tmp_path / "nouser.jsonl",
+        [{"video": "v.mp4", "conversation": [{"role": "assistant", "content": "hi"}]}],
+        lines=True,
+    )
     _error(load_testbed, no_user, match="has no user turn")
-    gone = _json(tmp_path / "gone.jsonl", [{"video": "v.mp4", "conversation": [{"role": "user", "content": "q"}]}],
-                 lines=True)
+    gone = _json(
+        tmp_path / "gone.jsonl", [{"video": "v.mp4", "conversation": [{"role": "user", "content": "q"}]}], lines=True
+    )
     _error(load_testbed, gone, match="v.mp4 referenced by record 0 does not exist")
 
 
@@ -360,8 +457,9 @@ def test_read_rows_and_load_dataset_errors(tmp_path):
 def test_sharded_parquet_reads_every_shard(tmp_path):
     for i in range(3):
         (tmp_path / f"test-{i:05d}-of-00003.parquet").write_bytes(b"")
-    assert [p.name for p in shards(tmp_path / "test-00000-of-00003.parquet")] == \
-        [f"test-{i:05d}-of-00003.parquet" for i in range(3)]
+    assert [p.name for p in shards(tmp_path / "test-00000-of-00003.parquet")] == [
+        f"test-{i:05d}-of-00003.parquet" for i in range(3)
+    ]
     assert shards(tmp_path / "validation.parquet") == [tmp_path / "validation.parquet"]
     (tmp_path / "test-00001-of-00003.parquet").unlink()
     _error(read_rows, tmp_path / "test-00000-of-00003.parquet", match="1 of 3 shards of test are missing")

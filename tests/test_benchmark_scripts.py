@@ -20,21 +20,36 @@ def test_gpu_preset_runs_at_tiny_shapes(tmp_path):
     import bench_gpu_preset
 
     out = tmp_path / "preset.json"
-    results = bench_gpu_preset.main(["--shape", "tiny", "--prompt-tokens", "300", "--max-new-tokens", "24",
-                                     "--repeats", "1", "--tau", "3", "--batches", "1,3", "--json", str(out)])
+    results = bench_gpu_preset.main(
+        [
+            "--shape",
+            "tiny",
+            "--prompt-tokens",
+            "300",
+            "--max-new-tokens",
+            "24",
+            "--repeats",
+            "1",
+            "--tau",
+            "3",
+            "--batches",
+            "1,3",
+            "--json",
+            str(out),
+        ]
+    )
     rows = results["rows"]
     (batched,) = results["batches"]
     assert batched["batch"] == 3 and batched["rows_equal_hf_eager"] == 3 and len(batched["walls"]) == 3
     assert out.is_file() and len(rows) == 4 and all(row["lossless"] for row in rows.values())
-    assert abs(results["calibration_tau"] - 3) < 1          # the bisection reached the asked-for agreement
+    assert abs(results["calibration_tau"] - 3) < 1  # the bisection reached the asked-for agreement
     ours = [row for name, row in rows.items() if name.startswith("ours")]
     assert all(row["tau"] > 1 and 0 < row["efficiency"] <= 1 for row in ours)
 
 
 def test_calibration_scales_only_the_deep_layers():
-    import torch
-
     import bench_gpu_preset
+    import torch
 
     target, draft = bench_gpu_preset.build_pair("tiny", 2, "cpu", torch.float32)
     layers = target.model.language_model.layers
@@ -50,8 +65,9 @@ def test_calibration_scales_only_the_deep_layers():
 
     bench_gpu_preset.scale_deep_layers(target, 2, 0.0, originals)
     inputs = bench_gpu_preset.video_inputs(target, 200, "cpu")
-    out = SpeculativeGenerator(target, draft, tree="chain", num_draft_tokens=4).generate(**inputs, do_sample=False,
-                                                                                         max_new_tokens=17)
+    out = SpeculativeGenerator(target, draft, tree="chain", num_draft_tokens=4).generate(
+        **inputs, do_sample=False, max_new_tokens=17
+    )
     assert out.stats.accepted_tokens == out.stats.drafted_tokens == 13 and out.stats.rounds == 4
 
 
@@ -59,8 +75,21 @@ def test_calibration_scales_only_the_deep_layers():
 def test_testbed_fast_path_comparison_runs(capsys):
     import bench_fast
 
-    bench_fast.main(["--clips", "1", "--repeats", "1", "--max-new-tokens", "6", "--no-compile", "--threads", "1",
-                     "--methods", "target.generate,chain: ours fast,chain: ours eager"])
+    bench_fast.main(
+        [
+            "--clips",
+            "1",
+            "--repeats",
+            "1",
+            "--max-new-tokens",
+            "6",
+            "--no-compile",
+            "--threads",
+            "1",
+            "--methods",
+            "target.generate,chain: ours fast,chain: ours eager",
+        ]
+    )
     out = capsys.readouterr().out
     assert "| chain: ours fast |" in out and "NO" not in out and "efficiency" in out
 
@@ -74,8 +103,11 @@ def test_gpu_check_runs_the_lossless_matrix_on_cpu(tmp_path):
     out = tmp_path / "check.json"
     rows = gpu_check.main(["--device", "cpu", "--quick", "--tokens", "10", "--json", str(out)])
     assert len(rows) == 64 and json.loads(out.read_text())["rows"] == rows
-    assert {r["engine"] for r in rows} == {"fast", "eager"} and {r["drafter"] for r in rows} == {"small", "self",
-                                                                                                   "head"}
+    assert {r["engine"] for r in rows} == {"fast", "eager"} and {r["drafter"] for r in rows} == {
+        "small",
+        "self",
+        "head",
+    }
     assert all(r["result"] == "identical" for r in rows), [r for r in rows if r["result"] != "identical"]
 
 
@@ -84,8 +116,9 @@ def test_gpu_check_runs_the_testbed_pairs_from_the_shipped_frames():
     import gpu_check
 
     rows = gpu_check.run_testbed("cpu", ["float32"], 4)
-    assert [(r["family"], r["clip"]) for r in rows] == [(f, c) for f in ("qwen2_5_vl", "llava_onevision")
-                                                         for c in ("clip_00009", "clip_00019", "clip_00029")]
+    assert [(r["family"], r["clip"]) for r in rows] == [
+        (f, c) for f in ("qwen2_5_vl", "llava_onevision") for c in ("clip_00009", "clip_00019", "clip_00029")
+    ]
     assert all(r["result"] == "identical" for r in rows)
 
 
@@ -93,13 +126,27 @@ def test_gpu_check_runs_the_testbed_pairs_from_the_shipped_frames():
 def test_serve_benchmark_runs(capsys):
     import bench_serve
 
-    results = bench_serve.main(["--clients", "1,2", "--requests", "1", "--rounds", "1", "--max-tokens", "4",
-                                "--configs", "speculative,target-only,speculative-batch1"])
+    results = bench_serve.main(
+        [
+            "--clients",
+            "1,2",
+            "--requests",
+            "1",
+            "--rounds",
+            "1",
+            "--max-tokens",
+            "4",
+            "--configs",
+            "speculative,target-only,speculative-batch1",
+        ]
+    )
     assert results["lossless"] is True
     assert [(row["name"], row["clients"]) for row in results["rows"]] == [
-        (name, clients) for clients in (1, 2) for name in ("speculative", "target-only", "speculative-batch1")]
-    assert all(row["requests"] == row["clients"] and row["consistent"] and row["tokens_per_s"] > 0
-               for row in results["rows"])
+        (name, clients) for clients in (1, 2) for name in ("speculative", "target-only", "speculative-batch1")
+    ]
+    assert all(
+        row["requests"] == row["clients"] and row["consistent"] and row["tokens_per_s"] > 0 for row in results["rows"]
+    )
     assert "| speculative | 2 |" in capsys.readouterr().out
 
 
@@ -107,9 +154,29 @@ def test_serve_benchmark_runs(capsys):
 def test_testbed_findings_run_on_a_small_world(tmp_path):
     import bench_testbed
 
-    body = bench_testbed.main(["--family", "qwen2_5_vl", "--world", str(tmp_path / "world"), "--world-clips", "20",
-                               "--clips", "1", "--keep-ratios", "0.1", "--max-new-tokens", "8", "--cost-tokens", "2",
-                               "--repeats", "1", "--questions-per-clip", "3", "--no-compile"])
+    body = bench_testbed.main(
+        [
+            "--family",
+            "qwen2_5_vl",
+            "--world",
+            str(tmp_path / "world"),
+            "--world-clips",
+            "20",
+            "--clips",
+            "1",
+            "--keep-ratios",
+            "0.1",
+            "--max-new-tokens",
+            "8",
+            "--cost-tokens",
+            "2",
+            "--repeats",
+            "1",
+            "--questions-per-clip",
+            "3",
+            "--no-compile",
+        ]
+    )
     assert "| all |" in body and "| random | 0.01 |" in body and "ratio" in body
     tau_rows = [line for line in body.splitlines() if line.startswith(("| none", "| specvlm", "| random"))]
-    assert tau_rows and all(line.rstrip(" |").endswith("1/1") for line in tau_rows)   # every output lossless
+    assert tau_rows and all(line.rstrip(" |").endswith("1/1") for line in tau_rows)  # every output lossless

@@ -10,11 +10,12 @@ import torch
 from PIL import Image
 from transformers import AutoModelForImageTextToText
 
-from helpers import model as tiny_model
-from helpers import reference
 from specvlm.cli import main
 from specvlm.inputs import add_input_arguments, inputs_from_args
 from specvlm.inputs.testing import index_frames, save_tiny_processor, write_video
+
+from helpers import model as tiny_model
+from helpers import reference
 
 
 @pytest.fixture(scope="module")
@@ -33,9 +34,12 @@ def folders(tmp_path_factory):
     """Checkpoint folders as users have them: weights + tokenizer + processor files."""
     root = tmp_path_factory.mktemp("models")
     out = {}
-    for name, family, kw in (("qwen", "qwen2_5_vl", {}), ("qwen_draft", "qwen2_5_vl", dict(seed=1, hidden=32)),
-                             ("onevision", "llava_onevision", {}),
-                             ("onevision_draft", "llava_onevision", dict(seed=1, hidden=32))):
+    for name, family, kw in (
+        ("qwen", "qwen2_5_vl", {}),
+        ("qwen_draft", "qwen2_5_vl", dict(seed=1, hidden=32)),
+        ("onevision", "llava_onevision", {}),
+        ("onevision_draft", "llava_onevision", dict(seed=1, hidden=32)),
+    ):
         model = tiny_model(family, **kw)
         model.save_pretrained(root / name)
         save_tiny_processor(root / name, family, model)
@@ -62,18 +66,30 @@ CASES = [  # target, draft, inputs, extra options
     ("qwen", "self", "video", ["--pruning", "specvlm", "--visual-keep-ratio", "0.3"]),
     ("qwen", "qwen_draft", "image", ["--tree", "dynamic"]),
     ("onevision", "onevision_draft", "video", ["--pruning", "uniform", "--visual-keep-ratio", "0.5"]),
-    ("onevision", "self", "image", ["--tree", "chain", "--pruning", "none"]),   # the unpruned self-draft, asked for
+    ("onevision", "self", "image", ["--tree", "chain", "--pruning", "none"]),  # the unpruned self-draft, asked for
 ]
 
 
 @pytest.mark.parametrize("target,draft,kind,extra", CASES)
 def test_generate_equals_target_greedy(capsys, folders, media, target, draft, kind, extra):
-    media_args = (["--video", media / "clip.mp4", "--num-frames", "6"] if kind == "video"
-                  else ["--image", media / "picture.png"]) + ["--prompt", "What happens here?"]
+    media_args = (
+        ["--video", media / "clip.mp4", "--num-frames", "6"] if kind == "video" else ["--image", media / "picture.png"]
+    ) + ["--prompt", "What happens here?"]
     media_args = [str(a) for a in media_args]
     draft_arg = draft if draft == "self" else folders[draft]
-    code, out, err = _run(capsys, "generate", "--target", folders[target], "--draft", draft_arg, *media_args,
-                          "--max-new-tokens", 12, "--json", *extra)
+    code, out, err = _run(
+        capsys,
+        "generate",
+        "--target",
+        folders[target],
+        "--draft",
+        draft_arg,
+        *media_args,
+        "--max-new-tokens",
+        12,
+        "--json",
+        *extra,
+    )
     assert code == 0, err
     result = json.loads(out)
     assert result["token_ids"] == _expected(folders[target], media_args, 12)
@@ -82,8 +98,18 @@ def test_generate_equals_target_greedy(capsys, folders, media, target, draft, ki
 
 
 def test_streams_text_and_prints_a_summary(capsys, folders, media):
-    code, out, err = _run(capsys, "generate", "--target", folders["qwen"], "--video", media / "clip.mp4",
-                          "--prompt", "Describe it.", "--max-new-tokens", 8)
+    code, out, err = _run(
+        capsys,
+        "generate",
+        "--target",
+        folders["qwen"],
+        "--video",
+        media / "clip.mp4",
+        "--prompt",
+        "Describe it.",
+        "--max-new-tokens",
+        8,
+    )
     assert code == 0, err
     assert out.endswith("\n") and "Traceback" not in err
     assert "loading target" in err and "decoded 8 of 24 frames" in err
@@ -95,8 +121,15 @@ def _bad_inputs(folders, media, tmp):
     clip, png = media / "clip.mp4", media / "picture.png"
     small = tmp / "small_context"
     small.mkdir()
-    for name in ("config.json", "tokenizer.json", "tokenizer_config.json", "preprocessor_config.json",
-                 "video_preprocessor_config.json", "processor_config.json", "chat_template.jinja"):
+    for name in (
+        "config.json",
+        "tokenizer.json",
+        "tokenizer_config.json",
+        "preprocessor_config.json",
+        "video_preprocessor_config.json",
+        "processor_config.json",
+        "chat_template.jinja",
+    ):
         if (q / name).exists():
             (small / name).write_bytes((q / name).read_bytes())
     config = json.loads((small / "config.json").read_text())
@@ -114,12 +147,18 @@ def _bad_inputs(folders, media, tmp):
         "empty prompt": (["--target", q, "--image", png, "--prompt", "  "], "empty"),
         "no prompt": (["--target", q, "--image", png], "empty"),
         "other family": (["--target", q, "--draft", ov, "--image", png, "--prompt", "Q"], "cannot draft"),
-        "too long": (["--target", small, "--video", clip, "--num-frames", "24", "--prompt", "Q"],
-                     "max_position_embeddings"),
-        "max-new-tokens": (["--target", q, "--image", png, "--prompt", "Q", "--max-new-tokens", "0"],
-                           "--max-new-tokens"),
-        **{f"option {' '.join(option)}": (["--target", q, "--image", png, "--prompt", "Q", *option], flag)
-           for option, flag in BAD_OPTIONS},
+        "too long": (
+            ["--target", small, "--video", clip, "--num-frames", "24", "--prompt", "Q"],
+            "max_position_embeddings",
+        ),
+        "max-new-tokens": (
+            ["--target", q, "--image", png, "--prompt", "Q", "--max-new-tokens", "0"],
+            "--max-new-tokens",
+        ),
+        **{
+            f"option {' '.join(option)}": (["--target", q, "--image", png, "--prompt", "Q", *option], flag)
+            for option, flag in BAD_OPTIONS
+        },
     }
 
 
@@ -139,7 +178,7 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(capsys, folders, media, tmp_pa
     for what, (argv, phrase) in _bad_inputs(folders, media, tmp_path).items():
         code, out, err = _run(capsys, "generate", *argv)
         assert code == 2, what
-        lines = err.strip().splitlines()   # progress lines may come first ("decoding ..."), then one error line
+        lines = err.strip().splitlines()  # progress lines may come first ("decoding ..."), then one error line
         assert lines[-1].startswith("specvlm: error: ") and phrase in lines[-1], (what, err)
         assert "Traceback" not in err and sum("error" in line for line in lines) == 1, (what, err)
         assert out == "", what
@@ -147,8 +186,9 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(capsys, folders, media, tmp_pa
 
 def test_bad_options_fail_before_any_weights_load(capsys, folders, media):
     for option, flag in BAD_OPTIONS:
-        code, _, err = _run(capsys, "generate", "--target", folders["qwen"], "--image", media / "picture.png",
-                            "--prompt", "Q", *option)
+        code, _, err = _run(
+            capsys, "generate", "--target", folders["qwen"], "--image", media / "picture.png", "--prompt", "Q", *option
+        )
         assert code == 2 and flag in err and "loading target" not in err, (option, err)
 
 
@@ -167,18 +207,38 @@ def test_eagle_head_drafts_and_output_stays_the_targets(capsys, folders, media, 
     EagleHead.init_for(target, seed=0).save_pretrained(tmp_path / "head")
     media_args = ["--video", str(media / "clip.mp4"), "--num-frames", "4", "--prompt", "What happens?"]
     expected = _expected(folders["qwen"], media_args, 10)
-    for how in (["--head", tmp_path / "head"], ["--draft", tmp_path / "head"]):   # --draft detects a head folder
-        code, out, err = _run(capsys, "generate", "--target", folders["qwen"], *how, *media_args,
-                              "--max-new-tokens", 10, "--json")
+    for how in (["--head", tmp_path / "head"], ["--draft", tmp_path / "head"]):  # --draft detects a head folder
+        code, out, err = _run(
+            capsys, "generate", "--target", folders["qwen"], *how, *media_args, "--max-new-tokens", 10, "--json"
+        )
         assert code == 0, err
         assert json.loads(out)["token_ids"] == expected
-    code, _, err = _run(capsys, "generate", "--target", folders["qwen"], "--head", tmp_path / "head", "--draft",
-                        folders["qwen_draft"], *media_args)
+    code, _, err = _run(
+        capsys,
+        "generate",
+        "--target",
+        folders["qwen"],
+        "--head",
+        tmp_path / "head",
+        "--draft",
+        folders["qwen_draft"],
+        *media_args,
+    )
     assert code == 2 and "not both" in err
     code, _, err = _run(capsys, "generate", "--target", folders["qwen"], "--head", folders["qwen_draft"], *media_args)
     assert code == 2 and "not an EagleHead folder" in err
-    code, _, err = _run(capsys, "generate", "--target", folders["onevision"], "--head", tmp_path / "head",
-                        "--image", str(media / "picture.png"), "--prompt", "Q")
+    code, _, err = _run(
+        capsys,
+        "generate",
+        "--target",
+        folders["onevision"],
+        "--head",
+        tmp_path / "head",
+        "--image",
+        str(media / "picture.png"),
+        "--prompt",
+        "Q",
+    )
     assert code == 2 and "EagleHead" in err.strip().splitlines()[-1], err
 
 
@@ -195,8 +255,9 @@ def test_draft_none_is_the_target_alone_with_the_same_summary(capsys, folders, m
     stats = result["stats"]
     assert stats["mode"] == "target-only" and stats["rounds"] == 0 and stats["new_tokens"] == 10
     assert stats["visual_tokens"] == result["inputs"]["visual_tokens"] > 0 and stats["pruning"] == "none"
-    code, out, err = _run(capsys, "generate", "--target", folders["qwen"], "--draft", "none", *media_args,
-                          "--max-new-tokens", 6)
+    code, out, err = _run(
+        capsys, "generate", "--target", folders["qwen"], "--draft", "none", *media_args, "--max-new-tokens", 6
+    )
     assert code == 0 and out.endswith("\n") and "no draft: target-only decoding" in err
     assert err.strip().splitlines()[-1].startswith("6 tokens, target-only (no draft), "), err
 
@@ -214,15 +275,28 @@ def test_self_drafts_from_a_specvlm_pruned_view_unless_told_otherwise(capsys, fo
     assert pruned["stats"]["kept_visual_tokens"] == int(visual * 0.1)
     assert unpruned["stats"]["pruning"] == "none"
     assert unpruned["stats"]["visual_tokens"] == unpruned["stats"]["kept_visual_tokens"] == visual
-    head_default = _json(capsys, "--target", folders["qwen"], "--draft", folders["qwen_draft"], *media_args,
-                         "--max-new-tokens", 4)
-    assert head_default["stats"]["pruning"] == "none"   # a draft model keeps the old default
+    head_default = _json(
+        capsys, "--target", folders["qwen"], "--draft", folders["qwen_draft"], *media_args, "--max-new-tokens", 4
+    )
+    assert head_default["stats"]["pruning"] == "none"  # a draft model keeps the old default
 
 
 @pytest.mark.parametrize("draft", ["qwen_draft", "none"])
 def test_seed_makes_sampling_reproducible(capsys, folders, media, draft):
-    args = ["--target", folders["qwen"], "--draft", folders.get(draft, draft), "--image", media / "picture.png",
-            "--prompt", "Q", "--max-new-tokens", 12, "--temperature", "1.5"]
+    args = [
+        "--target",
+        folders["qwen"],
+        "--draft",
+        folders.get(draft, draft),
+        "--image",
+        media / "picture.png",
+        "--prompt",
+        "Q",
+        "--max-new-tokens",
+        12,
+        "--temperature",
+        "1.5",
+    ]
     runs = {seed: [_json(capsys, *args, "--seed", seed)["token_ids"] for _ in range(2)] for seed in (1, 2)}
     assert runs[1][0] == runs[1][1] and runs[2][0] == runs[2][1]
-    assert runs[1][0] != runs[2][0]   # a tiny random model at temperature 1.5: 12 tokens never coincide
+    assert runs[1][0] != runs[2][0]  # a tiny random model at temperature 1.5: 12 tokens never coincide

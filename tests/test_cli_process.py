@@ -58,17 +58,23 @@ def test_bad_options_are_one_line_before_torch_loads(argv, flag):
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and "Traceback" not in out.stderr, out.stderr
     assert out.stdout.strip() == "heavy: []", (argv, out.stdout)
-    assert seconds < 5, seconds   # typically 0.3 s; importing torch and transformers alone takes ~8 s here
+    assert seconds < 5, seconds  # typically 0.3 s; importing torch and transformers alone takes ~8 s here
 
 
 def _interrupt(argv, wait_for: str | None, delay: float) -> subprocess.CompletedProcess:
     """Starts the CLI, waits for `wait_for` on stderr (or `delay` seconds), sends SIGINT, and returns the result."""
     # SIGINT as in a foreground terminal: a suite started in the background (`cmd &` without job control) hands its
     # children SIGINT ignored, and Python then installs no KeyboardInterrupt handler at all
-    proc = subprocess.Popen(SPECVLM + argv, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=_env(),
-                            preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
+    proc = subprocess.Popen(
+        SPECVLM + argv,
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=_env(),
+        preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL),
+    )
     seen = ""
-    if wait_for == "answer":   # the first streamed text: generation has begun
+    if wait_for == "answer":  # the first streamed text: generation has begun
         proc.stdout.read(1)
     elif wait_for is not None:
         for line in proc.stderr:
@@ -82,14 +88,32 @@ def _interrupt(argv, wait_for: str | None, delay: float) -> subprocess.Completed
 
 
 @pytest.mark.slow
-@pytest.mark.parametrize("moment,wait_for,delay", [("importing", None, 0.6), ("loading", "loading target", 0.0),
-                                                   ("generating", "answer", 0.0)])
+@pytest.mark.parametrize(
+    "moment,wait_for,delay",
+    [("importing", None, 0.6), ("loading", "loading target", 0.0), ("generating", "answer", 0.0)],
+)
 def test_ctrl_c_is_one_line_and_exit_130(moment, wait_for, delay):
     target, draft = bundled_pair("qwen2_5_vl")
     clip = sample_clips(kind="caption")[0]["video"]
-    argv = ["generate", "--target", str(target), "--draft", str(draft), "--video", str(clip), "--prompt",
-            "Describe the video in detail.", "--max-new-tokens", "512", "--engine", "eager", "--tree", "chain",
-            "--num-draft-tokens", "1"]
+    argv = [
+        "generate",
+        "--target",
+        str(target),
+        "--draft",
+        str(draft),
+        "--video",
+        str(clip),
+        "--prompt",
+        "Describe the video in detail.",
+        "--max-new-tokens",
+        "512",
+        "--engine",
+        "eager",
+        "--tree",
+        "chain",
+        "--num-draft-tokens",
+        "1",
+    ]
     result = _interrupt(argv, wait_for, delay)
     assert result.returncode == 130, (moment, result.stderr)
     assert "Traceback" not in result.stderr, (moment, result.stderr)

@@ -8,7 +8,6 @@ from types import SimpleNamespace
 import pytest
 import torch
 
-from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.cli import main
 from specvlm.compat import IncompatibleDraft
@@ -20,9 +19,25 @@ from specvlm.loading import load_tokenizer
 from specvlm.testbed import generate_world
 from specvlm.train.data import load_examples
 
+from helpers import model, reference
+
 FAMILY = "qwen2_5_vl"
-COMMON = ["--steps", "4", "--lr", "3e-3", "--num-frames", "4", "--compressor", "select", "--budget-weight", "0.1",
-          "--noise", "0.1", "--no-progress", "--json"]
+COMMON = [
+    "--steps",
+    "4",
+    "--lr",
+    "3e-3",
+    "--num-frames",
+    "4",
+    "--compressor",
+    "select",
+    "--budget-weight",
+    "0.1",
+    "--noise",
+    "0.1",
+    "--no-progress",
+    "--json",
+]
 
 
 pytestmark = pytest.mark.usefixtures("one_thread")
@@ -49,8 +64,18 @@ def straight(setup, tmp_path_factory):
     """One uninterrupted 4-step run (shared by the tests below)."""
     root, _ = setup
     out = tmp_path_factory.mktemp("straight") / "head"
-    code = main(["train-head", "--target", str(root / "target"), "--data", str(root / "world" / "train.jsonl"),
-                 "--out", str(out), *COMMON])
+    code = main(
+        [
+            "train-head",
+            "--target",
+            str(root / "target"),
+            "--data",
+            str(root / "world" / "train.jsonl"),
+            "--out",
+            str(out),
+            *COMMON,
+        ]
+    )
     assert code == 0
     return out
 
@@ -66,10 +91,12 @@ def test_trains_on_the_world_and_writes_a_loadable_head(setup, straight):
     assert is_eagle_head(straight)
     head = load_drafter(str(straight), target)
     assert isinstance(head, EagleHead) and head.compressor.mode == "select"
-    inputs = load_examples(root / "world", root / "target", num_frames=4)[0].inputs   # a world prompt...
+    inputs = load_examples(root / "world", root / "target", num_frames=4)[0].inputs  # a world prompt...
     length = int((~load_examples(root / "world", root / "target", num_frames=4)[0].response).sum())
-    prompt = {k: (v[:, :length] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
-              for k, v in inputs.items()}                                             # ...without its answer
+    prompt = {
+        k: (v[:, :length] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+        for k, v in inputs.items()
+    }  # ...without its answer
     out = SpeculativeGenerator(target, head, tree="dynamic").generate(**prompt, do_sample=False, max_new_tokens=12)
     assert out.token_ids == reference(target, prompt, do_sample=False, max_new_tokens=12)
 
@@ -77,16 +104,17 @@ def test_trains_on_the_world_and_writes_a_loadable_head(setup, straight):
 def test_resume_equals_the_uninterrupted_run(setup, straight, tmp_path, capsys):
     root, _ = setup
     args = ["train-head", "--target", root / "target", "--data", root / "world", "--out", tmp_path / "head"]
-    first = ["--steps", "2", *COMMON[2:]]                           # the same run, stopped after 2 steps
+    first = ["--steps", "2", *COMMON[2:]]  # the same run, stopped after 2 steps
     assert run(capsys, *args, *first, "--save-every", "1")[0] == 0
-    (tmp_path / "head" / "trainer_state.pt").unlink()               # "interrupted": only checkpoints remain
-    code, out, err = run(capsys, *args, *COMMON, "--resume", "--cache-target")   # caching changes nothing
+    (tmp_path / "head" / "trainer_state.pt").unlink()  # "interrupted": only checkpoints remain
+    code, out, err = run(capsys, *args, *COMMON, "--resume", "--cache-target")  # caching changes nothing
     assert code == 0, err
     assert json.loads(out)["steps"] == 4
     a = torch.load(straight / "trainer_state.pt", weights_only=False)
     b = torch.load(tmp_path / "head" / "trainer_state.pt", weights_only=False)
     assert a["losses"] == b["losses"] and a["picks"] == b["picks"]
     from safetensors.torch import load_file
+
     assert same_weights(load_file(straight / "model.safetensors"), load_file(tmp_path / "head" / "model.safetensors"))
 
 
@@ -94,10 +122,12 @@ def test_bad_inputs_are_one_line_errors(setup, straight, tmp_path, capsys):
     root, _ = setup
     target, world = root / "target", root / "world" / "train.jsonl"
     rows = [json.loads(line) for line in world.read_text().splitlines()]
-    bad = {"broken.jsonl": "{not json\n",
-           "nomedia.jsonl": json.dumps(dict(rows[0], video="videos/missing.mp4")) + "\n",
-           "noanswer.jsonl": json.dumps(dict(rows[0], conversation=rows[0]["conversation"][:1])) + "\n",
-           "data.txt": "hello\n"}
+    bad = {
+        "broken.jsonl": "{not json\n",
+        "nomedia.jsonl": json.dumps(dict(rows[0], video="videos/missing.mp4")) + "\n",
+        "noanswer.jsonl": json.dumps(dict(rows[0], conversation=rows[0]["conversation"][:1])) + "\n",
+        "data.txt": "hello\n",
+    }
     for name, text in bad.items():
         (root / "world" / name).write_text(text)
     cases = [  # (extra arguments, expected part of the message)
@@ -123,32 +153,34 @@ def test_bad_inputs_are_one_line_errors(setup, straight, tmp_path, capsys):
     code, _, err = run(capsys, "train-head", "--target", target, "--data", world, "--out", straight, *COMMON)
     assert code == 2 and "already holds" in err and "--resume" in err
     changed = [a if a != "3e-3" else "1e-3" for a in COMMON]
-    code, _, err = run(capsys, "train-head", "--target", target, "--data", world, "--out", straight, *changed,
-                       "--resume")
+    code, _, err = run(
+        capsys, "train-head", "--target", target, "--data", world, "--out", straight, *changed, "--resume"
+    )
     assert code == 2 and "other settings" in err and "lr" in err
     (tmp_path / "mine").mkdir()
     (tmp_path / "mine" / "notes.txt").write_text("keep me")
-    code, _, err = run(capsys, "train-head", "--target", target, "--data", world, "--out", tmp_path / "mine",
-                       "--overwrite")
+    code, _, err = run(
+        capsys, "train-head", "--target", target, "--data", world, "--out", tmp_path / "mine", "--overwrite"
+    )
     assert code == 2 and "refusing" in err and (tmp_path / "mine" / "notes.txt").exists()
 
 
 def test_load_drafter(setup, straight, tmp_path):
     root, target = setup
     assert load_drafter("self", target) == "self"
-    assert load_drafter("none", target) is None                          # no drafter: target-only decoding
+    assert load_drafter("none", target) is None  # no drafter: target-only decoding
     tokenizer = load_tokenizer(str(root / "target"))
-    draft = load_drafter(str(root / "target"), target, tokenizer=tokenizer)   # a model folder: a draft VLM
+    draft = load_drafter(str(root / "target"), target, tokenizer=tokenizer)  # a model folder: a draft VLM
     assert type(draft) is type(target) and not is_eagle_head(root / "target")
     with pytest.raises(SpecVLMError, match="not an EagleHead folder"):
         load_drafter(str(root / "target"), target, kind="head")
     with pytest.raises(SpecVLMError, match="pass it as --head"):
         load_drafter(str(straight), target, kind="model")
-    with pytest.raises(SpecVLMError, match="does not match"):            # trained for another target
+    with pytest.raises(SpecVLMError, match="does not match"):  # trained for another target
         load_drafter(str(straight), model("llava_onevision"))
     with pytest.raises(SpecVLMError, match="does not exist"):
         load_drafter(str(tmp_path / "nothing"), target, kind="head")
-    with pytest.raises(SpecVLMError, match="cannot draft"):              # a draft model of another family
+    with pytest.raises(SpecVLMError, match="cannot draft"):  # a draft model of another family
         other = tmp_path / "onevision"
         model("llava_onevision").save_pretrained(other)
         load_drafter(str(other), target)
@@ -163,15 +195,15 @@ def test_load_drafter_checks_tokenizers_before_loading_weights(setup, monkeypatc
     root, target = setup
     vocab = load_tokenizer(str(root / "target")).get_vocab()
     a, b = sorted(vocab)[:2]
-    swapped = fake_tokenizer({**vocab, a: vocab[b], b: vocab[a]})   # two ids exchanged
+    swapped = fake_tokenizer({**vocab, a: vocab[b], b: vocab[a]})  # two ids exchanged
 
     def no_weights(*args, **kwargs):
         raise AssertionError("the draft's weights were loaded before its tokenizer was checked")
 
     monkeypatch.setattr("specvlm.loading.load_model", no_weights)
-    with pytest.raises(IncompatibleDraft, match="2 with different ids"):      # the draft folder's own tokenizer
+    with pytest.raises(IncompatibleDraft, match="2 with different ids"):  # the draft folder's own tokenizer
         load_drafter(str(root / "target"), target, tokenizer=swapped)
-    with pytest.raises(IncompatibleDraft, match="2 with different ids"):      # one the caller already has
+    with pytest.raises(IncompatibleDraft, match="2 with different ids"):  # one the caller already has
         load_drafter(str(root / "target"), target, tokenizer=fake_tokenizer(vocab), draft_tokenizer=swapped)
 
 
@@ -187,7 +219,7 @@ def test_multi_turn_records_mask_every_answer(setup):
     assert len(starts) == 2
     first, second = row["conversation"][1]["content"], "It stops."
     assert tok.decode(ids[response]) == f"{first}<|im_end|>{second}<|im_end|>"
-    assert tok.decode(ids[int(starts[0]):int(starts[1])]).startswith(first)
+    assert tok.decode(ids[int(starts[0]) : int(starts[1])]).startswith(first)
     assert "<|im_start|>user\nAnd then?<|im_end|>\n<|im_start|>assistant\n" in tok.decode(ids[~response])
 
 
@@ -195,14 +227,20 @@ def test_summary_reports_the_first_and_last_losses_observed(setup, tmp_path, cap
     """With few steps the 10-step means coincide; the summary names the first and last steps' losses instead (what
     the progress bar showed), and the JSON has both."""
     root, _ = setup
-    argv = ["train-head", "--target", root / "target", "--data", root / "world" / "train.jsonl",
-            *[a for a in COMMON if a != "--json"]]
+    argv = [
+        "train-head",
+        "--target",
+        root / "target",
+        "--data",
+        root / "world" / "train.jsonl",
+        *[a for a in COMMON if a != "--json"],
+    ]
     code, out, _ = run(capsys, *argv, "--out", tmp_path / "a", "--json")
     assert code == 0
     summary = json.loads(out)
     state = torch.load(tmp_path / "a" / "trainer_state.pt", weights_only=False)
     assert (summary["loss_first"], summary["loss_last"]) == (state["losses"][0], state["losses"][-1])
     assert summary["loss_first"] != summary["loss_last"]
-    code, out, _ = run(capsys, *argv, "--out", tmp_path / "b")   # the same seeded run, as text
+    code, out, _ = run(capsys, *argv, "--out", tmp_path / "b")  # the same seeded run, as text
     assert code == 0
     assert f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} (first -> last step)" in out, out

@@ -2,9 +2,10 @@
 
 import pytest
 
-from helpers import model
 from specvlm import SpeculativeGenerator
 from specvlm.compat import IncompatibleDraft, check_tokenizers
+
+from helpers import model
 
 
 class Vocab:
@@ -24,7 +25,7 @@ def test_same_tokenizer_and_extra_added_tokens_pass():
     check_tokenizers(Vocab(BASE), Vocab(BASE))
     # a draft checkpoint with a few more added tokens (shared ids agree): the draft's extra ids are cut off
     check_tokenizers(Vocab(BASE), Vocab(BASE | {"<extra_0>": 1002, "<extra_1>": 1003}))
-    check_tokenizers(None, Vocab(BASE))   # nothing to compare: the model checks still apply
+    check_tokenizers(None, Vocab(BASE))  # nothing to compare: the model checks still apply
 
 
 def test_a_shared_token_with_another_id_is_refused():

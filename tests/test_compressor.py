@@ -5,8 +5,19 @@ import math
 import pytest
 import torch
 
-from specvlm.compressor import (Conv, Pool, Prune, Resampler, TextOnly, VisualCompressor, avg_pool,
-                                compress_sequence, make_branch, prune_indices, question_features)
+from specvlm.compressor import (
+    Conv,
+    Pool,
+    Prune,
+    Resampler,
+    TextOnly,
+    VisualCompressor,
+    avg_pool,
+    compress_sequence,
+    make_branch,
+    prune_indices,
+    question_features,
+)
 
 H = 16
 
@@ -20,12 +31,12 @@ def test_prune_and_pool_keep_ceil_n_over_r(n, ratio):
     assert strided.shape == (m, H) and torch.equal(strided, x[::ratio])
     random = Prune(ratio, random=True, seed=3).eval()
     kept = prune_indices(n, ratio, torch.Generator().manual_seed(3), random=True)
-    assert torch.equal(random(x), x[kept]) and torch.equal(random(x), random(x))   # seeded: same draw each call
-    assert kept.tolist() == sorted(set(kept.tolist())) and len(kept) == m          # order kept, no repeats
+    assert torch.equal(random(x), x[kept]) and torch.equal(random(x), random(x))  # seeded: same draw each call
+    assert kept.tolist() == sorted(set(kept.tolist())) and len(kept) == m  # order kept, no repeats
     pooled = Pool(ratio)(x)
     assert pooled.shape == (m, H)
     assert torch.allclose(pooled[0], x[:ratio].mean(0), atol=1e-6)
-    assert torch.allclose(pooled[-1], x[(m - 1) * ratio:].mean(0), atol=1e-6)     # a short last run: its own mean
+    assert torch.allclose(pooled[-1], x[(m - 1) * ratio :].mean(0), atol=1e-6)  # a short last run: its own mean
 
 
 def test_pool_matches_torch_when_divisible():
@@ -42,7 +53,7 @@ def test_conv_is_strided_and_starts_as_pooling(ratio):
     assert out.shape == (math.ceil(17 / ratio), H)
     assert sum(p.numel() for p in conv.parameters()) == ratio * H * H + H
     full = (17 // ratio) * ratio
-    assert torch.allclose(out[: 17 // ratio], avg_pool(x[:full], ratio), atol=1e-5)   # init = average pooling
+    assert torch.allclose(out[: 17 // ratio], avg_pool(x[:full], ratio), atol=1e-5)  # init = average pooling
 
 
 def test_conv_ratio_is_capped():
@@ -59,7 +70,7 @@ def test_resampler_returns_its_queries(queries):
         x = torch.randn(n, H)
         out = r(x)
         assert out.shape == (queries, H)
-        assert torch.allclose(out, x.mean(0).expand(queries, H), atol=1e-5)   # untrained: mean-pooled span
+        assert torch.allclose(out, x.mean(0).expand(queries, H), atol=1e-5)  # untrained: mean-pooled span
     assert r(torch.randn(0, H)).shape == (0, H)
 
 
@@ -79,21 +90,22 @@ def test_compress_sequence_several_spans():
     seq = torch.randn(30, H)
     out, row_of = compress_sequence(seq, [(2, 8), (15, 12)], c, None)
     assert out.shape == (30 - 8 - 12 + 2 + 3, H)
-    assert torch.equal(out[row_of[row_of >= 0]], seq[row_of >= 0])   # text rows survive unchanged, in order
+    assert torch.equal(out[row_of[row_of >= 0]], seq[row_of >= 0])  # text rows survive unchanged, in order
     assert torch.allclose(out[2:4], avg_pool(seq[2:10], 4))
 
 
 def test_branch_specs():
-    assert [make_branch(s, H, heads=2).spec for s in ("prune:20", "prune_random:4", "pool:3", "conv:3",
-                                                       "resampler:2", "text")] == \
-        ["prune:20", "prune_random:4", "pool:3", "conv:3", "resampler:2", "text"]
+    assert [
+        make_branch(s, H, heads=2).spec
+        for s in ("prune:20", "prune_random:4", "pool:3", "conv:3", "resampler:2", "text")
+    ] == ["prune:20", "prune_random:4", "pool:3", "conv:3", "resampler:2", "text"]
     for bad in ("pool", "pool:0", "pool:x", "blur:3", "text:2"):
         with pytest.raises(ValueError):
             make_branch(bad, H)
 
 
 def test_concat_mode_lengths():
-    c = VisualCompressor(H, "concat", heads=2)     # prune 20x, pool 20x, conv 3x, resampler 2 queries
+    c = VisualCompressor(H, "concat", heads=2)  # prune 20x, pool 20x, conv 3x, resampler 2 queries
     assert c.names == ["prune:20", "pool:20", "conv:3", "resampler:2"]
     (out,) = c([torch.randn(60, H)])
     assert out.shape == (3 + 3 + 20 + 2, H)
@@ -121,12 +133,12 @@ def test_select_gate_is_one_hot_and_differentiable_through_gumbel():
     q = torch.randn(H)
     with torch.enable_grad():
         w = c.gate_weights(q)
-        assert sorted(w.tolist()) == [0.0] * 3 + [1.0]                 # hard: one-hot in the forward pass
+        assert sorted(w.tolist()) == [0.0] * 3 + [1.0]  # hard: one-hot in the forward pass
         (out,) = c([torch.randn(40, H)], q)
         out.pow(2).sum().backward()
-    assert c.gate.weight.grad is not None and c.gate.weight.grad.abs().sum() > 0   # straight-through gradient
+    assert c.gate.weight.grad is not None and c.gate.weight.grad.abs().sum() > 0  # straight-through gradient
     draws = {int(c.gate_weights(q).argmax()) for _ in range(200)}
-    assert len(draws) > 1                                              # Gumbel noise explores while training
+    assert len(draws) > 1  # Gumbel noise explores while training
 
 
 def test_select_uses_argmax_at_inference_and_records_picks():
@@ -164,8 +176,8 @@ def test_question_features_pool_the_text_after_the_visual_span():
     hidden = torch.arange(10, dtype=torch.float)[:, None].expand(10, 4)
     visual = torch.zeros(10, dtype=torch.bool)
     visual[2:6] = True
-    assert question_features(hidden, visual, end=9)[0] == 7.0           # rows 6, 7, 8
-    assert question_features(hidden, visual, end=6)[0] == 0.5           # nothing after: all text before end
+    assert question_features(hidden, visual, end=9)[0] == 7.0  # rows 6, 7, 8
+    assert question_features(hidden, visual, end=6)[0] == 0.5  # nothing after: all text before end
     assert question_features(hidden, torch.zeros(10, dtype=torch.bool))[0] == 4.5
 
 
@@ -179,7 +191,7 @@ def test_compressor_config_round_trip():
 
 
 def test_verifier_branch_keeps_the_most_attended_rows_and_needs_scores():
-    x = torch.arange(20.)[:, None].expand(20, H)
+    x = torch.arange(20.0)[:, None].expand(20, H)
     scores = torch.full((20,), 0.01)
     scores[7], scores[13] = 10.0, 5.0
     branch = make_branch("verifier:5", H)
@@ -190,7 +202,7 @@ def test_verifier_branch_keeps_the_most_attended_rows_and_needs_scores():
     calls = []
     c = VisualCompressor(H, "select", branches=["pool:5", "verifier:5"]).eval()
     with torch.no_grad():
-        c.gate.bias.copy_(torch.tensor([10.0, -10.0]))               # the gate picks pool: scores never computed
+        c.gate.bias.copy_(torch.tensor([10.0, -10.0]))  # the gate picks pool: scores never computed
         c([x], torch.zeros(H), lambda: calls.append(1) or [scores])
         assert calls == [] and c.picks == {"pool:5": 1}
         c.gate.bias.copy_(torch.tensor([-10.0, 10.0]))

@@ -12,9 +12,14 @@ def test_demo_runs_on_the_bundled_pair_and_matches_the_target(capsys):
     assert "τ (draft tokens accepted per round)" in out and "speedup" in out
 
 
-@pytest.mark.parametrize("argv,phrase", [(["--max-new-tokens", "0"], "--max-new-tokens"),
-                                         (["--visual-keep-ratio", "1.5"], "--visual-keep-ratio"),
-                                         (["--repeats", "0"], "--repeats")])
+@pytest.mark.parametrize(
+    "argv,phrase",
+    [
+        (["--max-new-tokens", "0"], "--max-new-tokens"),
+        (["--visual-keep-ratio", "1.5"], "--visual-keep-ratio"),
+        (["--repeats", "0"], "--repeats"),
+    ],
+)
 def test_demo_bad_options(capsys, argv, phrase):
     assert main(["demo", *argv]) == 2
     err = capsys.readouterr().err
@@ -34,7 +39,8 @@ def test_interleaved_times_rotates_the_order_and_warms_up():
     from specvlm.demo import interleaved_times
 
     calls = []
-    results, times = interleaved_times({"a": lambda: calls.append("a") or 1, "b": lambda: calls.append("b") or 2},
-                                       repeats=3)
+    results, times = interleaved_times(
+        {"a": lambda: calls.append("a") or 1, "b": lambda: calls.append("b") or 2}, repeats=3
+    )
     assert calls == ["a", "b", "a", "b", "b", "a", "a", "b"] and results == {"a": 1, "b": 2}
     assert [len(t) for t in times.values()] == [3, 3]

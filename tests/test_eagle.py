@@ -8,8 +8,6 @@ import json
 import pytest
 import torch
 
-from helpers import (VOCAB, chi2_pvalues, model, peaky, reference, speculative_samples, trained, training_data,
-                     training_prompts)
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.drafters import DraftContext, DraftSetup
@@ -20,6 +18,18 @@ from specvlm.tiny import make_inputs
 from specvlm.train import greedy_examples, train_head
 from specvlm.train.data import append_tokens
 from specvlm.tree import TreeSpec
+
+from helpers import (
+    VOCAB,
+    chi2_pvalues,
+    model,
+    peaky,
+    reference,
+    speculative_samples,
+    trained,
+    training_data,
+    training_prompts,
+)
 
 FAMILIES = ("llava_onevision", "qwen2_5_vl")
 
@@ -44,13 +54,14 @@ def begin(head, target, inputs, tree=TreeSpec(kind="dynamic"), sampling=Sampling
 @pytest.mark.parametrize("family", FAMILIES)
 def test_untrained_head_is_lossless(family, kind, tree):
     target = model(family)
-    gen = SpeculativeGenerator(target, EagleHead.init_for(target, seed=0), tree=tree, tree_top_k=10,
-                               tree_total_tokens=60, tree_depth=6)
+    gen = SpeculativeGenerator(
+        target, EagleHead.init_for(target, seed=0), tree=tree, tree_top_k=10, tree_total_tokens=60, tree_depth=6
+    )
     for seed, prompt_len in ((0, 3), (1, 11)):
         inputs = make_inputs(family, kind, prompt_len=prompt_len, seed=seed)
         out = gen.generate(**inputs, do_sample=False, max_new_tokens=20)
         assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=20)
-        assert out.stats.draft_prompt_tokens == inputs["input_ids"].shape[1] - 1   # pairs (e_{i+1}, f_i)
+        assert out.stats.draft_prompt_tokens == inputs["input_ids"].shape[1] - 1  # pairs (e_{i+1}, f_i)
 
 
 @pytest.mark.parametrize("tree", ["dynamic", "chain"])
@@ -58,8 +69,9 @@ def test_untrained_head_is_lossless(family, kind, tree):
 @pytest.mark.parametrize("family", FAMILIES)
 def test_trained_head_is_lossless(family, kind, tree):
     target, head = peaky(family), trained(family).head
-    gen = SpeculativeGenerator(target, head, tree=tree, num_draft_tokens=5,
-                               tree_depth=8)   # the paper's "depth 7" (EAGLE counts one less; see DESIGN.md)
+    gen = SpeculativeGenerator(
+        target, head, tree=tree, num_draft_tokens=5, tree_depth=8
+    )  # the paper's "depth 7" (EAGLE counts one less; see DESIGN.md)
     seen = [p for p in training_prompts(family) if ("pixel_values" in p) == (kind == "image")][:1]
     for inputs in seen + [make_inputs(family, kind, prompt_len=6, seed=99)]:
         out = gen.generate(**inputs, do_sample=False, max_new_tokens=24)
@@ -70,8 +82,9 @@ def test_trained_head_is_lossless(family, kind, tree):
 def test_trained_head_accepts_multi_token_blocks():
     """Not a speed claim: proof that the lossless tests above exercised long accepted paths and catch-up."""
     target, head = peaky("qwen2_5_vl"), trained("qwen2_5_vl").head
-    out = SpeculativeGenerator(target, head, tree="dynamic").generate(**training_prompts("qwen2_5_vl")[0],
-                                                                       do_sample=False, max_new_tokens=24)
+    out = SpeculativeGenerator(target, head, tree="dynamic").generate(
+        **training_prompts("qwen2_5_vl")[0], do_sample=False, max_new_tokens=24
+    )
     assert max(i for i, n in enumerate(out.stats.accept_histogram) if n) >= 3
 
 
@@ -81,10 +94,9 @@ def test_compressed_heads_are_lossless(mode):
         target = model(family)
         head = EagleHead.init_for(target, compressor=dict(mode=mode, heads=4), seed=1)
         inputs = make_inputs(family, kind)
-        out = SpeculativeGenerator(target, head, tree="dynamic").generate(**inputs, do_sample=False,
-                                                                          max_new_tokens=16)
+        out = SpeculativeGenerator(target, head, tree="dynamic").generate(**inputs, do_sample=False, max_new_tokens=16)
         assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=16)
-        assert out.stats.draft_prompt_tokens < out.stats.target_prompt_tokens - 1   # the head's span is shorter
+        assert out.stats.draft_prompt_tokens < out.stats.target_prompt_tokens - 1  # the head's span is shorter
         if mode == "select":
             assert sum(head.compressor.picks.values()) == 1
 
@@ -95,8 +107,9 @@ def test_repetition_penalty_with_head():
     inputs = training_prompts("llava_onevision")[1]
     expected = reference(target, inputs, do_sample=False, max_new_tokens=20, repetition_penalty=1.3)
     for tree in ("dynamic", "chain"):
-        out = SpeculativeGenerator(target, head, tree=tree).generate(**inputs, do_sample=False, max_new_tokens=20,
-                                                                     repetition_penalty=1.3)
+        out = SpeculativeGenerator(target, head, tree=tree).generate(
+            **inputs, do_sample=False, max_new_tokens=20, repetition_penalty=1.3
+        )
         assert out.token_ids == expected
 
 
@@ -112,17 +125,18 @@ def test_incremental_decoding_matches_full_sequence(family):
 
     def spy(x, positions, cache=None, mask=None):
         out = run_layer(x, positions, cache, mask)
-        if mask is None:          # the causal feeds; tree expansions pass their own mask
+        if mask is None:  # the causal feeds; tree expansions pass their own mask
             fed.append((positions, out))
         return out
 
     head.run_layer = spy
-    try:   # the eager engine: its causal feeds come without a mask (the fast engine's steps always carry one)
-        out = SpeculativeGenerator(target, head, tree="dynamic", engine="eager").generate(**inputs, do_sample=False,
-                                                                                          max_new_tokens=20)
+    try:  # the eager engine: its causal feeds come without a mask (the fast engine's steps always carry one)
+        out = SpeculativeGenerator(target, head, tree="dynamic", engine="eager").generate(
+            **inputs, do_sample=False, max_new_tokens=20
+        )
     finally:
         del head.run_layer
-    positions = torch.cat([p.reshape(-1) for p, _ in fed])              # each feed: one row of the batch
+    positions = torch.cat([p.reshape(-1) for p, _ in fed])  # each feed: one row of the batch
     incremental = torch.cat([o.reshape(-1, o.shape[-1]) for _, o in fed])
     assert positions.tolist() == list(range(len(positions)))
     adapter = adapter_for(target)
@@ -139,19 +153,20 @@ class RecordingTree:
     def __init__(self, spec):
         self.spec, self.rows = spec, []
 
-    def __getattr__(self, name):   # kind, max_fed, max_depth, ...: the spec's
+    def __getattr__(self, name):  # kind, max_fed, max_depth, ...: the spec's
         return getattr(self.spec, name)
 
     def build(self, first, expand, choose, max_depth):
-        paths = []   # by slot: the tokens from the root's child down to the node fed there
+        paths = []  # by slot: the tokens from the root's child down to the node fed there
 
-        def spy(tokens, parent_slots, depth):   # (B, w): one row here
+        def spy(tokens, parent_slots, depth):  # (B, w): one row here
             out = expand(tokens, parent_slots, depth)
             for token, parent, row in zip(tokens[0].tolist(), parent_slots[0].tolist(), out[0]):
                 paths.append((paths[parent] if parent >= 0 else []) + [token])
                 assert len(paths[-1]) == depth
                 self.rows.append((paths[-1], row))
             return out
+
         return self.spec.build(first, spy, choose, max_depth)
 
 
@@ -178,13 +193,15 @@ def test_tree_nodes_see_exactly_their_ancestors(family):
 
 
 # ---- sampling --------------------------------------------------------------------------------------------------------
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small_vocab_pair(family):
     target = model(family, vocab=VOCAB, init=0.5, hidden=32, layers=1)
-    prompts = [make_inputs(family, ("image", "video")[i % 2], prompt_len=3 + i % 5, seed=i, vocab=VOCAB)
-               for i in range(8)]
-    head = train_head(target, greedy_examples(target, prompts, max_new_tokens=16), steps=100, lr=3e-3, seed=0,
-                      progress=False).head
+    prompts = [
+        make_inputs(family, ("image", "video")[i % 2], prompt_len=3 + i % 5, seed=i, vocab=VOCAB) for i in range(8)
+    ]
+    head = train_head(
+        target, greedy_examples(target, prompts, max_new_tokens=16), steps=100, lr=3e-3, seed=0, progress=False
+    ).head
     return target, head
 
 
@@ -203,15 +220,19 @@ def small_vocab_case(family, kind, head):
 # shaped the samples that χ² judges. No untrained head on images: on LLaVA-OV images the wrong rule below got
 # p ~ 1e-3 at 800 runs, too little power (Qwen images would do, at ~4 s more).
 @pytest.mark.slow
-@pytest.mark.parametrize("family,kind,tree,temperature,top_p,head,runs,min_accepted,min_rejected", [
-    ("qwen2_5_vl", "image", "dynamic", 0.7, 0.9, "trained", 1000, 800, 150),
-    ("llava_onevision", "image", "chain", 1.0, 1.0, "trained", 1000, 400, 300),
-    ("llava_onevision", "video", "dynamic", 0.7, 0.9, "trained", 800, 100, 600),
-    ("qwen2_5_vl", "video", "dynamic", 1.0, 1.0, "untrained", 800, 100, 500),
-    ("llava_onevision", "video", "dynamic", 1.0, 1.0, "untrained", 800, 80, 600),
-])
-def test_sampling_with_head_follows_target_distribution(family, kind, tree, temperature, top_p, head, runs,
-                                                         min_accepted, min_rejected):
+@pytest.mark.parametrize(
+    "family,kind,tree,temperature,top_p,head,runs,min_accepted,min_rejected",
+    [
+        ("qwen2_5_vl", "image", "dynamic", 0.7, 0.9, "trained", 1000, 800, 150),
+        ("llava_onevision", "image", "chain", 1.0, 1.0, "trained", 1000, 400, 300),
+        ("llava_onevision", "video", "dynamic", 0.7, 0.9, "trained", 800, 100, 600),
+        ("qwen2_5_vl", "video", "dynamic", 1.0, 1.0, "untrained", 800, 100, 500),
+        ("llava_onevision", "video", "dynamic", 1.0, 1.0, "untrained", 800, 80, 600),
+    ],
+)
+def test_sampling_with_head_follows_target_distribution(
+    family, kind, tree, temperature, top_p, head, runs, min_accepted, min_rejected
+):
     target, drafter, inputs = small_vocab_case(family, kind, head)
     samples, totals = speculative_samples(target, drafter, inputs, tree, temperature, top_p, runs)
     assert totals["accepted"] >= min_accepted and totals["all_rejected"] >= min_rejected, totals
@@ -228,8 +249,9 @@ def accept_with_correction_from_p(p, tree, random=None):
         child = next((c for c in kids[row] if float(torch.rand(())) < float(p[0, row, tokens[c]])), None)
         if child is None:
             n = len(tree)
-            return Verdict(torch.tensor([len(path)]), torch.multinomial(p[0, row], 1),
-                           torch.tensor([path + [n] * (n - len(path))]))
+            return Verdict(
+                torch.tensor([len(path)]), torch.multinomial(p[0, row], 1), torch.tensor([path + [n] * (n - len(path))])
+            )
         path.append(child)
         row = child + 1
 
@@ -268,9 +290,10 @@ def test_save_load_gives_the_same_proposals(tmp_path, compressor):
         assert proposals(loaded, target, inputs) == proposals(head, target, inputs)
 
     from safetensors import safe_open
+
     with safe_open(str(tmp_path / "model.safetensors"), "pt") as f:
         keys = list(f.keys())
-    assert all(k.split(".")[0] in ("fc", "layer", "compressor") for k in keys)   # no shared embeddings / LM head
+    assert all(k.split(".")[0] in ("fc", "layer", "compressor") for k in keys)  # no shared embeddings / LM head
     config = json.loads((tmp_path / "config.json").read_text())
     assert config["target"]["architecture"] == "Qwen2_5_VLForConditionalGeneration"
     assert config["target"]["hidden_size"] == 64 and config["head_layer"] == "Qwen2_5_VLDecoderLayer"
@@ -331,9 +354,9 @@ def test_visual_keep_selects_the_pairs_of_kept_tokens():
 
     head = EagleHead.init_for(model("llava_onevision"))
     e, f = torch.randn(12, 64), torch.randn(12, 64)
-    spans = [VisualSpan("image", 0, 3), VisualSpan("image", 6, 4)]    # visual tokens 0 1 2 | 6 7 8 9
-    x, row_of = head.prompt_pairs(e, f, spans, 12, visual_keep=torch.tensor([1, 4]))   # keep tokens 1 and 7
-    assert (row_of < 0).nonzero().flatten().tolist() == [1, 5, 7, 8]    # pairs of tokens 2, 6, 8, 9
+    spans = [VisualSpan("image", 0, 3), VisualSpan("image", 6, 4)]  # visual tokens 0 1 2 | 6 7 8 9
+    x, row_of = head.prompt_pairs(e, f, spans, 12, visual_keep=torch.tensor([1, 4]))  # keep tokens 1 and 7
+    assert (row_of < 0).nonzero().flatten().tolist() == [1, 5, 7, 8]  # pairs of tokens 2, 6, 8, 9
     assert torch.equal(x, head.pairs(e[1:], f[:-1])[row_of >= 0])
 
 
@@ -349,11 +372,13 @@ def test_verifier_branch_uses_the_targets_attention(family, kind):
     head = EagleHead.init_for(target, compressor=dict(mode="concat", branches=["verifier:4"]), seed=0)
     example = training_data(family)[1]
     start = int(example.response.nonzero()[0])
-    inputs = {k: (v[:, :start] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
-              for k, v in example.inputs.items()}
+    inputs = {
+        k: (v[:, :start] if k in ("input_ids", "attention_mask", "mm_token_type_ids") else v)
+        for k, v in example.inputs.items()
+    }
     out = SpeculativeGenerator(target, head, tree="dynamic").generate(**inputs, do_sample=False, max_new_tokens=12)
     assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=12)
-    assert head.scoring_s == 0.0    # the scores came from the generator's own prefill: no second target prefill
+    assert head.scoring_s == 0.0  # the scores came from the generator's own prefill: no second target prefill
     adapter = adapter_for(target)
     prompt = adapter.prepare(inputs)
     visual = prompt.visual_mask.nonzero().flatten()
@@ -367,7 +392,7 @@ def test_verifier_branch_uses_the_targets_attention(family, kind):
     hidden = ModelSession(adapter).prefill(0, prompt)[1]
     x, _ = head.prompt_pairs(prompt.embeds[0], hidden, prompt.spans, len(prompt), scores=capture.scores)
     assert len(prompt.spans) == 1 and visual[0] >= 1
-    keep = select_specvlm(capture.scores, kept)                     # among the span's tokens (= its pairs)
+    keep = select_specvlm(capture.scores, kept)  # among the span's tokens (= its pairs)
     pairs = head.pairs(prompt.embeds[0, 1:], hidden[:-1])
     first = int(visual[0]) - 1
-    assert torch.equal(x[first: first + kept], pairs[first + keep])
+    assert torch.equal(x[first : first + kept], pairs[first + keep])

@@ -4,25 +4,26 @@ self-draft session, compiled steps (CPU inductor here; CUDA graphs on a GPU) and
 import pytest
 import torch
 
-from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.session import BUCKETS, ModelSession, StaticSession, bucket
 from specvlm.tiny import make_inputs
 from specvlm.tree import ancestor_matrix, node_depths
 
+from helpers import model, reference
+
 
 def test_buckets_pad_by_at_most_a_third():
     assert [bucket(n) for n in (1, 2, 3, 5, 7, 25, 26, 60, 65, 300)] == [1, 2, 3, 6, 8, 32, 32, 64, 96, 384]
-    assert all(bucket(n) >= n and 3 * (bucket(n) - n) <= bucket(n) for n in range(1, 400))   # ≤ 1/3 padding
+    assert all(bucket(n) >= n and 3 * (bucket(n) - n) <= bucket(n) for n in range(1, 400))  # ≤ 1/3 padding
     assert list(BUCKETS) == sorted(BUCKETS)
 
 
-FEEDS = ([3, 4, 7], [8, 0, 0])                       # a ragged causal feed: 3 and 1 real tokens
+FEEDS = ([3, 4, 7], [8, 0, 0])  # a ragged causal feed: 3 and 1 real tokens
 COUNTS = (3, 1)
 TOKENS = ([5, 11, 12, 13, 14, 15], [9, 21, 22, 23, 24, 25])
-PARENTS = ([-1, -1, 0, 2, 1], [-1, 0, 1, 0, 3])     # row 0: 11-13-14 and 12-15; row 1: 21-22 and 21-24-25
-KEPT = ([2, 5], [4])                                # row 0 keeps root, 12, 15; row 1 root, 23
+PARENTS = ([-1, -1, 0, 2, 1], [-1, 0, 1, 0, 3])  # row 0: 11-13-14 and 12-15; row 1: 21-22 and 21-24-25
+KEPT = ([2, 5], [4])  # row 0 keeps root, 12, 15; row 1 root, 23
 
 
 def _steps(session, prompts, which=(0, 1)):
@@ -31,21 +32,25 @@ def _steps(session, prompts, which=(0, 1)):
     per row, and one more token. Returns each row's real outputs."""
     for row, prompt in enumerate(prompts):
         session.prefill(row, prompt, reserve=64)
-    pick = lambda table: torch.tensor([table[w] for w in which])  # noqa: E731
+    pick = lambda table: torch.tensor([table[w] for w in which])
     counts = [COUNTS[w] for w in which]
-    fed, _ = session.extend(pick(FEEDS), torch.tensor(session.next_positions)[:, None] + torch.arange(3),
-                            counts=counts)
+    fed, _ = session.extend(pick(FEEDS), torch.tensor(session.next_positions)[:, None] + torch.arange(3), counts=counts)
     prefix = list(session.lengths)
     parents = pick(PARENTS)
     depths = torch.cat([torch.zeros(len(which), 1, dtype=torch.long), node_depths(parents)], 1)
-    tree, _ = session.extend(pick(TOKENS), torch.tensor(session.next_positions)[:, None] + depths,
-                             visible=ancestor_matrix(parents), prefix=prefix)
+    tree, _ = session.extend(
+        pick(TOKENS),
+        torch.tensor(session.next_positions)[:, None] + depths,
+        visible=ancestor_matrix(parents),
+        prefix=prefix,
+    )
     kept = [KEPT[w] for w in which]
     session.keep([p + 1 for p in prefix], [[p + k for k in row] for p, row in zip(prefix, kept)])
-    after, _ = session.extend(torch.tensor([[16 + 10 * w] for w in which]),
-                              torch.tensor(session.next_positions)[:, None])
+    after, _ = session.extend(
+        torch.tensor([[16 + 10 * w] for w in which]), torch.tensor(session.next_positions)[:, None]
+    )
     assert session.lengths == [p + 2 + len(row) for p, row in zip(prefix, kept)]
-    return [(fed[b, :counts[b]], tree[b], after[b]) for b in range(len(which))]
+    return [(fed[b, : counts[b]], tree[b], after[b]) for b in range(len(which))]
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
@@ -68,11 +73,13 @@ def test_batched_static_steps_equal_eager_rows_and_single_rows(family):
 def test_slot_cache_grows_without_losing_rows():
     adapter = adapter_for(model("qwen2_5_vl"))
     session = StaticSession(adapter)
-    short, long = adapter.prepare(make_inputs("qwen2_5_vl", "image")), \
-        adapter.prepare(make_inputs("qwen2_5_vl", "video", frames=16))
+    short, long = (
+        adapter.prepare(make_inputs("qwen2_5_vl", "image")),
+        adapter.prepare(make_inputs("qwen2_5_vl", "video", frames=16)),
+    )
     session.prefill(0, short, reserve=8)
     keys = session.cache.layers[0].keys[0, :, : len(short)].clone()
-    session.prefill(1, long, reserve=300)                   # a second, longer row: more rows and more slots
+    session.prefill(1, long, reserve=300)  # a second, longer row: more rows and more slots
     assert session.cache.rows >= 2 and session.cache.capacity >= len(long) + 300
     assert torch.equal(session.cache.layers[0].keys[0, :, : len(short)], keys)
     session.move_row(1, 0)
@@ -85,13 +92,14 @@ def test_static_cache_is_reused_and_grows():
     gen = SpeculativeGenerator(target, "self", tree="chain", num_draft_tokens=3)
     short, long = make_inputs("qwen2_5_vl", "image"), make_inputs("qwen2_5_vl", "video", frames=8)
     gen.generate(**short, do_sample=False, max_new_tokens=8)
-    (session,) = gen._sessions                       # "self" without pruning drafts in the target's session
+    (session,) = gen._sessions  # "self" without pruning drafts in the target's session
     buffers, capacity = session.cache.layers[0].keys, session.cache.capacity
     gen.generate(**short, do_sample=False, max_new_tokens=8)
-    assert session.cache.layers[0].keys is buffers   # same slots, same addresses (what CUDA graphs need)
+    assert session.cache.layers[0].keys is buffers  # same slots, same addresses (what CUDA graphs need)
     out = gen.generate(**long, do_sample=False, max_new_tokens=200, eos_token_id=-1)
-    assert session.cache.capacity > capacity and out.token_ids == reference(target, long, do_sample=False,
-                                                                           max_new_tokens=200, eos_token_id=-1)
+    assert session.cache.capacity > capacity and out.token_ids == reference(
+        target, long, do_sample=False, max_new_tokens=200, eos_token_id=-1
+    )
 
 
 def test_self_drafting_shares_the_target_session_and_prefills_once():
@@ -104,6 +112,7 @@ def test_self_drafting_shares_the_target_session_and_prefills_once():
     def counted(self, row, prompt, reserve=0):
         prefills.append(len(prompt))
         return original(self, row, prompt, reserve)
+
     StaticSession.prefill = counted
     try:
         out = gen.generate(**inputs, do_sample=False, max_new_tokens=12)
@@ -120,7 +129,7 @@ def test_self_drafting_shares_the_target_session_and_prefills_once():
 
 def test_engine_and_compile_options():
     target = model("qwen2_5_vl")
-    assert SpeculativeGenerator(target, "self").compile is False           # "auto": CUDA only
+    assert SpeculativeGenerator(target, "self").compile is False  # "auto": CUDA only
     assert SpeculativeGenerator(target, "self", engine="eager", compile=True).compile is False
     with pytest.raises(ValueError, match="engine"):
         SpeculativeGenerator(target, "self", engine="turbo")
@@ -150,13 +159,15 @@ def test_rows_grow_their_slots_during_generation(monkeypatch):
     from specvlm.tiny import make_batch, special_ids
 
     monkeypatch.setattr(specvlm.batch, "RESERVE_AHEAD", 4)
-    family = "llava_onevision"   # (5.3's Qwen2.5-VL generate differs on some prompts: DESIGN, transformers range)
+    family = "llava_onevision"  # (5.3's Qwen2.5-VL generate differs on some prompts: DESIGN, transformers range)
     target = model(family)
     rows = [make_inputs(family, "image"), make_inputs(family, "video", prompt_len=9, seed=2)]
     gen = SpeculativeGenerator(target, model(family, seed=1, hidden=32, layers=1), tree="static")
-    out = gen.generate(**make_batch(rows, family, special_ids(1024)["pad"]), do_sample=False,
-                       max_new_tokens=150, eos_token_id=-1)
-    assert out.token_ids == [reference(target, row, do_sample=False, max_new_tokens=150, eos_token_id=-1)
-                             for row in rows]
+    out = gen.generate(
+        **make_batch(rows, family, special_ids(1024)["pad"]), do_sample=False, max_new_tokens=150, eos_token_id=-1
+    )
+    assert out.token_ids == [
+        reference(target, row, do_sample=False, max_new_tokens=150, eos_token_id=-1) for row in rows
+    ]
     longest = max(row["input_ids"].shape[1] for row in rows)
     assert all(s.cache.capacity >= longest + 150 for s in gen._sessions)

@@ -6,11 +6,12 @@ import pytest
 import torch
 from transformers import GenerationConfig, TextIteratorStreamer
 
-from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.errors import SpecVLMError
 from specvlm.request import left_padding
 from specvlm.tiny import FAMILIES, make_inputs, special_ids
+
+from helpers import model, reference
 
 
 def left_padded(inputs: dict, pads: int, pad_id: int) -> dict:
@@ -53,13 +54,29 @@ def test_hf_generate_keywords():
     n = inputs["input_ids"].shape[1]
     gen = SpeculativeGenerator(target, "self", tree="chain")
     expected = reference(target, inputs, do_sample=False, max_new_tokens=9)
-    harmless = dict(use_cache=True, num_beams=1, num_return_sequences=1, pad_token_id=5, output_attentions=False,
-                    synced_gpus=False, logits_processor=None, stopping_criteria=[], cache_implementation="static")
+    harmless = dict(
+        use_cache=True,
+        num_beams=1,
+        num_return_sequences=1,
+        pad_token_id=5,
+        output_attentions=False,
+        synced_gpus=False,
+        logits_processor=None,
+        stopping_criteria=[],
+        cache_implementation="static",
+    )
     assert gen.generate(**inputs, do_sample=False, max_new_tokens=9, **harmless).token_ids == expected
     assert gen.generate(**inputs, do_sample=False, max_length=n + 9).token_ids == expected
-    for bad in (dict(num_beams=2), dict(output_attentions=True), dict(num_return_sequences=3),
-                dict(min_new_tokens=4), dict(stop_strings=["x"]), dict(assistant_model=target), dict(banana=1),
-                dict(logits_processor=[lambda ids, scores: scores])):
+    for bad in (
+        dict(num_beams=2),
+        dict(output_attentions=True),
+        dict(num_return_sequences=3),
+        dict(min_new_tokens=4),
+        dict(stop_strings=["x"]),
+        dict(assistant_model=target),
+        dict(banana=1),
+        dict(logits_processor=[lambda ids, scores: scores]),
+    ):
         with pytest.raises(SpecVLMError, match=next(iter(bad))):
             gen.generate(**inputs, do_sample=False, max_new_tokens=4, **bad)
 
@@ -68,8 +85,15 @@ def test_hf_generate_keywords():
 def test_dict_output_sequences_scores_and_logits(do_sample):
     target = model("llava_onevision")
     inputs = make_inputs("llava_onevision", "video")
-    options = dict(do_sample=do_sample, max_new_tokens=10, return_dict_in_generate=True, output_scores=True,
-                   output_logits=True, repetition_penalty=1.2, eos_token_id=-1)
+    options = dict(
+        do_sample=do_sample,
+        max_new_tokens=10,
+        return_dict_in_generate=True,
+        output_scores=True,
+        output_logits=True,
+        repetition_penalty=1.2,
+        eos_token_id=-1,
+    )
     if do_sample:
         options.update(temperature=0.8, top_k=20)
     torch.manual_seed(0)
@@ -79,16 +103,18 @@ def test_dict_output_sequences_scores_and_logits(do_sample):
     assert out.sequences.shape == (1, inputs["input_ids"].shape[1] + 10)
     assert torch.equal(out.sequences[:, : inputs["input_ids"].shape[1]], inputs["input_ids"])
     assert len(out.scores) == len(out.logits) == 10 and out.scores[0].shape == hf.scores[0].shape
-    if not do_sample:   # same tokens, so the same rows up to the rounding of multi-token verification
+    if not do_sample:  # same tokens, so the same rows up to the rounding of multi-token verification
         assert torch.equal(out.sequences, hf.sequences)
         for ours, theirs in zip(out.scores + out.logits, hf.scores + hf.logits):
             assert torch.allclose(ours, theirs, atol=1e-4)
-    else:               # our own tokens: each score row is the warped, penalised row that sampled it
+    else:  # our own tokens: each score row is the warped, penalised row that sampled it
         for i, row in enumerate(out.scores):
             assert torch.isfinite(row[0, out.token_ids[i]])
             assert int((row > float("-inf")).sum()) <= 20
     plain = gen.generate(**inputs, do_sample=False, max_new_tokens=4)
-    assert plain.scores is None and plain.logits is None and plain.sequences.shape[1] == inputs["input_ids"].shape[1] + 4
+    assert (
+        plain.scores is None and plain.logits is None and plain.sequences.shape[1] == inputs["input_ids"].shape[1] + 4
+    )
 
 
 def test_hf_streamers_receive_the_prompt_then_the_answer():

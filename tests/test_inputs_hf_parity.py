@@ -13,7 +13,8 @@ from specvlm.inputs.testing import index_frames, save_tiny_processor, write_vide
 pytestmark = pytest.mark.skipif(
     not torchvision_usable(),
     reason="torchvision is not importable here (its PyPI wheels are CUDA builds that fail to load beside a CPU "
-           "torch), so HF's video processors cannot be constructed to compare against")
+    "torch), so HF's video processors cannot be constructed to compare against",
+)
 
 
 @pytest.fixture(scope="module")
@@ -31,10 +32,12 @@ def test_video_inputs_equal_hf(tmp_path, media, family, num_frames):
     folder = save_tiny_processor(tmp_path / family, family)
     hf, ours = load_processor(folder, use_torchvision=True), load_processor(folder, use_torchvision=False)
     assert type(hf).__name__ + "WithoutTorchvision" == type(ours).__name__
-    hf_video = load_video(media / "clip.mp4", sample_indices_fn=lambda md: hf.video_processor.sample_frames(
-        md, num_frames=num_frames))
-    our_video = load_video(media / "clip.mp4", sample_indices_fn=lambda md: ours.video_processor.sample_frames(
-        md, num_frames=num_frames))
+    hf_video = load_video(
+        media / "clip.mp4", sample_indices_fn=lambda md: hf.video_processor.sample_frames(md, num_frames=num_frames)
+    )
+    our_video = load_video(
+        media / "clip.mp4", sample_indices_fn=lambda md: ours.video_processor.sample_frames(md, num_frames=num_frames)
+    )
     assert hf_video.indices == our_video.indices
     a = build_inputs(hf, "What happens?", video=hf_video)
     b = build_inputs(ours, "What happens?", video=our_video)
@@ -55,11 +58,13 @@ def test_fps_sampling_equals_hf(tmp_path, family):
     for total, fps in [(30, 10.0), (300, 30.0), (97, 24.0)]:
         md = VideoMetadata(total_num_frames=total, fps=fps)
         for n in (2, 4, 8, 16):
-            assert list(hf.video_processor.sample_frames(md, num_frames=n)) == \
-                list(ours.video_processor.sample_frames(md, num_frames=n))
+            assert list(hf.video_processor.sample_frames(md, num_frames=n)) == list(
+                ours.video_processor.sample_frames(md, num_frames=n)
+            )
         for rate in (0.5, 1.0, 2.0):
-            assert list(hf.video_processor.sample_frames(md, fps=rate)) == \
-                list(ours.video_processor.sample_frames(md, fps=rate))
+            assert list(hf.video_processor.sample_frames(md, fps=rate)) == list(
+                ours.video_processor.sample_frames(md, fps=rate)
+            )
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])

@@ -14,14 +14,14 @@ def test_formats(tmp_path, ext):
     Image.fromarray(rgb).save(tmp_path / f"a{ext}", quality=95)
     img = load_image(tmp_path / f"a{ext}")
     assert img.mode == "RGB" and img.size == (30, 20)
-    assert np.abs(np.asarray(img, int)[5, 5] - (200, 40, 10)).max() <= 6   # lossy formats stay close
+    assert np.abs(np.asarray(img, int)[5, 5] - (200, 40, 10)).max() <= 6  # lossy formats stay close
 
 
 def test_rgba_is_composited_on_white(tmp_path):
     rgba = np.zeros((4, 4, 4), np.uint8)
-    rgba[0, 0] = (255, 0, 0, 255)      # opaque red stays red
-    rgba[0, 1] = (255, 0, 0, 0)        # fully transparent red becomes white
-    rgba[0, 2] = (0, 0, 0, 128)        # half-transparent black becomes mid grey
+    rgba[0, 0] = (255, 0, 0, 255)  # opaque red stays red
+    rgba[0, 1] = (255, 0, 0, 0)  # fully transparent red becomes white
+    rgba[0, 2] = (0, 0, 0, 128)  # half-transparent black becomes mid grey
     Image.fromarray(rgba, "RGBA").save(tmp_path / "a.png")
     px = np.asarray(load_image(tmp_path / "a.png"), int)
     assert px[0, 0].tolist() == [255, 0, 0] and px[0, 1].tolist() == [255, 255, 255]

@@ -20,8 +20,9 @@ IDS = special_ids(1024)
 @pytest.fixture(scope="module")
 def folders(tmp_path_factory):
     root = tmp_path_factory.mktemp("processors")
-    return {family: save_tiny_processor(root / family, family) for family in ("qwen2_5_vl", "qwen2_vl",
-                                                                             "llava_onevision")}
+    return {
+        family: save_tiny_processor(root / family, family) for family in ("qwen2_5_vl", "qwen2_vl", "llava_onevision")
+    }
 
 
 @pytest.fixture(scope="module")
@@ -63,12 +64,14 @@ def test_patch_order_by_hand():
     assert rows.shape == (gt * gh * gw, 3 * t * p * p) == (48, 1176) and (gt, gh, gw) == (2, 4, 6)
     r = 0
     for ti in range(gt):
-        for bh in range(gh // m):          # merge windows in raster order ...
+        for bh in range(gh // m):  # merge windows in raster order ...
             for bw in range(gw // m):
-                for mh in range(m):        # ... then the 2x2 patches inside a window
+                for mh in range(m):  # ... then the 2x2 patches inside a window
                     for mw in range(m):
                         y, x = (bh * m + mh) * p, (bw * m + mw) * p
-                        expected = frames[ti * t:(ti + 1) * t, :, y:y + p, x:x + p].permute(1, 0, 2, 3)  # c, t, py, px
+                        expected = frames[ti * t : (ti + 1) * t, :, y : y + p, x : x + p].permute(
+                            1, 0, 2, 3
+                        )  # c, t, py, px
                         assert torch.equal(rows[r], expected.reshape(-1))
                         r += 1
 
@@ -77,7 +80,7 @@ def test_odd_frame_count_repeats_the_last_frame():
     frames = torch.arange(3, dtype=torch.float32).view(3, 1, 1, 1).expand(3, 3, 28, 28)
     rows, grid = patchify(frames, 14, 2, 2)
     assert grid == [2, 2, 2]
-    second_group = rows[4:].reshape(4, 3, 2, 196)          # rows of temporal group 1: frames 2 and 2 (repeat)
+    second_group = rows[4:].reshape(4, 3, 2, 196)  # rows of temporal group 1: frames 2 and 2 (repeat)
     assert torch.all(second_group == 2)
 
 
@@ -90,7 +93,7 @@ def test_constant_colour_by_hand():
     assert px.shape == (16, 1176) and grid.tolist() == [[1, 4, 4]]
     for c, v in enumerate((255, 0, 128)):
         expected = (v / 255 - CLIP_MEAN[c]) / CLIP_STD[c]
-        assert torch.allclose(px[:, c * 392:(c + 1) * 392], torch.full((16, 392), expected), atol=1e-5)
+        assert torch.allclose(px[:, c * 392 : (c + 1) * 392], torch.full((16, 392), expected), atol=1e-5)
 
 
 @pytest.mark.parametrize("h, w", [(56, 84), (112, 112)])
@@ -144,15 +147,19 @@ def test_qwen_video_inputs_by_hand(folders, clip):
     assert out["second_per_grid_ts"].tolist() == pytest.approx([0.75])
     ids = out["input_ids"][0].tolist()
     start = ids.index(IDS["vision_start"])
-    assert ids[start + 1:start + 17] == [IDS["video"]] * 16 and ids[start + 17] == IDS["vision_end"]
+    assert ids[start + 1 : start + 17] == [IDS["video"]] * 16 and ids[start + 17] == IDS["vision_end"]
     assert out["mm_token_type_ids"][0].tolist() == [2 if i == IDS["video"] else 0 for i in ids]
     assert out["attention_mask"].tolist() == [[1] * len(ids)]
     assert "second_per_grid_ts" not in build_inputs(load_processor(folders["qwen2_vl"]), "Hi", video=video)
 
 
 def test_image_and_video_token_types(folders, clip, tmp_path):
-    out = build_inputs(load_processor(folders["qwen2_5_vl"]), "Compare.", images=[_png(tmp_path, 56, 56)],
-                       video=load_video(clip, num_frames=4))
+    out = build_inputs(
+        load_processor(folders["qwen2_5_vl"]),
+        "Compare.",
+        images=[_png(tmp_path, 56, 56)],
+        video=load_video(clip, num_frames=4),
+    )
     ids, types = out["input_ids"][0], out["mm_token_type_ids"][0]
     assert torch.equal(types, (ids == IDS["image"]).long() + 2 * (ids == IDS["video"]).long())
     assert int((types == 1).sum()) == 4 and int((types == 2).sum()) == 2 * 4
@@ -176,24 +183,29 @@ def test_onevision_frames_close_to_hf_pil_resize():
 
     frames = np.stack([_smooth(48, 64, seed) for seed in range(3)])
     ours = OnevisionVideoProcessor(size={"height": 56, "width": 56}, image_mean=[0.5] * 3, image_std=[0.5] * 3)(
-        [frames], return_tensors="pt")["pixel_values_videos"][0]
+        [frames], return_tensors="pt"
+    )["pixel_values_videos"][0]
     pil = LlavaOnevisionImageProcessorPil()
     for f, frame in enumerate(frames):
         chw = pil.resize(frame.transpose(2, 0, 1), SizeDict(height=56, width=56), resample=3)
         ref = torch.from_numpy(pil.normalize(pil.rescale(chw, 1 / 255), [0.5] * 3, [0.5] * 3))
         diff = (ours[f] - ref).abs()
         assert diff.max() <= 2 / 255 / 0.5 + 1e-5 and (diff > 1e-4).float().mean() < 0.1
-    same = np.random.default_rng(4).integers(0, 256, (2, 56, 56, 3), dtype=np.uint8)   # no resize: exact
+    same = np.random.default_rng(4).integers(0, 256, (2, 56, 56, 3), dtype=np.uint8)  # no resize: exact
     ours = OnevisionVideoProcessor(size={"height": 56, "width": 56}, image_mean=[0.5] * 3, image_std=[0.5] * 3)(
-        [same], return_tensors="pt")["pixel_values_videos"][0]
+        [same], return_tensors="pt"
+    )["pixel_values_videos"][0]
     assert torch.allclose(ours, torch.from_numpy(same).permute(0, 3, 1, 2).float() / 127.5 - 1, atol=1e-6)
 
 
-@pytest.mark.parametrize("h, w, patches, tokens", [
-    (56, 56, 2, 16 + 16 + 4),    # best fit 56x56: base 4x4 + 1 crop of 4x4 + 4 row newlines
-    (40, 100, 3, 16 + 32 + 4),   # best fit 56x112 (2 crops): 4x8 grid, no rows unpadded (40 * 8 / 100 -> 3)
-    (100, 30, 3, 16 + 16 + 8),   # best fit 112x56: 8x4 grid, columns unpadded to 2: 8x2 + 8 newlines
-])
+@pytest.mark.parametrize(
+    "h, w, patches, tokens",
+    [
+        (56, 56, 2, 16 + 16 + 4),  # best fit 56x56: base 4x4 + 1 crop of 4x4 + 4 row newlines
+        (40, 100, 3, 16 + 32 + 4),  # best fit 56x112 (2 crops): 4x8 grid, no rows unpadded (40 * 8 / 100 -> 3)
+        (100, 30, 3, 16 + 16 + 8),  # best fit 112x56: 8x4 grid, columns unpadded to 2: 8x2 + 8 newlines
+    ],
+)
 def test_onevision_anyres_image_by_hand(folders, tmp_path, h, w, patches, tokens):
     out = build_inputs(load_processor(folders["llava_onevision"]), "Describe.", images=[_png(tmp_path, h, w)])
     assert out["pixel_values"].shape == (1, patches, 3, 56, 56)
@@ -203,7 +215,10 @@ def test_onevision_anyres_image_by_hand(folders, tmp_path, h, w, patches, tokens
 
 def test_onevision_several_images_use_base_tiles(folders, tmp_path):
     """Two images in one prompt: HF's multi-image mode, one padded square tile each, 16 + 1 newline tokens each."""
-    out = build_inputs(load_processor(folders["llava_onevision"]), "Compare.",
-                       images=[_png(tmp_path, 40, 100), _png(tmp_path, 56, 56, seed=1)])
+    out = build_inputs(
+        load_processor(folders["llava_onevision"]),
+        "Compare.",
+        images=[_png(tmp_path, 40, 100), _png(tmp_path, 56, 56, seed=1)],
+    )
     assert out["batch_num_images"].tolist() == [2] and out["pixel_values"].shape[:3] == (2, 1, 3)
     assert int((out["input_ids"] == IDS["image"]).sum()) == 2 * (16 + 1)

@@ -8,15 +8,23 @@ import numpy as np
 import pytest
 from PIL import Image
 
-from specvlm.inputs import (InputError, add_input_arguments, build_inputs, inputs_from_args, load_processor,
-                            render_prompt)
+from specvlm.inputs import (
+    InputError,
+    add_input_arguments,
+    build_inputs,
+    inputs_from_args,
+    load_processor,
+    render_prompt,
+)
 from specvlm.inputs.testing import index_frames, save_tiny_processor, write_video
 from specvlm.tiny import special_ids
 
 IDS = special_ids(1024)
-QWEN_PROMPT = ("<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
-               "<|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n"
-               "<|im_start|>assistant\n")
+QWEN_PROMPT = (
+    "<|im_start|>system\nYou are a helpful assistant.<|im_end|>\n<|im_start|>user\n<|vision_start|>"
+    "<|image_pad|><|vision_end|><|vision_start|><|video_pad|><|vision_end|>What happens?<|im_end|>\n"
+    "<|im_start|>assistant\n"
+)
 ONEVISION_PROMPT = "<|im_start|>user <image><video>\nWhat happens?<|im_end|><|im_start|>assistant\n"
 
 
@@ -73,16 +81,26 @@ def test_tokenizer_template_when_the_processor_has_none(folders):
 def test_fallback_without_any_template(folders, media):
     qwen = load_processor(folders["qwen_plain"])
     assert not qwen.chat_template and not qwen.tokenizer.chat_template
-    assert render_prompt(qwen, "Why?", 1, 1) == ("<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
-                                                 "<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\n"
-                                                 "<|im_start|>assistant\n")
+    assert render_prompt(qwen, "Why?", 1, 1) == (
+        "<|im_start|>user\n<|vision_start|><|image_pad|><|vision_end|>"
+        "<|vision_start|><|video_pad|><|vision_end|>Why?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
     onevision = load_processor(folders["onevision_plain"])
-    assert render_prompt(onevision, "Why?", 0, 1) == ("<|im_start|>user\n<video>\nWhy?<|im_end|>\n"
-                                                      "<|im_start|>assistant\n")
+    assert render_prompt(onevision, "Why?", 0, 1) == (
+        "<|im_start|>user\n<video>\nWhy?<|im_end|>\n<|im_start|>assistant\n"
+    )
     assert render_prompt(onevision, "Why?") == "<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"
-    out = inputs_from_args(_args("--image", str(media / "a.png"), "--prompt", "Why?"), folders["qwen_plain"],
-                           SimpleNamespace(model_type="qwen2_5_vl", image_token_id=IDS["image"],
-                                           video_token_id=IDS["video"], get_text_config=lambda: SimpleNamespace()))
+    out = inputs_from_args(
+        _args("--image", str(media / "a.png"), "--prompt", "Why?"),
+        folders["qwen_plain"],
+        SimpleNamespace(
+            model_type="qwen2_5_vl",
+            image_token_id=IDS["image"],
+            video_token_id=IDS["video"],
+            get_text_config=lambda: SimpleNamespace(),
+        ),
+    )
     assert int((out["input_ids"] == IDS["image"]).sum()) == 6
 
 
@@ -93,7 +111,8 @@ def test_empty_prompt(folders, prompt):
 
 def test_placeholder_typed_in_the_prompt(folders):
     assert "cannot build the model inputs" in _error(
-        lambda: build_inputs(load_processor(folders["llava_onevision"]), "what is <video> ?"))
+        lambda: build_inputs(load_processor(folders["llava_onevision"]), "what is <video> ?")
+    )
 
 
 # ---- CLI hooks ---------------------------------------------------------------------------------------------------
@@ -102,7 +121,7 @@ def test_arguments():
     assert args.image == ["a.png", "b.jpg"] and args.video == "v.mp4" and args.prompt == "Q"
     assert args.num_frames is None and args.fps is None and args.max_pixels == 9
     parser = argparse.ArgumentParser()
-    parser.add_argument("--prompt", required=True)      # a caller's own --prompt is kept
+    parser.add_argument("--prompt", required=True)  # a caller's own --prompt is kept
     add_input_arguments(parser)
     assert parser.parse_args(["--prompt", "x"]).prompt == "x"
 
@@ -110,9 +129,8 @@ def test_arguments():
 def test_video_and_image_inputs(folders, configs, media):
     messages, report = [], {}
     args = _args("--video", str(media / "clip.mp4"), "--image", str(media / "a.png"), "--prompt", "What happens?")
-    out = inputs_from_args(args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], progress=messages.append,
-                           report=report)
-    assert out["video_grid_thw"].tolist() == [[4, 4, 4]]      # default 8 frames
+    out = inputs_from_args(args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], progress=messages.append, report=report)
+    assert out["video_grid_thw"].tolist() == [[4, 4, 4]]  # default 8 frames
     assert out["image_grid_thw"].tolist() == [[1, 4, 6]]
     assert report["frames"] == 8 and report["visual_tokens"] == 16 + 6 and report["images"] == 1
     assert report["prompt_tokens"] == out["input_ids"].shape[1] and report["decode_s"] >= 0
@@ -121,12 +139,16 @@ def test_video_and_image_inputs(folders, configs, media):
 
 def test_fps_and_num_frames(folders, configs, media):
     clip = str(media / "clip.mp4")
-    out = inputs_from_args(_args("--video", clip, "--prompt", "Q", "--fps", "2"), folders["qwen2_5_vl"],
-                           configs["qwen2_5_vl"])
-    assert out["video_grid_thw"].tolist() == [[3, 4, 4]]      # Qwen's fps rule: 6 frames
-    assert out["second_per_grid_ts"].tolist() == pytest.approx([1.0])   # 2 / (6 / 30 * 10)
-    out = inputs_from_args(_args("--video", clip, "--prompt", "Q", "--num-frames", "3"), folders["llava_onevision"],
-                           configs["llava_onevision"])
+    out = inputs_from_args(
+        _args("--video", clip, "--prompt", "Q", "--fps", "2"), folders["qwen2_5_vl"], configs["qwen2_5_vl"]
+    )
+    assert out["video_grid_thw"].tolist() == [[3, 4, 4]]  # Qwen's fps rule: 6 frames
+    assert out["second_per_grid_ts"].tolist() == pytest.approx([1.0])  # 2 / (6 / 30 * 10)
+    out = inputs_from_args(
+        _args("--video", clip, "--prompt", "Q", "--num-frames", "3"),
+        folders["llava_onevision"],
+        configs["llava_onevision"],
+    )
     assert out["pixel_values_videos"].shape[1] == 3
 
 
@@ -134,23 +156,33 @@ def test_max_pixels(folders, configs, media):
     big = str(media / "big.png")
     out = inputs_from_args(_args("--image", big, "--prompt", "Q"), folders["qwen2_5_vl"], configs["qwen2_5_vl"])
     assert out["image_grid_thw"].tolist() == [[1, 6, 8]]
-    out = inputs_from_args(_args("--image", big, "--prompt", "Q", "--max-pixels", "3136"), folders["qwen2_5_vl"],
-                           configs["qwen2_5_vl"])
-    assert out["image_grid_thw"].tolist() == [[1, 2, 4]]      # smart_resize(200, 300, max 3136) = 28 x 56
-    assert "below the processor's minimum" in _error(lambda: inputs_from_args(
-        _args("--image", big, "--prompt", "Q", "--max-pixels", "100"), folders["qwen2_5_vl"], configs["qwen2_5_vl"]))
-    assert "Qwen" in _error(lambda: inputs_from_args(
-        _args("--image", big, "--prompt", "Q", "--max-pixels", "5000"), folders["llava_onevision"],
-        configs["llava_onevision"]))
+    out = inputs_from_args(
+        _args("--image", big, "--prompt", "Q", "--max-pixels", "3136"), folders["qwen2_5_vl"], configs["qwen2_5_vl"]
+    )
+    assert out["image_grid_thw"].tolist() == [[1, 2, 4]]  # smart_resize(200, 300, max 3136) = 28 x 56
+    assert "below the processor's minimum" in _error(
+        lambda: inputs_from_args(
+            _args("--image", big, "--prompt", "Q", "--max-pixels", "100"), folders["qwen2_5_vl"], configs["qwen2_5_vl"]
+        )
+    )
+    assert "Qwen" in _error(
+        lambda: inputs_from_args(
+            _args("--image", big, "--prompt", "Q", "--max-pixels", "5000"),
+            folders["llava_onevision"],
+            configs["llava_onevision"],
+        )
+    )
 
 
 def test_draft_inputs_only_when_the_draft_preprocesses_differently(folders, configs, media):
     args = _args("--image", str(media / "big.png"), "--prompt", "Q")
-    same = inputs_from_args(args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], folders["qwen2_5_vl"],
-                            configs["qwen2_5_vl"])
+    same = inputs_from_args(
+        args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], folders["qwen2_5_vl"], configs["qwen2_5_vl"]
+    )
     assert "draft_inputs" not in same
-    other = inputs_from_args(args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], folders["qwen_small"],
-                             configs["qwen2_5_vl"])
+    other = inputs_from_args(
+        args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], folders["qwen_small"], configs["qwen2_5_vl"]
+    )
     assert other["image_grid_thw"].tolist() == [[1, 6, 8]]
     assert other["draft_inputs"]["image_grid_thw"].tolist() == [[1, 2, 4]]
 
@@ -162,7 +194,7 @@ def test_bad_inputs(folders, configs, media, tmp_path):
     assert "empty" in _error(lambda: run("--video", clip, "--prompt", " "))
     assert "empty" in _error(lambda: run("--video", clip))
     for n in ("0", "-2"):
-        assert "--num-frames" in _error(lambda: run("--video", clip, "--prompt", "Q", "--num-frames", n))
+        assert "--num-frames" in _error(lambda n=n: run("--video", clip, "--prompt", "Q", "--num-frames", n))
     assert "--fps" in _error(lambda: run("--video", clip, "--prompt", "Q", "--fps", "0"))
     assert "not both" in _error(lambda: run("--video", clip, "--prompt", "Q", "--fps", "1", "--num-frames", "4"))
     assert "does not exist" in _error(lambda: run("--video", str(tmp_path / "no.mp4"), "--prompt", "Q"))
@@ -178,35 +210,50 @@ def test_bad_inputs(folders, configs, media, tmp_path):
 def test_model_cannot_take_the_input(folders, configs, media):
     clip, png = str(media / "clip.mp4"), str(media / "a.png")
     video_only = SimpleNamespace(model_type="qwen2_5_vl", image_token_id=None, video_token_id=IDS["video"])
-    assert "video-only" in _error(lambda: inputs_from_args(_args("--image", png, "--prompt", "Q"),
-                                                           folders["qwen2_5_vl"], video_only))
+    assert "video-only" in _error(
+        lambda: inputs_from_args(_args("--image", png, "--prompt", "Q"), folders["qwen2_5_vl"], video_only)
+    )
     image_only = SimpleNamespace(model_type="qwen2_5_vl", image_token_id=IDS["image"], video_token_id=None)
-    assert "image-only" in _error(lambda: inputs_from_args(_args("--video", clip, "--prompt", "Q"),
-                                                           folders["qwen2_5_vl"], image_only))
+    assert "image-only" in _error(
+        lambda: inputs_from_args(_args("--video", clip, "--prompt", "Q"), folders["qwen2_5_vl"], image_only)
+    )
     llama = SimpleNamespace(model_type="llama")
     assert "'llama'" in _error(lambda: inputs_from_args(_args("--prompt", "Q"), folders["qwen2_5_vl"], llama))
 
 
 def test_incompatible_draft_family(folders, configs, media):
     args = _args("--video", str(media / "clip.mp4"), "--prompt", "Q")
-    assert "cannot draft" in _error(lambda: inputs_from_args(args, folders["qwen2_5_vl"], configs["qwen2_5_vl"],
-                                                             folders["llava_onevision"], configs["llava_onevision"]))
+    assert "cannot draft" in _error(
+        lambda: inputs_from_args(
+            args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], folders["llava_onevision"], configs["llava_onevision"]
+        )
+    )
 
 
 def test_draft_with_another_tokenizer(folders, configs, tiny, media, tmp_path):
-    draft = tiny("qwen2_5_vl", vocab=2048)                   # its own folder is consistent, but not with the target
+    draft = tiny("qwen2_5_vl", vocab=2048)  # its own folder is consistent, but not with the target
     draft_dir = save_tiny_processor(tmp_path / "draft", "qwen2_5_vl", draft)
-    assert "must share a tokenizer" in _error(lambda: inputs_from_args(
-        _args("--video", str(media / "clip.mp4"), "--prompt", "Q"), folders["qwen2_5_vl"], configs["qwen2_5_vl"],
-        draft_dir, draft.config))
+    assert "must share a tokenizer" in _error(
+        lambda: inputs_from_args(
+            _args("--video", str(media / "clip.mp4"), "--prompt", "Q"),
+            folders["qwen2_5_vl"],
+            configs["qwen2_5_vl"],
+            draft_dir,
+            draft.config,
+        )
+    )
 
 
 def test_tokenizer_that_does_not_match_the_model(folders, tiny, media):
-    other = tiny("qwen2_5_vl", vocab=2048).config           # placeholder ids 2042.. vs the folder's 1018..
-    assert "do not belong together" in _error(lambda: inputs_from_args(
-        _args("--video", str(media / "clip.mp4"), "--prompt", "Q"), folders["qwen2_5_vl"], other))
-    assert "holds a qwen2_5_vl checkpoint" in _error(lambda: load_processor(folders["qwen2_5_vl"],
-                                                                            family="llava_onevision"))
+    other = tiny("qwen2_5_vl", vocab=2048).config  # placeholder ids 2042.. vs the folder's 1018..
+    assert "do not belong together" in _error(
+        lambda: inputs_from_args(
+            _args("--video", str(media / "clip.mp4"), "--prompt", "Q"), folders["qwen2_5_vl"], other
+        )
+    )
+    assert "holds a qwen2_5_vl checkpoint" in _error(
+        lambda: load_processor(folders["qwen2_5_vl"], family="llava_onevision")
+    )
 
 
 def test_more_visual_tokens_than_the_context(folders, configs, media):
@@ -214,8 +261,8 @@ def test_more_visual_tokens_than_the_context(folders, configs, media):
     small.get_text_config().max_position_embeddings = 100
     args = _args("--video", str(media / "clip.mp4"), "--prompt", "Q", "--num-frames", "30")
     message = _error(lambda: inputs_from_args(args, folders["llava_onevision"], small))
-    assert "max_position_embeddings" in message and "(121 visual)" in message     # 30 * 4 + 1
-    args.num_frames = 8                  # 33 visual tokens fit, but not with 300 new tokens
+    assert "max_position_embeddings" in message and "(121 visual)" in message  # 30 * 4 + 1
+    args.num_frames = 8  # 33 visual tokens fit, but not with 300 new tokens
     inputs_from_args(args, folders["llava_onevision"], small)
     args.max_new_tokens = 300
     assert "300 new tokens" in _error(lambda: inputs_from_args(args, folders["llava_onevision"], small))

@@ -21,7 +21,7 @@ def test_every_container_decodes_the_sampled_frames(tmp_path, ext):
     path = write_video(tmp_path / f"c{ext}", index_frames(20), fps=10)
     video = load_video(path, num_frames=4)
     assert video.frames.shape == (4, 48, 64, 3) and video.frames.dtype == np.uint8
-    assert video.total_frames == 20          # webm / mkv have no header count: packets are counted
+    assert video.total_frames == 20  # webm / mkv have no header count: packets are counted
     assert video.indices == [0, 5, 10, 15]
     assert [frame_index(f) for f in video.frames] == video.indices
     assert video.fps == pytest.approx(10.0)
@@ -36,8 +36,8 @@ def test_uniform_indices_are_hf_default_rule(clip, hf_media_rules):
 
 
 def test_uniform_indices():
-    assert uniform_indices(30, 8).tolist() == [0, 3, 7, 11, 15, 18, 22, 26]   # i * 30 // 8
-    assert uniform_indices(4, 8).tolist() == [0, 1, 2, 3]                      # capped at the frame count
+    assert uniform_indices(30, 8).tolist() == [0, 3, 7, 11, 15, 18, 22, 26]  # i * 30 // 8
+    assert uniform_indices(4, 8).tolist() == [0, 1, 2, 3]  # capped at the frame count
 
 
 def test_frames_and_metadata_equal_hf_load_video(clip, hf_media_rules):
@@ -59,10 +59,10 @@ def test_timestamps_are_presentation_times(clip):
 
 
 def test_fps_sampling(clip):
-    video = load_video(clip, fps=2)               # 3 s at 2 fps: 6 frames, HF rule int(30 / 10 * 2)
+    video = load_video(clip, fps=2)  # 3 s at 2 fps: 6 frames, HF rule int(30 / 10 * 2)
     assert len(video.indices) == 6 and video.indices == uniform_indices(30, 6).tolist()
     assert [frame_index(f) for f in video.frames] == video.indices
-    assert len(load_video(clip, fps=50).indices) == 30   # capped at the video's own rate
+    assert len(load_video(clip, fps=50).indices) == 30  # capped at the video's own rate
 
 
 def test_no_sampling_argument_decodes_every_frame(clip):
@@ -76,7 +76,7 @@ def test_more_frames_than_the_video_has_gives_every_frame(clip):
 def test_decoding_stops_after_the_last_sampled_frame(clip):
     seen = []
     load_video(clip, sample_indices_fn=lambda md: [0, 2, 4], progress=lambda done, needed: seen.append(done))
-    assert max(seen) == 5       # frames 0..4 decoded, not the other 25
+    assert max(seen) == 5  # frames 0..4 decoded, not the other 25
 
 
 def test_qwen_sampling_rule():
@@ -86,14 +86,14 @@ def test_qwen_sampling_rule():
     qwen = QwenVLVideoProcessor()
     md = VideoMetadata(total_num_frames=30, fps=10.0)
     assert qwen.sample_frames(md, num_frames=8).tolist() == [0, 3, 7, 11, 15, 18, 22, 26]
-    assert qwen.sample_frames(md, num_frames=5).tolist() == [0, 7, 15, 22]          # round(2.5) * 2 = 4
-    assert qwen.sample_frames(md, fps=1.0).tolist() == [0, 7, 15, 22]               # 3 s -> min_frames 4
+    assert qwen.sample_frames(md, num_frames=5).tolist() == [0, 7, 15, 22]  # round(2.5) * 2 = 4
+    assert qwen.sample_frames(md, fps=1.0).tolist() == [0, 7, 15, 22]  # 3 s -> min_frames 4
     assert qwen.sample_frames(md, fps=2.0).tolist() == [0, 5, 10, 15, 20, 25]
     assert qwen.sample_frames(VideoMetadata(total_num_frames=1, fps=10.0), num_frames=1).tolist() == [0]
     # N rounding to 0 (HF divides by zero there) takes one temporal patch, not the whole video
     assert qwen.sample_frames(md, num_frames=1).tolist() == [0, 15]
     assert qwen.sample_frames(VideoMetadata(total_num_frames=300, fps=30.0), num_frames=1).tolist() == [0, 150]
-    assert qwen.sample_frames(md, num_frames=40).tolist() == list(range(30))        # capped at the video's 30
+    assert qwen.sample_frames(md, num_frames=40).tolist() == list(range(30))  # capped at the video's 30
 
 
 def test_processor_sampler_is_followed(clip):
@@ -157,7 +157,7 @@ def test_truncated(tmp_path):
 def test_corrupt_middle(tmp_path):
     path = _faststart_noise_mp4(tmp_path / "mid.mp4")
     data = bytearray(path.read_bytes())
-    data[len(data) // 2: len(data) // 2 + 2000] = bytes(2000)
+    data[len(data) // 2 : len(data) // 2 + 2000] = bytes(2000)
     path.write_bytes(bytes(data))
     assert "corrupt" in _error(lambda: load_video(path))
 
@@ -165,7 +165,7 @@ def test_corrupt_middle(tmp_path):
 def test_zero_decodable_frames(tmp_path):
     import av
 
-    path = tmp_path / "empty.mp4"              # a valid file whose video track never got a frame
+    path = tmp_path / "empty.mp4"  # a valid file whose video track never got a frame
     with av.open(str(path), "w") as container:
         stream = container.add_stream("libx264", rate=10)
         stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"

@@ -9,15 +9,16 @@ import pytest
 import torch
 from transformers import GenerationConfig
 
-from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.tiny import FAMILIES, make_inputs, special_ids
+
+from helpers import model, reference
 
 TREES = ("chain", "static", "dynamic")
 ENGINES = ("fast", "eager")
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def identical_copy(family: str):
     return copy.deepcopy(model(family))
 
@@ -46,9 +47,10 @@ def test_greedy_equals_target_generate(family, kind, draft, tree, engine):
 @pytest.mark.parametrize("draft", ["small", "copy", "self"])
 @pytest.mark.parametrize("family", FAMILIES)
 def test_chain_with_confidence_threshold_equals_target_generate(family, draft, engine):
-    target = model(family, init=0.3)   # peaky: the draft is sure of some tokens and not of others
-    gen = SpeculativeGenerator(target, drafts(family)[draft], tree="chain", num_draft_tokens=4,
-                               confidence_threshold=0.5, engine=engine)
+    target = model(family, init=0.3)  # peaky: the draft is sure of some tokens and not of others
+    gen = SpeculativeGenerator(
+        target, drafts(family)[draft], tree="chain", num_draft_tokens=4, confidence_threshold=0.5, engine=engine
+    )
     inputs = make_inputs(family, "video")
     out = gen.generate(**inputs, do_sample=False, max_new_tokens=24, eos_token_id=-1)
     assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=24, eos_token_id=-1)
@@ -71,8 +73,10 @@ def test_identical_draft_is_never_rejected(family, tree, engine):
     gen = SpeculativeGenerator(target, copy.deepcopy(target), tree=tree, num_draft_tokens=4, engine=engine)
     rounds = []
     commit = gen.drafter.commit
-    gen.drafter.commit = lambda tree, accepted, *rest: (rounds.append((first_child_depth(tree), len(accepted[0].path))),
-                                                        commit(tree, accepted, *rest))
+    gen.drafter.commit = lambda tree, accepted, *rest: (
+        rounds.append((first_child_depth(tree), len(accepted[0].path))),
+        commit(tree, accepted, *rest),
+    )
     inputs = make_inputs(family, "video")
     out = gen.generate(**inputs, do_sample=False, max_new_tokens=30)
     assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=30)
@@ -90,7 +94,7 @@ def test_max_new_tokens_inside_a_block(family, draft, tree):
     target = model(family)
     gen = SpeculativeGenerator(target, drafts(family)[draft], tree=tree, num_draft_tokens=4)
     inputs = make_inputs(family, "image")
-    for max_new in (1, 2, 7, 13, 16):   # with an accepting draft, 2..16 end inside a round's block
+    for max_new in (1, 2, 7, 13, 16):  # with an accepting draft, 2..16 end inside a round's block
         out = gen.generate(**inputs, do_sample=False, max_new_tokens=max_new, eos_token_id=-1)
         assert out.token_ids == reference(target, inputs, do_sample=False, max_new_tokens=max_new, eos_token_id=-1)
         assert len(out.token_ids) == max_new
@@ -121,8 +125,15 @@ def test_shipped_qwen_generation_config(family):
     """Qwen2.5-VL-Instruct ships do_sample=True, top_k=1, top_p=0.001, temperature=0.1, repetition_penalty=1.05:
     a user's plain `generate(**inputs)` is deterministic there, and ours must match it token for token."""
     target = model(family)
-    config = GenerationConfig(do_sample=True, top_k=1, top_p=0.001, temperature=0.1, repetition_penalty=1.05,
-                              eos_token_id=special_ids(1024)["eos"], max_new_tokens=24)
+    config = GenerationConfig(
+        do_sample=True,
+        top_k=1,
+        top_p=0.001,
+        temperature=0.1,
+        repetition_penalty=1.05,
+        eos_token_id=special_ids(1024)["eos"],
+        max_new_tokens=24,
+    )
     inputs = make_inputs(family, "image")
     expected = reference(target, inputs, generation_config=config)
     for tree in TREES:
@@ -148,7 +159,7 @@ def test_padded_vocabularies(pad):
     """Draft and target of one tokenizer with different padded vocab sizes (like 151936 vs 152064)."""
     family = "qwen2_5_vl"
     target = model(family, vocab_pad=max(pad, 0))
-    draft = model(family, seed=0, vocab_pad=max(-pad, 0) * 128)   # same weights for the shared rows
+    draft = model(family, seed=0, vocab_pad=max(-pad, 0) * 128)  # same weights for the shared rows
     inputs = make_inputs(family, "video")
     expected = reference(target, inputs, do_sample=False, max_new_tokens=16)
     for tree in TREES:
@@ -169,7 +180,9 @@ def test_stats_are_consistent():
     gen = SpeculativeGenerator(target, identical_copy("llava_onevision"), tree="chain", num_draft_tokens=3)
     out = gen.generate(**make_inputs("llava_onevision", "video"), do_sample=False, max_new_tokens=17)
     s = out.stats
-    assert s.rounds == sum(s.accept_histogram) and s.accepted_tokens == sum(k * n for k, n in enumerate(s.accept_histogram))
+    assert s.rounds == sum(s.accept_histogram) and s.accepted_tokens == sum(
+        k * n for k, n in enumerate(s.accept_histogram)
+    )
     assert s.acceptance_by_position[0] >= s.acceptance_by_position[-1]
     assert s.prefill_s > 0 and s.decode_s > 0 and s.draft_prompt_tokens == s.target_prompt_tokens
     assert s.draft_forwards >= s.rounds and set(s.as_dict()) >= {"mean_accepted_tokens", "tokens_per_second"}
@@ -181,7 +194,7 @@ def test_bad_arguments():
     gen = SpeculativeGenerator(target, "self")
     with pytest.raises(ValueError, match="num_beams"):
         gen.generate(**inputs, num_beams=2)
-    with pytest.raises(ValueError, match="cannot split"):   # two rows of ids, one row of placeholders' pixels
+    with pytest.raises(ValueError, match="cannot split"):  # two rows of ids, one row of placeholders' pixels
         gen.generate(**{**inputs, "input_ids": inputs["input_ids"].repeat(2, 1)})
     with pytest.raises(ValueError, match="supports"):
         SpeculativeGenerator(torch.nn.Linear(2, 2), "self")

@@ -3,18 +3,19 @@ not have chosen), on hand-made logits and on a planted case of each in a real mo
 
 import torch
 
-from helpers import reference
 from specvlm.numerics import Divergence, classify, diagnose, first_difference, ulp
 from specvlm.tiny import make_inputs, make_model
 
+from helpers import reference
+
 
 def test_ulp_and_classification():
-    assert ulp(1.0, torch.float32) == 2 ** -23 and ulp(3.0, torch.bfloat16) == 2 ** -6
-    assert ulp(-20.0, torch.float16) == 2 ** -6
-    tie = classify(torch.tensor([10.0, 10.0 - 2 ** -5, 3.0]), 7, torch.bfloat16)   # half an ulp apart
+    assert ulp(1.0, torch.float32) == 2**-23 and ulp(3.0, torch.bfloat16) == 2**-6
+    assert ulp(-20.0, torch.float16) == 2**-6
+    tie = classify(torch.tensor([10.0, 10.0 - 2**-5, 3.0]), 7, torch.bfloat16)  # half an ulp apart
     assert tie.kind == "near-tie" and tie.position == 7
     assert classify(torch.tensor([10.0, 9.5, 3.0]), 7, torch.bfloat16).kind == "bug"
-    assert classify(torch.tensor([10.0, 10.0 - 2 ** -5, 3.0]), 7, torch.float32).kind == "bug"   # fp32: far apart
+    assert classify(torch.tensor([10.0, 10.0 - 2**-5, 3.0]), 7, torch.float32).kind == "bug"  # fp32: far apart
     assert Divergence(-1).kind == "identical"
     assert first_difference([1, 2, 3], [1, 2, 3]) == -1 and first_difference([1, 5, 3], [1, 2, 3]) == 1
     assert first_difference([1, 2], [1, 2, 3]) == 2

@@ -16,7 +16,7 @@ def test_bars_draw_only_on_a_terminal():
         bar = progress_bar(4, "bench", "sample", enabled, file=file)
         bar.update(1)
         bar.close()
-        assert ("1/4" in file.getvalue() and "<" in file.getvalue()) == drawn   # "<" precedes the time left
+        assert ("1/4" in file.getvalue() and "<" in file.getvalue()) == drawn  # "<" precedes the time left
 
 
 def test_testbed_build_draws_a_bar_per_stage_on_a_terminal_and_lines_elsewhere():

@@ -4,8 +4,20 @@ import pytest
 import torch
 
 from specvlm.errors import SpecVLMError
-from specvlm.pruning import (METHODS, Layout, budget, evenly, grid_fill, select, select_frames, select_specvlm,
-                             select_temporal, select_window, shares, stage1)
+from specvlm.pruning import (
+    METHODS,
+    Layout,
+    budget,
+    evenly,
+    grid_fill,
+    select,
+    select_frames,
+    select_specvlm,
+    select_temporal,
+    select_window,
+    shares,
+    stage1,
+)
 
 
 def test_budget_is_floor_and_validated():
@@ -23,9 +35,9 @@ def test_evenly_is_the_papers_linspace_stride():
 
 def test_stage1_reaches_the_mass_with_fewest_tokens():
     scores = torch.tensor([0.05, 0.4, 0.1, 0.3, 0.15])
-    assert stage1(scores, 5, 0.4).tolist() == [1]          # 0.4 alone holds 40%
-    assert stage1(scores, 5, 0.5).tolist() == [1, 3]       # 0.7 >= 0.5
-    assert stage1(scores, 1, 0.9).tolist() == [1]          # capped by the budget
+    assert stage1(scores, 5, 0.4).tolist() == [1]  # 0.4 alone holds 40%
+    assert stage1(scores, 5, 0.5).tolist() == [1, 3]  # 0.7 >= 0.5
+    assert stage1(scores, 1, 0.9).tolist() == [1]  # capped by the budget
 
 
 def test_specvlm_two_stages():
@@ -36,7 +48,7 @@ def test_specvlm_two_stages():
     assert keep.tolist() == sorted(keep.tolist()) and len(keep) == 6
     # the second hot token (0.3) is beyond λ's mass, and Stage II's stride does not look at scores: dropped
     assert stage1(scores, 6, 0.4).tolist() == [4] and 4 in keep.tolist() and 15 not in keep.tolist()
-    assert {4, 15} <= set(select_specvlm(scores, 6, 0.8).tolist())     # a larger λ takes it in Stage I
+    assert {4, 15} <= set(select_specvlm(scores, 6, 0.8).tolist())  # a larger λ takes it in Stage I
     # Stage I = [4]; Stage II = 5 evenly spaced among the 19 others
     others = [i for i in range(20) if i != 4]
     expected = sorted([4] + [others[j] for j in torch.linspace(0, 18, 5).long().tolist()])
@@ -45,15 +57,15 @@ def test_specvlm_two_stages():
 
 def test_specvlm_edge_cases():
     scores = torch.rand(9, generator=torch.Generator().manual_seed(0))
-    assert select("specvlm", 9, 1.0, scores=scores).tolist() == list(range(9))   # keep everything
-    assert select("specvlm", 9, 0.1, scores=scores).numel() == 0                # budget 0: text-only draft
+    assert select("specvlm", 9, 1.0, scores=scores).tolist() == list(range(9))  # keep everything
+    assert select("specvlm", 9, 0.1, scores=scores).numel() == 0  # budget 0: text-only draft
     assert select("specvlm", 1, 1.0, scores=scores[:1]).tolist() == [0]
-    flat = torch.zeros(10)                                                       # no attention signal at all
+    flat = torch.zeros(10)  # no attention signal at all
     assert select_specvlm(flat, 3, 0.4).tolist() == [0, 4, 9]
 
 
 def test_every_method_respects_budget_order_and_determinism():
-    layout = Layout((((4, 3, 3), 1, 37),))       # 4 frames of 3x3 plus one newline token
+    layout = Layout((((4, 3, 3), 1, 37),))  # 4 frames of 3x3 plus one newline token
     scores = torch.rand(37, generator=torch.Generator().manual_seed(1))
     features = torch.randn(37, 8, generator=torch.Generator().manual_seed(2))
     for method in METHODS:
@@ -74,8 +86,8 @@ def test_random_depends_on_seed_and_windows_are_contiguous():
 
 
 def test_shares_are_proportional_exact_and_spread():
-    assert shares([4, 4, 4, 4], 2) == [1, 0, 1, 0]          # the extra tokens do not pile up at the front
-    assert shares([10, 10, 1], 5) == [2, 3, 0]              # each part: floor or ceiling of k*size/total
+    assert shares([4, 4, 4, 4], 2) == [1, 0, 1, 0]  # the extra tokens do not pile up at the front
+    assert shares([10, 10, 1], 5) == [2, 3, 0]  # each part: floor or ceiling of k*size/total
     assert shares([0, 4, 4, 0], 8) == [0, 4, 4, 0] and shares([3, 5], 0) == [0, 0] and shares([0, 0], 0) == [0, 0]
     g = torch.Generator().manual_seed(0)
     for _ in range(200):
@@ -96,13 +108,13 @@ def frames_of(keep: torch.Tensor, per_frame: int) -> list[int]:
 
 
 def test_temporal_static_video_keeps_the_references_and_one_token_per_other_frame():
-    layout = Layout((((8, 2, 2), 0, 32),))                 # two groups of 4 frames: references are frames 0 and 4
-    keep = select_temporal(static_video(8), layout, 14)    # 8 reference tokens + 6 for the 6 other frames
+    layout = Layout((((8, 2, 2), 0, 32),))  # two groups of 4 frames: references are frames 0 and 4
+    keep = select_temporal(static_video(8), layout, 14)  # 8 reference tokens + 6 for the 6 other frames
     references = list(range(0, 4)) + list(range(16, 20))
     assert set(references) <= set(keep.tolist())
     others = [i for i in keep.tolist() if i not in references]
     assert len(others) == 6 and frames_of(torch.tensor(others), 4) == [1, 2, 3, 5, 6, 7]
-    fewer = select_temporal(static_video(8), layout, 10)   # only 2 tokens beyond the references
+    fewer = select_temporal(static_video(8), layout, 10)  # only 2 tokens beyond the references
     assert set(references) <= set(fewer.tolist()) and len(frames_of(fewer, 4)) == 4
 
 
@@ -110,17 +122,17 @@ def test_temporal_keeps_what_changed_from_the_reference_frame():
     layout = Layout((((8, 2, 2), 0, 32),))
     features = static_video(8)
     new = torch.randn(2, 8, generator=torch.Generator().manual_seed(9))
-    features[4 * 2 + 1] = new[0]                           # frame 2, position 1: one token changes
-    features[4 * 5 + 3: 4 * 8: 4] = new[1]                 # position 3 changes in frame 5 and stays changed to 7
+    features[4 * 2 + 1] = new[0]  # frame 2, position 1: one token changes
+    features[4 * 5 + 3 : 4 * 8 : 4] = new[1]  # position 3 changes in frame 5 and stays changed to 7
     keep = select_temporal(features, layout, 14).tolist()
     assert 9 in keep
     # compared with the group's reference (frame 4), not with the previous frame: kept in frames 5, 6 and 7
     assert {23, 27, 31} <= set(keep)
-    assert 10 not in keep and 11 not in keep               # an unchanged token of frame 2 lost to the changed one
+    assert 10 not in keep and 11 not in keep  # an unchanged token of frame 2 lost to the changed one
 
 
 def test_temporal_small_budget_spreads_over_frames():
-    layout = Layout((((4, 3, 3), 0, 36),))                 # one group: its reference frame alone needs 9 tokens
+    layout = Layout((((4, 3, 3), 0, 36),))  # one group: its reference frame alone needs 9 tokens
     features = torch.randn(36, 8, generator=torch.Generator().manual_seed(3))
     for k in (2, 3, 5, 8):
         keep = select_temporal(features, layout, k)
@@ -135,7 +147,7 @@ def test_temporal_is_deterministic_and_budget_exact_on_mixed_layouts():
     layout = Layout(((None, 0, 6), ((5, 2, 3), 1, 31)))
     features = torch.randn(37, 8, generator=torch.Generator().manual_seed(4))
     for k in range(38):
-        torch.manual_seed(k)                               # the global RNG must not matter
+        torch.manual_seed(k)  # the global RNG must not matter
         a = select_temporal(features, layout, k)
         torch.manual_seed(k + 100)
         assert torch.equal(a, select_temporal(features, layout, k))
@@ -152,7 +164,7 @@ def test_frames_keeps_whole_evenly_spaced_frames():
 
 def test_frames_below_one_frame_keeps_tokens_evenly_from_the_middle_frame():
     layout = Layout((((5, 3, 3), 0, 45),))
-    assert select_frames(layout, 4).tolist() == [18, 20, 23, 26]     # frame 2 of 0..4, linspace over its 9 tokens
+    assert select_frames(layout, 4).tolist() == [18, 20, 23, 26]  # frame 2 of 0..4, linspace over its 9 tokens
     assert select_frames(layout, 1).tolist() == [18]
     # one frame and a bit: frames 0 and 4, the second cut to 2 tokens spread over it
     assert select_frames(layout, 11).tolist() == list(range(9)) + [36, 44]
@@ -161,9 +173,9 @@ def test_frames_below_one_frame_keeps_tokens_evenly_from_the_middle_frame():
 def test_grid_fill_spreads_over_frames_and_space():
     layout = Layout((((2, 4, 4), 0, 32),))
     picked = grid_fill(layout, torch.tensor([], dtype=torch.long), 8)
-    assert picked.numel() == 8 and (picked < 16).sum() == 4            # half per frame
+    assert picked.numel() == 8 and (picked < 16).sum() == 4  # half per frame
     rows, cols = (picked % 16) // 4, (picked % 16) % 4
-    assert set(rows.tolist()) == {1, 3} and set(cols.tolist()) == {1, 3}   # a 2-D lattice, not a 1-D run
+    assert set(rows.tolist()) == {1, 3} and set(cols.tolist()) == {1, 3}  # a 2-D lattice, not a 1-D run
 
 
 def test_scores_are_required_where_used():

@@ -7,13 +7,14 @@ import functools
 import pytest
 import torch
 
-from helpers import model, reference
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.adapters.capture import AttentionCapture
 from specvlm.pruning import METHODS
 from specvlm.session import ModelSession
 from specvlm.tiny import FAMILIES, make_inputs
+
+from helpers import model, reference
 
 
 @pytest.mark.parametrize("attn", ["eager", "sdpa"])
@@ -32,10 +33,13 @@ def test_capture_equals_eager_maps_and_leaves_prefill_untouched(family, attn):
     assert torch.equal(logits, logits2) and torch.equal(hidden, hidden2)
     for a, b in zip(plain.caches[0].layers, captured.caches[0].layers):
         assert torch.equal(a.keys, b.keys) and torch.equal(a.values, b.values)
-    assert adapter.decoder.config._attn_implementation == attn          # restored
+    assert adapter.decoder.config._attn_implementation == attn  # restored
     eager = model(family, attn="eager")
-    maps = adapter_for(eager).decoder(inputs_embeds=prompt.embeds, position_ids=prompt.positions,
-                                      output_attentions=True).attentions
+    maps = (
+        adapter_for(eager)
+        .decoder(inputs_embeds=prompt.embeds, position_ids=prompt.positions, output_attentions=True)
+        .attentions
+    )
     expected = torch.stack([m[0, :, start:][..., visual] for m in maps]).float().mean(dim=(0, 1, 2))
     assert torch.allclose(capture.scores, expected, atol=1e-6)
     assert capture.scores.shape == (visual.numel(),) and float(capture.scores.min()) >= 0
@@ -59,14 +63,17 @@ def test_capture_of_a_chunk_that_follows_a_cache(family, attn):
     assert cache.get_seq_length() == len(prompt)
     whole, _ = adapter.forward(prompt.embeds, prompt.positions, adapter.new_cache())
     assert torch.allclose(logits, whole[:, start:], atol=1e-5)
-    maps = adapter_for(model(family, attn="eager")).decoder(inputs_embeds=prompt.embeds, position_ids=prompt.positions,
-                                                            output_attentions=True).attentions
+    maps = (
+        adapter_for(model(family, attn="eager"))
+        .decoder(inputs_embeds=prompt.embeds, position_ids=prompt.positions, output_attentions=True)
+        .attentions
+    )
     expected = torch.stack([m[0, :, start:][..., visual] for m in maps]).float().mean(dim=(0, 1, 2))
     assert torch.allclose(capture.scores, expected, atol=1e-6)
-    assert capture.rows == len(maps) * maps[0].shape[1] * (len(prompt) - start)   # text rows only, each once
+    assert capture.rows == len(maps) * maps[0].shape[1] * (len(prompt) - start)  # text rows only, each once
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def small_draft(family):
     return model(family, seed=1, hidden=32, layers=1)
 
@@ -78,8 +85,14 @@ def test_pruned_drafts_are_lossless(family, method, draft):
     target = model(family)
     inputs = make_inputs(family, "video", frames=6)
     expected = reference(target, inputs, do_sample=False, max_new_tokens=16)
-    gen = SpeculativeGenerator(target, small_draft(family) if draft == "small" else "self", tree="chain",
-                               num_draft_tokens=3, pruning=method, visual_keep_ratio=0.25)
+    gen = SpeculativeGenerator(
+        target,
+        small_draft(family) if draft == "small" else "self",
+        tree="chain",
+        num_draft_tokens=3,
+        pruning=method,
+        visual_keep_ratio=0.25,
+    )
     out = gen.generate(**inputs, do_sample=False, max_new_tokens=16)
     assert out.token_ids == expected
     s = out.stats
@@ -95,8 +108,9 @@ def test_pruning_with_trees_and_images(family, kind, tree):
     inputs = make_inputs(family, kind)
     expected = reference(target, inputs, do_sample=False, max_new_tokens=16)
     for positions in ("original", "contiguous"):
-        gen = SpeculativeGenerator(target, "self", tree=tree, pruning="specvlm", visual_keep_ratio=0.1,
-                                   draft_positions=positions)
+        gen = SpeculativeGenerator(
+            target, "self", tree=tree, pruning="specvlm", visual_keep_ratio=0.1, draft_positions=positions
+        )
         assert gen.generate(**inputs, do_sample=False, max_new_tokens=16).token_ids == expected
 
 
@@ -111,9 +125,15 @@ def test_keeping_no_or_every_visual_token_is_lossless(family, kind, ratio):
     expected = reference(target, inputs, do_sample=False, max_new_tokens=16)
     for draft in ("self", "small"):
         for positions in ("original", "contiguous"):
-            gen = SpeculativeGenerator(target, small_draft(family) if draft == "small" else "self", tree="chain",
-                                       num_draft_tokens=3, pruning="specvlm", visual_keep_ratio=ratio,
-                                       draft_positions=positions)
+            gen = SpeculativeGenerator(
+                target,
+                small_draft(family) if draft == "small" else "self",
+                tree="chain",
+                num_draft_tokens=3,
+                pruning="specvlm",
+                visual_keep_ratio=ratio,
+                draft_positions=positions,
+            )
             out = gen.generate(**inputs, do_sample=False, max_new_tokens=16)
             assert out.token_ids == expected, (draft, positions)
             s = out.stats
@@ -141,17 +161,24 @@ def test_scoring_time_is_reported_only_when_scores_are_captured(family):
 def test_draft_prefill_is_the_pruned_prompt(family):
     target = model(family)
     inputs = make_inputs(family, "video", frames=8)
-    gen = SpeculativeGenerator(target, copy.deepcopy(target), tree="chain", pruning="uniform", visual_keep_ratio=0.5,
-                               engine="eager")   # a DynamicCache knows its own length
+    gen = SpeculativeGenerator(
+        target, copy.deepcopy(target), tree="chain", pruning="uniform", visual_keep_ratio=0.5, engine="eager"
+    )  # a DynamicCache knows its own length
     began = {}
     add_row = gen.drafter.add_row
 
     def spy(row, ctx):
         tokens = add_row(row, ctx)
         session = gen.drafter.session
-        began.update(cache=session.caches[row].get_seq_length(), length=session.lengths[row],
-                     offset=session.offsets[row], prompt=ctx.target_prompt, keep=ctx.visual_keep)
+        began.update(
+            cache=session.caches[row].get_seq_length(),
+            length=session.lengths[row],
+            offset=session.offsets[row],
+            prompt=ctx.target_prompt,
+            keep=ctx.visual_keep,
+        )
         return tokens
+
     gen.drafter.add_row = spy
     out = gen.generate(**inputs, do_sample=False, max_new_tokens=4)
     prompt, keep = began["prompt"], began["keep"]

@@ -20,20 +20,27 @@ def test_readme_python_examples_run(capsys):
     namespace: dict = {}
     for block in blocks:
         exec(compile(block, str(README), "exec"), namespace)
-    out, gen, inputs, target = namespace["out"], namespace["gen"], namespace["inputs"], namespace["target"]
+    out, inputs, target = namespace["out"], namespace["inputs"], namespace["target"]
     plain = target.generate(**inputs, do_sample=False, max_new_tokens=64)
-    assert out.token_ids == plain[0, inputs["input_ids"].shape[1]:].tolist()
+    assert out.token_ids == plain[0, inputs["input_ids"].shape[1] :].tolist()
     printed = capsys.readouterr().out
     # the answer, then the same answer streamed, then the batch's shape and its rows' answers
     batched, batch = namespace["batched"], namespace["batch"]
-    assert out.text and printed.startswith(out.text + "\n") and f"{out.text}\nbatch: {tuple(batched.sequences.shape)}\n" in printed
+    assert (
+        out.text
+        and printed.startswith(out.text + "\n")
+        and f"{out.text}\nbatch: {tuple(batched.sequences.shape)}\n" in printed
+    )
     assert printed.rstrip().endswith("\n".join(batched.text).rstrip())
     from specvlm.adapters import adapter_for
     from specvlm.request import left_padding, strip_left_padding
 
     for row, tokens in zip(adapter_for(target).split_batch(batch), batched.token_ids):
         row = strip_left_padding(row, left_padding(row["attention_mask"]))
-        assert tokens == target.generate(**row, do_sample=False, max_new_tokens=64)[0, row["input_ids"].shape[1]:].tolist()
+        assert (
+            tokens
+            == target.generate(**row, do_sample=False, max_new_tokens=64)[0, row["input_ids"].shape[1] :].tolist()
+        )
 
 
 def serving_script(port: int) -> str:
@@ -64,19 +71,39 @@ def test_readme_serving_examples_run(tmp_path):
         probe.bind(("127.0.0.1", 0))
         port = probe.getsockname()[1]
     env = {**os.environ, "PATH": f"{Path(sys.executable).parent}:{os.environ['PATH']}", "TMPDIR": str(tmp_path)}
-    shell = subprocess.Popen(["bash", "-c", serving_script(port)], stdout=subprocess.PIPE, stderr=subprocess.PIPE,
-                             text=True, env=env, start_new_session=True)
+    shell = subprocess.Popen(
+        ["bash", "-c", serving_script(port)],
+        stdout=subprocess.PIPE,
+        stderr=subprocess.PIPE,
+        text=True,
+        env=env,
+        start_new_session=True,
+    )
     try:
         out, err = shell.communicate(timeout=240)
     finally:
-        with contextlib.suppress(ProcessLookupError):   # the server, if the script failed before `kill $SERVER`
+        with contextlib.suppress(ProcessLookupError):  # the server, if the script failed before `kill $SERVER`
             os.killpg(shell.pid, signal.SIGTERM)
     assert shell.returncode == 0, err[-3000:]
     target, draft = bundled_pair("qwen2_5_vl")
     printed = io.StringIO()
     with contextlib.redirect_stdout(printed):
-        main(["generate", "--target", str(target), "--draft", str(draft), "--video", f"{SAMPLES_DIR}/clip_00009.mp4",
-              "--prompt", "Describe the video in detail.", "--max-new-tokens", "64", "--json"])
+        main(
+            [
+                "generate",
+                "--target",
+                str(target),
+                "--draft",
+                str(draft),
+                "--video",
+                f"{SAMPLES_DIR}/clip_00009.mp4",
+                "--prompt",
+                "Describe the video in detail.",
+                "--max-new-tokens",
+                "64",
+                "--json",
+            ]
+        )
     answer = json.loads(printed.getvalue())
     curl, streamed = out.split("\n", 1)
     assert json.loads(curl)["choices"][0]["message"]["content"] == answer["text"]

@@ -3,8 +3,12 @@
 import pytest
 import torch
 from transformers import GenerationConfig
-from transformers.generation.logits_process import (RepetitionPenaltyLogitsProcessor, TemperatureLogitsWarper,
-                                                    TopKLogitsWarper, TopPLogitsWarper)
+from transformers.generation.logits_process import (
+    RepetitionPenaltyLogitsProcessor,
+    TemperatureLogitsWarper,
+    TopKLogitsWarper,
+    TopPLogitsWarper,
+)
 
 from specvlm.sampling import Sampling
 
@@ -20,9 +24,17 @@ def hf_chain(ids, logits, temperature, top_k, top_p, penalty):
     return scores
 
 
-@pytest.mark.parametrize("temperature,top_k,top_p,penalty", [
-    (1.0, 0, 1.0, 1.0), (0.7, 0, 1.0, 1.0), (1.3, 5, 1.0, 1.0), (0.9, 0, 0.8, 1.0), (0.5, 20, 0.9, 1.05),
-    (1.0, 1, 0.001, 1.05)])
+@pytest.mark.parametrize(
+    "temperature,top_k,top_p,penalty",
+    [
+        (1.0, 0, 1.0, 1.0),
+        (0.7, 0, 1.0, 1.0),
+        (1.3, 5, 1.0, 1.0),
+        (0.9, 0, 0.8, 1.0),
+        (0.5, 20, 0.9, 1.05),
+        (1.0, 1, 0.001, 1.05),
+    ],
+)
 def test_warp_matches_hf(temperature, top_k, top_p, penalty):
     g = torch.Generator().manual_seed(0)
     logits = torch.randn(3, 100, generator=g) * 3
@@ -30,7 +42,9 @@ def test_warp_matches_hf(temperature, top_k, top_p, penalty):
     seen = torch.zeros(3, 100, dtype=torch.bool).scatter_(1, ids, True)
     s = Sampling(do_sample=True, temperature=temperature, top_k=top_k, top_p=top_p, repetition_penalty=penalty)
     ours = s.warp(s.scores(logits, seen))
-    theirs = torch.cat([hf_chain(ids[i:i + 1], logits[i:i + 1], temperature, top_k, top_p, penalty) for i in range(3)])
+    theirs = torch.cat(
+        [hf_chain(ids[i : i + 1], logits[i : i + 1], temperature, top_k, top_p, penalty) for i in range(3)]
+    )
     assert torch.equal(ours, theirs)
 
 

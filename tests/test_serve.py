@@ -38,7 +38,7 @@ from specvlm.serve.schema import Decoding, chat_turn, decoding, parse_request
 from specvlm.serve.worker import stop_point
 from specvlm.testbed.assets import SAMPLES_DIR, bundled_pair, sample_clips
 
-pytestmark = pytest.mark.xdist_group("serve")   # one worker runs the module: its servers start once
+pytestmark = pytest.mark.xdist_group("serve")  # one worker runs the module: its servers start once
 
 MODEL = "testbed"
 KEY = "sk-test-key"
@@ -49,7 +49,7 @@ QUESTION = "Describe the video in detail."
 VIDEO_TOKENS = 24
 IMAGE_QUESTION = "What is in the picture?"
 IMAGE_TOKENS = 12
-LONG = dict(max_tokens=3000, extra_body={"ignore_eos": True})   # runs for long (30 s and more) unless stopped
+LONG = dict(max_tokens=3000, extra_body={"ignore_eos": True})  # runs for long (30 s and more) unless stopped
 
 
 class Server:
@@ -61,9 +61,24 @@ class Server:
         self.log = root / "server.log"
         with open(self.log, "wb") as log:
             self.proc = subprocess.Popen(
-                [sys.executable, "-m", "specvlm", "serve", "--target", str(TARGET), "--served-model-name", MODEL,
-                 "--port", "0", *options], stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-                env={**os.environ, "TMPDIR": str(self.tmp), "OMP_NUM_THREADS": "1"})
+                [
+                    sys.executable,
+                    "-m",
+                    "specvlm",
+                    "serve",
+                    "--target",
+                    str(TARGET),
+                    "--served-model-name",
+                    MODEL,
+                    "--port",
+                    "0",
+                    *options,
+                ],
+                stdout=log,
+                stderr=subprocess.STDOUT,
+                start_new_session=True,
+                env={**os.environ, "TMPDIR": str(self.tmp), "OMP_NUM_THREADS": "1"},
+            )
         self.url = None
 
     def wait_ready(self, timeout: float = 180) -> "Server":
@@ -104,8 +119,9 @@ def get(url: str, headers: dict | None = None) -> tuple[int, bytes]:
 
 def post(url: str, body, headers: dict | None = None) -> tuple[int, bytes]:
     data = body if isinstance(body, bytes) else json.dumps(body).encode()
-    return _http(urllib.request.Request(url, data=data, headers={"Content-Type": "application/json",
-                                                                  **(headers or {})}))
+    return _http(
+        urllib.request.Request(url, data=data, headers={"Content-Type": "application/json", **(headers or {})})
+    )
 
 
 def _http(request) -> tuple[int, bytes]:
@@ -135,10 +151,34 @@ def cli_generate(*argv) -> dict:
 @pytest.fixture(scope="module")
 def servers(tmp_path_factory):
     root = tmp_path_factory.mktemp("serve")
-    started = [Server(root / "spec", "--draft", str(DRAFT), "--allowed-local-media-path", str(SAMPLES_DIR),
-                      "--max-request-bytes", str(1 << 20), "--max-queue", "32"),
-               Server(root / "base", "--draft", "none", "--api-key", KEY, "--max-queue", "1", "--max-batch", "1",
-                      "--request-timeout", str(TIMEOUT_S), "--allowed-local-media-path", str(SAMPLES_DIR))]
+    started = [
+        Server(
+            root / "spec",
+            "--draft",
+            str(DRAFT),
+            "--allowed-local-media-path",
+            str(SAMPLES_DIR),
+            "--max-request-bytes",
+            str(1 << 20),
+            "--max-queue",
+            "32",
+        ),
+        Server(
+            root / "base",
+            "--draft",
+            "none",
+            "--api-key",
+            KEY,
+            "--max-queue",
+            "1",
+            "--max-batch",
+            "1",
+            "--request-timeout",
+            str(TIMEOUT_S),
+            "--allowed-local-media-path",
+            str(SAMPLES_DIR),
+        ),
+    ]
     try:
         yield {"spec": started[0], "base": started[1]}
     finally:
@@ -156,8 +196,10 @@ def picture(tmp_path_factory):
 @pytest.fixture(scope="module")
 def expected(servers, picture):
     """What `specvlm generate --json` answers (computed while the servers start)."""
-    return {"video": cli_generate("--video", CLIP, "--prompt", QUESTION, "--max-new-tokens", VIDEO_TOKENS),
-            "image": cli_generate("--image", picture, "--prompt", IMAGE_QUESTION, "--max-new-tokens", IMAGE_TOKENS)}
+    return {
+        "video": cli_generate("--video", CLIP, "--prompt", QUESTION, "--max-new-tokens", VIDEO_TOKENS),
+        "image": cli_generate("--image", picture, "--prompt", IMAGE_QUESTION, "--max-new-tokens", IMAGE_TOKENS),
+    }
 
 
 @pytest.fixture(scope="module")
@@ -175,6 +217,7 @@ VIDEO = user(QUESTION, ("video", "file://" + CLIP))
 
 # ---- answers ---------------------------------------------------------------------------------------------------
 
+
 def test_models_health_and_unknown_routes(spec):
     assert [m.id for m in spec.client().models.list()] == [MODEL]
     assert spec.client().models.retrieve(MODEL).id == MODEL
@@ -186,8 +229,7 @@ def test_models_health_and_unknown_routes(spec):
 def test_greedy_answer_equals_generate(spec, expected):
     video = expected["video"]
     messages = user(QUESTION, ("video", data_url(CLIP, "video/mp4")))
-    out = spec.client().chat.completions.create(model=MODEL, messages=messages, max_tokens=VIDEO_TOKENS,
-                                                temperature=0)
+    out = spec.client().chat.completions.create(model=MODEL, messages=messages, max_tokens=VIDEO_TOKENS, temperature=0)
     assert out.choices[0].message.content == video["text"]
     assert out.choices[0].finish_reason == ("stop" if len(video["token_ids"]) < VIDEO_TOKENS else "length")
     assert out.usage.completion_tokens == len(video["token_ids"])
@@ -198,18 +240,20 @@ def test_greedy_answer_equals_generate(spec, expected):
 
 
 def test_streamed_answer_equals_generate(spec, expected):
-    chunks = list(spec.client().chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS,
-                                                        stream=True, stream_options={"include_usage": True}))
+    chunks = list(
+        spec.client().chat.completions.create(
+            model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS, stream=True, stream_options={"include_usage": True}
+        )
+    )
     assert chunks[0].choices[0].delta.role == "assistant"
     text = "".join(c.choices[0].delta.content or "" for c in chunks if c.choices)
     assert text == expected["video"]["text"]
-    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2   # streamed, not one piece
+    assert len([c for c in chunks if c.choices and c.choices[0].delta.content]) >= 2  # streamed, not one piece
     finish, usage = chunks[-2], chunks[-1]
     assert finish.choices[0].finish_reason in ("stop", "length") and not usage.choices
     assert usage.usage.completion_tokens == len(expected["video"]["token_ids"])
     assert usage.model_extra["specvlm"]["acceptance_by_position"][0] > 0
-    status, raw = post(spec.url + "/v1/chat/completions", dict(model=MODEL, messages=VIDEO, max_tokens=4,
-                                                                stream=True))
+    status, raw = post(spec.url + "/v1/chat/completions", dict(model=MODEL, messages=VIDEO, max_tokens=4, stream=True))
     events = raw.decode().strip().split("\n\n")
     assert status == 200 and events[-1] == "data: [DONE]" and all(e.startswith("data: ") for e in events)
     assert "usage" not in json.loads(events[-2][6:]) and "specvlm" in json.loads(events[-2][6:])
@@ -229,26 +273,33 @@ def test_stop_string_cuts_the_answer(spec, expected):
     out = client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS, stop=[stop, "zzz"])
     assert out.choices[0].message.content == text[: text.index(stop)]
     assert out.choices[0].finish_reason == "stop"
-    chunks = list(client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS, stop=stop,
-                                                 stream=True))
+    chunks = list(
+        client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS, stop=stop, stream=True)
+    )
     assert "".join(c.choices[0].delta.content or "" for c in chunks) == text[: text.index(stop)]
 
 
 def test_sampling_is_reproducible_per_seed(spec):
     client = spec.client()
-    answers = [client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=12, temperature=1.0,
-                                              top_p=0.9, seed=11).choices[0].message.content for _ in range(2)]
+    answers = [
+        client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=12, temperature=1.0, top_p=0.9, seed=11)
+        .choices[0]
+        .message.content
+        for _ in range(2)
+    ]
     assert answers[0] == answers[1] and answers[0]
 
 
 def test_target_only_server_gives_the_same_greedy_answer(base, expected):
     out = base.client(KEY).chat.completions.create(
-        model=MODEL, messages=user(QUESTION, ("video", data_url(CLIP, "video/mp4"))), max_tokens=VIDEO_TOKENS)
+        model=MODEL, messages=user(QUESTION, ("video", data_url(CLIP, "video/mp4"))), max_tokens=VIDEO_TOKENS
+    )
     assert out.choices[0].message.content == expected["video"]["text"]
     assert out.model_extra["specvlm"]["mode"] == "target-only"
 
 
 # ---- refusals --------------------------------------------------------------------------------------------------
+
 
 def bad_requests(allowed_outside: str) -> dict:
     """what is wrong -> (request body or raw bytes, status, a phrase the message contains)"""
@@ -256,15 +307,27 @@ def bad_requests(allowed_outside: str) -> dict:
     ok = dict(model=MODEL, max_tokens=4)
     return {
         "bad base64": ({**ok, "messages": user("Q", ("image", "data:image/png;base64,@@@"))}, 400, "base64"),
-        "undecodable image": ({**ok, "messages": user("Q", ("image", "data:image/png;base64," + garbage))}, 400,
-                              "cannot read image"),
-        "undecodable video": ({**ok, "messages": user("Q", ("video", "data:video/mp4;base64," + garbage))}, 400,
-                              "cannot read video"),
-        "wrong media type": ({**ok, "messages": user("Q", ("image", data_url(CLIP, "video/mp4")))}, 400,
-                             "unsupported image type"),
+        "undecodable image": (
+            {**ok, "messages": user("Q", ("image", "data:image/png;base64," + garbage))},
+            400,
+            "cannot read image",
+        ),
+        "undecodable video": (
+            {**ok, "messages": user("Q", ("video", "data:video/mp4;base64," + garbage))},
+            400,
+            "cannot read video",
+        ),
+        "wrong media type": (
+            {**ok, "messages": user("Q", ("image", data_url(CLIP, "video/mp4")))},
+            400,
+            "unsupported image type",
+        ),
         "remote URL": ({**ok, "messages": user("Q", ("video", "https://example.com/clip.mp4"))}, 400, "remote"),
-        "outside the allowed folder": ({**ok, "messages": user("Q", ("video", allowed_outside))}, 400,
-                                       "outside --allowed-local-media-path"),
+        "outside the allowed folder": (
+            {**ok, "messages": user("Q", ("video", allowed_outside))},
+            400,
+            "outside --allowed-local-media-path",
+        ),
         "relative path": ({**ok, "messages": user("Q", ("video", "clip.mp4"))}, 400, "absolute"),
         "unknown model": ({**ok, "model": "gpt-4o", "messages": VIDEO}, 404, "does not exist"),
         "temperature": ({**ok, "messages": VIDEO, "temperature": 3}, 400, "temperature"),
@@ -273,19 +336,30 @@ def bad_requests(allowed_outside: str) -> dict:
         "logprobs": ({**ok, "messages": VIDEO, "logprobs": True}, 400, "logprobs"),
         "unknown field": ({**ok, "messages": VIDEO, "best_of": 3}, 400, "unknown parameter"),
         "too many stops": ({**ok, "messages": VIDEO, "stop": list("abcde")}, 400, "stop"),
-        "system message": ({**ok, "messages": [{"role": "system", "content": "Be brief."}, *VIDEO]}, 400,
-                           "system messages"),
-        "multi-turn": ({**ok, "messages": [*VIDEO, {"role": "assistant", "content": "A"}, *VIDEO]}, 400,
-                       "multi-turn"),
-        "two videos": ({**ok, "messages": user("Q", ("video", "file://" + CLIP), ("video", "file://" + CLIP))}, 400,
-                       "one video"),
+        "system message": (
+            {**ok, "messages": [{"role": "system", "content": "Be brief."}, *VIDEO]},
+            400,
+            "system messages",
+        ),
+        "multi-turn": ({**ok, "messages": [*VIDEO, {"role": "assistant", "content": "A"}, *VIDEO]}, 400, "multi-turn"),
+        "two videos": (
+            {**ok, "messages": user("Q", ("video", "file://" + CLIP), ("video", "file://" + CLIP))},
+            400,
+            "one video",
+        ),
         "no text": ({**ok, "messages": user("", ("video", "file://" + CLIP))}, 400, "no text"),
-        "audio part": ({**ok, "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]}, 400,
-                       "input_audio"),
+        "audio part": (
+            {**ok, "messages": [{"role": "user", "content": [{"type": "input_audio"}]}]},
+            400,
+            "input_audio",
+        ),
         "prompt too long": ({**ok, "messages": VIDEO, "max_tokens": 4000}, 400, "max_position_embeddings"),
         "not JSON": (b"{model: ", 400, "not valid JSON"),
-        "too large": (json.dumps({**ok, "messages": user("Q", ("video", "data:video/mp4;base64," + "A" * (2 << 20)))}
-                                 ).encode(), 413, "--max-request-bytes"),
+        "too large": (
+            json.dumps({**ok, "messages": user("Q", ("video", "data:video/mp4;base64," + "A" * (2 << 20)))}).encode(),
+            413,
+            "--max-request-bytes",
+        ),
     }
 
 
@@ -297,9 +371,10 @@ def test_bad_requests_are_openai_errors_and_the_worker_keeps_serving(spec, expec
         error = json.loads(raw)["error"]
         assert got == status and phrase in error["message"], (what, got, error)
         assert set(error) == {"message", "type", "param", "code"} and "\n" not in error["message"], what
-    with pytest.raises(openai.BadRequestError, match="base64"):   # the official client maps them as OpenAI's
-        spec.client().chat.completions.create(model=MODEL, max_tokens=4, stream=True,
-                                              messages=user("Q", ("image", "data:image/png;base64,@@@")))
+    with pytest.raises(openai.BadRequestError, match="base64"):  # the official client maps them as OpenAI's
+        spec.client().chat.completions.create(
+            model=MODEL, max_tokens=4, stream=True, messages=user("Q", ("image", "data:image/png;base64,@@@"))
+        )
     with pytest.raises(openai.NotFoundError):
         spec.client().chat.completions.create(model="gpt-4o", messages=VIDEO, max_tokens=4)
     out = spec.client().chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS)
@@ -322,6 +397,7 @@ def test_api_key(base):
 
 # ---- queue, timeout, disconnects, concurrency ------------------------------------------------------------------
 
+
 def wait_for(condition, timeout: float = 30.0) -> None:
     end = time.monotonic() + timeout
     while not condition():
@@ -332,16 +408,19 @@ def wait_for(condition, timeout: float = 30.0) -> None:
 def test_full_queue_is_429_and_a_disconnect_frees_the_worker(base, expected):
     client = base.client(KEY)
     hold = client.chat.completions.create(model=MODEL, messages=VIDEO, stream=True, **LONG)
-    next(iter(hold))                                            # the role chunk: the worker is generating it
+    next(iter(hold))  # the role chunk: the worker is generating it
     queued = {}
-    waiter = threading.Thread(target=lambda: queued.update(out=client.chat.completions.create(
-        model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS)))
+    waiter = threading.Thread(
+        target=lambda: queued.update(
+            out=client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS)
+        )
+    )
     waiter.start()
     wait_for(lambda: base.metric("specvlm_queue_length") == 1)
-    with pytest.raises(openai.RateLimitError) as refused:      # running one + waiting one = full
+    with pytest.raises(openai.RateLimitError) as refused:  # running one + waiting one = full
         client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=2)
     assert refused.value.body["code"] == "queue_full"
-    hold.close()                                                # the client goes away mid-stream
+    hold.close()  # the client goes away mid-stream
     waiter.join(60)
     assert queued["out"].choices[0].message.content == expected["video"]["text"]
     assert base.metric('specvlm_requests_cancelled_total{reason="disconnect"}') == 1
@@ -373,7 +452,7 @@ def test_disconnect_mid_stream_does_not_stall_the_next_request(spec, expected):
     chunks = iter(stream)
     for _ in range(3):
         next(chunks)
-    stream.close()                                              # the client goes away mid-stream
+    stream.close()  # the client goes away mid-stream
     wait_for(lambda: spec.metric('specvlm_requests_cancelled_total{reason="disconnect"}') == 1)
     stopped_after = spec.metric("specvlm_generation_tokens_total") - before
     assert stopped_after < LONG["max_tokens"] / 4
@@ -424,28 +503,29 @@ def test_batched_clients_get_their_single_answers_while_one_leaves(spec, expecte
     while any(thread.is_alive() for thread in threads):
         running.append(spec.metric("specvlm_running_requests"))
         if len(running) == 20:
-            leaving.close()                                     # mid-stream, while the others decode
+            leaving.close()  # mid-stream, while the others decode
         time.sleep(0.05)
     leaving.close()
     assert answers == {i: expected["video" if i % 2 else "image"]["text"] for i in range(6)}
-    assert max(running) >= 3                                    # requests really decoded together
+    assert max(running) >= 3  # requests really decoded together
     wait_for(lambda: spec.metric('specvlm_requests_cancelled_total{reason="disconnect"}') == before + 1)
 
 
 def test_temporary_media_files_are_removed(spec, base):
     """Runs last: every request has ended, so no request folder is left; a stopped server leaves nothing."""
     wait_for(lambda: not list(spec.tmp.glob("specvlm-serve-*/request-*")), timeout=10)
-    assert len(list(spec.tmp.iterdir())) == 1           # the server's own temporary root, still running
+    assert len(list(spec.tmp.iterdir())) == 1  # the server's own temporary root, still running
     base.stop()
     assert base.proc.returncode is not None and not list(base.tmp.iterdir())
 
 
 # ---- pure parts ------------------------------------------------------------------------------------------------
 
+
 def test_stop_point_holds_back_what_could_become_a_stop_string():
     assert stop_point("Hello wor", ("world",), final=False) == (6, False)
     assert stop_point("Hello wor", ("world",), final=True) == (9, False)
-    assert stop_point("Hello world!", ("world", "lo"), final=False) == (3, True)   # the earliest stop wins
+    assert stop_point("Hello world!", ("world", "lo"), final=False) == (3, True)  # the earliest stop wins
     assert stop_point("abc", (), final=False) == (3, False)
 
 
@@ -466,19 +546,40 @@ def test_local_paths_stay_inside_the_allowed_folder(tmp_path):
 
 def test_request_fields_map_to_generate_options():
     defaults = Decoding(max_new_tokens=128, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop=())
-    request = parse_request(dict(model="m", messages=[{"role": "user", "content": "Q"}, {"role": "user", "content": [
-        {"type": "text", "text": "more"}, {"type": "image_url", "image_url": {"url": "data:x"}}]}],
-        max_completion_tokens=7, max_tokens=9, temperature=0.5, top_k=-1, stop="END", n=1, user="me"))
+    request = parse_request(
+        dict(
+            model="m",
+            messages=[
+                {"role": "user", "content": "Q"},
+                {
+                    "role": "user",
+                    "content": [
+                        {"type": "text", "text": "more"},
+                        {"type": "image_url", "image_url": {"url": "data:x"}},
+                    ],
+                },
+            ],
+            max_completion_tokens=7,
+            max_tokens=9,
+            temperature=0.5,
+            top_k=-1,
+            stop="END",
+            n=1,
+            user="me",
+        )
+    )
     options = decoding(request, defaults)
     assert options == Decoding(max_new_tokens=7, temperature=0.5, top_p=1.0, top_k=0, seed=None, stop=("END",))
     assert options.generate_options() == dict(max_new_tokens=7, do_sample=True, temperature=0.5, top_p=1.0, top_k=0)
-    ignoring = decoding(parse_request(dict(model="m", messages=[{"role": "user", "content": "Q"}], ignore_eos=True)),
-                        defaults)
+    ignoring = decoding(
+        parse_request(dict(model="m", messages=[{"role": "user", "content": "Q"}], ignore_eos=True)), defaults
+    )
     assert ignoring.generate_options() == dict(max_new_tokens=128, do_sample=False, eos_token_id=[])
     turn = chat_turn(request.messages)
     assert turn.prompt == "Q\nmore" and [m.url for m in turn.images] == ["data:x"] and turn.video is None
-    assert decoding(parse_request(dict(model="m", messages=[{"role": "user", "content": "Q"}])),
-                    defaults).generate_options() == dict(max_new_tokens=128, do_sample=False)
+    assert decoding(
+        parse_request(dict(model="m", messages=[{"role": "user", "content": "Q"}])), defaults
+    ).generate_options() == dict(max_new_tokens=128, do_sample=False)
 
 
 def test_metrics_are_prometheus_text():
@@ -502,11 +603,15 @@ def test_help_and_bad_options_are_one_line_before_any_weights_load(capsys, tmp_p
         taken.bind(("127.0.0.1", 0))
         taken.listen()
         bad = {  # options -> a phrase of the one-line error
-            ("--port", "70000"): "--port", ("--max-queue", "-1"): "--max-queue",
-            ("--request-timeout", "0"): "--request-timeout", ("--max-request-bytes", "0"): "--max-request-bytes",
+            ("--port", "70000"): "--port",
+            ("--max-queue", "-1"): "--max-queue",
+            ("--request-timeout", "0"): "--request-timeout",
+            ("--max-request-bytes", "0"): "--max-request-bytes",
             ("--allowed-local-media-path", str(tmp_path / "none")): "not a folder",
-            ("--draft", "none", "--pruning", "specvlm"): "--draft none", ("--num-frames", "0"): "--num-frames",
-            ("--temperature", "-1"): "--temperature", ("--max-pixels", "10"): "--max-pixels",
+            ("--draft", "none", "--pruning", "specvlm"): "--draft none",
+            ("--num-frames", "0"): "--num-frames",
+            ("--temperature", "-1"): "--temperature",
+            ("--max-pixels", "10"): "--max-pixels",
             ("--draft", str(tmp_path / "none")): "does not exist",
             ("--port", str(taken.getsockname()[1])): "cannot listen",
         }
@@ -527,7 +632,7 @@ def test_warm_up_runs_every_batch_bucket_and_leaves_the_engine_ready():
     from specvlm.serve.media import TurnFiles
 
     args = build_parser().parse_args(["serve", "--target", str(TARGET), "--draft", str(DRAFT), "--max-batch", "5"])
-    _check_decoding(args)                     # what `specvlm serve` checks and fills in before loading
+    _check_decoding(args)  # what `specvlm serve` checks and fills in before loading
     engine = load_engine(args, lambda message: None)
     assert engine.warm_up(5) == [1, 2, 3, 4, 5]
     target = engine.generator.session(engine.generator.target)
@@ -538,5 +643,7 @@ def test_warm_up_runs_every_batch_bucket_and_leaves_the_engine_ready():
     row, tokens = batch.add(request)
     while len(batch):
         tokens += batch.step()[0][1]
-    assert engine.tokenizer.decode(tokens, skip_special_tokens=True) == cli_generate(
-        "--video", CLIP, "--prompt", QUESTION, "--max-new-tokens", VIDEO_TOKENS)["text"]
+    assert (
+        engine.tokenizer.decode(tokens, skip_special_tokens=True)
+        == cli_generate("--video", CLIP, "--prompt", QUESTION, "--max-new-tokens", VIDEO_TOKENS)["text"]
+    )

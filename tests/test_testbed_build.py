@@ -14,11 +14,22 @@ from specvlm.testbed.build import build_testbed, flush_denormal_enabled, global_
 from specvlm.testbed.recipe import Arch, Recipe
 
 # ten clips is the smallest world with a validation (index 8) and a test (index 9) clip
-MINI = Recipe(n_clips=10, world_size=64, clip_frames=(16, 18), num_frames=4, ov_image_size=56,
-              qwen_pixels=56 * 56, vocab=512, arch={"target": Arch(32, 1, 2, 1, 16, 1),
-                                                    "draft": Arch(32, 1, 2, 1, 16, 1)},
-              vision_steps={"target": 2, "draft": 2}, text_steps={"target": 1, "draft": 1},
-              steps={"target": 2, "draft": 2}, eval_clips=1, tau_clips=1, tau_tokens=4)
+MINI = Recipe(
+    n_clips=10,
+    world_size=64,
+    clip_frames=(16, 18),
+    num_frames=4,
+    ov_image_size=56,
+    qwen_pixels=56 * 56,
+    vocab=512,
+    arch={"target": Arch(32, 1, 2, 1, 16, 1), "draft": Arch(32, 1, 2, 1, 16, 1)},
+    vision_steps={"target": 2, "draft": 2},
+    text_steps={"target": 1, "draft": 1},
+    steps={"target": 2, "draft": 2},
+    eval_clips=1,
+    tau_clips=1,
+    tau_tokens=4,
+)
 
 
 @pytest.fixture(scope="module")
@@ -48,7 +59,7 @@ def greedy_equal(target_dir, draft_dir, video, max_new_tokens):
     with torch.no_grad():
         plain = target.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         out = SpeculativeGenerator(target, draft).generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-    return out.token_ids, plain[0, inputs["input_ids"].shape[1]:].tolist()
+    return out.token_ids, plain[0, inputs["input_ids"].shape[1] :].tolist()
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
@@ -58,8 +69,13 @@ def test_mini_build_folders_load_and_speculate_losslessly(mini_build, family):
     out, report = mini_build
     target_dir, draft_dir = out / "models" / family / "target", out / "models" / family / "draft"
     for folder in (target_dir, draft_dir):
-        assert {"config.json", "model.safetensors", "generation_config.json", "metrics.json",
-                "video_preprocessor_config.json"} <= {p.name for p in folder.iterdir()}
+        assert {
+            "config.json",
+            "model.safetensors",
+            "generation_config.json",
+            "metrics.json",
+            "video_preprocessor_config.json",
+        } <= {p.name for p in folder.iterdir()}
         assert json.loads((folder / "config.json").read_text())["dtype"] == "float16"
         assert len(AutoTokenizer.from_pretrained(folder)) == MINI.vocab
     metrics = json.loads((target_dir / "metrics.json").read_text())
@@ -85,11 +101,17 @@ def test_same_seed_same_tokenizer_and_first_loss(mini_build):
     assert tokenizer["model"]["vocab"] == json.loads(train_bpe(corpus, MINI.vocab))["model"]["vocab"]
     processor = load_processor(folder)
     clips = load_clips(out / "world", "train", processor, MINI.num_frames, limit=2)
-    first = [train(make_model(MINI, "qwen2_5_vl", "draft", seed=5), clips, Formatter(processor), 1, 1e-3,
-                   seed=3)["first_loss"] for _ in range(2)]
+    first = [
+        train(make_model(MINI, "qwen2_5_vl", "draft", seed=5), clips, Formatter(processor), 1, 1e-3, seed=3)[
+            "first_loss"
+        ]
+        for _ in range(2)
+    ]
     assert first[0] == first[1]
-    assert report["families"]["qwen2_5_vl"]["target"]["train"]["first_loss"] == \
-        json.loads((folder / "metrics.json").read_text())["train"]["first_loss"]
+    assert (
+        report["families"]["qwen2_5_vl"]["target"]["train"]["first_loss"]
+        == json.loads((folder / "metrics.json").read_text())["train"]["first_loss"]
+    )
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
@@ -106,14 +128,15 @@ def test_probe_and_distillation_terms(mini_build, family):
     processor = load_processor(out / "models" / family / "target")
     fmt = Formatter(processor)
     clip = load_clips(out / "world", "train", processor, MINI.num_frames, limit=1)[0]
-    assert clip.labels.shape == (clip.n_visual, 2)          # (what they hold: tests/test_testbed_probe.py)
+    assert clip.labels.shape == (clip.n_visual, 2)  # (what they hold: tests/test_testbed_probe.py)
     model = make_model(MINI, family, "target", seed=4).eval()
     torch.manual_seed(0)
     probe = VisualProbe(model.config.get_text_config().hidden_size)
     order = list(range(len(clip.turns)))
     plain = example_loss(model, fmt, clip, order, autocast=False)
-    with_probe = [example_loss(model, fmt, clip, order, autocast=False, probe=probe, probe_weight=w) - plain
-                  for w in (1.0, 2.0)]
+    with_probe = [
+        example_loss(model, fmt, clip, order, autocast=False, probe=probe, probe_weight=w) - plain for w in (1.0, 2.0)
+    ]
     assert with_probe[0] > 0 and torch.allclose(with_probe[1], 2 * with_probe[0])
     assert example_loss(model, fmt, clip, order, autocast=False, teacher=model, distill=1.0).abs() < 1e-5
     assert torch.allclose(example_loss(model, fmt, clip, order, autocast=False, teacher=model, distill=0.0), plain)
@@ -162,11 +185,20 @@ def test_curriculum_orders_the_turns(mini_build, monkeypatch):
 
     monkeypatch.setattr(train_module, "example_loss", spy)
     model = make_model(MINI, "qwen2_5_vl", "target", seed=4)
-    train_module.train(model, clips, train_module.Formatter(processor), steps=6, lr=1e-3, seed=0, text_steps=2,
-                       question_steps=2, caption_first=1.0)
+    train_module.train(
+        model,
+        clips,
+        train_module.Formatter(processor),
+        steps=6,
+        lr=1e-3,
+        seed=0,
+        text_steps=2,
+        question_steps=2,
+        caption_first=1.0,
+    )
     assert [video for _, video in seen] == [False, False, True, True, True, True]
     assert all(is_caption[0] and not any(is_caption[1:]) for is_caption, _ in seen[:2] + seen[4:])
-    assert not any(any(is_caption) for is_caption, _ in seen[2:4])          # questions only
+    assert not any(any(is_caption) for is_caption, _ in seen[2:4])  # questions only
 
 
 @contextlib.contextmanager
@@ -196,8 +228,9 @@ def test_same_seed_builds_identical_weights(mini_build, tmp_path):
         assert torch.is_grad_enabled() and torch.get_default_dtype() == torch.float64
         assert torch.get_num_threads() == 2 and flush_denormal_enabled() and torch.is_autocast_enabled("cpu")
     for family, fam in again["families"].items():
-        assert fam["train_pixels_sha256"] == report["families"][family]["train_pixels_sha256"], \
+        assert fam["train_pixels_sha256"] == report["families"][family]["train_pixels_sha256"], (
             f"{family}: the world's decoded training pixels differ between two builds of one seed"
+        )
         for role in ROLES:
             assert fam[role]["train"]["steps"] == MINI.text_steps[role] + MINI.steps[role]
             assert not fam[role]["train"]["stopped_early"]
@@ -208,8 +241,9 @@ def test_same_seed_builds_identical_weights(mini_build, tmp_path):
             differ = [name for name in first if not torch.equal(first[name], second[name])]
             assert not differ, f"{family} {role}: {len(differ)} tensors differ, e.g. {differ[0]}"
             assert fam[role]["validation_loss"] == report["families"][family][role]["validation_loss"]
-        assert (tmp_path / "models" / family / "target" / "tokenizer.json").read_bytes() == \
-            (out / "models" / family / "target" / "tokenizer.json").read_bytes()
+        assert (tmp_path / "models" / family / "target" / "tokenizer.json").read_bytes() == (
+            out / "models" / family / "target" / "tokenizer.json"
+        ).read_bytes()
 
 
 def test_resume_reuses_finished_models_and_retrains_the_rest(mini_build, tmp_path):
@@ -228,8 +262,10 @@ def test_resume_reuses_finished_models_and_retrains_the_rest(mini_build, tmp_pat
     kept = {p: p.stat().st_mtime_ns for p in (copy / "models").glob("*/target/model.safetensors")}
     report = build_testbed(copy, minutes=1, seed=0, recipe=MINI, progress=False, resume=True, threads=1)
     assert all(p.stat().st_mtime_ns == t for p, t in kept.items())
-    first, again = load_file(out / "models" / "qwen2_5_vl" / "draft" / "model.safetensors"), \
-        load_file(unfinished / "model.safetensors")
+    first, again = (
+        load_file(out / "models" / "qwen2_5_vl" / "draft" / "model.safetensors"),
+        load_file(unfinished / "model.safetensors"),
+    )
     assert all(torch.equal(first[k], again[k]) for k in first)
     assert report["families"]["qwen2_5_vl"]["draft"]["train"]["steps"] == MINI.text_steps["draft"] + MINI.steps["draft"]
     with pytest.raises(SpecVLMError, match="another recipe, seed"):
@@ -244,9 +280,11 @@ def test_cli_rejects_bad_options(tmp_path, capsys):
     (tmp_path / "full").mkdir()
     (tmp_path / "full" / "mine.txt").write_text("user data")
     (tmp_path / "file").write_text("")
-    for argv in (["--minutes", "-3", "--out", str(tmp_path / "new")],
-                 ["--out", str(tmp_path / "full")],
-                 ["--out", str(tmp_path / "file" / "sub")]):
+    for argv in (
+        ["--minutes", "-3", "--out", str(tmp_path / "new")],
+        ["--out", str(tmp_path / "full")],
+        ["--out", str(tmp_path / "file" / "sub")],
+    ):
         assert main(["testbed", "build", *argv]) == 2
         err = capsys.readouterr().err.strip()
         assert err.startswith("specvlm: error:") and "\n" not in err

@@ -4,8 +4,7 @@ import numpy as np
 import pytest
 import torch
 
-from specvlm.testbed.probe import (COLOR_CLASSES, SHAPE_CLASSES, VisualProbe, cell_cover, token_grid,
-                                   visual_labels)
+from specvlm.testbed.probe import COLOR_CLASSES, SHAPE_CLASSES, VisualProbe, cell_cover, token_grid, visual_labels
 from specvlm.testbed.render import object_masks, render_clip
 from specvlm.testbed.world import COLORS, Obj, Scene
 
@@ -28,7 +27,7 @@ def obj(i, shape, color, size="large"):
 def test_token_grid_layouts():
     qwen = {"video_grid_thw": torch.tensor([[2, 8, 8]])}
     assert token_grid(qwen, 2 * 4 * 4, 4) == (2, 4, 0)
-    assert token_grid({}, 4 * 9 + 1, 4) == (4, 3, 1)            # LLaVA-OV: 4 frames of 3x3, one newline
+    assert token_grid({}, 4 * 9 + 1, 4) == (4, 3, 1)  # LLaVA-OV: 4 frames of 3x3, one newline
     with pytest.raises(ValueError, match="not 4 square grids"):
         token_grid({}, 4 * 9, 4)
     with pytest.raises(ValueError, match="unexpected Qwen video grid"):
@@ -37,8 +36,8 @@ def test_token_grid_layouts():
 
 def test_cell_cover_is_the_area_fraction():
     masks = np.zeros((1, 4, 4), dtype=np.uint8)
-    masks[0, :2, :2] = 1                                  # object 0 fills the top-left quarter
-    masks[0, 3, 3] = 2                                    # object 1 one pixel of the bottom-right quarter
+    masks[0, :2, :2] = 1  # object 0 fills the top-left quarter
+    masks[0, 3, 3] = 2  # object 1 one pixel of the bottom-right quarter
     cover = cell_cover(masks, 2, 2)
     assert cover.shape == (1, 3, 2, 2)
     assert torch.allclose(cover.sum(1), torch.ones(1, 2, 2))
@@ -51,7 +50,7 @@ def test_object_masks_match_the_rendered_frames():
     frames = render_clip(s, 64)[[0, 2]]
     for k, color in ((1, COLORS["red"]), (2, COLORS["blue"])):
         painted = (frames == np.array(color)).all(-1)
-        assert (masks == k).sum() > 50 and ((masks == k) == painted).mean() > 0.99   # edges may antialias
+        assert (masks == k).sum() > 50 and ((masks == k) == painted).mean() > 0.99  # edges may antialias
 
 
 def test_visual_labels_name_the_object_in_each_cell():
@@ -62,7 +61,7 @@ def test_visual_labels_name_the_object_in_each_cell():
     red, tri = COLOR_CLASSES.index("red"), SHAPE_CLASSES.index("triangle")
     blue, sq = COLOR_CLASSES.index("blue"), SHAPE_CLASSES.index("square")
     for g in range(2):
-        grid = labels[4 * g:4 * g + 4].view(2, 2, 2)
+        grid = labels[4 * g : 4 * g + 4].view(2, 2, 2)
         assert grid[0, 0].tolist() == [red, tri] and grid[1, 1].tolist() == [blue, sq]
         assert grid[0, 1].tolist() == [0, 0] and grid[1, 0].tolist() == [0, 0]
     assert labels[-1].tolist() == [-100, -100]
@@ -84,7 +83,7 @@ def test_probe_loss_learns_and_ignores_the_extra_tokens():
     probe = VisualProbe(8)
     first = probe.loss(embeds, labels)
     opt = torch.optim.SGD(probe.parameters(), lr=0.5)
-    with torch.enable_grad():                          # the suite runs with autograd off
+    with torch.enable_grad():  # the suite runs with autograd off
         for _ in range(50):
             opt.zero_grad()
             loss = probe.loss(embeds, labels)
@@ -92,5 +91,5 @@ def test_probe_loss_learns_and_ignores_the_extra_tokens():
             opt.step()
     assert loss < 0.2 * first
     poisoned = embeds.clone()
-    poisoned[3] = float("nan")                         # an ignored token cannot reach the loss
+    poisoned[3] = float("nan")  # an ignored token cannot reach the loss
     assert torch.isfinite(probe.loss(poisoned, labels))

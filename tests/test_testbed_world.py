@@ -6,8 +6,17 @@ import re
 import numpy as np
 import pytest
 
-from specvlm.testbed import (CAPTION_PROMPTS, DESCRIBE_PROMPT, build_text_corpus, generate_world, is_correct,
-                             make_clip, render_clip, simulate, split_of)
+from specvlm.testbed import (
+    CAPTION_PROMPTS,
+    DESCRIBE_PROMPT,
+    build_text_corpus,
+    generate_world,
+    is_correct,
+    make_clip,
+    render_clip,
+    simulate,
+    split_of,
+)
 from specvlm.testbed.language import NUMBERS, SHAPE_WORDS, Language, conversations, short_answer
 from specvlm.testbed.world import COLORS, SHAPES, Obj, Scene, direction_name
 
@@ -65,7 +74,7 @@ def test_same_seed_same_files_and_frames(world, tmp_path):
 
 def test_clip_depends_only_on_seed_and_index(world, tmp_path):
     out, _ = world
-    generate_world(tmp_path, 3, seed=3, **SMALL)          # a smaller world starts with the same clips
+    generate_world(tmp_path, 3, seed=3, **SMALL)  # a smaller world starts with the same clips
     a = read_jsonl(tmp_path / "clips.jsonl")
     b = read_jsonl(out / "clips.jsonl")[:3]
     assert a == b
@@ -76,9 +85,9 @@ def test_reuse_and_regenerate(tmp_path):
     video = tmp_path / "videos" / "clip_00000.mp4"
     stamp = video.stat().st_mtime_ns
     generate_world(tmp_path, 2, seed=0, **SMALL)
-    assert video.stat().st_mtime_ns == stamp                # same world: reused
+    assert video.stat().st_mtime_ns == stamp  # same world: reused
     generate_world(tmp_path, 1, seed=1, **SMALL)
-    assert not (tmp_path / "videos" / "clip_00001.mp4").exists()   # stale clips removed
+    assert not (tmp_path / "videos" / "clip_00001.mp4").exists()  # stale clips removed
     assert json.loads((tmp_path / "world.json").read_text())["seed"] == 1
 
 
@@ -112,8 +121,10 @@ def test_rendered_colours_where_the_log_says():
     for t in (0, scene.n_frames - 1):
         for k, o in enumerate(scene.objects):
             x, y, live = scene.states[t, k]
-            if not live or any(p is not o and p.visible(t) and np.hypot(*(scene.states[t, p.id, :2] - (x, y)))
-                               < p.radius + o.radius for p in scene.objects):
+            if not live or any(
+                p is not o and p.visible(t) and np.hypot(*(scene.states[t, p.id, :2] - (x, y))) < p.radius + o.radius
+                for p in scene.objects
+            ):
                 continue
             pixel = frames[t, int(y * 128), int(x * 128)]
             assert tuple(pixel) == COLORS[o.color_at(t)]
@@ -146,8 +157,19 @@ def hand_scene(direction="left", n=32):
     states = np.zeros((n, 1, 3))
     for t in range(n):
         states[t, 0] = (0.5 + v[0] * t, 0.5 + v[1] * t, 1)
-    o = Obj(0, "circle", "red", "medium", "slowly", 0, n - 1, colors=[(0, "red")], motion=[(0, direction)],
-            start_pos=tuple(states[0, 0, :2]), end_pos=tuple(states[-1, 0, :2]))
+    o = Obj(
+        0,
+        "circle",
+        "red",
+        "medium",
+        "slowly",
+        0,
+        n - 1,
+        colors=[(0, "red")],
+        motion=[(0, direction)],
+        start_pos=tuple(states[0, 0, :2]),
+        end_pos=tuple(states[-1, 0, :2]),
+    )
     return Scene(n, 8, "black", "plain", 0, [o], [], states, [["red"]] * n)
 
 
@@ -226,8 +248,13 @@ def test_answers_follow_the_event_log():
             if expected is None:
                 continue
             if c["kind"] in ("first", "last"):
-                verb = {"appear": "appears", "disappear": "disappears", "color_change": "turns",
-                        "bounce": "bounces", "collide": "collide"}[expected]
+                verb = {
+                    "appear": "appears",
+                    "disappear": "disappears",
+                    "color_change": "turns",
+                    "bounce": "bounces",
+                    "collide": "collide",
+                }[expected]
                 assert verb in c["answer"], (c["question"], c["answer"])
             else:
                 assert c["answer"] == expected, (c["question"], c["answer"], expected)
@@ -244,9 +271,13 @@ def test_caption_covers_objects_background_and_events():
         assert scene.background in text
         for o in scene.objects:
             assert o.color in text and any(w in text for w in SHAPE_WORDS[o.shape])
-        verbs = {"appear": r"appears|shows up|pops into view", "disappear": r"disappears|vanishes|is gone",
-                 "bounce": r"bounces|rebounds|bounces back", "color_change": r"turns|changes|becomes",
-                 "collide": r"collide|bumps|hit"}
+        verbs = {
+            "appear": r"appears|shows up|pops into view",
+            "disappear": r"disappears|vanishes|is gone",
+            "bounce": r"bounces|rebounds|bounces back",
+            "color_change": r"turns|changes|becomes",
+            "collide": r"collide|bumps|hit",
+        }
         for e in scene.events:
             assert re.search(verbs[e["type"]], text), (e, text)
 

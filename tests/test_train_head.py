@@ -9,11 +9,12 @@ import sys
 import pytest
 import torch
 
-from helpers import peaky, trained, training_data, training_prompts
 from specvlm import SpeculativeGenerator
 from specvlm.drafters.eagle import EagleHead
 from specvlm.errors import SpecVLMError
 from specvlm.train import Example, TrainConfig, add_train_arguments, as_example, distill_loss, run_from_args, train_head
+
+from helpers import peaky, trained, training_data, training_prompts
 
 pytestmark = pytest.mark.usefixtures("one_thread")
 
@@ -23,8 +24,9 @@ FAMILIES = ("llava_onevision", "qwen2_5_vl")
 def mean_tau(target, head, prompts, **options) -> float:
     taus = []
     for inputs in prompts:
-        gen = SpeculativeGenerator(target, head, tree="dynamic", tree_top_k=10, tree_total_tokens=60, tree_depth=6,
-                                   **options)
+        gen = SpeculativeGenerator(
+            target, head, tree="dynamic", tree_top_k=10, tree_total_tokens=60, tree_depth=6, **options
+        )
         taus.append(gen.generate(**inputs, do_sample=False, max_new_tokens=24).stats.mean_accepted_tokens)
     return sum(taus) / len(taus)
 
@@ -109,7 +111,7 @@ def test_loss_is_masked_to_the_response():
     length = example.response.numel()
     start = int(example.response.nonzero()[0])
     assert distill_loss(head, example).tokens == length - start
-    late = as_example((example.inputs, length - 3))       # the last 3 tokens only
+    late = as_example((example.inputs, length - 3))  # the last 3 tokens only
     assert distill_loss(head, late).tokens == 3
     positions = as_example({"inputs": example.inputs, "response": [length - 1]})
     assert distill_loss(head, positions).tokens == 1
@@ -128,7 +130,7 @@ def test_progress_bar_shows_loss_and_acceptance(capsys, monkeypatch):
     err = terminal.getvalue()
     assert "train-head" in err and "loss=" in err and "acc=" in err and "tau=" in err
     monkeypatch.undo()
-    small_run(steps=2, progress=True)   # stderr is no terminal here: no bar (logs get no carriage returns)
+    small_run(steps=2, progress=True)  # stderr is no terminal here: no bar (logs get no carriage returns)
     assert "train-head" not in capsys.readouterr().err
 
 
@@ -151,8 +153,25 @@ def test_cli_pair(tmp_path, capsys):
     data = tmp_path / "examples.pt"
     torch.save([{"inputs": e.inputs, "response": e.response} for e in training_data("qwen2_5_vl")[:3]], data)
     out = tmp_path / "head"
-    args = parse("--tiny-smoke", "qwen2_5_vl", "--tiny-examples", "2", "--data", str(data), "--steps", "4",
-                 "--lr", "1e-3", "--out", str(out), "--compressor", "select", "--budget-weight", "0.1", "--json")
+    args = parse(
+        "--tiny-smoke",
+        "qwen2_5_vl",
+        "--tiny-examples",
+        "2",
+        "--data",
+        str(data),
+        "--steps",
+        "4",
+        "--lr",
+        "1e-3",
+        "--out",
+        str(out),
+        "--compressor",
+        "select",
+        "--budget-weight",
+        "0.1",
+        "--json",
+    )
     assert run_from_args(args) == 0
     summary = json.loads(capsys.readouterr().out)
     assert summary["steps"] == 4 and sum(summary["picks"].values()) == 4
@@ -161,8 +180,20 @@ def test_cli_pair(tmp_path, capsys):
     with pytest.raises(SpecVLMError, match="needs --data"):
         run_from_args(parse("--target", str(tmp_path), "--out", str(tmp_path / "new")))
     with pytest.raises(SpecVLMError, match="1..5"):
-        run_from_args(parse("--tiny-smoke", "qwen2_5_vl", "--tiny-examples", "1", "--out", str(tmp_path / "new"),
-                            "--compressor", "concat", "--compressor-branches", "conv:9"))
+        run_from_args(
+            parse(
+                "--tiny-smoke",
+                "qwen2_5_vl",
+                "--tiny-examples",
+                "1",
+                "--out",
+                str(tmp_path / "new"),
+                "--compressor",
+                "concat",
+                "--compressor-branches",
+                "conv:9",
+            )
+        )
     assert TrainConfig().betas == (0.9, 0.95) and TrainConfig().weight_decay == 0.0
 
 
@@ -174,10 +205,10 @@ def test_gate_credit_term_lowers_a_branch_whose_loss_was_above_the_mean():
     q = torch.randn(16)
     with torch.enable_grad():
         c([torch.randn(6, 16)], q)
-        assert float(c.credit_loss(1.0).detach()) == 0.0 and c.loss_count == 1    # first example: no baseline yet
+        assert float(c.credit_loss(1.0).detach()) == 0.0 and c.loss_count == 1  # first example: no baseline yet
         before = dict(c.picks)
         c([torch.randn(6, 16)], q)
         chosen = next(i for i, name in enumerate(c.names) if c.picks[name] != before.get(name, 0))
-        c.credit_loss(3.0).backward()                                     # this loss was above the mean (1.0)
+        c.credit_loss(3.0).backward()  # this loss was above the mean (1.0)
     grad = c.gate.bias.grad
-    assert grad[chosen] > 0 and grad[1 - chosen] < 0   # descent lowers the branch that did worse than average
+    assert grad[chosen] > 0 and grad[1 - chosen] < 0  # descent lowers the branch that did worse than average

@@ -3,8 +3,17 @@
 import torch
 
 from specvlm.adapters.attention import additive_mask
-from specvlm.tree import (EAGLE1_TREE, DraftTree, TreeSpec, ancestor_matrix, build_chain,
-                          build_dynamic_tree, build_static_tree, node_depths, static_shape)
+from specvlm.tree import (
+    EAGLE1_TREE,
+    DraftTree,
+    TreeSpec,
+    ancestor_matrix,
+    build_chain,
+    build_dynamic_tree,
+    build_static_tree,
+    node_depths,
+    static_shape,
+)
 
 V = 8
 
@@ -21,6 +30,7 @@ def table_expand(table):
         assert all(-1 <= p < fed for p in parent_slots.flatten().tolist())
         calls.append((tokens[0].tolist(), parent_slots[0].tolist(), depth))
         return torch.stack([torch.stack([table[int(t)] for t in row]) for row in tokens])
+
     return expand, calls
 
 
@@ -68,8 +78,9 @@ def test_static_tree_fills_ranks_and_feeds_only_inner_nodes():
     assert sorted(fed) == sorted(set(p for p in shape.parents if p >= 0))
     assert [t for fed_tokens, _, _ in calls for t in fed_tokens] == tokens[fed].tolist()
     parents = tree.parents[0].tolist()
-    assert [p for _, slots, _ in calls for p in slots] == [fed.index(parents[n]) if parents[n] >= 0 else -1
-                                                           for n in fed]
+    assert [p for _, slots, _ in calls for p in slots] == [
+        fed.index(parents[n]) if parents[n] >= 0 else -1 for n in fed
+    ]
 
 
 def test_static_tree_respects_max_depth():
@@ -151,29 +162,30 @@ def test_chain_stops_after_a_token_the_draft_doubts():
         probs = torch.full((8,), (1 - p) / 7)
         probs[token] = p
         return probs.log()
+
     table = {1: row(2, 0.9), 2: row(3, 0.2), 3: row(4, 0.9), 4: row(5, 0.9)}
     expand, calls = table_expand(table)
     tree = build_chain(row(1, 0.9)[None], expand, 5, argmax_choice, min_prob=0.5)
     assert tree.tokens.tolist() == [[1, 2, 3]] and tree.parents.tolist() == [[-1, 0, 1]] and len(calls) == 2
     assert tree.probs.shape == (1, 3, 8) and tree.valid.tolist() == [[True, True, True]]
-    assert build_chain(row(1, 0.9)[None], table_expand(table)[0], 5, argmax_choice).tokens.tolist() \
-        == [[1, 2, 3, 4, 5]]   # no threshold: all γ = 5 tokens
+    assert build_chain(row(1, 0.9)[None], table_expand(table)[0], 5, argmax_choice).tokens.tolist() == [
+        [1, 2, 3, 4, 5]
+    ]  # no threshold: all γ = 5 tokens
     # a batch: row 1 starts at a token whose chain stays sure, so drafting goes on for it; row 0's later nodes are
     # padding its chain never proposed (not valid), its real ones the same as alone
     table.update({5: row(6, 0.9), 6: row(7, 0.9), 7: row(1, 0.9)})
-    both = build_chain(torch.stack([row(1, 0.9), row(5, 0.9)]), table_expand(table)[0], 5, argmax_choice,
-                       min_prob=0.5)
+    both = build_chain(torch.stack([row(1, 0.9), row(5, 0.9)]), table_expand(table)[0], 5, argmax_choice, min_prob=0.5)
     assert both.tokens[0, :3].tolist() == [1, 2, 3] and both.tokens[1].tolist() == [5, 6, 7, 1, 2]
     assert both.valid.tolist() == [[True] * 3 + [False] * 2, [True] * 5]
 
 
 def test_ancestor_matrix_and_mask():
     parents = torch.tensor([-1, -1, 0, 2, 1])
-    other = torch.tensor([-1, 0, 1, 2, 3])                           # a chain: a batch's rows differ
+    other = torch.tensor([-1, 0, 1, 2, 3])  # a chain: a batch's rows differ
     assert torch.equal(ancestor_matrix(torch.stack([parents, other]))[0], ancestor_matrix(parents))
     assert torch.equal(ancestor_matrix(torch.stack([parents, other]))[1], torch.ones(6, 6, dtype=torch.bool).tril())
     vis = ancestor_matrix(parents)
-    assert torch.equal(vis, ancestor_matrix(parents, max_depth=3))   # 3 = the deepest node's depth
+    assert torch.equal(vis, ancestor_matrix(parents, max_depth=3))  # 3 = the deepest node's depth
     assert not torch.equal(vis, ancestor_matrix(parents, max_depth=2))
     # node 3 (row 4): itself, node 2, node 0, root
     assert vis[4].nonzero().flatten().tolist() == [0, 1, 3, 4]
@@ -191,8 +203,13 @@ def test_tree_spec_validation_and_depth():
     assert (TreeSpec("chain", num_draft_tokens=3).max_nodes, TreeSpec("chain", num_draft_tokens=3).max_fed) == (3, 2)
     assert (TreeSpec("static").max_nodes, TreeSpec("static").max_fed) == (25, 10)
     assert (TreeSpec("dynamic").max_nodes, TreeSpec("dynamic").max_fed) == (59, 50)
-    for bad in (dict(kind="beam"), dict(kind="chain", num_draft_tokens=0), dict(total_tokens=1),
-                dict(confidence_threshold=1.0), dict(confidence_threshold=-0.1)):
+    for bad in (
+        dict(kind="beam"),
+        dict(kind="chain", num_draft_tokens=0),
+        dict(total_tokens=1),
+        dict(confidence_threshold=1.0),
+        dict(confidence_threshold=-0.1),
+    ):
         try:
             TreeSpec(**bad)
         except ValueError:
@@ -213,14 +230,16 @@ def test_batched_builders_give_each_row_its_own_tree():
     distribution, for every builder (static, dynamic, chain)."""
     table = random_table(7)
     firsts = torch.stack([random_table(20)[0], random_table(21)[3], random_table(22)[5]])
-    builders = {"static": lambda f, e: build_static_tree(f, e),
-                "dynamic": lambda f, e: build_dynamic_tree(f, e, top_k=3, depth=4, total_tokens=12),
-                "chain": lambda f, e: build_chain(f, e, 4, argmax_choice)}
+    builders = {
+        "static": lambda f, e: build_static_tree(f, e),
+        "dynamic": lambda f, e: build_dynamic_tree(f, e, top_k=3, depth=4, total_tokens=12),
+        "chain": lambda f, e: build_chain(f, e, 4, argmax_choice),
+    }
     for name, build in builders.items():
         batched = build(firsts, table_expand(table)[0])
         for row in range(3):
-            alone = build(firsts[row: row + 1], table_expand(table)[0])
+            alone = build(firsts[row : row + 1], table_expand(table)[0])
             for field in ("tokens", "parents", "depths", "fed"):
                 assert torch.equal(getattr(batched, field)[row], getattr(alone, field)[0]), (name, field, row)
         if name == "dynamic":
-            assert paths_of(batched, 1) != paths_of(batched, 2)       # the rows' trees differ in shape
+            assert paths_of(batched, 1) != paths_of(batched, 2)  # the rows' trees differ in shape

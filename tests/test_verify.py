@@ -6,10 +6,11 @@ and coins), which is also the test that rows of a batch do not share draws or ou
 
 import torch
 
-from helpers import chi2_pvalue
 from specvlm.sampling import RowRandom
 from specvlm.tree import DraftTree
 from specvlm.verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
+
+from helpers import chi2_pvalue
 
 V = 6
 
@@ -57,8 +58,9 @@ def test_greedy_path_of_a_deep_tree_in_node_order():
 def test_greedy_rows_of_a_batch_are_independent():
     """Two rows with different tree shapes and target choices: each row's outcome is what it is alone; nodes a row
     did not propose (`valid`) are never accepted, even when they match."""
-    tree = DraftTree(torch.tensor([[5, 7, 1, 2, 3], [1, 2, 3, 4, 9]]),
-                     torch.tensor([[-1, -1, 0, 0, 1], [-1, 0, 1, 2, 0]]))
+    tree = DraftTree(
+        torch.tensor([[5, 7, 1, 2, 3], [1, 2, 3, 4, 9]]), torch.tensor([[-1, -1, 0, 0, 1], [-1, 0, 1, 2, 0]])
+    )
     choice = torch.tensor([[7, 0, 3, 0, 0, 0], [1, 2, 3, 4, 7, 8]])
     assert outcomes(accept_greedy(choice, tree), tree) == [([1, 4], 0), ([0, 1, 2, 3], 7)]
     cut = DraftTree(tree.tokens, tree.parents, valid=torch.tensor([[True] * 5, [True, True, False, False, True]]))
@@ -67,8 +69,13 @@ def test_greedy_rows_of_a_batch_are_independent():
 
 
 def test_a_round_without_draft_tokens_takes_the_targets_token():
-    empty = DraftTree(torch.zeros(2, 0, dtype=torch.long), torch.zeros(2, 0, dtype=torch.long),
-                      torch.zeros(2, 0, dtype=torch.long), chain=True, max_depth=0)
+    empty = DraftTree(
+        torch.zeros(2, 0, dtype=torch.long),
+        torch.zeros(2, 0, dtype=torch.long),
+        torch.zeros(2, 0, dtype=torch.long),
+        chain=True,
+        max_depth=0,
+    )
     assert outcomes(accept_greedy(torch.tensor([[4], [1]]), empty), empty) == [([], 4), ([], 1)]
     p = torch.zeros(2, 1, V)
     p[0, 0, 3] = p[1, 0, 5] = 1
@@ -85,8 +92,13 @@ def run_chain(rule, p, q, trials, seed=0, valid=None):
     g = torch.Generator().manual_seed(seed + 1)
     n = len(q)
     tokens = torch.stack([torch.multinomial(q[i], trials, replacement=True, generator=g) for i in range(n)], 1)
-    tree = DraftTree(tokens, torch.arange(-1, n - 1).expand(trials, n), probs=q.expand(trials, -1, -1), chain=True,
-                     valid=None if valid is None else valid.expand(trials, -1))
+    tree = DraftTree(
+        tokens,
+        torch.arange(-1, n - 1).expand(trials, n),
+        probs=q.expand(trials, -1, -1),
+        chain=True,
+        valid=None if valid is None else valid.expand(trials, -1),
+    )
     first, second = [], []
     for row, (path, nxt) in enumerate(rule(p.expand(trials, -1, -1), tree, random_for(seed, trials))):
         emitted = tokens[row, path].tolist() + [nxt]
@@ -118,6 +130,7 @@ def test_chain_test_has_power_against_accept_all():
     def accept_all(p, tree, random):
         n = len(tree)
         return [(list(range(n)), int(torch.multinomial(p[row, n], 1))) for row in range(tree.rows)]
+
     first, _ = run_chain(accept_all, P, Q, 20000)
     assert chi2_pvalue(first, P[0]) < 1e-6
 
@@ -137,23 +150,37 @@ def test_a_chain_that_ended_early_draws_its_bonus_from_the_target():
     assert chi2_pvalue(first, P[0]) > 1e-3
     assert chi2_pvalue(second, P[1]) > 1e-3
 
-    def residual_at_the_end(p, tree, random):   # the bug: the end of a chain treated as a rejection of node 1
+    def residual_at_the_end(p, tree, random):  # the bug: the end of a chain treated as a rejection of node 1
         residual = (p[0, 1] - tree.probs[0, 1]).clamp_min(0)
-        return [(path, int(torch.multinomial(residual, 1)) if path == [0] else nxt)
-                for path, nxt in leviathan(p, tree, random)]
+        return [
+            (path, int(torch.multinomial(residual, 1)) if path == [0] else nxt)
+            for path, nxt in leviathan(p, tree, random)
+        ]
+
     _, broken = run_chain(residual_at_the_end, P, Q, 20000, seed=5, valid=torch.tensor([True, False]))
     assert chi2_pvalue(broken, P[1]) < 1e-6
 
 
 # root children: nodes 0,1,2 (tokens 3,0,5); node 0 has children 3,4 (tokens 2,1)
 TOKENS, PARENTS = [3, 0, 5, 2, 1], [-1, -1, -1, 0, 0]
-PT = torch.stack([dist(5, 1, 1, 8, 0.5, 3), dist(1, 1, 6, 1, 1, 2), dist(1, 2, 3, 4, 5, 6),
-                  dist(6, 5, 4, 3, 2, 1), dist(1, 1, 1, 1, 1, 1), dist(1, 1, 1, 1, 1, 1)])
+PT = torch.stack(
+    [
+        dist(5, 1, 1, 8, 0.5, 3),
+        dist(1, 1, 6, 1, 1, 2),
+        dist(1, 2, 3, 4, 5, 6),
+        dist(6, 5, 4, 3, 2, 1),
+        dist(1, 1, 1, 1, 1, 1),
+        dist(1, 1, 1, 1, 1, 1),
+    ]
+)
 
 
 def run_tree(rule, trials, seed=0, valid=None):
-    tree = DraftTree(torch.tensor(TOKENS).expand(trials, -1), torch.tensor(PARENTS).expand(trials, -1),
-                     valid=None if valid is None else valid.expand(trials, -1))
+    tree = DraftTree(
+        torch.tensor(TOKENS).expand(trials, -1),
+        torch.tensor(PARENTS).expand(trials, -1),
+        valid=None if valid is None else valid.expand(trials, -1),
+    )
     first, after_3 = [], []
     for path, nxt in rule(PT.expand(trials, -1, -1), tree, random_for(seed, trials)):
         emitted = [TOKENS[node] for node in path] + [nxt]
@@ -166,7 +193,7 @@ def run_tree(rule, trials, seed=0, valid=None):
 def test_tree_recursive_rejection_reproduces_target():
     first, after_3 = run_tree(recursive, 20000)
     assert chi2_pvalue(first, PT[0]) > 1e-3
-    assert chi2_pvalue(after_3, PT[1]) > 1e-3   # below node 0 the target's row is PT[1]
+    assert chi2_pvalue(after_3, PT[1]) > 1e-3  # below node 0 the target's row is PT[1]
 
 
 def test_tree_nodes_not_proposed_are_never_tried():
@@ -187,6 +214,7 @@ def test_tree_test_has_power_against_skipping_the_residual():
                 nxt = int(torch.multinomial(p[row, at], 1))
             out.append((path, nxt))
         return out
+
     first, _ = run_tree(no_residual, 20000)
     assert chi2_pvalue(first, PT[0]) < 1e-6
 

@@ -19,4 +19,5 @@ def lazy_exports(package: str, exports: dict[str, tuple[str, ...]]):
         value = getattr(importlib.import_module(where[name], package), name)
         setattr(importlib.import_module(package), name, value)
         return value
+
     return __getattr__, sorted(where)

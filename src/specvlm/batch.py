@@ -32,18 +32,19 @@ from .session import bucket
 from .stats import SpecStats
 from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
 
-RESERVE_AHEAD = 1024   # new tokens a row's slots are reserved for at its prefill; more are grown when needed
+RESERVE_AHEAD = 1024  # new tokens a row's slots are reserved for at its prefill; more are grown when needed
 
 
 @dataclass(eq=False)
 class Row:
     """One sequence in a batch: its request, what it generated, and its statistics."""
+
     request: Request
-    tag: object = None                  # the caller's handle (the server's job)
+    tag: object = None  # the caller's handle (the server's job)
     tokens: list[int] = field(default_factory=list)
     stats: SpecStats = field(default_factory=SpecStats)
-    root: int = 0                       # the newest committed token, which no cache holds yet
-    generator: torch.Generator | None = None   # on the target's device
+    root: int = 0  # the newest committed token, which no cache holds yet
+    generator: torch.Generator | None = None  # on the target's device
     done: bool = False
     started: float = 0.0
 
@@ -65,11 +66,12 @@ class DecodeBatch:
         self.rows: list[Row] = []
         self.vocab = gen.target.vocab_size
         self.device = gen.target.device
-        self.seen: torch.Tensor | None = None      # (max_rows, V) bool: ids the repetition penalty applies to
+        self.seen: torch.Tensor | None = None  # (max_rows, V) bool: ids the repetition penalty applies to
         self._generators: dict[int, torch.Generator | None] = {}
-        self.forwards = 0                          # target forwards: prefills and rounds
-        self.setup = DraftSetup(gen.tree, self.vocab, max_rows, gen.session, self.target, gen.pruning != "none",
-                                gen.contiguous_positions)
+        self.forwards = 0  # target forwards: prefills and rounds
+        self.setup = DraftSetup(
+            gen.tree, self.vocab, max_rows, gen.session, self.target, gen.pruning != "none", gen.contiguous_positions
+        )
         gen.drafter.start(self.setup)
 
     def __len__(self) -> int:
@@ -100,11 +102,11 @@ class DecodeBatch:
         row.generator = self._device_generator(request.generator)
         sampling = request.sampling
         seen = None
-        if sampling.uses_history:   # the repetition penalty: ids in the prompt and everything generated so far
+        if sampling.uses_history:  # the repetition penalty: ids in the prompt and everything generated so far
             seen = self._seen_row(index)
             seen[prompt.input_ids[0].clamp_max(self.vocab - 1).to(self.device)] = True
         random = None if row.generator is None else RowRandom([row.generator])
-        first = int(sampling.pick(logits, seen, random))                             # logits (1, V)
+        first = int(sampling.pick(logits, seen, random))  # logits (1, V)
         if request.keeps_rows:
             _keep_rows(request, logits, sampling.processed(logits, seen), [0])
         stats.target_prompt_tokens, stats.new_tokens, stats.target_forwards = len(prompt), 1, 1
@@ -136,14 +138,21 @@ class DecodeBatch:
             scores, stats.scoring_s = capture.scores, capture.scoring_s
         else:
             logits, hidden = self.target.prefill(row, prompt, reserve)
-        stats.visual_tokens = stats.kept_visual_tokens = visual.numel()   # the draft sees them all unless pruned
+        stats.visual_tokens = stats.kept_visual_tokens = visual.numel()  # the draft sees them all unless pruned
         if gen.pruning == "none" or visual.numel() == 0:
             return logits, hidden, None, scores
         started = time.perf_counter()
         layout = Layout(tuple((span.grid, span.tail, span.length) for span in prompt.spans))
-        keep = select(gen.pruning, visual.numel(), gen.visual_keep_ratio, scores=scores, layout=layout,
-                      features=prompt.embeds[0, visual.to(prompt.embeds.device)], stage1_mass=gen.stage1_mass,
-                      seed=gen.pruning_seed)
+        keep = select(
+            gen.pruning,
+            visual.numel(),
+            gen.visual_keep_ratio,
+            scores=scores,
+            layout=layout,
+            features=prompt.embeds[0, visual.to(prompt.embeds.device)],
+            stage1_mass=gen.stage1_mass,
+            seed=gen.pruning_seed,
+        )
         stats.selection_s = time.perf_counter() - started
         stats.pruning, stats.kept_visual_tokens = gen.pruning, keep.numel()
         return logits, hidden, keep, scores
@@ -176,18 +185,22 @@ class DecodeBatch:
         generators = [row.generator for row in rows]
         random = None if all(g is None for g in generators) else RowRandom(generators)
         seen = self.seen[:count] if self.seen is not None and sampling.uses_history else None
-        host = torch.tensor([[row.root for row in rows], self.target.next_positions[:count]], dtype=torch.long,
-                            device="cpu").to(device)
-        roots, next_positions = host[0], host[1]                                       # (B,) each
-        tree = gen.drafter.propose(roots, max(row.room for row in rows), seen, sampling, random)   # n nodes a row
+        host = torch.tensor(
+            [[row.root for row in rows], self.target.next_positions[:count]], dtype=torch.long, device="cpu"
+        ).to(device)
+        roots, next_positions = host[0], host[1]  # (B,) each
+        tree = gen.drafter.propose(roots, max(row.room for row in rows), seen, sampling, random)  # n nodes a row
         prefix = self.target.lengths[:count]
         depths = torch.cat([torch.zeros(count, 1, dtype=torch.long, device=device), tree.depths.to(device)], 1)
         # logits (B, n+1, V) float32, hidden (B, n+1, H): position 0 follows the root, i+1 node i
-        logits, hidden = self.target.extend(torch.cat([roots[:, None], tree.tokens.to(device)], 1),
-                                            next_positions[:, None] + depths, visible=tree.verify_mask,
-                                            prefix=prefix)
+        logits, hidden = self.target.extend(
+            torch.cat([roots[:, None], tree.tokens.to(device)], 1),
+            next_positions[:, None] + depths,
+            visible=tree.verify_mask,
+            prefix=prefix,
+        )
         processed, verdict = _accept(logits, tree, sampling, seen, random)
-        accepted = verdict.to_host(tree)                                        # the round's one sync
+        accepted = verdict.to_host(tree)  # the round's one sync
         self.forwards += 1
         self.target.keep([p + 1 for p in prefix], [[p + 1 + node for node in a.path] for p, a in zip(prefix, accepted)])
         for row, a in zip(rows, accepted):
@@ -254,7 +267,7 @@ def _accept(logits: torch.Tensor, tree, sampling: RowSampling, seen, random):
     rows = logits.shape[0]
     rows_seen = None
     if seen is not None:
-        paths = torch.where(tree.ancestors, tree.tokens[:, None, :], -1).to(logits.device)    # (B, n, n)
+        paths = torch.where(tree.ancestors, tree.tokens[:, None, :], -1).to(logits.device)  # (B, n, n)
         rows_seen = history_rows(seen, torch.cat([paths.new_full((rows, 1, paths.shape[2]), -1), paths], 1))
     processed = sampling.processed(logits, rows_seen)
     if not sampling.any_sample:
@@ -276,8 +289,8 @@ def _accept(logits: torch.Tensor, tree, sampling: RowSampling, seen, random):
 def _keep_rows(request: Request, logits: torch.Tensor, processed: torch.Tensor, rows: list[int]) -> None:
     """output_scores / output_logits: the rows that produced the new tokens, one (1, V) tensor per token."""
     for row in rows:
-        request.scores.append(processed[row: row + 1])
-        request.logits.append(logits[row: row + 1])
+        request.scores.append(processed[row : row + 1])
+        request.logits.append(logits[row : row + 1])
 
 
 def _cut(new: list[int], eos: set[int], room: int) -> list[int]:

@@ -16,8 +16,10 @@ class IncompatibleDraft(SpecVLMError):
 def check_models(target: VLMAdapter, draft: VLMAdapter) -> None:
     group = lambda a: _INPUT_GROUPS.get(a.family, a.family)
     if group(target) != group(draft):
-        raise IncompatibleDraft(f"draft family {draft.family} cannot draft for a {target.family} target: "
-                                "they read different processor outputs; use a draft of the same family")
+        raise IncompatibleDraft(
+            f"draft family {draft.family} cannot draft for a {target.family} target: "
+            "they read different processor outputs; use a draft of the same family"
+        )
     for what in ("image_token_id", "video_token_id"):
         t, d = getattr(target, what), getattr(draft, what)
         if t is not None and d is not None and t != d:
@@ -35,5 +37,7 @@ def check_tokenizers(target_tokenizer, draft_tokenizer) -> None:
     small = min(len(t_vocab), len(d_vocab))
     if differing or len(shared) < 0.99 * small:
         example = f" (e.g. {differing[0]!r}: {t_vocab[differing[0]]} vs {d_vocab[differing[0]]})" if differing else ""
-        raise IncompatibleDraft(f"draft tokenizer is incompatible with the target's: {len(shared)} shared tokens of "
-                                f"{small}, {len(differing)} with different ids{example}")
+        raise IncompatibleDraft(
+            f"draft tokenizer is incompatible with the target's: {len(shared)} shared tokens of "
+            f"{small}, {len(differing)} with different ids{example}"
+        )

@@ -78,7 +78,7 @@ def avg_pool(x: torch.Tensor, ratio: int) -> torch.Tensor:
 # ---- branches ----------------------------------------------------------------------------------------------------
 class Branch(nn.Module):
     spec: str = ""
-    needs_scores = False   # True: forward(x, scores) with the target's attention scores of the span's tokens
+    needs_scores = False  # True: forward(x, scores) with the target's attention scores of the span's tokens
 
     def kept(self, n: int) -> int:
         raise NotImplementedError
@@ -95,7 +95,7 @@ class Prune(Branch):
 
     def forward(self, x):
         generator = None
-        if self.random and not self.training:   # a fixed draw at inference; fresh draws while training
+        if self.random and not self.training:  # a fixed draw at inference; fresh draws while training
             generator = torch.Generator().manual_seed(self.seed)
         return x[prune_indices(x.shape[0], self.ratio, generator, self.random).to(x.device)]
 
@@ -119,8 +119,9 @@ class Conv(Branch):
     def __init__(self, hidden: int, ratio: int):
         super().__init__()
         if not 1 <= ratio <= MAX_CONV_RATIO:
-            raise ValueError(f"conv compression ratio must be 1..{MAX_CONV_RATIO} (its parameters grow with it), "
-                             f"got {ratio}")
+            raise ValueError(
+                f"conv compression ratio must be 1..{MAX_CONV_RATIO} (its parameters grow with it), got {ratio}"
+            )
         self.ratio, self.spec = ratio, f"conv:{ratio}"
         self.conv = nn.Conv1d(hidden, hidden, kernel_size=ratio, stride=ratio)
         with torch.no_grad():
@@ -143,7 +144,7 @@ class Resampler(Branch):
     def __init__(self, hidden: int, queries: int, heads: int = 1):
         super().__init__()
         self.queries_n, self.spec = queries, f"resampler:{queries}"
-        self.queries = nn.Parameter(torch.randn(queries, hidden) * hidden ** -0.5)
+        self.queries = nn.Parameter(torch.randn(queries, hidden) * hidden**-0.5)
         self.attn = nn.MultiheadAttention(hidden, heads, batch_first=True)
         with torch.no_grad():
             self.attn.out_proj.weight.zero_()
@@ -178,8 +179,10 @@ class Verifier(Branch):
         from .pruning import select_specvlm
 
         if scores is None or scores.numel() != x.shape[0]:
-            raise ValueError(f"the verifier branch needs the target's attention scores of the span's {x.shape[0]} "
-                             f"tokens, got {None if scores is None else scores.numel()}")
+            raise ValueError(
+                f"the verifier branch needs the target's attention scores of the span's {x.shape[0]} "
+                f"tokens, got {None if scores is None else scores.numel()}"
+            )
         keep = select_specvlm(scores.detach().float().cpu(), self.kept(x.shape[0]), self.mass)
         return x[keep.to(x.device)]
 
@@ -215,8 +218,9 @@ def make_branch(spec: str, hidden: int, heads: int = 1, seed: int = 0) -> Branch
         return Resampler(hidden, value, heads)
     if name == "verifier":
         return Verifier(value)
-    raise ValueError(f"unknown compressor branch {name!r}; choose from prune, prune_random, pool, conv, "
-                     "resampler, verifier, text")
+    raise ValueError(
+        f"unknown compressor branch {name!r}; choose from prune, prune_random, pool, conv, resampler, verifier, text"
+    )
 
 
 # ---- the combination -----------------------------------------------------------------------------------------------
@@ -229,7 +233,7 @@ def question_features(hidden: torch.Tensor, visual: torch.Tensor, end: int | Non
     where = visual.nonzero()
     if where.numel():
         after = torch.zeros_like(text)
-        after[int(where[-1]) + 1:] = True
+        after[int(where[-1]) + 1 :] = True
         if (after & text).any():
             text = after & text
     rows = hidden[:end][text] if text.any() else hidden[:end]
@@ -237,8 +241,18 @@ def question_features(hidden: torch.Tensor, visual: torch.Tensor, end: int | Non
 
 
 class VisualCompressor(nn.Module):
-    def __init__(self, hidden: int, mode: str = "select", branches=None, ratio: int = 3, heads: int = 1,
-                 budget_weight: float = 0.0, gumbel_tau: float = 1.0, seed: int = 0, credit_weight: float = 1.0):
+    def __init__(
+        self,
+        hidden: int,
+        mode: str = "select",
+        branches=None,
+        ratio: int = 3,
+        heads: int = 1,
+        budget_weight: float = 0.0,
+        gumbel_tau: float = 1.0,
+        seed: int = 0,
+        credit_weight: float = 1.0,
+    ):
         super().__init__()
         if mode not in MODES:
             raise ValueError(f"compressor mode must be one of {', '.join(MODES)}, got {mode!r}")
@@ -256,11 +270,11 @@ class VisualCompressor(nn.Module):
         self.gate = nn.Linear(hidden, len(specs)) if mode != "concat" else None
         if self.gate is not None:
             with torch.no_grad():
-                self.gate.weight.normal_(0, hidden ** -0.5)
+                self.gate.weight.normal_(0, hidden**-0.5)
                 self.gate.bias.zero_()
-        self.picks: Counter = Counter()   # select mode: how often each branch was chosen
+        self.picks: Counter = Counter()  # select mode: how often each branch was chosen
         self.budget_loss = torch.zeros((), device="cpu")  # the trainer moves it to the loss's device
-        self.chosen_logprob: torch.Tensor | None = None   # select, training: log softmax(g)[chosen], last forward
+        self.chosen_logprob: torch.Tensor | None = None  # select, training: log softmax(g)[chosen], last forward
         # running mean of the distillation loss (the score-function baseline): training state, which the trainer
         # saves in its checkpoints (not in the head's weights), so a resumed run continues exactly
         self.loss_mean, self.loss_count = 0.0, 0
@@ -274,9 +288,16 @@ class VisualCompressor(nn.Module):
         return any(b.needs_scores for b in self.branches)
 
     def config(self) -> dict:
-        return dict(mode=self.mode, branches=self.names, ratio=self.ratio, heads=self.heads,
-                    budget_weight=self.budget_weight, gumbel_tau=self.gumbel_tau, seed=self.seed,
-                    credit_weight=self.credit_weight)
+        return dict(
+            mode=self.mode,
+            branches=self.names,
+            ratio=self.ratio,
+            heads=self.heads,
+            budget_weight=self.budget_weight,
+            gumbel_tau=self.gumbel_tau,
+            seed=self.seed,
+            credit_weight=self.credit_weight,
+        )
 
     def gate_logits(self, question: torch.Tensor) -> torch.Tensor:
         return self.gate(question.to(self.gate.weight.dtype))
@@ -291,8 +312,9 @@ class VisualCompressor(nn.Module):
             return F.gumbel_softmax(logits, tau=self.gumbel_tau, hard=True)
         return F.one_hot(logits.argmax(-1), logits.numel()).to(logits.dtype)
 
-    def forward(self, spans: list[torch.Tensor], question: torch.Tensor | None = None,
-                scores=None) -> list[torch.Tensor]:
+    def forward(
+        self, spans: list[torch.Tensor], question: torch.Tensor | None = None, scores=None
+    ) -> list[torch.Tensor]:
         """Compress each visual span (n_i, H) of one input; one gate decision covers all spans of the input.
         `scores`: the target's attention scores per span (a list, or a callable giving it), for verifier
         branches only."""
@@ -316,16 +338,18 @@ class VisualCompressor(nn.Module):
         logits = self.gate_logits(question)
         w = self.gate_weights(question, logits)
         if self.mode == "weighted":
-            return [sum(w[j].to(x.dtype) * run(b, i, x) for j, b in enumerate(self.branches))
-                    for i, x in enumerate(spans)]
+            return [
+                sum(w[j].to(x.dtype) * run(b, i, x) for j, b in enumerate(self.branches)) for i, x in enumerate(spans)
+            ]
         choice = int(w.argmax())
         self.picks[self.names[choice]] += 1
         if self.training:
             self.chosen_logprob = logits.float().log_softmax(-1)[choice]
         if self.budget_weight and self.training:
             n = sum(x.shape[0] for x in spans)
-            cost = torch.tensor([sum(b.kept(x.shape[0]) for x in spans) / max(n, 1) for b in self.branches],
-                                device=w.device)
+            cost = torch.tensor(
+                [sum(b.kept(x.shape[0]) for x in spans) / max(n, 1) for b in self.branches], device=w.device
+            )
             self.budget_loss = self.budget_weight * (logits.softmax(-1) * cost).sum()
         branch = self.branches[choice]
         return [w[choice].to(x.dtype) * run(branch, i, x) for i, x in enumerate(spans)]
@@ -337,17 +361,22 @@ class VisualCompressor(nn.Module):
         if self.chosen_logprob is None or not self.credit_weight:
             return torch.zeros((), device="cpu")
         count = self.loss_count
-        advantage = loss - self.loss_mean / (1 - 0.9 ** count) if count else 0.0
+        advantage = loss - self.loss_mean / (1 - 0.9**count) if count else 0.0
         self.loss_mean, self.loss_count = 0.9 * self.loss_mean + 0.1 * loss, count + 1
         return self.credit_weight * advantage * self.chosen_logprob
 
     @classmethod
-    def from_config(cls, hidden: int, config: dict) -> "VisualCompressor":
+    def from_config(cls, hidden: int, config: dict) -> VisualCompressor:
         return cls(hidden, **config)
 
 
-def compress_sequence(x: torch.Tensor, spans: list[tuple[int, int]], compressor: VisualCompressor,
-                      question: torch.Tensor | None, scores=None) -> tuple[torch.Tensor, torch.Tensor]:
+def compress_sequence(
+    x: torch.Tensor,
+    spans: list[tuple[int, int]],
+    compressor: VisualCompressor,
+    question: torch.Tensor | None,
+    scores=None,
+) -> tuple[torch.Tensor, torch.Tensor]:
     """Replace each (start, length) span of rows of x (N, H) by its compressed rows. Returns the new sequence and,
     for every original row, its row in the new sequence (-1 for rows inside a span). `scores`: per given span, the
     target's attention scores of its rows (a list or a callable giving one), for verifier branches."""
@@ -360,7 +389,7 @@ def compress_sequence(x: torch.Tensor, spans: list[tuple[int, int]], compressor:
         given = scores() if callable(scores) else scores
         return None if given is None else [given[i] for _, _, i in order]
 
-    outs = compressor([x[s: s + n] for s, n in spans], question, span_scores if scores is not None else None)
+    outs = compressor([x[s : s + n] for s, n in spans], question, span_scores if scores is not None else None)
     pieces, row_of = [], torch.full((x.shape[0],), -1, dtype=torch.long, device=x.device)
     cursor, length = 0, 0
     for (s, n), out in zip(spans, outs):

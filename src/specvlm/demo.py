@@ -28,7 +28,7 @@ def interleaved_times(calls: dict, repeats: int) -> tuple[dict, dict[str, list[f
     times = {name: [] for name in calls}
     names = list(calls)
     for r in range(repeats):
-        for name in names[r % len(names):] + names[:r % len(names)]:
+        for name in names[r % len(names) :] + names[: r % len(names)]:
             start = time.perf_counter()
             results[name] = calls[name]()
             times[name].append(time.perf_counter() - start)
@@ -41,61 +41,94 @@ def speedup_line(base_s: list[float], spec_s: list[float]) -> str:
     ratios fall on both sides of 1)."""
     ratios = [b / s for b, s in zip(base_s, spec_s)]
     median = statistics.median(ratios)
-    line = (f"target-only {statistics.median(base_s):.2f}s ({min(base_s):.2f}-{max(base_s):.2f}), speculative "
-            f"{statistics.median(spec_s):.2f}s ({min(spec_s):.2f}-{max(spec_s):.2f}): speedup {median:.2f}x "
-            f"(per-round {min(ratios):.2f}-{max(ratios):.2f}x, median of {len(ratios)} interleaved rounds)")
+    line = (
+        f"target-only {statistics.median(base_s):.2f}s ({min(base_s):.2f}-{max(base_s):.2f}), speculative "
+        f"{statistics.median(spec_s):.2f}s ({min(spec_s):.2f}-{max(spec_s):.2f}): speedup {median:.2f}x "
+        f"(per-round {min(ratios):.2f}-{max(ratios):.2f}x, median of {len(ratios)} interleaved rounds)"
+    )
     if min(ratios) <= 1 <= max(ratios):
         line += "\nthe two are within this machine's run-to-run noise: no difference is measured"
     return line
 
 
 @torch.no_grad()
-def run_demo(family: str = "qwen2_5_vl", max_new_tokens: int = 96, keep_ratio: float = 0.1,
-             repeats: int = 5, engine: str = "fast", compile="auto") -> int:
+def run_demo(
+    family: str = "qwen2_5_vl",
+    max_new_tokens: int = 96,
+    keep_ratio: float = 0.1,
+    repeats: int = 5,
+    engine: str = "fast",
+    compile="auto",
+) -> int:
     from transformers import AutoModelForImageTextToText, AutoTokenizer
     from transformers.utils import logging as hf_logging
 
-    hf_logging.disable_progress_bar()   # the demo prints its own lines; weight-loading bars are noise here
-    torch.set_flush_denormal(True)   # fp16 checkpoints upcast to fp32 produce denormals that crawl on CPU
+    hf_logging.disable_progress_bar()  # the demo prints its own lines; weight-loading bars are noise here
+    torch.set_flush_denormal(True)  # fp16 checkpoints upcast to fp32 produce denormals that crawl on CPU
     target_dir, draft_dir = bundled_pair(family)
     sample = sample_clips(kind="caption")[0]
     target = AutoModelForImageTextToText.from_pretrained(target_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
-    draft = load_drafter(draft_dir, target, dtype="float32", kind="model", tokenizer=tokenizer)   # on the target's CPU
-    args = argparse.Namespace(video=sample["video"], image=[], prompt=sample["question"], num_frames=None,
-                              fps=None, max_pixels=None, max_new_tokens=max_new_tokens)
+    draft = load_drafter(draft_dir, target, dtype="float32", kind="model", tokenizer=tokenizer)  # on the target's CPU
+    args = argparse.Namespace(
+        video=sample["video"],
+        image=[],
+        prompt=sample["question"],
+        num_frames=None,
+        fps=None,
+        max_pixels=None,
+        max_new_tokens=max_new_tokens,
+    )
     inputs = inputs_from_args(args, target_dir, target.config, draft_dir, draft.config)
     plain_inputs = {k: v for k, v in inputs.items() if k != "draft_inputs"}
-    size = lambda m: sum(p.numel() for p in m.parameters()) / 1e6  # noqa: E731
-    print(f"specvlm demo: bundled testbed pair ({family}): target {size(target):.1f}M parameters, draft "
-          f"{size(draft):.1f}M, trained from scratch on the synthetic video world (docs/DESIGN.md, Testbed).")
+    size = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
+    print(
+        f"specvlm demo: bundled testbed pair ({family}): target {size(target):.1f}M parameters, draft "
+        f"{size(draft):.1f}M, trained from scratch on the synthetic video world (docs/DESIGN.md, Testbed)."
+    )
     print(f"clip:     {sample['video']}")
     print(f"question: {sample['question']}\n")
 
     options = dict(do_sample=False, max_new_tokens=max_new_tokens)
     prompt_len = plain_inputs["input_ids"].shape[1]
-    gen = SpeculativeGenerator(target, draft, tokenizer=tokenizer, pruning="specvlm", visual_keep_ratio=keep_ratio,
-                               engine=engine, compile=compile)
+    gen = SpeculativeGenerator(
+        target,
+        draft,
+        tokenizer=tokenizer,
+        pruning="specvlm",
+        visual_keep_ratio=keep_ratio,
+        engine=engine,
+        compile=compile,
+    )
     results, times = interleaved_times(
-        {"target": lambda: target.generate(**plain_inputs, **options)[0, prompt_len:].tolist(),
-         "speculative": lambda: gen.generate(**inputs, **options)}, repeats)
+        {
+            "target": lambda: target.generate(**plain_inputs, **options)[0, prompt_len:].tolist(),
+            "speculative": lambda: gen.generate(**inputs, **options),
+        },
+        repeats,
+    )
     plain, out = results["target"], results["speculative"]
     stats, same = out.stats, out.token_ids == plain
 
     print(f"answer:   {out.text}")
     print(f"(world's reference: {sample['reference']})\n")
-    print(f"prompt: target {stats.target_prompt_tokens} tokens ({stats.visual_tokens} visual); draft "
-          f"{stats.draft_prompt_tokens} (keeps {stats.kept_visual_tokens} visual tokens: SpecVLM pruning, keep "
-          f"ratio {keep_ratio:g})")
-    print(f"τ (draft tokens accepted per round): {stats.mean_accepted_tokens:.2f}   target forwards: "
-          f"{stats.target_forwards} for {stats.new_tokens} tokens")
+    print(
+        f"prompt: target {stats.target_prompt_tokens} tokens ({stats.visual_tokens} visual); draft "
+        f"{stats.draft_prompt_tokens} (keeps {stats.kept_visual_tokens} visual tokens: SpecVLM pruning, keep "
+        f"ratio {keep_ratio:g})"
+    )
+    print(
+        f"τ (draft tokens accepted per round): {stats.mean_accepted_tokens:.2f}   target forwards: "
+        f"{stats.target_forwards} for {stats.new_tokens} tokens"
+    )
     print(f"timing ({torch.get_num_threads()} CPU threads, one warm-up each, then {repeats} rounds):")
     print(speedup_line(times["target"], times["speculative"]))
     if gen.compile:
         print(f"one-time compile {gen.compile_seconds:.1f}s (during the warm-up, not in the times above)")
     elif gen.engine == "fast" and target.device.type == "cpu":
-        print("uncompiled: on CPU, `specvlm demo --compile on` compiles the steps once (about 10 s here) and is what "
-              "makes speculation pay (docs/BENCHMARKS.md, fast-* sections)")
+        print(
+            "uncompiled: on CPU, `specvlm demo --compile on` compiles the steps once (about 10 s here) and is what "
+            "makes speculation pay (docs/BENCHMARKS.md, fast-* sections)"
+        )
     print("output equals target-only decoding:", "yes, token for token" if same else "NO — this is a bug")
     return 0 if same else 1
-

@@ -14,14 +14,15 @@ sampling.
 from __future__ import annotations
 
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
-from typing import Iterator
 
 import torch
+
 from .adapters import adapter_for
 from .batch import DecodeBatch, Row
 from .compat import check_models
-from .drafters import DraftModelDrafter, Drafter
+from .drafters import Drafter, DraftModelDrafter
 from .drafters.base import NoDraft
 from .errors import SpecVLMError
 from .options import DecodeConfig
@@ -34,14 +35,14 @@ from .tree import TreeSpec
 
 @dataclass
 class SpecOutput:
-    token_ids: list               # new tokens only, cut after EOS like HF generate; a list per row for a batch > 1
-    text: str | list | None       # their text (a list per row for a batch > 1), when a tokenizer is known
-    stats: SpecStats              # the whole call (for a batch: summed over rows; τ per row and round)
-    sequences: torch.Tensor | None = None   # (B, L + n): the prompt as given, then the new tokens (HF's tensor;
-                                            # rows that end early are padded with pad_token_id)
-    scores: tuple | None = None             # output_scores=True: processed scores (B, V) per new token, like HF's
-    logits: tuple | None = None             # output_logits=True: raw logits (B, V) per new token
-    row_stats: list[SpecStats] | None = None   # per row of the batch
+    token_ids: list  # new tokens only, cut after EOS like HF generate; a list per row for a batch > 1
+    text: str | list | None  # their text (a list per row for a batch > 1), when a tokenizer is known
+    stats: SpecStats  # the whole call (for a batch: summed over rows; τ per row and round)
+    sequences: torch.Tensor | None = None  # (B, L + n): the prompt as given, then the new tokens (HF's tensor;
+    # rows that end early are padded with pad_token_id)
+    scores: tuple | None = None  # output_scores=True: processed scores (B, V) per new token, like HF's
+    logits: tuple | None = None  # output_logits=True: raw logits (B, V) per new token
+    row_stats: list[SpecStats] | None = None  # per row of the batch
 
 
 class SpeculativeGenerator:
@@ -60,17 +61,20 @@ class SpeculativeGenerator:
     "contiguous": the shorter prompt is renumbered, the default otherwise), `pruning_seed` (for "random").
     """
 
-    def __init__(self, target, draft="self", *, processor=None, tokenizer=None, config: DecodeConfig | None = None,
-                 **options):
+    def __init__(
+        self, target, draft="self", *, processor=None, tokenizer=None, config: DecodeConfig | None = None, **options
+    ):
         # options: DecodeConfig's fields as keywords (tree, num_draft_tokens, pruning, engine, compile, ...)
         if config is not None and options:
             raise SpecVLMError("give a DecodeConfig or its options as keywords, not both")
         try:
             config = config or DecodeConfig(**options)
-        except TypeError:   # an unknown keyword
+        except TypeError:  # an unknown keyword
             unknown = sorted(set(options) - set(DecodeConfig.__dataclass_fields__) - {"spell"})
-            raise SpecVLMError(f"SpeculativeGenerator got unknown options {unknown}; it takes "
-                               f"{', '.join(f for f in DecodeConfig.__dataclass_fields__ if f != 'spell')}") from None
+            raise SpecVLMError(
+                f"SpeculativeGenerator got unknown options {unknown}; it takes "
+                f"{', '.join(f for f in DecodeConfig.__dataclass_fields__ if f != 'spell')}"
+            ) from None
         self.config = config
         self.model = target
         self.target = adapter_for(target)
@@ -86,23 +90,30 @@ class SpeculativeGenerator:
             draft_adapter = adapter_for(draft)
             check_models(self.target, draft_adapter)
             self.drafter = DraftModelDrafter(draft_adapter)
-        self.tree = TreeSpec(kind=config.tree or self.drafter.default_tree, num_draft_tokens=config.num_draft_tokens,
-                             top_k=config.tree_top_k, depth=config.tree_depth, total_tokens=config.tree_total_tokens,
-                             confidence_threshold=config.confidence_threshold)
+        self.tree = TreeSpec(
+            kind=config.tree or self.drafter.default_tree,
+            num_draft_tokens=config.num_draft_tokens,
+            top_k=config.tree_top_k,
+            depth=config.tree_depth,
+            total_tokens=config.tree_total_tokens,
+            confidence_threshold=config.confidence_threshold,
+        )
         self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
         self.pruning, self.stage1_mass, self.pruning_seed = config.pruning, config.stage1_mass, config.pruning_seed
         self.visual_keep_ratio = 0.1 if config.visual_keep_ratio is None else config.visual_keep_ratio
-        self.contiguous_positions = (config.draft_positions or ("original" if self.target.uses_mrope
-                                                                else "contiguous")) == "contiguous"
+        self.contiguous_positions = (
+            config.draft_positions or ("original" if self.target.uses_mrope else "contiguous")
+        ) == "contiguous"
         self.engine = config.engine
-        self.compile = config.engine == "fast" and (self.target.device.type == "cuda" if config.compile == "auto"
-                                                    else config.compile)
+        self.compile = config.engine == "fast" and (
+            self.target.device.type == "cuda" if config.compile == "auto" else config.compile
+        )
         self._sessions: list = []
         self.stats = SpecStats()
 
     @property
     def mode(self) -> str:
-        """"speculative", or "target-only" when drafting nothing (`draft=None`: the same engine, one token a
+        """ "speculative", or "target-only" when drafting nothing (`draft=None`: the same engine, one token a
         round; what a batched server compares speculation against)."""
         return "target-only" if isinstance(self.drafter, NoDraft) else "speculative"
 
@@ -157,8 +168,13 @@ class SpeculativeGenerator:
     # ---- internals -------------------------------------------------------------------------------------------
     def _resolve(self, input_ids, kwargs) -> BatchRequest:
         draft_adapter = getattr(self.drafter, "adapter", None)
-        return resolve(self.model.generation_config, input_ids, kwargs, split=self.target.split_batch,
-                       draft_split=getattr(draft_adapter, "split_batch", None))
+        return resolve(
+            self.model.generation_config,
+            input_ids,
+            kwargs,
+            split=self.target.split_batch,
+            draft_split=getattr(draft_adapter, "split_batch", None),
+        )
 
     def _decode_text(self, tokens: list[int]) -> str | None:
         return None if self.tokenizer is None else self.tokenizer.decode(tokens, skip_special_tokens=True)
@@ -195,8 +211,7 @@ class SpeculativeGenerator:
         prefilled = time.perf_counter()
         while len(batch):
             batch.step()
-        self.stats = _total([row.stats for row in rows], batch, prefilled - started,
-                            time.perf_counter() - prefilled)
+        self.stats = _total([row.stats for row in rows], batch, prefilled - started, time.perf_counter() - prefilled)
         return [(row.request, row.tokens, row.stats) for row in rows]
 
     def _output(self, request: BatchRequest, rows: list[tuple]) -> SpecOutput:
@@ -207,13 +222,14 @@ class SpeculativeGenerator:
         longest = max(len(tokens) for _, tokens, _ in rows)
         # rows end early only at an eos id, and without a pad_token_id HF pads with the first eos id
         pad = request.pad_token_id if request.pad_token_id is not None else 0
-        new = torch.tensor([tokens + [pad] * (longest - len(tokens)) for _, tokens, _ in rows], dtype=prompt.dtype,
-                           device="cpu").to(prompt.device)
+        new = torch.tensor(
+            [tokens + [pad] * (longest - len(tokens)) for _, tokens, _ in rows], dtype=prompt.dtype, device="cpu"
+        ).to(prompt.device)
         sequences = torch.cat([prompt, new], 1)
         scores = _steps([one.scores for one, _, _ in rows], longest) if request.output_scores else None
         logits = _steps([one.logits for one, _, _ in rows], longest) if request.output_logits else None
         if len(rows) == 1:
-            (_, tokens, stats), = rows
+            ((_, tokens, stats),) = rows
             return SpecOutput(tokens, self._decode_text(tokens), self.stats, sequences, scores, logits, [stats])
         tokens = [tokens for _, tokens, _ in rows]
         text = None if self.tokenizer is None else [self._decode_text(t) for t in tokens]
@@ -240,8 +256,9 @@ def _steps(per_row: list[list[torch.Tensor]], steps: int) -> tuple:
     out = []
     for t in range(steps):
         present = next(rows[t] for rows in per_row if len(rows) > t)
-        out.append(torch.cat([rows[t] if len(rows) > t else torch.full_like(present, float("nan"))
-                              for rows in per_row]))
+        out.append(
+            torch.cat([rows[t] if len(rows) > t else torch.full_like(present, float("nan")) for rows in per_row])
+        )
     return tuple(out)
 
 
@@ -250,12 +267,23 @@ def _total(rows: list[SpecStats], batch: DecodeBatch, prefill_s: float, decode_s
     prefill per row, one batched forward per round), times of the call."""
     total = SpecStats(mode=rows[0].mode, pruning=rows[0].pruning)
     for stats in rows:
-        for name in ("new_tokens", "rounds", "accepted_tokens", "drafted_tokens", "target_prompt_tokens",
-                     "draft_prompt_tokens", "visual_tokens", "kept_visual_tokens", "scoring_s", "selection_s"):
+        for name in (
+            "new_tokens",
+            "rounds",
+            "accepted_tokens",
+            "drafted_tokens",
+            "target_prompt_tokens",
+            "draft_prompt_tokens",
+            "visual_tokens",
+            "kept_visual_tokens",
+            "scoring_s",
+            "selection_s",
+        ):
             setattr(total, name, getattr(total, name) + getattr(stats, name))
         width = max(len(total.accept_histogram), len(stats.accept_histogram))
-        total.accept_histogram = [a + b for a, b in zip(total.accept_histogram + [0] * width,
-                                                        stats.accept_histogram + [0] * width)][:width]
+        total.accept_histogram = [
+            a + b for a, b in zip(total.accept_histogram + [0] * width, stats.accept_histogram + [0] * width)
+        ][:width]
     total.target_forwards = batch.forwards
     total.draft_forwards = batch.gen.drafter.forwards
     total.prefill_s, total.decode_s = prefill_s, decode_s

@@ -16,14 +16,14 @@ from dataclasses import dataclass
 
 import torch
 
-TIE_ULPS = 4   # a near-tie: the top-2 gap is at most this many units in the last place of the top logit
+TIE_ULPS = 4  # a near-tie: the top-2 gap is at most this many units in the last place of the top logit
 
 
 @dataclass(frozen=True)
 class Divergence:
-    position: int            # first differing new token (-1: the outputs are identical)
-    gap: float = 0.0         # target's top-1 minus top-2 logit there, in its own greedy run
-    tolerance: float = 0.0   # TIE_ULPS units in the last place of the top logit, in the model's dtype
+    position: int  # first differing new token (-1: the outputs are identical)
+    gap: float = 0.0  # target's top-1 minus top-2 logit there, in its own greedy run
+    tolerance: float = 0.0  # TIE_ULPS units in the last place of the top logit, in the model's dtype
 
     @property
     def kind(self) -> str:
@@ -59,8 +59,13 @@ def diagnose(target, inputs: dict, ours: list[int], reference: list[int], **gene
     position = first_difference(ours, reference)
     if position < 0:
         return Divergence(-1)
-    kwargs = {**generate_kwargs, "do_sample": False, "max_new_tokens": position + 1,
-              "return_dict_in_generate": True, "output_scores": True}
+    kwargs = {
+        **generate_kwargs,
+        "do_sample": False,
+        "max_new_tokens": position + 1,
+        "return_dict_in_generate": True,
+        "output_scores": True,
+    }
     scores = target.generate(**inputs, **kwargs).scores[position][0]
     dtype = target.get_output_embeddings().weight.dtype
     return classify(scores, position, dtype)

@@ -11,5 +11,12 @@ def progress_bar(total: int, desc: str, unit: str, enabled: bool = True, initial
     from tqdm import tqdm
 
     file = file or sys.stderr
-    return tqdm(total=total, initial=initial, desc=desc, unit=unit, file=file, dynamic_ncols=True,
-                disable=not enabled or not getattr(file, "isatty", lambda: False)())
+    return tqdm(
+        total=total,
+        initial=initial,
+        desc=desc,
+        unit=unit,
+        file=file,
+        dynamic_ncols=True,
+        disable=not enabled or not getattr(file, "isatty", lambda: False)(),
+    )

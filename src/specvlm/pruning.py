@@ -29,7 +29,8 @@ from .options import PRUNING_METHODS, check_keep_ratio
 @dataclass(frozen=True)
 class Layout:
     """Visual token layout: one (t, h, w) grid and tail count per span, or None for irregular spans."""
-    grids: tuple[tuple[tuple[int, int, int] | None, int, int], ...]   # (grid, tail, length) per span
+
+    grids: tuple[tuple[tuple[int, int, int] | None, int, int], ...]  # (grid, tail, length) per span
 
     @property
     def total(self) -> int:
@@ -44,15 +45,16 @@ class Layout:
                 out.append((torch.arange(offset, offset + length, device="cpu"), 1, length))
             else:
                 t, h, w = grid
-                out += [(torch.arange(offset + f * h * w, offset + (f + 1) * h * w, device="cpu"), h, w)
-                        for f in range(t)]
+                out += [
+                    (torch.arange(offset + f * h * w, offset + (f + 1) * h * w, device="cpu"), h, w) for f in range(t)
+                ]
                 if tail and tails:
                     out.append((torch.arange(offset + t * h * w, offset + length, device="cpu"), 1, tail))
             offset += length
         return out
 
     @classmethod
-    def flat(cls, n: int) -> "Layout":
+    def flat(cls, n: int) -> Layout:
         return cls(((None, 0, n),))
 
 
@@ -156,13 +158,13 @@ def shares(sizes: list[int], k: int) -> list[int]:
     total, out, before, running = sum(sizes), [], 0, 0
     for size in sizes:
         running += size
-        upto = (2 * k * running + total) // (2 * total) if total else 0   # round half up, in integers
+        upto = (2 * k * running + total) // (2 * total) if total else 0  # round half up, in integers
         out.append(upto - before)
         before = upto
     return out
 
 
-TEMPORAL_GROUP = 4   # DyCoke's window: frames that share one reference frame (the first of them)
+TEMPORAL_GROUP = 4  # DyCoke's window: frames that share one reference frame (the first of them)
 
 
 def temporal_frames(layout: Layout, group: int = TEMPORAL_GROUP) -> list[tuple[torch.Tensor, torch.Tensor | None]]:
@@ -213,8 +215,10 @@ def select_temporal(features: torch.Tensor, layout: Layout, k: int, group: int =
     """DyCoke-style temporal token merging, budget-exact: per frame, its quota (`temporal_quotas`) of tokens;
     a reference frame spreads its quota evenly over its raster, any other frame keeps its most changed tokens."""
     frames = temporal_frames(layout, group)
-    picked = [evenly(tokens, q) if reference is None else most_changed(features, tokens, reference, q)
-              for (tokens, reference), q in zip(frames, temporal_quotas(frames, k))]
+    picked = [
+        evenly(tokens, q) if reference is None else most_changed(features, tokens, reference, q)
+        for (tokens, reference), q in zip(frames, temporal_quotas(frames, k))
+    ]
     return _sorted(torch.cat(picked)) if picked else torch.zeros(0, dtype=torch.long, device="cpu")
 
 
@@ -234,7 +238,7 @@ def select_frames(layout: Layout, k: int) -> torch.Tensor:
     frames = [tokens for tokens, _, _ in layout.frames(tails=False)]
     per_frame = max(1, round(sum(f.numel() for f in frames) / max(len(frames), 1)))
     kept, left = [torch.zeros(0, dtype=torch.long, device="cpu")], k
-    for i in (frames_to_keep(len(frames), k, per_frame) if k > 0 else []):
+    for i in frames_to_keep(len(frames), k, per_frame) if k > 0 else []:
         kept.append(evenly(frames[i], min(left, frames[i].numel())))
         left -= kept[-1].numel()
     kept = torch.cat(kept)
@@ -247,9 +251,17 @@ METHODS = PRUNING_METHODS
 NEEDS_SCORES = {"specvlm", "specvlm-grid", "attention"}
 
 
-def select(method: str, n: int, keep_ratio: float, *, scores: torch.Tensor | None = None,
-           layout: Layout | None = None, features: torch.Tensor | None = None, stage1_mass: float = 0.4,
-           seed: int = 0) -> torch.Tensor:
+def select(
+    method: str,
+    n: int,
+    keep_ratio: float,
+    *,
+    scores: torch.Tensor | None = None,
+    layout: Layout | None = None,
+    features: torch.Tensor | None = None,
+    stage1_mass: float = 0.4,
+    seed: int = 0,
+) -> torch.Tensor:
     """Kept indices (sorted) among n visual tokens."""
     if method not in METHODS:
         raise SpecVLMError(f"unknown pruning method {method!r}; choose from {', '.join(METHODS)}")
@@ -257,7 +269,7 @@ def select(method: str, n: int, keep_ratio: float, *, scores: torch.Tensor | Non
     layout = layout or Layout.flat(n)
     if method in NEEDS_SCORES and scores is None:
         raise SpecVLMError(f"pruning {method!r} needs the verifier's attention scores")
-    scores = scores.cpu() if scores is not None else None     # selection is host bookkeeping
+    scores = scores.cpu() if scores is not None else None  # selection is host bookkeeping
     if method == "specvlm":
         return select_specvlm(scores, k, stage1_mass)
     if method == "specvlm-grid":

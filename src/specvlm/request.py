@@ -19,30 +19,45 @@ from .sampling import Sampling, effective_config, max_new_tokens
 # GenerationConfig fields honoured here (the rest must stay at HF's default).
 SAMPLING_KEYS = ("max_new_tokens", "max_length", "do_sample", "temperature", "top_p", "top_k", "repetition_penalty")
 HONOURED_KEYS = set(SAMPLING_KEYS) | {
-    "eos_token_id", "pad_token_id", "bos_token_id",   # pad: what finished rows of a batch are padded with
-    "use_cache",                                      # a KV cache is always used; the output is the same
-    "num_beams", "num_return_sequences",              # 1 only: checked by Sampling.resolve
-    "return_dict_in_generate", "output_scores", "output_logits",
-    "cache_implementation", "compile_config", "disable_compile",   # how HF would run; ours is fast anyway
+    "eos_token_id",
+    "pad_token_id",
+    "bos_token_id",  # pad: what finished rows of a batch are padded with
+    "use_cache",  # a KV cache is always used; the output is the same
+    "num_beams",
+    "num_return_sequences",  # 1 only: checked by Sampling.resolve
+    "return_dict_in_generate",
+    "output_scores",
+    "output_logits",
+    "cache_implementation",
+    "compile_config",
+    "disable_compile",  # how HF would run; ours is fast anyway
 }
 # keywords of `generate` that are not GenerationConfig fields: accepted when empty / None
-EMPTY_OK = ("logits_processor", "stopping_criteria", "prefix_allowed_tokens_fn", "assistant_model",
-            "negative_prompt_ids", "negative_prompt_attention_mask", "custom_generate")
-IGNORED = ("synced_gpus", "tokenizer", "assistant_tokenizer")   # multi-GPU sync, stop-string tokenizers: no effect
+EMPTY_OK = (
+    "logits_processor",
+    "stopping_criteria",
+    "prefix_allowed_tokens_fn",
+    "assistant_model",
+    "negative_prompt_ids",
+    "negative_prompt_attention_mask",
+    "custom_generate",
+)
+IGNORED = ("synced_gpus", "tokenizer", "assistant_tokenizer")  # multi-GPU sync, stop-string tokenizers: no effect
 
 
 @dataclass
 class Request:
     """One sequence to decode: a row of a `generate` call's batch, or one server request."""
-    inputs: dict                       # model inputs, batch of one, left padding removed
+
+    inputs: dict  # model inputs, batch of one, left padding removed
     draft_inputs: dict
-    prompt_ids: torch.Tensor           # (1, L) as given (padding included): the head of `sequences`
+    prompt_ids: torch.Tensor  # (1, L) as given (padding included): the head of `sequences`
     sampling: Sampling
     max_new: int
     eos: set[int]
     generator: torch.Generator | None = None
-    keeps_rows: bool = False           # output_scores / output_logits: keep each new token's rows
-    scores: list = field(default_factory=list)    # (1, V) per new token, when asked
+    keeps_rows: bool = False  # output_scores / output_logits: keep each new token's rows
+    scores: list = field(default_factory=list)  # (1, V) per new token, when asked
     logits: list = field(default_factory=list)
 
 
@@ -50,8 +65,9 @@ class Request:
 class BatchRequest:
     """What a `generate(**inputs, **kwargs)` call asks for: one `Request` per row of the batch, and the batch-wide
     outputs (HF's `sequences` is the prompt as given, then the new tokens, right-padded with `pad_token_id`)."""
+
     rows: list[Request]
-    prompt_ids: torch.Tensor           # (B, L) as given
+    prompt_ids: torch.Tensor  # (B, L) as given
     pad_token_id: int | None
     streamer: object = None
     return_dict: bool = False
@@ -59,8 +75,9 @@ class BatchRequest:
     output_logits: bool = False
 
 
-def resolve(model_config: GenerationConfig | None, input_ids, kwargs: dict, split=None,
-            draft_split=None) -> BatchRequest:
+def resolve(
+    model_config: GenerationConfig | None, input_ids, kwargs: dict, split=None, draft_split=None
+) -> BatchRequest:
     """A BatchRequest from `generate`'s arguments (`kwargs` holds everything but input_ids). `split` (the target
     adapter's `split_batch`) and `draft_split` (the draft's, for `draft_inputs`) cut a batch of B > 1 rows into
     batch-of-one inputs."""
@@ -80,7 +97,7 @@ def resolve(model_config: GenerationConfig | None, input_ids, kwargs: dict, spli
             options[key] = value
         elif hasattr(defaults, key):
             default = getattr(defaults, key)
-            if value != default and (value or default):   # False / None / 0 / [] all mean "off"
+            if value != default and (value or default):  # False / None / 0 / [] all mean "off"
                 raise SpecVLMError(f"generate option {key}={value!r} is not supported by speculative decoding")
         else:
             raise SpecVLMError(f"generate() got an unsupported argument {key}={value!r}")
@@ -104,10 +121,10 @@ def resolve(model_config: GenerationConfig | None, input_ids, kwargs: dict, spli
     eos = eos_override if eos_override is not None else config.eos_token_id
     eos = set([eos] if isinstance(eos, int) else (eos or []))
     pad = pad_override if pad_override is not None else config.pad_token_id
-    if pad is None and eos:    # HF pads finished rows with the first eos id then
+    if pad is None and eos:  # HF pads finished rows with the first eos id then
         first = eos_override if eos_override is not None else config.eos_token_id
         pad = first if isinstance(first, int) else list(first)[0]
-    max_new = max_new_tokens(config, input_ids.shape[1])   # HF counts max_length with the padding
+    max_new = max_new_tokens(config, input_ids.shape[1])  # HF counts max_length with the padding
     keeps_rows = flags["output_scores"] or flags["output_logits"]
     row_inputs = [inputs] if rows == 1 else _split(split, inputs, rows, "inputs")
     if draft_inputs and rows > 1:
@@ -119,9 +136,16 @@ def resolve(model_config: GenerationConfig | None, input_ids, kwargs: dict, spli
         pads = left_padding(one.get("attention_mask"))
         one = strip_left_padding(one, pads)
         draft = strip_left_padding(draft, pads) if draft else one
-        requests.append(Request(one, draft, input_ids[row: row + 1], sampling, max_new, eos, generator, keeps_rows))
-    return BatchRequest(requests, input_ids, pad, streamer, flags["return_dict_in_generate"], flags["output_scores"],
-                        flags["output_logits"])
+        requests.append(Request(one, draft, input_ids[row : row + 1], sampling, max_new, eos, generator, keeps_rows))
+    return BatchRequest(
+        requests,
+        input_ids,
+        pad,
+        streamer,
+        flags["return_dict_in_generate"],
+        flags["output_scores"],
+        flags["output_logits"],
+    )
 
 
 def _split(split, inputs: dict, rows: int, name: str) -> list[dict]:
@@ -148,8 +172,10 @@ def left_padding(attention_mask: torch.Tensor | None) -> int:
     if pads == row.numel():
         raise SpecVLMError("attention_mask is all zeros: there is no prompt to generate from")
     if not bool(row[pads:].all()):
-        raise SpecVLMError("attention_mask has zeros after the prompt's first token: only left padding is "
-                           "supported (as in HF generate for decoder-only models)")
+        raise SpecVLMError(
+            "attention_mask has zeros after the prompt's first token: only left padding is "
+            "supported (as in HF generate for decoder-only models)"
+        )
     return pads
 
 
@@ -159,5 +185,7 @@ def strip_left_padding(inputs: dict, pads: int) -> dict:
     if not pads:
         return inputs
     length = inputs["input_ids"].shape[1]
-    return {k: v[:, pads:] if isinstance(v, torch.Tensor) and tuple(v.shape) == (1, length) else v
-            for k, v in inputs.items()}
+    return {
+        k: v[:, pads:] if isinstance(v, torch.Tensor) and tuple(v.shape) == (1, length) else v
+        for k, v in inputs.items()
+    }

@@ -8,9 +8,8 @@ draft tree is processed at once; `seen` says, per row, which token ids the repet
 
 from __future__ import annotations
 
-from dataclasses import dataclass
-
 import copy
+from dataclasses import dataclass
 
 import torch
 from transformers import GenerationConfig
@@ -21,12 +20,29 @@ from .errors import SpecVLMError
 # generate() options that change the distribution but that the speculative loop does not implement. Passing one
 # with a non-default value is an error rather than a silent difference from `target.generate`.
 _UNSUPPORTED = {
-    "num_beams": 1, "num_beam_groups": 1, "penalty_alpha": None, "no_repeat_ngram_size": 0,
-    "encoder_no_repeat_ngram_size": 0, "bad_words_ids": None, "force_words_ids": None, "min_length": 0,
-    "min_new_tokens": None, "min_p": None, "typical_p": 1.0, "epsilon_cutoff": 0.0, "eta_cutoff": 0.0,
-    "diversity_penalty": 0.0, "guidance_scale": None, "sequence_bias": None, "forced_bos_token_id": None,
-    "forced_eos_token_id": None, "suppress_tokens": None, "begin_suppress_tokens": None,
-    "exponential_decay_length_penalty": None, "num_return_sequences": 1, "top_h": None,
+    "num_beams": 1,
+    "num_beam_groups": 1,
+    "penalty_alpha": None,
+    "no_repeat_ngram_size": 0,
+    "encoder_no_repeat_ngram_size": 0,
+    "bad_words_ids": None,
+    "force_words_ids": None,
+    "min_length": 0,
+    "min_new_tokens": None,
+    "min_p": None,
+    "typical_p": 1.0,
+    "epsilon_cutoff": 0.0,
+    "eta_cutoff": 0.0,
+    "diversity_penalty": 0.0,
+    "guidance_scale": None,
+    "sequence_bias": None,
+    "forced_bos_token_id": None,
+    "forced_eos_token_id": None,
+    "suppress_tokens": None,
+    "begin_suppress_tokens": None,
+    "exponential_decay_length_penalty": None,
+    "num_return_sequences": 1,
+    "top_h": None,
 }
 
 
@@ -39,7 +55,7 @@ class Sampling:
     repetition_penalty: float = 1.0
 
     @classmethod
-    def resolve(cls, generation_config=None, **overrides) -> "Sampling":
+    def resolve(cls, generation_config=None, **overrides) -> Sampling:
         """Settings as `generate` would use them: explicit arguments over the given config over HF's defaults."""
         config = generation_config if generation_config is not None else GenerationConfig()
         defaults = generation_defaults()
@@ -154,8 +170,9 @@ class RowSampling:
 
     def _group_index(self, device):
         if device not in self._index:
-            self._index[device] = [(s, torch.tensor(rows, dtype=torch.long, device=device))
-                                   for s, rows in self.groups.items()]
+            self._index[device] = [
+                (s, torch.tensor(rows, dtype=torch.long, device=device)) for s, rows in self.groups.items()
+            ]
         return self._index[device]
 
     def map(self, fn, x: torch.Tensor, seen: torch.Tensor | None = None, random=None) -> torch.Tensor:
@@ -165,8 +182,12 @@ class RowSampling:
             return fn(self.single, x, seen, random)
         out = None
         for sampling, index in self._group_index(x.device):
-            part = fn(sampling, x[index], None if seen is None else seen[index],
-                      None if random is None else random.subset(self.groups[sampling]))
+            part = fn(
+                sampling,
+                x[index],
+                None if seen is None else seen[index],
+                None if random is None else random.subset(self.groups[sampling]),
+            )
             if out is None:
                 out = part.new_empty((x.shape[0], *part.shape[1:]))
             out[index] = part
@@ -197,7 +218,7 @@ class RowRandom:
         for row, generator in enumerate(self.generators):
             self.groups.setdefault(id(generator), (generator, []))[1].append(row)
 
-    def subset(self, rows: list[int]) -> "RowRandom":
+    def subset(self, rows: list[int]) -> RowRandom:
         return RowRandom([self.generators[i] for i in rows])
 
     def fill(self, shape, device, dtype, method: str) -> torch.Tensor:
@@ -217,8 +238,11 @@ def sample_from(probs: torch.Tensor, random: RowRandom | None = None) -> torch.T
     `random`: a `RowRandom` (dimension 0 of `probs` is its row) whose generators live on the probabilities' device
     (`device_generator` makes them), or None for torch's global generator."""
     shape, device = probs.shape, probs.device
-    noise = torch.empty(shape, dtype=torch.float32, device=device).exponential_() if random is None else \
-        random.fill(shape, device, torch.float32, "exponential_")
+    noise = (
+        torch.empty(shape, dtype=torch.float32, device=device).exponential_()
+        if random is None
+        else random.fill(shape, device, torch.float32, "exponential_")
+    )
     return (probs.float() / noise).argmax(-1)
 
 
@@ -234,7 +258,7 @@ def device_generator(generator: torch.Generator | None, device: torch.device) ->
     that a user's CPU generator still makes sampling on a GPU reproducible; None stays None (global RNG)."""
     if generator is None or generator.device == torch.device(device):
         return generator
-    seed = int(torch.randint(0, 2 ** 62, (1,), generator=generator))
+    seed = int(torch.randint(0, 2**62, (1,), generator=generator))
     return torch.Generator(device=device).manual_seed(seed)
 
 
@@ -250,8 +274,9 @@ def history_rows(seen: torch.Tensor | None, path_tokens: torch.Tensor) -> torch.
     return rows[..., :vocab] | seen[:, None, :]
 
 
-def effective_config(model_config: GenerationConfig | None, given: GenerationConfig | None,
-                     **kwargs) -> GenerationConfig:
+def effective_config(
+    model_config: GenerationConfig | None, given: GenerationConfig | None, **kwargs
+) -> GenerationConfig:
     """HF's precedence: keyword arguments > the `generation_config` passed in > the model's generation_config >
     library defaults (applied later, per field, by `Sampling.resolve` and `max_new_tokens`)."""
     config = copy.deepcopy(given) if given is not None else GenerationConfig()

@@ -70,8 +70,8 @@ class ModelSession:
     def __init__(self, adapter: VLMAdapter):
         self.adapter = adapter
         self.caches: list = []
-        self.lengths: list[int] = []   # entries in each row's cache
-        self.offsets: list[int] = []   # position of row b's cache entry i is i + offsets[b]
+        self.lengths: list[int] = []  # entries in each row's cache
+        self.offsets: list[int] = []  # position of row b's cache entry i is i + offsets[b]
         self.forwards = 0
 
     @property
@@ -100,9 +100,14 @@ class ModelSession:
         self.caches[row] = cache
         self.forwards += 1
 
-    def extend(self, ids: torch.Tensor, positions: torch.Tensor, counts: list[int] | None = None,
-               visible: torch.Tensor | None = None, prefix: list[int] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def extend(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        counts: list[int] | None = None,
+        visible: torch.Tensor | None = None,
+        prefix: list[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Append n positions to each of rows 0..B-1: `ids` (B, n) (or input vectors (B, n, H) for a draft head) at
         1-D `positions` (B, n). `counts[b]`: how many of row b's n are real (the rest is padding, never committed);
         default all. Without `visible` the new tokens attend causally; with it (B, n, w), row b's token r sees the
@@ -117,9 +122,12 @@ class ModelSession:
             if visible is not None and not _is_causal(visible[b, :count]):
                 mask = additive_mask(visible[b, :count], prefix[b], self.adapter.dtype, self.adapter.device)
             with _observed(self, "step"):
-                out, h = self.adapter.forward(self.adapter.embed(ids[b: b + 1, :count]),
-                                              self.adapter.positions(positions[b: b + 1, :count]),
-                                              self.caches[b], mask)
+                out, h = self.adapter.forward(
+                    self.adapter.embed(ids[b : b + 1, :count]),
+                    self.adapter.positions(positions[b : b + 1, :count]),
+                    self.caches[b],
+                    mask,
+                )
             if logits is None:
                 logits = out.new_zeros(rows, n, out.shape[-1])
                 hidden = h.new_zeros(rows, n, h.shape[-1])
@@ -159,7 +167,7 @@ class StaticSession(ModelSession):
         self.adapter = adapter
         self.cache = SlotCache(adapter.num_layers)
         self.lengths, self.offsets = [], []
-        self.caches: list = []   # unused: one SlotCache holds every row
+        self.caches: list = []  # unused: one SlotCache holds every row
         self.forwards = 0
         self.max_rows = 1
         self.compile_s = 0.0
@@ -185,19 +193,24 @@ class StaticSession(ModelSession):
         self._set_row(row, None, prompt)
         return logits[0], hidden[0]
 
-    def extend(self, ids: torch.Tensor, positions: torch.Tensor, counts: list[int] | None = None,
-               visible: torch.Tensor | None = None, prefix: list[int] | None = None
-               ) -> tuple[torch.Tensor, torch.Tensor]:
+    def extend(
+        self,
+        ids: torch.Tensor,
+        positions: torch.Tensor,
+        counts: list[int] | None = None,
+        visible: torch.Tensor | None = None,
+        prefix: list[int] | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         rows, n = ids.shape[0], ids.shape[1]
         width = bucket(n)
         padded_rows = bucket(rows) if self.compiled else rows
         starts = self.lengths[:rows]
-        if max(starts) + width > self.cache.capacity:   # a row outgrew what its prefill reserved
+        if max(starts) + width > self.cache.capacity:  # a row outgrew what its prefill reserved
             self._grow(max(starts) + width)
         device = self.cache.start.device
         extra = padded_rows - rows
         host = torch.tensor([starts + [0] * extra, (prefix or starts) + [0] * extra], dtype=torch.long, device="cpu")
-        start, seen_until = host.to(device)                              # (Bp,) each
+        start, seen_until = host.to(device)  # (Bp,) each
         # allowed (Bp, width, capacity): every row sees its committed prefix, then its window as `visible` says
         # (causal when None: position r sees slots up to start + r); padding rows of the batch see slot 0 only
         # (their outputs and their slots are never read)
@@ -207,7 +220,7 @@ class StaticSession(ModelSession):
         else:
             allowed = (column[None, None, :] < seen_until[:, None, None]).expand(padded_rows, width, -1).clone()
             w = visible.shape[-1]
-            window = seen_until[:rows, None] + torch.arange(w, device=device)                  # (B, w) slots
+            window = seen_until[:rows, None] + torch.arange(w, device=device)  # (B, w) slots
             allowed[:rows, :n].scatter_(2, window[:, None, :].expand(rows, n, w), visible.to(device))
         if extra:
             allowed[rows:] = column == 0
@@ -249,7 +262,7 @@ class StaticSession(ModelSession):
             torch.compiler.cudagraph_mark_step_begin()
         with gqa_attention(self.adapter.attention_config, self.gqa):
             logits, hidden = self.step(ids, positions, allowed)
-        if self.cudagraphs:   # graph outputs are overwritten by the next replay
+        if self.cudagraphs:  # graph outputs are overwritten by the next replay
             logits, hidden = logits.clone(), hidden.clone()
         if first and self.compiled:
             _synchronize(ids.device)
@@ -294,8 +307,10 @@ def _compiled(method, device_type: str):
     torch._dynamo.config.accumulated_recompile_limit = max(torch._dynamo.config.accumulated_recompile_limit, 4096)
     function = method.__func__
     code = function.__code__.replace(co_name=f"{function.__name__}_{next(_COPIES)}")
-    own = types.MethodType(types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__,
-                                              function.__closure__), method.__self__)
+    own = types.MethodType(
+        types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__),
+        method.__self__,
+    )
     options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
     mode = "reduce-overhead" if device_type == "cuda" else None
     return torch.compile(own, dynamic=False, mode=mode, options=options)

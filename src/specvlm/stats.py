@@ -17,24 +17,24 @@ from dataclasses import asdict, dataclass, field
 
 @dataclass
 class SpecStats:
-    mode: str = "speculative"       # or "target-only": the target's own generate, the baseline
+    mode: str = "speculative"  # or "target-only": the target's own generate, the baseline
     new_tokens: int = 0
     rounds: int = 0
     accepted_tokens: int = 0
     drafted_tokens: int = 0
-    accept_histogram: list[int] = field(default_factory=list)   # [k] = rounds that accepted exactly k draft tokens
+    accept_histogram: list[int] = field(default_factory=list)  # [k] = rounds that accepted exactly k draft tokens
     target_forwards: int = 0
     draft_forwards: int = 0
     prefill_s: float = 0.0
     decode_s: float = 0.0
     target_prompt_tokens: int = 0
     draft_prompt_tokens: int = 0
-    visual_tokens: int = 0          # visual tokens in the target's prompt
-    kept_visual_tokens: int = 0     # of those, the ones the draft's prompt keeps (all unless pruned)
-    pruning: str = "none"           # the method that pruned the draft's prompt, "none" when nothing was pruned
-    scoring_s: float = 0.0          # verifier-attention capture's extra fp32 score computation (inside prefill_s)
-    selection_s: float = 0.0        # time to choose the kept tokens from the scores (inside prefill_s)
-    compile_s: float = 0.0          # one-time torch.compile cost paid in this call (inside prefill_s / decode_s)
+    visual_tokens: int = 0  # visual tokens in the target's prompt
+    kept_visual_tokens: int = 0  # of those, the ones the draft's prompt keeps (all unless pruned)
+    pruning: str = "none"  # the method that pruned the draft's prompt, "none" when nothing was pruned
+    scoring_s: float = 0.0  # verifier-attention capture's extra fp32 score computation (inside prefill_s)
+    selection_s: float = 0.0  # time to choose the kept tokens from the scores (inside prefill_s)
+    compile_s: float = 0.0  # one-time torch.compile cost paid in this call (inside prefill_s / decode_s)
 
     @property
     def mean_accepted_tokens(self) -> float:
@@ -63,15 +63,23 @@ class SpecStats:
 
     def as_dict(self) -> dict:
         out = asdict(self)
-        out.update(mean_accepted_tokens=self.mean_accepted_tokens, acceptance_by_position=self.acceptance_by_position,
-                   tokens_per_second=self.tokens_per_second)
+        out.update(
+            mean_accepted_tokens=self.mean_accepted_tokens,
+            acceptance_by_position=self.acceptance_by_position,
+            tokens_per_second=self.tokens_per_second,
+        )
         return out
 
     def summary(self) -> str:
-        how = ("target-only (no draft)" if self.mode == "target-only"
-               else f"τ={self.mean_accepted_tokens:.2f} over {self.rounds} rounds")
-        line = (f"{self.new_tokens} tokens, {how}, {self.tokens_per_second:.1f} tokens/s (prefill "
-                f"{self.prefill_s:.2f}s, decode {self.decode_s:.2f}s)")
+        how = (
+            "target-only (no draft)"
+            if self.mode == "target-only"
+            else f"τ={self.mean_accepted_tokens:.2f} over {self.rounds} rounds"
+        )
+        line = (
+            f"{self.new_tokens} tokens, {how}, {self.tokens_per_second:.1f} tokens/s (prefill "
+            f"{self.prefill_s:.2f}s, decode {self.decode_s:.2f}s)"
+        )
         if self.compile_s:
             line += f"; one-time compile {self.compile_s:.1f}s (included)"
         return line + self.pruning_summary()
@@ -80,6 +88,8 @@ class SpecStats:
         """'' unless the draft's prompt was pruned."""
         if self.pruning == "none":
             return ""
-        return (f"; draft kept {self.kept_visual_tokens}/{self.visual_tokens} visual tokens, prompt "
-                f"{self.draft_prompt_tokens} vs {self.target_prompt_tokens} (scoring {self.scoring_s * 1e3:.1f}ms, "
-                f"selection {self.selection_s * 1e3:.1f}ms, both inside prefill)")
+        return (
+            f"; draft kept {self.kept_visual_tokens}/{self.visual_tokens} visual tokens, prompt "
+            f"{self.draft_prompt_tokens} vs {self.target_prompt_tokens} (scoring {self.scoring_s * 1e3:.1f}ms, "
+            f"selection {self.selection_s * 1e3:.1f}ms, both inside prefill)"
+        )

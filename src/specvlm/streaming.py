@@ -18,13 +18,13 @@ class AnswerText:
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
         if text.endswith("\ufffd"):
             return ""
-        piece, self.shown = text[len(self.shown):], text
+        piece, self.shown = text[len(self.shown) :], text
         return piece
 
     def rest(self) -> str:
         """What is left to show once no more tokens come."""
         text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        piece, self.shown = text[len(self.shown):], text
+        piece, self.shown = text[len(self.shown) :], text
         return piece
 
 
@@ -42,4 +42,4 @@ class PrintStreamer:
         print(self.text.add(ids.reshape(-1).tolist()), end="", file=self.file, flush=True)
 
     def end(self) -> None:
-        print(self.text.rest(), file=self.file, flush=True)   # and the newline that ends the answer
+        print(self.text.rest(), file=self.file, flush=True)  # and the newline that ends the answer

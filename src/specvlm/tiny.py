@@ -10,10 +10,20 @@ from __future__ import annotations
 import math
 
 import torch
-from transformers import (CLIPVisionConfig, LlamaConfig, LlavaNextVideoConfig, LlavaNextVideoForConditionalGeneration,
-                          LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2_5_VLConfig,
-                          Qwen2_5_VLForConditionalGeneration, Qwen2Config, Qwen2VLConfig,
-                          Qwen2VLForConditionalGeneration, SiglipVisionConfig)
+from transformers import (
+    CLIPVisionConfig,
+    LlamaConfig,
+    LlavaNextVideoConfig,
+    LlavaNextVideoForConditionalGeneration,
+    LlavaOnevisionConfig,
+    LlavaOnevisionForConditionalGeneration,
+    Qwen2_5_VLConfig,
+    Qwen2_5_VLForConditionalGeneration,
+    Qwen2Config,
+    Qwen2VLConfig,
+    Qwen2VLForConditionalGeneration,
+    SiglipVisionConfig,
+)
 
 FAMILIES = ("llava_onevision", "qwen2_5_vl", "qwen2_vl", "llava_next_video")
 
@@ -26,10 +36,20 @@ def special_ids(vocab: int) -> dict[str, int]:
 
 def _text(vocab, hidden, layers, heads=4, kv=2, init=0.02, mrope=False, pad=0):
     ids = special_ids(vocab)
-    text = dict(vocab_size=vocab + pad, hidden_size=hidden, intermediate_size=hidden * 2, num_hidden_layers=layers,
-                num_attention_heads=heads, num_key_value_heads=kv, max_position_embeddings=4096,
-                eos_token_id=ids["eos"], bos_token_id=None, pad_token_id=ids["pad"], tie_word_embeddings=False,
-                initializer_range=init)
+    text = dict(
+        vocab_size=vocab + pad,
+        hidden_size=hidden,
+        intermediate_size=hidden * 2,
+        num_hidden_layers=layers,
+        num_attention_heads=heads,
+        num_key_value_heads=kv,
+        max_position_embeddings=4096,
+        eos_token_id=ids["eos"],
+        bos_token_id=None,
+        pad_token_id=ids["pad"],
+        tie_word_embeddings=False,
+        initializer_range=init,
+    )
     # A small rope_theta makes every position difference visible in the logits, so tests notice wrong positions
     # (with real thetas of 1e4..1e6 and head_dim 16, shifts of a few positions barely rotate anything).
     text["rope_parameters"] = {"rope_type": "default", "rope_theta": 20.0}
@@ -40,8 +60,16 @@ def _text(vocab, hidden, layers, heads=4, kv=2, init=0.02, mrope=False, pad=0):
     return text
 
 
-def make_model(family: str, seed: int = 0, hidden: int = 64, layers: int = 2, vocab: int = 1024,
-               init: float = 0.02, attn: str = "sdpa", vocab_pad: int = 0):
+def make_model(
+    family: str,
+    seed: int = 0,
+    hidden: int = 64,
+    layers: int = 2,
+    vocab: int = 1024,
+    init: float = 0.02,
+    attn: str = "sdpa",
+    vocab_pad: int = 0,
+):
     """A random tiny VLM of `family`. Vision towers are fixed small shapes so that draft and target of one family
     accept the same processor outputs whatever their text widths. `init` scales the random weights (larger gives
     peakier next-token distributions); `vocab_pad` adds never-used rows to the vocabulary, like real checkpoints
@@ -50,33 +78,79 @@ def make_model(family: str, seed: int = 0, hidden: int = 64, layers: int = 2, vo
     ids = special_ids(vocab)
     text = _text(vocab, hidden, layers, init=init, pad=vocab_pad, mrope=family in ("qwen2_5_vl", "qwen2_vl"))
     if family == "llava_onevision":
-        vision = SiglipVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                    image_size=56, patch_size=14, vision_use_head=False)
-        config = LlavaOnevisionConfig(vision_config=vision, text_config=Qwen2Config(**text),
-                                      image_token_index=ids["image"], video_token_index=ids["video"],
-                                      image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]],
-                                      vision_feature_layer=-1, vision_feature_select_strategy="full")
+        vision = SiglipVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+            vision_use_head=False,
+        )
+        config = LlavaOnevisionConfig(
+            vision_config=vision,
+            text_config=Qwen2Config(**text),
+            image_token_index=ids["image"],
+            video_token_index=ids["video"],
+            image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]],
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        )
         cls = LlavaOnevisionForConditionalGeneration
     elif family == "llava_next_video":
-        vision = CLIPVisionConfig(hidden_size=32, intermediate_size=64, num_hidden_layers=1, num_attention_heads=2,
-                                  image_size=56, patch_size=14, projection_dim=32)
-        config = LlavaNextVideoConfig(vision_config=vision, text_config=LlamaConfig(**text),
-                                      image_token_index=ids["image"], video_token_index=ids["video"],
-                                      image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]],
-                                      vision_feature_layer=-2, vision_feature_select_strategy="default")
+        vision = CLIPVisionConfig(
+            hidden_size=32,
+            intermediate_size=64,
+            num_hidden_layers=1,
+            num_attention_heads=2,
+            image_size=56,
+            patch_size=14,
+            projection_dim=32,
+        )
+        config = LlavaNextVideoConfig(
+            vision_config=vision,
+            text_config=LlamaConfig(**text),
+            image_token_index=ids["image"],
+            video_token_index=ids["video"],
+            image_grid_pinpoints=[[56, 56], [56, 112], [112, 56], [112, 112]],
+            vision_feature_layer=-2,
+            vision_feature_select_strategy="default",
+        )
         cls = LlavaNextVideoForConditionalGeneration
     elif family in ("qwen2_5_vl", "qwen2_vl"):
-        common = dict(text_config=text, image_token_id=ids["image"],
-                      video_token_id=ids["video"], vision_start_token_id=ids["vision_start"],
-                      vision_end_token_id=ids["vision_end"])
+        common = dict(
+            text_config=text,
+            image_token_id=ids["image"],
+            video_token_id=ids["video"],
+            vision_start_token_id=ids["vision_start"],
+            vision_end_token_id=ids["vision_end"],
+        )
         if family == "qwen2_5_vl":
-            vision = dict(depth=1, hidden_size=32, intermediate_size=64, num_heads=2, out_hidden_size=hidden,
-                          patch_size=14, spatial_merge_size=2, temporal_patch_size=2, window_size=56,
-                          fullatt_block_indexes=[0], tokens_per_second=2)
+            vision = dict(
+                depth=1,
+                hidden_size=32,
+                intermediate_size=64,
+                num_heads=2,
+                out_hidden_size=hidden,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+                window_size=56,
+                fullatt_block_indexes=[0],
+                tokens_per_second=2,
+            )
             config, cls = Qwen2_5_VLConfig(vision_config=vision, **common), Qwen2_5_VLForConditionalGeneration
         else:
-            vision = dict(depth=1, embed_dim=32, hidden_size=hidden, num_heads=2, mlp_ratio=2, patch_size=14,
-                          spatial_merge_size=2, temporal_patch_size=2)
+            vision = dict(
+                depth=1,
+                embed_dim=32,
+                hidden_size=hidden,
+                num_heads=2,
+                mlp_ratio=2,
+                patch_size=14,
+                spatial_merge_size=2,
+                temporal_patch_size=2,
+            )
             config, cls = Qwen2VLConfig(vision_config=vision, **common), Qwen2VLForConditionalGeneration
     else:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
@@ -87,9 +161,18 @@ def make_model(family: str, seed: int = 0, hidden: int = 64, layers: int = 2, vo
     return model
 
 
-def make_inputs(family: str, kind: str = "video", prompt_len: int = 3, suffix_len: int = 2, frames: int = 4,
-                seed: int = 0, vocab: int = 1024, grid=(8, 12), images: int = 1,
-                image_size: tuple[int, int] = (56, 56)) -> dict:
+def make_inputs(
+    family: str,
+    kind: str = "video",
+    prompt_len: int = 3,
+    suffix_len: int = 2,
+    frames: int = 4,
+    seed: int = 0,
+    vocab: int = 1024,
+    grid=(8, 12),
+    images: int = 1,
+    image_size: tuple[int, int] = (56, 56),
+) -> dict:
     """Processor-shaped inputs for `family`: [prompt text | visual placeholders | suffix text].
 
     `kind`: "image", "video", "image+video" (the images, then the video, as specvlm's prompts place them) or
@@ -117,15 +200,18 @@ KINDS = ("image", "video", "image+video", "text")
 
 def _qwen_inputs(family, g, ids, prompt, suffix, num_images, video, frames, grid) -> dict:
     grids = list(grid) if isinstance(grid, list) else [grid] * max(num_images, 1)
-    items = [("image", 1, *grids[i]) for i in range(num_images)]      # (modality, t, h, w): t temporal patches
+    items = [("image", 1, *grids[i]) for i in range(num_images)]  # (modality, t, h, w): t temporal patches
     items += [("video", max(frames // 2, 1), *grids[0])] if video else []
     seq, pixels = list(prompt), {"image": [], "video": []}
     for modality, t, h, w in items:
         seq += [ids["vision_start"]] + [ids[modality]] * (t * h * w // 4) + [ids["vision_end"]]
         pixels[modality].append(torch.randn(t * h * w, 3 * 2 * 14 * 14, generator=g, device="cpu"))
     input_ids = torch.tensor([seq + suffix], device="cpu")
-    out = dict(input_ids=input_ids, attention_mask=torch.ones_like(input_ids),
-               mm_token_type_ids=(input_ids == ids["image"]).int() + (input_ids == ids["video"]).int() * 2)
+    out = dict(
+        input_ids=input_ids,
+        attention_mask=torch.ones_like(input_ids),
+        mm_token_type_ids=(input_ids == ids["image"]).int() + (input_ids == ids["video"]).int() * 2,
+    )
     grid_of = lambda modality: torch.tensor([[t, h, w] for m, t, h, w in items if m == modality], device="cpu")
     if num_images:
         out.update(pixel_values=torch.cat(pixels["image"]), image_grid_thw=grid_of("image"))
@@ -145,8 +231,9 @@ def _llava_inputs(family, g, ids, prompt, suffix, num_images, video, frames, ima
         # anyres: a base tile + one crop per 56x56 of the pinpoint; OneVision's multi-image prompts: one tile each
         single_tiles = family == "llava_onevision" and num_images > 1
         tiles = 1 if single_tiles else 1 + image_size[0] // size * image_size[1] // size
-        out["pixel_values"] = torch.cat([torch.randn(1, tiles, 3, size, size, generator=g, device="cpu")
-                                         for _ in range(num_images)])
+        out["pixel_values"] = torch.cat(
+            [torch.randn(1, tiles, 3, size, size, generator=g, device="cpu") for _ in range(num_images)]
+        )
         out["image_sizes"] = torch.tensor([list(image_size)] * num_images, device="cpu")
         per_image = side * side + 1 if tiles == 1 else _llava_image_tokens(family, image_size)
         seq += [ids["image"]] * (per_image * num_images)
@@ -182,7 +269,7 @@ def make_batch(rows: list[dict], family: str, pad_id: int) -> dict:
     the batch's largest patch count, its stacked videos); LLaVA-OneVision's batch_num_images lists the rows that
     have images only, as HF's does. The inverse of `VLMAdapter.split_batch`, for tests. Rows HF could not batch
     either (LLaVA videos of different frame counts or sizes, which HF stacks) raise ValueError."""
-    from .adapters import ADAPTERS   # here: modules that import tiny for special_ids need not load the adapters
+    from .adapters import ADAPTERS  # here: modules that import tiny for special_ids need not load the adapters
 
     if family not in FAMILIES:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
@@ -209,13 +296,17 @@ def make_batch(rows: list[dict], family: str, pad_id: int) -> dict:
         parts = [row[key] for row in rows if key in row]
         if not parts:
             continue
-        if llava and key == "pixel_values":      # (images, patches, 3, H, W): pad patches to the batch's most
+        if llava and key == "pixel_values":  # (images, patches, 3, H, W): pad patches to the batch's most
             most = max(part.shape[1] for part in parts)
-            parts = [torch.cat([part, part.new_zeros(part.shape[0], most - part.shape[1], *part.shape[2:])], 1)
-                     for part in parts]
+            parts = [
+                torch.cat([part, part.new_zeros(part.shape[0], most - part.shape[1], *part.shape[2:])], 1)
+                for part in parts
+            ]
         if llava and key == "pixel_values_videos" and len({tuple(part.shape[1:]) for part in parts}) > 1:
-            raise ValueError(f"{family} stacks a batch's videos, so they need the same frames and size: got "
-                             f"{[tuple(part.shape[1:]) for part in parts]}")
+            raise ValueError(
+                f"{family} stacks a batch's videos, so they need the same frames and size: got "
+                f"{[tuple(part.shape[1:]) for part in parts]}"
+            )
         batch[key] = torch.cat(parts)
     return batch
 

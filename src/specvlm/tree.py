@@ -21,9 +21,9 @@ stop excepted: deciding to stop is a host decision by nature). Tests drive the b
 from __future__ import annotations
 
 import math
-from dataclasses import dataclass
-from functools import cached_property, lru_cache
-from typing import Callable
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from functools import cache, cached_property, lru_cache
 
 import torch
 
@@ -33,11 +33,31 @@ from .options import check_tree
 # 5, 4/8/8/3/2 nodes per depth, 15 leaves. A path (r1, r2, ...) is "the r1-th best child of the root, then its
 # r2-th best child, ...".
 EAGLE1_TREE: tuple[tuple[int, ...], ...] = (
-    (0,), (1,), (2,), (3,),
-    (0, 0), (0, 1), (0, 2), (1, 0), (1, 1), (2, 0), (2, 1), (3, 0),
-    (0, 0, 0), (0, 0, 1), (0, 0, 2), (0, 1, 0), (0, 1, 1), (0, 2, 0), (0, 2, 1), (1, 0, 0),
-    (0, 0, 0, 0), (0, 0, 0, 1), (0, 0, 0, 2),
-    (0, 0, 0, 0, 0), (0, 0, 0, 0, 1),
+    (0,),
+    (1,),
+    (2,),
+    (3,),
+    (0, 0),
+    (0, 1),
+    (0, 2),
+    (1, 0),
+    (1, 1),
+    (2, 0),
+    (2, 1),
+    (3, 0),
+    (0, 0, 0),
+    (0, 0, 1),
+    (0, 0, 2),
+    (0, 1, 0),
+    (0, 1, 1),
+    (0, 2, 0),
+    (0, 2, 1),
+    (1, 0, 0),
+    (0, 0, 0, 0),
+    (0, 0, 0, 1),
+    (0, 0, 0, 2),
+    (0, 0, 0, 0, 0),
+    (0, 0, 0, 0, 1),
 )
 
 # Log-probabilities are clamped here so that sums over a path never produce nan from (-inf) + (-inf) arithmetic.
@@ -51,14 +71,15 @@ class DraftTree:
     """One round's proposals for a batch of rows: every row's tree has the same number of nodes n (its shape may
     differ). Tensors are (B, n) on the drafter's device; `valid` marks nodes a row really proposed (a chain that
     stopped early, or a row that asked for fewer tokens, pads the rest with never-acceptable nodes)."""
-    tokens: torch.Tensor                 # (B, n) long
-    parents: torch.Tensor                # (B, n) long, -1 = root
-    depths: torch.Tensor | None = None   # (B, n) long; derived from parents when not given
-    probs: torch.Tensor | None = None    # (B, n, V): distribution node i was sampled from (chains when sampling)
-    fed: torch.Tensor | None = None      # (B, n) long: the drafter slot node i was fed at this round, -1 if never
-    max_depth: int | None = None         # an upper bound of depths (host), when the builder knows it
-    chain: bool = False                  # host knowledge that this is a chain (verified causally, without a mask)
-    valid: torch.Tensor | None = None    # (B, n) bool, None = every node is a real proposal
+
+    tokens: torch.Tensor  # (B, n) long
+    parents: torch.Tensor  # (B, n) long, -1 = root
+    depths: torch.Tensor | None = None  # (B, n) long; derived from parents when not given
+    probs: torch.Tensor | None = None  # (B, n, V): distribution node i was sampled from (chains when sampling)
+    fed: torch.Tensor | None = None  # (B, n) long: the drafter slot node i was fed at this round, -1 if never
+    max_depth: int | None = None  # an upper bound of depths (host), when the builder knows it
+    chain: bool = False  # host knowledge that this is a chain (verified causally, without a mask)
+    valid: torch.Tensor | None = None  # (B, n) bool, None = every node is a real proposal
 
     def __post_init__(self):
         if self.depths is None:
@@ -126,17 +147,22 @@ def ancestor_matrix(parents: torch.Tensor, max_depth: int | None = None) -> torc
     of i. Index 0 is the root, node k is k+1. Built by `max_depth` rounds of "inherit the parent's row" (n rounds
     when the depth is unknown)."""
     n = parents.shape[-1]
-    flat = parents.reshape(-1, n).long()                                         # (B, n)
+    flat = parents.reshape(-1, n).long()  # (B, n)
     visible = torch.eye(n + 1, dtype=torch.bool, device=parents.device).repeat(flat.shape[0], 1, 1)
-    rows = (flat + 1)[:, :, None].expand(-1, -1, n + 1)                         # each node's parent row
+    rows = (flat + 1)[:, :, None].expand(-1, -1, n + 1)  # each node's parent row
     for _ in range(n if max_depth is None else max_depth):
         visible[:, 1:] |= visible.gather(1, rows)
     return visible.reshape(*parents.shape[:-1], n + 1, n + 1)
 
 
 # ---- builders ----------------------------------------------------------------------------------------------------
-def build_chain(first: torch.Tensor, expand: Expand, length: int, choose: Callable[[torch.Tensor], torch.Tensor],
-                min_prob: float = 0.0) -> DraftTree:
+def build_chain(
+    first: torch.Tensor,
+    expand: Expand,
+    length: int,
+    choose: Callable[[torch.Tensor], torch.Tensor],
+    min_prob: float = 0.0,
+) -> DraftTree:
     """Up to γ = `length` tokens one after another, per row. `first` (B, V) and each expansion are
     log-probabilities; `choose` picks a token per row from them, (B,) (argmax when greedy, a sample when not). The
     chosen-from distributions are kept as `probs` (q). A row's chain stops early after a token its draft gave
@@ -160,31 +186,44 @@ def build_chain(first: torch.Tensor, expand: Expand, length: int, choose: Callab
         logprobs = expand(tokens[-1][:, None], parent, i + 1)[:, 0]
     n = len(tokens)
     fed = torch.arange(n, device=device).expand(rows, n).clone()
-    fed[:, -1] = -1   # the last token is proposed but never fed to the drafter
+    fed[:, -1] = -1  # the last token is proposed but never fed to the drafter
     positions = torch.arange(n, device=device)
-    return DraftTree(torch.stack(tokens, 1), (positions - 1).expand(rows, n), (positions + 1).expand(rows, n),
-                     probs=torch.stack(dists, 1).float().exp(), fed=fed, max_depth=n, chain=True,
-                     valid=torch.stack(live, 1) if log_min is not None else None)
+    return DraftTree(
+        torch.stack(tokens, 1),
+        (positions - 1).expand(rows, n),
+        (positions + 1).expand(rows, n),
+        probs=torch.stack(dists, 1).float().exp(),
+        fed=fed,
+        max_depth=n,
+        chain=True,
+        valid=torch.stack(live, 1) if log_min is not None else None,
+    )
 
 
 @dataclass(frozen=True)
 class StaticShape:
     """A static tree's structure, computed once on the host: node order (by depth, then rank path), which nodes
     are fed (those with children), in which slot, and where each child's token comes from."""
+
     parents: tuple[int, ...]
     ranks: tuple[int, ...]
     depths: tuple[int, ...]
-    levels: tuple[tuple[int, ...], ...]    # levels[d-1]: the nodes at depth d
-    fed: tuple[int, ...]                   # per node: its slot, -1 for leaves
+    levels: tuple[tuple[int, ...], ...]  # levels[d-1]: the nodes at depth d
+    fed: tuple[int, ...]  # per node: its slot, -1 for leaves
+    _on_device: dict = field(default_factory=dict, compare=False, hash=False, repr=False)  # device -> tensors()
 
     @property
     def max_depth(self) -> int:
         return len(self.levels)
 
-    @lru_cache(maxsize=None)
     def tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
         """The shape's index tensors on `device`, made once (the only host-to-device copies a static tree needs)."""
-        long = lambda values: torch.tensor(values, dtype=torch.long, device=device)  # noqa: E731
+        if device not in self._on_device:
+            self._on_device[device] = self._make_tensors(device)
+        return self._on_device[device]
+
+    def _make_tensors(self, device: torch.device) -> dict[str, torch.Tensor]:
+        long = lambda values: torch.tensor(values, dtype=torch.long, device=device)
         out = dict(parents=long(self.parents), depths=long(self.depths), fed=long(self.fed))
         for d, level in enumerate(self.levels, start=1):
             out[f"level{d}"] = long(level)
@@ -192,17 +231,19 @@ class StaticShape:
             if d < len(self.levels):
                 feed = [i for i in level if self.fed[i] >= 0]
                 out[f"feed{d}"] = long(feed)
-                out[f"feed_parent_slot{d}"] = long([self.fed[self.parents[i]] if self.parents[i] >= 0 else -1
-                                                    for i in feed])
+                out[f"feed_parent_slot{d}"] = long(
+                    [self.fed[self.parents[i]] if self.parents[i] >= 0 else -1 for i in feed]
+                )
                 out[f"child_row{d + 1}"] = long([feed.index(self.parents[i]) for i in self.levels[d]])
         return out
 
 
-@lru_cache(maxsize=None)
+@cache
 def static_shape(paths: tuple = EAGLE1_TREE, max_depth: int | None = None) -> StaticShape:
     """The structure of a static tree given as rank paths, nodes sorted by depth (then lexicographically)."""
-    kept = sorted({tuple(p) for p in paths if p and (max_depth is None or len(p) <= max_depth)},
-                  key=lambda p: (len(p), p))
+    kept = sorted(
+        {tuple(p) for p in paths if p and (max_depth is None or len(p) <= max_depth)}, key=lambda p: (len(p), p)
+    )
     index = {p: i for i, p in enumerate(kept)}
     missing = [p for p in kept if len(p) > 1 and p[:-1] not in index]
     if missing:
@@ -219,27 +260,30 @@ def static_shape(paths: tuple = EAGLE1_TREE, max_depth: int | None = None) -> St
     return StaticShape(parents, tuple(p[-1] for p in kept), tuple(len(p) for p in kept), levels, tuple(fed))
 
 
-def build_static_tree(first: torch.Tensor, expand: Expand, paths=EAGLE1_TREE, max_depth: int | None = None) -> DraftTree:
+def build_static_tree(
+    first: torch.Tensor, expand: Expand, paths=EAGLE1_TREE, max_depth: int | None = None
+) -> DraftTree:
     """EAGLE-1 style: a fixed shape filled with each row's top-ranked tokens, one drafter call per depth that has
     children (only nodes with children are fed). `first` (B, V)."""
     shape = static_shape(tuple(paths), max_depth)
     t = shape.tensors(first.device)
     rows = first.shape[0]
     tokens = torch.zeros(rows, len(shape.parents), dtype=torch.long, device=first.device)
-    dists = first[:, None]                 # (B, 1, V): the root's distribution
+    dists = first[:, None]  # (B, 1, V): the root's distribution
     child_row = torch.zeros(len(shape.levels[0]) if shape.levels else 0, dtype=torch.long, device=first.device)
     for d in range(1, shape.max_depth + 1):
         ranks = t[f"rank{d}"]
         k = min(max(shape.ranks[i] for i in shape.levels[d - 1]) + 1, dists.shape[-1])
-        top = torch.topk(dists.float(), k, dim=-1).indices                     # (B, fed parents, k)
+        top = torch.topk(dists.float(), k, dim=-1).indices  # (B, fed parents, k)
         tokens[:, t[f"level{d}"]] = top[:, child_row, ranks.clamp_max(k - 1)]
         if d < shape.max_depth:
             feed = t[f"feed{d}"]
             dists = expand(tokens[:, feed], t[f"feed_parent_slot{d}"].expand(rows, -1), d)
             child_row = t[f"child_row{d + 1}"]
-    expand_rows = lambda name: t[name].expand(rows, -1)  # noqa: E731
-    return DraftTree(tokens, expand_rows("parents"), expand_rows("depths"), fed=expand_rows("fed"),
-                     max_depth=shape.max_depth)
+    expand_rows = lambda name: t[name].expand(rows, -1)
+    return DraftTree(
+        tokens, expand_rows("parents"), expand_rows("depths"), fed=expand_rows("fed"), max_depth=shape.max_depth
+    )
 
 
 def build_dynamic_tree(first: torch.Tensor, expand: Expand, top_k: int, depth: int, total_tokens: int) -> DraftTree:
@@ -252,7 +296,7 @@ def build_dynamic_tree(first: torch.Tensor, expand: Expand, top_k: int, depth: i
     operation on the drafter's device; the frontier is fed at slots (layer - 1)·k ... layer·k - 1."""
     device, rows = first.device, first.shape[0]
     k = min(top_k, first.shape[-1])
-    count = k + (depth - 1) * k * k                      # candidates: k root children, then k² per layer
+    count = k + (depth - 1) * k * k  # candidates: k root children, then k² per layer
     values = torch.empty(rows, count, dtype=torch.float32, device=device)
     tokens = torch.empty(rows, count, dtype=torch.long, device=device)
     parents = torch.full((rows, count), -1, dtype=torch.long, device=device)
@@ -260,43 +304,50 @@ def build_dynamic_tree(first: torch.Tensor, expand: Expand, top_k: int, depth: i
     slots = torch.full((rows, count), -1, dtype=torch.long, device=device)
     top = torch.topk(first.float().clamp_min(_FLOOR), k)
     values[:, :k], tokens[:, :k] = top.values, top.indices
-    frontier, base = torch.arange(k, device=device).expand(rows, k), k                  # (B, k) candidate ids
+    frontier, base = torch.arange(k, device=device).expand(rows, k), k  # (B, k) candidate ids
     for layer in range(1, depth):
         slots.scatter_(1, frontier, torch.arange((layer - 1) * k, layer * k, device=device).expand(rows, k))
         parent = parents.gather(1, frontier)
         parent_slots = torch.where(parent >= 0, slots.gather(1, parent.clamp_min(0)), -1)
-        dists = expand(tokens.gather(1, frontier), parent_slots, layer).float().clamp_min(_FLOOR)   # (B, k, V)
-        child = torch.topk(dists, k, dim=-1)                                                     # (B, k, k)
-        cumulative = (values.gather(1, frontier)[:, :, None] + child.values).flatten(1)           # (B, k²)
+        dists = expand(tokens.gather(1, frontier), parent_slots, layer).float().clamp_min(_FLOOR)  # (B, k, V)
+        child = torch.topk(dists, k, dim=-1)  # (B, k, k)
+        cumulative = (values.gather(1, frontier)[:, :, None] + child.values).flatten(1)  # (B, k²)
         new = slice(base, base + k * k)
         values[:, new], tokens[:, new] = cumulative, child.indices.flatten(1)
         parents[:, new], depths[:, new] = frontier.repeat_interleave(k, dim=1), layer + 1
         frontier = base + torch.topk(cumulative, k).indices
         base += k * k
     kept = torch.sort(values, descending=True, stable=True).indices[:, : min(total_tokens - 1, count)]
-    kept = kept.sort(-1).values                          # candidate order: parents before children
+    kept = kept.sort(-1).values  # candidate order: parents before children
     new_index = torch.full((rows, count), -1, dtype=torch.long, device=device)
     new_index.scatter_(1, kept, torch.arange(kept.shape[1], device=device).expand_as(kept))
     parent = parents.gather(1, kept)
-    return DraftTree(tokens.gather(1, kept), torch.where(parent >= 0, new_index.gather(1, parent.clamp_min(0)), -1),
-                     depths.gather(1, kept), fed=slots.gather(1, kept), max_depth=depth)
+    return DraftTree(
+        tokens.gather(1, kept),
+        torch.where(parent >= 0, new_index.gather(1, parent.clamp_min(0)), -1),
+        depths.gather(1, kept),
+        fed=slots.gather(1, kept),
+        max_depth=depth,
+    )
 
 
 @dataclass(frozen=True)
 class TreeSpec:
     """How a drafter shapes its proposal each round. `depth` is the longest path in draft tokens (EAGLE's code
     counts one less); `total_tokens` counts the root too, i.e. it is the number of tokens the target verifies."""
+
     kind: str = "static"
     num_draft_tokens: int = 5
     top_k: int = 10
     depth: int = 6
     total_tokens: int = 60
-    confidence_threshold: float = 0.0   # chain: stop after a draft token with q(x) below it (0: always γ tokens)
+    confidence_threshold: float = 0.0  # chain: stop after a draft token with q(x) below it (0: always γ tokens)
     paths: tuple = EAGLE1_TREE
 
     def __post_init__(self):
-        check_tree(self.kind, self.num_draft_tokens, self.top_k, self.depth, self.total_tokens,
-                   self.confidence_threshold)
+        check_tree(
+            self.kind, self.num_draft_tokens, self.top_k, self.depth, self.total_tokens, self.confidence_threshold
+        )
 
     @property
     def max_depth(self) -> int:
@@ -309,7 +360,7 @@ class TreeSpec:
             return self.num_draft_tokens
         if self.kind == "static":
             return len(static_shape(tuple(self.paths)).parents)
-        return min(self.total_tokens - 1, self.top_k + (self.depth - 1) * self.top_k ** 2)
+        return min(self.total_tokens - 1, self.top_k + (self.depth - 1) * self.top_k**2)
 
     @property
     def max_fed(self) -> int:
@@ -320,8 +371,9 @@ class TreeSpec:
             return sum(1 for slot in static_shape(tuple(self.paths)).fed if slot >= 0)
         return (self.depth - 1) * self.top_k
 
-    def build(self, first: torch.Tensor, expand: Expand, choose: Callable[[torch.Tensor], torch.Tensor],
-              max_depth: int) -> DraftTree:
+    def build(
+        self, first: torch.Tensor, expand: Expand, choose: Callable[[torch.Tensor], torch.Tensor], max_depth: int
+    ) -> DraftTree:
         """Trees below each row's root (`first` (B, V): the draft's log-probabilities after it), no deeper than
         `max_depth` (the most tokens any row still wants this generation)."""
         if self.kind == "chain":

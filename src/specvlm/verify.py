@@ -35,11 +35,11 @@ from .tree import DraftTree
 
 @dataclass
 class Verdict:
-    count: torch.Tensor        # (B,) long: accepted draft tokens per row
-    next_token: torch.Tensor   # (B,) long: the recovered or bonus token per row
-    path: torch.Tensor         # (B, n) long: accepted nodes in root-to-leaf order in the first `count` entries
+    count: torch.Tensor  # (B,) long: accepted draft tokens per row
+    next_token: torch.Tensor  # (B,) long: the recovered or bonus token per row
+    path: torch.Tensor  # (B, n) long: accepted nodes in root-to-leaf order in the first `count` entries
 
-    def to_host(self, tree: DraftTree) -> list["Accepted"]:
+    def to_host(self, tree: DraftTree) -> list[Accepted]:
         """The round's one synchronisation: per row the count, next token, and the accepted nodes' ids, tokens and
         drafter slots, all rows in a single device-to-host copy."""
         n = len(tree)
@@ -54,20 +54,21 @@ class Verdict:
         out = []
         for host in rows:
             count, head = host[0], 3
-            tokens = host[head + n: head + n + count]
-            fed = host[head + 2 * n: head + 2 * n + count] if tree.fed is not None else [-1] * count
-            out.append(Accepted(host[head: head + count], tokens, fed, host[1], host[2]))
+            tokens = host[head + n : head + n + count]
+            fed = host[head + 2 * n : head + 2 * n + count] if tree.fed is not None else [-1] * count
+            out.append(Accepted(host[head : head + count], tokens, fed, host[1], host[2]))
         return out
 
 
 @dataclass
 class Accepted:
     """A round's outcome for one row, on the host."""
-    path: list[int]      # accepted nodes, root to leaf
-    tokens: list[int]    # their tokens
-    fed: list[int]       # their drafter slots (-1: never fed)
+
+    path: list[int]  # accepted nodes, root to leaf
+    tokens: list[int]  # their tokens
+    fed: list[int]  # their drafter slots (-1: never fed)
     next_token: int
-    drafted: int | None = None   # nodes the row really proposed this round
+    drafted: int | None = None  # nodes the row really proposed this round
 
 
 def _verdict(ok: torch.Tensor, tree: DraftTree) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
@@ -75,9 +76,9 @@ def _verdict(ok: torch.Tensor, tree: DraftTree) -> tuple[torch.Tensor, torch.Ten
     one's outputs (B,) (0 = the root when none), path (B, n) in node order, padded with n)."""
     n = len(tree)
     order = torch.arange(n, device=ok.device)
-    best_depth, best = torch.where(ok, tree.depths, 0).max(-1)                          # (B,), (B,)
+    best_depth, best = torch.where(ok, tree.depths, 0).max(-1)  # (B,), (B,)
     on_path = tree.ancestors.gather(1, best[:, None, None].expand(-1, 1, n))[:, 0] & (best_depth > 0)[:, None]
-    path = torch.sort(torch.where(on_path, order, n + order), -1).values.clamp_max(n)   # the path, then n's
+    path = torch.sort(torch.where(on_path, order, n + order), -1).values.clamp_max(n)  # the path, then n's
     return best_depth, torch.where(best_depth > 0, best + 1, 0), path
 
 
@@ -113,21 +114,21 @@ def accept_chain_sampled(p: torch.Tensor, tree: DraftTree, random=None) -> Verdi
     tokens = tree.tokens.to(p.device)
     rows = torch.arange(n, device=p.device)
     batch = torch.arange(p.shape[0], device=p.device)[:, None]
-    px, qx = p[batch, rows, tokens], q[batch, rows, tokens]              # (B, n): p(x), q(x) at each node
+    px, qx = p[batch, rows, tokens], q[batch, rows, tokens]  # (B, n): p(x), q(x) at each node
     u = uniform((p.shape[0], n), p.device, torch.float32, random)
-    rejected = u * qx > px                                                # u > p(x) / q(x), with q(x) > 0
+    rejected = u * qx > px  # u > p(x) / q(x), with q(x) > 0
     if tree.valid is not None:
-        rejected |= ~tree.valid                                           # the row's chain ended: stop there
-    first = torch.where(rejected.any(-1), rejected.int().argmax(-1), n)   # (B,) accepted count
+        rejected |= ~tree.valid  # the row's chain ended: stop there
+    first = torch.where(rejected.any(-1), rejected.int().argmax(-1), n)  # (B,) accepted count
     at = first.clamp_max(n - 1)
-    p_at = p.gather(1, at[:, None, None].expand(-1, 1, p.shape[-1]))[:, 0]            # (B, V)
+    p_at = p.gather(1, at[:, None, None].expand(-1, 1, p.shape[-1]))[:, 0]  # (B, V)
     q_at = q.gather(1, at[:, None, None].expand(-1, 1, q.shape[-1]))[:, 0]
     residual = (p_at - q_at).clamp_min(0)
-    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_at)   # p == q up to rounding: draw p
-    bonus = p.gather(1, first[:, None, None].expand(-1, 1, p.shape[-1]))[:, 0]   # the row after the last node
+    residual = torch.where(residual.sum(-1, keepdim=True) > 0, residual, p_at)  # p == q up to rounding: draw p
+    bonus = p.gather(1, first[:, None, None].expand(-1, 1, p.shape[-1]))[:, 0]  # the row after the last node
     real = first < n
     if tree.valid is not None:
-        real &= tree.valid.gather(1, at[:, None])[:, 0]   # stopped by the end of the chain: no rejection there
+        real &= tree.valid.gather(1, at[:, None])[:, 0]  # stopped by the end of the chain: no rejection there
     final = torch.where(real[:, None], residual, bonus)
     path = torch.where(rows[None, :] < first[:, None], rows[None, :], n)
     return Verdict(first, sample_from(final, random), path)
@@ -141,20 +142,20 @@ def accept_tree_sampled(p: torch.Tensor, tree: DraftTree, random=None) -> Verdic
     tokens, parents = tree.tokens.to(device), tree.parents.to(device)
     order = torch.arange(n, device=device)
     batch = torch.arange(p.shape[0], device=device)[:, None]
-    px = p[batch, parents + 1, tokens].double()                            # (B, n) p(x) under the parent's row
+    px = p[batch, parents + 1, tokens].double()  # (B, n) p(x) under the parent's row
     proposed = tree.valid if tree.valid is not None else torch.ones_like(tokens, dtype=torch.bool)
-    px = torch.where(proposed, px, 0.0)                                    # not proposed: never tried
+    px = torch.where(proposed, px, 0.0)  # not proposed: never tried
     earlier_sibling = (parents[:, None, :] == parents[:, :, None]) & (order[None, :] < order[:, None])[None]
-    total = p.sum(-1, dtype=torch.float64).gather(1, parents + 1)          # (B, n) mass of each node's row
+    total = p.sum(-1, dtype=torch.float64).gather(1, parents + 1)  # (B, n) mass of each node's row
     mass = total - (earlier_sibling.double() * px[:, None, :]).sum(-1)
     u = uniform((p.shape[0], n), device, torch.float64, random)
     coin = (px > 0) & (mass > 0) & (u * mass < px)
-    chosen = coin & ~(earlier_sibling & coin[:, None, :]).any(-1)          # the first sibling whose coin came up
+    chosen = coin & ~(earlier_sibling & coin[:, None, :]).any(-1)  # the first sibling whose coin came up
     count, row, path = _verdict(_accepted_along_paths(chosen, tree), tree)
     # stopped at `row`: every proposed child of it was tried and rejected, so draw from p there without them
     rejected_children = torch.where((parents + 1 == row[:, None]) & proposed, tokens, vocab)
     dropped = torch.zeros(p.shape[0], vocab + 1, dtype=torch.bool, device=device).scatter_(1, rejected_children, True)
     p_row = p.gather(1, row[:, None, None].expand(-1, 1, vocab))[:, 0]
     left = p_row.masked_fill(dropped[:, :-1], 0.0)
-    left = torch.where(left.sum(-1, keepdim=True) > 0, left, p_row)        # every token was a rejected child
+    left = torch.where(left.sum(-1, keepdim=True) > 0, left, p_row)  # every token was a rejected child
     return Verdict(count, sample_from(left, random), path)

@@ -24,8 +24,16 @@ NAME = "specvlm_sdpa_gqa"
 
 def sdpa_gqa(module, query, key, value, attention_mask, dropout=0.0, scaling=None, is_causal=None, **kwargs):
     # query (1, H, q, D); key, value (1, H_kv, k, D); attention_mask (1, 1, q, k) additive -> out (1, q, H, D)
-    out = F.scaled_dot_product_attention(query, key, value, attn_mask=attention_mask, dropout_p=0.0, scale=scaling,
-                                         is_causal=False, enable_gqa=key.shape[1] != query.shape[1])
+    out = F.scaled_dot_product_attention(
+        query,
+        key,
+        value,
+        attn_mask=attention_mask,
+        dropout_p=0.0,
+        scale=scaling,
+        is_causal=False,
+        enable_gqa=key.shape[1] != query.shape[1],
+    )
     return out.transpose(1, 2).contiguous(), None
 
 

@@ -31,6 +31,7 @@ class VisualSpan:
     """A run of visual placeholder tokens in the prompt. `grid` is the (t, h, w) layout of the first t*h*w of them
     in raster order per frame (t frames or temporal groups), when the layout is regular; `tail` counts tokens after
     the grid that belong to the span (LLaVA-OneVision's one newline token per video)."""
+
     modality: str
     start: int
     length: int
@@ -40,10 +41,10 @@ class VisualSpan:
 
 @dataclass
 class Prompt:
-    input_ids: torch.Tensor            # (1, L)
-    embeds: torch.Tensor               # (1, L, H): text embeddings with visual features scattered in
-    positions: torch.Tensor            # the model's position ids for the L tokens: (1, L), or (3, 1, L) for M-RoPE
-    next_position: int                 # 1-D position of the first generated token
+    input_ids: torch.Tensor  # (1, L)
+    embeds: torch.Tensor  # (1, L, H): text embeddings with visual features scattered in
+    positions: torch.Tensor  # the model's position ids for the L tokens: (1, L), or (3, 1, L) for M-RoPE
+    next_position: int  # 1-D position of the first generated token
     spans: list[VisualSpan] = field(default_factory=list)
 
     def __len__(self) -> int:
@@ -54,10 +55,10 @@ class Prompt:
         """(L,) bool on the host: which prompt positions are visual (bookkeeping, like the spans)."""
         mask = torch.zeros(len(self), dtype=torch.bool, device="cpu")
         for span in self.spans:
-            mask[span.start: span.start + span.length] = True
+            mask[span.start : span.start + span.length] = True
         return mask
 
-    def keep_visual(self, keep: torch.Tensor, contiguous: bool, positions_of) -> "Prompt":
+    def keep_visual(self, keep: torch.Tensor, contiguous: bool, positions_of) -> Prompt:
         """This prompt with only the visual tokens `keep` (indices among its visual tokens, in order) and all text.
         Positions: `contiguous` renumbers the shorter sequence 0..L'-1 (`positions_of` formats them for the model);
         otherwise every kept token keeps its original position id (Qwen's stock (t, h, w) M-RoPE ids) and
@@ -70,7 +71,7 @@ class Prompt:
         index = rows.nonzero().flatten()
         spans = []
         for span in self.spans:
-            kept = int(rows[span.start: span.start + span.length].sum())
+            kept = int(rows[span.start : span.start + span.length].sum())
             new_start = int(rows[: span.start].sum())
             if kept:
                 spans.append(VisualSpan(span.modality, new_start, kept, None, 0))
@@ -78,8 +79,9 @@ class Prompt:
             positions, next_position = positions_of(torch.arange(index.numel(), device="cpu")), index.numel()
         else:
             positions, next_position = self.positions[..., index.to(self.positions.device)], self.next_position
-        return Prompt(self.input_ids[:, index], self.embeds[:, index.to(self.embeds.device)], positions,
-                      int(next_position), spans)
+        return Prompt(
+            self.input_ids[:, index], self.embeds[:, index.to(self.embeds.device)], positions, int(next_position), spans
+        )
 
 
 def cache_keyword(module) -> str:
@@ -175,8 +177,10 @@ class VLMAdapter:
             rows, token_id = torch.cat(items), self.token_id(modality)
             where = (input_ids.to(self.device) == token_id).reshape(1, -1, 1)
             if int(where.sum()) != rows.shape[0]:
-                raise ValueError(f"{self.family}: the prompt has {int(where.sum())} {modality} placeholder tokens "
-                                 f"but the {modality} input gives {rows.shape[0]} feature rows")
+                raise ValueError(
+                    f"{self.family}: the prompt has {int(where.sum())} {modality} placeholder tokens "
+                    f"but the {modality} input gives {rows.shape[0]} feature rows"
+                )
             embeds = embeds.masked_scatter(where, rows.to(embeds.device, embeds.dtype))
         return embeds
 
@@ -206,7 +210,7 @@ class VLMAdapter:
         return DynamicCache(config=config or self.text_config)
 
     # ---- batches: a processor output for B prompts -> B batch-of-one inputs ------------------------------------
-    visual_keys: tuple[str, ...] = ()   # the family's visual inputs, which `split_visual` assigns to rows
+    visual_keys: tuple[str, ...] = ()  # the family's visual inputs, which `split_visual` assigns to rows
 
     def split_batch(self, inputs: dict) -> list[dict]:
         """B dicts, row b's inputs exactly as the family's processor returns them for prompt b alone, except that
@@ -228,7 +232,7 @@ class VLMAdapter:
         rows: list[dict] = [{} for _ in range(batch)]
         for key, value in inputs.items():
             if value is None or isinstance(value, (bool, int, float, str)):
-                for row in rows:      # nothing per row in it: every row gets it
+                for row in rows:  # nothing per row in it: every row gets it
                     row[key] = value
             elif key in self.visual_keys:
                 for row, parts in zip(rows, visual):
@@ -236,15 +240,17 @@ class VLMAdapter:
                         row[key] = parts[key]
             elif isinstance(value, torch.Tensor) and tuple(value.shape) == (batch, length):
                 for b, row in enumerate(rows):
-                    row[key] = value[b: b + 1]
+                    row[key] = value[b : b + 1]
             elif isinstance(value, torch.Tensor) and value.dim() == 0:
                 for row in rows:
                     row[key] = value
             else:
                 shape = tuple(value.shape) if isinstance(value, torch.Tensor) else type(value).__name__
-                raise ValueError(f"{self.family}: cannot split {key!r} ({shape}) over a batch of {batch}: it is "
-                                 f"neither a ({batch}, {length}) token tensor nor one of the family's visual inputs "
-                                 f"({', '.join(self.visual_keys)})")
+                raise ValueError(
+                    f"{self.family}: cannot split {key!r} ({shape}) over a batch of {batch}: it is "
+                    f"neither a ({batch}, {length}) token tensor nor one of the family's visual inputs "
+                    f"({', '.join(self.visual_keys)})"
+                )
         return rows
 
     def split_visual(self, inputs: dict, input_ids: torch.Tensor) -> list[dict]:
@@ -274,13 +280,24 @@ class VLMAdapter:
         return type(self.decoder.rotary_emb)(config=config)
 
     @torch.no_grad()
-    def forward(self, embeds: torch.Tensor, positions: torch.Tensor, cache: DynamicCache,
-                mask: torch.Tensor | None = None, last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        embeds: torch.Tensor,
+        positions: torch.Tensor,
+        cache: DynamicCache,
+        mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the language model over `embeds` (B, n, H) appended to `cache` (`mask`: additive (B, 1, n, keys) or
         None for causal). Returns float32 logits (B, n, V) (or (B, 1, V) with `last_only`) and the final hidden
         states (B, n, H) after the last norm."""
-        out = self.decoder(inputs_embeds=embeds, position_ids=positions, attention_mask=mask, use_cache=True,
-                           **{self.cache_keyword: cache})
+        out = self.decoder(
+            inputs_embeds=embeds,
+            position_ids=positions,
+            attention_mask=mask,
+            use_cache=True,
+            **{self.cache_keyword: cache},
+        )
         hidden = out.last_hidden_state
         rows = hidden[:, -1:] if last_only else hidden
         return self.lm_head(rows).float(), hidden
@@ -298,8 +315,8 @@ def keep_cache_entries(cache: DynamicCache, prefix: int, extra=()) -> None:
         keys, values = layer.keys, layer.values
         if moved:
             index = host.to(keys.device)
-            keys[..., prefix: prefix + len(extra), :] = keys[..., index, :]
-            values[..., prefix: prefix + len(extra), :] = values[..., index, :]
+            keys[..., prefix : prefix + len(extra), :] = keys[..., index, :]
+            values[..., prefix : prefix + len(extra), :] = values[..., index, :]
         layer.keys = keys[..., : prefix + len(extra), :]
         layer.values = values[..., : prefix + len(extra), :]
 
@@ -338,12 +355,16 @@ def items_by_tokens(counts: list[int], lengths: list[int], modality: str) -> lis
         while tokens < count and item < len(lengths):
             tokens, item = tokens + lengths[item], item + 1
         if tokens != count:
-            raise ValueError(f"row {row} has {count} {modality} placeholder tokens but the batch's {modality}s, taken "
-                             f"in order, give it {tokens} ({modality} token lengths: {lengths})")
+            raise ValueError(
+                f"row {row} has {count} {modality} placeholder tokens but the batch's {modality}s, taken "
+                f"in order, give it {tokens} ({modality} token lengths: {lengths})"
+            )
         out.append(range(start, item))
     if item != len(lengths):
-        raise ValueError(f"the batch has {len(lengths)} {modality}s but its {modality} placeholder tokens "
-                         f"({sum(counts)}, per row {counts}) take only the first {item}")
+        raise ValueError(
+            f"the batch has {len(lengths)} {modality}s but its {modality} placeholder tokens "
+            f"({sum(counts)}, per row {counts}) take only the first {item}"
+        )
     return out
 
 
@@ -351,7 +372,7 @@ def hand_out(rows: list[dict], items: list[range], tensors: dict) -> None:
     """Give each row its items' slice (dim 0) of every tensor in `tensors`; a row without items gets no key."""
     for row, mine in zip(rows, items):
         if mine:
-            row.update({key: value[mine.start: mine.stop] for key, value in tensors.items()})
+            row.update({key: value[mine.start : mine.stop] for key, value in tensors.items()})
 
 
 def offsets(sizes: list[int]) -> list[int]:

@@ -26,8 +26,8 @@ from transformers.masking_utils import ALL_MASK_ATTENTION_FUNCTIONS, AttentionMa
 from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
 
 NAME = "specvlm_capture"
-_ACTIVE: list["AttentionCapture"] = []
-_ROWS_X_KEYS = 1 << 24   # float32 elements computed at once (64 MiB)
+_ACTIVE: list[AttentionCapture] = []
+_ROWS_X_KEYS = 1 << 24  # float32 elements computed at once (64 MiB)
 
 
 def _attention(module, query, key, value, attention_mask, **kwargs):
@@ -46,8 +46,8 @@ class AttentionCapture:
         self.config = adapter.decoder.config
         self.query_start = int(query_start)
         self.visual_index = visual_index.long()
-        self.total = torch.zeros(self.visual_index.numel(), dtype=torch.float32, device="cpu")   # host accumulator
-        self.rows = 0   # (layer, head, query) triples averaged over
+        self.total = torch.zeros(self.visual_index.numel(), dtype=torch.float32, device="cpu")  # host accumulator
+        self.rows = 0  # (layer, head, query) triples averaged over
         self.scoring_s = 0.0
 
     def base_function(self, module):
@@ -55,7 +55,7 @@ class AttentionCapture:
             return sys.modules[type(module).__module__].eager_attention_forward
         return ALL_ATTENTION_FUNCTIONS[self.base]
 
-    def __enter__(self) -> "AttentionCapture":
+    def __enter__(self) -> AttentionCapture:
         self.base = self.config._attn_implementation
         AttentionInterface.register(NAME, _attention)
         AttentionMaskInterface.register(NAME, ALL_MASK_ATTENTION_FUNCTIONS[self.base])
@@ -79,7 +79,7 @@ class AttentionCapture:
     @torch.no_grad()
     def accumulate(self, query: torch.Tensor, key: torch.Tensor, scaling: float | None) -> None:
         # query (1, H, q, d) for this call's new tokens; key (1, H_kv, kv, d) with the cache before them
-        offset = key.shape[2] - query.shape[2]           # prompt index of query row 0
+        offset = key.shape[2] - query.shape[2]  # prompt index of query row 0
         first = max(self.query_start - offset, 0)
         rows = query[0, :, first:]
         if rows.shape[1] == 0:
@@ -87,16 +87,16 @@ class AttentionCapture:
         heads, n_rows, dim = rows.shape
         keys = key[0].float()
         groups = heads // keys.shape[0]
-        scale = scaling if scaling is not None else dim ** -0.5
+        scale = scaling if scaling is not None else dim**-0.5
         positions = torch.arange(offset + first, offset + first + n_rows, device=keys.device)
-        future = torch.arange(keys.shape[1], device=keys.device)[None, :] > positions[:, None]   # causal
+        future = torch.arange(keys.shape[1], device=keys.device)[None, :] > positions[:, None]  # causal
         visual = self.visual_index.to(keys.device)
         step = max(1, _ROWS_X_KEYS // max(groups * n_rows * keys.shape[1], 1))
         for kv_head in range(0, keys.shape[0], step):
-            k = keys[kv_head: kv_head + step]                                             # (s, kv, d)
-            q = rows[kv_head * groups: (kv_head + k.shape[0]) * groups].float()
-            q = q.reshape(k.shape[0], groups * n_rows, dim)                              # (s, g*T, d)
-            logits = torch.bmm(q, k.transpose(1, 2)) * scale                              # (s, g*T, kv)
+            k = keys[kv_head : kv_head + step]  # (s, kv, d)
+            q = rows[kv_head * groups : (kv_head + k.shape[0]) * groups].float()
+            q = q.reshape(k.shape[0], groups * n_rows, dim)  # (s, g*T, d)
+            logits = torch.bmm(q, k.transpose(1, 2)) * scale  # (s, g*T, kv)
             logits = logits.reshape(k.shape[0], groups, n_rows, -1).masked_fill(future, float("-inf"))
             self.total += logits.softmax(-1)[..., visual].sum(dim=(0, 1, 2)).cpu()
         self.rows += heads * n_rows

@@ -13,8 +13,18 @@ from transformers import GenerationConfig
 def generation_defaults() -> dict:
     """The values HF `generate` uses for options nobody set (transformers 5: top_k=50, max_length=20, ...)."""
     getter = getattr(GenerationConfig, "_get_default_generation_params", None)
-    return getter() if getter else {"max_length": 20, "top_k": 50, "temperature": 1.0, "top_p": 1.0,
-                                    "repetition_penalty": 1.0, "do_sample": False}
+    return (
+        getter()
+        if getter
+        else {
+            "max_length": 20,
+            "top_k": 50,
+            "temperature": 1.0,
+            "top_p": 1.0,
+            "repetition_penalty": 1.0,
+            "do_sample": False,
+        }
+    )
 
 
 @contextmanager
@@ -25,7 +35,7 @@ def assistant_sees_its_pixels(assistant, draft_inputs: dict):
     entry point) and hand them to its first forward; restored on exit. Yields whether it did."""
     encoder = getattr(assistant, "_prepare_multimodal_encoder_kwargs_for_generation", None)
     supported = getattr(assistant, "_supports_mm_encoder_outputs", lambda: False)
-    if encoder is None or not supported():   # an older path that still forwards the pixels themselves
+    if encoder is None or not supported():  # an older path that still forwards the pixels themselves
         yield False
         return
     encoder_inputs = {k: v for k, v in draft_inputs.items() if k not in ("input_ids", "attention_mask")}
@@ -34,7 +44,7 @@ def assistant_sees_its_pixels(assistant, draft_inputs: dict):
     original = assistant.prepare_inputs_for_generation
 
     def prepare(input_ids, *args, is_first_iteration=False, **kwargs):
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))   # named `cache` from transformers 5.24
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # named `cache` from transformers 5.24
         if own and (cache is None or cache.get_seq_length() == 0):
             kwargs["mm_encoder_outputs"], is_first_iteration = own, True
         return original(input_ids, *args, is_first_iteration=is_first_iteration, **kwargs)
@@ -43,7 +53,7 @@ def assistant_sees_its_pixels(assistant, draft_inputs: dict):
     try:
         yield bool(own)
     finally:
-        del assistant.prepare_inputs_for_generation   # back to the class's method
+        del assistant.prepare_inputs_for_generation  # back to the class's method
 
 
 @contextmanager

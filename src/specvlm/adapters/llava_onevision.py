@@ -28,13 +28,18 @@ class LlavaOnevisionAdapter(VLMAdapter):
     def visual_features(self, inputs: dict) -> dict:
         model, out = self.model.model, {}
         if inputs.get("pixel_values") is not None:
-            features = model.get_image_features(inputs["pixel_values"], inputs["image_sizes"],
-                                                batch_num_images=inputs.get("batch_num_images"), return_dict=True)
+            features = model.get_image_features(
+                inputs["pixel_values"],
+                inputs["image_sizes"],
+                batch_num_images=inputs.get("batch_num_images"),
+                return_dict=True,
+            )
             out["image"] = feature_items(features.pooler_output, self.hidden_size)
         if inputs.get("pixel_values_videos") is not None:
             features = model.get_video_features(inputs["pixel_values_videos"], return_dict=True)
-            out["video"] = [self._with_newline(item, inputs) for item in
-                            feature_items(features.pooler_output, self.hidden_size)]
+            out["video"] = [
+                self._with_newline(item, inputs) for item in feature_items(features.pooler_output, self.hidden_size)
+            ]
         return out
 
     def _with_newline(self, video: torch.Tensor, inputs: dict) -> torch.Tensor:
@@ -64,14 +69,14 @@ class LlavaOnevisionAdapter(VLMAdapter):
         if images is not None:
             pixels, sizes = images
             groups = inputs.get("batch_num_images")
-            if groups is None:     # the model then treats every image as anyres
+            if groups is None:  # the model then treats every image as anyres
                 items = items_by_tokens(counts, image_token_lengths(self, pixels, sizes), "image")
                 patched = None
             else:
                 items, owned, patched = self._items_by_groups(pixels, sizes, groups, counts)
                 for row, mine in zip(rows, owned):
-                    if mine:       # the row's own groups, as its processor output has them
-                        row["batch_num_images"] = groups[mine.start: mine.stop]
+                    if mine:  # the row's own groups, as its processor output has them
+                        row["batch_num_images"] = groups[mine.start : mine.stop]
             hand_out_images(rows, items, pixels, sizes, patches_read(self, sizes, patched))
         split_stacked_videos(self, inputs, input_ids, rows)
         return rows
@@ -86,9 +91,10 @@ class LlavaOnevisionAdapter(VLMAdapter):
         and every row must own whole groups."""
         numbers = groups.tolist()
         if sum(numbers) != pixels.shape[0]:
-            raise ValueError(f"batch_num_images {numbers} adds up to {sum(numbers)} images but pixel_values has "
-                             f"{pixels.shape[0]}")
-        patched = [n == 1 for n in numbers for _ in range(n)]     # the model's own reading of batch_num_images
+            raise ValueError(
+                f"batch_num_images {numbers} adds up to {sum(numbers)} images but pixel_values has {pixels.shape[0]}"
+            )
+        patched = [n == 1 for n in numbers for _ in range(n)]  # the model's own reading of batch_num_images
         owned = groups_per_row(numbers, counts)
         bounds = offsets(numbers)
         if owned is not None:
@@ -103,15 +109,18 @@ def anyres_images(adapter, inputs: dict, counts: list[int]) -> tuple[torch.Tenso
     pixels, sizes = inputs.get("pixel_values"), inputs.get("image_sizes")
     if pixels is None:
         if any(counts):
-            raise ValueError(f"{adapter.family}: the batch has image placeholder tokens (per row {counts}) but no "
-                             "pixel_values")
+            raise ValueError(
+                f"{adapter.family}: the batch has image placeholder tokens (per row {counts}) but no pixel_values"
+            )
         if sizes is not None or inputs.get("batch_num_images") is not None:
             raise ValueError(f"{adapter.family}: the batch has image_sizes / batch_num_images but no pixel_values")
         return None
     if pixels.dim() != 5 or sizes is None or sizes.shape[0] != pixels.shape[0]:
-        raise ValueError(f"{adapter.family}: pixel_values {tuple(pixels.shape)} must be (num_images, patches, 3, H, W) "
-                         f"with one image_sizes row per image (image_sizes: "
-                         f"{None if sizes is None else tuple(sizes.shape)})")
+        raise ValueError(
+            f"{adapter.family}: pixel_values {tuple(pixels.shape)} must be (num_images, patches, 3, H, W) "
+            f"with one image_sizes row per image (image_sizes: "
+            f"{None if sizes is None else tuple(sizes.shape)})"
+        )
     return pixels, sizes
 
 
@@ -135,8 +144,9 @@ def groups_of_items(numbers: list[int], items: list[range]) -> list[range]:
     out = []
     for row, mine in enumerate(items):
         if mine and (mine.start not in bounds or mine.stop not in bounds):
-            raise ValueError(f"row {row} holds images {mine.start}..{mine.stop - 1}, which cut a batch_num_images "
-                             f"group {numbers}")
+            raise ValueError(
+                f"row {row} holds images {mine.start}..{mine.stop - 1}, which cut a batch_num_images group {numbers}"
+            )
         out.append(range(bounds.index(mine.start), bounds.index(mine.stop)) if mine else range(0))
     return out
 
@@ -160,19 +170,22 @@ def patches_read(adapter, sizes: torch.Tensor, patched: list[bool] | None) -> li
     config = adapter.config
     image_size_to_num_patches = sys.modules[type(adapter.model.model).__module__].image_size_to_num_patches
     patched = patched if patched is not None else [True] * sizes.shape[0]
-    return [image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size)
-            if anyres else 1 for size, anyres in zip(sizes.tolist(), patched)]
+    return [
+        image_size_to_num_patches(size, config.image_grid_pinpoints, config.vision_config.image_size) if anyres else 1
+        for size, anyres in zip(sizes.tolist(), patched)
+    ]
 
 
-def hand_out_images(rows: list[dict], items: list[range], pixels: torch.Tensor, sizes: torch.Tensor,
-                    patches: list[int]) -> None:
+def hand_out_images(
+    rows: list[dict], items: list[range], pixels: torch.Tensor, sizes: torch.Tensor, patches: list[int]
+) -> None:
     """Each row's images, with the batch's patch padding cut to what its own processor output would have: the most
     patches any of its images has. The model reads the same patches either way (it slices each image to its own
     count), so the row's features are bit-identical to the padded slice's."""
     for row, mine in zip(rows, items):
         if mine:
-            kept = min(max(patches[mine.start: mine.stop]), pixels.shape[1])
-            row["pixel_values"] = pixels[mine.start: mine.stop, :kept]      # (its images, kept, 3, H, W)
+            kept = min(max(patches[mine.start : mine.stop]), pixels.shape[1])
+            row["pixel_values"] = pixels[mine.start : mine.stop, :kept]  # (its images, kept, 3, H, W)
     hand_out(rows, items, {"image_sizes": sizes})
 
 
@@ -184,12 +197,15 @@ def split_stacked_videos(adapter, inputs: dict, input_ids: torch.Tensor, rows: l
     videos = inputs.get("pixel_values_videos")
     if videos is None:
         if any(counts):
-            raise ValueError(f"{adapter.family}: the batch has video placeholder tokens (per row {counts}) but no "
-                             "pixel_values_videos")
+            raise ValueError(
+                f"{adapter.family}: the batch has video placeholder tokens (per row {counts}) but no "
+                "pixel_values_videos"
+            )
         return
     if videos.dim() != 5:
-        raise ValueError(f"{adapter.family}: pixel_values_videos {tuple(videos.shape)} must be "
-                         "(num_videos, frames, 3, H, W)")
+        raise ValueError(
+            f"{adapter.family}: pixel_values_videos {tuple(videos.shape)} must be (num_videos, frames, 3, H, W)"
+        )
     (frames, height, width), tail = adapter.item_layout("video", 0, inputs)
     items = items_by_tokens(counts, [frames * height * width + tail] * videos.shape[0], "video")
     hand_out(rows, items, {"pixel_values_videos": videos})

@@ -16,7 +16,7 @@ def torch_free_processor_class(hf_name: str, video_class: type, image_name: str)
 
     class Processor(base):
         def check_argument_for_proper_class(self, argument_name, argument):
-            return type(argument)   # HF insists on a BaseVideoProcessor, which needs torchvision
+            return type(argument)  # HF insists on a BaseVideoProcessor, which needs torchvision
 
         @classmethod
         def _get_arguments_from_pretrained(cls, model_dir, processor_dict=None, **kwargs):

@@ -24,7 +24,7 @@ from transformers.cache_utils import Cache, CacheLayerMixin
 class SlotLayer(CacheLayerMixin):
     is_compileable = True
 
-    def __init__(self, owner: "SlotCache"):
+    def __init__(self, owner: SlotCache):
         super().__init__()
         self.owner = owner
 
@@ -33,10 +33,10 @@ class SlotLayer(CacheLayerMixin):
 
     def allocate(self, like_keys: torch.Tensor, like_values: torch.Tensor, rows: int, capacity: int) -> None:
         old = (self.keys, self.values) if self.is_initialized else None
-        shape = lambda t: (rows, t.shape[1], capacity, t.shape[-1])  # noqa: E731
+        shape = lambda t: (rows, t.shape[1], capacity, t.shape[-1])
         self.keys = torch.zeros(shape(like_keys), dtype=like_keys.dtype, device=like_keys.device)
         self.values = torch.zeros(shape(like_values), dtype=like_values.dtype, device=like_values.device)
-        if old is not None:   # growing: what the rows hold stays
+        if old is not None:  # growing: what the rows hold stays
             r, c = min(rows, old[0].shape[0]), min(capacity, old[0].shape[2])
             self.keys[:r, :, :c].copy_(old[0][:r, :, :c])
             self.values[:r, :, :c].copy_(old[1][:r, :, :c])
@@ -48,7 +48,7 @@ class SlotLayer(CacheLayerMixin):
         # key_states (B, H_kv, n, D) -> row b's slots start[b] .. start[b]+n-1 of the (R, H_kv, capacity, D) buffers
         rows, heads, n, dim = key_states.shape
         slots = self.owner.start[:rows].to(self.keys.device)[:, None] + torch.arange(n, device=self.keys.device)
-        index = slots[:, None, :, None].expand(rows, heads, n, dim)                      # (B, H_kv, n, D)
+        index = slots[:, None, :, None].expand(rows, heads, n, dim)  # (B, H_kv, n, D)
         keys, values = self.keys[:rows], self.values[:rows]
         keys.scatter_(2, index, key_states)
         values.scatter_(2, index, value_states)
@@ -63,7 +63,7 @@ class SlotLayer(CacheLayerMixin):
     def get_max_length(self) -> int:
         return self.owner.capacity
 
-    get_max_cache_shape = get_max_length   # its name before transformers 5.2x
+    get_max_cache_shape = get_max_length  # its name before transformers 5.2x
 
 
 class SlotCache(Cache):
@@ -75,7 +75,7 @@ class SlotCache(Cache):
         super().__init__(layers=[SlotLayer(self) for _ in range(num_layers)])
         self.capacity = 0
         self.rows = 0
-        self.start: torch.Tensor | None = None   # (R,) long: slot of the next forward's first position, per row
+        self.start: torch.Tensor | None = None  # (R,) long: slot of the next forward's first position, per row
 
     @torch.no_grad()
     def load(self, cache, row: int, length: int, rows: int, capacity: int) -> bool:
@@ -109,8 +109,11 @@ class SlotCache(Cache):
         prefix[b] + 1, ...: per layer one gather and one indexed write for the whole batch (the gather reads before
         anything is written, so overlaps are safe). Rows whose lists are shorter copy slots onto themselves past
         their kept entries (harmless: beyond the row's new length)."""
-        moves = [(b, p, list(src)) for b, (p, src) in enumerate(zip(prefix, sources))
-                 if list(src) != list(range(p, p + len(src)))]
+        moves = [
+            (b, p, list(src))
+            for b, (p, src) in enumerate(zip(prefix, sources))
+            if list(src) != list(range(p, p + len(src)))
+        ]
         if not moves:
             return
         width = max(len(src) for _, _, src in moves)
@@ -119,9 +122,9 @@ class SlotCache(Cache):
         dst = [[p + j for j in range(width)] for _, p, _ in moves]
         index = _on_devices(rows, src, dst)
         for layer in self.layers:
-            row_index, src_index, dst_index = index(layer.keys.device)        # (k, 1), (k, w), (k, w)
+            row_index, src_index, dst_index = index(layer.keys.device)  # (k, 1), (k, w), (k, w)
             for buffer in (layer.keys, layer.values):
-                buffer[row_index, :, dst_index] = buffer[row_index, :, src_index]   # (k, w, H_kv, D)
+                buffer[row_index, :, dst_index] = buffer[row_index, :, src_index]  # (k, w, H_kv, D)
 
     @torch.no_grad()
     def move_row(self, src: int, dst: int, length: int) -> None:
@@ -141,6 +144,7 @@ def _on_devices(rows: list[int], src: list[list[int]], dst: list[list[int]]):
     def on(device):
         if device not in copies:
             moved = host.to(device)
-            copies[device] = (moved[:k, None], moved[k: k + k * w].reshape(k, w), moved[k + k * w:].reshape(k, w))
+            copies[device] = (moved[:k, None], moved[k : k + k * w].reshape(k, w), moved[k + k * w :].reshape(k, w))
         return copies[device]
+
     return on

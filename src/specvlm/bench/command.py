@@ -11,19 +11,25 @@ from ..cli import add_engine_arguments, engine_options
 from ..errors import SpecVLMError
 from ..options import parse_device
 from .datasets import LOADERS
-from .methods import (BASE_METHODS, DEFAULT_KEEP_RATIOS, DEFAULT_PRUNING_METHODS, PRUNED_FAMILIES, parse_keep_ratios,
-                      parse_pruning_methods)
+from .methods import (
+    BASE_METHODS,
+    DEFAULT_KEEP_RATIOS,
+    DEFAULT_PRUNING_METHODS,
+    PRUNED_FAMILIES,
+    parse_keep_ratios,
+    parse_pruning_methods,
+)
 
 DESCRIPTION = """Run methods × settings over a dataset: every output is checked token for token against the
 target's own greedy output, and every speedup is measured against the target-only run of the same invocation
 (warm-up first, then --repeats rounds of every method, interleaved; speedups are medians with their min-max).
 Writes results.jsonl, summary.json, summary.md and PNG plots to --out."""
 
-EPILOG = f"""methods: {', '.join(BASE_METHODS)}, {', '.join(f'{f}:<pruning method>' for f in PRUNED_FAMILIES)}
+EPILOG = f"""methods: {", ".join(BASE_METHODS)}, {", ".join(f"{f}:<pruning method>" for f in PRUNED_FAMILIES)}
 (prune / self-prune / eagle-prune alone = every --pruning-methods entry; each runs at every --keep-ratios).
 default --methods: target,hf-assisted,sd-chain,sd-static,sd-dynamic,prune with --draft, else target,self,self-prune;
 eagle is added with --head.
-datasets: testbed:WORLD_DIR_OR_JSONL, {', '.join(f'{n}:ROOT' for n in LOADERS if n != 'testbed')}
+datasets: testbed:WORLD_DIR_OR_JSONL, {", ".join(f"{n}:ROOT" for n in LOADERS if n != "testbed")}
 
 example:
   specvlm bench --dataset testbed:data/world --split test --kinds caption --limit 4 --target models/target \\
@@ -32,56 +38,107 @@ example:
 
 
 def add_bench_parser(subparsers) -> argparse.ArgumentParser:
-    p = subparsers.add_parser("bench", help="benchmark methods × settings over a dataset (speed, τ, losslessness)",
-                              description=DESCRIPTION, epilog=EPILOG,
-                              formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = subparsers.add_parser(
+        "bench",
+        help="benchmark methods × settings over a dataset (speed, τ, losslessness)",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     g = p.add_argument_group("data")
-    g.add_argument("--dataset", required=True, metavar="NAME:ROOT",
-                   help="testbed:PATH (a generate_world folder or one of its JSONL files) or a benchmark in its "
-                        "published local layout, e.g. mvbench:/data/MVBench")
-    g.add_argument("--limit", type=int, default=None, metavar="N",
-                   help="samples to run (per task / subject for MVBench, MLVU, MMMU; default: the paper's count)")
+    g.add_argument(
+        "--dataset",
+        required=True,
+        metavar="NAME:ROOT",
+        help="testbed:PATH (a generate_world folder or one of its JSONL files) or a benchmark in its "
+        "published local layout, e.g. mvbench:/data/MVBench",
+    )
+    g.add_argument(
+        "--limit",
+        type=int,
+        default=None,
+        metavar="N",
+        help="samples to run (per task / subject for MVBench, MLVU, MMMU; default: the paper's count)",
+    )
     g.add_argument("--split", default=None, help="split where the dataset has several (testbed default: test)")
-    g.add_argument("--kinds", default=None, metavar="KIND,...",
-                   help="testbed only: keep records of these kinds (caption, color, direction, ...) before --limit "
-                        "counts; each clip has one caption, so --kinds caption --limit N measures N clips, while "
-                        "--limit alone takes the first clip's caption and questions")
-    g.add_argument("--prompt-mode", default=None, choices=("paper", "original", "describe", "explain"),
-                   help="prompt sent per sample (default paper: what the papers ran)")
+    g.add_argument(
+        "--kinds",
+        default=None,
+        metavar="KIND,...",
+        help="testbed only: keep records of these kinds (caption, color, direction, ...) before --limit "
+        "counts; each clip has one caption, so --kinds caption --limit N measures N clips, while "
+        "--limit alone takes the first clip's caption and questions",
+    )
+    g.add_argument(
+        "--prompt-mode",
+        default=None,
+        choices=("paper", "original", "describe", "explain"),
+        help="prompt sent per sample (default paper: what the papers ran)",
+    )
     g.add_argument("--num-frames", type=int, default=8, metavar="N", help="video frames per sample (default 8)")
     g = p.add_argument_group("models")
     g.add_argument("--target", required=True, help="target model folder")
     g.add_argument("--draft", default=None, help="draft model folder (same family) for hf-assisted, sd-*, prune:*")
     g.add_argument("--head", default=None, help="EagleHead folder for eagle / eagle-prune:*")
-    g.add_argument("--device", default="auto", type=parse_device,
-                   help="auto (CUDA if present), cpu, cuda, cuda:N or mps")
+    g.add_argument(
+        "--device", default="auto", type=parse_device, help="auto (CUDA if present), cpu, cuda, cuda:N or mps"
+    )
     g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
     g = p.add_argument_group("methods")
     g.add_argument("--methods", default=None, help="comma-separated methods (see below)")
-    g.add_argument("--keep-ratios", default=",".join(f"{r:g}" for r in DEFAULT_KEEP_RATIOS),
-                   help="visual keep ratios of the pruning methods (default %(default)s)")
-    g.add_argument("--pruning-methods", default=",".join(DEFAULT_PRUNING_METHODS),
-                   help="what prune / self-prune / eagle-prune expand to (default %(default)s)")
-    g.add_argument("--tree", choices=("chain", "static", "dynamic"), default="static",
-                   help="draft shape of prune:* / self / self-prune:* (default static: the video paper's tree)")
+    g.add_argument(
+        "--keep-ratios",
+        default=",".join(f"{r:g}" for r in DEFAULT_KEEP_RATIOS),
+        help="visual keep ratios of the pruning methods (default %(default)s)",
+    )
+    g.add_argument(
+        "--pruning-methods",
+        default=",".join(DEFAULT_PRUNING_METHODS),
+        help="what prune / self-prune / eagle-prune expand to (default %(default)s)",
+    )
+    g.add_argument(
+        "--tree",
+        choices=("chain", "static", "dynamic"),
+        default="static",
+        help="draft shape of prune:* / self / self-prune:* (default static: the video paper's tree)",
+    )
     g.add_argument("--num-draft-tokens", type=int, default=5, help="chain length of sd-chain (default 5)")
-    g.add_argument("--draft-positions", choices=("original", "contiguous"), default=None,
-                   help="position ids of pruned draft prompts (default: original for Qwen M-RoPE, contiguous "
-                        "otherwise)")
-    g.add_argument("--hf-assistant-tokens", type=int, default=None, metavar="N",
-                   help="hf-assisted: a constant N draft tokens per round (default: HF's own defaults)")
+    g.add_argument(
+        "--draft-positions",
+        choices=("original", "contiguous"),
+        default=None,
+        help="position ids of pruned draft prompts (default: original for Qwen M-RoPE, contiguous otherwise)",
+    )
+    g.add_argument(
+        "--hf-assistant-tokens",
+        type=int,
+        default=None,
+        metavar="N",
+        help="hf-assisted: a constant N draft tokens per round (default: HF's own defaults)",
+    )
     add_engine_arguments(g)
     g = p.add_argument_group("measurement")
     g.add_argument("--max-new-tokens", type=int, default=128, help="tokens per sample at most (default 128)")
-    g.add_argument("--ignore-eos", action="store_true",
-                   help="always generate --max-new-tokens (the video paper's older code), for equal lengths")
-    g.add_argument("--repeats", type=int, default=3,
-                   help="timed rounds per sample after the warm-up, every method once per round, interleaved "
-                        "(default 3): speedups are the median of the per-sample, per-round ratios, with their "
-                        "min-max")
+    g.add_argument(
+        "--ignore-eos",
+        action="store_true",
+        help="always generate --max-new-tokens (the video paper's older code), for equal lengths",
+    )
+    g.add_argument(
+        "--repeats",
+        type=int,
+        default=3,
+        help="timed rounds per sample after the warm-up, every method once per round, interleaved "
+        "(default 3): speedups are the median of the per-sample, per-round ratios, with their "
+        "min-max",
+    )
     g.add_argument("--warmup", type=int, default=1, help="untimed passes of every method on the first sample")
-    g.add_argument("--threads", type=int, default=None,
-                   help="torch CPU threads (default: torch's; on a shared machine fewer threads can be faster)")
+    g.add_argument(
+        "--threads",
+        type=int,
+        default=None,
+        help="torch CPU threads (default: torch's; on a shared machine fewer threads can be faster)",
+    )
     g = p.add_argument_group("output")
     g.add_argument("--out", required=True, help="folder for results.jsonl, summary.md/json and the plots")
     g.add_argument("--force", action="store_true", help="overwrite a non-empty --out")
@@ -105,15 +162,36 @@ def cmd_bench(args) -> int:
         import torch
 
         torch.set_num_threads(args.threads)
-    summary = run_bench(args.dataset, args.target, args.out, draft=args.draft, head=args.head, methods=args.methods,
-                        keep_ratios=keep_ratios, pruning_methods=pruning_methods, max_new_tokens=args.max_new_tokens,
-                        num_frames=args.num_frames, limit=args.limit, split=args.split, prompt=args.prompt_mode,
-                        kinds=kinds,
-                        repeats=args.repeats, warmup=args.warmup, ignore_eos=args.ignore_eos,
-                        num_draft_tokens=args.num_draft_tokens, tree=args.tree,
-                        hf_assistant_tokens=args.hf_assistant_tokens, draft_positions=args.draft_positions,
-                        **engine_options(args), dtype=args.dtype, device=args.device,
-                        force=args.force, command=_command_line(), say=say, progress=not args.quiet)
+    summary = run_bench(
+        args.dataset,
+        args.target,
+        args.out,
+        draft=args.draft,
+        head=args.head,
+        methods=args.methods,
+        keep_ratios=keep_ratios,
+        pruning_methods=pruning_methods,
+        max_new_tokens=args.max_new_tokens,
+        num_frames=args.num_frames,
+        limit=args.limit,
+        split=args.split,
+        prompt=args.prompt_mode,
+        kinds=kinds,
+        repeats=args.repeats,
+        warmup=args.warmup,
+        ignore_eos=args.ignore_eos,
+        num_draft_tokens=args.num_draft_tokens,
+        tree=args.tree,
+        hf_assistant_tokens=args.hf_assistant_tokens,
+        draft_positions=args.draft_positions,
+        **engine_options(args),
+        dtype=args.dtype,
+        device=args.device,
+        force=args.force,
+        command=_command_line(),
+        say=say,
+        progress=not args.quiet,
+    )
     from .report import LEGEND, markdown_table
 
     print(markdown_table(summary))
@@ -141,4 +219,3 @@ def _quiet_transformers() -> None:
 
     logging.set_verbosity_error()
     logging.disable_progress_bar()
-

@@ -26,15 +26,17 @@ import ast
 import json
 import re
 from collections import Counter
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..errors import SpecVLMError
 
-DESCRIBE_PROMPT = ("Please provide a detailed description of the video, focusing on the main subjects, their actions, "
-                   "and the background scenes.")
+DESCRIBE_PROMPT = (
+    "Please provide a detailed description of the video, focusing on the main subjects, their actions, "
+    "and the background scenes."
+)
 EXPLAIN_PROMPT = "Please give a detailed and reasonable explanation for the answer."
 MC_PROMPT = "Answer with the option's letter from the given choices directly."
 OPEN_PROMPT = "Answer the question using a single word or phrase."
@@ -103,8 +105,10 @@ def read_rows(path) -> list[dict]:
         try:
             import pyarrow.parquet as pq
         except ImportError:
-            raise DatasetError(f"{path}: reading parquet needs the 'pyarrow' package (pip install pyarrow), "
-                               "or use the benchmark's JSON layout") from None
+            raise DatasetError(
+                f"{path}: reading parquet needs the 'pyarrow' package (pip install pyarrow), "
+                "or use the benchmark's JSON layout"
+            ) from None
         rows = []
         for file in files:
             try:
@@ -149,8 +153,7 @@ def shards(path: Path) -> list[Path]:
     files = [path.with_name(f"{stem}-{i:05d}-of-{count:05d}.parquet") for i in range(count)]
     absent = [f.name for f in files if not f.is_file()]
     if absent:
-        raise DatasetError(f"{path.parent}: {len(absent)} of {count} shards of {stem} are missing "
-                           f"(e.g. {absent[0]})")
+        raise DatasetError(f"{path.parent}: {len(absent)} of {count} shards of {stem} are missing (e.g. {absent[0]})")
     return files
 
 
@@ -193,8 +196,10 @@ def _check_media(records: list[dict], missing: str, name: str) -> list[dict]:
         if absent is None:
             kept.append(r)
         elif missing == "error":
-            raise DatasetError(f"{name}: file {absent} referenced by record {r['id']} does not exist "
-                               "(missing='skip' drops such records)")
+            raise DatasetError(
+                f"{name}: file {absent} referenced by record {r['id']} does not exist "
+                "(missing='skip' drops such records)"
+            )
     return kept
 
 
@@ -251,9 +256,15 @@ def _annotation(root: Path, name: str, preferred: tuple[str, ...], exclude: tupl
 
 
 # ---- video benchmarks -----------------------------------------------------------------------------------------------
-def load_video_detail_caption(root, *, prompt: str = "paper", limit: int | None = None,
-                              shuffle_seed: int | None = None, missing: str = "error",
-                              video_dir=None) -> list[dict]:
+def load_video_detail_caption(
+    root,
+    *,
+    prompt: str = "paper",
+    limit: int | None = None,
+    shuffle_seed: int | None = None,
+    missing: str = "error",
+    video_dir=None,
+) -> list[dict]:
     """lmms-lab/VideoDetailCaption: rows {video_name, question, answer} in a parquet / JSON / JSONL file under
     `root` (e.g. test/*.parquet or data/test-*.parquet), videos `Test_Videos/<video_name>.mp4` (.MP4, .mkv also
     tried) in `root` or `root/evaluation`, or `video_dir`. Prompt: the dataset's question (paper) or
@@ -261,17 +272,33 @@ def load_video_detail_caption(root, *, prompt: str = "paper", limit: int | None 
     name = "VideoDetailCaption"
     root = _dir(root, name)
     mode = _mode(prompt, "original", ("original", "describe"), name)
-    ann = _annotation(root, name, ("test*.parquet", "test/*.parquet", "data/test*.parquet", "**/*.parquet",
-                                   "*test*.jsonl", "*test*.json", "*.jsonl", "*.json", "**/*.jsonl", "**/*.json"),
-                      exclude=("Test_Videos",))
+    ann = _annotation(
+        root,
+        name,
+        (
+            "test*.parquet",
+            "test/*.parquet",
+            "data/test*.parquet",
+            "**/*.parquet",
+            "*test*.jsonl",
+            "*test*.json",
+            "*.jsonl",
+            "*.json",
+            "**/*.jsonl",
+            "**/*.json",
+        ),
+        exclude=("Test_Videos",),
+    )
     if video_dir is not None:
         videos = _dir(video_dir, name)
     else:
-        found = [p for p in (root / "Test_Videos", root / "evaluation" / "Test_Videos") if p.is_dir()] or \
-            sorted(p for p in root.glob("**/Test_Videos") if p.is_dir())
+        found = [p for p in (root / "Test_Videos", root / "evaluation" / "Test_Videos") if p.is_dir()] or sorted(
+            p for p in root.glob("**/Test_Videos") if p.is_dir()
+        )
         if not found:
-            raise DatasetError(f"{name}: no Test_Videos folder in {root} (unpack Test_Videos.zip there, "
-                               "or pass video_dir)")
+            raise DatasetError(
+                f"{name}: no Test_Videos folder in {root} (unpack Test_Videos.zip there, or pass video_dir)"
+            )
         videos = found[0]
     rows = read_rows(ann)
     names = Counter(str(r.get("video_name")) for r in rows)
@@ -279,15 +306,29 @@ def load_video_detail_caption(root, *, prompt: str = "paper", limit: int | None 
     for i, row in enumerate(rows):
         vname = str(_field(row, "video_name", ann, i))
         question = str(_field(row, "question", ann, i))
-        out.append({"id": vname if names[vname] == 1 else f"{vname}-{i}",
-                    "dataset": "videodetailcaption", "subset": None, "video": str(_find_video(videos, vname)),
-                    "question": question if mode == "original" else DESCRIBE_PROMPT,
-                    "reference": row.get("answer"), "meta": {"question": question, "video_name": vname}})
+        out.append(
+            {
+                "id": vname if names[vname] == 1 else f"{vname}-{i}",
+                "dataset": "videodetailcaption",
+                "subset": None,
+                "video": str(_find_video(videos, vname)),
+                "question": question if mode == "original" else DESCRIBE_PROMPT,
+                "reference": row.get("answer"),
+                "meta": {"question": question, "video_name": vname},
+            }
+        )
     return _check_media(_select(out, shuffle_seed, limit), missing, name)
 
 
-def load_mvbench(root, *, tasks=("action_sequence", "action_prediction"), prompt: str = "paper",
-                 limit: int | None = None, shuffle_seed: int | None = None, missing: str = "error") -> list[dict]:
+def load_mvbench(
+    root,
+    *,
+    tasks=("action_sequence", "action_prediction"),
+    prompt: str = "paper",
+    limit: int | None = None,
+    shuffle_seed: int | None = None,
+    missing: str = "error",
+) -> list[dict]:
     """OpenGVLab/MVBench: `json/<task>.json` (lists of {video, question, candidates, answer[, start, end]}) and
     videos under `video/<source folder>/` (the benchmark's own task -> folder table, `MVBENCH_TASKS`). `tasks`:
     names from that table (default: the two SpecVLM used) or "all" (every task whose json is present). `limit` and
@@ -321,16 +362,32 @@ def load_mvbench(root, *, tasks=("action_sequence", "action_prediction"), prompt
             meta = {"question": question, "options": options, "answer": row.get("answer"), "data_type": dtype}
             if bound and "start" in row and "end" in row:
                 meta.update(start=row["start"], end=row["end"])
-            recs.append({"id": f"{task}-{i}", "dataset": "mvbench", "subset": task, "video": str(path),
-                         "question": DESCRIBE_PROMPT if mode == "describe" else
-                         mc_question(question, options) + "\n" + MC_PROMPT,
-                         "reference": _mc_reference(options, row.get("answer")), "meta": meta})
+            recs.append(
+                {
+                    "id": f"{task}-{i}",
+                    "dataset": "mvbench",
+                    "subset": task,
+                    "video": str(path),
+                    "question": DESCRIBE_PROMPT
+                    if mode == "describe"
+                    else mc_question(question, options) + "\n" + MC_PROMPT,
+                    "reference": _mc_reference(options, row.get("answer")),
+                    "meta": meta,
+                }
+            )
         out += _select(recs, shuffle_seed, limit)
     return _check_media(out, missing, name)
 
 
-def load_longvideobench(root, *, split: str = "test", prompt: str = "paper", limit: int | None = None,
-                        shuffle_seed: int | None = None, missing: str = "error") -> list[dict]:
+def load_longvideobench(
+    root,
+    *,
+    split: str = "test",
+    prompt: str = "paper",
+    limit: int | None = None,
+    shuffle_seed: int | None = None,
+    missing: str = "error",
+) -> list[dict]:
     """longvideobench/LongVideoBench: `lvb_val.json` / `lvb_test_wo_gt.json` (or validation- / test-*.parquet)
     with {id, video_path, question, candidates[, correct_choice], duration, ...}, videos in `videos/`. `split`:
     "test" (SpecVLM's, no answers) or "val". Prompt: "describe" (paper) or "original"."""
@@ -340,8 +397,11 @@ def load_longvideobench(root, *, split: str = "test", prompt: str = "paper", lim
     if split not in ("val", "validation", "test"):
         raise DatasetError(f"{name}: split must be 'val' or 'test', got {split!r}")
     test = split == "test"
-    ann = _annotation(root, name, ("lvb_test_wo_gt.json", "lvb_test*.json", "test*.parquet") if test else
-                      ("lvb_val.json", "validation*.parquet"))
+    ann = _annotation(
+        root,
+        name,
+        ("lvb_test_wo_gt.json", "lvb_test*.json", "test*.parquet") if test else ("lvb_val.json", "validation*.parquet"),
+    )
     rows = read_rows(ann)
     out = []
     for i, row in enumerate(rows):
@@ -349,21 +409,46 @@ def load_longvideobench(root, *, split: str = "test", prompt: str = "paper", lim
         options = list(_field(row, "candidates", ann, i))
         video = str(_field(row, "video_path", ann, i))
         answer = row.get("correct_choice")
-        meta = {k: row.get(k) for k in ("video_id", "duration", "duration_group", "question_category",
-                                         "subtitle_path", "starting_timestamp_for_subtitles") if k in row}
+        meta = {
+            k: row.get(k)
+            for k in (
+                "video_id",
+                "duration",
+                "duration_group",
+                "question_category",
+                "subtitle_path",
+                "starting_timestamp_for_subtitles",
+            )
+            if k in row
+        }
         meta.update(question=question, options=options, answer=answer)
-        out.append({"id": str(row.get("id", i)), "dataset": "longvideobench", "subset": row.get("question_category"),
-                    "video": str(root / "videos" / video),
-                    "question": DESCRIBE_PROMPT if mode == "describe" else
-                    "\n".join([f"Question: {question}", *[f"{chr(65 + k)}. {c}" for k, c in enumerate(options)],
-                               MC_PROMPT]),
-                    "reference": _mc_reference(options, answer if isinstance(answer, int) and answer >= 0 else None),
-                    "meta": meta})
+        out.append(
+            {
+                "id": str(row.get("id", i)),
+                "dataset": "longvideobench",
+                "subset": row.get("question_category"),
+                "video": str(root / "videos" / video),
+                "question": DESCRIBE_PROMPT
+                if mode == "describe"
+                else "\n".join(
+                    [f"Question: {question}", *[f"{chr(65 + k)}. {c}" for k, c in enumerate(options)], MC_PROMPT]
+                ),
+                "reference": _mc_reference(options, answer if isinstance(answer, int) and answer >= 0 else None),
+                "meta": meta,
+            }
+        )
     return _check_media(_select(out, shuffle_seed, limit), missing, name)
 
 
-def load_mlvu(root, *, tasks=None, prompt: str = "paper", limit: int | None = None,
-              shuffle_seed: int | None = None, missing: str = "error") -> list[dict]:
+def load_mlvu(
+    root,
+    *,
+    tasks=None,
+    prompt: str = "paper",
+    limit: int | None = None,
+    shuffle_seed: int | None = None,
+    missing: str = "error",
+) -> list[dict]:
     """MLVU (dev, MLVU/MVLU on the hub): `json/<n>_<task>.json` (e.g. 1_plotQA.json, 8_sub_scene.json) with
     {video, question, candidates, answer, question_type}, videos in `video/<n>_<task>/` (or `video/<task>/`).
     `root` is the MLVU folder or the folder holding it. `tasks`: None = every json present, or names with or
@@ -390,20 +475,32 @@ def load_mlvu(root, *, tasks=None, prompt: str = "paper", limit: int | None = No
     out = []
     for ann in files:
         task = _task_name(ann.stem)
-        vdir = next((d for d in (base / "video" / ann.stem, base / "video" / task) if d.is_dir()),
-                    base / "video" / ann.stem)
+        vdir = next(
+            (d for d in (base / "video" / ann.stem, base / "video" / task) if d.is_dir()), base / "video" / ann.stem
+        )
         recs = []
         for i, row in enumerate(read_rows(ann)):
             question = str(_field(row, "question", ann, i))
             video = str(_field(row, "video", ann, i))
             options = list(row.get("candidates") or [])
             original = mc_question(question, options) + "\n" + MC_PROMPT if options else question
-            recs.append({"id": f"{task}-{i}", "dataset": "mlvu", "subset": task,
-                         "video": str(_find_video(vdir, video)),
-                         "question": DESCRIBE_PROMPT if mode == "describe" else original,
-                         "reference": _mc_reference(options, row.get("answer")) if options else row.get("answer"),
-                         "meta": {"question": question, "options": options, "answer": row.get("answer"),
-                                  "question_type": row.get("question_type"), "duration": row.get("duration")}})
+            recs.append(
+                {
+                    "id": f"{task}-{i}",
+                    "dataset": "mlvu",
+                    "subset": task,
+                    "video": str(_find_video(vdir, video)),
+                    "question": DESCRIBE_PROMPT if mode == "describe" else original,
+                    "reference": _mc_reference(options, row.get("answer")) if options else row.get("answer"),
+                    "meta": {
+                        "question": question,
+                        "options": options,
+                        "answer": row.get("answer"),
+                        "question_type": row.get("question_type"),
+                        "duration": row.get("duration"),
+                    },
+                }
+            )
         out += _select(recs, shuffle_seed, limit)
     return _check_media(out, missing, name)
 
@@ -419,8 +516,9 @@ def _task_name(stem: str) -> str:
 
 
 # ---- image benchmarks -----------------------------------------------------------------------------------------------
-def load_llava_bench(root, *, prompt: str = "paper", limit: int | None = None, shuffle_seed: int | None = None,
-                     missing: str = "error") -> list[dict]:
+def load_llava_bench(
+    root, *, prompt: str = "paper", limit: int | None = None, shuffle_seed: int | None = None, missing: str = "error"
+) -> list[dict]:
     """liuhaotian/llava-bench-in-the-wild: `questions.jsonl` ({question_id, image, text, category}), images in
     `images/`, and `answers_gpt4.jsonl` ({question_id, text}) as references when present. EagleVLM used the first
     60 (`limit=60`). Prompt: "explain" (paper: the question followed by `EXPLAIN_PROMPT`) or "original"."""
@@ -438,15 +536,30 @@ def load_llava_bench(root, *, prompt: str = "paper", limit: int | None = None, s
         qid = _field(row, "question_id", ann, i)
         text = str(_field(row, "text", ann, i))
         image = str(_field(row, "image", ann, i))
-        out.append({"id": str(qid), "dataset": "llava-bench", "subset": row.get("category"),
-                    "images": [str(root / "images" / image)],
-                    "question": text if mode == "original" else f"{text}\n{EXPLAIN_PROMPT}",
-                    "reference": answers.get(qid), "meta": {"question": text, "category": row.get("category")}})
+        out.append(
+            {
+                "id": str(qid),
+                "dataset": "llava-bench",
+                "subset": row.get("category"),
+                "images": [str(root / "images" / image)],
+                "question": text if mode == "original" else f"{text}\n{EXPLAIN_PROMPT}",
+                "reference": answers.get(qid),
+                "meta": {"question": text, "category": row.get("category")},
+            }
+        )
     return _check_media(_select(out, shuffle_seed, limit), missing, name)
 
 
-def load_mmmu(root, *, subjects=None, split: str = "validation", prompt: str = "paper", limit: int | None = None,
-              shuffle_seed: int | None = None, missing: str = "error") -> list[dict]:
+def load_mmmu(
+    root,
+    *,
+    subjects=None,
+    split: str = "validation",
+    prompt: str = "paper",
+    limit: int | None = None,
+    shuffle_seed: int | None = None,
+    missing: str = "error",
+) -> list[dict]:
     """MMMU/MMMU: one folder per subject (`Art/validation-00000-of-00001.parquet` on the hub; a
     `validation.json` / `.jsonl` with the same fields also works) with {id, question, options, answer,
     question_type, image_1..image_7}. Parquet images are embedded and come back as PIL images; in JSON an image is
@@ -458,8 +571,7 @@ def load_mmmu(root, *, subjects=None, split: str = "validation", prompt: str = "
     mode = _mode(prompt, "explain", ("original", "explain"), name)
     patterns = (f"{split}*.parquet", f"{split}*.jsonl", f"{split}*.json")
     if subjects is None:
-        subjects = sorted(d.name for d in root.iterdir()
-                          if d.is_dir() and any(any(d.glob(p)) for p in patterns))
+        subjects = sorted(d.name for d in root.iterdir() if d.is_dir() and any(any(d.glob(p)) for p in patterns))
         if not subjects:
             raise DatasetError(f"{name}: no subject folder with {split} data in {root}")
     elif isinstance(subjects, str):
@@ -479,12 +591,24 @@ def load_mmmu(root, *, subjects=None, split: str = "validation", prompt: str = "
             lines = [question] + ([f"({chr(65 + k)}) {o}" for k, o in enumerate(options)] if options else [])
             tail = EXPLAIN_PROMPT if mode == "explain" else MC_PROMPT if qtype == "multiple-choice" else OPEN_PROMPT
             answer = row.get("answer")
-            recs.append({"id": str(row.get("id", f"{split}_{subject}_{i + 1}")), "dataset": "mmmu",
-                         "subset": subject, "images": images, "question": "\n".join(lines + [tail]),
-                         "reference": _mc_reference(options, answer) if options else answer,
-                         "meta": {"question": question, "options": options, "answer": answer,
-                                  "question_type": qtype, "subfield": row.get("subfield"),
-                                  "explanation": row.get("explanation")}})
+            recs.append(
+                {
+                    "id": str(row.get("id", f"{split}_{subject}_{i + 1}")),
+                    "dataset": "mmmu",
+                    "subset": subject,
+                    "images": images,
+                    "question": "\n".join(lines + [tail]),
+                    "reference": _mc_reference(options, answer) if options else answer,
+                    "meta": {
+                        "question": question,
+                        "options": options,
+                        "answer": answer,
+                        "question_type": qtype,
+                        "subfield": row.get("subfield"),
+                        "explanation": row.get("explanation"),
+                    },
+                }
+            )
         out += _select(recs, shuffle_seed, limit)
     return _check_media(out, missing, name)
 
@@ -495,7 +619,7 @@ def _options(value, path, i) -> list:
     if isinstance(value, list):
         return value
     try:
-        parsed = ast.literal_eval(str(value))   # the hub stores options as a Python list literal
+        parsed = ast.literal_eval(str(value))  # the hub stores options as a Python list literal
     except (ValueError, SyntaxError):
         raise DatasetError(f"{path}: record {i} has unreadable options {str(value)[:40]!r}") from None
     if not isinstance(parsed, (list, tuple)):
@@ -509,6 +633,7 @@ def _image(value, path: Path, i: int):
         import io
 
         from PIL import Image, UnidentifiedImageError
+
         try:
             with Image.open(io.BytesIO(value["bytes"])) as img:
                 img.load()
@@ -522,8 +647,15 @@ def _image(value, path: Path, i: int):
 
 
 # ---- the testbed ----------------------------------------------------------------------------------------------------
-def load_testbed(path, *, split: str = "test", kinds=None, limit: int | None = None,
-                 shuffle_seed: int | None = None, missing: str = "error") -> list[dict]:
+def load_testbed(
+    path,
+    *,
+    split: str = "test",
+    kinds=None,
+    limit: int | None = None,
+    shuffle_seed: int | None = None,
+    missing: str = "error",
+) -> list[dict]:
     """The synthetic world (`specvlm.testbed.generate_world`): `path` is the world folder (reads `<split>.jsonl`)
     or one JSONL file of records {id, video (relative to the file's folder), conversation, kind, answer, split}.
     The question is the first user turn, the reference the first assistant turn; `kinds` filters by question kind
@@ -549,10 +681,22 @@ def load_testbed(path, *, split: str = "test", kinds=None, limit: int | None = N
         kind = row.get("kind")
         if kinds is not None and kind not in kinds:
             continue
-        out.append({"id": str(row.get("id", i)), "dataset": "testbed", "subset": kind,
-                    "video": str(ann.parent / video), "question": user, "reference": reply,
-                    "meta": {"answer": row.get("answer"), "clip": row.get("clip"), "split": row.get("split"),
-                             "conversation": conv}})
+        out.append(
+            {
+                "id": str(row.get("id", i)),
+                "dataset": "testbed",
+                "subset": kind,
+                "video": str(ann.parent / video),
+                "question": user,
+                "reference": reply,
+                "meta": {
+                    "answer": row.get("answer"),
+                    "clip": row.get("clip"),
+                    "split": row.get("split"),
+                    "conversation": conv,
+                },
+            }
+        )
     return _check_media(_select(out, shuffle_seed, limit), missing, name)
 
 
@@ -571,8 +715,12 @@ def load_dataset(name: str, root, *, paper: bool = False, **options) -> list[dic
     """`LOADERS[name](root, **options)`; with `paper`, the papers' sampling (`PAPER_SETTINGS`) fills in the options
     not given."""
     key = name.lower().replace("_", "-")
-    key = {"vdc": "videodetailcaption", "video-detail-caption": "videodetailcaption", "llava-bench-in-the-wild":
-           "llava-bench", "llavabench": "llava-bench"}.get(key, key)
+    key = {
+        "vdc": "videodetailcaption",
+        "video-detail-caption": "videodetailcaption",
+        "llava-bench-in-the-wild": "llava-bench",
+        "llavabench": "llava-bench",
+    }.get(key, key)
     if key not in LOADERS:
         raise DatasetError(f"unknown dataset {name!r}; known: {', '.join(LOADERS)}")
     if paper:

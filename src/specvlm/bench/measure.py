@@ -35,9 +35,10 @@ from ..adapters.generation import assistant_sees_its_pixels, recording_matches
 @dataclass
 class Clock:
     """Decoder forward calls of one model in one generation (call 0 = prefill)."""
+
     calls: int = 0
     prefill_s: float = 0.0
-    decode_s: float = 0.0      # summed over calls 1..
+    decode_s: float = 0.0  # summed over calls 1..
 
     def add(self, seconds: float, prefill: bool | None = None) -> None:
         """`prefill`: whether this call is the prefill (None: the first call is)."""
@@ -61,15 +62,15 @@ class Measurement:
     wall_s: float
     prefill_s: float
     decode_s: float
-    rounds: int = 0                    # verification rounds (0 for target-only)
-    accepted: int = 0                  # draft tokens accepted over all rounds (bonus tokens excluded)
-    drafted: int = 0                   # draft tokens proposed (tree nodes) over all rounds
-    accept_histogram: list[int] = field(default_factory=list)   # [k] = rounds that accepted exactly k
-    target_forwards: int = 0           # prefill included
-    draft_forwards: int = 0            # prefill included
+    rounds: int = 0  # verification rounds (0 for target-only)
+    accepted: int = 0  # draft tokens accepted over all rounds (bonus tokens excluded)
+    drafted: int = 0  # draft tokens proposed (tree nodes) over all rounds
+    accept_histogram: list[int] = field(default_factory=list)  # [k] = rounds that accepted exactly k
+    target_forwards: int = 0  # prefill included
+    draft_forwards: int = 0  # prefill included
     target_clock: Clock = field(default_factory=Clock)
     draft_clock: Clock = field(default_factory=Clock)
-    extra: dict = field(default_factory=dict)   # method-specific (prompt lengths, kept visual tokens, ...)
+    extra: dict = field(default_factory=dict)  # method-specific (prompt lengths, kept visual tokens, ...)
 
     @property
     def new_tokens(self) -> int:
@@ -98,7 +99,7 @@ class ForwardClocks:
 
     def __enter__(self):
         self.handles = []
-        for module in dict.fromkeys(self.modules):   # once per distinct module
+        for module in dict.fromkeys(self.modules):  # once per distinct module
             self.handles.append(module.register_forward_pre_hook(self._pre, with_kwargs=True))
             self.handles.append(module.register_forward_hook(self._post, with_kwargs=True))
         for module in self.heads:
@@ -120,7 +121,7 @@ class ForwardClocks:
 
     def _post(self, module, args, kwargs, output):
         seconds = self._elapsed(module)
-        cache = kwargs.get("cache", kwargs.get("past_key_values"))   # named `cache` from transformers 5.24
+        cache = kwargs.get("cache", kwargs.get("past_key_values"))  # named `cache` from transformers 5.24
         if module is self.target_module and self._target_cache is None:
             self._target_cache = id(cache)
         is_target = module is self.target_module and id(cache) == self._target_cache
@@ -172,8 +173,15 @@ def measure_target(target, inputs: dict, gen_kwargs: dict) -> Measurement:
         ended = time.perf_counter()
     ids = out[0, n_prompt:].tolist()
     first = streamer.first_token_at or ended
-    return Measurement(ids, ended - started, first - started, ended - first, target_forwards=clocks.target.calls,
-                       target_clock=clocks.target, extra={"target_prompt_tokens": n_prompt})
+    return Measurement(
+        ids,
+        ended - started,
+        first - started,
+        ended - first,
+        target_forwards=clocks.target.calls,
+        target_clock=clocks.target,
+        extra={"target_prompt_tokens": n_prompt},
+    )
 
 
 # ---- HF assisted generation ----------------------------------------------------------------------------------------
@@ -184,8 +192,10 @@ def assistant_settings(assistant, num_tokens: int | None):
         yield
         return
     config = assistant.generation_config
-    saved = {k: getattr(config, k, None) for k in ("num_assistant_tokens", "num_assistant_tokens_schedule",
-                                                   "assistant_confidence_threshold")}
+    saved = {
+        k: getattr(config, k, None)
+        for k in ("num_assistant_tokens", "num_assistant_tokens_schedule", "assistant_confidence_threshold")
+    }
     config.num_assistant_tokens, config.num_assistant_tokens_schedule = num_tokens, "constant"
     config.assistant_confidence_threshold = 0.0
     try:
@@ -195,15 +205,20 @@ def assistant_settings(assistant, num_tokens: int | None):
             setattr(config, k, v)
 
 
-def measure_hf_assisted(target, draft, inputs: dict, draft_inputs: dict, gen_kwargs: dict,
-                        num_assistant_tokens: int | None = None) -> Measurement:
+def measure_hf_assisted(
+    target, draft, inputs: dict, draft_inputs: dict, gen_kwargs: dict, num_assistant_tokens: int | None = None
+) -> Measurement:
     """`target.generate(**inputs, assistant_model=draft)` with the draft given its own vision features."""
     streamer, rounds = FirstTokenTimer(), []
     n_prompt = inputs["input_ids"].shape[1]
-    with assistant_sees_its_pixels(draft, draft_inputs) as sees, recording_matches(target, rounds), \
-            assistant_settings(draft, num_assistant_tokens), \
-            ForwardClocks(decoder_of(target), decoder_of(draft),
-                          heads=[target.get_output_embeddings(), draft.get_output_embeddings()]) as clocks:
+    with (
+        assistant_sees_its_pixels(draft, draft_inputs) as sees,
+        recording_matches(target, rounds),
+        assistant_settings(draft, num_assistant_tokens),
+        ForwardClocks(
+            decoder_of(target), decoder_of(draft), heads=[target.get_output_embeddings(), draft.get_output_embeddings()]
+        ) as clocks,
+    ):
         _sync()
         started = time.perf_counter()
         out = target.generate(**inputs, **gen_kwargs, assistant_model=draft, streamer=streamer)
@@ -214,11 +229,21 @@ def measure_hf_assisted(target, draft, inputs: dict, draft_inputs: dict, gen_kwa
     histogram = [0] * (max((a for _, a in rounds), default=0) + 1)
     for _, accepted in rounds:
         histogram[accepted] += 1
-    return Measurement(ids, ended - started, first - started, ended - first, rounds=len(rounds),
-                       accepted=sum(a for _, a in rounds), drafted=sum(d for d, _ in rounds),
-                       accept_histogram=histogram if rounds else [], target_forwards=clocks.target.calls,
-                       draft_forwards=clocks.draft.calls, target_clock=clocks.target, draft_clock=clocks.draft,
-                       extra={"target_prompt_tokens": n_prompt, "assistant_given_pixels": sees})
+    return Measurement(
+        ids,
+        ended - started,
+        first - started,
+        ended - first,
+        rounds=len(rounds),
+        accepted=sum(a for _, a in rounds),
+        drafted=sum(d for d, _ in rounds),
+        accept_histogram=histogram if rounds else [],
+        target_forwards=clocks.target.calls,
+        draft_forwards=clocks.draft.calls,
+        target_clock=clocks.target,
+        draft_clock=clocks.draft,
+        extra={"target_prompt_tokens": n_prompt, "assistant_given_pixels": sees},
+    )
 
 
 # ---- ours -----------------------------------------------------------------------------------------------------------
@@ -245,12 +270,33 @@ def measure_speculative(generator, target, inputs: dict, draft_inputs: dict | No
         _sync()
         ended = time.perf_counter()
     s = out.stats
-    extra = {k: getattr(s, k) for k in ("target_prompt_tokens", "draft_prompt_tokens", "visual_tokens",
-                                        "kept_visual_tokens", "scoring_s", "selection_s", "compile_s")}
-    return Measurement(list(out.token_ids), ended - started, s.prefill_s, s.decode_s, rounds=s.rounds,
-                       accepted=s.accepted_tokens, drafted=s.drafted_tokens, accept_histogram=list(s.accept_histogram),
-                       target_forwards=s.target_forwards, draft_forwards=s.draft_forwards,
-                       target_clock=target_clock, draft_clock=draft_clock, extra=extra)
+    extra = {
+        k: getattr(s, k)
+        for k in (
+            "target_prompt_tokens",
+            "draft_prompt_tokens",
+            "visual_tokens",
+            "kept_visual_tokens",
+            "scoring_s",
+            "selection_s",
+            "compile_s",
+        )
+    }
+    return Measurement(
+        list(out.token_ids),
+        ended - started,
+        s.prefill_s,
+        s.decode_s,
+        rounds=s.rounds,
+        accepted=s.accepted_tokens,
+        drafted=s.drafted_tokens,
+        accept_histogram=list(s.accept_histogram),
+        target_forwards=s.target_forwards,
+        draft_forwards=s.draft_forwards,
+        target_clock=target_clock,
+        draft_clock=draft_clock,
+        extra=extra,
+    )
 
 
 @contextmanager

@@ -26,7 +26,7 @@ from ..errors import SpecVLMError
 from ..options import PRUNING_METHODS
 
 BASE_METHODS = ("target", "hf-assisted", "sd-chain", "sd-chain-conf", "sd-static", "sd-dynamic", "self", "eagle")
-HF_CONFIDENCE = 0.4   # transformers' default assistant_confidence_threshold
+HF_CONFIDENCE = 0.4  # transformers' default assistant_confidence_threshold
 PRUNED_FAMILIES = {"prune": "draft", "self-prune": "self", "eagle-prune": "head"}
 DEFAULT_KEEP_RATIOS = (1.0, 0.5, 0.25, 0.1, 0.05)
 DEFAULT_PRUNING_METHODS = ("specvlm", "uniform", "random")
@@ -35,12 +35,13 @@ DEFAULT_PRUNING_METHODS = ("specvlm", "uniform", "random")
 @dataclass(frozen=True)
 class Run:
     """One method at one setting."""
-    method: str                        # stable name, e.g. "sd-static", "prune:specvlm"
-    drafter: str                       # "none" (target alone) | "hf" | "draft" | "self" | "head"
-    tree: str | None = None            # chain | static | dynamic (our engine only)
+
+    method: str  # stable name, e.g. "sd-static", "prune:specvlm"
+    drafter: str  # "none" (target alone) | "hf" | "draft" | "self" | "head"
+    tree: str | None = None  # chain | static | dynamic (our engine only)
     pruning: str = "none"
     keep_ratio: float | None = None
-    confidence: float = 0.0            # chain: the draft's stop threshold (SpeculativeGenerator confidence_threshold)
+    confidence: float = 0.0  # chain: the draft's stop threshold (SpeculativeGenerator confidence_threshold)
 
     @property
     def setting(self) -> str:
@@ -78,9 +79,16 @@ def default_methods(has_draft: bool, has_head: bool) -> str:
     return ",".join(names)
 
 
-def parse_methods(text: str, *, keep_ratios=DEFAULT_KEEP_RATIOS, pruning_methods=DEFAULT_PRUNING_METHODS,
-                  has_draft: bool = True, has_head: bool = False, chain_tree: str = "chain",
-                  tree: str = "static") -> list[Run]:
+def parse_methods(
+    text: str,
+    *,
+    keep_ratios=DEFAULT_KEEP_RATIOS,
+    pruning_methods=DEFAULT_PRUNING_METHODS,
+    has_draft: bool = True,
+    has_head: bool = False,
+    chain_tree: str = "chain",
+    tree: str = "static",
+) -> list[Run]:
     """The runs for a --methods list, in order, target first (added when missing: speedups are measured against
     it). `tree` is the draft shape of prune / self runs (default the video paper's static tree)."""
     runs: list[Run] = []
@@ -90,19 +98,27 @@ def parse_methods(text: str, *, keep_ratios=DEFAULT_KEEP_RATIOS, pruning_methods
             drafter = PRUNED_FAMILIES[family]
             if pruning:
                 _check_pruning(pruning, f"--methods {item}")
-            for method in ([pruning] if pruning else pruning_methods):
-                runs += [Run(f"{family}:{method}", drafter, "dynamic" if drafter == "head" else tree, method, r)
-                         for r in keep_ratios]
+            for method in [pruning] if pruning else pruning_methods:
+                runs += [
+                    Run(f"{family}:{method}", drafter, "dynamic" if drafter == "head" else tree, method, r)
+                    for r in keep_ratios
+                ]
             continue
         if pruning or item not in BASE_METHODS:
             known = ", ".join(BASE_METHODS + tuple(f"{f}[:<method>]" for f in PRUNED_FAMILIES))
             raise SpecVLMError(f"--methods: unknown method {item!r}; known: {known}")
-        runs.append({"target": Run("target", "none"), "hf-assisted": Run("hf-assisted", "hf"),
-                     "sd-chain": Run("sd-chain", "draft", chain_tree),
-                     "sd-chain-conf": Run("sd-chain-conf", "draft", "chain", confidence=HF_CONFIDENCE),
-                     "sd-static": Run("sd-static", "draft", "static"),
-                     "sd-dynamic": Run("sd-dynamic", "draft", "dynamic"), "self": Run("self", "self", tree),
-                     "eagle": Run("eagle", "head", "dynamic")}[item])
+        runs.append(
+            {
+                "target": Run("target", "none"),
+                "hf-assisted": Run("hf-assisted", "hf"),
+                "sd-chain": Run("sd-chain", "draft", chain_tree),
+                "sd-chain-conf": Run("sd-chain-conf", "draft", "chain", confidence=HF_CONFIDENCE),
+                "sd-static": Run("sd-static", "draft", "static"),
+                "sd-dynamic": Run("sd-dynamic", "draft", "dynamic"),
+                "self": Run("self", "self", tree),
+                "eagle": Run("eagle", "head", "dynamic"),
+            }[item]
+        )
     runs = list(dict.fromkeys(runs))
     for run in runs:
         if run.drafter in ("draft", "hf") and not has_draft:

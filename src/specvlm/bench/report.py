@@ -121,26 +121,39 @@ def summarize(rows: list[dict]) -> list[dict]:
         decode, decode_range = spread(paired_ratios(target, group, "decode_s"))
         vs_hf, vs_hf_range = (None, None) if is_target else spread(paired_ratios(assisted, group, "wall_s"))
         ideal = 1.0 if is_target else ideal_speedup(tau, t_target, t_verify, t_draft, k)
-        out.append({
-            "run": name, "method": first["method"], "setting": first["setting"], "keep_ratio": first.get("keep_ratio"),
-            "samples": len(group), "lossless": sum(bool(r["lossless"]) for r in group),
-            "new_tokens": new_tokens, "rounds": rounds, "tau": tau,
-            "acceptance_by_position": acceptance_by_position(histogram),
-            "tokens_per_s": _ratio(new_tokens, sum(r["wall_s"] for r in group)),
-            "speedup_wall": wall, "speedup_wall_range": wall_range, "speedup_decode": decode,
-            "speedup_decode_range": decode_range, "speedup_n": len(wall_ratios),
-            "speedup_samples": sum(r["sample"] in target for r in group), "ideal_speedup": ideal,
-            "vs_hf_assisted_wall": vs_hf, "vs_hf_assisted_wall_range": vs_hf_range,
-            "prefill_s": sum(r["prefill_s"] for r in group) / len(group),
-            "decode_s": sum(r["decode_s"] for r in group) / len(group),
-            "wall_s": sum(r["wall_s"] for r in group) / len(group),
-            "target_forwards_per_token": _ratio(sum(r["target_forwards"] for r in group), new_tokens),
-            "draft_forwards_per_round": None if is_target else k,
-            "t_target_ms": None if t_target is None else t_target * 1e3,
-            "t_verify_ms": None if is_target or t_verify is None else t_verify * 1e3,
-            "t_draft_ms": None if is_target or t_draft is None else t_draft * 1e3,
-        })
-    out.sort(key=lambda s: s["method"] != "target")   # stable: target first, the rest as run
+        out.append(
+            {
+                "run": name,
+                "method": first["method"],
+                "setting": first["setting"],
+                "keep_ratio": first.get("keep_ratio"),
+                "samples": len(group),
+                "lossless": sum(bool(r["lossless"]) for r in group),
+                "new_tokens": new_tokens,
+                "rounds": rounds,
+                "tau": tau,
+                "acceptance_by_position": acceptance_by_position(histogram),
+                "tokens_per_s": _ratio(new_tokens, sum(r["wall_s"] for r in group)),
+                "speedup_wall": wall,
+                "speedup_wall_range": wall_range,
+                "speedup_decode": decode,
+                "speedup_decode_range": decode_range,
+                "speedup_n": len(wall_ratios),
+                "speedup_samples": sum(r["sample"] in target for r in group),
+                "ideal_speedup": ideal,
+                "vs_hf_assisted_wall": vs_hf,
+                "vs_hf_assisted_wall_range": vs_hf_range,
+                "prefill_s": sum(r["prefill_s"] for r in group) / len(group),
+                "decode_s": sum(r["decode_s"] for r in group) / len(group),
+                "wall_s": sum(r["wall_s"] for r in group) / len(group),
+                "target_forwards_per_token": _ratio(sum(r["target_forwards"] for r in group), new_tokens),
+                "draft_forwards_per_round": None if is_target else k,
+                "t_target_ms": None if t_target is None else t_target * 1e3,
+                "t_verify_ms": None if is_target or t_verify is None else t_verify * 1e3,
+                "t_draft_ms": None if is_target or t_draft is None else t_draft * 1e3,
+            }
+        )
+    out.sort(key=lambda s: s["method"] != "target")  # stable: target first, the rest as run
     return out
 
 
@@ -157,13 +170,30 @@ def _positions(acc: list[float], n: int = 5) -> str:
     return " / ".join(f"{a:.2f}" for a in acc[:n]) if acc else "–"
 
 
-HEADERS = ["method", "setting", "lossless", "τ", "accept @1..5", "tokens/s", "n", "speedup (wall)", "speedup (decode)",
-           "ideal (decode)", "vs hf-assisted (wall)", "prefill s", "decode s", "target fwd / token",
-           "draft fwd / round", "t_T / t_V / t_D ms"]
+HEADERS = [
+    "method",
+    "setting",
+    "lossless",
+    "τ",
+    "accept @1..5",
+    "tokens/s",
+    "n",
+    "speedup (wall)",
+    "speedup (decode)",
+    "ideal (decode)",
+    "vs hf-assisted (wall)",
+    "prefill s",
+    "decode s",
+    "target fwd / token",
+    "draft fwd / round",
+    "t_T / t_V / t_D ms",
+]
 
 # Printed under the table wherever it appears (summary.md and the command's output): the cells need it to be read.
-LEGEND = ("speedup / vs hf-assisted: median (min–max) of n paired ratios, one per sample and timed round (every "
-          "method runs once per round, interleaved, so each pair ran side by side); n = samples × --repeats.")
+LEGEND = (
+    "speedup / vs hf-assisted: median (min–max) of n paired ratios, one per sample and timed round (every "
+    "method runs once per round, interleaved, so each pair ran side by side); n = samples × --repeats."
+)
 
 
 def _spread_cell(s: dict, key: str) -> str:
@@ -177,12 +207,26 @@ def table_rows(summary: list[dict]) -> list[list[str]]:
     rows = []
     for s in summary:
         times = " / ".join(_fmt(s[k], 2) for k in ("t_target_ms", "t_verify_ms", "t_draft_ms"))
-        rows.append([s["method"], s["setting"], f"{s['lossless']}/{s['samples']}", _fmt(s["tau"]),
-                     _positions(s["acceptance_by_position"]), _fmt(s["tokens_per_s"], 1), _fmt(s["speedup_n"]),
-                     _spread_cell(s, "speedup_wall"), _spread_cell(s, "speedup_decode"),
-                     _fmt(s["ideal_speedup"], 2, "×"), _spread_cell(s, "vs_hf_assisted_wall"),
-                     _fmt(s["prefill_s"], 3), _fmt(s["decode_s"], 3),
-                     _fmt(s["target_forwards_per_token"], 3), _fmt(s["draft_forwards_per_round"], 1), times])
+        rows.append(
+            [
+                s["method"],
+                s["setting"],
+                f"{s['lossless']}/{s['samples']}",
+                _fmt(s["tau"]),
+                _positions(s["acceptance_by_position"]),
+                _fmt(s["tokens_per_s"], 1),
+                _fmt(s["speedup_n"]),
+                _spread_cell(s, "speedup_wall"),
+                _spread_cell(s, "speedup_decode"),
+                _fmt(s["ideal_speedup"], 2, "×"),
+                _spread_cell(s, "vs_hf_assisted_wall"),
+                _fmt(s["prefill_s"], 3),
+                _fmt(s["decode_s"], 3),
+                _fmt(s["target_forwards_per_token"], 3),
+                _fmt(s["draft_forwards_per_round"], 1),
+                times,
+            ]
+        )
     return rows
 
 
@@ -196,9 +240,25 @@ def summary_markdown(summary: list[dict], context: dict) -> str:
     """summary.md: what was run, the table, how to read it, and any output that differed from the target's."""
     failures = [s for s in summary if s["lossless"] < s["samples"]]
     lines = [f"# specvlm bench: {context.get('dataset', '?')}", ""]
-    for key in ("command", "machine", "versions", "target", "draft", "head", "samples", "kinds", "max_new_tokens",
-                "ignore_eos", "num_frames", "tree", "num_draft_tokens", "hf_assistant_tokens", "repeats", "warmup",
-                "order"):
+    for key in (
+        "command",
+        "machine",
+        "versions",
+        "target",
+        "draft",
+        "head",
+        "samples",
+        "kinds",
+        "max_new_tokens",
+        "ignore_eos",
+        "num_frames",
+        "tree",
+        "num_draft_tokens",
+        "hf_assistant_tokens",
+        "repeats",
+        "warmup",
+        "order",
+    ):
         value = context.get(key)
         if value is None or value is False or value == "":
             continue
@@ -209,8 +269,11 @@ def summary_markdown(summary: list[dict], context: dict) -> str:
         lines.append(f"- {key.replace('_', ' ')}: " + (f"`{value}`" if key == "command" else str(value)))
     lines += ["", markdown_table(summary), "", LEGEND, ""]
     if failures:
-        lines += ["**Lossless check failed** (output differs from target-only greedy): " +
-                  ", ".join(f"{s['run']} ({s['samples'] - s['lossless']} of {s['samples']})" for s in failures), ""]
+        lines += [
+            "**Lossless check failed** (output differs from target-only greedy): "
+            + ", ".join(f"{s['run']} ({s['samples'] - s['lossless']} of {s['samples']})" for s in failures),
+            "",
+        ]
     else:
         lines += ["Every output equals the target-only greedy output token for token.", ""]
     lines += vs_hf_assisted_lines(summary)
@@ -241,13 +304,17 @@ def summary_markdown(summary: list[dict], context: dict) -> str:
 def vs_hf_assisted_lines(summary: list[dict]) -> list[str]:
     """Ours vs HF assisted generation as one line under the table (the comparison a reader looks for first, which a
     column among fifteen hides), one entry per run of ours; nothing when hf-assisted did not run."""
-    ours = [s for s in summary if s["method"] not in ("target", "hf-assisted")
-            and s.get("vs_hf_assisted_wall") is not None]
+    ours = [
+        s for s in summary if s["method"] not in ("target", "hf-assisted") and s.get("vs_hf_assisted_wall") is not None
+    ]
     if not ours:
         return []
     ratios = ", ".join(f"{s['run']} {_spread_cell(s, 'vs_hf_assisted_wall')}" for s in ours)
-    return [f"Ours vs HF assisted generation (hf-assisted wall / method wall per sample and round, median "
-            f"(min–max)): {ratios}.", ""]
+    return [
+        f"Ours vs HF assisted generation (hf-assisted wall / method wall per sample and round, median "
+        f"(min–max)): {ratios}.",
+        "",
+    ]
 
 
 # ---- plots ----------------------------------------------------------------------------------------------------------
@@ -282,17 +349,20 @@ def plot(summary: list[dict], out_dir) -> list[Path]:
             ax_tau.plot(x, [p["tau"] if p["tau"] is not None else float("nan") for p in points], "o-", label=method)
             medians, yerr = error_bars(points, "speedup_decode")
             ax_speed.errorbar(x, medians, yerr=yerr, fmt="o-", capsize=3, label=method)
-        for s in summary:   # unpruned references
+        for s in summary:  # unpruned references
             if s["method"] in ("sd-static", "self") and s["tau"] is not None:
                 ax_tau.axhline(s["tau"], ls="--", lw=1, color="gray")
                 ax_tau.annotate(s["method"], (1.0, s["tau"]), fontsize=8, color="gray", ha="right", va="bottom")
                 if s["speedup_decode"] is not None:
                     ax_speed.axhline(s["speedup_decode"], ls="--", lw=1, color="gray")
-                    ax_speed.annotate(s["method"], (1.0, s["speedup_decode"]), fontsize=8, color="gray",
-                                      ha="right", va="bottom")
+                    ax_speed.annotate(
+                        s["method"], (1.0, s["speedup_decode"]), fontsize=8, color="gray", ha="right", va="bottom"
+                    )
         ax_speed.axhline(1.0, ls=":", lw=1, color="black")
-        for ax, label in ((ax_tau, "τ (accepted draft tokens / round)"),
-                          (ax_speed, "decode speedup vs target (median, min–max)")):
+        for ax, label in (
+            (ax_tau, "τ (accepted draft tokens / round)"),
+            (ax_speed, "decode speedup vs target (median, min–max)"),
+        ):
             ax.set_xscale("log")
             ax.set_xlabel("visual keep ratio of the draft")
             ax.set_ylabel(label)
@@ -309,8 +379,15 @@ def plot(summary: list[dict], out_dir) -> list[Path]:
         for shift, key, label in ((-0.2, "speedup_wall", "wall"), (0.2, "speedup_decode", "decode")):
             medians, yerr = error_bars(runs, key)
             ax.bar([x + shift for x in xs], medians, 0.4, yerr=yerr, capsize=3, label=label)
-        ax.plot(list(xs), [s["ideal_speedup"] if s["ideal_speedup"] is not None else float("nan") for s in runs],
-                "k_", ms=14, mew=2, ls="none", label="ideal (decode)")
+        ax.plot(
+            list(xs),
+            [s["ideal_speedup"] if s["ideal_speedup"] is not None else float("nan") for s in runs],
+            "k_",
+            ms=14,
+            mew=2,
+            ls="none",
+            label="ideal (decode)",
+        )
         ax.axhline(1.0, ls=":", lw=1, color="black")
         ax.set_xticks(list(xs))
         ax.set_xticklabels([s["run"] for s in runs], rotation=60, ha="right", fontsize=8)

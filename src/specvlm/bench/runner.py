@@ -24,32 +24,40 @@ import json
 import platform
 import re
 import sys
+from collections.abc import Callable
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 
 from ..errors import SpecVLMError
 from ..progress import progress_bar
 from .datasets import LOADERS, load_dataset
-from .methods import (DEFAULT_KEEP_RATIOS, DEFAULT_PRUNING_METHODS, Run, default_methods, generator_options,
-                      parse_methods)
+from .methods import (
+    DEFAULT_KEEP_RATIOS,
+    DEFAULT_PRUNING_METHODS,
+    Run,
+    default_methods,
+    generator_options,
+    parse_methods,
+)
 from .report import acceptance_by_position, plot, summarize, summary_markdown
 
 OUTPUT_FILES = ("results.jsonl", "summary.json", "summary.md", "config.json", "pruning_curve.png", "speedup.png")
 
 
 def parse_dataset(spec: str) -> tuple[str, str]:
-    """"NAME:ROOT" (e.g. "mvbench:/data/MVBench", "testbed:/data/world") -> (name, root)."""
+    """ "NAME:ROOT" (e.g. "mvbench:/data/MVBench", "testbed:/data/world") -> (name, root)."""
     name, sep, root = str(spec).partition(":")
     if not sep or not name or not root:
-        raise SpecVLMError(f"--dataset must be NAME:ROOT (e.g. testbed:data/world, mvbench:/data/MVBench), "
-                           f"got {spec!r}; names: {', '.join(LOADERS)}")
+        raise SpecVLMError(
+            f"--dataset must be NAME:ROOT (e.g. testbed:data/world, mvbench:/data/MVBench), "
+            f"got {spec!r}; names: {', '.join(LOADERS)}"
+        )
     return name.strip(), root.strip()
 
 
 def parse_kinds(text: str | None) -> tuple[str, ...] | None:
-    """"caption,direction" -> ("caption", "direction"), checked against the testbed's record kinds (a misspelt
+    """ "caption,direction" -> ("caption", "direction"), checked against the testbed's record kinds (a misspelt
     kind would otherwise select nothing, or silently less than asked)."""
     if text is None:
         return None
@@ -65,8 +73,9 @@ def parse_kinds(text: str | None) -> tuple[str, ...] | None:
     return kinds
 
 
-def load_records(spec: str, *, limit: int | None = None, split: str | None = None,
-                 prompt: str | None = None, kinds=None) -> list[dict]:
+def load_records(
+    spec: str, *, limit: int | None = None, split: str | None = None, prompt: str | None = None, kinds=None
+) -> list[dict]:
     """The dataset's records with the papers' sampling (`PAPER_SETTINGS`), overridden by the options given.
     `kinds` (testbed only) keeps records of those kinds before `limit` counts: a testbed file lists each clip's
     caption and questions together, so `limit` alone takes one clip's records, while each clip has exactly one
@@ -78,8 +87,11 @@ def load_records(spec: str, *, limit: int | None = None, split: str | None = Non
         if limit < 1:
             raise SpecVLMError(f"--limit must be >= 1, got {limit}")
         options["limit"] = limit
-    for flag, key_name, value in (("--split", "split", split), ("--prompt-mode", "prompt", prompt),
-                                  ("--kinds", "kinds", kinds)):
+    for flag, key_name, value in (
+        ("--split", "split", split),
+        ("--prompt-mode", "prompt", prompt),
+        ("--kinds", "kinds", kinds),
+    ):
         if value is None:
             continue
         loader = LOADERS.get(_canonical(key))
@@ -88,16 +100,25 @@ def load_records(spec: str, *, limit: int | None = None, split: str | None = Non
         options[key_name] = value
     records = load_dataset(name, root, paper=True, **options)
     if not records:
-        raise SpecVLMError(f"--dataset {spec}: no samples selected"
-                           + (f" of kind {', '.join(kinds)}" if kinds else "")
-                           + (" (a testbed world's test split is every 10th clip; try --split train)"
-                              if _canonical(key) == "testbed" else ""))
+        raise SpecVLMError(
+            f"--dataset {spec}: no samples selected"
+            + (f" of kind {', '.join(kinds)}" if kinds else "")
+            + (
+                " (a testbed world's test split is every 10th clip; try --split train)"
+                if _canonical(key) == "testbed"
+                else ""
+            )
+        )
     return records
 
 
 def _canonical(key: str) -> str:
-    return {"vdc": "videodetailcaption", "video-detail-caption": "videodetailcaption",
-            "llava-bench-in-the-wild": "llava-bench", "llavabench": "llava-bench"}.get(key, key)
+    return {
+        "vdc": "videodetailcaption",
+        "video-detail-caption": "videodetailcaption",
+        "llava-bench-in-the-wild": "llava-bench",
+        "llavabench": "llava-bench",
+    }.get(key, key)
 
 
 def prepare_out(out, force: bool) -> Path:
@@ -151,7 +172,8 @@ def sample_inputs(record: dict, processor, draft_processor, num_frames: int) -> 
     draft_inputs = build_inputs(draft_processor, record["question"], images, video)
     same = inputs.keys() == draft_inputs.keys() and all(
         torch.equal(v, draft_inputs[k]) if isinstance(v, torch.Tensor) else v == draft_inputs[k]
-        for k, v in inputs.items())
+        for k, v in inputs.items()
+    )
     return inputs, None if same else draft_inputs
 
 
@@ -171,8 +193,16 @@ def _check_folders(target: str, draft: str | None, head: str | None) -> None:
 class Models:
     """The target, its processor, and whatever drafts the runs need (loaded once)."""
 
-    def __init__(self, target: str, draft: str | None, head: str | None, runs: list[Run], dtype: str = "auto",
-                 device: str = "auto", say: Callable[[str], None] = lambda m: None):
+    def __init__(
+        self,
+        target: str,
+        draft: str | None,
+        head: str | None,
+        runs: list[Run],
+        dtype: str = "auto",
+        device: str = "auto",
+        say: Callable[[str], None] = lambda m: None,
+    ):
         from ..drafters.loading import load_drafter
         from ..inputs import InputError, load_processor
         from ..loading import load_model
@@ -185,19 +215,31 @@ class Models:
             say(f"loading draft {draft} ...")
             try:
                 self.draft_processor = load_processor(draft)
-            except InputError:   # a draft folder without processor files reads the target's inputs
+            except InputError:  # a draft folder without processor files reads the target's inputs
                 self.draft_processor = self.processor
             # a model, not a drafter: HF assisted generation takes it too
-            self.draft = load_drafter(draft, self.target, dtype, device, kind="model",
-                                      tokenizer=self.processor.tokenizer,
-                                      draft_tokenizer=self.draft_processor.tokenizer)
+            self.draft = load_drafter(
+                draft,
+                self.target,
+                dtype,
+                device,
+                kind="model",
+                tokenizer=self.processor.tokenizer,
+                draft_tokenizer=self.draft_processor.tokenizer,
+            )
         if head is not None and any(r.drafter == "head" for r in runs):
             say(f"loading EAGLE head {head} ...")
             self.head = load_drafter(head, self.target, kind="head")
 
 
-def build_generators(models: Models, runs: list[Run], num_draft_tokens: int,
-                     draft_positions: str | None = None, engine: str = "fast", compile="auto") -> dict:
+def build_generators(
+    models: Models,
+    runs: list[Run],
+    num_draft_tokens: int,
+    draft_positions: str | None = None,
+    engine: str = "fast",
+    compile="auto",
+) -> dict:
     from ..generator import SpeculativeGenerator
 
     generators = {}
@@ -205,27 +247,43 @@ def build_generators(models: Models, runs: list[Run], num_draft_tokens: int,
         if run.drafter in ("none", "hf"):
             continue
         draft = {"draft": models.draft, "self": "self", "head": models.head}[run.drafter]
-        generators[run.name] = SpeculativeGenerator(models.target, draft, processor=models.processor,
-                                                    engine=engine, compile=compile,
-                                                    **generator_options(run, num_draft_tokens, draft_positions))
+        generators[run.name] = SpeculativeGenerator(
+            models.target,
+            draft,
+            processor=models.processor,
+            engine=engine,
+            compile=compile,
+            **generator_options(run, num_draft_tokens, draft_positions),
+        )
     return generators
 
 
 # ---- the loop -------------------------------------------------------------------------------------------------------
-def execute(run: Run, models: Models, generators: dict, inputs: dict, draft_inputs: dict | None, gen_kwargs: dict,
-            hf_assistant_tokens: int | None = None):
+def execute(
+    run: Run,
+    models: Models,
+    generators: dict,
+    inputs: dict,
+    draft_inputs: dict | None,
+    gen_kwargs: dict,
+    hf_assistant_tokens: int | None = None,
+):
     from .measure import measure_hf_assisted, measure_speculative, measure_target
 
     if run.drafter == "none":
         return measure_target(models.target, inputs, gen_kwargs)
     if run.drafter == "hf":
         if draft_inputs is not None and not _same_ids(inputs, draft_inputs):
-            raise SpecVLMError("hf-assisted needs a draft that reads the target's prompt (same visual token "
-                               "counts); this draft's processor gives another prompt: drop hf-assisted")
-        return measure_hf_assisted(models.target, models.draft, inputs, draft_inputs or inputs, gen_kwargs,
-                                   hf_assistant_tokens)
-    return measure_speculative(generators[run.name], models.target, inputs,
-                               draft_inputs if run.drafter == "draft" else None, gen_kwargs)
+            raise SpecVLMError(
+                "hf-assisted needs a draft that reads the target's prompt (same visual token "
+                "counts); this draft's processor gives another prompt: drop hf-assisted"
+            )
+        return measure_hf_assisted(
+            models.target, models.draft, inputs, draft_inputs or inputs, gen_kwargs, hf_assistant_tokens
+        )
+    return measure_speculative(
+        generators[run.name], models.target, inputs, draft_inputs if run.drafter == "draft" else None, gen_kwargs
+    )
 
 
 def _same_ids(a: dict, b: dict) -> bool:
@@ -240,9 +298,18 @@ def _median_round(trials: list):
 def _row(run: Run, record: dict, index: int, trials: list, reference: list[int] | None, tokenizer) -> dict:
     """The median round's measurement and every round's times; lossless when every round's output is `reference`."""
     m = _median_round(trials)
-    row = {"run": run.name, "method": run.method, "setting": run.setting, "keep_ratio": run.keep_ratio,
-           "tree": run.tree, "pruning": run.pruning, "sample": record["id"], "index": index,
-           "dataset": record.get("dataset"), "subset": record.get("subset")}
+    row = {
+        "run": run.name,
+        "method": run.method,
+        "setting": run.setting,
+        "keep_ratio": run.keep_ratio,
+        "tree": run.tree,
+        "pruning": run.pruning,
+        "sample": record["id"],
+        "index": index,
+        "dataset": record.get("dataset"),
+        "subset": record.get("subset"),
+    }
     data = m.as_dict()
     extra = data.pop("extra")
     row.update(data)
@@ -257,14 +324,38 @@ def _row(run: Run, record: dict, index: int, trials: list, reference: list[int] 
     return row
 
 
-def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head: str | None = None,
-              methods: str | None = None, keep_ratios=DEFAULT_KEEP_RATIOS, pruning_methods=DEFAULT_PRUNING_METHODS,
-              max_new_tokens: int = 128, num_frames: int = 8, limit: int | None = None, split: str | None = None,
-              prompt: str | None = None, kinds=None, repeats: int = 3, warmup: int = 1, ignore_eos: bool = False,
-              num_draft_tokens: int = 5, tree: str = "static", hf_assistant_tokens: int | None = None,
-              draft_positions: str | None = None, engine: str = "fast", compile="auto",
-              dtype: str = "auto", device: str = "auto", force: bool = False, command: str | None = None,
-              say: Callable[[str], None] = lambda m: None, progress: bool = False) -> list[dict]:
+def run_bench(
+    dataset: str,
+    target: str,
+    out,
+    *,
+    draft: str | None = None,
+    head: str | None = None,
+    methods: str | None = None,
+    keep_ratios=DEFAULT_KEEP_RATIOS,
+    pruning_methods=DEFAULT_PRUNING_METHODS,
+    max_new_tokens: int = 128,
+    num_frames: int = 8,
+    limit: int | None = None,
+    split: str | None = None,
+    prompt: str | None = None,
+    kinds=None,
+    repeats: int = 3,
+    warmup: int = 1,
+    ignore_eos: bool = False,
+    num_draft_tokens: int = 5,
+    tree: str = "static",
+    hf_assistant_tokens: int | None = None,
+    draft_positions: str | None = None,
+    engine: str = "fast",
+    compile="auto",
+    dtype: str = "auto",
+    device: str = "auto",
+    force: bool = False,
+    command: str | None = None,
+    say: Callable[[str], None] = lambda m: None,
+    progress: bool = False,
+) -> list[dict]:
     """Run the benchmark and write its files to `out`; returns the summaries (`report.summarize`). `progress`: a
     bar per sample, with the time left, on stderr when it is a terminal."""
     import torch
@@ -279,46 +370,87 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
         raise SpecVLMError(f"--num-draft-tokens must be >= 1, got {num_draft_tokens}")
     if hf_assistant_tokens is not None and hf_assistant_tokens < 1:
         raise SpecVLMError(f"--hf-assistant-tokens must be >= 1, got {hf_assistant_tokens}")
-    runs = parse_methods(methods or default_methods(draft is not None, head is not None), keep_ratios=keep_ratios,
-                         pruning_methods=pruning_methods, has_draft=draft is not None, has_head=head is not None,
-                         tree=tree)
+    runs = parse_methods(
+        methods or default_methods(draft is not None, head is not None),
+        keep_ratios=keep_ratios,
+        pruning_methods=pruning_methods,
+        has_draft=draft is not None,
+        has_head=head is not None,
+        tree=tree,
+    )
     records = load_records(dataset, limit=limit, split=split, prompt=prompt, kinds=kinds)
-    _check_folders(target, draft if any(r.drafter in ("draft", "hf") for r in runs) else None,
-                   head if any(r.drafter == "head" for r in runs) else None)
+    _check_folders(
+        target,
+        draft if any(r.drafter in ("draft", "hf") for r in runs) else None,
+        head if any(r.drafter == "head" for r in runs) else None,
+    )
     out = prepare_out(out, force)
 
-    torch.set_flush_denormal(True)   # random / small weights can produce denormals, which CPUs crawl on
+    torch.set_flush_denormal(True)  # random / small weights can produce denormals, which CPUs crawl on
     models = Models(target, draft, head, runs, dtype, device, say)
     generators = build_generators(models, runs, num_draft_tokens, draft_positions, engine, compile)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False)
     if ignore_eos:
         gen_kwargs["eos_token_id"] = -1
     tokenizer = getattr(models.processor, "tokenizer", None)
-    context = {"dataset": dataset, "command": command, "machine": machine(), "target": target, "draft": draft,
-               "head": head, "samples": len(records), "max_new_tokens": max_new_tokens, "num_frames": num_frames,
-               "repeats": repeats, "warmup": warmup, "order": "methods rotated by one per timed round",
-               "runs": [r.name for r in runs], "ignore_eos": ignore_eos, "num_draft_tokens": num_draft_tokens,
-               "tree": tree, "hf_assistant_tokens": hf_assistant_tokens, "draft_positions": draft_positions,
-               "engine": engine, "compile": compile,
-               "keep_ratios": list(keep_ratios), "pruning_methods": list(pruning_methods), "limit": limit,
-               "split": split, "kinds": list(kinds) if kinds else None, "prompt": prompt,
-               "versions": versions()}
+    context = {
+        "dataset": dataset,
+        "command": command,
+        "machine": machine(),
+        "target": target,
+        "draft": draft,
+        "head": head,
+        "samples": len(records),
+        "max_new_tokens": max_new_tokens,
+        "num_frames": num_frames,
+        "repeats": repeats,
+        "warmup": warmup,
+        "order": "methods rotated by one per timed round",
+        "runs": [r.name for r in runs],
+        "ignore_eos": ignore_eos,
+        "num_draft_tokens": num_draft_tokens,
+        "tree": tree,
+        "hf_assistant_tokens": hf_assistant_tokens,
+        "draft_positions": draft_positions,
+        "engine": engine,
+        "compile": compile,
+        "keep_ratios": list(keep_ratios),
+        "pruning_methods": list(pruning_methods),
+        "limit": limit,
+        "split": split,
+        "kinds": list(kinds) if kinds else None,
+        "prompt": prompt,
+        "versions": versions(),
+    }
     (out / "config.json").write_text(json.dumps(context, indent=1) + "\n")
 
     rows: list[dict] = []
     bar = progress_bar(len(records), "bench", "sample", progress)
-    if not bar.disable:   # the per-run lines go above the bar instead of through it
-        say = lambda message: bar.write(message, file=sys.stderr)   # noqa: E731
+    if not bar.disable:  # the per-run lines go above the bar instead of through it
+        say = lambda message: bar.write(message, file=sys.stderr)
     try:
         with torch.no_grad(), open(out / "results.jsonl", "w", encoding="utf-8") as results:
             for index, record in enumerate(records):
-                for row in _sample_rows(index, record, runs, models, generators, gen_kwargs, num_frames, warmup,
-                                        repeats, hf_assistant_tokens, tokenizer, say, len(records)):
+                for row in _sample_rows(
+                    index,
+                    record,
+                    runs,
+                    models,
+                    generators,
+                    gen_kwargs,
+                    num_frames,
+                    warmup,
+                    repeats,
+                    hf_assistant_tokens,
+                    tokenizer,
+                    say,
+                    len(records),
+                ):
                     rows.append(row)
                     results.write(json.dumps(row, ensure_ascii=False) + "\n")
                 results.flush()
                 bar.update(1)
-    finally:   # also after an interrupt: the summary of the samples completed so far
+    finally:  # also after an interrupt: the summary of the samples completed so far
         bar.close()
         summary = summarize(rows)
         if rows:
@@ -328,9 +460,21 @@ def run_bench(dataset: str, target: str, out, *, draft: str | None = None, head:
     return summary
 
 
-def _sample_rows(index: int, record: dict, runs: list[Run], models: Models, generators: dict, gen_kwargs: dict,
-                 num_frames: int, warmup: int, repeats: int, hf_assistant_tokens, tokenizer, say,
-                 n_records: int) -> list[dict]:
+def _sample_rows(
+    index: int,
+    record: dict,
+    runs: list[Run],
+    models: Models,
+    generators: dict,
+    gen_kwargs: dict,
+    num_frames: int,
+    warmup: int,
+    repeats: int,
+    hf_assistant_tokens,
+    tokenizer,
+    say,
+    n_records: int,
+) -> list[dict]:
     """Every run on one sample (warm-up first on sample 0), `repeats` rounds of every run, the order rotated by one
     per round over the whole benchmark; rows in run order."""
     inputs, draft_inputs = sample_inputs(record, models.processor, models.draft_processor, num_frames)
@@ -349,7 +493,7 @@ def _sample_rows(index: int, record: dict, runs: list[Run], models: Models, gene
             tau = f", τ={m.accepted / m.rounds:.2f}" if m.rounds else ""
             of = f" (round {r + 1}/{repeats})" if repeats > 1 else ""
             say(f"[{index + 1}/{n_records}] {record['id']} {run.name}: {m.new_tokens} tokens, {m.wall_s:.3f}s{tau}{of}")
-    reference = _median_round(trials[runs[0]]).token_ids   # runs[0] is the target
+    reference = _median_round(trials[runs[0]]).token_ids  # runs[0] is the target
     rows = [_row(run, record, index, trials[run], reference, tokenizer) for run in runs]
     differ = [row["run"] for row in rows if not row["lossless"]]
     if differ:
@@ -361,8 +505,10 @@ def machine() -> str:
     import torch
 
     gpu = torch.cuda.get_device_name(0) if torch.cuda.is_available() else "no GPU"
-    return (f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} torch threads, {gpu}, "
-            f"Python {platform.python_version()}")
+    return (
+        f"{platform.machine()} {platform.system()}, {torch.get_num_threads()} torch threads, {gpu}, "
+        f"Python {platform.python_version()}"
+    )
 
 
 def versions() -> dict:
@@ -372,4 +518,3 @@ def versions() -> dict:
     from .. import __version__
 
     return {"specvlm": __version__, "torch": torch.__version__, "transformers": transformers.__version__}
-

@@ -6,5 +6,13 @@ from .base import DraftContext, Drafter, DraftSetup, NoDraft, fit_vocab
 from .draft_model import DraftModelDrafter
 from .loading import is_eagle_head, load_drafter
 
-__all__ = ["DraftContext", "DraftModelDrafter", "DraftSetup", "Drafter", "NoDraft", "fit_vocab", "is_eagle_head",
-           "load_drafter"]
+__all__ = [
+    "DraftContext",
+    "DraftModelDrafter",
+    "DraftSetup",
+    "Drafter",
+    "NoDraft",
+    "fit_vocab",
+    "is_eagle_head",
+    "load_drafter",
+]

@@ -15,8 +15,8 @@ tensor back to the host.
 from __future__ import annotations
 
 import functools
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import torch
 
@@ -28,32 +28,34 @@ from ..tree import DraftTree, TreeSpec
 @dataclass
 class DraftSetup:
     """What every row of a batch shares."""
+
     tree: TreeSpec
-    vocab_size: int                           # width of the target's logits; draft distributions are fitted to it
-    max_rows: int                             # the most rows the batch holds at once
-    new_session: Callable | None = None       # adapter -> a session of the generator's engine
-    target_session: object = None             # the target's session ("self" without pruning drafts in it)
-    pruning: bool = False                     # the draft's prompts are pruned (rows without visual input aside)
-    contiguous_positions: bool = False        # pruning: renumber the draft's shorter prompt 0..L'-1
+    vocab_size: int  # width of the target's logits; draft distributions are fitted to it
+    max_rows: int  # the most rows the batch holds at once
+    new_session: Callable | None = None  # adapter -> a session of the generator's engine
+    target_session: object = None  # the target's session ("self" without pruning drafts in it)
+    pruning: bool = False  # the draft's prompts are pruned (rows without visual input aside)
+    contiguous_positions: bool = False  # pruning: renumber the draft's shorter prompt 0..L'-1
 
 
 @dataclass
 class DraftContext:
     """One row, as it joins the batch."""
-    inputs: dict                  # processor outputs for the drafter (its own visual inputs), batch of one
-    target_prompt: Prompt         # what the target saw, positions included
-    target_hidden: torch.Tensor   # (L, H) target's final hidden states over the prompt
+
+    inputs: dict  # processor outputs for the drafter (its own visual inputs), batch of one
+    target_prompt: Prompt  # what the target saw, positions included
+    target_hidden: torch.Tensor  # (L, H) target's final hidden states over the prompt
     sampling: Sampling
-    visual_keep: torch.Tensor | None = None    # pruning: indices of the visual tokens the draft keeps
+    visual_keep: torch.Tensor | None = None  # pruning: indices of the visual tokens the draft keeps
     visual_scores: torch.Tensor | None = None  # the target's text->visual attention, captured in its prefill
-    reserve: int = 0                           # entries the row may append after its prompt this generation
+    reserve: int = 0  # entries the row may append after its prompt this generation
 
 
 class Drafter:
     forwards: int = 0
-    default_tree: str = "static"   # the tree shape used when the caller names none (EAGLE heads: "dynamic")
+    default_tree: str = "static"  # the tree shape used when the caller names none (EAGLE heads: "dynamic")
 
-    needs_visual_scores: bool = False   # True: add_row() reads ctx.visual_scores (the target's attention capture)
+    needs_visual_scores: bool = False  # True: add_row() reads ctx.visual_scores (the target's attention capture)
 
     def start(self, setup: DraftSetup) -> None:
         raise NotImplementedError
@@ -62,12 +64,19 @@ class Drafter:
         """Prefill row `row` (the next free one); returns the draft prompt's length."""
         raise NotImplementedError
 
-    def propose(self, roots: torch.Tensor, max_depth: int, seen: torch.Tensor | None, sampling: RowSampling,
-                random: RowRandom | None) -> DraftTree:
+    def propose(
+        self,
+        roots: torch.Tensor,
+        max_depth: int,
+        seen: torch.Tensor | None,
+        sampling: RowSampling,
+        random: RowRandom | None,
+    ) -> DraftTree:
         raise NotImplementedError
 
-    def commit(self, tree: DraftTree, accepted: list, next_tokens: torch.Tensor,
-               target_hidden: list[torch.Tensor]) -> None:
+    def commit(
+        self, tree: DraftTree, accepted: list, next_tokens: torch.Tensor, target_hidden: list[torch.Tensor]
+    ) -> None:
         raise NotImplementedError
 
     def move_row(self, src: int, dst: int) -> None:
@@ -84,14 +93,17 @@ class Drafter:
 
         def rows(sampling: Sampling, x, history, _random):
             if chain and sampling.do_sample:
-                return sampling.probs(x, history).log()   # the chain samples from exactly this q
+                return sampling.probs(x, history).log()  # the chain samples from exactly this q
             return sampling.logprobs(x, history)
+
         return self.sampling.map(rows, fit_vocab(logits, self.setup.vocab_size), seen)
 
     def _choose(self, logprobs: torch.Tensor) -> torch.Tensor:
         """A chain's next token per row (B,): sampled from q when the row samples, else its argmax."""
+
         def rows(sampling: Sampling, x, _history, random):
             return sample_from(x.exp(), random) if sampling.do_sample else x.argmax(-1)
+
         return self.sampling.map(rows, logprobs, None, self.random)
 
 
@@ -105,24 +117,25 @@ class RoundSlots:
         size = max(spec.max_fed, 1)
         self.count = 0
         self.batch = torch.arange(rows, device=device)[:, None]
-        self.visible = torch.zeros(rows, size + 1, size, dtype=torch.bool, device=device)   # [b, slot, slot]
+        self.visible = torch.zeros(rows, size + 1, size, dtype=torch.bool, device=device)  # [b, slot, slot]
         self.seen = seen
-        self.paths = None if seen is None else \
-            torch.full((rows, size + 1, spec.max_depth), -1, dtype=torch.long, device=device)   # [b, slot, depth-1]
+        self.paths = (
+            None if seen is None else torch.full((rows, size + 1, spec.max_depth), -1, dtype=torch.long, device=device)
+        )  # [b, slot, depth-1]
 
     def add(self, tokens: torch.Tensor, parent_slots: torch.Tensor, depth: int):
         """Register w nodes per row fed next, `tokens` and `parent_slots` (B, w); returns their visibility over the
         round's fed window (B, w, count) and their repetition histories (B, w, V) (None without a penalty)."""
         w, first = tokens.shape[1], self.count
-        rows = self.visible[self.batch, parent_slots]                       # (B, w, size): the parents' paths
-        rows[:, :, first: first + w] |= _identity(w, rows.device)           # ... and the node itself
-        self.visible[:, first: first + w] = rows
+        rows = self.visible[self.batch, parent_slots]  # (B, w, size): the parents' paths
+        rows[:, :, first : first + w] |= _identity(w, rows.device)  # ... and the node itself
+        self.visible[:, first : first + w] = rows
         self.count += w
         history = None
         if self.paths is not None:
-            paths = self.paths[self.batch, parent_slots]                    # (B, w, max_depth)
+            paths = self.paths[self.batch, parent_slots]  # (B, w, max_depth)
             paths[:, :, depth - 1] = tokens
-            self.paths[:, first: first + w] = paths
+            self.paths[:, first : first + w] = paths
             history = history_rows(self.seen, paths)
         return rows[:, :, : self.count], history
 

@@ -29,7 +29,7 @@ class DraftModelDrafter(Drafter):
     def start(self, setup: DraftSetup) -> None:
         self.setup = setup
         self.forwards = 0
-        self.pending: list[list[int]] = []      # per row: accepted tokens it has not been fed yet
+        self.pending: list[list[int]] = []  # per row: accepted tokens it has not been fed yet
         self.shared = self.reuse_target_prompt and not setup.pruning and setup.target_session is not None
         if self.shared:
             self.session = setup.target_session
@@ -46,8 +46,10 @@ class DraftModelDrafter(Drafter):
         if ctx.visual_keep is not None:
             n_target = int(ctx.target_prompt.visual_mask.sum())
             if int(prompt.visual_mask.sum()) != n_target:
-                raise SpecVLMError("visual pruning needs the draft to see the same visual tokens as the target: "
-                                   f"it has {int(prompt.visual_mask.sum())}, the target {n_target}")
+                raise SpecVLMError(
+                    "visual pruning needs the draft to see the same visual tokens as the target: "
+                    f"it has {int(prompt.visual_mask.sum())}, the target {n_target}"
+                )
             prompt = prompt.keep_visual(ctx.visual_keep, self.setup.contiguous_positions, self.adapter.positions)
         self.session.prefill(row, prompt, ctx.reserve)
         self.forwards += 1
@@ -70,14 +72,14 @@ class DraftModelDrafter(Drafter):
         width = max(counts)
         host = torch.tensor([p + [0] * (width - len(p)) for p in pending], dtype=torch.long, device="cpu")
         feed = host.to(device)
-        last = torch.tensor([c - 1 for c in counts], dtype=torch.long, device="cpu").to(device)[:, None]   # (B, 1)
+        last = torch.tensor([c - 1 for c in counts], dtype=torch.long, device="cpu").to(device)[:, None]  # (B, 1)
         feed.scatter_(1, last, roots[:, None])
         starts = torch.tensor(session.next_positions[:rows], dtype=torch.long, device="cpu").to(device)
         logits, _ = session.extend(feed, starts[:, None] + torch.arange(width, device=device), counts=counts)
         self.forwards += 1
-        root_logits = logits.gather(1, last[:, :, None].expand(-1, 1, logits.shape[-1]))[:, 0]           # (B, V)
+        root_logits = logits.gather(1, last[:, :, None].expand(-1, 1, logits.shape[-1]))[:, 0]  # (B, V)
         root_end = session.lengths[:rows]
-        root_position = starts + last[:, 0]                                                           # (B,)
+        root_position = starts + last[:, 0]  # (B,)
         slots = RoundSlots(self.setup.tree, rows, device, seen)
 
         def expand(tokens: torch.Tensor, parent_slots: torch.Tensor, depth: int) -> torch.Tensor:
@@ -89,12 +91,12 @@ class DraftModelDrafter(Drafter):
 
         tree = self.setup.tree.build(self._logprobs(root_logits, seen), expand, self._choose, max_depth)
         self.root_end = root_end
-        if self.shared:   # the target verifies from the same slots
+        if self.shared:  # the target verifies from the same slots
             session.truncate(self.base)
         return tree
 
     def commit(self, tree: DraftTree, accepted, next_tokens, target_hidden) -> None:
-        if self.shared:   # the target's own entries for the accepted tokens are already in place
+        if self.shared:  # the target's own entries for the accepted tokens are already in place
             return
         kept = []
         for row, outcome in enumerate(accepted):
@@ -104,12 +106,12 @@ class DraftModelDrafter(Drafter):
                     break
                 fed.append(self.root_end[row] + slot)
             kept.append(fed)
-            self.pending[row] = outcome.tokens[len(fed):]
+            self.pending[row] = outcome.tokens[len(fed) :]
         self.session.keep(self.root_end, kept)
 
     def move_row(self, src: int, dst: int) -> None:
         self.pending[dst] = self.pending[src]
-        if not self.shared:   # a shared session is the target's, which the loop moves itself
+        if not self.shared:  # a shared session is the target's, which the loop moves itself
             self.session.move_row(src, dst)
 
     def drop_rows(self, rows: int) -> None:

@@ -39,8 +39,8 @@ from ..adapters import Prompt, adapter_for, cache_keyword
 from ..adapters.attention import additive_mask, implementation
 from ..compressor import VisualCompressor, compress_sequence, question_features
 from ..errors import SpecVLMError
-from ..tree import DraftTree
 from ..session import ModelSession
+from ..tree import DraftTree
 from .base import DraftContext, Drafter, DraftSetup, RoundSlots
 
 CONFIG_NAME, WEIGHTS_NAME, FORMAT = "config.json", "model.safetensors", "specvlm-eagle-head"
@@ -49,19 +49,24 @@ CONFIG_NAME, WEIGHTS_NAME, FORMAT = "config.json", "model.safetensors", "specvlm
 def target_signature(adapter) -> dict:
     """What a head's weights depend on: the target's architecture and text sizes."""
     t = adapter.text_config
-    return dict(architecture=type(adapter.model).__name__, model_type=adapter.config.model_type,
-                text_model_type=t.model_type, hidden_size=int(t.hidden_size),
-                intermediate_size=int(t.intermediate_size), num_attention_heads=int(t.num_attention_heads),
-                num_key_value_heads=int(getattr(t, "num_key_value_heads", t.num_attention_heads)),
-                head_dim=int(getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads),
-                vocab_size=adapter.vocab_size)
+    return dict(
+        architecture=type(adapter.model).__name__,
+        model_type=adapter.config.model_type,
+        text_model_type=t.model_type,
+        hidden_size=int(t.hidden_size),
+        intermediate_size=int(t.intermediate_size),
+        num_attention_heads=int(t.num_attention_heads),
+        num_key_value_heads=int(getattr(t, "num_key_value_heads", t.num_attention_heads)),
+        head_dim=int(getattr(t, "head_dim", None) or t.hidden_size // t.num_attention_heads),
+        vocab_size=adapter.vocab_size,
+    )
 
 
 class EagleHead(nn.Module, Drafter):
     """`EagleHead.init_for(target)` (untrained), `EagleHead.from_pretrained(path, target)`, `save_pretrained(path)`;
     use it as `SpeculativeGenerator(target, head, tree="dynamic")` and train it with `specvlm.train.train_head`."""
 
-    default_tree = "dynamic"   # EAGLE-2; the generator's own default ("static") suits draft models
+    default_tree = "dynamic"  # EAGLE-2; the generator's own default ("static") suits draft models
 
     @property
     def needs_visual_scores(self) -> bool:
@@ -71,7 +76,7 @@ class EagleHead(nn.Module, Drafter):
     def __init__(self, target, compressor: VisualCompressor | None = None, dtype: torch.dtype | None = None):
         nn.Module.__init__(self)
         adapter = adapter_for(target)
-        self.adapter = adapter                  # a plain object: the target is not a submodule, never saved
+        self.adapter = adapter  # a plain object: the target is not a submodule, never saved
         self.head_config = config = adapter.one_layer_config()
         hidden = adapter.hidden_size
         self.fc = nn.Linear(2 * hidden, hidden, bias=True)
@@ -83,13 +88,14 @@ class EagleHead(nn.Module, Drafter):
         for module in (self.fc, self.layer, self.compressor):
             if module is not None:
                 module.to(device=adapter.device, dtype=dtype)
-        self.rotary.to(device=adapter.device)   # inv_freq stays float32
+        self.rotary.to(device=adapter.device)  # inv_freq stays float32
         self.eval()
 
     # ---- construction and files --------------------------------------------------------------------------------
     @classmethod
-    def init_for(cls, target, compressor: VisualCompressor | dict | None = None, dtype=None,
-                 seed: int | None = None) -> "EagleHead":
+    def init_for(
+        cls, target, compressor: VisualCompressor | dict | None = None, dtype=None, seed: int | None = None
+    ) -> EagleHead:
         """An untrained head for `target` (optionally with a compressor: a module or its config dict)."""
         with torch.random.fork_rng(devices=[]):
             if seed is not None:
@@ -116,10 +122,16 @@ class EagleHead(nn.Module, Drafter):
         path = Path(path)
         path.mkdir(parents=True, exist_ok=True)
         save_file({k: v.detach().contiguous().cpu() for k, v in self.state_dict().items()}, str(path / WEIGHTS_NAME))
-        config = dict(specvlm_head="eagle", format=FORMAT, version=1, target=self.signature,
-                      head_layer=type(self.layer).__name__, dtype=str(self.dtype).removeprefix("torch."),
-                      parameters=self.trainable_parameters(),
-                      compressor=self.compressor.config() if self.compressor is not None else None)
+        config = dict(
+            specvlm_head="eagle",
+            format=FORMAT,
+            version=1,
+            target=self.signature,
+            head_layer=type(self.layer).__name__,
+            dtype=str(self.dtype).removeprefix("torch."),
+            parameters=self.trainable_parameters(),
+            compressor=self.compressor.config() if self.compressor is not None else None,
+        )
         (path / CONFIG_NAME).write_text(json.dumps(config, indent=2) + "\n")
 
     @staticmethod
@@ -130,7 +142,7 @@ class EagleHead(nn.Module, Drafter):
             return False
 
     @classmethod
-    def from_pretrained(cls, path, target, dtype: torch.dtype | None = None) -> "EagleHead":
+    def from_pretrained(cls, path, target, dtype: torch.dtype | None = None) -> EagleHead:
         """Load a head saved by `save_pretrained` for `target`; a head trained for another architecture or size
         is a one-line `ValueError` (SpecVLMError)."""
         from safetensors.torch import load_file
@@ -142,8 +154,10 @@ class EagleHead(nn.Module, Drafter):
         saved, actual = config["target"], target_signature(adapter_for(target))
         differ = [f"{k} {saved.get(k)} vs {actual[k]}" for k in actual if saved.get(k) != actual[k]]
         if differ:
-            raise SpecVLMError(f"{path}: this EagleHead was trained for a {saved.get('architecture')} target, which "
-                               f"does not match this {actual['architecture']} ({'; '.join(differ)})")
+            raise SpecVLMError(
+                f"{path}: this EagleHead was trained for a {saved.get('architecture')} target, which "
+                f"does not match this {actual['architecture']} ({'; '.join(differ)})"
+            )
         compressor = None
         if config.get("compressor"):
             compressor = VisualCompressor.from_config(actual["hidden_size"], config["compressor"])
@@ -155,7 +169,7 @@ class EagleHead(nn.Module, Drafter):
     # ---- the network -------------------------------------------------------------------------------------------
     def pairs(self, embeds: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
         """fc([e ‖ f]) for rows of next-token embeddings and target features, both (n, H)."""
-        device = self.fc.weight.device   # with device_map="auto" the target's embeddings and last layer may differ
+        device = self.fc.weight.device  # with device_map="auto" the target's embeddings and last layer may differ
         return self.fc(torch.cat([embeds.to(device), features.to(device)], dim=-1).to(self.dtype))
 
     def logits(self, h: torch.Tensor) -> torch.Tensor:
@@ -167,8 +181,9 @@ class EagleHead(nn.Module, Drafter):
             return F.linear(h.to(weight.device, weight.dtype), weight.detach(), bias).float()
         return lm_head(h.to(self.adapter.dtype)).float()
 
-    def run_layer(self, x: torch.Tensor, positions: torch.Tensor, cache=None,
-                  mask: torch.Tensor | None = None) -> torch.Tensor:
+    def run_layer(
+        self, x: torch.Tensor, positions: torch.Tensor, cache=None, mask: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """The decoder layer over rows x (B, n, H) (or (n, H): one sequence) at 1-D `positions` (B, n) (or (n,)),
         appended to `cache`; `mask` is a 4-D additive mask or None for causal attention over the cache (an HF cache
         from `adapter.new_cache`). Returns the outputs in x's shape."""
@@ -179,15 +194,28 @@ class EagleHead(nn.Module, Drafter):
         if mask is None and n > 1 and (past > 0 or implementation(self.head_config) != "sdpa"):
             mask = additive_mask(torch.ones(n, n, dtype=torch.bool, device=x.device).tril(), past, x.dtype, x.device)
         pos = positions.to(x.device)
-        rope = self.adapter.positions(positions).to(x.device)   # the same id on M-RoPE's 3 axes: plain 1-D RoPE
-        out = self.layer(x, attention_mask=mask, position_ids=pos, use_cache=cache is not None,
-                         position_embeddings=self.rotary(x, rope), **{self.cache_keyword: cache})
+        rope = self.adapter.positions(positions).to(x.device)  # the same id on M-RoPE's 3 axes: plain 1-D RoPE
+        out = self.layer(
+            x,
+            attention_mask=mask,
+            position_ids=pos,
+            use_cache=cache is not None,
+            position_embeddings=self.rotary(x, rope),
+            **{self.cache_keyword: cache},
+        )
         out = out[0] if isinstance(out, tuple) else out
         return out[0] if single else out
 
-    def prompt_pairs(self, embeds: torch.Tensor, hidden: torch.Tensor, spans, prompt_end: int,
-                     features: torch.Tensor | None = None, visual_keep: torch.Tensor | None = None,
-                     scores=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def prompt_pairs(
+        self,
+        embeds: torch.Tensor,
+        hidden: torch.Tensor,
+        spans,
+        prompt_end: int,
+        features: torch.Tensor | None = None,
+        visual_keep: torch.Tensor | None = None,
+        scores=None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """The head's input rows for a prompt: pairs (e_{i+1}, f_i) for i = 0..L-2, visual spans compressed.
         `features` replaces `hidden` as the fc input (training noise); the gate always reads clean `hidden`.
         `visual_keep` (indices among the prompt's visual tokens, e.g. the verifier-guided selection of the
@@ -204,7 +232,7 @@ class EagleHead(nn.Module, Drafter):
             dropped[visual_keep.long().cpu()] = False
             gone = visual[dropped]
             rows = torch.ones(x.shape[0], dtype=torch.bool, device="cpu")
-            rows[gone[gone >= 1] - 1] = False                  # pair i carries e_{i+1}; token 0 has no pair
+            rows[gone[gone >= 1] - 1] = False  # pair i carries e_{i+1}; token 0 has no pair
             row_of = torch.full((x.shape[0],), -1, dtype=torch.long, device="cpu")
             row_of[rows] = torch.arange(int(rows.sum()), device="cpu")
             return x[rows.to(x.device)], row_of.to(x.device)
@@ -212,26 +240,32 @@ class EagleHead(nn.Module, Drafter):
             return x, torch.arange(x.shape[0], device=x.device)
         visual = torch.zeros(hidden.shape[0], dtype=torch.bool, device=hidden.device)
         pair_spans = []
-        for span in spans:   # pair i carries e_{i+1}: the span's pairs are [start-1, start+length-1)
-            visual[span.start: span.start + span.length] = True
+        for span in spans:  # pair i carries e_{i+1}: the span's pairs are [start-1, start+length-1)
+            visual[span.start : span.start + span.length] = True
             lo, hi = max(span.start - 1, 0), min(span.start + span.length - 1, x.shape[0])
             pair_spans.append((lo, hi - lo))
         question = question_features(hidden, visual, prompt_end)
 
-        def pair_scores():   # per pair span: the scores of the visual tokens its pairs carry
+        def pair_scores():  # per pair span: the scores of the visual tokens its pairs carry
             given = scores() if callable(scores) else scores
             out, offset = [], 0
             for span in spans:
-                part = given[offset: offset + span.length]
+                part = given[offset : offset + span.length]
                 offset += span.length
-                out.append(part[1:] if span.start == 0 else part)   # token 0 has no pair
+                out.append(part[1:] if span.start == 0 else part)  # token 0 has no pair
             return out
 
-        return compress_sequence(x, pair_spans, self.compressor, question,
-                                 pair_scores if scores is not None else None)
+        return compress_sequence(x, pair_spans, self.compressor, question, pair_scores if scores is not None else None)
 
-    def forward(self, embeds: torch.Tensor, hidden: torch.Tensor, spans=(), prompt_end: int | None = None,
-                features: torch.Tensor | None = None, scores=None) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        embeds: torch.Tensor,
+        hidden: torch.Tensor,
+        spans=(),
+        prompt_end: int | None = None,
+        features: torch.Tensor | None = None,
+        scores=None,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Training: the whole sequence at once (teacher forcing). Returns the head's outputs f̂ and, for each
         pair i (predicting f_{i+1} and the token after it), its output row (-1 where compressed away)."""
         end = hidden.shape[0] if prompt_end is None else prompt_end
@@ -240,10 +274,10 @@ class EagleHead(nn.Module, Drafter):
 
     # ---- Drafter -----------------------------------------------------------------------------------------------
     @property
-    def stepper(self) -> "HeadStepper":
+    def stepper(self) -> HeadStepper:
         """What a session runs for this head (one per head, so a fast session and its compiled steps persist)."""
         if "_stepper" not in self.__dict__:
-            self.__dict__["_stepper"] = HeadStepper(self)   # not a submodule: never saved, never moved
+            self.__dict__["_stepper"] = HeadStepper(self)  # not a submodule: never saved, never moved
         return self.__dict__["_stepper"]
 
     def start(self, setup: DraftSetup) -> None:
@@ -252,8 +286,8 @@ class EagleHead(nn.Module, Drafter):
         self.session = (setup.new_session or ModelSession)(self.stepper)
         self.session.drop_rows(0)
         self.session.reserve_rows(setup.max_rows)
-        self.pending: list[list[int]] = []                 # per row: accepted tokens not yet fed
-        self.pending_features: list[torch.Tensor] = []     # per row: target features of their predecessors (+ root's)
+        self.pending: list[list[int]] = []  # per row: accepted tokens not yet fed
+        self.pending_features: list[torch.Tensor] = []  # per row: target features of their predecessors (+ root's)
 
     @torch.no_grad()
     def add_row(self, row: int, ctx: DraftContext) -> int:
@@ -261,14 +295,16 @@ class EagleHead(nn.Module, Drafter):
         scores = None
         if self.needs_visual_scores:
             scores = lambda: self._visual_scores(ctx)
-        x, _ = self.prompt_pairs(prompt.embeds[0], hidden, prompt.spans, len(prompt), visual_keep=ctx.visual_keep,
-                                 scores=scores)
+        x, _ = self.prompt_pairs(
+            prompt.embeds[0], hidden, prompt.spans, len(prompt), visual_keep=ctx.visual_keep, scores=scores
+        )
         if x.shape[0] == 0:
             raise SpecVLMError("an EagleHead needs a prompt of at least two tokens")
         n = x.shape[0]
-        rows = Prompt(torch.zeros(1, n, dtype=torch.long, device="cpu"), x[None], torch.arange(n, device=x.device)[None],
-                      n)
-        self.session.prefill(row, rows, ctx.reserve)           # the head's positions count its own rows
+        rows = Prompt(
+            torch.zeros(1, n, dtype=torch.long, device="cpu"), x[None], torch.arange(n, device=x.device)[None], n
+        )
+        self.session.prefill(row, rows, ctx.reserve)  # the head's positions count its own rows
         self.forwards += 1
         for state, value in ((self.pending, []), (self.pending_features, hidden[-1:])):
             if row == len(state):
@@ -306,15 +342,17 @@ class EagleHead(nn.Module, Drafter):
         feed = host.to(roots.device)
         last = torch.tensor([c - 1 for c in counts], dtype=torch.long, device="cpu").to(roots.device)[:, None]
         feed.scatter_(1, last, roots[:, None])
-        features = torch.stack([F.pad(f.to(device), (0, 0, 0, width - f.shape[0])) for f in self.pending_features[:rows]])
-        x = self.pairs(self.adapter.embed(feed), features)                                     # (B, width, H)
+        features = torch.stack(
+            [F.pad(f.to(device), (0, 0, 0, width - f.shape[0])) for f in self.pending_features[:rows]]
+        )
+        x = self.pairs(self.adapter.embed(feed), features)  # (B, width, H)
         starts = torch.tensor(session.lengths[:rows], dtype=torch.long, device="cpu").to(device)
         logits, out = session.extend(x, starts[:, None] + torch.arange(width, device=device), counts=counts)
         self.forwards += 1
         last = last.to(device)
-        root_logits = logits.gather(1, last[:, :, None].expand(-1, 1, logits.shape[-1]))[:, 0]   # (B, V)
+        root_logits = logits.gather(1, last[:, :, None].expand(-1, 1, logits.shape[-1]))[:, 0]  # (B, V)
         root_end = session.lengths[:rows]
-        root_position = starts + last[:, 0]                                                   # (B,)
+        root_position = starts + last[:, 0]  # (B,)
         slots = RoundSlots(self.setup.tree, rows, device, seen)
         # [b, slot + 1]: f̂ at the node fed there; [b, 0]: at the root
         outputs = out.new_zeros(rows, max(self.setup.tree.max_fed, 1) + 1, out.shape[-1])
@@ -328,11 +366,11 @@ class EagleHead(nn.Module, Drafter):
             positions = (root_position + depth)[:, None].expand(-1, w)
             logits, out = session.extend(x, positions, visible=visible, prefix=root_end)
             self.forwards += 1
-            outputs[:, first_slot + 1: first_slot + 1 + w] = out
+            outputs[:, first_slot + 1 : first_slot + 1 + w] = out
             return self._logprobs(logits, history)
 
         tree = self.setup.tree.build(self._logprobs(root_logits, seen), expand, self._choose, max_depth)
-        session.truncate(root_end)   # tree entries used the head's own features: drop them
+        session.truncate(root_end)  # tree entries used the head's own features: drop them
         return tree
 
     def commit(self, tree: DraftTree, accepted, next_tokens, target_hidden) -> None:
@@ -380,8 +418,14 @@ class HeadStepper:
     def positions(self, pos: torch.Tensor) -> torch.Tensor:
         return pos.to(self.device).reshape(-1, pos.shape[-1])
 
-    def forward(self, rows: torch.Tensor, positions: torch.Tensor, cache, mask: torch.Tensor | None = None,
-                last_only: bool = False) -> tuple[torch.Tensor, torch.Tensor]:
+    def forward(
+        self,
+        rows: torch.Tensor,
+        positions: torch.Tensor,
+        cache,
+        mask: torch.Tensor | None = None,
+        last_only: bool = False,
+    ) -> tuple[torch.Tensor, torch.Tensor]:
         """Float32 logits of the target's LM head (B, n, V) (or (B, 1, V) with `last_only`) on the head outputs f̂
         (B, n, H), for input rows (B, n, H) at positions (B, n)."""
         out = self.head.run_layer(rows, positions, cache, mask)

@@ -30,9 +30,16 @@ def is_eagle_head(path) -> bool:
     return isinstance(config, dict) and config.get("specvlm_head") == "eagle"
 
 
-def load_drafter(spec, target, dtype: str = "auto", device: str | None = None, kind: str | None = None,
-                 tokenizer=None, draft_tokenizer=None):
-    """"self", None ("none"), a loaded draft VLM, or a loaded `EagleHead`, checked against `target` (a loaded HF
+def load_drafter(
+    spec,
+    target,
+    dtype: str = "auto",
+    device: str | None = None,
+    kind: str | None = None,
+    tokenizer=None,
+    draft_tokenizer=None,
+):
+    """ "self", None ("none"), a loaded draft VLM, or a loaded `EagleHead`, checked against `target` (a loaded HF
     VLM).
 
     `kind`: None detects from the folder; "head" insists on an EagleHead folder (`--head`), "model" on a model
@@ -47,7 +54,7 @@ def load_drafter(spec, target, dtype: str = "auto", device: str | None = None, k
         raise ValueError(f"kind must be None, 'head' or 'model', got {kind!r}")
     if isinstance(spec, EagleHead):
         return _checked_head(spec, target)
-    if not isinstance(spec, (str, Path)):            # an already loaded model (or another Drafter)
+    if not isinstance(spec, (str, Path)):  # an already loaded model (or another Drafter)
         return spec
     name = str(spec)
     if name in ("self", "none"):
@@ -60,17 +67,19 @@ def load_drafter(spec, target, dtype: str = "auto", device: str | None = None, k
             raise SpecVLMError(f"{name} is an EagleHead folder, not a draft model; pass it as --head")
         try:
             return EagleHead.from_pretrained(path, target)
-        except (OSError, KeyError, RuntimeError) as err:   # missing / corrupt weights file
+        except (OSError, KeyError, RuntimeError) as err:  # missing / corrupt weights file
             raise SpecVLMError(f"cannot load the EagleHead in {name}: {_first_line(err)}") from None
     if kind == "head":
         if not path.exists():
             raise SpecVLMError(f"head folder {name} does not exist")
-        raise SpecVLMError(f"{name} is not an EagleHead folder (its config.json does not say specvlm_head='eagle'); "
-                           "train one with `specvlm train-head`, or pass a draft model as --draft")
+        raise SpecVLMError(
+            f"{name} is not an EagleHead folder (its config.json does not say specvlm_head='eagle'); "
+            "train one with `specvlm train-head`, or pass a draft model as --draft"
+        )
     from ..compat import check_models, check_tokenizers
     from ..loading import load_model, load_tokenizer
 
-    if tokenizer is not None:   # reading a tokenizer takes a moment, a model's weights much longer
+    if tokenizer is not None:  # reading a tokenizer takes a moment, a model's weights much longer
         check_tokenizers(tokenizer, draft_tokenizer if draft_tokenizer is not None else load_tokenizer(name))
     target_adapter = adapter_for(target)
     if device is None or device == "auto":
@@ -88,10 +97,14 @@ def _checked_head(head, target):
         return head
     saved, actual = head.signature, target_signature(adapter_for(target))
     if saved != actual:
-        raise SpecVLMError(f"this EagleHead was built for a {saved['architecture']} target that differs from this "
-                           f"{actual['architecture']}")
-    raise SpecVLMError("this EagleHead is bound to another target instance; load it for this one with "
-                       "EagleHead.from_pretrained(folder, target)")
+        raise SpecVLMError(
+            f"this EagleHead was built for a {saved['architecture']} target that differs from this "
+            f"{actual['architecture']}"
+        )
+    raise SpecVLMError(
+        "this EagleHead is bound to another target instance; load it for this one with "
+        "EagleHead.from_pretrained(folder, target)"
+    )
 
 
 def _first_line(err: BaseException) -> str:

@@ -9,18 +9,38 @@ DEFAULT_NUM_FRAMES = 8
 def add_input_arguments(parser) -> None:
     g = parser.add_argument_group("inputs")
     g.add_argument("--video", metavar="FILE", help="video file (mp4, webm, mkv, avi, mov)")
-    g.add_argument("--image", metavar="FILE", action="append", default=[],
-                   help="image file (jpg, png, webp); repeat for several images")
-    if "--prompt" not in parser._option_string_actions:   # the caller may already define it
+    g.add_argument(
+        "--image",
+        metavar="FILE",
+        action="append",
+        default=[],
+        help="image file (jpg, png, webp); repeat for several images",
+    )
+    if "--prompt" not in parser._option_string_actions:  # the caller may already define it
         g.add_argument("--prompt", metavar="TEXT", help="the question or instruction")
     add_frame_arguments(g)
 
 
 def add_frame_arguments(g) -> None:
     """How videos are sampled and images sized (`specvlm serve` applies them to every request)."""
-    g.add_argument("--num-frames", type=int, default=None, metavar="N",
-                   help=f"video frames sampled uniformly over the whole video (default {DEFAULT_NUM_FRAMES})")
-    g.add_argument("--fps", type=float, default=None, metavar="X",
-                   help="sample X frames per second of video instead of a fixed --num-frames")
-    g.add_argument("--max-pixels", type=int, default=None, metavar="N",
-                   help="Qwen-VL: resize each image / frame to at most N pixels (fewer visual tokens)")
+    g.add_argument(
+        "--num-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help=f"video frames sampled uniformly over the whole video (default {DEFAULT_NUM_FRAMES})",
+    )
+    g.add_argument(
+        "--fps",
+        type=float,
+        default=None,
+        metavar="X",
+        help="sample X frames per second of video instead of a fixed --num-frames",
+    )
+    g.add_argument(
+        "--max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Qwen-VL: resize each image / frame to at most N pixels (fewer visual tokens)",
+    )

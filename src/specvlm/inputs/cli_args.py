@@ -10,7 +10,7 @@ from __future__ import annotations
 
 import functools
 import time
-from typing import Callable
+from collections.abc import Callable
 
 import torch
 
@@ -24,8 +24,15 @@ from .video import VIDEO_EXTENSIONS, check_sampling, load_video, sampler
 _INPUT_GROUP = {"qwen2_vl": "qwen", "qwen2_5_vl": "qwen", "llava_onevision": "llava_onevision"}
 
 
-def inputs_from_args(args, model_dir, model_config, draft_dir=None, draft_config=None,
-                     progress: Callable[[str], None] | None = None, report: dict | None = None) -> dict:
+def inputs_from_args(
+    args,
+    model_dir,
+    model_config,
+    draft_dir=None,
+    draft_config=None,
+    progress: Callable[[str], None] | None = None,
+    report: dict | None = None,
+) -> dict:
     """Model inputs for `args` (parsed with `add_input_arguments`), ready for `model.generate(**inputs)`.
 
     With `draft_dir` / `draft_config`, a draft whose processor prepares different pixels or placeholder counts
@@ -47,8 +54,10 @@ def inputs_from_args(args, model_dir, model_config, draft_dir=None, draft_config
     if draft_config is not None:
         draft_family = _check_model(draft_dir, draft_config, bool(images), video_path is not None, role="draft")
         if _INPUT_GROUP[draft_family] != _INPUT_GROUP[family]:
-            raise InputError(f"draft {draft_dir} ({draft_family}) cannot draft for target {model_dir} ({family}): "
-                             "different model families read different inputs")
+            raise InputError(
+                f"draft {draft_dir} ({draft_family}) cannot draft for target {model_dir} ({family}): "
+                "different model families read different inputs"
+            )
     num_frames, fps = getattr(args, "num_frames", None), getattr(args, "fps", None)
     if video_path is not None and num_frames is None and fps is None:
         num_frames = DEFAULT_NUM_FRAMES
@@ -65,31 +74,55 @@ def inputs_from_args(args, model_dir, model_config, draft_dir=None, draft_config
         video = load_video(video_path, sample_indices_fn=sample, progress=_throttled(say, video_path))
         say(f"decoded {len(video.indices)} of {video.total_frames} frames from {video_path}")
     decoded = time.perf_counter()
-    inputs = media_inputs(processor, prompt, pictures, video, model_dir, model_config, draft_dir, draft_config,
-                          max_pixels, max_new_tokens)
+    inputs = media_inputs(
+        processor, prompt, pictures, video, model_dir, model_config, draft_dir, draft_config, max_pixels, max_new_tokens
+    )
     if report is not None:
         ids = inputs["input_ids"][0]
-        report.update(frames=len(video.indices) if video else 0, images=len(pictures), decode_s=decoded - started,
-                      preprocess_s=time.perf_counter() - decoded, prompt_tokens=int(ids.numel()),
-                      visual_tokens=int(torch.isin(ids, _visual_ids(processor)).sum()))
+        report.update(
+            frames=len(video.indices) if video else 0,
+            images=len(pictures),
+            decode_s=decoded - started,
+            preprocess_s=time.perf_counter() - decoded,
+            prompt_tokens=int(ids.numel()),
+            visual_tokens=int(torch.isin(ids, _visual_ids(processor)).sum()),
+        )
     return inputs
 
 
-def media_inputs(processor, prompt: str, pictures, video, model_dir, model_config, draft_dir=None, draft_config=None,
-                 max_pixels: int | None = None, max_new_tokens: int = 0) -> dict:
+def media_inputs(
+    processor,
+    prompt: str,
+    pictures,
+    video,
+    model_dir,
+    model_config,
+    draft_dir=None,
+    draft_config=None,
+    max_pixels: int | None = None,
+    max_new_tokens: int = 0,
+) -> dict:
     """Model inputs for media already loaded (PIL `pictures`, a decoded `Video` or None) through the target's
     `processor`: what `inputs_from_args` does once the files are read (draft inputs and context checks included)."""
-    inputs = build_inputs(processor, prompt, pictures, video,
-                          **_size_options(processor, model_config.model_type, max_pixels))
+    inputs = build_inputs(
+        processor, prompt, pictures, video, **_size_options(processor, model_config.model_type, max_pixels)
+    )
     _check_context(inputs, model_config, model_dir, max_new_tokens, processor)
     if draft_config is not None:
         draft_processor = _load_checked(draft_dir, draft_config.model_type, draft_config)
-        draft_inputs = build_inputs(draft_processor, prompt, pictures, video,
-                                    **_size_options(draft_processor, draft_config.model_type, max_pixels))
+        draft_inputs = build_inputs(
+            draft_processor,
+            prompt,
+            pictures,
+            video,
+            **_size_options(draft_processor, draft_config.model_type, max_pixels),
+        )
         if not torch.equal(_text_ids(inputs, processor), _text_ids(draft_inputs, draft_processor)):
-            raise InputError(f"the tokenizers of {model_dir} and {draft_dir} turn the prompt into different tokens: "
-                             "target and draft must share a tokenizer")
-        if not _same(inputs, draft_inputs):   # e.g. another image size: the draft reads its own pixels
+            raise InputError(
+                f"the tokenizers of {model_dir} and {draft_dir} turn the prompt into different tokens: "
+                "target and draft must share a tokenizer"
+            )
+        if not _same(inputs, draft_inputs):  # e.g. another image size: the draft reads its own pixels
             _check_context(draft_inputs, draft_config, draft_dir, max_new_tokens, draft_processor)
             inputs["draft_inputs"] = draft_inputs
     return inputs
@@ -98,8 +131,9 @@ def media_inputs(processor, prompt: str, pictures, video, model_dir, model_confi
 def _check_model(model_dir, config, has_images: bool, has_video: bool, role: str = "target") -> str:
     family = getattr(config, "model_type", None)
     if family not in FAMILIES:
-        raise InputError(f"{role} {model_dir} is a {family!r} model; specvlm's inputs support "
-                         f"{', '.join(sorted(FAMILIES))}")
+        raise InputError(
+            f"{role} {model_dir} is a {family!r} model; specvlm's inputs support {', '.join(sorted(FAMILIES))}"
+        )
     if has_images and getattr(config, "image_token_id", None) is None:
         raise InputError(f"{role} {model_dir} takes no images (video-only model); drop --image")
     if has_video and getattr(config, "video_token_id", None) is None:
@@ -121,8 +155,10 @@ def _load_checked(model_dir, family, config):
     for what in ("image_token_id", "video_token_id"):
         ours, theirs = getattr(processor, what, None), getattr(config, what, None)
         if ours is not None and theirs is not None and ours != theirs:
-            raise InputError(f"the tokenizer in {model_dir} maps {what.replace('_id', '')} to {ours} but the model "
-                             f"expects {theirs}: tokenizer and model do not belong together")
+            raise InputError(
+                f"the tokenizer in {model_dir} maps {what.replace('_id', '')} to {ours} but the model "
+                f"expects {theirs}: tokenizer and model do not belong together"
+            )
     return processor
 
 
@@ -146,10 +182,13 @@ def _check_context(inputs, config, model_dir, max_new_tokens: int, processor) ->
     if context is None or length + max_new_tokens <= context:
         return
     visual = int(torch.isin(inputs["input_ids"][0], _visual_ids(processor)).sum())
-    advice = "use fewer frames (--num-frames / --fps)" + (" or a smaller --max-pixels"
-                                                         if config.model_type.startswith("qwen") else "")
-    raise InputError(f"the prompt has {length} tokens ({visual} visual) plus {max_new_tokens} new tokens, but "
-                     f"{model_dir} reads at most {context} (max_position_embeddings); {advice}")
+    advice = "use fewer frames (--num-frames / --fps)" + (
+        " or a smaller --max-pixels" if config.model_type.startswith("qwen") else ""
+    )
+    raise InputError(
+        f"the prompt has {length} tokens ({visual} visual) plus {max_new_tokens} new tokens, but "
+        f"{model_dir} reads at most {context} (max_position_embeddings); {advice}"
+    )
 
 
 def _visual_ids(processor) -> torch.Tensor:

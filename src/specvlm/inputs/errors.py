@@ -26,6 +26,8 @@ def check_file(path, kind: str, extensions: tuple[str, ...]) -> Path:
     if p.is_dir():
         raise InputError(f"{kind} {path} is a directory, not a file")
     if p.suffix.lower() not in extensions:
-        raise InputError(f"{kind} {path}: unsupported format {p.suffix or '(no extension)'!s}; "
-                         f"use one of {', '.join(e.lstrip('.') for e in extensions)}")
+        raise InputError(
+            f"{kind} {path}: unsupported format {p.suffix or '(no extension)'!s}; "
+            f"use one of {', '.join(e.lstrip('.') for e in extensions)}"
+        )
     return p

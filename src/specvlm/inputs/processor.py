@@ -40,6 +40,7 @@ def torchvision_usable() -> bool:
     try:
         import torchvision  # noqa: F401
         import torchvision.transforms.v2.functional  # noqa: F401
+
         return True
     except Exception:  # ImportError, or RuntimeError "operator torchvision::nms does not exist"
         return False
@@ -50,9 +51,12 @@ def processor_family(model_dir) -> str:
     folder = Path(str(model_dir)).expanduser()
     if not folder.is_dir():
         if folder.exists() or not _HUB_ID.match(str(model_dir)):
-            raise InputError(f"model folder {model_dir} does not exist" if not folder.exists()
-                             else f"{model_dir} is a file, not a model folder")
-        from transformers import AutoConfig   # a hub id
+            raise InputError(
+                f"model folder {model_dir} does not exist"
+                if not folder.exists()
+                else f"{model_dir} is a file, not a model folder"
+            )
+        from transformers import AutoConfig  # a hub id
 
         try:
             return _supported(AutoConfig.from_pretrained(str(model_dir)).model_type, model_dir)
@@ -73,7 +77,7 @@ def load_processor(model_dir, family: str | None = None, use_torchvision: bool |
     `processor(text=[...], images=[[...]], videos=[frames], video_metadata=[...], return_tensors="pt")`, or use
     `apply_chat_template`. `family` (a model_type) skips reading it from the folder. `use_torchvision=None` picks
     HF's own processor exactly when torchvision works."""
-    detected = processor_family(model_dir)   # also: one-line errors for a missing folder
+    detected = processor_family(model_dir)  # also: one-line errors for a missing folder
     if family is not None and family != detected:
         raise InputError(f"{model_dir} holds a {detected} checkpoint, not {family}")
     family = detected
@@ -91,8 +95,9 @@ def load_processor(model_dir, family: str | None = None, use_torchvision: bool |
 
 def _supported(family: str, model_dir) -> str:
     if family not in FAMILIES:
-        raise InputError(f"{model_dir} is a {family!r} model; specvlm's input pipeline supports "
-                         f"{', '.join(sorted(FAMILIES))}")
+        raise InputError(
+            f"{model_dir} is a {family!r} model; specvlm's input pipeline supports {', '.join(sorted(FAMILIES))}"
+        )
     return family
 
 
@@ -103,19 +108,21 @@ def build_inputs(processor, prompt: str, images=(), video=None, **processor_kwar
     from .prompt import render_prompt
 
     for token in (getattr(processor, "image_token", None), getattr(processor, "video_token", None)):
-        if token and token in prompt:   # HF raises on it from 5.2x, earlier processors silently expand nothing
-            raise InputError(f"cannot build the model inputs: the prompt contains {token!r}, a placeholder the "
-                             "processor inserts itself; give the media as images / video instead")
+        if token and token in prompt:  # HF raises on it from 5.2x, earlier processors silently expand nothing
+            raise InputError(
+                f"cannot build the model inputs: the prompt contains {token!r}, a placeholder the "
+                "processor inserts itself; give the media as images / video instead"
+            )
     images = list(images)
     text = render_prompt(processor, prompt, len(images), int(video is not None))
     kwargs = dict(text=[text], return_tensors="pt")
     if images:
-        kwargs["images"] = [images]   # nested, as apply_chat_template passes them: LLaVA-OV counts them per prompt
-    if video is not None:             # frames already sampled; the metadata gives Qwen2.5-VL its second_per_grid_ts
+        kwargs["images"] = [images]  # nested, as apply_chat_template passes them: LLaVA-OV counts them per prompt
+    if video is not None:  # frames already sampled; the metadata gives Qwen2.5-VL its second_per_grid_ts
         kwargs.update(videos=[video.frames], video_metadata=[video.metadata], do_sample_frames=False)
     try:
         out = processor(**kwargs, **processor_kwargs)
-    except ValueError as err:         # e.g. a prompt that itself contains placeholder tokens
+    except ValueError as err:  # e.g. a prompt that itself contains placeholder tokens
         raise InputError(f"cannot build the model inputs: {first_line(err)}") from None
     return dict(out)
 

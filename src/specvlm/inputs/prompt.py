@@ -37,11 +37,11 @@ def render_prompt(processor, prompt: str, num_images: int = 0, num_videos: int =
 
 def fallback_prompt(processor, prompt: str, num_images: int = 0, num_videos: int = 0) -> str:
     image, video = processor.image_token, processor.video_token
-    if image == "<|image_pad|>":   # Qwen-VL: each item between vision start / end markers
+    if image == "<|image_pad|>":  # Qwen-VL: each item between vision start / end markers
         marks = [f"<|vision_start|>{image}<|vision_end|>"] * num_images
         marks += [f"<|vision_start|>{video}<|vision_end|>"] * num_videos
         placeholders = "".join(marks)
-    else:                          # LLaVA-OneVision: placeholders, then the text on a new line
+    else:  # LLaVA-OneVision: placeholders, then the text on a new line
         placeholders = image * num_images + video * num_videos
         placeholders += "\n" if placeholders else ""
     return f"<|im_start|>user\n{placeholders}{prompt}<|im_end|>\n<|im_start|>assistant\n"

@@ -52,9 +52,14 @@ _CORPUS = [
 
 def _token_names(family: str) -> dict[str, str]:
     qwen = family in ("qwen2_vl", "qwen2_5_vl")
-    return {"image": "<|image_pad|>" if qwen else "<image>", "video": "<|video_pad|>" if qwen else "<video>",
-            "vision_start": "<|vision_start|>", "vision_end": "<|vision_end|>", "eos": "<|im_end|>",
-            "pad": "<|endoftext|>"}
+    return {
+        "image": "<|image_pad|>" if qwen else "<image>",
+        "video": "<|video_pad|>" if qwen else "<video>",
+        "vision_start": "<|vision_start|>",
+        "vision_end": "<|vision_end|>",
+        "eos": "<|im_end|>",
+        "pad": "<|endoftext|>",
+    }
 
 
 def make_tiny_tokenizer(family: str, vocab: int = 1024):
@@ -69,13 +74,17 @@ def make_tiny_tokenizer(family: str, vocab: int = 1024):
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(_CORPUS * 4, trainers.BpeTrainer(
-        vocab_size=ordinary, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        _CORPUS * 4,
+        trainers.BpeTrainer(
+            vocab_size=ordinary, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        ),
+    )
     spec = json.loads(tok.to_str())
     table = spec["model"]["vocab"]
     if len(table) > ordinary:
         raise ValueError(f"vocab {vocab} is too small for a byte-level tokenizer (needs > {len(table) + 7})")
-    for i in range(ordinary - len(table)):      # no merge produces these, so encoding never emits them
+    for i in range(ordinary - len(table)):  # no merge produces these, so encoding never emits them
         table[f"<unused{i}>"] = len(table)
     tok = Tokenizer.from_str(json.dumps(spec))
     tok.add_special_tokens(ordered)
@@ -86,9 +95,17 @@ def make_tiny_tokenizer(family: str, vocab: int = 1024):
     return fast
 
 
-def save_tiny_processor(folder, family: str, model=None, vocab: int | None = None, *,
-                        image_size: int = 56, min_pixels: int = 56 * 56, max_pixels: int = 112 * 112,
-                        chat_template: bool = True) -> Path:
+def save_tiny_processor(
+    folder,
+    family: str,
+    model=None,
+    vocab: int | None = None,
+    *,
+    image_size: int = 56,
+    min_pixels: int = 56 * 56,
+    max_pixels: int = 112 * 112,
+    chat_template: bool = True,
+) -> Path:
     """Write tokenizer + processor files for a `specvlm.tiny.make_model(family, vocab=...)` model into `folder`.
     The vocabulary comes from `model` when given (its special ids must be `special_ids(vocab)`), else `vocab`
     (default 1024). `chat_template=False` leaves the template out, to exercise the fallback prompt."""
@@ -101,33 +118,68 @@ def save_tiny_processor(folder, family: str, model=None, vocab: int | None = Non
     tokenizer.save_pretrained(folder)
     if family in ("qwen2_vl", "qwen2_5_vl"):
         processor_class = "Qwen2_5_VLProcessor" if family == "qwen2_5_vl" else "Qwen2VLProcessor"
-        common = dict(patch_size=14, temporal_patch_size=2, merge_size=2, image_mean=CLIP_MEAN, image_std=CLIP_STD,
-                      resample=3, rescale_factor=1 / 255, do_resize=True, do_rescale=True, do_normalize=True,
-                      do_convert_rgb=True, processor_class=processor_class)
-        image = dict(common, image_processor_type="Qwen2VLImageProcessor",
-                     size={"shortest_edge": min_pixels, "longest_edge": max_pixels})
-        video = dict(common, video_processor_type="Qwen2VLVideoProcessor",
-                     size={"shortest_edge": min_pixels, "longest_edge": max_pixels})
+        common = dict(
+            patch_size=14,
+            temporal_patch_size=2,
+            merge_size=2,
+            image_mean=CLIP_MEAN,
+            image_std=CLIP_STD,
+            resample=3,
+            rescale_factor=1 / 255,
+            do_resize=True,
+            do_rescale=True,
+            do_normalize=True,
+            do_convert_rgb=True,
+            processor_class=processor_class,
+        )
+        image = dict(
+            common,
+            image_processor_type="Qwen2VLImageProcessor",
+            size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+        )
+        video = dict(
+            common,
+            video_processor_type="Qwen2VLVideoProcessor",
+            size={"shortest_edge": min_pixels, "longest_edge": max_pixels},
+        )
         processor = {"processor_class": processor_class}
     elif family == "llava_onevision":
-        pinpoints = (model.config.image_grid_pinpoints if model is not None
-                     else [[56, 56], [56, 112], [112, 56], [112, 112]])
+        pinpoints = (
+            model.config.image_grid_pinpoints if model is not None else [[56, 56], [56, 112], [112, 56], [112, 112]]
+        )
         patch = 14
         if model is not None:
             image_size, patch = model.config.vision_config.image_size, model.config.vision_config.patch_size
-        common = dict(size={"height": image_size, "width": image_size}, image_mean=SIGLIP_MEAN,
-                      image_std=SIGLIP_STD, resample=3, rescale_factor=1 / 255, do_resize=True, do_rescale=True,
-                      do_normalize=True, do_convert_rgb=True, processor_class="LlavaOnevisionProcessor")
-        image = dict(common, image_processor_type="LlavaOnevisionImageProcessor", image_grid_pinpoints=pinpoints,
-                     do_pad=True)
+        common = dict(
+            size={"height": image_size, "width": image_size},
+            image_mean=SIGLIP_MEAN,
+            image_std=SIGLIP_STD,
+            resample=3,
+            rescale_factor=1 / 255,
+            do_resize=True,
+            do_rescale=True,
+            do_normalize=True,
+            do_convert_rgb=True,
+            processor_class="LlavaOnevisionProcessor",
+        )
+        image = dict(
+            common, image_processor_type="LlavaOnevisionImageProcessor", image_grid_pinpoints=pinpoints, do_pad=True
+        )
         video = dict(common, video_processor_type="LlavaOnevisionVideoProcessor")
         strategy = model.config.vision_feature_select_strategy if model is not None else "full"
-        processor = {"processor_class": "LlavaOnevisionProcessor", "num_image_tokens": (image_size // patch) ** 2,
-                     "vision_feature_select_strategy": strategy, "vision_aspect_ratio": "anyres_max_9"}
+        processor = {
+            "processor_class": "LlavaOnevisionProcessor",
+            "num_image_tokens": (image_size // patch) ** 2,
+            "vision_feature_select_strategy": strategy,
+            "vision_aspect_ratio": "anyres_max_9",
+        }
     else:
         raise ValueError(f"no tiny processor for family {family!r}")
-    for name, content in (("preprocessor_config.json", image), ("video_preprocessor_config.json", video),
-                          ("processor_config.json", processor)):
+    for name, content in (
+        ("preprocessor_config.json", image),
+        ("video_preprocessor_config.json", video),
+        ("processor_config.json", processor),
+    ):
         (folder / name).write_text(json.dumps(content, indent=2) + "\n", encoding="utf-8")
     return folder
 
@@ -178,7 +230,7 @@ def write_video(path, frames, fps: int = 10, codec: str | None = None) -> Path:
     with av.open(str(path), "w") as container:
         stream = container.add_stream(codec or _CODECS[path.suffix.lower()], rate=fps)
         stream.width, stream.height, stream.pix_fmt = frames.shape[2], frames.shape[1], "yuv420p"
-        stream.bit_rate = 2_000_000   # high enough that `frame_index` reads every frame back, whatever the codec
+        stream.bit_rate = 2_000_000  # high enough that `frame_index` reads every frame back, whatever the codec
         for frame in frames:
             for packet in stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")):
                 container.mux(packet)

@@ -12,8 +12,8 @@ one decoded frame plus the N kept ones. Decoding stops after the last sampled fr
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Callable
 
 import numpy as np
 
@@ -24,11 +24,11 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 
 @dataclass
 class Video:
-    frames: np.ndarray          # (F, H, W, 3) uint8 RGB, the sampled frames in order
-    indices: list[int]          # their frame numbers in the file (presentation order, from 0)
-    timestamps: list[float]     # their presentation times in seconds
-    fps: float | None           # the stream's average frame rate
-    total_frames: int           # frames in the file (header count, or packets counted when the header has none)
+    frames: np.ndarray  # (F, H, W, 3) uint8 RGB, the sampled frames in order
+    indices: list[int]  # their frame numbers in the file (presentation order, from 0)
+    timestamps: list[float]  # their presentation times in seconds
+    fps: float | None  # the stream's average frame rate
+    total_frames: int  # frames in the file (header count, or packets counted when the header has none)
     path: str
 
     @property
@@ -42,10 +42,15 @@ class Video:
         processors read `fps` and `frames_indices` from it (Qwen2.5-VL's second_per_grid_ts)."""
         from transformers.video_utils import VideoMetadata
 
-        return VideoMetadata(total_num_frames=self.total_frames, fps=self.fps,
-                             width=int(self.frames.shape[2]), height=int(self.frames.shape[1]),
-                             duration=self.total_frames / self.fps if self.fps else None,
-                             video_backend="pyav", frames_indices=list(self.indices))
+        return VideoMetadata(
+            total_num_frames=self.total_frames,
+            fps=self.fps,
+            width=int(self.frames.shape[2]),
+            height=int(self.frames.shape[1]),
+            duration=self.total_frames / self.fps if self.fps else None,
+            video_backend="pyav",
+            frames_indices=list(self.indices),
+        )
 
 
 def uniform_indices(total_frames: int, num_frames: int) -> np.ndarray:
@@ -88,9 +93,13 @@ def sampler(num_frames: int | None = None, fps: float | None = None, sample_fram
     return sample
 
 
-def load_video(path, num_frames: int | None = None, fps: float | None = None,
-               sample_indices_fn: Callable | None = None,
-               progress: Callable[[int, int], None] | None = None) -> Video:
+def load_video(
+    path,
+    num_frames: int | None = None,
+    fps: float | None = None,
+    sample_indices_fn: Callable | None = None,
+    progress: Callable[[int, int], None] | None = None,
+) -> Video:
     """Decode the frames of `path` chosen by `sample_indices_fn(metadata) -> sorted indices` (default:
     `sampler(num_frames, fps)`; neither given: every frame). `progress(decoded, needed)` is called every 64 decoded
     frames. Raises InputError for a missing / unsupported / unreadable / truncated file or one without frames."""
@@ -110,7 +119,7 @@ def load_video(path, num_frames: int | None = None, fps: float | None = None,
                 raise InputError(f"video {path} has no decodable frames")
             try:
                 indices = [int(i) for i in sample_indices_fn(_metadata(total, video_fps, stream))]
-            except ValueError as err:   # a processor's sampling rule refusing this video
+            except ValueError as err:  # a processor's sampling rule refusing this video
                 raise InputError(f"cannot sample frames from {path}: {first_line(err)}") from None
             frames, times = _decode(container, stream, indices, progress)
     except InputError:
@@ -120,16 +129,24 @@ def load_video(path, num_frames: int | None = None, fps: float | None = None,
     if not frames:
         raise InputError(f"video {path} has no decodable frames")
     if len(frames) < len(indices):
-        raise InputError(f"video {path} is truncated or corrupt: its header lists {total} frames but frame "
-                         f"{indices[len(frames)]} cannot be decoded")
+        raise InputError(
+            f"video {path} is truncated or corrupt: its header lists {total} frames but frame "
+            f"{indices[len(frames)]} cannot be decoded"
+        )
     return Video(np.stack(frames), list(indices), times, video_fps, total, str(path))
 
 
 def _metadata(total: int, fps: float | None, stream):
     from transformers.video_utils import VideoMetadata
 
-    return VideoMetadata(total_num_frames=total, fps=fps, width=stream.width, height=stream.height,
-                         duration=total / fps if fps else None, video_backend="pyav")
+    return VideoMetadata(
+        total_num_frames=total,
+        fps=fps,
+        width=stream.width,
+        height=stream.height,
+        duration=total / fps if fps else None,
+        video_backend="pyav",
+    )
 
 
 def _count_packets(path) -> int:
@@ -149,7 +166,7 @@ def _decode(container, stream, indices: list[int], progress) -> tuple[list[np.nd
     frames: list = [None] * len(indices)
     times = [0.0] * len(indices)
     last = max(indices, default=-1)
-    stream.thread_type = "AUTO"   # frame-threaded decoding; the frames are identical
+    stream.thread_type = "AUTO"  # frame-threaded decoding; the frames are identical
     for i, frame in enumerate(container.decode(stream)):
         if i in wanted:
             rgb = frame.to_ndarray(format="rgb24")

@@ -29,7 +29,7 @@ from transformers.utils import PushToHubMixin
 
 OPENAI_CLIP_MEAN = [0.48145466, 0.4578275, 0.40821073]
 OPENAI_CLIP_STD = [0.26862954, 0.26130258, 0.27577711]
-_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}   # PIL resample codes HF maps to torch modes
+_MODES = {0: "nearest-exact", 2: "bilinear", 3: "bicubic"}  # PIL resample codes HF maps to torch modes
 
 
 class QwenVideosKwargs(VideosKwargs, total=False):
@@ -44,7 +44,7 @@ class QwenVideosKwargs(VideosKwargs, total=False):
     max_video_tokens: int
 
 
-class TorchFreeVideoProcessor(PushToHubMixin):   # the mixin: HF processors serialise sub-processors by to_dict()
+class TorchFreeVideoProcessor(PushToHubMixin):  # the mixin: HF processors serialise sub-processors by to_dict()
     """What the two families share: config loading, input normalisation, resize, normalise, sampling rule."""
 
     hf_class = ""
@@ -62,9 +62,12 @@ class TorchFreeVideoProcessor(PushToHubMixin):   # the mixin: HF processors seri
     fps = None
 
     def __init__(self, **config):
-        for key, value in config.items():   # config keys become attributes, as in HF (methods stay methods)
-            if not key.startswith("_") and not callable(getattr(type(self), key, None)) and key not in (
-                    "video_processor_type", "image_processor_type", "processor_class", "auto_map"):
+        for key, value in config.items():  # config keys become attributes, as in HF (methods stay methods)
+            if (
+                not key.startswith("_")
+                and not callable(getattr(type(self), key, None))
+                and key not in ("video_processor_type", "image_processor_type", "processor_class", "auto_map")
+            ):
                 setattr(self, key, value)
         self.size = dict(self.size)
 
@@ -75,9 +78,16 @@ class TorchFreeVideoProcessor(PushToHubMixin):   # the mixin: HF processors seri
         from transformers.utils import cached_file
 
         def read(name):
-            file = cached_file(str(model_dir), name, _raise_exceptions_for_missing_entries=False,
-                               **{k: v for k, v in kwargs.items() if k in ("cache_dir", "revision", "token",
-                                                                        "local_files_only", "subfolder")})
+            file = cached_file(
+                str(model_dir),
+                name,
+                _raise_exceptions_for_missing_entries=False,
+                **{
+                    k: v
+                    for k, v in kwargs.items()
+                    if k in ("cache_dir", "revision", "token", "local_files_only", "subfolder")
+                },
+            )
             return json.loads(open(file, encoding="utf-8").read()) if file else None
 
         nested = (read("processor_config.json") or {}).get("video_processor")
@@ -107,17 +117,28 @@ class TorchFreeVideoProcessor(PushToHubMixin):   # the mixin: HF processors seri
         return default_sample_indices_fn(metadata=metadata, num_frames=num_frames, fps=fps)
 
     # ---- the pipeline --------------------------------------------------------------------------------------------
-    def preprocess(self, videos, video_metadata=None, do_sample_frames=None, num_frames=None, fps=None,
-                   return_metadata=False, return_tensors=None, **kwargs) -> BatchFeature:
-        options = {name: kwargs[name] if kwargs.get(name) is not None else getattr(self, name, None)
-                   for name in self.valid_kwargs.__annotations__}
+    def preprocess(
+        self,
+        videos,
+        video_metadata=None,
+        do_sample_frames=None,
+        num_frames=None,
+        fps=None,
+        return_metadata=False,
+        return_tensors=None,
+        **kwargs,
+    ) -> BatchFeature:
+        options = {
+            name: kwargs[name] if kwargs.get(name) is not None else getattr(self, name, None)
+            for name in self.valid_kwargs.__annotations__
+        }
         options["size"] = self._size(kwargs)
         if options.get("do_center_crop"):
             raise ValueError(f"{type(self).__name__} does not implement do_center_crop (no checkpoint uses it)")
         do_sample = self.do_sample_frames if do_sample_frames is None else do_sample_frames
         sample = None
         if do_sample:
-            sample = lambda md: self.sample_frames(md, num_frames=num_frames, fps=fps)  # noqa: E731
+            sample = lambda md: self.sample_frames(md, num_frames=num_frames, fps=fps)
         clips, metadata = _decode_and_sample(videos, video_metadata, sample)
         clips = [_to_frames_first(clip, options.get("do_convert_rgb")) for clip in clips]
         out = self._preprocess(clips, options, return_tensors)
@@ -136,14 +157,18 @@ class TorchFreeVideoProcessor(PushToHubMixin):   # the mixin: HF processors seri
         mode = _MODES.get(int(resample) if resample is not None else 2)
         if mode is None:
             raise ValueError(f"resample={resample} is not supported without torchvision (use bicubic or bilinear)")
-        native_uint8 = mode == "bicubic" or mode.startswith("nearest") or (
-            mode == "bilinear" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+        native_uint8 = (
+            mode == "bicubic"
+            or mode.startswith("nearest")
+            or (mode == "bilinear" and torch.backends.cpu.get_cpu_capability() in ("AVX2", "AVX512"))
+        )
         dtype = frames.dtype
         cast = dtype not in (torch.float32, torch.float64) and not (dtype == torch.uint8 and native_uint8)
         x = frames.float() if cast else frames
         aa = mode in ("bilinear", "bicubic")
-        x = torch.nn.functional.interpolate(x, size=[height, width], mode=mode,
-                                            align_corners=False if aa else None, antialias=aa)
+        x = torch.nn.functional.interpolate(
+            x, size=[height, width], mode=mode, align_corners=False if aa else None, antialias=aa
+        )
         if cast:
             if mode == "bicubic" and dtype == torch.uint8:
                 x = x.clamp_(0, 255)
@@ -186,9 +211,16 @@ class OnevisionVideoProcessor(TorchFreeVideoProcessor):
         for frames in clips:
             if options["do_resize"]:
                 frames = self.resize(frames, size["height"], size["width"], options["resample"])
-            out.append(self.rescale_and_normalize(frames, options["do_rescale"], options["rescale_factor"],
-                                                  options["do_normalize"], options["image_mean"],
-                                                  options["image_std"]))
+            out.append(
+                self.rescale_and_normalize(
+                    frames,
+                    options["do_rescale"],
+                    options["rescale_factor"],
+                    options["do_normalize"],
+                    options["image_mean"],
+                    options["image_std"],
+                )
+            )
         return BatchFeature(data={"pixel_values_videos": out}, tensor_type=return_tensors)
 
 
@@ -226,8 +258,9 @@ class QwenVLVideoProcessor(TorchFreeVideoProcessor):
             size["longest_edge"] = kwargs["max_pixels"]
         return size
 
-    def sample_frames(self, metadata, num_frames=None, fps=None, temporal_patch_size=None, min_frames=None,
-                      max_frames=None, **kwargs):
+    def sample_frames(
+        self, metadata, num_frames=None, fps=None, temporal_patch_size=None, min_frames=None, max_frames=None, **kwargs
+    ):
         """HF `Qwen2VLVideoProcessor.sample_frames`: N rounded to a multiple of the temporal patch, then frames
         at float steps T/N. One change: where HF would divide by zero or overrun, N becomes the nearest usable
         count instead: one temporal patch when N rounds to 0 (e.g. --num-frames 1), the most whole patches the
@@ -264,13 +297,21 @@ class QwenVLVideoProcessor(TorchFreeVideoProcessor):
             if options["do_resize"]:
                 height, width = self._resized(frames, options)
                 frames = self.resize(frames, height, width, options["resample"])
-            frames = self.rescale_and_normalize(frames, options["do_rescale"], options["rescale_factor"],
-                                                options["do_normalize"], options["image_mean"], options["image_std"])
+            frames = self.rescale_and_normalize(
+                frames,
+                options["do_rescale"],
+                options["rescale_factor"],
+                options["do_normalize"],
+                options["image_mean"],
+                options["image_std"],
+            )
             flat, grid = patchify(frames, patch, merge, tps)
             rows.append(flat)
             grids.append(grid)
-        return BatchFeature(data={"pixel_values_videos": torch.cat(rows, dim=0),
-                                  "video_grid_thw": torch.tensor(grids)}, tensor_type=return_tensors)
+        return BatchFeature(
+            data={"pixel_values_videos": torch.cat(rows, dim=0), "video_grid_thw": torch.tensor(grids)},
+            tensor_type=return_tensors,
+        )
 
     def _resized(self, frames, options) -> tuple[int, int]:
         size = options["size"]
@@ -280,13 +321,16 @@ class QwenVLVideoProcessor(TorchFreeVideoProcessor):
         max_pixels = size["longest_edge"]
         if options.get("cap_pixels_per_frame"):
             total_pixels = int(options["max_video_tokens"] * factor * factor * 0.9)
-            max_pixels = max(min(max_pixels, total_pixels * options["temporal_patch_size"] // frames.shape[0]),
-                             int(size["shortest_edge"] * 1.05))
+            max_pixels = max(
+                min(max_pixels, total_pixels * options["temporal_patch_size"] // frames.shape[0]),
+                int(size["shortest_edge"] * 1.05),
+            )
         return smart_resize(int(frames.shape[-2]), int(frames.shape[-1]), factor, size["shortest_edge"], max_pixels)
 
 
-def smart_resize(height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56,
-                 max_pixels: int = 14 * 14 * 4 * 1280) -> tuple[int, int]:
+def smart_resize(
+    height: int, width: int, factor: int = 28, min_pixels: int = 56 * 56, max_pixels: int = 14 * 14 * 4 * 1280
+) -> tuple[int, int]:
     """Qwen2-VL's rule: both sides multiples of `factor`, area within [min_pixels, max_pixels], aspect ratio kept
     as closely as rounding allows."""
     ratio = max(height, width) / min(height, width)
@@ -308,7 +352,7 @@ def patchify(frames: torch.Tensor, patch: int, merge: int, temporal: int) -> tup
     """(F, C, H, W) -> rows (grid_t * grid_h * grid_w, C * temporal * patch * patch) in HF's order, and
     [grid_t, grid_h, grid_w]. Rows run over t, then merge windows in raster order, then the 2x2 patches inside a
     window; each row holds channel, then time, then the patch's pixels."""
-    if pad := -frames.shape[0] % temporal:       # repeat the last frame up to a whole temporal patch
+    if pad := -frames.shape[0] % temporal:  # repeat the last frame up to a whole temporal patch
         frames = torch.cat([frames, frames[-1:].expand(pad, -1, -1, -1)], dim=0)
     f, c, h, w = frames.shape
     gt, gh, gw = f // temporal, h // patch, w // patch

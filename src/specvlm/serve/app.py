@@ -35,18 +35,18 @@ from .worker import Delta, Failed, Finished, Job, Worker
 
 log = logging.getLogger("specvlm.serve")
 CHAT_PATH = "/v1/chat/completions"
-DRAIN_FACTOR = 4   # see read_json
-POLL_S = 0.2   # how often a waiting handler looks for a gone client or a passed deadline
+DRAIN_FACTOR = 4  # see read_json
+POLL_S = 0.2  # how often a waiting handler looks for a gone client or a passed deadline
 
 
 @dataclass(frozen=True)
 class Settings:
-    model_name: str                  # the id clients send as "model"
-    defaults: Decoding               # the server's decoding options: what a request leaves out
-    temp_root: Path                  # each request's media folder is made (and removed) below it;
-                                     # the server removes it when it stops
+    model_name: str  # the id clients send as "model"
+    defaults: Decoding  # the server's decoding options: what a request leaves out
+    temp_root: Path  # each request's media folder is made (and removed) below it;
+    # the server removes it when it stops
     api_key: str | None = None
-    allowed_media: Path | None = None   # resolved --allowed-local-media-path
+    allowed_media: Path | None = None  # resolved --allowed-local-media-path
     max_queue: int = 64
     max_batch: int = 16
     request_timeout: float | None = None
@@ -67,7 +67,7 @@ def create_app(engine, settings: Settings) -> FastAPI:
         worker.start()
         try:
             yield
-        finally:   # here, not after uvicorn returns: on SIGTERM uvicorn re-raises the signal once shut down
+        finally:  # here, not after uvicorn returns: on SIGTERM uvicorn re-raises the signal once shut down
             worker.stop()
             shutil.rmtree(settings.temp_root, ignore_errors=True)
 
@@ -85,9 +85,10 @@ def create_app(engine, settings: Settings) -> FastAPI:
         return error_response(request, err)
 
     @app.exception_handler(HTTPException)
-    async def on_http_error(request: Request, err: HTTPException):   # unknown route, wrong method
-        return error_response(request, APIError(err.status_code, str(err.detail), code="not_found"
-                                                if err.status_code == 404 else None))
+    async def on_http_error(request: Request, err: HTTPException):  # unknown route, wrong method
+        return error_response(
+            request, APIError(err.status_code, str(err.detail), code="not_found" if err.status_code == 404 else None)
+        )
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, err: Exception):
@@ -99,8 +100,9 @@ def create_app(engine, settings: Settings) -> FastAPI:
             return
         scheme, _, token = request.headers.get("authorization", "").partition(" ")
         if scheme.lower() != "bearer" or not hmac.compare_digest(token.strip().encode(), settings.api_key.encode()):
-            raise APIError(401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'",
-                           code="invalid_api_key")
+            raise APIError(
+                401, "missing or wrong API key: send the header 'Authorization: Bearer <key>'", code="invalid_api_key"
+            )
 
     @app.get("/health")
     async def health():
@@ -108,8 +110,9 @@ def create_app(engine, settings: Settings) -> FastAPI:
 
     @app.get("/metrics")
     async def prometheus():
-        return PlainTextResponse(metrics.render(worker.queue_length, worker.running),
-                                 media_type="text/plain; version=0.0.4")
+        return PlainTextResponse(
+            metrics.render(worker.queue_length, worker.running), media_type="text/plain; version=0.0.4"
+        )
 
     def model_card() -> dict:
         return {"id": settings.model_name, "object": "model", "created": created, "owned_by": "specvlm"}
@@ -159,20 +162,23 @@ def create_app(engine, settings: Settings) -> FastAPI:
             reply = Reply(chat, settings.model_name)
             if chat.stream:
                 metrics.request(200)
-                return StreamingResponse(stream(job, request, reply), media_type="text/event-stream",
-                                         headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"})
+                return StreamingResponse(
+                    stream(job, request, reply),
+                    media_type="text/event-stream",
+                    headers={"Cache-Control": "no-cache", "X-Accel-Buffering": "no"},
+                )
             while not isinstance(event := await next_event(job, request, watch_client=True), Finished):
                 if isinstance(event, Failed):
                     raise event.error
                 reply.text.append(event.text)
         except ClientGone:
-            metrics.request(499)   # nginx's "client closed request": nobody reads this response
+            metrics.request(499)  # nginx's "client closed request": nobody reads this response
             return Response(status_code=499)
         metrics.request(200)
         log.info("200 chat: %s", reply.summary(event))
         return JSONResponse(reply.completion(event))
 
-    async def stream(job: Job, request: Request, reply: "Reply"):
+    async def stream(job: Job, request: Request, reply: Reply):
         finished = False
         try:
             yield sse(reply.chunk({"role": "assistant", "content": ""}))
@@ -195,7 +201,7 @@ def create_app(engine, settings: Settings) -> FastAPI:
                 yield "data: [DONE]\n\n"
                 return
         finally:
-            if not finished:   # the client went away (Starlette cancelled this stream) or the server stops
+            if not finished:  # the client went away (Starlette cancelled this stream) or the server stops
                 worker.cancel(job, "disconnect")
 
     return app
@@ -213,8 +219,10 @@ class Reply:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
     def chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
-        return {**self._head("chat.completion.chunk"),
-                "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}]}
+        return {
+            **self._head("chat.completion.chunk"),
+            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+        }
 
     def last_chunks(self, done: Finished) -> list[dict]:
         """The chunk with the finish_reason, then (stream_options.include_usage) one with the usage and no choices;
@@ -227,15 +235,20 @@ class Reply:
 
     def completion(self, done: Finished) -> dict:
         message = {"role": "assistant", "content": "".join(self.text)}
-        return {**self._head("chat.completion"),
-                "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": done.finish_reason}],
-                "usage": done.usage, "specvlm": done.stats}
+        return {
+            **self._head("chat.completion"),
+            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": done.finish_reason}],
+            "usage": done.usage,
+            "specvlm": done.stats,
+        }
 
     @staticmethod
     def summary(done: Finished) -> str:
         tau = done.stats.get("tau")
-        return (f"{done.usage['prompt_tokens']} prompt + {done.usage['completion_tokens']} new tokens, "
-                f"{done.finish_reason}" + ("" if tau is None else f", τ={tau:.2f}"))
+        return (
+            f"{done.usage['prompt_tokens']} prompt + {done.usage['completion_tokens']} new tokens, "
+            f"{done.finish_reason}" + ("" if tau is None else f", τ={tau:.2f}")
+        )
 
 
 def sse(payload: dict) -> str:
@@ -243,8 +256,9 @@ def sse(payload: dict) -> str:
 
 
 def unknown_model(name: str, served: str) -> APIError:
-    return APIError(404, f"the model {name!r} does not exist: this server serves {served!r}", param="model",
-                    code="model_not_found")
+    return APIError(
+        404, f"the model {name!r} does not exist: this server serves {served!r}", param="model", code="model_not_found"
+    )
 
 
 async def read_json(request: Request, limit: int):
@@ -270,5 +284,6 @@ async def read_json(request: Request, limit: int):
 
 
 def too_large(limit: int) -> APIError:
-    return APIError(413, f"the request body is larger than --max-request-bytes ({limit} bytes)",
-                    code="request_too_large")
+    return APIError(
+        413, f"the request body is larger than --max-request-bytes ({limit} bytes)", code="request_too_large"
+    )

@@ -14,7 +14,7 @@ from pathlib import Path
 
 from ..errors import SpecVLMError
 
-DEFAULT_MAX_BATCH = 16   # rows of the KV cache the server allocates: memory grows with it (see DESIGN, Serving)
+DEFAULT_MAX_BATCH = 16  # rows of the KV cache the server allocates: memory grows with it (see DESIGN, Serving)
 MAX_BATCH_LIMIT = 256
 
 DESCRIPTION = """\
@@ -43,35 +43,79 @@ def add_serve_parser(sub) -> None:
     from ..cli import _add_decoding_arguments, _add_model_arguments
     from ..inputs.arguments import add_frame_arguments
 
-    p = sub.add_parser("serve", help="serve an OpenAI-compatible chat completions API, speculatively",
-                       description=DESCRIPTION, epilog=EPILOG, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p = sub.add_parser(
+        "serve",
+        help="serve an OpenAI-compatible chat completions API, speculatively",
+        description=DESCRIPTION,
+        epilog=EPILOG,
+        formatter_class=argparse.RawDescriptionHelpFormatter,
+    )
     _add_model_arguments(p)
     add_frame_arguments(p.add_argument_group("inputs (applied to every request)"))
     _add_decoding_arguments(p)
     g = p.add_argument_group("server")
-    g.add_argument("--host", default="127.0.0.1",
-                   help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the server, "
-                        "use --api-key then)")
+    g.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default 127.0.0.1: this machine only; 0.0.0.0 exposes the server, "
+        "use --api-key then)",
+    )
     g.add_argument("--port", type=int, default=8000, help="port (default 8000; 0 picks a free one, printed)")
-    g.add_argument("--served-model-name", default=None, metavar="NAME",
-                   help="the model id clients send and /v1/models lists (default: --target as given)")
-    g.add_argument("--api-key", default=os.environ.get("SPECVLM_API_KEY"), metavar="KEY",
-                   help="require 'Authorization: Bearer KEY' on /v1/* (default: $SPECVLM_API_KEY, else no key)")
-    g.add_argument("--allowed-local-media-path", default=None, metavar="DIR",
-                   help="let requests name local image / video files (file:// URLs or absolute paths) inside DIR; "
-                        "without it only data: URLs are accepted")
-    g.add_argument("--max-batch", type=int, default=DEFAULT_MAX_BATCH, metavar="N",
-                   help=f"requests decoded together, one round for all of them at a time (default "
-                        f"{DEFAULT_MAX_BATCH}; 1: one request at a time)")
-    g.add_argument("--max-queue", type=int, default=64, metavar="N",
-                   help="requests that may wait while --max-batch others decode (default 64); more get 429")
-    g.add_argument("--request-timeout", type=float, default=None, metavar="S",
-                   help="seconds from a request's arrival to its last token, queueing included; later it is "
-                        "stopped with 504 (default: no limit)")
-    g.add_argument("--max-request-bytes", type=int, default=64 << 20, metavar="N",
-                   help="largest request body, media included (default 67108864 = 64 MiB); larger gets 413")
-    g.add_argument("--log-level", default="info", choices=("debug", "info", "warning", "error"),
-                   help="server log level (default info: one line per request)")
+    g.add_argument(
+        "--served-model-name",
+        default=None,
+        metavar="NAME",
+        help="the model id clients send and /v1/models lists (default: --target as given)",
+    )
+    g.add_argument(
+        "--api-key",
+        default=os.environ.get("SPECVLM_API_KEY"),
+        metavar="KEY",
+        help="require 'Authorization: Bearer KEY' on /v1/* (default: $SPECVLM_API_KEY, else no key)",
+    )
+    g.add_argument(
+        "--allowed-local-media-path",
+        default=None,
+        metavar="DIR",
+        help="let requests name local image / video files (file:// URLs or absolute paths) inside DIR; "
+        "without it only data: URLs are accepted",
+    )
+    g.add_argument(
+        "--max-batch",
+        type=int,
+        default=DEFAULT_MAX_BATCH,
+        metavar="N",
+        help=f"requests decoded together, one round for all of them at a time (default "
+        f"{DEFAULT_MAX_BATCH}; 1: one request at a time)",
+    )
+    g.add_argument(
+        "--max-queue",
+        type=int,
+        default=64,
+        metavar="N",
+        help="requests that may wait while --max-batch others decode (default 64); more get 429",
+    )
+    g.add_argument(
+        "--request-timeout",
+        type=float,
+        default=None,
+        metavar="S",
+        help="seconds from a request's arrival to its last token, queueing included; later it is "
+        "stopped with 504 (default: no limit)",
+    )
+    g.add_argument(
+        "--max-request-bytes",
+        type=int,
+        default=64 << 20,
+        metavar="N",
+        help="largest request body, media included (default 67108864 = 64 MiB); larger gets 413",
+    )
+    g.add_argument(
+        "--log-level",
+        default="info",
+        choices=("debug", "info", "warning", "error"),
+        help="server log level (default info: one line per request)",
+    )
     p.set_defaults(func=cmd_serve)
 
 
@@ -105,7 +149,7 @@ def cmd_serve(args) -> int:
     check_sampling(args.num_frames, args.fps)
     allowed = check_server_options(args)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)
-    sock = bind(args.host, args.port)   # before the (slow) model load: a taken port fails at once
+    sock = bind(args.host, args.port)  # before the (slow) model load: a taken port fails at once
     engine = load_engine(args, say)
     return run(args, engine, sock, allowed, say)
 
@@ -135,7 +179,7 @@ def load_engine(args, say):
     model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, args.draft != "none")
     gen = load_generator(args, models, say, batched=True)
     engine = Engine(models, gen.model, gen.tokenizer, gen, frames)
-    if gen.compile:   # CUDA, or --compile on: compile every batch shape before the server says it is healthy
+    if gen.compile:  # CUDA, or --compile on: compile every batch shape before the server says it is healthy
         say(f"compiling the decoding steps for batches of up to {args.max_batch} requests ...")
         rows = engine.warm_up(args.max_batch)
         say(f"compiled in {gen.compile_seconds:.0f}s (batches of {', '.join(map(str, rows))} rows)")
@@ -145,8 +189,14 @@ def load_engine(args, say):
 def default_decoding(args):
     from .schema import Decoding
 
-    return Decoding(max_new_tokens=args.max_new_tokens, temperature=args.temperature, top_p=args.top_p,
-                    top_k=args.top_k, seed=None, stop=())
+    return Decoding(
+        max_new_tokens=args.max_new_tokens,
+        temperature=args.temperature,
+        top_p=args.top_p,
+        top_k=args.top_k,
+        seed=None,
+        stop=(),
+    )
 
 
 def run(args, engine, sock: socket.socket, allowed: Path | None, say) -> int:
@@ -157,16 +207,24 @@ def run(args, engine, sock: socket.socket, allowed: Path | None, say) -> int:
     _log_to_stderr(args.log_level)
     name = args.served_model_name or args.target
     temp_root = Path(tempfile.mkdtemp(prefix="specvlm-serve-"))
-    settings = Settings(model_name=name, defaults=default_decoding(args), temp_root=temp_root, api_key=args.api_key,
-                        allowed_media=allowed, max_queue=args.max_queue, max_batch=args.max_batch,
-                        request_timeout=args.request_timeout,
-                        max_request_bytes=args.max_request_bytes)
+    settings = Settings(
+        model_name=name,
+        defaults=default_decoding(args),
+        temp_root=temp_root,
+        api_key=args.api_key,
+        allowed_media=allowed,
+        max_queue=args.max_queue,
+        max_batch=args.max_batch,
+        request_timeout=args.request_timeout,
+        max_request_bytes=args.max_request_bytes,
+    )
     host, port = sock.getsockname()[:2]
     if args.host not in ("127.0.0.1", "localhost", "::1") and args.api_key is None:
         say(f"warning: listening on {args.host} without --api-key: anyone who reaches it can use the model")
     say(f"specvlm serve: {engine.mode} decoding of {name!r} listening on http://{host}:{port}/v1")
-    config = uvicorn.Config(create_app(engine, settings), log_level=args.log_level, access_log=False,
-                            timeout_graceful_shutdown=3)
+    config = uvicorn.Config(
+        create_app(engine, settings), log_level=args.log_level, access_log=False, timeout_graceful_shutdown=3
+    )
     try:
         uvicorn.Server(config).run(sockets=[sock])
     finally:

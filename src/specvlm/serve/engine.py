@@ -23,6 +23,7 @@ from .schema import Decoding
 @dataclass(frozen=True)
 class Frames:
     """The server's --num-frames / --fps / --max-pixels, applied to every request."""
+
     num_frames: int | None = None
     fps: float | None = None
     max_pixels: int | None = None
@@ -33,9 +34,15 @@ def model_inputs(models, frames: Frames, files: TurnFiles, max_new_tokens: int, 
     draft's own inputs too when `with_draft`); `InputError` (400) for bad media or a prompt too long."""
     from ..inputs import inputs_from_args
 
-    args = argparse.Namespace(prompt=files.prompt, image=[str(p) for p in files.images],
-                              video=None if files.video is None else str(files.video), num_frames=frames.num_frames,
-                              fps=frames.fps, max_pixels=frames.max_pixels, max_new_tokens=max_new_tokens)
+    args = argparse.Namespace(
+        prompt=files.prompt,
+        image=[str(p) for p in files.images],
+        video=None if files.video is None else str(files.video),
+        num_frames=frames.num_frames,
+        fps=frames.fps,
+        max_pixels=frames.max_pixels,
+        max_new_tokens=max_new_tokens,
+    )
     draft_dir, draft_config = (models.draft_dir, models.draft_config) if with_draft else (None, None)
     return inputs_from_args(args, models.target_dir, models.target_config, draft_dir, draft_config)
 
@@ -45,8 +52,13 @@ class Engine:
     target-only serving batches exactly like speculation) and the per-request steps the worker runs."""
 
     def __init__(self, models, target, tokenizer, generator, frames: Frames = Frames()):
-        self.models, self.target, self.tokenizer, self.generator, self.frames = \
-            models, target, tokenizer, generator, frames
+        self.models, self.target, self.tokenizer, self.generator, self.frames = (
+            models,
+            target,
+            tokenizer,
+            generator,
+            frames,
+        )
         # how error messages name the model folders (clients need not learn the server's file system)
         self.folder_names = {str(models.target_dir): "the target model"}
         if models.draft_dir is not None:
@@ -80,13 +92,14 @@ class Engine:
         from ..batch import RESERVE_AHEAD
         from ..session import bucket
 
-        decoding = Decoding(max_new_tokens=RESERVE_AHEAD, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop=(),
-                            ignore_eos=True)
+        decoding = Decoding(
+            max_new_tokens=RESERVE_AHEAD, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop=(), ignore_eos=True
+        )
         inputs = self.prepare(TurnFiles("Hello.", (), None, {}), decoding)
         sizes = sorted({bucket(rows) for rows in range(1, max_rows + 1)} | {max_rows})
         sizes = [rows for rows in sizes if rows <= max_rows]
         batch = self.batch(max_rows)
-        with torch.no_grad():   # grad mode is per thread
+        with torch.no_grad():  # grad mode is per thread
             for rows in sizes:
                 for _ in range(rows):
                     batch.add(self.request(inputs, decoding))
@@ -99,8 +112,21 @@ class Engine:
     def stats(self, sink, stats) -> dict:
         """The response's "specvlm" object: the request's own speculation statistics (`stats`, its row's)."""
         if self.mode == "target-only":
-            return dict(mode=self.mode, tau=None, acceptance_by_position=None, rounds=stats.rounds,
-                        prefill_s=stats.prefill_s, decode_s=stats.decode_s)
-        return dict(mode=self.mode, tau=stats.mean_accepted_tokens, acceptance_by_position=stats.acceptance_by_position,
-                    rounds=stats.rounds, accepted_tokens=stats.accepted_tokens, drafted_tokens=stats.drafted_tokens,
-                    prefill_s=stats.prefill_s, decode_s=stats.decode_s)
+            return dict(
+                mode=self.mode,
+                tau=None,
+                acceptance_by_position=None,
+                rounds=stats.rounds,
+                prefill_s=stats.prefill_s,
+                decode_s=stats.decode_s,
+            )
+        return dict(
+            mode=self.mode,
+            tau=stats.mean_accepted_tokens,
+            acceptance_by_position=stats.acceptance_by_position,
+            rounds=stats.rounds,
+            accepted_tokens=stats.accepted_tokens,
+            drafted_tokens=stats.drafted_tokens,
+            prefill_s=stats.prefill_s,
+            decode_s=stats.decode_s,
+        )

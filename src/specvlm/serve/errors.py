@@ -5,8 +5,14 @@ from __future__ import annotations
 
 
 class APIError(Exception):
-    def __init__(self, status: int, message: str, type: str = "invalid_request_error", param: str | None = None,
-                 code: str | None = None):
+    def __init__(
+        self,
+        status: int,
+        message: str,
+        type: str = "invalid_request_error",
+        param: str | None = None,
+        code: str | None = None,
+    ):
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
@@ -19,13 +25,15 @@ def bad_request(message: str, param: str | None = None, code: str | None = None)
 
 
 def timed_out(seconds: float) -> APIError:
-    return APIError(504, f"the request did not finish within --request-timeout {seconds:g}s", type="timeout_error",
-                    code="timeout")
+    return APIError(
+        504, f"the request did not finish within --request-timeout {seconds:g}s", type="timeout_error", code="timeout"
+    )
 
 
 def internal(err: BaseException) -> APIError:
-    return APIError(500, f"internal error ({type(err).__name__}); the server log has the traceback",
-                    type="server_error")
+    return APIError(
+        500, f"internal error ({type(err).__name__}); the server log has the traceback", type="server_error"
+    )
 
 
 def shutting_down() -> APIError:

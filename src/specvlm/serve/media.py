@@ -21,8 +21,14 @@ from .errors import bad_request
 from .schema import Media, Turn
 
 IMAGE_TYPES = {"image/png": ".png", "image/jpeg": ".jpg", "image/jpg": ".jpg", "image/webp": ".webp"}
-VIDEO_TYPES = {"video/mp4": ".mp4", "video/webm": ".webm", "video/x-matroska": ".mkv", "video/quicktime": ".mov",
-               "video/x-msvideo": ".avi", "video/avi": ".avi"}
+VIDEO_TYPES = {
+    "video/mp4": ".mp4",
+    "video/webm": ".webm",
+    "video/x-matroska": ".mkv",
+    "video/quicktime": ".mov",
+    "video/x-msvideo": ".avi",
+    "video/avi": ".avi",
+}
 _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 
 
@@ -30,6 +36,7 @@ _SCHEME = re.compile(r"([A-Za-z][A-Za-z0-9+.-]*):")
 class TurnFiles:
     """A Turn with its media as local files; `names` maps a data URL's file to the request field it came from, so
     that error messages name what the client sent rather than a temporary file."""
+
     prompt: str
     images: tuple[Path, ...]
     video: Path | None
@@ -55,38 +62,46 @@ def media_file(media: Media, kind: str, stem: Path, allowed: Path | None, names:
         names[str(path)] = f"{where} (data URL)"
         return path
     if scheme in ("http", "https"):
-        raise bad_request(f"remote {kind} URLs are not fetched by this server: send the {kind} as a data: URL "
-                          "(base64) or as a path under --allowed-local-media-path", param=where,
-                          code="remote_media_not_supported")
+        raise bad_request(
+            f"remote {kind} URLs are not fetched by this server: send the {kind} as a data: URL "
+            "(base64) or as a path under --allowed-local-media-path",
+            param=where,
+            code="remote_media_not_supported",
+        )
     if scheme not in ("", "file"):
-        raise bad_request(f"unsupported {kind} URL scheme {scheme!r}: use data:, file:// or an absolute path",
-                          param=where)
+        raise bad_request(
+            f"unsupported {kind} URL scheme {scheme!r}: use data:, file:// or an absolute path", param=where
+        )
     return local_file(unquote(urlparse(url).path) if scheme == "file" else url, kind, allowed, where)
 
 
 def local_file(path: str, kind: str, allowed: Path | None, param: str) -> Path:
     if allowed is None:
-        raise bad_request(f"local {kind} files are not served: start the server with --allowed-local-media-path DIR",
-                          param=param, code="local_media_not_allowed")
+        raise bad_request(
+            f"local {kind} files are not served: start the server with --allowed-local-media-path DIR",
+            param=param,
+            code="local_media_not_allowed",
+        )
     if not Path(path).is_absolute():
         raise bad_request(f"local {kind} paths must be absolute (or file:// URLs), got {path!r}", param=param)
-    resolved = Path(path).resolve()   # links followed: a link inside the folder cannot point outside it
+    resolved = Path(path).resolve()  # links followed: a link inside the folder cannot point outside it
     if not resolved.is_relative_to(allowed):
-        raise bad_request(f"{path} is outside --allowed-local-media-path", param=param,
-                          code="local_media_not_allowed")
+        raise bad_request(f"{path} is outside --allowed-local-media-path", param=param, code="local_media_not_allowed")
     return resolved
 
 
 def _write_data_url(url: str, kind: str, stem: Path, param: str) -> Path:
-    header, comma, payload = url[len("data:"):].partition(",")
+    header, comma, payload = url[len("data:") :].partition(",")
     media_type, *options = header.split(";")
     media_type = media_type.strip().lower()
     if not comma or "base64" not in (o.strip().lower() for o in options):
         raise bad_request(f"{kind} data URL must be base64: data:<type>;base64,<data>", param=param)
     types = IMAGE_TYPES if kind == "image" else VIDEO_TYPES
     if media_type not in types:
-        raise bad_request(f"unsupported {kind} type {media_type or '(none)'!r} in a data URL; use one of "
-                          f"{', '.join(sorted(types))}", param=param)
+        raise bad_request(
+            f"unsupported {kind} type {media_type or '(none)'!r} in a data URL; use one of {', '.join(sorted(types))}",
+            param=param,
+        )
     try:
         data = base64.b64decode("".join(payload.split()), validate=True)
     except (binascii.Error, ValueError):

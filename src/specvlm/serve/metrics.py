@@ -24,8 +24,11 @@ class Histogram:
 
     def lines(self, name: str) -> list[str]:
         out = [f'{name}_bucket{{le="{bound:g}"}} {n}' for bound, n in zip(self.buckets, self.counts)]
-        return out + [f'{name}_bucket{{le="+Inf"}} {self.count}', f"{name}_sum {self.sum:.6f}",
-                      f"{name}_count {self.count}"]
+        return out + [
+            f'{name}_bucket{{le="+Inf"}} {self.count}',
+            f"{name}_sum {self.sum:.6f}",
+            f"{name}_count {self.count}",
+        ]
 
 
 class Metrics:
@@ -62,11 +65,19 @@ class Metrics:
         with self._lock:
             families = [  # (name after "specvlm_", type, help, value: a number, {label value: number}, a Histogram)
                 ("requests_total", "counter", "chat completion requests by HTTP status", ("status", self.statuses)),
-                ("requests_cancelled_total", "counter", "requests stopped early: client disconnect, timeout, shutdown",
-                 ("reason", self.cancels)),
+                (
+                    "requests_cancelled_total",
+                    "counter",
+                    "requests stopped early: client disconnect, timeout, shutdown",
+                    ("reason", self.cancels),
+                ),
                 ("prompt_tokens_total", "counter", "prompt tokens of generated requests", self.prompt_tokens),
-                ("generation_tokens_total", "counter", "tokens generated (cancelled requests too)",
-                 self.generation_tokens),
+                (
+                    "generation_tokens_total",
+                    "counter",
+                    "tokens generated (cancelled requests too)",
+                    self.generation_tokens,
+                ),
                 ("queue_length", "gauge", "requests waiting for the model worker", queue_length),
                 ("running_requests", "gauge", "requests decoding in the running batch", running),
                 ("tau", "histogram", "draft tokens accepted per verification round, per request", self.tau),

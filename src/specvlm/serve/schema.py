@@ -16,19 +16,19 @@ rendered with the model's chat template. So:
 from __future__ import annotations
 
 from dataclasses import dataclass
-from typing import Annotated, Any, Literal, Union
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, field_validator
 
 from .errors import APIError, bad_request
 
-MAX_STOP_STRINGS = 4   # OpenAI's limit
+MAX_STOP_STRINGS = 4  # OpenAI's limit
 
 
 class MediaURL(BaseModel):
     model_config = ConfigDict(extra="forbid")
     url: str
-    detail: Literal["auto", "low", "high"] | None = None   # OpenAI's resolution hint; --max-pixels decides here
+    detail: Literal["auto", "low", "high"] | None = None  # OpenAI's resolution hint; --max-pixels decides here
 
 
 class TextPart(BaseModel):
@@ -43,18 +43,18 @@ class ImagePart(BaseModel):
     image_url: MediaURL
 
 
-class VideoPart(BaseModel):   # vLLM's extension for video
+class VideoPart(BaseModel):  # vLLM's extension for video
     model_config = ConfigDict(extra="forbid")
     type: Literal["video_url"]
     video_url: MediaURL
 
 
-Part = Annotated[Union[TextPart, ImagePart, VideoPart], Field(discriminator="type")]
+Part = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
 PARTS = TypeAdapter(list[Part])
 
 
 class Message(BaseModel):
-    model_config = ConfigDict(extra="ignore")   # e.g. "name": it changes nothing in a single user turn
+    model_config = ConfigDict(extra="ignore")  # e.g. "name": it changes nothing in a single user turn
     role: str
     content: Any = None
 
@@ -62,11 +62,15 @@ class Message(BaseModel):
     @classmethod
     def _user_only(cls, role: str) -> str:
         if role in ("system", "developer"):
-            raise ValueError(f"{role} messages are not supported: the server renders one user turn exactly as "
-                             "`specvlm generate` does; put instructions in the user message")
+            raise ValueError(
+                f"{role} messages are not supported: the server renders one user turn exactly as "
+                "`specvlm generate` does; put instructions in the user message"
+            )
         if role in ("assistant", "tool"):
-            raise ValueError(f"{role} messages are not supported: multi-turn conversations are not served, only "
-                             "one user turn (images, a video and a question)")
+            raise ValueError(
+                f"{role} messages are not supported: multi-turn conversations are not served, only "
+                "one user turn (images, a video and a question)"
+            )
         if role != "user":
             raise ValueError(f"unknown role {role!r}")
         return role
@@ -85,9 +89,9 @@ class ChatRequest(BaseModel):
     max_completion_tokens: int | None = Field(None, ge=1)
     temperature: float | None = Field(None, ge=0, le=2)
     top_p: float | None = Field(None, gt=0, le=1)
-    top_k: int | None = Field(None, ge=-1)   # vLLM's extension; 0 or -1: off
-    ignore_eos: bool = False                  # vLLM's extension: always max_tokens tokens (benchmarks, tests)
-    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)   # torch.Generator's range
+    top_k: int | None = Field(None, ge=-1)  # vLLM's extension; 0 or -1: off
+    ignore_eos: bool = False  # vLLM's extension: always max_tokens tokens (benchmarks, tests)
+    seed: int | None = Field(None, ge=-(2**63), le=2**64 - 1)  # torch.Generator's range
     stop: str | list[str] | None = None
     stream: bool = False
     stream_options: StreamOptions | None = None
@@ -112,20 +116,30 @@ class ChatRequest(BaseModel):
 
 
 # field -> the values that change nothing (None is always fine: the field was not given)
-NEUTRAL = {"n": (1,), "presence_penalty": (0,), "frequency_penalty": (0,), "logit_bias": ({},),
-           "logprobs": (False,), "top_logprobs": (0,), "tools": ([],), "tool_choice": ("none",),
-           "parallel_tool_calls": (True, False), "response_format": ({"type": "text"},)}
+NEUTRAL = {
+    "n": (1,),
+    "presence_penalty": (0,),
+    "frequency_penalty": (0,),
+    "logit_bias": ({},),
+    "logprobs": (False,),
+    "top_logprobs": (0,),
+    "tools": ([],),
+    "tool_choice": ("none",),
+    "parallel_tool_calls": (True, False),
+    "response_format": ({"type": "text"},),
+}
 
 
 @dataclass(frozen=True)
 class Media:
     url: str
-    where: str     # its place in the request, e.g. "messages.0.content.1.video_url" (error messages name it)
+    where: str  # its place in the request, e.g. "messages.0.content.1.video_url" (error messages name it)
 
 
 @dataclass(frozen=True)
 class Turn:
     """The one user turn a request holds: the question and its media, in order."""
+
     prompt: str
     images: tuple[Media, ...]
     video: Media | None
@@ -166,9 +180,12 @@ def unsupported(request: ChatRequest) -> None:
     for name, neutral in NEUTRAL.items():
         value = getattr(request, name)
         if value is not None and value not in neutral:
-            raise bad_request(f"{name}={value!r} is not supported: specvlm serves the target's own output "
-                              f"(accepted only as {' or '.join(repr(v) for v in neutral)})", param=name,
-                              code="unsupported_parameter")
+            raise bad_request(
+                f"{name}={value!r} is not supported: specvlm serves the target's own output "
+                f"(accepted only as {' or '.join(repr(v) for v in neutral)})",
+                param=name,
+                code="unsupported_parameter",
+            )
 
 
 def chat_turn(messages: list[Message]) -> Turn:
@@ -183,12 +200,12 @@ def chat_turn(messages: list[Message]) -> Turn:
             else:
                 videos.append(Media(part.video_url.url, where))
     if len(videos) > 1:
-        raise bad_request(f"{len(videos)} videos in one request: one video at most (as `specvlm generate`)",
-                          param=videos[1].where)
+        raise bad_request(
+            f"{len(videos)} videos in one request: one video at most (as `specvlm generate`)", param=videos[1].where
+        )
     prompt = "\n".join(texts)
     if not prompt.strip():
-        raise bad_request("the request has no text: add a text part with the question or instruction",
-                          param="messages")
+        raise bad_request("the request has no text: add a text part with the question or instruction", param="messages")
     return Turn(prompt, tuple(images), videos[0] if videos else None)
 
 
@@ -210,11 +227,15 @@ def decoding(request: ChatRequest, defaults: Decoding) -> Decoding:
     if len(stop) > MAX_STOP_STRINGS or any(not s for s in stop):
         raise bad_request(f"stop takes up to {MAX_STOP_STRINGS} non-empty strings", param="stop")
     given = lambda value, default: default if value is None else value
-    return Decoding(max_new_tokens=request.max_completion_tokens or request.max_tokens or defaults.max_new_tokens,
-                    temperature=given(request.temperature, defaults.temperature),
-                    top_p=given(request.top_p, defaults.top_p),
-                    top_k=defaults.top_k if request.top_k is None else max(request.top_k, 0),
-                    seed=request.seed, stop=stop, ignore_eos=request.ignore_eos)
+    return Decoding(
+        max_new_tokens=request.max_completion_tokens or request.max_tokens or defaults.max_new_tokens,
+        temperature=given(request.temperature, defaults.temperature),
+        top_p=given(request.top_p, defaults.top_p),
+        top_k=defaults.top_k if request.top_k is None else max(request.top_k, 0),
+        seed=request.seed,
+        stop=stop,
+        ignore_eos=request.ignore_eos,
+    )
 
 
 def _as_api_error(err: ValidationError, prefix: str = "") -> APIError:

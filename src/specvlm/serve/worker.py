@@ -50,9 +50,9 @@ class Delta:
 
 @dataclass
 class Finished:
-    finish_reason: str      # "stop" (EOS or a stop string) | "length"
+    finish_reason: str  # "stop" (EOS or a stop string) | "length"
     usage: dict
-    stats: dict             # the response's "specvlm" object
+    stats: dict  # the response's "specvlm" object
 
 
 @dataclass
@@ -63,7 +63,7 @@ class Failed:
 class Stop(Exception):
     """Raised from the streamer to abandon generation at the current round."""
 
-    def __init__(self, reason: str):   # "stop" (a stop string), "disconnect", "timeout", "shutdown"
+    def __init__(self, reason: str):  # "stop" (a stop string), "disconnect", "timeout", "shutdown"
         super().__init__(reason)
         self.reason = reason
 
@@ -72,19 +72,19 @@ class Stop(Exception):
 class Job:
     files: TurnFiles
     decoding: Decoding
-    timeout: float | None                # seconds from arrival to the last token (--request-timeout), or None
-    workdir: Path | None                 # the request's temporary folder, removed when the job ends
+    timeout: float | None  # seconds from arrival to the last token (--request-timeout), or None
+    workdir: Path | None  # the request's temporary folder, removed when the job ends
     loop: asyncio.AbstractEventLoop
     arrived: float = field(default_factory=time.monotonic)
     events: asyncio.Queue = field(default_factory=asyncio.Queue)
-    cancelled: str | None = None         # why the job should stop: "disconnect", "timeout", "shutdown"
+    cancelled: str | None = None  # why the job should stop: "disconnect", "timeout", "shutdown"
     first_token: float | None = None
-    prepared: tuple | None = None        # (model inputs, decoding request, seconds it took), once prepared
+    prepared: tuple | None = None  # (model inputs, decoding request, seconds it took), once prepared
 
     def emit(self, event) -> None:
         try:
             self.loop.call_soon_threadsafe(self.events.put_nowait, event)
-        except RuntimeError:   # the loop is closed: the server is shutting down
+        except RuntimeError:  # the loop is closed: the server is shutting down
             pass
 
     def cancel(self, reason: str) -> None:
@@ -115,8 +115,7 @@ def stop_point(text: str, stops: tuple[str, ...], final: bool) -> tuple[int, boo
         return min(hits), True
     if final:
         return len(text), False
-    held = max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])),
-               default=0)
+    held = max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), default=0)
     return len(text) - held, False
 
 
@@ -130,9 +129,9 @@ class TextSink:
         self.tokens: list[int] = []
         self.shown = 0
         self.prompt_seen = False
-        self.stopped = False      # a stop string ended the answer
+        self.stopped = False  # a stop string ended the answer
         self.started = time.perf_counter()
-        self.first_at = self.last_at = None   # when the first / latest tokens arrived
+        self.first_at = self.last_at = None  # when the first / latest tokens arrived
 
     def put(self, ids) -> None:
         if not self.prompt_seen:
@@ -162,7 +161,7 @@ class TextSink:
             return False
         cut, self.stopped = stop_point(text, self.job.decoding.stop, final)
         if cut > self.shown:
-            self.job.emit(Delta(text[self.shown: cut]))
+            self.job.emit(Delta(text[self.shown : cut]))
             self.shown = cut
         return self.stopped
 
@@ -170,14 +169,15 @@ class TextSink:
 @dataclass(eq=False)
 class Running:
     """A request in the batch: its job, where its text goes, and when it was admitted."""
+
     job: Job
     sink: TextSink
     prompt_tokens: int
     admitted: float
-    row: object = None        # its `batch.Row`
+    row: object = None  # its `batch.Row`
 
 
-PREPARE_THREADS = 2   # requests whose inputs (video decoding, processors) are built at once, beside the model thread
+PREPARE_THREADS = 2  # requests whose inputs (video decoding, processors) are built at once, beside the model thread
 
 
 class Worker:
@@ -190,7 +190,7 @@ class Worker:
 
         self.engine, self.max_queue, self.metrics, self.max_batch = engine, max_queue, metrics, max_batch
         self._preparing: set[Job] = set()
-        self._waiting: deque[Job] = deque()        # prepared, in the order they became so
+        self._waiting: deque[Job] = deque()  # prepared, in the order they became so
         self._cond = threading.Condition()
         self._running: list[Running] = []
         self._stopping = False
@@ -229,8 +229,12 @@ class Worker:
             if self._stopping:
                 raise shutting_down()
             if self.queue_length >= self.max_queue:
-                raise APIError(429, f"the server is busy: its queue is full (--max-queue {self.max_queue}); retry "
-                                    "later", type="rate_limit_error", code="queue_full")
+                raise APIError(
+                    429,
+                    f"the server is busy: its queue is full (--max-queue {self.max_queue}); retry later",
+                    type="rate_limit_error",
+                    code="queue_full",
+                )
             self._preparing.add(job)
         self._prepare_pool.submit(self._prepare, job)
 
@@ -252,9 +256,9 @@ class Worker:
             try:
                 inputs = self.engine.prepare(job.files, job.decoding)
                 job.prepared = (inputs, self.engine.request(inputs, job.decoding), time.monotonic() - began)
-            except SpecVLMError as err:   # bad media, a prompt too long for the model, ...: the client's to fix
+            except SpecVLMError as err:  # bad media, a prompt too long for the model, ...: the client's to fix
                 failed = APIError(400, self._client_message(err, job), code="invalid_input")
-            except Exception as err:      # a bug: the client gets a 500, the log the traceback
+            except Exception as err:  # a bug: the client gets a 500, the log the traceback
                 log.exception("preparing the inputs failed")
                 failed = internal(err)
         with self._cond:
@@ -273,7 +277,7 @@ class Worker:
     def _client_message(self, err: Exception, job: Job) -> str:
         """The error's message without the server's paths (clients need not learn its file system)."""
         message = str(err)
-        names = {**self.engine.folder_names, **job.files.names}   # longest first
+        names = {**self.engine.folder_names, **job.files.names}  # longest first
         for path in sorted(names, key=len, reverse=True):
             message = message.replace(path, names[path])
         return message
@@ -317,10 +321,10 @@ class Worker:
             with self._cond:
                 self._running.append(running)
             self._deliver(batch, running, first)
-        except SpecVLMError as err:   # the client's to fix, found only now
+        except SpecVLMError as err:  # the client's to fix, found only now
             self._drop(batch, running, job)
             job.emit(Failed(APIError(400, self._client_message(err, job), code="invalid_input")))
-        except Exception as err:   # a bug: the client gets a 500, the log the traceback, the worker goes on
+        except Exception as err:  # a bug: the client gets a 500, the log the traceback, the worker goes on
             self._drop(batch, running, job)
             log.exception("generation failed")
             job.emit(Failed(internal(err)))
@@ -361,10 +365,16 @@ class Worker:
         job, sink = running.job, running.sink
         sink.end()
         inputs_s = job.prepared[2]
-        stats = dict(self.engine.stats(sink, running.row.stats), inputs_s=inputs_s,
-                     queue_s=running.admitted - job.arrived - inputs_s)
-        usage = dict(prompt_tokens=running.prompt_tokens, completion_tokens=len(sink.tokens),
-                     total_tokens=running.prompt_tokens + len(sink.tokens))
+        stats = dict(
+            self.engine.stats(sink, running.row.stats),
+            inputs_s=inputs_s,
+            queue_s=running.admitted - job.arrived - inputs_s,
+        )
+        usage = dict(
+            prompt_tokens=running.prompt_tokens,
+            completion_tokens=len(sink.tokens),
+            total_tokens=running.prompt_tokens + len(sink.tokens),
+        )
         self.metrics.generated(job, usage, stats)
         job.emit(Finished(sink.finish_reason, usage, stats))
         job.clean()

@@ -11,8 +11,16 @@ from .._lazy import lazy_exports
 
 # the module that defines each name, imported on its first use (so the CLI starts without torch)
 _EXPORTS = {
-    ".export": ("EXPLAIN_PROMPT", "SPLITS", "build_text_corpus", "clip_id", "generate_world", "make_clip", "split_of",
-                "write_mp4"),
+    ".export": (
+        "EXPLAIN_PROMPT",
+        "SPLITS",
+        "build_text_corpus",
+        "clip_id",
+        "generate_world",
+        "make_clip",
+        "split_of",
+        "write_mp4",
+    ),
     ".language": ("CAPTION_PROMPTS", "DESCRIBE_PROMPT", "QUESTION_KINDS", "conversations", "is_correct"),
     ".render": ("render_clip",),
     ".world": ("Scene", "simulate"),

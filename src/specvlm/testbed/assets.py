@@ -17,8 +17,7 @@ from .recipe import FAMILIES
 HERE = Path(__file__).resolve().parent
 MODELS_DIR = HERE / "models"
 SAMPLES_DIR = HERE / "samples"
-_REBUILD = ("rebuild them with `specvlm testbed build --out OUT` and copy OUT/models and OUT/samples into "
-            f"{HERE}")
+_REBUILD = f"rebuild them with `specvlm testbed build --out OUT` and copy OUT/models and OUT/samples into {HERE}"
 
 
 def bundled_pair(family: str = "qwen2_5_vl") -> tuple[Path, Path]:
@@ -35,8 +34,11 @@ def bundled_pair(family: str = "qwen2_5_vl") -> tuple[Path, Path]:
 def bundled_metrics(family: str = "qwen2_5_vl") -> dict:
     """metrics.json of both bundled models: {"target": {...}, "draft": {...}} (loss, accuracy, τ of the pair)."""
     target, draft = bundled_pair(family)
-    return {role: json.loads((folder / "metrics.json").read_text()) for role, folder in
-            (("target", target), ("draft", draft)) if (folder / "metrics.json").is_file()}
+    return {
+        role: json.loads((folder / "metrics.json").read_text())
+        for role, folder in (("target", target), ("draft", draft))
+        if (folder / "metrics.json").is_file()
+    }
 
 
 def sample_clips(kind: str | None = None) -> list[dict]:

@@ -32,8 +32,8 @@ from pathlib import Path
 from ..errors import SpecVLMError
 from .recipe import FAMILIES, ROLES, Recipe
 
-OWNED = ("world", "models", "samples", "build.json", "_processors", "build-state.json")   # what --force replaces
-STATE = "build-state.json"      # what a build in OUT was started with; --resume continues only the same build
+OWNED = ("world", "models", "samples", "build.json", "_processors", "build-state.json")  # what --force replaces
+STATE = "build-state.json"  # what a build in OUT was started with; --resume continues only the same build
 N_SAMPLES = 3
 
 
@@ -44,7 +44,7 @@ class Progress:
         self.enabled, self.stream, self.start = enabled, stream, time.perf_counter()
         self.tty = enabled and getattr(stream, "isatty", lambda: False)()
         self.last = 0.0
-        self.bar = self.stage = None   # the current stage's tqdm bar (terminal only) and its name
+        self.bar = self.stage = None  # the current stage's tqdm bar (terminal only) and its name
 
     def elapsed(self) -> str:
         s = int(time.perf_counter() - self.start)
@@ -67,7 +67,7 @@ class Progress:
     def _draw(self, stage: str, done: int, total: int, note: str) -> None:
         from ..progress import progress_bar
 
-        if self.bar is None or self.stage != stage:   # a new stage: a new bar (its rate is its own)
+        if self.bar is None or self.stage != stage:  # a new stage: a new bar (its rate is its own)
             self._close()
             self.bar, self.stage = progress_bar(total, stage, "it", file=self.stream), stage
         self.bar.n = done
@@ -97,8 +97,10 @@ def prepare_out(out: Path, force: bool, resume: bool = False) -> None:
         raise SpecVLMError("--force and --resume contradict each other: --force starts over, --resume continues")
     if out.is_dir() and any(out.iterdir()) and not resume:
         if not force:
-            raise SpecVLMError(f"--out {out} is not empty; pass --force to replace a previous build there, or "
-                               f"--resume to continue an interrupted one")
+            raise SpecVLMError(
+                f"--out {out} is not empty; pass --force to replace a previous build there, or "
+                f"--resume to continue an interrupted one"
+            )
         for name in OWNED:
             path = out / name
             if path.is_dir():
@@ -116,10 +118,12 @@ def prepare_out(out: Path, force: bool, resume: bool = False) -> None:
 
 def check_resume(out: Path, state: dict, resume: bool) -> None:
     """Record what this build is (`state`); when resuming, the folder must hold a build of the same state."""
-    path, state = out / STATE, json.loads(json.dumps(state))        # as JSON keeps it (tuples become lists)
+    path, state = out / STATE, json.loads(json.dumps(state))  # as JSON keeps it (tuples become lists)
     if resume and path.is_file() and json.loads(path.read_text()) != state:
-        raise SpecVLMError(f"--out {out} holds a build with another recipe, seed or arithmetic; --resume continues "
-                           f"only the same command (use --force to start over)")
+        raise SpecVLMError(
+            f"--out {out} holds a build with another recipe, seed or arithmetic; --resume continues "
+            f"only the same command (use --force to start over)"
+        )
     path.write_text(json.dumps(state, indent=1) + "\n")
 
 
@@ -164,14 +168,25 @@ def build_arithmetic(threads: int):
     flush-to-zero (specvlm demo and bench turn it on) must not reach the build, nor the build's reach the caller."""
     import torch
 
-    with global_torch_state(False, torch.float32, threads, False), torch.random.fork_rng(devices=[]), \
-            torch.autocast("cpu", enabled=False):
+    with (
+        global_torch_state(False, torch.float32, threads, False),
+        torch.random.fork_rng(devices=[]),
+        torch.autocast("cpu", enabled=False),
+    ):
         yield
 
 
-def build_testbed(out, minutes: float = 60.0, seed: int = 0, families=FAMILIES, recipe: Recipe | None = None,
-                  force: bool = False, progress: bool = True, resume: bool = False, threads: int | None = None
-                  ) -> dict:
+def build_testbed(
+    out,
+    minutes: float = 60.0,
+    seed: int = 0,
+    families=FAMILIES,
+    recipe: Recipe | None = None,
+    force: bool = False,
+    progress: bool = True,
+    resume: bool = False,
+    threads: int | None = None,
+) -> dict:
     """Run the whole build into `out` and return build.json's content. `recipe` overrides the full recipe scaled to
     `minutes` (tests pass a miniature one). With `resume`, a build of the same recipe and seed interrupted in `out`
     continues: the world is reused and every model whose folder is complete (its metrics.json, written last) is
@@ -191,9 +206,17 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
     from ..inputs import load_processor
     from . import build_text_corpus, generate_world
     from .recipe import family_tokenizer, make_model, save_checkpoint, save_processor, train_bpe, visual_tokens
-    from .train import (answer_accuracy, bf16_is_fast, load_clips, pretrain_vision, probe_accuracy, speculative_tau,
-                        train, validation_loss)
-    from .train import Formatter
+    from .train import (
+        Formatter,
+        answer_accuracy,
+        bf16_is_fast,
+        load_clips,
+        pretrain_vision,
+        probe_accuracy,
+        speculative_tau,
+        train,
+        validation_loss,
+    )
 
     if not minutes > 0:
         raise SpecVLMError(f"--minutes must be > 0, got {minutes}")
@@ -203,21 +226,34 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
     out = Path(out).expanduser()
     prepare_out(out, force, resume)
     recipe = recipe or Recipe().scaled(minutes)
-    check_resume(out, {"seed": seed, "recipe": recipe.to_dict(), "bf16_autocast": bf16_is_fast(), "threads": threads},
-                 resume)
+    check_resume(
+        out, {"seed": seed, "recipe": recipe.to_dict(), "bf16_autocast": bf16_is_fast(), "threads": threads}, resume
+    )
     show = Progress(progress)
-    hf_logging.disable_progress_bar()           # HF's per-save / per-load bars would bury our one status line
+    hf_logging.disable_progress_bar()  # HF's per-save / per-load bars would bury our one status line
     start = time.perf_counter()
-    budget_end = start + 2 * minutes * 60          # the hard stop for training; normally never reached
-    report = {"command": f"specvlm testbed build --minutes {minutes:g} --seed {seed} --families {' '.join(families)}",
-              "seed": seed, "recipe": recipe.to_dict(), "torch_threads": threads,
-              "bf16_autocast": bf16_is_fast(),
-              "families": {}, "timings_s": {}}
+    budget_end = start + 2 * minutes * 60  # the hard stop for training; normally never reached
+    report = {
+        "command": f"specvlm testbed build --minutes {minutes:g} --seed {seed} --families {' '.join(families)}",
+        "seed": seed,
+        "recipe": recipe.to_dict(),
+        "torch_threads": threads,
+        "bf16_autocast": bf16_is_fast(),
+        "families": {},
+        "timings_s": {},
+    }
 
     world = out / "world"
-    generate_world(world, recipe.n_clips, seed=seed, frames=tuple(recipe.clip_frames), size=recipe.world_size,
-                   questions=recipe.questions, workers=2,
-                   progress=lambda d, n: show("world: clips", d, n))
+    generate_world(
+        world,
+        recipe.n_clips,
+        seed=seed,
+        frames=tuple(recipe.clip_frames),
+        size=recipe.world_size,
+        questions=recipe.questions,
+        workers=2,
+        progress=lambda d, n: show("world: clips", d, n),
+    )
     report["timings_s"]["world"] = round(time.perf_counter() - start, 1)
     bpe = train_bpe(build_text_corpus(world / "train.jsonl"), recipe.vocab)
 
@@ -228,14 +264,23 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
         save_processor(proc_dir, recipe, family, tokenizer, make_model(recipe, family, "draft", 0))
         processor = load_processor(proc_dir)
         fmt = Formatter(processor)
-        train_clips = load_clips(world, "train", processor, recipe.num_frames,
-                                 progress=lambda d, n: show(f"{family}: pixel cache", d, n))
-        val_clips = load_clips(world, "validation", processor, recipe.num_frames, limit=recipe.eval_clips,
-                               pixel_dtype=torch.float32)
-        fam = report["families"][family] = {"visual_tokens": train_clips[0].n_visual,
-                                            "train_pixels_sha256": pixels_digest(train_clips),
-                                            "expected_visual_tokens": visual_tokens(recipe, family),
-                                            "train_clips": len(train_clips), "validation_clips": len(val_clips)}
+        train_clips = load_clips(
+            world,
+            "train",
+            processor,
+            recipe.num_frames,
+            progress=lambda d, n, family=family: show(f"{family}: pixel cache", d, n),
+        )
+        val_clips = load_clips(
+            world, "validation", processor, recipe.num_frames, limit=recipe.eval_clips, pixel_dtype=torch.float32
+        )
+        fam = report["families"][family] = {
+            "visual_tokens": train_clips[0].n_visual,
+            "train_pixels_sha256": pixels_digest(train_clips),
+            "expected_visual_tokens": visual_tokens(recipe, family),
+            "train_clips": len(train_clips),
+            "validation_clips": len(val_clips),
+        }
         report["timings_s"][f"{family}/pixel_cache"] = round(time.perf_counter() - t0, 1)
         models = {}
         for ri, role in enumerate(ROLES):
@@ -248,48 +293,79 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 continue
             model = make_model(recipe, family, role, seed=1000 * seed + 10 * fi + ri)
             remaining = max(budget_end - t1, 0)
-            share = remaining / (2 * (len(families) - fi) - ri)   # the models still to train split what is left
+            share = remaining / (2 * (len(families) - fi) - ri)  # the models still to train split what is left
             probe, vision = None, None
             if recipe.vision_steps[role]:
                 probe, vision = pretrain_vision(
-                    model, train_clips, recipe.vision_steps[role], recipe.vision_lr, seed=seed * 7919 + ri,
-                    batch=recipe.vision_batch, warmup=recipe.warmup,
-                    progress=lambda d, n, loss: show(f"{family}: vision {role}", d, n, f"probe loss {loss:.3f}"))
+                    model,
+                    train_clips,
+                    recipe.vision_steps[role],
+                    recipe.vision_lr,
+                    seed=seed * 7919 + ri,
+                    batch=recipe.vision_batch,
+                    warmup=recipe.warmup,
+                    progress=lambda d, n, loss, tag=f"{family}: vision {role}": show(
+                        tag, d, n, f"probe loss {loss:.3f}"
+                    ),
+                )
             text, video = recipe.text_steps[role], recipe.steps[role]
-            result = train(model, train_clips, fmt, text + video, recipe.lr[role], seed=seed * 7919 + ri,
-                           warmup=recipe.warmup, text_steps=text,
-                           question_steps=int(recipe.question_share * video), caption_first=recipe.caption_first,
-                           probe_weight=recipe.probe_weight,
-                           probe=probe, teacher=models.get("target") if role == "draft" else None,
-                           distill=recipe.distill, deadline=t1 + share,
-                           progress=lambda d, n, loss: show(f"{family}: train {role}", d, n, f"loss {loss:.3f}"))
+            result = train(
+                model,
+                train_clips,
+                fmt,
+                text + video,
+                recipe.lr[role],
+                seed=seed * 7919 + ri,
+                warmup=recipe.warmup,
+                text_steps=text,
+                question_steps=int(recipe.question_share * video),
+                caption_first=recipe.caption_first,
+                probe_weight=recipe.probe_weight,
+                probe=probe,
+                teacher=models.get("target") if role == "draft" else None,
+                distill=recipe.distill,
+                deadline=t1 + share,
+                progress=lambda d, n, loss, tag=f"{family}: train {role}": show(tag, d, n, f"loss {loss:.3f}"),
+            )
             if vision is not None:
                 result["vision_pretraining"] = dict(vision, probe_accuracy=probe_accuracy(model, probe, val_clips))
             save_checkpoint(folder, model, recipe, family, tokenizer)
             models[role] = reloaded = _reload(folder)
             show.say(f"{family} {role}: evaluating on {len(val_clips)} validation clips ...")
-            metrics = {"family": family, "role": role, "params_m": round(sum(p.numel() for p in model.parameters())
-                                                                         / 1e6, 2),
-                       "arch": recipe.to_dict()["arch"][role], "visual_tokens_per_clip": fam["visual_tokens"],
-                       "train": result, "validation_loss": round(validation_loss(reloaded, val_clips, fmt), 4)}
+            metrics = {
+                "family": family,
+                "role": role,
+                "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
+                "arch": recipe.to_dict()["arch"][role],
+                "visual_tokens_per_clip": fam["visual_tokens"],
+                "train": result,
+                "validation_loss": round(validation_loss(reloaded, val_clips, fmt), 4),
+            }
             metrics.update(answer_accuracy(reloaded, val_clips, fmt, recipe.eval_questions))
             fam[role] = metrics
-            (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")   # last: the folder is complete
+            (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")  # last: the folder is complete
             report["timings_s"][f"{family}/{role}"] = round(time.perf_counter() - t1, 1)
             del model
         del train_clips
         show.say(f"{family}: measuring τ on {recipe.tau_clips} validation captions ...")
-        tau_clips = val_clips[:recipe.tau_clips]
+        tau_clips = val_clips[: recipe.tau_clips]
         fam["speculative"] = {
             "static_tree": speculative_tau(models["target"], models["draft"], tau_clips, fmt, recipe.tau_tokens),
-            "chain_5": speculative_tau(models["target"], models["draft"], tau_clips, fmt, recipe.tau_tokens,
-                                       tree="chain", num_draft_tokens=5),
+            "chain_5": speculative_tau(
+                models["target"], models["draft"], tau_clips, fmt, recipe.tau_tokens, tree="chain", num_draft_tokens=5
+            ),
             "untrained_pair_static_tree": speculative_tau(
-                make_model(recipe, family, "target", 1).eval(), make_model(recipe, family, "draft", 2).eval(),
-                tau_clips, fmt, recipe.tau_tokens)}
+                make_model(recipe, family, "target", 1).eval(),
+                make_model(recipe, family, "draft", 2).eval(),
+                tau_clips,
+                fmt,
+                recipe.tau_tokens,
+            ),
+        }
         for role in ROLES:
             (out / "models" / family / role / "metrics.json").write_text(
-                json.dumps(dict(fam[role], pair=fam["speculative"]), indent=1) + "\n")
+                json.dumps(dict(fam[role], pair=fam["speculative"]), indent=1) + "\n"
+            )
     shutil.rmtree(out / "_processors", ignore_errors=True)
     write_samples(world, out / "samples", N_SAMPLES)
     report["timings_s"]["total"] = round(time.perf_counter() - start, 1)
@@ -321,15 +397,16 @@ def write_samples(world: Path, out: Path, n: int) -> Path:
     """The first `n` test clips (mp4 + every conversation) in `load_testbed`'s record layout, plus the fields
     "question" and "reference" (first user / assistant turn)."""
     out.mkdir(parents=True, exist_ok=True)
-    rows = [json.loads(line) for line in open(world / "test.jsonl", encoding="utf-8")]
+    rows = [json.loads(line) for line in (world / "test.jsonl").read_text(encoding="utf-8").splitlines()]
     clips = sorted({r["clip"] for r in rows})[:n]
     with open(out / "samples.jsonl", "w", encoding="utf-8") as f:
         for r in rows:
             if r["clip"] in clips:
                 name = Path(r["video"]).name
                 shutil.copyfile(world / r["video"], out / name)
-                r = dict(r, video=name, question=r["conversation"][0]["content"],
-                         reference=r["conversation"][1]["content"])
+                r = dict(
+                    r, video=name, question=r["conversation"][0]["content"], reference=r["conversation"][1]["content"]
+                )
                 f.write(json.dumps(r, ensure_ascii=False) + "\n")
     return out
 
@@ -339,24 +416,44 @@ def add_build_command(testbed_parser) -> None:
     """`specvlm testbed build` under the `testbed` parser that cli.py creates."""
     sub = testbed_parser.add_subparsers(dest="testbed_command", required=True)
     p = sub.add_parser(
-        "build", help="generate the world and train a target + draft per family (CPU, ~1 hour)",
+        "build",
+        help="generate the world and train a target + draft per family (CPU, ~1 hour)",
         description="Generate the synthetic video world, train one byte-level BPE tokenizer on its text, and train "
-                    "from scratch a target and a draft VLM (real HF classes) for each family on its train split. "
-                    "Writes OUT/world, OUT/models/<family>/{target,draft} (HF folders with metrics.json), "
-                    "OUT/samples and OUT/build.json. Deterministic for a given --minutes and --seed.")
-    p.add_argument("--out", default="testbed-build", help="output folder (default: ./testbed-build); must be "
-                                                          "empty or absent unless --force")
-    p.add_argument("--minutes", type=float, default=60.0,
-                   help="total time budget on 2 CPU cores (default 60, the bundled build); sets the training steps")
+        "from scratch a target and a draft VLM (real HF classes) for each family on its train split. "
+        "Writes OUT/world, OUT/models/<family>/{target,draft} (HF folders with metrics.json), "
+        "OUT/samples and OUT/build.json. Deterministic for a given --minutes and --seed.",
+    )
+    p.add_argument(
+        "--out",
+        default="testbed-build",
+        help="output folder (default: ./testbed-build); must be empty or absent unless --force",
+    )
+    p.add_argument(
+        "--minutes",
+        type=float,
+        default=60.0,
+        help="total time budget on 2 CPU cores (default 60, the bundled build); sets the training steps",
+    )
     p.add_argument("--seed", type=int, default=0, help="seed of the world, the initialisation and the data order")
-    p.add_argument("--families", nargs="+", default=list(FAMILIES), choices=FAMILIES, metavar="FAMILY",
-                   help=f"families to build (default: all of {', '.join(FAMILIES)})")
-    p.add_argument("--force", action="store_true",
-                   help="replace a previous build's world/, models/, samples/ and build.json in --out "
-                        "(other files there are left alone)")
-    p.add_argument("--resume", action="store_true",
-                   help="continue an interrupted build of the same command in --out: reuse its world and the models "
-                        "it finished")
+    p.add_argument(
+        "--families",
+        nargs="+",
+        default=list(FAMILIES),
+        choices=FAMILIES,
+        metavar="FAMILY",
+        help=f"families to build (default: all of {', '.join(FAMILIES)})",
+    )
+    p.add_argument(
+        "--force",
+        action="store_true",
+        help="replace a previous build's world/, models/, samples/ and build.json in --out "
+        "(other files there are left alone)",
+    )
+    p.add_argument(
+        "--resume",
+        action="store_true",
+        help="continue an interrupted build of the same command in --out: reuse its world and the models it finished",
+    )
     p.add_argument("--quiet", action="store_true", help="no progress on stderr")
     p.set_defaults(func=cmd_build)
 
@@ -372,13 +469,23 @@ def cmd_build(args) -> int:
         # OpenMP threads that spin-wait at every barrier slow training 5-10x when other processes share the two
         # cores (measured: 1.4-2 s against 5-22 s a step). The policy is read once when torch loads, so the build
         # runs in a child process that starts with it.
-        argv = ["--out", str(out), "--minutes", str(args.minutes), "--seed", str(args.seed),
-                "--families", *args.families] + ["--force"] * args.force + ["--resume"] * args.resume + \
-            ["--quiet"] * args.quiet
+        argv = (
+            ["--out", str(out), "--minutes", str(args.minutes), "--seed", str(args.seed), "--families", *args.families]
+            + ["--force"] * args.force
+            + ["--resume"] * args.resume
+            + ["--quiet"] * args.quiet
+        )
         env = dict(os.environ, OMP_WAIT_POLICY="PASSIVE")
         return subprocess.call([sys.executable, "-m", "specvlm", "testbed", "build", *argv], env=env)
-    report = build_testbed(out, minutes=args.minutes, seed=args.seed, families=args.families,
-                           force=args.force, progress=not args.quiet, resume=args.resume)
+    report = build_testbed(
+        out,
+        minutes=args.minutes,
+        seed=args.seed,
+        families=args.families,
+        force=args.force,
+        progress=not args.quiet,
+        resume=args.resume,
+    )
     print(json.dumps(summary(report), indent=1))
     return 0
 
@@ -387,8 +494,9 @@ def summary(report: dict) -> dict:
     """The headline numbers: per family and role, validation loss and accuracy; τ of the pair."""
     rows = {}
     for family, fam in report["families"].items():
-        rows[family] = {role: {"val_loss": fam[role]["validation_loss"], "accuracy": fam[role]["accuracy"]}
-                        for role in ROLES}
+        rows[family] = {
+            role: {"val_loss": fam[role]["validation_loss"], "accuracy": fam[role]["accuracy"]} for role in ROLES
+        }
         rows[family]["tau_static_tree"] = fam["speculative"]["static_tree"]["tau"]
         rows[family]["tau_chain_5"] = fam["speculative"]["chain_5"]["tau"]
         rows[family]["tau_untrained"] = fam["speculative"]["untrained_pair_static_tree"]["tau"]

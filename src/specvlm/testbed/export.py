@@ -22,8 +22,8 @@ from __future__ import annotations
 
 import json
 import os
+from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Callable, Iterable
 
 import numpy as np
 
@@ -32,9 +32,9 @@ from .render import render_clip
 from .world import Scene, simulate
 
 WORLD_VERSION = 2
-VIDEO_CODING = "h264-lossless"   # in world.json: a world written with lossy clips (before issue 25) is not reused
+VIDEO_CODING = "h264-lossless"  # in world.json: a world written with lossy clips (before issue 25) is not reused
 SPLITS = ("train", "validation", "test")
-EXPLAIN_PROMPT = "Please give a detailed and reasonable explanation for the answer."   # EagleVLM's image prompt
+EXPLAIN_PROMPT = "Please give a detailed and reasonable explanation for the answer."  # EagleVLM's image prompt
 
 
 def split_of(index: int) -> str:
@@ -51,8 +51,9 @@ def clip_scene(index: int, seed: int = 0, frames: tuple[int, int] = (16, 64), fp
     return simulate(np.random.default_rng([seed, index]), tuple(frames), fps)
 
 
-def make_clip(index: int, seed: int = 0, frames: tuple[int, int] = (16, 64), fps: int = 8,
-              questions: int = 5) -> tuple[Scene, list[dict]]:
+def make_clip(
+    index: int, seed: int = 0, frames: tuple[int, int] = (16, 64), fps: int = 8, questions: int = 5
+) -> tuple[Scene, list[dict]]:
     """Clip `index` of the world `seed`: its scene and its conversations (no pixels)."""
     scene = clip_scene(index, seed, frames, fps)
     return scene, conversations(scene, np.random.default_rng([seed, index, 1]), questions)
@@ -60,10 +61,21 @@ def make_clip(index: int, seed: int = 0, frames: tuple[int, int] = (16, 64), fps
 
 def records(index: int, convs: list[dict], video: str) -> list[dict]:
     cid, split = clip_id(index), split_of(index)
-    return [{"id": f"{cid}-{k:02d}", "clip": cid, "video": video,
-             "conversation": [{"role": "user", "content": c["question"]},
-                              {"role": "assistant", "content": c["answer_text"]}],
-             "kind": c["kind"], "answer": c["answer"], "split": split} for k, c in enumerate(convs)]
+    return [
+        {
+            "id": f"{cid}-{k:02d}",
+            "clip": cid,
+            "video": video,
+            "conversation": [
+                {"role": "user", "content": c["question"]},
+                {"role": "assistant", "content": c["answer_text"]},
+            ],
+            "kind": c["kind"],
+            "answer": c["answer"],
+            "split": split,
+        }
+        for k, c in enumerate(convs)
+    ]
 
 
 def rgb_to_yuv420p(frames: np.ndarray) -> np.ndarray:
@@ -112,14 +124,30 @@ def _build_clip(job: tuple) -> tuple[int, list[dict], dict]:
     scene, convs = make_clip(index, seed, frames, fps, questions)
     video = f"videos/{clip_id(index)}.mp4"
     write_mp4(Path(out_dir) / video, render_clip(scene, size), fps)
-    meta = {"id": clip_id(index), "split": split_of(index), "video": video, "frames": scene.n_frames,
-            "fps": fps, "size": size, "scene": scene.to_dict()}
+    meta = {
+        "id": clip_id(index),
+        "split": split_of(index),
+        "video": video,
+        "frames": scene.n_frames,
+        "fps": fps,
+        "size": size,
+        "scene": scene.to_dict(),
+    }
     return index, records(index, convs, video), meta
 
 
-def generate_world(out_dir, n_clips: int, seed: int = 0, frames: tuple[int, int] = (16, 64), size: int = 224,
-                   fps: int = 8, questions: int = 5, workers: int = 1,
-                   progress: Callable[[int, int], None] | None = None, reuse: bool = True) -> dict:
+def generate_world(
+    out_dir,
+    n_clips: int,
+    seed: int = 0,
+    frames: tuple[int, int] = (16, 64),
+    size: int = 224,
+    fps: int = 8,
+    questions: int = 5,
+    workers: int = 1,
+    progress: Callable[[int, int], None] | None = None,
+    reuse: bool = True,
+) -> dict:
     """Generate `n_clips` clips into `out_dir` (layout in the module docstring) and return world.json's content.
     `frames`: (min, max) frames per clip; `size`: frame side in pixels (even); `questions`: question
     conversations per clip besides the caption; `workers` > 1 renders and encodes in that many processes (same
@@ -129,17 +157,27 @@ def generate_world(out_dir, n_clips: int, seed: int = 0, frames: tuple[int, int]
     if size < 32 or size % 2:
         raise ValueError(f"size must be an even number >= 32, got {size}")
     out = Path(out_dir)
-    params = {"version": WORLD_VERSION, "video": VIDEO_CODING, "seed": seed, "n_clips": n_clips, "frames": list(frames), "size": size,
-              "fps": fps, "questions": questions}
+    params = {
+        "version": WORLD_VERSION,
+        "video": VIDEO_CODING,
+        "seed": seed,
+        "n_clips": n_clips,
+        "frames": list(frames),
+        "size": size,
+        "fps": fps,
+        "questions": questions,
+    }
     info_path = out / "world.json"
     if reuse and info_path.is_file():
         try:
             info = json.loads(info_path.read_text())
         except ValueError:
             info = {}
-        if {k: info.get(k) for k in params} == params and \
-                all((out / "videos" / f"{clip_id(i)}.mp4").is_file() for i in range(n_clips)) and \
-                all((out / f"{s}.jsonl").is_file() for s in SPLITS):
+        if (
+            {k: info.get(k) for k in params} == params
+            and all((out / "videos" / f"{clip_id(i)}.mp4").is_file() for i in range(n_clips))
+            and all((out / f"{s}.jsonl").is_file() for s in SPLITS)
+        ):
             return info
     (out / "videos").mkdir(parents=True, exist_ok=True)
     wanted = {f"{clip_id(i)}.mp4" for i in range(n_clips)}
@@ -168,8 +206,11 @@ def generate_world(out_dir, n_clips: int, seed: int = 0, frames: tuple[int, int]
     for s in SPLITS:
         _write_jsonl(out / f"{s}.jsonl", by_split[s])
     _write_jsonl(out / "clips.jsonl", [meta for _, _, meta in results])
-    info = dict(params, clips={s: sum(split_of(i) == s for i in range(n_clips)) for s in SPLITS},
-                records={s: len(by_split[s]) for s in SPLITS})
+    info = dict(
+        params,
+        clips={s: sum(split_of(i) == s for i in range(n_clips)) for s in SPLITS},
+        records={s: len(by_split[s]) for s in SPLITS},
+    )
     info_path.write_text(json.dumps(info, indent=1) + "\n")
     return info
 
@@ -182,8 +223,15 @@ def _write_jsonl(path: Path, rows: Iterable[dict]) -> None:
     os.replace(tmp, path)
 
 
-def build_text_corpus(source=None, *, n_clips: int = 2000, seed: int = 0, frames: tuple[int, int] = (16, 64),
-                      questions: int = 5, prompts: bool = True) -> list[str]:
+def build_text_corpus(
+    source=None,
+    *,
+    n_clips: int = 2000,
+    seed: int = 0,
+    frames: tuple[int, int] = (16, 64),
+    questions: int = 5,
+    prompts: bool = True,
+) -> list[str]:
     """Every text of the world, one string per turn, for training a tokenizer. `source`: a world folder or a JSONL
     file of records (their turns are read), or None to simulate `n_clips` clips without rendering (fast: about
     1 ms a clip). With `prompts`, the fixed prompts (ours and the papers') are added once each."""

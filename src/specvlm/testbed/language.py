@@ -18,8 +18,10 @@ import numpy as np
 
 from .world import COLORS, REGIONS, SHAPES, SIZES, Obj, Scene, region, region_margin
 
-DESCRIBE_PROMPT = ("Please provide a detailed description of the video, focusing on the main subjects, their actions, "
-                   "and the background scenes.")   # SpecVLM's fixed long-form prompt; also one of ours
+DESCRIBE_PROMPT = (
+    "Please provide a detailed description of the video, focusing on the main subjects, their actions, "
+    "and the background scenes."
+)  # SpecVLM's fixed long-form prompt; also one of ours
 CAPTION_PROMPTS = (
     DESCRIBE_PROMPT,
     "Describe this video in detail.",
@@ -32,35 +34,84 @@ CAPTION_PROMPTS = (
     "Can you describe the video in detail?",
     "Narrate the clip in detail, from beginning to end.",
 )
-QUESTION_KINDS = ("color", "shape", "count", "first", "last", "direction", "appearance", "existence", "collision",
-                  "position", "size", "speed")
+QUESTION_KINDS = (
+    "color",
+    "shape",
+    "count",
+    "first",
+    "last",
+    "direction",
+    "appearance",
+    "existence",
+    "collision",
+    "position",
+    "size",
+    "speed",
+)
 # how often each kind is asked: the four single-fact kinds the testbed's accuracy goals name (colour, shape, count,
 # direction) three times as often as in world version 1, so a model sees enough of each to learn to read the video
-KIND_WEIGHTS = {"color": 3.0, "shape": 3.0, "count": 3.0, "first": 1.0, "last": 1.0, "direction": 3.0,
-                "appearance": 0.8, "existence": 0.8, "collision": 0.6, "position": 0.8, "size": 0.6, "speed": 0.6}
+KIND_WEIGHTS = {
+    "color": 3.0,
+    "shape": 3.0,
+    "count": 3.0,
+    "first": 1.0,
+    "last": 1.0,
+    "direction": 3.0,
+    "appearance": 0.8,
+    "existence": 0.8,
+    "collision": 0.6,
+    "position": 0.8,
+    "size": 0.6,
+    "speed": 0.6,
+}
 
 NUMBERS = ("zero", "one", "two", "three", "four", "five", "six", "seven", "eight", "nine", "ten", "eleven", "twelve")
-SHAPE_WORDS = {"circle": ("circle", "disc"), "square": ("square",), "triangle": ("triangle",), "star": ("star",),
-               "diamond": ("diamond", "rhombus"), "hexagon": ("hexagon",), "cross": ("cross", "plus sign")}
-DIRECTIONS = ("left", "right", "up", "down", "up and to the left", "up and to the right", "down and to the left",
-              "down and to the right", "does not move")
+SHAPE_WORDS = {
+    "circle": ("circle", "disc"),
+    "square": ("square",),
+    "triangle": ("triangle",),
+    "star": ("star",),
+    "diamond": ("diamond", "rhombus"),
+    "hexagon": ("hexagon",),
+    "cross": ("cross", "plus sign"),
+}
+DIRECTIONS = (
+    "left",
+    "right",
+    "up",
+    "down",
+    "up and to the left",
+    "up and to the right",
+    "down and to the left",
+    "down and to the right",
+    "does not move",
+)
 REGION_NAMES = tuple(r for row in REGIONS for r in row)
 _LOCATION = {
-    "top left": ("in the top left corner", "at the top left"), "top": ("at the top", "near the top edge"),
-    "top right": ("in the top right corner", "at the top right"), "left side": ("on the left side", "on the left"),
-    "centre": ("in the centre", "in the middle"), "right side": ("on the right side", "on the right"),
+    "top left": ("in the top left corner", "at the top left"),
+    "top": ("at the top", "near the top edge"),
+    "top right": ("in the top right corner", "at the top right"),
+    "left side": ("on the left side", "on the left"),
+    "centre": ("in the centre", "in the middle"),
+    "right side": ("on the right side", "on the right"),
     "bottom left": ("in the bottom left corner", "at the bottom left"),
     "bottom": ("at the bottom", "near the bottom edge"),
     "bottom right": ("in the bottom right corner", "at the bottom right"),
 }
-_DIR_PHRASES = {"left": ("to the left", "left", "leftward"), "right": ("to the right", "right", "rightward"),
-                "up": ("up", "upward", "towards the top"), "down": ("down", "downward", "towards the bottom")}
+_DIR_PHRASES = {
+    "left": ("to the left", "left", "leftward"),
+    "right": ("to the right", "right", "rightward"),
+    "up": ("up", "upward", "towards the top"),
+    "down": ("down", "downward", "towards the bottom"),
+}
 _TEXTURE_PHRASES = {
     "plain": ("a plain {bg} background", "a plain {bg} backdrop", "a uniform {bg} background"),
     "noise": ("a {bg} background with a faint grainy texture", "a slightly grainy {bg} background"),
     "stripes": ("a {bg} background with faint horizontal stripes", "a {bg} backdrop with soft horizontal stripes"),
-    "gradient": ("a {bg} background that gets slightly lighter towards the bottom",
-                 "a {bg} background with a soft vertical gradient"),
+    "gradient": (
+        "a {bg} background that gets slightly lighter towards the bottom",
+        "a {bg} background with a soft vertical gradient",
+    ),
     "grid": ("a {bg} background with a faint grid", "a {bg} backdrop covered by a faint grid"),
 }
 
@@ -96,7 +147,7 @@ class Language:
     def __init__(self, scene: Scene, rng: np.random.Generator):
         self.s, self.rng = scene, rng
         self.objs = scene.objects
-        self.syn = {o.id: self.pick(SHAPE_WORDS[o.shape]) for o in self.objs}   # one synonym per object per text
+        self.syn = {o.id: self.pick(SHAPE_WORDS[o.shape]) for o in self.objs}  # one synonym per object per text
 
     # ---- helpers ------------------------------------------------------------------------------------------------
     def pick(self, options):
@@ -116,8 +167,9 @@ class Language:
         """A varied but unambiguous name for questions."""
         word = self.pick(SHAPE_WORDS[o.shape])
         if self.changer(o):
-            return self.pick([f"the {word}", f"the {o.shape} that starts out {o.color}",
-                              f"the {o.shape} that is {o.color} at first"])
+            return self.pick(
+                [f"the {word}", f"the {o.shape} that starts out {o.color}", f"the {o.shape} that is {o.color} at first"]
+            )
         if size and self.chance(0.25):
             return f"the {o.size} {o.color} {word}"
         if self.chance(0.15):
@@ -150,8 +202,11 @@ class Language:
     def prefix(self, question: str) -> str:
         """Order variation: an occasional leading 'In the video, ...'."""
         if self.chance(0.15):
-            return self.pick(["In the video, ", "In this clip, ", "Looking at the video, "]) + \
-                question[0].lower() + question[1:]
+            return (
+                self.pick(["In the video, ", "In this clip, ", "Looking at the video, "])
+                + question[0].lower()
+                + question[1:]
+            )
         return question
 
     # ---- caption -------------------------------------------------------------------------------------------------
@@ -164,13 +219,18 @@ class Language:
         bg_first = self.chance(0.7)
         bg = self.background()
         if bg_first:
-            opening = self.pick([f"The video shows {count} on {bg}.",
-                                 f"In this clip, {count} {'is' if n == 1 else 'are'} shown on {bg}.",
-                                 f"This short animation shows {count} against {bg}.",
-                                 f"The clip begins with {count} on {bg}."])
+            opening = self.pick(
+                [
+                    f"The video shows {count} on {bg}.",
+                    f"In this clip, {count} {'is' if n == 1 else 'are'} shown on {bg}.",
+                    f"This short animation shows {count} against {bg}.",
+                    f"The clip begins with {count} on {bg}.",
+                ]
+            )
         else:
-            opening = self.pick([f"The video shows {count}.", f"The clip begins with {count}.",
-                                 f"This short animation shows {count}."])
+            opening = self.pick(
+                [f"The video shows {count}.", f"The clip begins with {count}.", f"This short animation shows {count}."]
+            )
         sentences = [opening]
         order = [starters[i] for i in self.rng.permutation(n)]
         for o in order:
@@ -191,8 +251,11 @@ class Language:
         frames = sorted(groups)
         for gi, t in enumerate(frames):
             clauses = [self.event_clause(e) for e in groups[t]]
-            text = clauses[0] if len(clauses) == 1 else \
-                ", ".join(clauses[:-1]) + self.pick([", and at the same time ", " while "]) + clauses[-1]
+            text = (
+                clauses[0]
+                if len(clauses) == 1
+                else ", ".join(clauses[:-1]) + self.pick([", and at the same time ", " while "]) + clauses[-1]
+            )
             if gi == 0:
                 conn = self.pick(["Then", "After a moment", "Soon", "First"])
             elif gi == len(frames) - 1 and len(frames) > 2 and self.chance(0.6):
@@ -202,13 +265,23 @@ class Language:
             sentences.append(f"{conn}, {text}.")
         if not frames:
             still = all(o.speed is None for o in self.objs)
-            sentences.append(self.pick(["Nothing else happens; everything stays still until the end."] if still else
-                                        ["Nothing else happens: the motion continues until the end.",
-                                         "No other events take place during the clip.",
-                                         "Nothing else happens until the end of the video."]))
+            sentences.append(
+                self.pick(
+                    ["Nothing else happens; everything stays still until the end."]
+                    if still
+                    else [
+                        "Nothing else happens: the motion continues until the end.",
+                        "No other events take place during the clip.",
+                        "Nothing else happens until the end of the video.",
+                    ]
+                )
+            )
         if not bg_first:
-            sentences.append(self.pick([f"All of this happens on {bg}.", f"Everything takes place on {bg}.",
-                                        f"The scene is set on {bg}."]))
+            sentences.append(
+                self.pick(
+                    [f"All of this happens on {bg}.", f"Everything takes place on {bg}.", f"The scene is set on {bg}."]
+                )
+            )
         if self.chance(0.75):
             sentences.append(self.ending())
         return " ".join(sentences)
@@ -225,29 +298,50 @@ class Language:
             return f"{self.name(o, t - 1)} {self.pick(['disappears', 'vanishes', 'disappears from view', 'is gone'])}"
         if kind == "color_change":
             old = self.name(o, t - 1)
-            return self.pick([f"{old} turns {e['to']}", f"{old} changes colour from {e['from']} to {e['to']}",
-                              f"{old} becomes {e['to']}", f"{old} changes its color to {e['to']}"])
+            return self.pick(
+                [
+                    f"{old} turns {e['to']}",
+                    f"{old} changes colour from {e['from']} to {e['to']}",
+                    f"{old} becomes {e['to']}",
+                    f"{old} changes its color to {e['to']}",
+                ]
+            )
         if kind == "bounce":
             walls = e["walls"]
             if len(walls) == 2:
-                corner = f"{walls[1]} {walls[0]}"       # walls are listed left/right first, then top/bottom
+                corner = f"{walls[1]} {walls[0]}"  # walls are listed left/right first, then top/bottom
                 hit = f"bounces out of the {corner} corner"
             else:
-                hit = self.pick([f"bounces off the {walls[0]} edge", f"hits the {walls[0]} wall and bounces back",
-                                 f"rebounds from the {walls[0]} side"])
+                hit = self.pick(
+                    [
+                        f"bounces off the {walls[0]} edge",
+                        f"hits the {walls[0]} wall and bounces back",
+                        f"rebounds from the {walls[0]} side",
+                    ]
+                )
             clause = f"{self.name(o, t)} {hit}"
             if self.chance(0.5):
-                clause += f"{' and now' if ' and ' not in hit else ', then'} {self.motion(o, o.direction_at(t), o.speed)}"
+                clause += (
+                    f"{' and now' if ' and ' not in hit else ', then'} {self.motion(o, o.direction_at(t), o.speed)}"
+                )
             return clause
         b = self.objs[e["objects"][1]]
         a_name, b_name = self.name(o, t), self.name(b, t)
         if o.speed is None or b.speed is None:
             mover, wall = (b, o) if o.speed is None else (o, b)
-            return self.pick([f"{self.name(mover, t)} bumps into {self.name(wall, t)} and bounces back",
-                              f"{self.name(mover, t)} hits {self.name(wall, t)} and rebounds"])
-        return self.pick([f"{a_name} and {b_name} collide and bounce apart",
-                          f"{a_name} bumps into {b_name} and they bounce apart",
-                          f"{a_name} and {b_name} hit each other and move apart"])
+            return self.pick(
+                [
+                    f"{self.name(mover, t)} bumps into {self.name(wall, t)} and bounces back",
+                    f"{self.name(mover, t)} hits {self.name(wall, t)} and rebounds",
+                ]
+            )
+        return self.pick(
+            [
+                f"{a_name} and {b_name} collide and bounce apart",
+                f"{a_name} bumps into {b_name} and they bounce apart",
+                f"{a_name} and {b_name} hit each other and move apart",
+            ]
+        )
 
     def ending(self) -> str:
         t = self.s.n_frames - 1
@@ -258,8 +352,9 @@ class Language:
         listed = names[0] if len(names) == 1 else ", ".join(names[:-1]) + " and " + names[-1]
         if len(left) == 1:
             return self.pick([f"At the end, only {listed} is left.", f"By the last frame, only {listed} remains."])
-        return self.pick([f"At the end, {number(len(left))} objects are visible: {listed}.",
-                          f"By the last frame, {listed} remain."])
+        return self.pick(
+            [f"At the end, {number(len(left))} objects are visible: {listed}.", f"By the last frame, {listed} remain."]
+        )
 
     # ---- questions -----------------------------------------------------------------------------------------------
     def questions(self, n: int) -> list[tuple[str, str, str, str]]:
@@ -273,7 +368,7 @@ class Language:
             kind = kinds[int(self.rng.choice(len(kinds), p=weights / weights.sum()))]
             qa = getattr(self, f"q_{kind}")()
             if qa is None:
-                weights[kinds.index(kind)] *= 0.5      # rarely applicable here: ask it less
+                weights[kinds.index(kind)] *= 0.5  # rarely applicable here: ask it less
                 continue
             q, a_text, a = qa
             q = self.prefix(q)
@@ -289,7 +384,9 @@ class Language:
         full = aux if value else neg
         if aux == "there is":
             return self.pick([f"{cap(word)}.", f"{cap(word)}, {full}."]), word
-        return self.pick([f"{cap(word)}.", f"{cap(word)}, it {full}." if aux != "do" else f"{cap(word)}, they {full}."]), word
+        return self.pick(
+            [f"{cap(word)}.", f"{cap(word)}, it {full}." if aux != "do" else f"{cap(word)}, they {full}."]
+        ), word
 
     def q_color(self):
         cands = [o for o in self.objs if self.unique_shape(o)]
@@ -299,17 +396,33 @@ class Language:
         word = self.pick(SHAPE_WORDS[o.shape])
         col = self.pick(["colour", "color"])
         if not self.changer(o):
-            q = self.pick([f"What {col} is the {word}?", f"Which {col} does the {word} have?",
-                           f"What is the {col} of the {word}?", f"Tell me the {col} of the {word}.",
-                           f"The {word} in the video: what {col} is it?"])
+            q = self.pick(
+                [
+                    f"What {col} is the {word}?",
+                    f"Which {col} does the {word} have?",
+                    f"What is the {col} of the {word}?",
+                    f"Tell me the {col} of the {word}.",
+                    f"The {word} in the video: what {col} is it?",
+                ]
+            )
             c = o.color
         elif self.chance(0.5):
-            q = self.pick([f"What {col} is the {word} at the start?", f"Which {col} does the {word} have at first?",
-                           f"What {col} is the {word} at the beginning of the video?"])
+            q = self.pick(
+                [
+                    f"What {col} is the {word} at the start?",
+                    f"Which {col} does the {word} have at first?",
+                    f"What {col} is the {word} at the beginning of the video?",
+                ]
+            )
             c = o.color
         else:
-            q = self.pick([f"What {col} does the {word} turn into?", f"What {col} does the {word} change to?",
-                           f"Which {col} is the {word} after it changes?"])
+            q = self.pick(
+                [
+                    f"What {col} does the {word} turn into?",
+                    f"What {col} does the {word} change to?",
+                    f"Which {col} is the {word} after it changes?",
+                ]
+            )
             c = o.colors[-1][1]
         return q, self.pick([f"{cap(c)}.", f"It is {c}.", f"The {o.shape} is {c}."]), c
 
@@ -323,10 +436,20 @@ class Language:
             return None
         c = self.pick(colors)
         o = self.objs[next(iter(owners[c]))]
-        q = self.pick([f"What shape is the {c} object?", f"Which shape is {c}?", f"What is the shape of the {c} object?",
-                       f"The {c} thing in the clip: what shape is it?", f"What kind of shape is the {c} one?"])
-        return q, self.pick([f"A {o.shape}.", f"It is a {o.shape}.", f"The {c} object is a {o.shape}.",
-                             f"{cap(o.shape)}."]), o.shape
+        q = self.pick(
+            [
+                f"What shape is the {c} object?",
+                f"Which shape is {c}?",
+                f"What is the shape of the {c} object?",
+                f"The {c} thing in the clip: what shape is it?",
+                f"What kind of shape is the {c} one?",
+            ]
+        )
+        return (
+            q,
+            self.pick([f"A {o.shape}.", f"It is a {o.shape}.", f"The {c} object is a {o.shape}.", f"{cap(o.shape)}."]),
+            o.shape,
+        )
 
     def q_count(self):
         n_frames = self.s.n_frames
@@ -334,30 +457,51 @@ class Language:
         thing = self.pick(["objects", "shapes"])
         if sub == "total":
             k = len(self.objs)
-            q = self.pick([f"How many {thing} appear in the video?", f"How many {thing} are there in total?",
-                           f"How many different {thing} can be seen over the whole clip?",
-                           f"Count all the {thing} that show up in the video."])
+            q = self.pick(
+                [
+                    f"How many {thing} appear in the video?",
+                    f"How many {thing} are there in total?",
+                    f"How many different {thing} can be seen over the whole clip?",
+                    f"Count all the {thing} that show up in the video.",
+                ]
+            )
         elif sub == "start":
             k = sum(o.first == 0 for o in self.objs)
-            q = self.pick([f"How many {thing} are visible at the start?", f"How many {thing} are in the first frame?",
-                           f"At the beginning, how many {thing} can you see?"])
+            q = self.pick(
+                [
+                    f"How many {thing} are visible at the start?",
+                    f"How many {thing} are in the first frame?",
+                    f"At the beginning, how many {thing} can you see?",
+                ]
+            )
         elif sub == "end":
             k = sum(o.visible(n_frames - 1) for o in self.objs)
-            q = self.pick([f"How many {thing} are visible at the end?", f"How many {thing} remain in the last frame?",
-                           f"By the end of the video, how many {thing} are left?"])
+            q = self.pick(
+                [
+                    f"How many {thing} are visible at the end?",
+                    f"How many {thing} remain in the last frame?",
+                    f"By the end of the video, how many {thing} are left?",
+                ]
+            )
         elif sub == "shape":
             present = sorted({o.shape for o in self.objs})
             shape = self.pick(present) if self.chance(0.8) else self.pick(SHAPES)
             k = sum(o.shape == shape for o in self.objs)
             word = plural(self.pick(SHAPE_WORDS[shape]))
-            q = self.pick([f"How many {word} are there?", f"How many {word} appear in the video?",
-                           f"Count the {word} in the clip."])
+            q = self.pick(
+                [
+                    f"How many {word} are there?",
+                    f"How many {word} appear in the video?",
+                    f"Count the {word} in the clip.",
+                ]
+            )
         else:
             present = sorted({o.color for o in self.objs if o.first == 0})
             c = self.pick(present) if self.chance(0.8) else self.pick(COLORS)
             k = sum(o.first == 0 and o.color == c for o in self.objs)
-            q = self.pick([f"How many {c} {thing} are there at the start?",
-                           f"At the beginning, how many {thing} are {c}?"])
+            q = self.pick(
+                [f"How many {c} {thing} are there at the start?", f"At the beginning, how many {thing} are {c}?"]
+            )
         w = number(k)
         if k == 0:
             a = self.pick(["Zero.", "There are zero."])
@@ -395,12 +539,23 @@ class Language:
         if len(at_edge) == 1 and (not pairs or self.chance(0.6)):
             c = clauses[at_edge[0]]
             if last:
-                q = self.pick(["What happens last?", "What is the last event in the video?",
-                               "What is the final thing that happens in the clip?"])
+                q = self.pick(
+                    [
+                        "What happens last?",
+                        "What is the last event in the video?",
+                        "What is the final thing that happens in the clip?",
+                    ]
+                )
                 a = self.pick([f"Finally, {c}.", f"{cap(c)}.", f"The last thing that happens is that {c}."])
             else:
-                q = self.pick(["What happens first in the video?", "What is the first thing that happens?",
-                               "What is the first event in the clip?", "Which event comes first?"])
+                q = self.pick(
+                    [
+                        "What happens first in the video?",
+                        "What is the first thing that happens?",
+                        "What is the first event in the clip?",
+                        "Which event comes first?",
+                    ]
+                )
                 a = self.pick([f"First, {c}.", f"{cap(c)}.", f"The first thing that happens is that {c}."])
             return q, a, c
         if not pairs:
@@ -410,8 +565,13 @@ class Language:
         x, y = (clauses[i], clauses[j]) if self.chance(0.5) else (clauses[j], clauses[i])
         when = "last" if last else "first"
         later = "later" if last else "earlier"
-        q = self.pick([f"Which happens {when}: {x}, or {y}?", f"Which comes {when}, {x} or {y}?",
-                       f"What happens {later}: {x}, or {y}?"])
+        q = self.pick(
+            [
+                f"Which happens {when}: {x}, or {y}?",
+                f"Which comes {when}, {x} or {y}?",
+                f"What happens {later}: {x}, or {y}?",
+            ]
+        )
         a = self.pick([f"{cap(c)} happens {when}.", f"{cap(c)}.", f"{cap(later)}, {c}."])
         return q, a, c
 
@@ -426,20 +586,41 @@ class Language:
         r = self.ref(o)
         dirs = [d for _, d in o.motion]
         if len(dirs) == 1:
-            q = self.pick([f"In which direction does {r} move?", f"Which way is {r} moving?",
-                           f"Where is {r} heading?", f"Which direction does {r} travel in?"])
+            q = self.pick(
+                [
+                    f"In which direction does {r} move?",
+                    f"Which way is {r} moving?",
+                    f"Where is {r} heading?",
+                    f"Which direction does {r} travel in?",
+                ]
+            )
             d = dirs[0]
         elif self.chance(0.5):
-            q = self.pick([f"In which direction does {r} move at the start?", f"Which way is {r} moving at first?",
-                           f"Where is {r} heading at the beginning?"])
+            q = self.pick(
+                [
+                    f"In which direction does {r} move at the start?",
+                    f"Which way is {r} moving at first?",
+                    f"Where is {r} heading at the beginning?",
+                ]
+            )
             d = dirs[0]
         else:
-            q = self.pick([f"In which direction does {r} move at the end?", f"Which way is {r} going in the end?",
-                           f"After its last change of direction, which way does {r} move?"])
+            q = self.pick(
+                [
+                    f"In which direction does {r} move at the end?",
+                    f"Which way is {r} going in the end?",
+                    f"After its last change of direction, which way does {r} move?",
+                ]
+            )
             d = dirs[-1]
         if d is None:
-            return q, self.pick(["It does not move.", "It does not move; it stays still.",
-                                 f"{cap(canon(o))} does not move at all."]), "does not move"
+            return (
+                q,
+                self.pick(
+                    ["It does not move.", "It does not move; it stays still.", f"{cap(canon(o))} does not move at all."]
+                ),
+                "does not move",
+            )
         p = direction_phrase(d)
         return q, self.pick([f"{cap(p)}.", f"It moves {p}.", f"{cap(canon(o))} moves {p}."]), d
 
@@ -447,19 +628,26 @@ class Language:
         n = self.s.n_frames
         late = [o for o in self.objs if o.first > 0]
         gone = [o for o in self.objs if o.last < n - 1]
-        options = ["start", "gone"] + (["which_late"] if len(late) == 1 else []) + \
-            (["which_gone"] if len(gone) == 1 else [])
+        options = (
+            ["start", "gone"] + (["which_late"] if len(late) == 1 else []) + (["which_gone"] if len(gone) == 1 else [])
+        )
         sub = self.pick(options)
         if sub == "which_late":
             o = late[0]
-            q = self.pick(["Which object appears partway through the video?", "Which shape shows up later in the clip?",
-                           "What new object appears during the video?"])
+            q = self.pick(
+                [
+                    "Which object appears partway through the video?",
+                    "Which shape shows up later in the clip?",
+                    "What new object appears during the video?",
+                ]
+            )
             c = canon(o)
             return q, self.pick([f"{cap(c)}.", f"{cap(c)} appears later.", f"It is {c}."]), c
         if sub == "which_gone":
             o = gone[0]
-            q = self.pick(["Which object disappears?", "Which shape vanishes during the clip?",
-                           "What disappears in the video?"])
+            q = self.pick(
+                ["Which object disappears?", "Which shape vanishes during the clip?", "What disappears in the video?"]
+            )
             c = canon(o, o.last)
             return q, self.pick([f"{cap(c)}.", f"{cap(c)} disappears.", f"It is {c}."]), c
         o = self.pick(self.objs)
@@ -490,12 +678,20 @@ class Language:
         word = self.pick(SHAPE_WORDS[shape])
         value = (c, shape) in present
         if self.chance(0.5):
-            q = self.pick([f"Is there {article(c)} {c} {word} in the video?",
-                           f"Is there {article(c)} {c} {word} anywhere in the clip?"])
+            q = self.pick(
+                [
+                    f"Is there {article(c)} {c} {word} in the video?",
+                    f"Is there {article(c)} {c} {word} anywhere in the clip?",
+                ]
+            )
             a, w = self.yes_no(value, "there is")
         else:
-            q = self.pick([f"Does {article(c)} {c} {word} appear in the clip?",
-                           f"Does {article(c)} {c} {word} show up at any point?"])
+            q = self.pick(
+                [
+                    f"Does {article(c)} {c} {word} appear in the clip?",
+                    f"Does {article(c)} {c} {word} show up at any point?",
+                ]
+            )
             a, w = self.yes_no(value, "does")
         return q, a, w
 
@@ -504,11 +700,21 @@ class Language:
         sub = self.pick(["count", "pair"] + (["which"] if hits else []))
         if sub == "count":
             k = len(hits)
-            q = self.pick(["How many collisions happen in the video?", "How many times do two objects collide?",
-                           "How many collisions between objects are there?"])
+            q = self.pick(
+                [
+                    "How many collisions happen in the video?",
+                    "How many times do two objects collide?",
+                    "How many collisions between objects are there?",
+                ]
+            )
             w = number(k)
-            a = self.pick(["Zero.", "None; there are zero collisions."] if k == 0 else
-                          ["One.", "There is one collision."] if k == 1 else [f"{cap(w)}.", f"There are {w}."])
+            a = self.pick(
+                ["Zero.", "None; there are zero collisions."]
+                if k == 0
+                else ["One.", "There is one collision."]
+                if k == 1
+                else [f"{cap(w)}.", f"There are {w}."]
+            )
             return q, a, w
         pairs = {tuple(sorted(e["objects"])) for e in hits}
         if sub == "which":
@@ -523,11 +729,19 @@ class Language:
             i = self.pick(single)
             j, t = partners[i][0]
             c = canon(self.objs[j], t)
-            q = self.pick([f"Which object does {self.ref(self.objs[i])} collide with?",
-                           f"What does {self.ref(self.objs[i])} bump into?"])
+            q = self.pick(
+                [
+                    f"Which object does {self.ref(self.objs[i])} collide with?",
+                    f"What does {self.ref(self.objs[i])} bump into?",
+                ]
+            )
             return q, self.pick([f"{cap(c)}.", f"It collides with {c}."]), c
-        overlap = [(a.id, b.id) for a in self.objs for b in self.objs
-                   if a.id < b.id and max(a.first, b.first) <= min(a.last, b.last)]
+        overlap = [
+            (a.id, b.id)
+            for a in self.objs
+            for b in self.objs
+            if a.id < b.id and max(a.first, b.first) <= min(a.last, b.last)
+        ]
         if not overlap:
             return None
         yes = sorted(pairs)
@@ -546,22 +760,37 @@ class Language:
         return q, ans, w
 
     def q_position(self):
-        cands = [(o, "start") for o in self.objs if region_margin(*o.start_pos) > 0.05] + \
-                [(o, "end") for o in self.objs if o.speed and region_margin(*o.end_pos) > 0.05]
+        cands = [(o, "start") for o in self.objs if region_margin(*o.start_pos) > 0.05] + [
+            (o, "end") for o in self.objs if o.speed and region_margin(*o.end_pos) > 0.05
+        ]
         if not cands:
             return None
         o, when = self.pick(cands)
         r = self.ref(o)
         if when == "start":
             reg = region(*o.start_pos)
-            q = self.pick([f"Where is {r} at the start?", f"In which part of the frame is {r} at the beginning?",
-                           f"Where does {r} start?"])
+            q = self.pick(
+                [
+                    f"Where is {r} at the start?",
+                    f"In which part of the frame is {r} at the beginning?",
+                    f"Where does {r} start?",
+                ]
+            )
         else:
             reg = region(*o.end_pos)
-            q = self.pick([f"Where is {r} when it is last seen?", f"Where does {r} end up?",
-                           f"In which part of the frame is {r} at the end?"])
+            q = self.pick(
+                [
+                    f"Where is {r} when it is last seen?",
+                    f"Where does {r} end up?",
+                    f"In which part of the frame is {r} at the end?",
+                ]
+            )
         loc = _LOCATION[reg][0]
-        return q, self.pick([f"{cap(loc)}.", f"It is {loc}.", f"{cap(reg)}." if reg != "centre" else "In the centre."]), reg
+        return (
+            q,
+            self.pick([f"{cap(loc)}.", f"It is {loc}.", f"{cap(reg)}." if reg != "centre" else "In the centre."]),
+            reg,
+        )
 
     def q_size(self):
         if len({o.size for o in self.objs}) > 1 and self.chance(0.4):
@@ -571,9 +800,13 @@ class Language:
                 word = "bigger" if bigger else "smaller"
                 order = list(SIZES)
                 win = a if (order.index(a.size) > order.index(b.size)) == bigger else b
-                q = self.pick([f"Which is {word}, {self.ref(a, False)} or {self.ref(b, False)}?",
-                               f"Which one is {'larger' if bigger else 'smaller'}: {self.ref(a, False)} or "
-                               f"{self.ref(b, False)}?"])
+                q = self.pick(
+                    [
+                        f"Which is {word}, {self.ref(a, False)} or {self.ref(b, False)}?",
+                        f"Which one is {'larger' if bigger else 'smaller'}: {self.ref(a, False)} or "
+                        f"{self.ref(b, False)}?",
+                    ]
+                )
                 c = canon(win)
                 return q, self.pick([f"{cap(c)}.", f"{cap(c)} is {word}."]), c
         o = self.pick(self.objs)
@@ -612,10 +845,24 @@ def short_answer(answer: str) -> str:
 
 
 # ---- scoring ------------------------------------------------------------------------------------------------------
-_ALIASES = {"center": "centre", "middle": "centre", "fast": "quickly", "slow": "slowly", "none": "zero",
-            "medium-sized": "medium", "color": "colour", "disc": "circle", "rhombus": "diamond",
-            "plus sign": "cross", "leftward": "left", "rightward": "right", "upward": "up", "downward": "down",
-            "stays still": "does not move", "doesn't move": "does not move"}
+_ALIASES = {
+    "center": "centre",
+    "middle": "centre",
+    "fast": "quickly",
+    "slow": "slowly",
+    "none": "zero",
+    "medium-sized": "medium",
+    "color": "colour",
+    "disc": "circle",
+    "rhombus": "diamond",
+    "plus sign": "cross",
+    "leftward": "left",
+    "rightward": "right",
+    "upward": "up",
+    "downward": "down",
+    "stays still": "does not move",
+    "doesn't move": "does not move",
+}
 _CATEGORIES = {
     "yesno": ("yes", "no"),
     "color": tuple(COLORS),

@@ -22,12 +22,12 @@ import torch
 from .render import object_masks
 from .world import COLORS, SHAPES, Scene
 
-COLOR_CLASSES = ("none",) + tuple(COLORS)      # class 0: no object covers the cell
+COLOR_CLASSES = ("none",) + tuple(COLORS)  # class 0: no object covers the cell
 SHAPE_CLASSES = ("none",) + SHAPES
-MIN_COVER = 0.1                                # an object labels a cell when it covers at least this fraction
+MIN_COVER = 0.1  # an object labels a cell when it covers at least this fraction
 #                                                (a small object, radius 12 px at 224, spreads over up to four
 #                                                28 px cells; at 0.3 only 2 % of tokens got a label)
-BACKGROUND_WEIGHT = 0.2                        # background cells are most of the frame; they weigh this much each
+BACKGROUND_WEIGHT = 0.2  # background cells are most of the frame; they weigh this much each
 
 
 def token_grid(visual: dict, n_visual: int, n_frames: int, merge: int = 2) -> tuple[int, int, int]:
@@ -47,12 +47,13 @@ def token_grid(visual: dict, n_visual: int, n_frames: int, merge: int = 2) -> tu
 def cell_cover(masks: np.ndarray, n_objects: int, side: int) -> torch.Tensor:
     """(F, K + 1, side, side): the fraction of each grid cell covered by the background (0) and by each of the K
     objects, from (F, S, S) object masks (area average, so any S works with any side)."""
-    onehot = torch.nn.functional.one_hot(torch.from_numpy(masks).long(), n_objects + 1)   # (F, S, S, K+1)
+    onehot = torch.nn.functional.one_hot(torch.from_numpy(masks).long(), n_objects + 1)  # (F, S, S, K+1)
     return torch.nn.functional.adaptive_avg_pool2d(onehot.permute(0, 3, 1, 2).float(), side)
 
 
-def visual_labels(scene: Scene, frame_indices: list[int], size: int, groups: int, side: int,
-                  extra: int) -> torch.Tensor:
+def visual_labels(
+    scene: Scene, frame_indices: list[int], size: int, groups: int, side: int, extra: int
+) -> torch.Tensor:
     """(groups * side^2 + extra, 2) long: per visual token, its (colour class, shape class) in COLOR_CLASSES /
     SHAPE_CLASSES: the object covering the most of its cell (averaged over the group's frames) when that is at
     least MIN_COVER, else class 0; -100 (ignored) for the `extra` tokens."""
@@ -60,13 +61,14 @@ def visual_labels(scene: Scene, frame_indices: list[int], size: int, groups: int
     if n_frames % groups:
         raise ValueError(f"{n_frames} frames do not split into {groups} groups")
     cover = cell_cover(object_masks(scene, size, frame_indices), len(scene.objects), side)
-    cover = cover.view(groups, n_frames // groups, *cover.shape[1:]).mean(1)            # (G, K+1, side, side)
-    best_cover, best = cover[:, 1:].max(1)                                              # (G, side, side)
+    cover = cover.view(groups, n_frames // groups, *cover.shape[1:]).mean(1)  # (G, K+1, side, side)
+    best_cover, best = cover[:, 1:].max(1)  # (G, side, side)
     present = best_cover >= MIN_COVER
-    firsts = frame_indices[::n_frames // groups]
-    color_of = torch.tensor([[COLOR_CLASSES.index(scene.colors[t][k]) for k in range(len(scene.objects))]
-                             for t in firsts])                                          # (G, K)
-    shape_of = torch.tensor([SHAPE_CLASSES.index(o.shape) for o in scene.objects])     # (K,)
+    firsts = frame_indices[:: n_frames // groups]
+    color_of = torch.tensor(
+        [[COLOR_CLASSES.index(scene.colors[t][k]) for k in range(len(scene.objects))] for t in firsts]
+    )  # (G, K)
+    shape_of = torch.tensor([SHAPE_CLASSES.index(o.shape) for o in scene.objects])  # (K,)
     color = torch.where(present, color_of.gather(1, best.flatten(1)).view_as(best), 0)
     shape = torch.where(present, shape_of[best], 0)
     labels = torch.stack([color.flatten(), shape.flatten()], dim=1)
@@ -86,11 +88,14 @@ class VisualProbe(torch.nn.Module):
         cells. embeds (N, width), labels (N, 2) as `visual_labels` gives them."""
         keep = labels[:, 0] != -100
         embeds, labels = embeds[keep].float(), labels[keep]
-        per_token = (torch.nn.functional.cross_entropy(self.color(embeds), labels[:, 0], reduction="none")
-                     + torch.nn.functional.cross_entropy(self.shape(embeds), labels[:, 1], reduction="none"))
+        per_token = torch.nn.functional.cross_entropy(
+            self.color(embeds), labels[:, 0], reduction="none"
+        ) + torch.nn.functional.cross_entropy(self.shape(embeds), labels[:, 1], reduction="none")
         obj = labels[:, 1] > 0
-        parts = [per_token[obj].mean() if obj.any() else per_token.new_zeros(()),
-                 BACKGROUND_WEIGHT * per_token[~obj].mean() if (~obj).any() else per_token.new_zeros(())]
+        parts = [
+            per_token[obj].mean() if obj.any() else per_token.new_zeros(()),
+            BACKGROUND_WEIGHT * per_token[~obj].mean() if (~obj).any() else per_token.new_zeros(()),
+        ]
         return parts[0] + parts[1]
 
     @torch.no_grad()
@@ -98,5 +103,8 @@ class VisualProbe(torch.nn.Module):
         """How many object cells (labels[:, 1] > 0) each read-out names right, and how many there are."""
         obj = labels[:, 1] > 0
         embeds, labels = embeds[obj].float(), labels[obj]
-        return {"color": int((self.color(embeds).argmax(-1) == labels[:, 0]).sum()),
-                "shape": int((self.shape(embeds).argmax(-1) == labels[:, 1]).sum()), "cells": int(obj.sum())}
+        return {
+            "color": int((self.color(embeds).argmax(-1) == labels[:, 0]).sum()),
+            "shape": int((self.shape(embeds).argmax(-1) == labels[:, 1]).sum()),
+            "cells": int(obj.sum()),
+        }

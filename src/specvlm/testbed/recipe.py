@@ -12,35 +12,38 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
-
 FAMILIES = ("llava_onevision", "qwen2_5_vl")
 ROLES = ("target", "draft")
 
 
 @dataclass(frozen=True)
 class Arch:
-    hidden: int          # text width
-    layers: int          # text decoder layers
-    heads: int           # attention heads (head_dim = hidden / heads; 64 for both roles)
+    hidden: int  # text width
+    layers: int  # text decoder layers
+    heads: int  # attention heads (head_dim = hidden / heads; 64 for both roles)
     kv_heads: int
-    vision_width: int    # the model's own vision tower, trained from scratch
+    vision_width: int  # the model's own vision tower, trained from scratch
     vision_depth: int
 
 
 @dataclass(frozen=True)
 class Recipe:
     """Every knob of a build. `full()` is the bundled build; tests use a miniature one."""
-    n_clips: int = 400                   # world size: 80% train, 10% validation, 10% test
-    world_size: int = 224                # rendered frame side (pixels)
-    clip_frames: tuple = (16, 64)        # (min, max) frames per clip, 8 fps: 2 to 8 seconds
-    questions: int = 16                  # question conversations per clip (besides the caption), all in one pack
-    num_frames: int = 8                  # frames sampled per clip (the CLI's default too)
-    ov_image_size: int = 224             # SigLIP input: 16x16 patches -> pooled 8x8 = 64 tokens per frame
-    qwen_pixels: int = 336 * 336         # Qwen min_pixels: 224 frames are upscaled to 336 -> 12x12 merged per pair
+
+    n_clips: int = 400  # world size: 80% train, 10% validation, 10% test
+    world_size: int = 224  # rendered frame side (pixels)
+    clip_frames: tuple = (16, 64)  # (min, max) frames per clip, 8 fps: 2 to 8 seconds
+    questions: int = 16  # question conversations per clip (besides the caption), all in one pack
+    num_frames: int = 8  # frames sampled per clip (the CLI's default too)
+    ov_image_size: int = 224  # SigLIP input: 16x16 patches -> pooled 8x8 = 64 tokens per frame
+    qwen_pixels: int = 336 * 336  # Qwen min_pixels: 224 frames are upscaled to 336 -> 12x12 merged per pair
     vocab: int = 1024
-    arch: dict = field(default_factory=lambda: {
-        "target": Arch(hidden=256, layers=6, heads=4, kv_heads=2, vision_width=96, vision_depth=2),
-        "draft": Arch(hidden=128, layers=2, heads=2, kv_heads=1, vision_width=64, vision_depth=1)})
+    arch: dict = field(
+        default_factory=lambda: {
+            "target": Arch(hidden=256, layers=6, heads=4, kv_heads=2, vision_width=96, vision_depth=2),
+            "draft": Arch(hidden=128, layers=2, heads=2, kv_heads=1, vision_width=64, vision_depth=1),
+        }
+    )
     # the curriculum, per role: `vision_steps` of the vision tower + projector alone on the visual-token probe
     # (`vision_batch` clips a step, no language model: `train.pretrain_vision`), then `text_steps` on the caption +
     # questions packs without the video (the model learns to read the prompt: a caption or which kind of answer),
@@ -52,17 +55,17 @@ class Recipe:
     vision_batch: int = 4
     vision_lr: float = 3e-3
     text_steps: dict = field(default_factory=lambda: {"target": 600, "draft": 300})
-    steps: dict = field(default_factory=lambda: {"target": 671, "draft": 335})   # = scaled(60)
+    steps: dict = field(default_factory=lambda: {"target": 671, "draft": 335})  # = scaled(60)
     question_share: float = 0.0
     caption_first: float = 0.5
     lr: dict = field(default_factory=lambda: {"target": 2e-3, "draft": 2e-3})
-    probe_weight: float = 1.0            # the visual-token probe's loss (probe.py) next to the answer loss
-    distill: float = 0.8                 # drafts: answer-token loss = 0.2 cross-entropy + 0.8 KL(target || draft)
-    warmup: float = 0.05                 # fraction of steps with linear warmup, then cosine to 10%
-    eval_clips: int = 30                 # validation clips for loss and accuracy
-    eval_questions: int = 5              # questions scored per validation clip (its first ones)
-    tau_clips: int = 4                   # validation clips whose captions measure τ
-    tau_tokens: int = 96                 # new tokens per τ measurement
+    probe_weight: float = 1.0  # the visual-token probe's loss (probe.py) next to the answer loss
+    distill: float = 0.8  # drafts: answer-token loss = 0.2 cross-entropy + 0.8 KL(target || draft)
+    warmup: float = 0.05  # fraction of steps with linear warmup, then cosine to 10%
+    eval_clips: int = 30  # validation clips for loss and accuracy
+    eval_questions: int = 5  # questions scored per validation clip (its first ones)
+    tau_clips: int = 4  # validation clips whose captions measure τ
+    tau_tokens: int = 96  # new tokens per τ measurement
     rope_theta: float = 10000.0
 
     def to_dict(self) -> dict:
@@ -70,14 +73,17 @@ class Recipe:
         d["arch"] = {k: asdict(v) for k, v in self.arch.items()}
         return d
 
-    def scaled(self, minutes: float) -> "Recipe":
+    def scaled(self, minutes: float) -> Recipe:
         """Video steps for a total budget of `minutes` on 2 CPU cores: about 6 minutes go to the world, the pixel
         caches and the evaluation, the vision and text steps take what they take, the rest trains the targets N
         video steps and the drafts N/2 (one clip per step; a draft step includes its teacher's forward). A function
         of `minutes` only, so the same command gives the same models on the same kind of machine
         (`train.bf16_is_fast` decides the arithmetic)."""
-        fixed_s = sum(self.text_steps[role] * TEXT_STEP_SECONDS[role]
-                      + self.vision_steps[role] * VISION_STEP_SECONDS[role] * self.vision_batch / 4 for role in ROLES)
+        fixed_s = sum(
+            self.text_steps[role] * TEXT_STEP_SECONDS[role]
+            + self.vision_steps[role] * VISION_STEP_SECONDS[role] * self.vision_batch / 4
+            for role in ROLES
+        )
         train_s = max((minutes - 6.0) * 60 - fixed_s, 30.0)
         steps = max(int(train_s / (STEP_SECONDS["target"] + STEP_SECONDS["draft"] / 2)), 30)
         return replace(self, steps={"target": steps, "draft": steps // 2})
@@ -89,7 +95,7 @@ class Recipe:
 # tokens, no video): targets 0.45 + 0.5, drafts with the teacher 0.3 + 0.3
 STEP_SECONDS = {"target": 0.93 + 1.5, "draft": 0.75 + 1.2}
 TEXT_STEP_SECONDS = {"target": 0.45 + 0.5, "draft": 0.3 + 0.3}
-VISION_STEP_SECONDS = {"target": 0.35 + 0.5, "draft": 0.2 + 0.3}   # 4 clips, vision tower + projector + probe
+VISION_STEP_SECONDS = {"target": 0.35 + 0.5, "draft": 0.2 + 0.3}  # 4 clips, vision tower + projector + probe
 
 
 def visual_tokens(recipe: Recipe, family: str) -> int:
@@ -105,8 +111,8 @@ def _qwen_side(recipe: Recipe) -> int:
     import math
 
     side = max(round(recipe.world_size / 28) * 28, 28)
-    if side * side < recipe.qwen_pixels:                       # smart_resize's upscaling branch, square frames
-        side = math.ceil(recipe.world_size * math.sqrt(recipe.qwen_pixels / recipe.world_size ** 2) / 28) * 28
+    if side * side < recipe.qwen_pixels:  # smart_resize's upscaling branch, square frames
+        side = math.ceil(recipe.world_size * math.sqrt(recipe.qwen_pixels / recipe.world_size**2) / 28) * 28
     return side
 
 
@@ -120,11 +126,15 @@ def train_bpe(texts: list[str], vocab: int) -> str:
     tok = Tokenizer(models.BPE(unk_token=None))
     tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
     tok.decoder = decoders.ByteLevel()
-    tok.train_from_iterator(texts, trainers.BpeTrainer(
-        vocab_size=ordinary, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False))
+    tok.train_from_iterator(
+        texts,
+        trainers.BpeTrainer(
+            vocab_size=ordinary, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+        ),
+    )
     spec = json.loads(tok.to_str())
     table = spec["model"]["vocab"]
-    for i in range(ordinary - len(table)):   # a tiny corpus may not fill the table: pad with unreachable entries
+    for i in range(ordinary - len(table)):  # a tiny corpus may not fill the table: pad with unreachable entries
         table[f"<unused{i}>"] = len(table)
     return json.dumps(spec)
 
@@ -150,39 +160,79 @@ def family_tokenizer(bpe_json: str, family: str, vocab: int):
 def make_model(recipe: Recipe, family: str, role: str, seed: int):
     """A freshly initialised (seeded) model of `family` with the recipe's `role` sizes."""
     import torch
-    from transformers import (LlavaOnevisionConfig, LlavaOnevisionForConditionalGeneration, Qwen2_5_VLConfig,
-                              Qwen2_5_VLForConditionalGeneration, Qwen2Config, SiglipVisionConfig)
+    from transformers import (
+        LlavaOnevisionConfig,
+        LlavaOnevisionForConditionalGeneration,
+        Qwen2_5_VLConfig,
+        Qwen2_5_VLForConditionalGeneration,
+        Qwen2Config,
+        SiglipVisionConfig,
+    )
 
     from ..tiny import special_ids
 
     a, ids = recipe.arch[role], special_ids(recipe.vocab)
-    text = dict(vocab_size=recipe.vocab, hidden_size=a.hidden, intermediate_size=3 * a.hidden,
-                num_hidden_layers=a.layers, num_attention_heads=a.heads, num_key_value_heads=a.kv_heads,
-                max_position_embeddings=4096, eos_token_id=ids["eos"], bos_token_id=None, pad_token_id=ids["pad"],
-                tie_word_embeddings=False, rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta})
+    text = dict(
+        vocab_size=recipe.vocab,
+        hidden_size=a.hidden,
+        intermediate_size=3 * a.hidden,
+        num_hidden_layers=a.layers,
+        num_attention_heads=a.heads,
+        num_key_value_heads=a.kv_heads,
+        max_position_embeddings=4096,
+        eos_token_id=ids["eos"],
+        bos_token_id=None,
+        pad_token_id=ids["pad"],
+        tie_word_embeddings=False,
+        rope_parameters={"rope_type": "default", "rope_theta": recipe.rope_theta},
+    )
     torch.manual_seed(seed)
     if family == "llava_onevision":
         size = recipe.ov_image_size
-        vision = SiglipVisionConfig(hidden_size=a.vision_width, intermediate_size=3 * a.vision_width,
-                                    num_hidden_layers=a.vision_depth, num_attention_heads=2, image_size=size,
-                                    patch_size=14, vision_use_head=False)
-        config = LlavaOnevisionConfig(vision_config=vision, text_config=Qwen2Config(**text),
-                                      image_token_index=ids["image"], video_token_index=ids["video"],
-                                      image_grid_pinpoints=[[size, size], [size, 2 * size], [2 * size, size],
-                                                            [2 * size, 2 * size]],
-                                      vision_feature_layer=-1, vision_feature_select_strategy="full")
+        vision = SiglipVisionConfig(
+            hidden_size=a.vision_width,
+            intermediate_size=3 * a.vision_width,
+            num_hidden_layers=a.vision_depth,
+            num_attention_heads=2,
+            image_size=size,
+            patch_size=14,
+            vision_use_head=False,
+        )
+        config = LlavaOnevisionConfig(
+            vision_config=vision,
+            text_config=Qwen2Config(**text),
+            image_token_index=ids["image"],
+            video_token_index=ids["video"],
+            image_grid_pinpoints=[[size, size], [size, 2 * size], [2 * size, size], [2 * size, 2 * size]],
+            vision_feature_layer=-1,
+            vision_feature_select_strategy="full",
+        )
         model = LlavaOnevisionForConditionalGeneration(config)
     elif family == "qwen2_5_vl":
-        half = a.hidden // a.heads // 2                      # M-RoPE (t, h, w) sections sum to head_dim / 2,
-        s = 3 * half // 8                                    # in the real model's 2:3:3 proportion
+        half = a.hidden // a.heads // 2  # M-RoPE (t, h, w) sections sum to head_dim / 2,
+        s = 3 * half // 8  # in the real model's 2:3:3 proportion
         text["rope_parameters"]["mrope_section"] = [half - 2 * s, s, s]
-        vision = dict(depth=a.vision_depth, hidden_size=a.vision_width, intermediate_size=3 * a.vision_width,
-                      num_heads=2, out_hidden_size=a.hidden, patch_size=14, spatial_merge_size=2,
-                      temporal_patch_size=2, window_size=112, fullatt_block_indexes=[a.vision_depth - 1],
-                      tokens_per_second=2)
-        config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, image_token_id=ids["image"],
-                                  video_token_id=ids["video"], vision_start_token_id=ids["vision_start"],
-                                  vision_end_token_id=ids["vision_end"])
+        vision = dict(
+            depth=a.vision_depth,
+            hidden_size=a.vision_width,
+            intermediate_size=3 * a.vision_width,
+            num_heads=2,
+            out_hidden_size=a.hidden,
+            patch_size=14,
+            spatial_merge_size=2,
+            temporal_patch_size=2,
+            window_size=112,
+            fullatt_block_indexes=[a.vision_depth - 1],
+            tokens_per_second=2,
+        )
+        config = Qwen2_5_VLConfig(
+            text_config=text,
+            vision_config=vision,
+            image_token_id=ids["image"],
+            video_token_id=ids["video"],
+            vision_start_token_id=ids["vision_start"],
+            vision_end_token_id=ids["vision_end"],
+        )
         model = Qwen2_5_VLForConditionalGeneration(config)
     else:
         raise ValueError(f"unknown family {family!r}; choose from {FAMILIES}")
@@ -198,9 +248,15 @@ def save_processor(folder, recipe: Recipe, family: str, tokenizer, model) -> Pat
     from ..inputs.testing import save_tiny_processor
 
     folder = Path(folder)
-    save_tiny_processor(folder, family, model=model if family == "llava_onevision" else None, vocab=recipe.vocab,
-                        image_size=recipe.ov_image_size, min_pixels=recipe.qwen_pixels,
-                        max_pixels=max(recipe.qwen_pixels, 448 * 448))
+    save_tiny_processor(
+        folder,
+        family,
+        model=model if family == "llava_onevision" else None,
+        vocab=recipe.vocab,
+        image_size=recipe.ov_image_size,
+        min_pixels=recipe.qwen_pixels,
+        max_pixels=max(recipe.qwen_pixels, 448 * 448),
+    )
     tokenizer.save_pretrained(folder)
     video_cfg = folder / "video_preprocessor_config.json"
     cfg = json.loads(video_cfg.read_text())

@@ -12,20 +12,37 @@ from .world import BACKGROUNDS, COLORS, Scene
 def _polygon(n: int, r_in: float = 1.0, rot: float = -math.pi / 2) -> list[tuple[float, float]]:
     """n points (or 2n alternating outer/inner points when r_in < 1) on the unit circle, first one at the top."""
     if r_in < 1.0:
-        return [((1.0 if k % 2 == 0 else r_in) * math.cos(rot + k * math.pi / n),
-                 (1.0 if k % 2 == 0 else r_in) * math.sin(rot + k * math.pi / n)) for k in range(2 * n)]
+        return [
+            (
+                (1.0 if k % 2 == 0 else r_in) * math.cos(rot + k * math.pi / n),
+                (1.0 if k % 2 == 0 else r_in) * math.sin(rot + k * math.pi / n),
+            )
+            for k in range(2 * n)
+        ]
     return [(math.cos(rot + 2 * math.pi * k / n), math.sin(rot + 2 * math.pi * k / n)) for k in range(n)]
 
 
-_W = 0.36   # half-width of the cross's arms
-UNIT_SHAPES = {                                  # outlines in units of the radius; circle is drawn as an ellipse
+_W = 0.36  # half-width of the cross's arms
+UNIT_SHAPES = {  # outlines in units of the radius; circle is drawn as an ellipse
     "square": [(-0.85, -0.85), (0.85, -0.85), (0.85, 0.85), (-0.85, 0.85)],
     "triangle": [(0.0, -1.0), (0.92, 0.72), (-0.92, 0.72)],
     "star": _polygon(5, 0.45),
     "diamond": [(0.0, -1.0), (0.75, 0.0), (0.0, 1.0), (-0.75, 0.0)],
     "hexagon": _polygon(6, rot=0.0),
-    "cross": [(-_W, -1), (_W, -1), (_W, -_W), (1, -_W), (1, _W), (_W, _W), (_W, 1), (-_W, 1), (-_W, _W),
-              (-1, _W), (-1, -_W), (-_W, -_W)],
+    "cross": [
+        (-_W, -1),
+        (_W, -1),
+        (_W, -_W),
+        (1, -_W),
+        (1, _W),
+        (_W, _W),
+        (_W, 1),
+        (-_W, 1),
+        (-_W, _W),
+        (-1, _W),
+        (-1, -_W),
+        (-_W, -_W),
+    ],
 }
 
 

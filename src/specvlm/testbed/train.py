@@ -15,9 +15,9 @@ import itertools
 import json
 import math
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Callable
 
 import numpy as np
 import torch
@@ -32,11 +32,11 @@ VISUAL_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 @dataclass
 class Clip:
     id: str
-    video: str                    # absolute path of the mp4
-    visual: dict                  # the processor's pixel tensors for this clip (fp16 in the training cache)
-    n_visual: int                 # video placeholder tokens after expansion
-    turns: list                   # [(question, answer_text, canonical answer or None, kind)], caption first
-    labels: torch.Tensor | None = None   # (n_visual, 2) what each visual token shows (probe.visual_labels)
+    video: str  # absolute path of the mp4
+    visual: dict  # the processor's pixel tensors for this clip (fp16 in the training cache)
+    n_visual: int  # video placeholder tokens after expansion
+    turns: list  # [(question, answer_text, canonical answer or None, kind)], caption first
+    labels: torch.Tensor | None = None  # (n_visual, 2) what each visual token shows (probe.visual_labels)
 
 
 def float_pixels(visual: dict) -> dict:
@@ -60,7 +60,7 @@ class Formatter:
         """The single-turn inference prompt (chat template, generation prompt) with the video expanded."""
         ids = self.ids(render_prompt(self.processor, question, 0, 1))
         i = ids.index(self.video_id)
-        return ids[:i] + [self.video_id] * n_visual + ids[i + 1:]
+        return ids[:i] + [self.video_id] * n_visual + ids[i + 1 :]
 
     def followup(self, question: str) -> list[int]:
         """A later user turn and the generation prompt, as each family's chat template renders a text-only turn
@@ -91,8 +91,11 @@ class Formatter:
         for n, k in enumerate(order):
             question, answer = clip.turns[k][0], clip.turns[k][1]
             if n == 0:
-                prompt = self.prompt(question, clip.n_visual) if video else \
-                    self.ids(render_prompt(self.processor, question, 0, 0))
+                prompt = (
+                    self.prompt(question, clip.n_visual)
+                    if video
+                    else self.ids(render_prompt(self.processor, question, 0, 0))
+                )
             else:
                 prompt = self.followup(question)
             reply = self.answer(answer)
@@ -102,13 +105,20 @@ class Formatter:
             kinds += [clip.turns[k][2] is None] * (len(prompt) + len(reply))
         halves = [sum(w for w, c in zip(weights, kinds) if c == side) for side in (True, False)]
         share = [0.5 / h if h else 0.0 for h in halves]
-        if not all(halves):                       # only captions or only questions: that side takes it all
+        if not all(halves):  # only captions or only questions: that side takes it all
             share = [2 * s for s in share]
         return ids, labels, [w * share[0 if c else 1] for w, c in zip(weights, kinds)]
 
 
-def load_clips(world: Path, split: str, processor, num_frames: int, limit: int | None = None,
-               pixel_dtype=torch.float16, progress: Callable[[int, int], None] | None = None) -> list[Clip]:
+def load_clips(
+    world: Path,
+    split: str,
+    processor,
+    num_frames: int,
+    limit: int | None = None,
+    pixel_dtype=torch.float16,
+    progress: Callable[[int, int], None] | None = None,
+) -> list[Clip]:
     """The clips of `split` with their pixels preprocessed once by the real processor."""
     from .export import clip_scene
 
@@ -116,7 +126,7 @@ def load_clips(world: Path, split: str, processor, num_frames: int, limit: int |
     world_info = json.loads((world / "world.json").read_text())
     merge = getattr(processor.video_processor, "merge_size", 2) or 2
     by_clip: dict[str, list[dict]] = {}
-    for line in open(world / f"{split}.jsonl", encoding="utf-8"):
+    for line in (world / f"{split}.jsonl").read_text(encoding="utf-8").splitlines():
         row = json.loads(line)
         by_clip.setdefault(row["clip"], []).append(row)
     names = sorted(by_clip)[:limit]
@@ -124,19 +134,23 @@ def load_clips(world: Path, split: str, processor, num_frames: int, limit: int |
     for n, name in enumerate(names):
         rows = by_clip[name]
         path = str(world / rows[0]["video"])
-        video = load_video(path, sample_indices_fn=sampler(
-            num_frames, sample_frames=processor.video_processor.sample_frames))
+        video = load_video(
+            path, sample_indices_fn=sampler(num_frames, sample_frames=processor.video_processor.sample_frames)
+        )
         full = build_inputs(processor, rows[0]["conversation"][0]["content"], video=video)
         n_visual = int((full["input_ids"] == fmt.video_id).sum())
-        visual = {k: full[k].to(pixel_dtype) if k == "pixel_values_videos" else full[k]
-                  for k in VISUAL_KEYS if k in full}
-        turns = [(r["conversation"][0]["content"], r["conversation"][1]["content"], r["answer"], r["kind"])
-                 for r in rows]
+        visual = {
+            k: full[k].to(pixel_dtype) if k == "pixel_values_videos" else full[k] for k in VISUAL_KEYS if k in full
+        }
+        turns = [
+            (r["conversation"][0]["content"], r["conversation"][1]["content"], r["answer"], r["kind"]) for r in rows
+        ]
         scene = clip_scene(int(name.rsplit("_", 1)[1]), world_info["seed"], world_info["frames"], world_info["fps"])
-        labels = visual_labels(scene, video.indices, world_info["size"],
-                               *token_grid(visual, n_visual, len(video.indices), merge))
+        labels = visual_labels(
+            scene, video.indices, world_info["size"], *token_grid(visual, n_visual, len(video.indices), merge)
+        )
         clip = Clip(name, path, visual, n_visual, turns, labels)
-        if n == 0:   # our prompt ids must be the processor's, token for token
+        if n == 0:  # our prompt ids must be the processor's, token for token
             mine = fmt.inputs(clip, fmt.prompt(turns[0][0], n_visual))
             for k in ("input_ids", "mm_token_type_ids"):
                 if k in full and not torch.equal(mine[k], full[k].long()):
@@ -147,7 +161,7 @@ def load_clips(world: Path, split: str, processor, num_frames: int, limit: int |
     return clips
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def bf16_is_fast() -> bool:
     """Whether this CPU multiplies bf16 natively (AMX or AVX512-BF16): there bf16 autocast trains ~1.4x faster; on
     others (e.g. AVX2-only AMD EPYC) a bf16 matmul is ~100x slower than fp32 (measured 2.5 s vs 0.02 s at 1024^2),
@@ -160,9 +174,16 @@ def bf16_is_fast() -> bool:
     return "amx_bf16" in flags or "avx512_bf16" in flags
 
 
-def pretrain_vision(model, clips: list[Clip], steps: int, lr: float, seed: int, batch: int = 4,
-                    warmup: float = 0.05, progress: Callable[[int, int, float], None] | None = None
-                    ) -> tuple[VisualProbe, dict]:
+def pretrain_vision(
+    model,
+    clips: list[Clip],
+    steps: int,
+    lr: float,
+    seed: int,
+    batch: int = 4,
+    warmup: float = 0.05,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> tuple[VisualProbe, dict]:
     """The vision tower and projector alone, trained on the visual-token probe (probe.py): `steps` AdamW steps of
     `batch` clips each, no language model in the loop (the features come from the adapter's `visual_features`,
     the rows the LM would receive). Returns the trained probe (the LM steps keep training it) and a summary with
@@ -181,8 +202,11 @@ def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress):
     model.train()
     adapter = adapter_for(model)
     probe = VisualProbe(model.config.get_text_config().hidden_size)
-    params = [p for n, p in model.named_parameters() if "language_model" not in n and "lm_head" not in n
-              and "embed_tokens" not in n] + list(probe.parameters())
+    params = [
+        p
+        for n, p in model.named_parameters()
+        if "language_model" not in n and "lm_head" not in n and "embed_tokens" not in n
+    ] + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
     losses, start, stream = [], time.perf_counter(), shuffled_forever(clips, rng)
     for step in range(steps):
@@ -190,7 +214,7 @@ def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress):
             group["lr"] = lr_at(step, steps, lr, warmup)
         total = 0.0
         for clip in itertools.islice(stream, batch):
-            embeds = adapter.visual_features(float_pixels(clip.visual))["video"][0]           # (n_visual, hidden)
+            embeds = adapter.visual_features(float_pixels(clip.visual))["video"][0]  # (n_visual, hidden)
             loss = probe.loss(embeds, clip.labels) / batch
             loss.backward()
             total += float(loss.detach())
@@ -201,8 +225,12 @@ def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress):
         if progress:
             progress(step + 1, steps, float(np.mean(losses[-50:])))
     model.eval()
-    return probe, {"steps": steps, "batch": batch, "seconds": round(time.perf_counter() - start, 1),
-                   "probe_loss_curve": _curve(losses)}
+    return probe, {
+        "steps": steps,
+        "batch": batch,
+        "seconds": round(time.perf_counter() - start, 1),
+        "probe_loss_curve": _curve(losses),
+    }
 
 
 def shuffled_forever(clips: list[Clip], rng: np.random.Generator):
@@ -222,9 +250,19 @@ def lr_at(step: int, steps: int, peak: float, warmup: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
-def example_loss(model, fmt: Formatter, clip: Clip, order, autocast: bool, video: bool = True,
-                 probe: VisualProbe | None = None, probe_weight: float = 0.0, teacher=None,
-                 distill: float = 0.0, parts: dict | None = None) -> torch.Tensor:
+def example_loss(
+    model,
+    fmt: Formatter,
+    clip: Clip,
+    order,
+    autocast: bool,
+    video: bool = True,
+    probe: VisualProbe | None = None,
+    probe_weight: float = 0.0,
+    teacher=None,
+    distill: float = 0.0,
+    parts: dict | None = None,
+) -> torch.Tensor:
     """The weighted answer loss of one packed example (`Formatter.example`), plus `probe_weight` x the probe's
     loss on the visual tokens' embeddings, and with a `teacher`, each answer token's loss mixed as
     (1 - distill) x cross-entropy + distill x KL(teacher || model) on the teacher's logits for the same ids.
@@ -237,7 +275,7 @@ def example_loss(model, fmt: Formatter, clip: Clip, order, autocast: bool, video
         if teacher is not None:
             with torch.no_grad():
                 teacher_logits = teacher(**inputs).logits[0, :-1].float()
-    logits = out.logits[0, :-1].float()                                     # (L - 1, vocab)
+    logits = out.logits[0, :-1].float()  # (L - 1, vocab)
     target = torch.tensor(labels[1:])
     per_token = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="none")
     if teacher is not None:
@@ -246,7 +284,7 @@ def example_loss(model, fmt: Formatter, clip: Clip, order, autocast: bool, video
         per_token = (1 - distill) * per_token + distill * kl * (target != -100)
     loss = (per_token * torch.tensor(weights[1:])).sum()
     if use_probe:
-        embeds = out.hidden_states[0][0, inputs["input_ids"][0] == fmt.video_id]   # (n_visual, hidden)
+        embeds = out.hidden_states[0][0, inputs["input_ids"][0] == fmt.video_id]  # (n_visual, hidden)
         probe_loss = probe.loss(embeds, clip.labels)
         loss = loss + probe_weight * probe_loss
         if parts is not None:
@@ -254,10 +292,24 @@ def example_loss(model, fmt: Formatter, clip: Clip, order, autocast: bool, video
     return loss
 
 
-def train(model, clips: list[Clip], fmt: Formatter, steps: int, lr: float, seed: int, warmup: float = 0.05,
-          text_steps: int = 0, question_steps: int = 0, caption_first: float = 0.0, probe_weight: float = 0.0,
-          probe: VisualProbe | None = None, teacher=None, distill: float = 0.0, deadline: float | None = None,
-          progress: Callable[[int, int, float], None] | None = None) -> dict:
+def train(
+    model,
+    clips: list[Clip],
+    fmt: Formatter,
+    steps: int,
+    lr: float,
+    seed: int,
+    warmup: float = 0.05,
+    text_steps: int = 0,
+    question_steps: int = 0,
+    caption_first: float = 0.0,
+    probe_weight: float = 0.0,
+    probe: VisualProbe | None = None,
+    teacher=None,
+    distill: float = 0.0,
+    deadline: float | None = None,
+    progress: Callable[[int, int, float], None] | None = None,
+) -> dict:
     """AdamW on one clip per step (bf16 autocast where the CPU has bf16 units, `bf16_is_fast`; weights stay fp32),
     the first `text_steps` of `steps` on the clip's conversations without the video, the next `question_steps`
     on its questions only (see `Recipe.text_steps`); each step's turns in a random order, the caption first with
@@ -265,13 +317,45 @@ def train(model, clips: list[Clip], fmt: Formatter, steps: int, lr: float, seed:
     `probe_weight` > 0 adds the visual-token probe (probe.py; `probe`, e.g. `pretrain_vision`'s, or a fresh
     one), a `teacher` distils its logits (`example_loss`).
     Stops early only if the wall clock passes `deadline` (then the run is not reproducible; reported)."""
-    with torch.enable_grad():   # callers (tests) may have switched autograd off globally
-        return _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_steps, caption_first,
-                      probe_weight, probe, teacher, distill, deadline, progress)
+    with torch.enable_grad():  # callers (tests) may have switched autograd off globally
+        return _train(
+            model,
+            clips,
+            fmt,
+            steps,
+            lr,
+            seed,
+            warmup,
+            text_steps,
+            question_steps,
+            caption_first,
+            probe_weight,
+            probe,
+            teacher,
+            distill,
+            deadline,
+            progress,
+        )
 
 
-def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_steps, caption_first, probe_weight,
-           probe, teacher, distill, deadline, progress) -> dict:
+def _train(
+    model,
+    clips,
+    fmt,
+    steps,
+    lr,
+    seed,
+    warmup,
+    text_steps,
+    question_steps,
+    caption_first,
+    probe_weight,
+    probe,
+    teacher,
+    distill,
+    deadline,
+    progress,
+) -> dict:
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.train()
@@ -282,8 +366,9 @@ def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_step
     params = list(model.named_parameters()) + (list(probe.named_parameters()) if probe else [])
     decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
     rest = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW([{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}],
-                            lr=lr, betas=(0.9, 0.98))
+    opt = torch.optim.AdamW(
+        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
+    )
     stream = shuffled_forever(clips, rng)
     losses, probe_losses, start, done = [], [], time.perf_counter(), 0
     for step in range(steps):
@@ -293,14 +378,24 @@ def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_step
         for group in opt.param_groups:
             group["lr"] = lr_at(step, steps, lr, warmup)
         turns = [int(k) for k in rng.permutation(len(clip.turns))]
-        if rng.random() < caption_first:   # the caption leads, laid out like a single-turn caption prompt
-            turns.sort(key=lambda k: clip.turns[k][2] is not None)           # stable: the questions keep their order
-        if text_steps <= step < text_steps + question_steps:   # video steps on the short answers only
+        if rng.random() < caption_first:  # the caption leads, laid out like a single-turn caption prompt
+            turns.sort(key=lambda k: clip.turns[k][2] is not None)  # stable: the questions keep their order
+        if text_steps <= step < text_steps + question_steps:  # video steps on the short answers only
             turns = [k for k in turns if clip.turns[k][2] is not None]
         parts: dict = {}
-        loss = example_loss(model, fmt, clip, turns, autocast=bf16_is_fast(),
-                            video=step >= text_steps, probe=probe, probe_weight=probe_weight, teacher=teacher,
-                            distill=distill, parts=parts)
+        loss = example_loss(
+            model,
+            fmt,
+            clip,
+            turns,
+            autocast=bf16_is_fast(),
+            video=step >= text_steps,
+            probe=probe,
+            probe_weight=probe_weight,
+            teacher=teacher,
+            distill=distill,
+            parts=parts,
+        )
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
         opt.step()
@@ -312,16 +407,21 @@ def _train(model, clips, fmt, steps, lr, seed, warmup, text_steps, question_step
         if progress:
             progress(done, steps, float(np.mean(losses[-50:])))
     model.eval()
-    return {"steps": done, "planned_steps": steps, "stopped_early": done < steps,
-            "first_loss": losses[0] if losses else None,
-            "final_loss": float(np.mean(losses[-50:])) if losses else None,
-            "seconds": round(time.perf_counter() - start, 1), "loss_curve": _curve(losses),
-            "probe_loss_curve": _curve(probe_losses)}
+    return {
+        "steps": done,
+        "planned_steps": steps,
+        "stopped_early": done < steps,
+        "first_loss": losses[0] if losses else None,
+        "final_loss": float(np.mean(losses[-50:])) if losses else None,
+        "seconds": round(time.perf_counter() - start, 1),
+        "loss_curve": _curve(losses),
+        "probe_loss_curve": _curve(probe_losses),
+    }
 
 
 def _curve(values: list[float], every: int = 50) -> list[float]:
     """Means of consecutive blocks of `every` values: a loss curve small enough for metrics.json."""
-    return [round(float(np.mean(values[i:i + every])), 4) for i in range(0, len(values), every)]
+    return [round(float(np.mean(values[i : i + every])), 4) for i in range(0, len(values), every)]
 
 
 # ---- evaluation (float32, as the engine runs) ----------------------------------------------------------------------
@@ -347,8 +447,11 @@ def probe_accuracy(model, probe: VisualProbe, clips: list[Clip]) -> dict:
     for clip in clips:
         hits = probe.hits(adapter.visual_features(float_pixels(clip.visual))["video"][0], clip.labels)
         total = {k: total[k] + hits[k] for k in total}
-    return {"color": round(total["color"] / max(total["cells"], 1), 3),
-            "shape": round(total["shape"] / max(total["cells"], 1), 3), "cells": total["cells"]}
+    return {
+        "color": round(total["color"] / max(total["cells"], 1), 3),
+        "shape": round(total["shape"] / max(total["cells"], 1), 3),
+        "cells": total["cells"],
+    }
 
 
 @torch.no_grad()
@@ -359,11 +462,14 @@ def answer_accuracy(model, clips: list[Clip], fmt: Formatter, per_clip: int = 5,
         for question, _, answer, kind in [t for t in clip.turns if t[2] is not None][:per_clip]:
             inputs = fmt.inputs(clip, fmt.prompt(question, clip.n_visual))
             out = model.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-            text = fmt.tok.decode(out[0, inputs["input_ids"].shape[1]:], skip_special_tokens=True)
+            text = fmt.tok.decode(out[0, inputs["input_ids"].shape[1] :], skip_special_tokens=True)
             hits.setdefault(kind, []).append(is_correct(text, answer))
     flat = [h for v in hits.values() for h in v]
-    return {"accuracy": round(float(np.mean(flat)), 4) if flat else None, "questions": len(flat),
-            "by_kind": {k: round(float(np.mean(v)), 3) for k, v in sorted(hits.items())}}
+    return {
+        "accuracy": round(float(np.mean(flat)), 4) if flat else None,
+        "questions": len(flat),
+        "by_kind": {k: round(float(np.mean(v)), 3) for k, v in sorted(hits.items())},
+    }
 
 
 @torch.no_grad()
@@ -378,8 +484,12 @@ def speculative_tau(target, draft, clips: list[Clip], fmt: Formatter, max_new_to
         inputs = fmt.inputs(clip, fmt.prompt(clip.turns[0][0], clip.n_visual))
         out = gen.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
         plain = target.generate(**inputs, max_new_tokens=max_new_tokens, do_sample=False)
-        equal &= out.token_ids == plain[0, inputs["input_ids"].shape[1]:].tolist()
+        equal &= out.token_ids == plain[0, inputs["input_ids"].shape[1] :].tolist()
         taus.append(out.stats.mean_accepted_tokens)
         tokens += len(out.token_ids)
-    return {"tau": round(float(np.mean(taus)), 3), "per_clip": [round(float(t), 3) for t in taus],
-            "new_tokens": tokens, "equal_to_target": bool(equal)}
+    return {
+        "tau": round(float(np.mean(taus)), 3),
+        "per_clip": [round(float(t), 3) for t in taus],
+        "new_tokens": tokens,
+        "equal_to_target": bool(equal),
+    }

@@ -21,13 +21,19 @@ import numpy as np
 
 SHAPES = ("circle", "square", "triangle", "star", "diamond", "hexagon", "cross")
 COLORS = {
-    "red": (220, 40, 40), "green": (40, 170, 60), "blue": (45, 85, 230), "yellow": (240, 215, 40),
-    "orange": (245, 135, 25), "purple": (145, 55, 200), "pink": (250, 120, 190), "cyan": (40, 205, 220),
+    "red": (220, 40, 40),
+    "green": (40, 170, 60),
+    "blue": (45, 85, 230),
+    "yellow": (240, 215, 40),
+    "orange": (245, 135, 25),
+    "purple": (145, 55, 200),
+    "pink": (250, 120, 190),
+    "cyan": (40, 205, 220),
     "white": (245, 245, 245),
 }
-SIZES = {"small": 0.055, "medium": 0.08, "large": 0.11}             # radius, in units of the frame side
-SPEEDS = {"slowly": 0.008, "quickly": 0.016}                       # frame sides per frame
-BACKGROUNDS = {                                                    # name -> (RGB, colours not drawn on it)
+SIZES = {"small": 0.055, "medium": 0.08, "large": 0.11}  # radius, in units of the frame side
+SPEEDS = {"slowly": 0.008, "quickly": 0.016}  # frame sides per frame
+BACKGROUNDS = {  # name -> (RGB, colours not drawn on it)
     "black": ((18, 18, 22), ()),
     "dark gray": ((68, 68, 72), ()),
     "light gray": ((192, 192, 188), ("white", "yellow")),
@@ -35,25 +41,27 @@ BACKGROUNDS = {                                                    # name -> (RG
 }
 TEXTURES = ("plain", "noise", "stripes", "gradient", "grid")
 WALLS = ("left", "right", "top", "bottom")
-REGIONS = (("top left", "top", "top right"),
-           ("left side", "centre", "right side"),
-           ("bottom left", "bottom", "bottom right"))
-MIN_PHASE = 6                                                      # frames an object/colour stays before/after a change
+REGIONS = (
+    ("top left", "top", "top right"),
+    ("left side", "centre", "right side"),
+    ("bottom left", "bottom", "bottom right"),
+)
+MIN_PHASE = 6  # frames an object/colour stays before/after a change
 
 
 @dataclass
 class Obj:
     id: int
     shape: str
-    color: str                        # colour when it first shows
-    size: str                         # small | medium | large
-    speed: str | None                 # slowly | quickly | None (it stays still)
-    first: int                        # first frame it is visible
-    last: int                         # last frame it is visible
-    colors: list = field(default_factory=list)      # [(frame, colour)], from `first`
-    motion: list = field(default_factory=list)      # [(frame, direction)], direction None when still
-    start_pos: tuple = (0.0, 0.0)     # centre at `first`
-    end_pos: tuple = (0.0, 0.0)       # centre at `last`
+    color: str  # colour when it first shows
+    size: str  # small | medium | large
+    speed: str | None  # slowly | quickly | None (it stays still)
+    first: int  # first frame it is visible
+    last: int  # last frame it is visible
+    colors: list = field(default_factory=list)  # [(frame, colour)], from `first`
+    motion: list = field(default_factory=list)  # [(frame, direction)], direction None when still
+    start_pos: tuple = (0.0, 0.0)  # centre at `first`
+    end_pos: tuple = (0.0, 0.0)  # centre at `last`
 
     @property
     def radius(self) -> float:
@@ -89,18 +97,33 @@ class Scene:
     texture: str
     texture_seed: int
     objects: list[Obj]
-    events: list[dict]                # {"frame", "type", "objects": [ids]} (+ "walls" for bounce, "from"/"to")
-    states: np.ndarray                # (F, K, 3) float: x, y, visible (0/1) per frame and object
-    colors: list[list[str]]           # [frame][object] colour name
+    events: list[dict]  # {"frame", "type", "objects": [ids]} (+ "walls" for bounce, "from"/"to")
+    states: np.ndarray  # (F, K, 3) float: x, y, visible (0/1) per frame and object
+    colors: list[list[str]]  # [frame][object] colour name
 
     def to_dict(self) -> dict:
         """The scene as JSON-able data: the clip's event log and everything the language is computed from."""
         return {
-            "n_frames": self.n_frames, "fps": self.fps, "background": self.background, "texture": self.texture,
-            "objects": [{"id": o.id, "shape": o.shape, "color": o.color, "size": o.size, "speed": o.speed,
-                         "first": o.first, "last": o.last, "colors": [list(c) for c in o.colors],
-                         "motion": [list(m) for m in o.motion],
-                         "start": region(*o.start_pos), "end": region(*o.end_pos)} for o in self.objects],
+            "n_frames": self.n_frames,
+            "fps": self.fps,
+            "background": self.background,
+            "texture": self.texture,
+            "objects": [
+                {
+                    "id": o.id,
+                    "shape": o.shape,
+                    "color": o.color,
+                    "size": o.size,
+                    "speed": o.speed,
+                    "first": o.first,
+                    "last": o.last,
+                    "colors": [list(c) for c in o.colors],
+                    "motion": [list(m) for m in o.motion],
+                    "start": region(*o.start_pos),
+                    "end": region(*o.end_pos),
+                }
+                for o in self.objects
+            ],
             "events": self.events,
         }
 
@@ -152,7 +175,7 @@ def simulate(rng: np.random.Generator, frames: tuple[int, int] = (16, 64), fps: 
     # disappearances and colour changes, each leaving MIN_PHASE frames on both sides
     for o in objects:
         if rng.random() < 0.25 and o.last - o.first + 1 >= 3 * MIN_PHASE:
-            o.last = int(rng.integers(o.first + 2 * MIN_PHASE, n - MIN_PHASE + 1)) - 1   # gone from last+1
+            o.last = int(rng.integers(o.first + 2 * MIN_PHASE, n - MIN_PHASE + 1)) - 1  # gone from last+1
         o.colors = [(o.first, o.color)]
         unique_shape = sum(p.shape == o.shape for p in objects) == 1
         if unique_shape and rng.random() < 0.25 and o.last - o.first + 1 >= 2 * MIN_PHASE:
@@ -248,7 +271,7 @@ def _physics(rng, objects: list[Obj], n: int) -> tuple[np.ndarray, list[dict]]:
                 turned.add(int(i))
         idx = np.flatnonzero(moving)
         for a_pos, a in enumerate(idx):
-            for b in idx[a_pos + 1:]:
+            for b in idx[a_pos + 1 :]:
                 d = pos[a] - pos[b]
                 if np.linalg.norm(d) < radii[a] + radii[b] and float(np.dot(vel[a] - vel[b], d)) < 0:
                     vel[a], vel[b] = -vel[a], -vel[b]

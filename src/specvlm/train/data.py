@@ -32,8 +32,8 @@ _TOKEN_AXIS = {"input_ids": None, "attention_mask": 1, "mm_token_type_ids": 0, "
 
 @dataclass
 class Example:
-    inputs: dict               # processor outputs for the whole sequence (prompt + response), batch of one
-    response: torch.Tensor     # (L,) bool: positions whose tokens are the response
+    inputs: dict  # processor outputs for the whole sequence (prompt + response), batch of one
+    response: torch.Tensor  # (L,) bool: positions whose tokens are the response
 
     def __post_init__(self):
         length = self.inputs["input_ids"].shape[-1]
@@ -125,8 +125,9 @@ def load_examples(path, processor_dir=None, **options):
         if processor_dir is None:
             raise SpecVLMError(f"{path}: JSONL conversations need the target's processor (its model folder)")
         return ConversationData(path, processor_dir, **options)
-    raise SpecVLMError(f"{path}: training data must be a .jsonl of conversations, a testbed world folder or a .pt "
-                       "list of examples")
+    raise SpecVLMError(
+        f"{path}: training data must be a .jsonl of conversations, a testbed world folder or a .pt list of examples"
+    )
 
 
 def _first_line(err: BaseException) -> str:
@@ -144,8 +145,17 @@ class ConversationData:
     `max_pixels` sample and size the media as `specvlm generate --num-frames / --fps / --max-pixels` do;
     `limit` keeps the first records only."""
 
-    def __init__(self, path, processor_dir, num_frames: int | None = None, fps: float | None = None,
-                 max_pixels: int | None = None, limit: int | None = None, cache: int = 8, model_config=None):
+    def __init__(
+        self,
+        path,
+        processor_dir,
+        num_frames: int | None = None,
+        fps: float | None = None,
+        max_pixels: int | None = None,
+        limit: int | None = None,
+        cache: int = 8,
+        model_config=None,
+    ):
         from collections import OrderedDict
 
         from ..inputs import load_processor, processor_family
@@ -226,8 +236,11 @@ class ConversationData:
             images = [load_image(p) for p in record.get("images", ())]
             video = None
             if record.get("video"):
-                sample = sampler(self.num_frames, self.fps,
-                                 sample_frames=getattr(self.processor.video_processor, "sample_frames", None))
+                sample = sampler(
+                    self.num_frames,
+                    self.fps,
+                    sample_frames=getattr(self.processor.video_processor, "sample_frames", None),
+                )
                 video = load_video(record["video"], sample_indices_fn=sample)
             self._media[key] = (images, video)
             while len(self._media) > self._cache:
@@ -258,8 +271,11 @@ def _read_conversations(path: Path) -> list[dict]:
         images = row.get("images", row.get("image")) or []
         images = [images] if isinstance(images, str) else images
         video = row.get("video")
-        if not isinstance(images, list) or not all(isinstance(p, str) for p in images) or \
-                (video is not None and not isinstance(video, str)):
+        if (
+            not isinstance(images, list)
+            or not all(isinstance(p, str) for p in images)
+            or (video is not None and not isinstance(video, str))
+        ):
             raise SpecVLMError(f"{where}: 'video' must be a path and 'image' / 'images' a path or a list of paths")
         resolve = lambda p: str(Path(p).expanduser() if Path(p).expanduser().is_absolute() else path.parent / p)
         media = [resolve(p) for p in images] + ([resolve(video)] if video else [])
@@ -267,16 +283,22 @@ def _read_conversations(path: Path) -> list[dict]:
         if missing is not None:
             raise SpecVLMError(f"{where}: media file {missing} does not exist")
         conv = row.get("conversation")
-        if not isinstance(conv, list) or not conv or not all(
+        if (
+            not isinstance(conv, list)
+            or not conv
+            or not all(
                 isinstance(t, dict) and t.get("role") in ("user", "assistant") and isinstance(t.get("content"), str)
-                for t in conv):
+                for t in conv
+            )
+        ):
             raise SpecVLMError(f"{where}: 'conversation' must be a list of {{role: user|assistant, content: text}}")
         if conv[0]["role"] != "user" or not any(t["role"] == "assistant" for t in conv):
             raise SpecVLMError(f"{where}: a conversation starts with a user turn and has an assistant turn")
         if any(a["role"] == b["role"] for a, b in zip(conv, conv[1:])):
             raise SpecVLMError(f"{where}: user and assistant turns must alternate")
-        records.append({"video": resolve(video) if video else None, "images": [resolve(p) for p in images],
-                        "conversation": conv})
+        records.append(
+            {"video": resolve(video) if video else None, "images": [resolve(p) for p in images], "conversation": conv}
+        )
     if not records:
         raise SpecVLMError(f"training data {path} holds no records")
     return records

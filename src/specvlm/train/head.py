@@ -18,9 +18,9 @@ from __future__ import annotations
 
 import time
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
-from typing import Callable
 
 import torch
 
@@ -36,29 +36,46 @@ EMA = 0.9
 
 
 # what a resumed run must share with the run it continues (the rest may change: steps, saving, progress)
-RESUME_KEYS = ("lr", "batch_size", "grad_accum", "clip_grad", "feature_noise", "logit_weight", "feature_weight",
-               "betas", "weight_decay", "seed", "shuffle")
+RESUME_KEYS = (
+    "lr",
+    "batch_size",
+    "grad_accum",
+    "clip_grad",
+    "feature_noise",
+    "logit_weight",
+    "feature_weight",
+    "betas",
+    "weight_decay",
+    "seed",
+    "shuffle",
+)
 
 
 @dataclass
 class TrainResult:
     head: EagleHead
-    losses: list[float] = field(default_factory=list)      # per optimizer step, mean over its examples
-    accuracy: list[float] = field(default_factory=list)    # per step: top-1 agreement on response tokens
+    losses: list[float] = field(default_factory=list)  # per optimizer step, mean over its examples
+    accuracy: list[float] = field(default_factory=list)  # per step: top-1 agreement on response tokens
     steps: int = 0
     seconds: float = 0.0
-    picks: dict = field(default_factory=dict)              # compressor branches chosen while training
+    picks: dict = field(default_factory=dict)  # compressor branches chosen while training
 
     def as_dict(self) -> dict:
         first = lambda xs: sum(xs[:10]) / max(len(xs[:10]), 1)
         last = lambda xs: sum(xs[-10:]) / max(len(xs[-10:]), 1)
         # loss_first / loss_last: the first and last steps' losses, as the progress bar showed them; the means of
         # 10 steps are steadier, but overlap (and read as no progress) in runs of fewer than 20 steps
-        return dict(steps=self.steps, seconds=round(self.seconds, 2),
-                    loss_first=self.losses[0] if self.losses else None,
-                    loss_last=self.losses[-1] if self.losses else None, loss_first10=first(self.losses),
-                    loss_last10=last(self.losses), accuracy_last10=last(self.accuracy), picks=self.picks,
-                    parameters=self.head.trainable_parameters())
+        return dict(
+            steps=self.steps,
+            seconds=round(self.seconds, 2),
+            loss_first=self.losses[0] if self.losses else None,
+            loss_last=self.losses[-1] if self.losses else None,
+            loss_first10=first(self.losses),
+            loss_last10=last(self.losses),
+            accuracy_last10=last(self.accuracy),
+            picks=self.picks,
+            parameters=self.head.trainable_parameters(),
+        )
 
 
 class _Stream:
@@ -83,7 +100,8 @@ class _Stream:
         except StopIteration:
             self._iter = iter(self.data)
             if self._iter is self.data:
-                raise SpecVLMError("the training data ran out (a one-shot iterator); pass a list or fewer --steps")
+                message = "the training data ran out (a one-shot iterator); pass a list or fewer --steps"
+                raise SpecVLMError(message) from None
             try:
                 return next(self._iter)
             except StopIteration:
@@ -134,15 +152,18 @@ def check_out_dir(out_dir: Path, resume: bool, overwrite: bool, dry_run: bool = 
         return
     ours = {CONFIG_NAME, WEIGHTS_NAME, STATE_NAME}
     entries = list(out_dir.iterdir())
-    foreign = [e.name for e in entries
-               if not (e.name in ours or (e.is_dir() and e.name.startswith("checkpoint-")))]
+    foreign = [e.name for e in entries if not (e.name in ours or (e.is_dir() and e.name.startswith("checkpoint-")))]
     if not overwrite:
-        raise SpecVLMError(f"--out {out_dir} already holds files ({', '.join(sorted(e.name for e in entries)[:3])}"
-                           f"{', ...' if len(entries) > 3 else ''}); pass --resume to continue that run, "
-                           "--overwrite to replace it, or another --out")
+        raise SpecVLMError(
+            f"--out {out_dir} already holds files ({', '.join(sorted(e.name for e in entries)[:3])}"
+            f"{', ...' if len(entries) > 3 else ''}); pass --resume to continue that run, "
+            "--overwrite to replace it, or another --out"
+        )
     if foreign:
-        raise SpecVLMError(f"--overwrite: {out_dir} holds files that are not a training run's "
-                           f"({', '.join(sorted(foreign)[:3])}); refusing to delete them")
+        raise SpecVLMError(
+            f"--overwrite: {out_dir} holds files that are not a training run's "
+            f"({', '.join(sorted(foreign)[:3])}); refusing to delete them"
+        )
     if dry_run:
         return
     import shutil
@@ -151,20 +172,37 @@ def check_out_dir(out_dir: Path, resume: bool, overwrite: bool, dry_run: bool = 
         shutil.rmtree(entry) if entry.is_dir() else entry.unlink()
 
 
-def _save(head: EagleHead, optimizer, result: TrainResult, where: Path, examples_seen: int, ema,
-          config: TrainConfig) -> None:
+def _save(
+    head: EagleHead, optimizer, result: TrainResult, where: Path, examples_seen: int, ema, config: TrainConfig
+) -> None:
     head.save_pretrained(where)
     device = head.fc.weight.device
-    torch.save(dict(step=result.steps, examples_seen=examples_seen, optimizer=optimizer.state_dict(),
-                    config={k: getattr(config, k) for k in RESUME_KEYS},
-                    credit=(head.compressor.loss_mean, head.compressor.loss_count) if head.compressor else None,
-                    rng=torch.get_rng_state(), losses=result.losses, accuracy=result.accuracy, ema=ema,
-                    picks=result.picks, cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None),
-               where / STATE_NAME)
+    torch.save(
+        dict(
+            step=result.steps,
+            examples_seen=examples_seen,
+            optimizer=optimizer.state_dict(),
+            config={k: getattr(config, k) for k in RESUME_KEYS},
+            credit=(head.compressor.loss_mean, head.compressor.loss_count) if head.compressor else None,
+            rng=torch.get_rng_state(),
+            losses=result.losses,
+            accuracy=result.accuracy,
+            ema=ema,
+            picks=result.picks,
+            cuda_rng=torch.cuda.get_rng_state(device) if device.type == "cuda" else None,
+        ),
+        where / STATE_NAME,
+    )
 
 
-def train_head(target, data, head: EagleHead | None = None, config: TrainConfig | None = None,
-               target_cache: dict | None = None, **overrides) -> TrainResult:
+def train_head(
+    target,
+    data,
+    head: EagleHead | None = None,
+    config: TrainConfig | None = None,
+    target_cache: dict | None = None,
+    **overrides,
+) -> TrainResult:
     """Distil `head` (default: a fresh `EagleHead.init_for(target)`) from the frozen `target` over `data` (an
     iterable of examples, see `specvlm.train.data`). Keyword overrides set `TrainConfig` fields. With
     `cache_target`, `target_cache` (a dict) may be passed to share the target's outputs between calls on the same
@@ -185,8 +223,7 @@ def train_head(target, data, head: EagleHead | None = None, config: TrainConfig 
 
 
 def _train(head: EagleHead, data, config: TrainConfig, target_cache: dict | None = None) -> TrainResult:
-    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, betas=config.betas,
-                                  weight_decay=config.weight_decay)
+    optimizer = torch.optim.AdamW(head.parameters(), lr=config.lr, betas=config.betas, weight_decay=config.weight_decay)
     result, examples_seen, ema = TrainResult(head), 0, None
     out_dir = Path(config.out_dir) if config.out_dir else None
     if config.resume and out_dir is None:
@@ -198,17 +235,23 @@ def _train(head: EagleHead, data, config: TrainConfig, target_cache: dict | None
         if latest is not None:
             where, state = latest
             saved = state.get("config", {})
-            differ = [f"{k} {saved[k]} vs {getattr(config, k)}" for k in RESUME_KEYS
-                      if k in saved and _norm(saved[k]) != _norm(getattr(config, k))]
+            differ = [
+                f"{k} {saved[k]} vs {getattr(config, k)}"
+                for k in RESUME_KEYS
+                if k in saved and _norm(saved[k]) != _norm(getattr(config, k))
+            ]
             if differ:
-                raise SpecVLMError(f"cannot resume {where} with other settings ({'; '.join(differ)}): the result "
-                                   "would not be the run it continues")
-            loaded = EagleHead.from_pretrained(where, head.adapter.model, dtype=head.dtype)   # checks the target
+                raise SpecVLMError(
+                    f"cannot resume {where} with other settings ({'; '.join(differ)}): the result "
+                    "would not be the run it continues"
+                )
+            loaded = EagleHead.from_pretrained(where, head.adapter.model, dtype=head.dtype)  # checks the target
             have = head.compressor.config() if head.compressor is not None else None
             want = loaded.compressor.config() if loaded.compressor is not None else None
             if have != want:
-                raise SpecVLMError(f"cannot resume {where}: it was trained with compressor {want}, this head has "
-                                   f"{have}")
+                raise SpecVLMError(
+                    f"cannot resume {where}: it was trained with compressor {want}, this head has {have}"
+                )
             head.load_state_dict(loaded.state_dict())
             optimizer.load_state_dict(state["optimizer"])
             torch.set_rng_state(state["rng"])
@@ -219,10 +262,10 @@ def _train(head: EagleHead, data, config: TrainConfig, target_cache: dict | None
             if head.compressor is not None and state.get("credit") is not None:
                 head.compressor.loss_mean, head.compressor.loss_count = state["credit"]
     stream = _Stream(data, config.seed, config.shuffle, examples_seen)
-    passes: dict[int, TargetPass] = {} if target_cache is None else target_cache   # per example index
+    passes: dict[int, TargetPass] = {} if target_cache is None else target_cache  # per example index
     picks_before = Counter(result.picks)
     if head.compressor is not None:
-        head.compressor.picks.clear()   # count this run's choices only (plus what a resumed run had made)
+        head.compressor.picks.clear()  # count this run's choices only (plus what a resumed run had made)
     bar = _progress(config, result.steps)
     started = time.perf_counter()
     head.train()
@@ -252,11 +295,11 @@ def _train(head: EagleHead, data, config: TrainConfig, target_cache: dict | None
                 result.picks = dict(picks_before + head.compressor.picks)
             ema = result.accuracy[-1] if ema is None else EMA * ema + (1 - EMA) * result.accuracy[-1]
             bar.update(1)
-            bar.set_postfix(loss=f"{result.losses[-1]:.4f}", acc=f"{ema:.2f}",
-                            tau=f"{sum(ema ** k for k in range(1, 7)):.2f}")
+            bar.set_postfix(
+                loss=f"{result.losses[-1]:.4f}", acc=f"{ema:.2f}", tau=f"{sum(ema**k for k in range(1, 7)):.2f}"
+            )
             if out_dir is not None and config.checkpoint_every and result.steps % config.checkpoint_every == 0:
-                _save(head, optimizer, result, out_dir / f"checkpoint-{result.steps:07d}", examples_seen, ema,
-                      config)
+                _save(head, optimizer, result, out_dir / f"checkpoint-{result.steps:07d}", examples_seen, ema, config)
     finally:
         bar.close()
         head.eval()

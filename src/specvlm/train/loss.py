@@ -37,10 +37,12 @@ def target_forward(adapter, prompt, score_until: int | None = None):
 
     visual = prompt.visual_mask.nonzero().flatten()
     with AttentionCapture(adapter, int(visual.max()) + 1, visual) as capture:
-        head_logits, head_hidden = adapter.forward(prompt.embeds[:, :score_until],
-                                                   prompt.positions[..., :score_until], cache)
-    tail_logits, tail_hidden = adapter.forward(prompt.embeds[:, score_until:], prompt.positions[..., score_until:],
-                                               cache)
+        head_logits, head_hidden = adapter.forward(
+            prompt.embeds[:, :score_until], prompt.positions[..., :score_until], cache
+        )
+    tail_logits, tail_hidden = adapter.forward(
+        prompt.embeds[:, score_until:], prompt.positions[..., score_until:], cache
+    )
     return (torch.cat([head_logits[0], tail_logits[0]]), torch.cat([head_hidden[0], tail_hidden[0]])), capture.scores
 
 
@@ -49,6 +51,7 @@ class TargetPass:
     """What the frozen target gives one example: its prompt (merged embeds, spans, positions), logits and final
     features over the whole sequence, the verifier's attention scores when a compressor branch reads them, and
     the response mask. Deterministic, so it can be kept and reused (`TrainConfig.cache_target`)."""
+
     prompt: object
     logits: torch.Tensor
     hidden: torch.Tensor
@@ -70,16 +73,18 @@ def wants_scores(head: EagleHead, prompt) -> bool:
     return head.compressor is not None and head.compressor.needs_scores and bool(prompt.spans)
 
 
-def distill_loss(head: EagleHead, example: Example | None, config: TrainConfig = TrainConfig(),
-                 cached: TargetPass | None = None) -> LossParts:
+def distill_loss(
+    head: EagleHead, example: Example | None, config: TrainConfig | None = None, cached: TargetPass | None = None
+) -> LossParts:
     """The head's loss on one example; the target runs here, online, without gradients (or `cached` gives
     what it computed for this example before)."""
+    config = config if config is not None else TrainConfig()
     target = cached if cached is not None else target_pass(head, example)
     prompt, logits_p, hidden, scores = target.prompt, target.logits, target.hidden, target.scores
     response = target.response.to(hidden.device)
     first_response = int(response.nonzero()[0])
     features = hidden
-    if config.feature_noise:   # U(-a, a) on the head's input features only, never on its targets
+    if config.feature_noise:  # U(-a, a) on the head's input features only, never on its targets
         noise = torch.rand_like(hidden, dtype=torch.float32) * 2 - 1
         features = hidden + (noise * config.feature_noise).to(hidden.dtype)
     out, row_of = head(prompt.embeds[0], hidden, prompt.spans, first_response, features, scores=scores)
@@ -91,7 +96,7 @@ def distill_loss(head: EagleHead, example: Example | None, config: TrainConfig =
     ce = -(z_p.softmax(-1) * z_q.log_softmax(-1)).sum(-1).mean()
     feature = F.smooth_l1_loss(pred.float(), f_p.float())
     loss = config.logit_weight * ce + config.feature_weight * feature
-    if head.compressor is not None and head.training:   # select mode: the gate's budget and credit terms
+    if head.compressor is not None and head.training:  # select mode: the gate's budget and credit terms
         distill = float(loss.detach())
         loss = loss + head.compressor.budget_loss.to(loss.device)
         loss = loss + head.compressor.credit_loss(distill).to(loss.device)

@@ -40,8 +40,9 @@ def _tiny_setup(family: str, n: int):
     return target, greedy_examples(target, prompts, max_new_tokens=24)
 
 
-def compressor_config(spec: str, branches: str | None = None, ratio: int = 3, budget_weight: float = 0.0,
-                      heads: int = 1) -> dict | None:
+def compressor_config(
+    spec: str, branches: str | None = None, ratio: int = 3, budget_weight: float = 0.0, heads: int = 1
+) -> dict | None:
     """`--compressor` as a `VisualCompressor` config: None, a mode (with its default or the given branches), or one
     fixed branch (a one-branch concat, no gate)."""
     if spec == "none":
@@ -57,7 +58,7 @@ def compressor_config(spec: str, branches: str | None = None, ratio: int = 3, bu
             raise SpecVLMError(f"--compressor {spec} is one branch; --compressor-branches goes with a mode")
         config = dict(mode="concat", branches=[spec], heads=heads)
     try:
-        VisualCompressor.from_config(8 * heads, config)   # validates branch names and ratios
+        VisualCompressor.from_config(8 * heads, config)  # validates branch names and ratios
     except ValueError as err:
         raise SpecVLMError(f"--compressor: {err}") from None
     return config
@@ -88,43 +89,67 @@ def run_from_args(args) -> int:
 
         if not args.data:
             raise SpecVLMError("--target needs --data (a JSONL of conversations or a testbed world folder)")
-        resolve(args.target)   # a missing model folder is reported before the data is read
-        examples = load_examples(args.data, args.target, split=args.split, num_frames=args.num_frames,
-                                 fps=args.fps, max_pixels=args.max_pixels, limit=args.limit)
+        resolve(args.target)  # a missing model folder is reported before the data is read
+        examples = load_examples(
+            args.data,
+            args.target,
+            split=args.split,
+            num_frames=args.num_frames,
+            fps=args.fps,
+            max_pixels=args.max_pixels,
+            limit=args.limit,
+        )
         target = load_model(args.target, dtype=args.dtype, device=args.device)
         if hasattr(examples, "check_against"):
             examples.check_against(target.config)
     if args.limit is not None and isinstance(examples, list):
-        examples = examples[:args.limit]
+        examples = examples[: args.limit]
     heads = int(adapter_for(target).text_config.num_attention_heads)
     saved = _saved_run(Path(args.out)) if args.resume else None
     if args.init or saved is not None:
         source = args.init or saved
         if args.compressor != "none" and not args.init:
-            wanted = compressor_config(args.compressor, args.compressor_branches, args.compressor_ratio,
-                                       args.budget_weight, heads)
+            wanted = compressor_config(
+                args.compressor, args.compressor_branches, args.compressor_ratio, args.budget_weight, heads
+            )
             have = json.loads((Path(source) / "config.json").read_text()).get("compressor")
             if have is None or {**have, **wanted} != have:
-                raise SpecVLMError(f"--resume: the run in {args.out} was started with compressor {have}, not "
-                                   f"--compressor {args.compressor}; leave the option out to continue it")
+                raise SpecVLMError(
+                    f"--resume: the run in {args.out} was started with compressor {have}, not "
+                    f"--compressor {args.compressor}; leave the option out to continue it"
+                )
         head = EagleHead.from_pretrained(source, target, dtype=torch.float32)
     else:
-        compressor = compressor_config(args.compressor, args.compressor_branches, args.compressor_ratio,
-                                       args.budget_weight, heads)
+        compressor = compressor_config(
+            args.compressor, args.compressor_branches, args.compressor_ratio, args.budget_weight, heads
+        )
         head = EagleHead.init_for(target, compressor=compressor, seed=args.seed, dtype=torch.float32)
-    config = TrainConfig(steps=args.steps, lr=args.lr, batch_size=args.batch_size, grad_accum=args.grad_accum,
-                         clip_grad=args.clip_grad or None, feature_noise=args.feature_noise,
-                         logit_weight=args.logit_weight, feature_weight=args.feature_weight, seed=args.seed,
-                         out_dir=args.out, checkpoint_every=args.checkpoint_every, resume=args.resume,
-                         overwrite=args.overwrite, cache_target=args.cache_target,
-                         progress=not args.no_progress and not args.json)
+    config = TrainConfig(
+        steps=args.steps,
+        lr=args.lr,
+        batch_size=args.batch_size,
+        grad_accum=args.grad_accum,
+        clip_grad=args.clip_grad or None,
+        feature_noise=args.feature_noise,
+        logit_weight=args.logit_weight,
+        feature_weight=args.feature_weight,
+        seed=args.seed,
+        out_dir=args.out,
+        checkpoint_every=args.checkpoint_every,
+        resume=args.resume,
+        overwrite=args.overwrite,
+        cache_target=args.cache_target,
+        progress=not args.no_progress and not args.json,
+    )
     result = train_head(target, examples, head, config)
     summary = dict(result.as_dict(), out=args.out)
     if args.json:
         print(json.dumps(summary))
     else:
         picks = f", gate picks {result.picks}" if result.picks else ""
-        print(f"trained {summary['parameters']:,} head parameters for {result.steps} steps in {result.seconds:.1f}s: "
-              f"{_loss_change(summary)}, top-1 agreement {summary['accuracy_last10']:.2f} (last 10 steps){picks}; "
-              f"saved to {args.out}")
+        print(
+            f"trained {summary['parameters']:,} head parameters for {result.steps} steps in {result.seconds:.1f}s: "
+            f"{_loss_change(summary)}, top-1 agreement {summary['accuracy_last10']:.2f} (last 10 steps){picks}; "
+            f"saved to {args.out}"
+        )
     return 0
