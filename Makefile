@@ -32,10 +32,11 @@ $(OLD_STAMP): pyproject.toml Makefile
 
 test: lint test-newest test-oldest
 
-# lint and format checks (configured in pyproject.toml); `ruff format src tests benchmarks` fixes the format
+# lint, format and type checks (configured in pyproject.toml); `ruff format src tests benchmarks` fixes the format
 lint: $(STAMP)
 	$(VENV)/bin/ruff check src tests benchmarks
 	$(VENV)/bin/ruff format --check src tests benchmarks
+	$(VENV)/bin/mypy
 
 test-newest: $(STAMP)
 	$(PY) -m pytest

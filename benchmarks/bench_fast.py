@@ -46,23 +46,13 @@ def load_pair(family: str, threads: int):
 
 
 def clip_inputs(target_dir, draft_dir, target, draft, limit: int) -> list[dict]:
-    import argparse as ap
-
-    from specvlm.inputs import inputs_from_args
+    from specvlm.inputs import InputModels, MediaPrompt, prepare_inputs
     from specvlm.testbed.assets import sample_clips
 
     out = []
     for sample in sample_clips(kind="caption")[:limit]:
-        args = ap.Namespace(
-            video=sample["video"],
-            image=[],
-            prompt=sample["question"],
-            num_frames=None,
-            fps=None,
-            max_pixels=None,
-            max_new_tokens=1,
-        )
-        out.append(inputs_from_args(args, target_dir, target.config, draft_dir, draft.config))
+        models = InputModels(target_dir, target.config, draft_dir, draft.config)
+        out.append(prepare_inputs(models, MediaPrompt(sample["question"], video=sample["video"]), max_new_tokens=1))
     return out
 
 

@@ -11,7 +11,7 @@ no pruning; compiled steps (`--compile`, default auto = on CUDA) for one chain p
 pair of each family on its 3 sample clips with the demo's settings (static tree, SpecVLM pruning 0.1), in float32
 and bfloat16. No PyAV needed on the device: the clips' sampled frames ship in data/testbed_clips.npz (0.4 MB,
 written by `--write-clips` where PyAV is installed) and go through the same processors and input checks as
-`specvlm generate` (`specvlm.inputs.cli_args.media_inputs`).
+`specvlm generate` (`specvlm.inputs.pipeline.media_inputs`).
 """
 
 from __future__ import annotations
@@ -90,7 +90,7 @@ CLIPS = Path(__file__).parent / "data" / "testbed_clips.npz"  # the sample clips
 
 def write_clips() -> None:
     """Decodes the bundled caption clips (PyAV, here) into CLIPS, so that the device needs no video decoder."""
-    from specvlm.inputs.cli_args import DEFAULT_NUM_FRAMES
+    from specvlm.inputs.pipeline import DEFAULT_NUM_FRAMES
     from specvlm.inputs.processor import load_processor
     from specvlm.inputs.video import load_video, sampler
     from specvlm.testbed.assets import bundled_pair, sample_clips
@@ -135,7 +135,7 @@ def run_testbed(device: str, dtypes: list[str], tokens: int) -> list[dict]:
     from transformers import AutoModelForImageTextToText
 
     from specvlm import SpeculativeGenerator
-    from specvlm.inputs.cli_args import media_inputs
+    from specvlm.inputs.pipeline import media_inputs
     from specvlm.inputs.processor import load_processor
     from specvlm.testbed.assets import bundled_pair, sample_clips
 

@@ -150,7 +150,8 @@ def test_cut_patch_padding_gives_the_padded_slices_features(family):
 
 # ---- real processors (torchvision-free here): their batch splits into their per-prompt outputs -----------------
 @pytest.fixture(scope="module")
-def media():
+def images_and_clips():
+    """In-memory PIL images of three sizes and two bundled sample clips (not the shared `media` folder's files)."""
     from PIL import Image
 
     from specvlm.testbed.assets import sample_clips
@@ -163,7 +164,7 @@ def media():
 
 
 @pytest.mark.parametrize("family,nested", [("qwen2_5_vl", True), ("llava_onevision", True), ("llava_onevision", False)])
-def test_a_real_processor_batch_splits_into_its_per_prompt_outputs(family, nested, media):
+def test_a_real_processor_batch_splits_into_its_per_prompt_outputs(family, nested, images_and_clips):
     """One list of images per prompt (`nested`, as build_inputs and apply_chat_template pass them) or one flat
     list: LLaVA-OneVision's batch_num_images then has one group per image, every image is anyres, and the rows are
     found by their token counts."""
@@ -174,7 +175,7 @@ def test_a_real_processor_batch_splits_into_its_per_prompt_outputs(family, neste
 
     folder = bundled_pair(family)[0]
     processor = load_processor(folder)
-    images, clips = media
+    images, clips = images_and_clips
     frames = (4, 4) if family == "llava_onevision" else (4, 6)  # LLaVA stacks a batch's videos
     videos = [
         load_video(path, sample_indices_fn=sampler(n, sample_frames=processor.video_processor.sample_frames))

@@ -4,47 +4,14 @@ greedy output; and every bad input a user can give is one line on stderr with a 
 import argparse
 import json
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 from transformers import AutoModelForImageTextToText
 
 from specvlm.cli import main
 from specvlm.inputs import add_input_arguments, inputs_from_args
-from specvlm.inputs.testing import index_frames, save_tiny_processor, write_video
 
-from helpers import model as tiny_model
 from helpers import reference
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    root = tmp_path_factory.mktemp("media")
-    write_video(root / "clip.mp4", index_frames(24, 48, 64), fps=8)
-    yy, xx = np.mgrid[0:70, 0:90]
-    Image.fromarray(np.stack([xx * 2, yy * 3, xx + yy], -1).astype(np.uint8)).save(root / "picture.png")
-    (root / "corrupt.mp4").write_bytes(b"\0" * 256)
-    (root / "notes.txt").write_text("not a video")
-    return root
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    """Checkpoint folders as users have them: weights + tokenizer + processor files."""
-    root = tmp_path_factory.mktemp("models")
-    out = {}
-    for name, family, kw in (
-        ("qwen", "qwen2_5_vl", {}),
-        ("qwen_draft", "qwen2_5_vl", dict(seed=1, hidden=32)),
-        ("onevision", "llava_onevision", {}),
-        ("onevision_draft", "llava_onevision", dict(seed=1, hidden=32)),
-    ):
-        model = tiny_model(family, **kw)
-        model.save_pretrained(root / name)
-        save_tiny_processor(root / name, family, model)
-        out[name] = root / name
-    return out
 
 
 def _run(capsys, *argv) -> tuple[int, str, str]:
@@ -103,6 +70,8 @@ def test_streams_text_and_prints_a_summary(capsys, folders, media):
         "generate",
         "--target",
         folders["qwen"],
+        "--draft",
+        "self",
         "--video",
         media / "clip.mp4",
         "--prompt",
@@ -156,7 +125,10 @@ def _bad_inputs(folders, media, tmp):
             "--max-new-tokens",
         ),
         **{
-            f"option {' '.join(option)}": (["--target", q, "--image", png, "--prompt", "Q", *option], flag)
+            f"option {' '.join(option)}": (
+                ["--target", q, "--draft", "self", "--image", png, "--prompt", "Q", *option],
+                flag,
+            )
             for option, flag in BAD_OPTIONS
         },
     }
@@ -187,7 +159,17 @@ def test_bad_input_is_one_line_and_a_nonzero_exit(capsys, folders, media, tmp_pa
 def test_bad_options_fail_before_any_weights_load(capsys, folders, media):
     for option, flag in BAD_OPTIONS:
         code, _, err = _run(
-            capsys, "generate", "--target", folders["qwen"], "--image", media / "picture.png", "--prompt", "Q", *option
+            capsys,
+            "generate",
+            "--target",
+            folders["qwen"],
+            "--draft",
+            "self",
+            "--image",
+            media / "picture.png",
+            "--prompt",
+            "Q",
+            *option,
         )
         assert code == 2 and flag in err and "loading target" not in err, (option, err)
 
@@ -262,13 +244,31 @@ def test_draft_none_is_the_target_alone_with_the_same_summary(capsys, folders, m
     assert err.strip().splitlines()[-1].startswith("6 tokens, target-only (no draft), "), err
 
 
+def test_no_draft_given_is_the_target_alone_and_says_how_to_speed_up(capsys, folders, media):
+    """Without --draft or --head nothing drafts (no default draft is known to pay: DESIGN, "Defaults"): the target's
+    own generate, its summary, and one line naming --draft / --head. Pruning options then have nothing to prune."""
+    media_args = ["--video", str(media / "clip.mp4"), "--num-frames", "6", "--prompt", "What happens here?"]
+    code, out, err = _run(capsys, "generate", "--target", folders["qwen"], *media_args, "--max-new-tokens", 6)
+    assert code == 0, err
+    assert "no --draft or --head given" in err and "--draft <a smaller model" in err
+    assert err.strip().splitlines()[-1].startswith("6 tokens, target-only (no draft), "), err
+    assert _json(capsys, "--target", folders["qwen"], *media_args, "--max-new-tokens", 6)["token_ids"] == _expected(
+        folders["qwen"], media_args, 6
+    )
+    for pruning in (["--pruning", "specvlm"], ["--pruning", "uniform", "--visual-keep-ratio", "0.5"]):
+        code, out, err = _run(capsys, "generate", "--target", folders["qwen"], *media_args, *pruning)
+        assert code == 2 and "no draft is given" in err and "--draft self" in err, err
+
+
 def test_self_drafts_from_a_specvlm_pruned_view_unless_told_otherwise(capsys, folders, media):
     """--draft self without --pruning prunes with SpecVLM at keep 0.1 (an unpruned self-draft cannot be faster than
     the target); --pruning none still gives the unpruned one. Both report the visual tokens the same way."""
     media_args = ["--video", str(media / "clip.mp4"), "--num-frames", "6", "--prompt", "What happens here?"]
     expected = _expected(folders["qwen"], media_args, 8)
-    pruned = _json(capsys, "--target", folders["qwen"], *media_args, "--max-new-tokens", 8)
-    unpruned = _json(capsys, "--target", folders["qwen"], "--pruning", "none", *media_args, "--max-new-tokens", 8)
+    pruned = _json(capsys, "--target", folders["qwen"], "--draft", "self", *media_args, "--max-new-tokens", 8)
+    unpruned = _json(
+        capsys, "--target", folders["qwen"], "--draft", "self", "--pruning", "none", *media_args, "--max-new-tokens", 8
+    )
     assert pruned["token_ids"] == unpruned["token_ids"] == expected
     visual = pruned["inputs"]["visual_tokens"]
     assert pruned["stats"]["pruning"] == "specvlm" and pruned["stats"]["visual_tokens"] == visual

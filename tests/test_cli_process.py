@@ -39,7 +39,8 @@ BAD_OPTIONS = [  # argv -> what the one line must name
     (["generate", "--temperature", "1", "--top-p", "2"], "--top-p"),
     (["generate", "--device", "foo"], "--device"),
     (["generate", "--dtype", "float8"], "--dtype"),
-    (["generate", "--draft", "none", "--pruning", "specvlm"], "--draft none"),
+    (["generate", "--draft", "none", "--pruning", "specvlm"], "no draft is given"),
+    (["generate", "--pruning", "specvlm"], "--draft self"),
     (["generate", "--pruning", "none", "--visual-keep-ratio", "0.2"], "--pruning"),
     (["serve", "--device", "cuda:x"], "--device"),
     (["bench", "--dataset", "testbed:w", "--out", "o", "--device", "gpu"], "--device"),
@@ -51,14 +52,13 @@ BAD_OPTIONS = [  # argv -> what the one line must name
 def test_bad_options_are_one_line_before_torch_loads(argv, flag):
     if argv[0] in ("generate", "serve"):
         argv = [argv[0], "--target", "some/model", "--prompt", "Q", *argv[1:]]
-    started = time.perf_counter()
     out = subprocess.run([sys.executable, "-c", PROBE, *argv], capture_output=True, text=True, env=_env())
-    seconds = time.perf_counter() - started
     assert out.returncode == 2, out.stderr
     lines = out.stderr.strip().splitlines()
     assert len(lines) == 1 and flag in lines[0] and "Traceback" not in out.stderr, out.stderr
+    # answers before the heavy imports (they take seconds; the answer alone a fraction of one): checked by what the
+    # process imported, not by the clock, so a loaded machine cannot fail it
     assert out.stdout.strip() == "heavy: []", (argv, out.stdout)
-    assert seconds < 5, seconds  # typically 0.3 s; importing torch and transformers alone takes ~8 s here
 
 
 def _interrupt(argv, wait_for: str | None, delay: float) -> subprocess.CompletedProcess:

@@ -3,27 +3,16 @@ equals the target's own greedy output token for token."""
 
 import argparse
 
-import numpy as np
 import pytest
 import torch
-from PIL import Image
 
 from specvlm import SpeculativeGenerator
 from specvlm.inputs import add_input_arguments, inputs_from_args
-from specvlm.inputs.testing import index_frames, save_tiny_processor, write_video
+from specvlm.inputs.testing import save_tiny_processor
 
 from helpers import reference
 
 FAMILIES = ("qwen2_5_vl", "llava_onevision", "qwen2_vl")
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    root = tmp_path_factory.mktemp("media")
-    write_video(root / "clip.mp4", index_frames(24, 48, 64), fps=8)
-    yy, xx = np.mgrid[0:70, 0:90]
-    Image.fromarray(np.stack([xx * 2, yy * 3, (xx + yy)], -1).astype(np.uint8)).save(root / "picture.png")
-    return root
 
 
 def _inputs(media, folder, config, *extra, **kw):

@@ -2,28 +2,18 @@
 machines its wheels are CUDA builds that cannot load, and there `load_processor` uses our implementation, which
 the other test_inputs_* files check against independent values and HF's PIL image processors."""
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
 
 from specvlm.inputs import build_inputs, load_processor, load_video, torchvision_usable
-from specvlm.inputs.testing import index_frames, save_tiny_processor, write_video
+from specvlm.inputs.testing import save_tiny_processor
 
 pytestmark = pytest.mark.skipif(
     not torchvision_usable(),
     reason="torchvision is not importable here (its PyPI wheels are CUDA builds that fail to load beside a CPU "
     "torch), so HF's video processors cannot be constructed to compare against",
 )
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    root = tmp_path_factory.mktemp("media")
-    write_video(root / "clip.mp4", index_frames(30, 90, 120), fps=10)
-    yy, xx = np.mgrid[0:70, 0:90]
-    Image.fromarray(np.stack([xx * 2, yy * 3, (xx + yy)], -1).astype(np.uint8)).save(root / "p.png")
-    return root
 
 
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "qwen2_vl", "llava_onevision"])
@@ -33,10 +23,12 @@ def test_video_inputs_equal_hf(tmp_path, media, family, num_frames):
     hf, ours = load_processor(folder, use_torchvision=True), load_processor(folder, use_torchvision=False)
     assert type(hf).__name__ + "WithoutTorchvision" == type(ours).__name__
     hf_video = load_video(
-        media / "clip.mp4", sample_indices_fn=lambda md: hf.video_processor.sample_frames(md, num_frames=num_frames)
+        media / "clip_90x120.mp4",
+        sample_indices_fn=lambda md: hf.video_processor.sample_frames(md, num_frames=num_frames),
     )
     our_video = load_video(
-        media / "clip.mp4", sample_indices_fn=lambda md: ours.video_processor.sample_frames(md, num_frames=num_frames)
+        media / "clip_90x120.mp4",
+        sample_indices_fn=lambda md: ours.video_processor.sample_frames(md, num_frames=num_frames),
     )
     assert hf_video.indices == our_video.indices
     a = build_inputs(hf, "What happens?", video=hf_video)
@@ -72,7 +64,7 @@ def test_image_inputs_match_hf(tmp_path, media, family):
     """Images: same tokens and layout; pixels within resampling noise (HF's torchvision image backend resizes
     with torch, the PIL backend used without torchvision with PIL)."""
     folder = save_tiny_processor(tmp_path / family, family)
-    image = Image.open(media / "p.png").convert("RGB")
+    image = Image.open(media / "picture.png").convert("RGB")
     a = build_inputs(load_processor(folder, use_torchvision=True), "Describe.", images=[image])
     b = build_inputs(load_processor(folder, use_torchvision=False), "Describe.", images=[image])
     assert a.keys() == b.keys()

@@ -10,19 +10,11 @@ import torch
 from PIL import Image
 
 from specvlm.inputs import build_inputs, load_processor, load_video
-from specvlm.inputs.testing import CLIP_MEAN, CLIP_STD, index_frames, save_tiny_processor, write_video
+from specvlm.inputs.testing import CLIP_MEAN, CLIP_STD, index_frames, write_video
 from specvlm.inputs.video_processors import OnevisionVideoProcessor, QwenVLVideoProcessor, patchify, smart_resize
 from specvlm.tiny import special_ids
 
 IDS = special_ids(1024)
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("processors")
-    return {
-        family: save_tiny_processor(root / family, family) for family in ("qwen2_5_vl", "qwen2_vl", "llava_onevision")
-    }
 
 
 @pytest.fixture(scope="module")

@@ -4,9 +4,7 @@ import argparse
 import copy
 from types import SimpleNamespace
 
-import numpy as np
 import pytest
-from PIL import Image
 
 from specvlm.inputs import (
     InputError,
@@ -16,7 +14,7 @@ from specvlm.inputs import (
     load_processor,
     render_prompt,
 )
-from specvlm.inputs.testing import index_frames, save_tiny_processor, write_video
+from specvlm.inputs.testing import save_tiny_processor
 from specvlm.tiny import special_ids
 
 IDS = special_ids(1024)
@@ -26,25 +24,6 @@ QWEN_PROMPT = (
     "<|im_start|>assistant\n"
 )
 ONEVISION_PROMPT = "<|im_start|>user <image><video>\nWhat happens?<|im_end|><|im_start|>assistant\n"
-
-
-@pytest.fixture(scope="module")
-def media(tmp_path_factory):
-    root = tmp_path_factory.mktemp("media")
-    Image.fromarray(np.full((70, 90, 3), 120, np.uint8)).save(root / "a.png")
-    Image.fromarray(np.full((200, 300, 3), 60, np.uint8)).save(root / "big.png")
-    write_video(root / "clip.mp4", index_frames(30), fps=10)
-    return root
-
-
-@pytest.fixture(scope="module")
-def folders(tmp_path_factory):
-    root = tmp_path_factory.mktemp("processors")
-    out = {family: save_tiny_processor(root / family, family) for family in ("qwen2_5_vl", "llava_onevision")}
-    out["qwen_plain"] = save_tiny_processor(root / "qwen_plain", "qwen2_5_vl", chat_template=False)
-    out["onevision_plain"] = save_tiny_processor(root / "onevision_plain", "llava_onevision", chat_template=False)
-    out["qwen_small"] = save_tiny_processor(root / "qwen_small", "qwen2_5_vl", max_pixels=56 * 56)
-    return out
 
 
 @pytest.fixture
@@ -92,7 +71,7 @@ def test_fallback_without_any_template(folders, media):
     )
     assert render_prompt(onevision, "Why?") == "<|im_start|>user\nWhy?<|im_end|>\n<|im_start|>assistant\n"
     out = inputs_from_args(
-        _args("--image", str(media / "a.png"), "--prompt", "Why?"),
+        _args("--image", str(media / "picture.png"), "--prompt", "Why?"),
         folders["qwen_plain"],
         SimpleNamespace(
             model_type="qwen2_5_vl",
@@ -128,7 +107,9 @@ def test_arguments():
 
 def test_video_and_image_inputs(folders, configs, media):
     messages, report = [], {}
-    args = _args("--video", str(media / "clip.mp4"), "--image", str(media / "a.png"), "--prompt", "What happens?")
+    args = _args(
+        "--video", str(media / "clip_30.mp4"), "--image", str(media / "picture.png"), "--prompt", "What happens?"
+    )
     out = inputs_from_args(args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], progress=messages.append, report=report)
     assert out["video_grid_thw"].tolist() == [[4, 4, 4]]  # default 8 frames
     assert out["image_grid_thw"].tolist() == [[1, 4, 6]]
@@ -138,7 +119,7 @@ def test_video_and_image_inputs(folders, configs, media):
 
 
 def test_fps_and_num_frames(folders, configs, media):
-    clip = str(media / "clip.mp4")
+    clip = str(media / "clip_30.mp4")
     out = inputs_from_args(
         _args("--video", clip, "--prompt", "Q", "--fps", "2"), folders["qwen2_5_vl"], configs["qwen2_5_vl"]
     )
@@ -189,7 +170,7 @@ def test_draft_inputs_only_when_the_draft_preprocesses_differently(folders, conf
 
 def test_bad_inputs(folders, configs, media, tmp_path):
     qwen, qcfg = folders["qwen2_5_vl"], configs["qwen2_5_vl"]
-    clip = str(media / "clip.mp4")
+    clip = str(media / "clip_30.mp4")
     run = lambda *argv, folder=qwen, config=qcfg, **kw: inputs_from_args(_args(*argv), folder, config, **kw)  # noqa
     assert "empty" in _error(lambda: run("--video", clip, "--prompt", " "))
     assert "empty" in _error(lambda: run("--video", clip))
@@ -208,7 +189,7 @@ def test_bad_inputs(folders, configs, media, tmp_path):
 
 
 def test_model_cannot_take_the_input(folders, configs, media):
-    clip, png = str(media / "clip.mp4"), str(media / "a.png")
+    clip, png = str(media / "clip_30.mp4"), str(media / "picture.png")
     video_only = SimpleNamespace(model_type="qwen2_5_vl", image_token_id=None, video_token_id=IDS["video"])
     assert "video-only" in _error(
         lambda: inputs_from_args(_args("--image", png, "--prompt", "Q"), folders["qwen2_5_vl"], video_only)
@@ -222,7 +203,7 @@ def test_model_cannot_take_the_input(folders, configs, media):
 
 
 def test_incompatible_draft_family(folders, configs, media):
-    args = _args("--video", str(media / "clip.mp4"), "--prompt", "Q")
+    args = _args("--video", str(media / "clip_30.mp4"), "--prompt", "Q")
     assert "cannot draft" in _error(
         lambda: inputs_from_args(
             args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], folders["llava_onevision"], configs["llava_onevision"]
@@ -235,7 +216,7 @@ def test_draft_with_another_tokenizer(folders, configs, tiny, media, tmp_path):
     draft_dir = save_tiny_processor(tmp_path / "draft", "qwen2_5_vl", draft)
     assert "must share a tokenizer" in _error(
         lambda: inputs_from_args(
-            _args("--video", str(media / "clip.mp4"), "--prompt", "Q"),
+            _args("--video", str(media / "clip_30.mp4"), "--prompt", "Q"),
             folders["qwen2_5_vl"],
             configs["qwen2_5_vl"],
             draft_dir,
@@ -248,7 +229,7 @@ def test_tokenizer_that_does_not_match_the_model(folders, tiny, media):
     other = tiny("qwen2_5_vl", vocab=2048).config  # placeholder ids 2042.. vs the folder's 1018..
     assert "do not belong together" in _error(
         lambda: inputs_from_args(
-            _args("--video", str(media / "clip.mp4"), "--prompt", "Q"), folders["qwen2_5_vl"], other
+            _args("--video", str(media / "clip_30.mp4"), "--prompt", "Q"), folders["qwen2_5_vl"], other
         )
     )
     assert "holds a qwen2_5_vl checkpoint" in _error(
@@ -259,7 +240,7 @@ def test_tokenizer_that_does_not_match_the_model(folders, tiny, media):
 def test_more_visual_tokens_than_the_context(folders, configs, media):
     small = copy.deepcopy(configs["llava_onevision"])
     small.get_text_config().max_position_embeddings = 100
-    args = _args("--video", str(media / "clip.mp4"), "--prompt", "Q", "--num-frames", "30")
+    args = _args("--video", str(media / "clip_30.mp4"), "--prompt", "Q", "--num-frames", "30")
     message = _error(lambda: inputs_from_args(args, folders["llava_onevision"], small))
     assert "max_position_embeddings" in message and "(121 visual)" in message  # 30 * 4 + 1
     args.num_frames = 8  # 33 visual tokens fit, but not with 300 new tokens

@@ -114,7 +114,15 @@ class DecodeBatch:
         row.tokens, row.root = [first], first
         row.done = first in request.eos or request.max_new <= 1
         if not row.done:
-            ctx = DraftContext(request.draft_inputs, prompt, hidden, sampling, keep, scores, reserve)
+            ctx = DraftContext(
+                inputs=request.draft_inputs,
+                target_prompt=prompt,
+                target_hidden=hidden,
+                sampling=sampling,
+                visual_keep=keep,
+                visual_scores=scores,
+                reserve=reserve,
+            )
             stats.draft_prompt_tokens = gen.drafter.add_row(index, ctx)
             if seen is not None:
                 seen[first] = True
@@ -237,6 +245,7 @@ class DecodeBatch:
             out.append((row, new))
         if seen_rows:
             host = torch.tensor([seen_rows, seen_tokens], dtype=torch.long, device="cpu").to(self.device)
+            assert self.seen is not None  # made when the first row with a repetition penalty joined
             self.seen[host[0], host[1].clamp_max(self.vocab - 1)] = True
         return out
 

@@ -10,120 +10,20 @@ import json
 import os
 import signal
 import sys
-from typing import NamedTuple
 
+from .arguments import (
+    add_decoding_arguments,
+    add_engine_arguments,
+    add_model_arguments,
+    check_decoding,
+    decoding_options,
+    engine_options,
+    load_generator,
+    resolve_models,
+)
 from .errors import SpecVLMError
 from .inputs.arguments import add_input_arguments
-from .options import COMPILE_FLAG, PRUNING_METHODS, DecodeConfig, parse_device
-
-
-def _add_decoding_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("decoding")
-    g.add_argument("--max-new-tokens", type=int, default=128, help="tokens to generate at most (default 128)")
-    g.add_argument(
-        "--temperature",
-        type=float,
-        default=0.0,
-        help="0 = greedy (default); > 0 samples, losslessly, from the target's distribution",
-    )
-    g.add_argument("--top-p", type=float, default=1.0, help="nucleus sampling mass (default 1.0 = off)")
-    g.add_argument("--top-k", type=int, default=0, help="sample among the k most likely tokens (default 0 = off)")
-    g.add_argument(
-        "--tree",
-        choices=("chain", "static", "dynamic"),
-        default=None,
-        help="draft shape: chain of --num-draft-tokens, the EAGLE-1 static tree (default for draft "
-        "models) or an EAGLE-2 dynamic tree (default for --head)",
-    )
-    g.add_argument("--num-draft-tokens", type=int, default=5, help="chain length γ (default 5)")
-    g.add_argument(
-        "--confidence-threshold",
-        type=float,
-        default=0.0,
-        help="chain: stop drafting after a token the draft gives probability below this (HF assisted "
-        "generation uses 0.4; default 0 = always γ tokens)",
-    )
-    g.add_argument("--tree-top-k", type=int, default=10, help="dynamic tree: children per expanded node")
-    g.add_argument("--tree-depth", type=int, default=6, help="dynamic tree: longest path in draft tokens")
-    g.add_argument(
-        "--tree-total-tokens", type=int, default=60, help="dynamic tree: tokens verified per round, root included"
-    )
-    add_engine_arguments(g)
-    g = p.add_argument_group("visual pruning of the draft's prompt (the target always sees every token)")
-    g.add_argument(
-        "--pruning",
-        default=None,
-        choices=("none",) + PRUNING_METHODS,
-        help="how the draft's visual tokens are chosen (specvlm: verifier attention + uniform fill). "
-        "Default: specvlm with --draft self (an unpruned self-draft can never be faster than the "
-        "target alone), else none",
-    )
-    g.add_argument(
-        "--visual-keep-ratio",
-        type=float,
-        default=None,
-        help="fraction of visual tokens the draft keeps (default 0.1 with --pruning)",
-    )
-    g.add_argument("--stage1-mass", type=float, default=0.4, help="specvlm Stage I attention mass λ (default 0.4)")
-    g.add_argument(
-        "--draft-positions",
-        choices=("original", "contiguous"),
-        default=None,
-        help="position ids of the pruned draft prompt (default: original for Qwen M-RoPE, contiguous otherwise)",
-    )
-
-
-def add_engine_arguments(g) -> None:
-    g.add_argument(
-        "--engine",
-        choices=("fast", "eager"),
-        default="fast",
-        help="fast (default): static KV cache, fixed-shape steps, one host sync per round; eager: HF's "
-        "dynamic cache and eager forwards (the reference path). Same output either way",
-    )
-    g.add_argument(
-        "--compile",
-        choices=("auto", "on", "off"),
-        default="auto",
-        help="torch.compile the fast engine's steps (CUDA graphs on CUDA). auto: on CUDA only; on CPU the "
-        "one-time compile (seconds per step shape, more on big models) outlasts a single short answer",
-    )
-
-
-def engine_options(args) -> dict:
-    return dict(engine=args.engine, compile=COMPILE_FLAG[args.compile])
-
-
-def _add_model_arguments(p: argparse.ArgumentParser) -> None:
-    g = p.add_argument_group("models")
-    g.add_argument("--target", required=True, help="target model folder (or hub id)")
-    g.add_argument(
-        "--draft",
-        default="self",
-        help="a draft model folder (or hub id) of the same family; an EagleHead folder (as --head); "
-        "'self' (default: the target drafts for itself from a SpecVLM-pruned view of the images / "
-        "video, see --pruning); or 'none' (no speculation: the target's own Hugging Face generate, "
-        "the baseline to compare with, with the same summary line)",
-    )
-    g.add_argument(
-        "--head",
-        default=None,
-        metavar="DIR",
-        help="a trained EagleHead folder (specvlm train-head) to draft with instead of a draft model "
-        "(its tree defaults to EAGLE-2's dynamic tree)",
-    )
-    g.add_argument(
-        "--device",
-        default="auto",
-        type=parse_device,
-        help="auto (default: CUDA if present, spread over all GPUs; else cpu), cpu, cuda, cuda:N or mps",
-    )
-    g.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="weights dtype (auto: the checkpoint's on GPU, float32 on CPU)",
-    )
+from .options import DEFAULT_KEEP_RATIO
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -155,9 +55,9 @@ def build_parser() -> argparse.ArgumentParser:
         help="answer a prompt about images or a video, speculatively",
         description="Generate with speculative decoding; the output equals the target's own.",
     )
-    _add_model_arguments(gen)
+    add_model_arguments(gen)
     add_input_arguments(gen)
-    _add_decoding_arguments(gen)
+    add_decoding_arguments(gen)
     gen.add_argument(
         "--seed",
         type=int,
@@ -183,8 +83,8 @@ def build_parser() -> argparse.ArgumentParser:
     demo.add_argument(
         "--visual-keep-ratio",
         type=float,
-        default=0.1,
-        help="fraction of the video tokens the draft keeps (default 0.1)",
+        default=DEFAULT_KEEP_RATIO,
+        help=f"fraction of the video tokens the draft keeps (default {DEFAULT_KEEP_RATIO:g})",
     )
     demo.add_argument(
         "--repeats",
@@ -236,46 +136,8 @@ def main(argv: list[str] | None = None) -> int:
         return 1
 
 
-def _check_decoding(args) -> None:
-    """Every decoding and pruning option, checked before any heavy import (the same checks the library runs).
-    Resolves the default --pruning (see `default_pruning`)."""
-    args.pruning = default_pruning(args)
-    if args.max_new_tokens < 1:
-        raise SpecVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
-    if args.temperature < 0:
-        raise SpecVLMError(f"--temperature must be >= 0, got {args.temperature}")
-    if not 0 < args.top_p <= 1:
-        raise SpecVLMError(f"--top-p must be in (0, 1], got {args.top_p}")
-    if args.top_k < 0:
-        raise SpecVLMError(f"--top-k must be >= 0, got {args.top_k}")
-    DecodeConfig.from_args(args)  # errors name the flags
-
-
-def default_pruning(args) -> str:
-    """--pruning as given; unset, "specvlm" when the target drafts for itself, else "none". An unpruned self-draft
-    accepts every token, but each draft step costs a full target step, so it can never beat the target alone;
-    drafting from a pruned view (SpecVLM, keep 0.1 by default) is what makes self-speculation pay. `--pruning none`
-    still asks for the unpruned self-draft. `--draft none` has no draft to prune."""
-    if args.draft == "none":
-        if args.head or args.pruning not in (None, "none"):
-            raise SpecVLMError("--draft none decodes with the target alone: drop --head / --pruning")
-        return "none"
-    if args.pruning is not None:
-        return args.pruning
-    return "specvlm" if args.draft == "self" and not args.head else "none"
-
-
-def _decoding_options(args) -> dict:
-    sample = args.temperature > 0
-    return dict(
-        max_new_tokens=args.max_new_tokens,
-        do_sample=sample,
-        **(dict(temperature=args.temperature, top_p=args.top_p, top_k=args.top_k) if sample else {}),
-    )
-
-
 def cmd_generate(args) -> int:
-    _check_decoding(args)  # before the heavy imports: a bad option is one line at once
+    check_decoding(args)  # before the heavy imports: a bad option is one line at once
     import torch
 
     from .inputs import inputs_from_args
@@ -298,7 +160,7 @@ def cmd_generate(args) -> int:
     rng = None if args.seed is None else torch.Generator().manual_seed(args.seed)
     streamer = None if args.json else PrintStreamer(gen.tokenizer)
     with torch.no_grad():
-        out = gen.generate(**inputs, **_decoding_options(args), streamer=streamer, generator=rng)
+        out = gen.generate(**inputs, **decoding_options(args), streamer=streamer, generator=rng)
     if args.json:
         print(
             json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict(), "inputs": report})
@@ -306,56 +168,6 @@ def cmd_generate(args) -> int:
     else:
         say(out.stats.summary())
     return 0
-
-
-class ModelDirs(NamedTuple):
-    target_dir: str
-    target_config: object
-    head: str | None  # an EagleHead folder (--head, or a --draft that holds one)
-    draft_dir: str | None  # a draft model folder; None for "self", "none" and heads
-    draft_config: object
-
-
-def resolve_models(args) -> ModelDirs:
-    """The --target / --draft / --head folders checked and their configs read; no weights load."""
-    from .drafters.loading import is_eagle_head
-    from .loading import load_config, resolve
-
-    target_dir = resolve(args.target)
-    target_config = load_config(target_dir)
-    head = args.head or (args.draft if is_eagle_head(args.draft) else None)
-    if args.head and args.draft != "self":
-        raise SpecVLMError("give --draft or --head, not both: an EagleHead is the drafter")
-    draft_dir = draft_config = None
-    if args.draft not in ("self", "none") and head is None:
-        draft_dir = resolve(args.draft)
-        draft_config = load_config(draft_dir)
-    return ModelDirs(target_dir, target_config, head, draft_dir, draft_config)
-
-
-def load_generator(args, models: ModelDirs, say, batched: bool = False):
-    """Loads the target, its tokenizer and the drafter, and returns the SpeculativeGenerator the decoding, pruning and
-    engine options describe; for `--draft none`, the target alone behind the same interface: HF's own `generate`
-    (TargetOnly), or with `batched` (the server) a generator that drafts nothing, so that it batches like
-    speculation."""
-    from .drafters.loading import load_drafter
-    from .generator import SpeculativeGenerator
-    from .loading import load_model, load_tokenizer
-    from .target_only import TargetOnly
-
-    say(f"loading target {args.target}{' (no draft: target-only decoding)' if args.draft == 'none' else ''} ...")
-    target, tokenizer = load_model(models.target_dir, args.dtype, args.device), load_tokenizer(models.target_dir)
-    spec, kind = args.draft, None  # "self" or "none"
-    if models.head is not None:
-        say(f"loading EagleHead {models.head} ...")
-        spec, kind = models.head, "head"
-    elif models.draft_dir is not None:
-        say(f"loading draft {args.draft} ...")
-        spec, kind = models.draft_dir, "model"
-    draft = load_drafter(spec, target, args.dtype, args.device, kind=kind, tokenizer=tokenizer)
-    if draft is None and not batched:
-        return TargetOnly(target, tokenizer)
-    return SpeculativeGenerator(target, draft, tokenizer=tokenizer, config=DecodeConfig.from_args(args))
 
 
 def cmd_demo(args) -> int:

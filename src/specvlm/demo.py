@@ -2,13 +2,12 @@
 speculative decoding and SpecVLM pruning of the draft's video tokens, measured against target-only decoding in the
 same run, and checked to produce exactly the target's output. No downloads, no training.
 
-The inputs go through the same path as `specvlm generate` (`inputs_from_args`): the clip is decoded with PyAV and
+The inputs go through the same path as `specvlm generate` (`prepare_inputs`): the clip is decoded with PyAV and
 preprocessed by the target's (and, where it differs, the draft's) processor.
 """
 
 from __future__ import annotations
 
-import argparse
 import statistics
 import time
 
@@ -16,7 +15,7 @@ import torch
 
 from .drafters.loading import load_drafter
 from .generator import SpeculativeGenerator
-from .inputs import inputs_from_args
+from .inputs import InputModels, MediaPrompt, prepare_inputs
 from .testbed.assets import bundled_pair, sample_clips
 
 
@@ -70,16 +69,11 @@ def run_demo(
     target = AutoModelForImageTextToText.from_pretrained(target_dir, dtype=torch.float32).eval()
     tokenizer = AutoTokenizer.from_pretrained(target_dir)
     draft = load_drafter(draft_dir, target, dtype="float32", kind="model", tokenizer=tokenizer)  # on the target's CPU
-    args = argparse.Namespace(
-        video=sample["video"],
-        image=[],
-        prompt=sample["question"],
-        num_frames=None,
-        fps=None,
-        max_pixels=None,
+    inputs = prepare_inputs(
+        InputModels(target_dir, target.config, draft_dir, draft.config),
+        MediaPrompt(sample["question"], video=sample["video"]),
         max_new_tokens=max_new_tokens,
     )
-    inputs = inputs_from_args(args, target_dir, target.config, draft_dir, draft.config)
     plain_inputs = {k: v for k, v in inputs.items() if k != "draft_inputs"}
     size = lambda m: sum(p.numel() for p in m.parameters()) / 1e6
     print(

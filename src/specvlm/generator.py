@@ -25,7 +25,7 @@ from .compat import check_models
 from .drafters import Drafter, DraftModelDrafter
 from .drafters.base import NoDraft
 from .errors import SpecVLMError
-from .options import DecodeConfig
+from .options import DEFAULT_KEEP_RATIO, DecodeConfig
 from .request import BatchRequest, Request, resolve
 from .session import ModelSession, StaticSession
 from .stats import SpecStats
@@ -46,7 +46,9 @@ class SpecOutput:
 
 
 class SpeculativeGenerator:
-    """`SpeculativeGenerator(target, draft, **options)`; `draft` is a same-family HF VLM, "self", or a Drafter.
+    """`SpeculativeGenerator(target, draft, **options)`; `draft` is a same-family HF VLM, a Drafter (e.g. an
+    EagleHead), "self" (the target drafts from a pruned view of its prompt: set `pruning`), or None (the target
+    alone through the same engine, at its own speed). There is no default draft: none that is known to pay.
 
     Options: `tree` ("chain" | "static" | "dynamic"; default: the drafter's — "static", the video paper's EAGLE-1
     tree, for draft models; "dynamic", EAGLE-2's, for EagleHead),
@@ -61,9 +63,7 @@ class SpeculativeGenerator:
     "contiguous": the shorter prompt is renumbered, the default otherwise), `pruning_seed` (for "random").
     """
 
-    def __init__(
-        self, target, draft="self", *, processor=None, tokenizer=None, config: DecodeConfig | None = None, **options
-    ):
+    def __init__(self, target, draft, *, processor=None, tokenizer=None, config: DecodeConfig | None = None, **options):
         # options: DecodeConfig's fields as keywords (tree, num_draft_tokens, pruning, engine, compile, ...)
         if config is not None and options:
             raise SpecVLMError("give a DecodeConfig or its options as keywords, not both")
@@ -100,7 +100,7 @@ class SpeculativeGenerator:
         )
         self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
         self.pruning, self.stage1_mass, self.pruning_seed = config.pruning, config.stage1_mass, config.pruning_seed
-        self.visual_keep_ratio = 0.1 if config.visual_keep_ratio is None else config.visual_keep_ratio
+        self.visual_keep_ratio = DEFAULT_KEEP_RATIO if config.visual_keep_ratio is None else config.visual_keep_ratio
         self.contiguous_positions = (
             config.draft_positions or ("original" if self.target.uses_mrope else "contiguous")
         ) == "contiguous"

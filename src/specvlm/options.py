@@ -22,6 +22,7 @@ PRUNING_METHODS = (
     "frames",
 )
 TREE_KINDS = ("chain", "static", "dynamic")
+DEFAULT_KEEP_RATIO = 0.1  # the video paper's keep ratio: what a pruning method keeps when no ratio is given
 COMPILE_FLAG = {"auto": "auto", "on": True, "off": False}  # --compile -> SpeculativeGenerator(compile=...)
 
 
@@ -92,7 +93,7 @@ class DecodeConfig:
     tree_total_tokens: int = 60
     confidence_threshold: float = 0.0
     pruning: str = "none"
-    visual_keep_ratio: float | None = None  # None: 0.1 when pruning
+    visual_keep_ratio: float | None = None  # None: DEFAULT_KEEP_RATIO when pruning
     stage1_mass: float = 0.4
     draft_positions: str | None = None  # None: original for M-RoPE targets, contiguous otherwise
     pruning_seed: int = 0

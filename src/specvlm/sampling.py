@@ -191,6 +191,7 @@ class RowSampling:
             if out is None:
                 out = part.new_empty((x.shape[0], *part.shape[1:]))
             out[index] = part
+        assert out is not None  # at least one group
         return out
 
     def scores(self, logits, seen=None):

@@ -20,6 +20,7 @@ import itertools
 import time
 import types
 from contextlib import contextmanager
+from typing import Any
 
 import torch
 
@@ -95,7 +96,9 @@ class ModelSession:
         if row > len(self.lengths):
             raise IndexError(f"row {row} of a session holding {len(self.lengths)} rows")
         if row == len(self.lengths):
-            self.lengths.append(0), self.offsets.append(0), self.caches.append(None)
+            self.lengths.append(0)
+            self.offsets.append(0)
+            self.caches.append(None)
         self.lengths[row], self.offsets[row] = len(prompt), prompt.next_position - len(prompt)
         self.caches[row] = cache
         self.forwards += 1
@@ -115,11 +118,13 @@ class ModelSession:
         prefix, the new ones included). Returns float32 logits (B, n, V) and final hidden states (B, n, H); rows'
         padding positions hold zeros."""
         rows, n = ids.shape[0], ids.shape[1]
-        logits = hidden = None
+        logits: torch.Tensor | None = None
+        hidden: torch.Tensor | None = None
         for b in range(rows):
             count = n if counts is None else counts[b]
             mask = None
             if visible is not None and not _is_causal(visible[b, :count]):
+                assert prefix is not None  # a tree window is always given with the committed prefix it follows
                 mask = additive_mask(visible[b, :count], prefix[b], self.adapter.dtype, self.adapter.device)
             with _observed(self, "step"):
                 out, h = self.adapter.forward(
@@ -128,12 +133,13 @@ class ModelSession:
                     self.caches[b],
                     mask,
                 )
-            if logits is None:
+            if logits is None or hidden is None:
                 logits = out.new_zeros(rows, n, out.shape[-1])
                 hidden = h.new_zeros(rows, n, h.shape[-1])
             logits[b, :count], hidden[b, :count] = out[0], h[0]
             self.lengths[b] += count
         self.forwards += 1
+        assert logits is not None and hidden is not None  # rows >= 1
         return logits, hidden
 
     def keep(self, prefix: list[int], extra: list[list[int]]) -> None:
@@ -207,6 +213,7 @@ class StaticSession(ModelSession):
         starts = self.lengths[:rows]
         if max(starts) + width > self.cache.capacity:  # a row outgrew what its prefill reserved
             self._grow(max(starts) + width)
+        assert self.cache.start is not None  # set by the first prefill
         device = self.cache.start.device
         extra = padded_rows - rows
         host = torch.tensor([starts + [0] * extra, (prefix or starts) + [0] * extra], dtype=torch.long, device="cpu")
@@ -311,7 +318,7 @@ def _compiled(method, device_type: str):
         types.FunctionType(code, function.__globals__, code.co_name, function.__defaults__, function.__closure__),
         method.__self__,
     )
-    options = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
+    options: dict[str, Any] = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
     mode = "reduce-overhead" if device_type == "cuda" else None
     return torch.compile(own, dynamic=False, mode=mode, options=options)
 

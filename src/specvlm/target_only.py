@@ -10,6 +10,7 @@ import torch
 
 from .generator import SpecOutput
 from .stats import SpecStats
+from .streaming import AnswerStreamer
 
 
 class TargetOnly:
@@ -26,7 +27,7 @@ class TargetOnly:
         kwargs.pop("draft_inputs", None)  # the draft's own inputs: there is no draft
         if generator is not None and kwargs.get("do_sample"):
             torch.manual_seed(int(torch.randint(0, 2**62, (1,), generator=generator)))
-        clock = _Clock(streamer)
+        clock = Clock(streamer)
         out = self.model.generate(input_ids=input_ids, streamer=clock, **kwargs)
         sequences = getattr(out, "sequences", out)
         prompt = input_ids.shape[1]
@@ -55,19 +56,18 @@ class TargetOnly:
         return int(torch.isin(input_ids[0].cpu(), torch.tensor(ids, dtype=torch.long)).sum()) if ids else 0
 
 
-class _Clock:
-    """An HF streamer that notes when the first new token arrives and passes everything on to `inner`."""
+class Clock(AnswerStreamer):
+    """Notes when the first new token arrives (`first_at`) and passes every `put` / `end` on to `inner`."""
 
     def __init__(self, inner):
-        self.inner, self.started, self.first_at, self.prompt_seen = inner, time.perf_counter(), None, False
+        super().__init__()
+        self.inner = inner
 
     def put(self, ids) -> None:
-        if self.prompt_seen and self.first_at is None:
-            self.first_at = time.perf_counter()
-        self.prompt_seen = True
+        super().put(ids)
         if self.inner is not None:
             self.inner.put(ids)
 
-    def end(self) -> None:
+    def on_end(self) -> None:
         if self.inner is not None:
             self.inner.end()

@@ -27,7 +27,7 @@ from functools import cache, cached_property, lru_cache
 
 import torch
 
-from .options import check_tree
+from .options import DecodeConfig, check_tree
 
 # The EAGLE-1 static tree `mc_sim_7b_63` that the video-pruning paper drafts with: 25 nodes below the root, depth
 # 5, 4/8/8/3/2 nodes per depth, 15 leaves. A path (r1, r2, ...) is "the r1-th best child of the root, then its
@@ -97,7 +97,9 @@ class DraftTree:
         """(B, n, n) bool on the tree's device; [b, i, j] is True when j is i or an ancestor of i in row b."""
         if self.chain:
             return _chain_ancestors(len(self) + 1, self.tokens.device)[1:, 1:].expand(self.rows, -1, -1)
-        return self.verify_mask[:, 1:, 1:]
+        mask = self.verify_mask
+        assert mask is not None  # not a chain
+        return mask[:, 1:, 1:]
 
     @cached_property
     def verify_mask(self) -> torch.Tensor | None:
@@ -336,12 +338,13 @@ class TreeSpec:
     """How a drafter shapes its proposal each round. `depth` is the longest path in draft tokens (EAGLE's code
     counts one less); `total_tokens` counts the root too, i.e. it is the number of tokens the target verifies."""
 
-    kind: str = "static"
-    num_draft_tokens: int = 5
-    top_k: int = 10
-    depth: int = 6
-    total_tokens: int = 60
-    confidence_threshold: float = 0.0  # chain: stop after a draft token with q(x) below it (0: always γ tokens)
+    kind: str = "static"  # the defaults are DecodeConfig's (written once, there)
+    num_draft_tokens: int = DecodeConfig.num_draft_tokens
+    top_k: int = DecodeConfig.tree_top_k
+    depth: int = DecodeConfig.tree_depth
+    total_tokens: int = DecodeConfig.tree_total_tokens
+    # chain: stop after a draft token with q(x) below it (0: always γ tokens)
+    confidence_threshold: float = DecodeConfig.confidence_threshold
     paths: tuple = EAGLE1_TREE
 
     def __post_init__(self):

@@ -76,6 +76,7 @@ def _verdict(ok: torch.Tensor, tree: DraftTree) -> tuple[torch.Tensor, torch.Ten
     one's outputs (B,) (0 = the root when none), path (B, n) in node order, padded with n)."""
     n = len(tree)
     order = torch.arange(n, device=ok.device)
+    assert tree.depths is not None  # filled in by DraftTree.__post_init__
     best_depth, best = torch.where(ok, tree.depths, 0).max(-1)  # (B,), (B,)
     on_path = tree.ancestors.gather(1, best[:, None, None].expand(-1, 1, n))[:, 0] & (best_depth > 0)[:, None]
     path = torch.sort(torch.where(on_path, order, n + order), -1).values.clamp_max(n)  # the path, then n's
@@ -110,6 +111,7 @@ def accept_chain_sampled(p: torch.Tensor, tree: DraftTree, random=None) -> Verdi
     n = len(tree)
     if n == 0:
         return _nothing_drafted(sample_from(p[:, 0], random))
+    assert tree.probs is not None, "a sampled draft tree carries the distributions its tokens were drawn from"
     q = tree.probs.to(p.device, torch.float32)
     tokens = tree.tokens.to(p.device)
     rows = torch.arange(n, device=p.device)

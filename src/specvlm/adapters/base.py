@@ -22,6 +22,7 @@ from dataclasses import dataclass, field
 
 import torch
 from transformers import DynamicCache
+from transformers.cache_utils import Cache
 
 from .attention import implementation
 
@@ -284,7 +285,7 @@ class VLMAdapter:
         self,
         embeds: torch.Tensor,
         positions: torch.Tensor,
-        cache: DynamicCache,
+        cache: Cache,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
     ) -> tuple[torch.Tensor, torch.Tensor]:

@@ -7,9 +7,15 @@ import shlex
 import sys
 from pathlib import Path
 
-from ..cli import add_engine_arguments, engine_options
+from ..arguments import (
+    add_device_arguments,
+    add_draft_positions_argument,
+    add_engine_arguments,
+    add_num_draft_tokens_argument,
+    add_num_frames_argument,
+    engine_options,
+)
 from ..errors import SpecVLMError
-from ..options import parse_device
 from .datasets import LOADERS
 from .methods import (
     BASE_METHODS,
@@ -75,15 +81,12 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
         choices=("paper", "original", "describe", "explain"),
         help="prompt sent per sample (default paper: what the papers ran)",
     )
-    g.add_argument("--num-frames", type=int, default=8, metavar="N", help="video frames per sample (default 8)")
+    add_num_frames_argument(g)
     g = p.add_argument_group("models")
     g.add_argument("--target", required=True, help="target model folder")
     g.add_argument("--draft", default=None, help="draft model folder (same family) for hf-assisted, sd-*, prune:*")
     g.add_argument("--head", default=None, help="EagleHead folder for eagle / eagle-prune:*")
-    g.add_argument(
-        "--device", default="auto", type=parse_device, help="auto (CUDA if present), cpu, cuda, cuda:N or mps"
-    )
-    g.add_argument("--dtype", default="auto", choices=("auto", "float32", "bfloat16", "float16"))
+    add_device_arguments(g)
     g = p.add_argument_group("methods")
     g.add_argument("--methods", default=None, help="comma-separated methods (see below)")
     g.add_argument(
@@ -102,13 +105,8 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
         default="static",
         help="draft shape of prune:* / self / self-prune:* (default static: the video paper's tree)",
     )
-    g.add_argument("--num-draft-tokens", type=int, default=5, help="chain length of sd-chain (default 5)")
-    g.add_argument(
-        "--draft-positions",
-        choices=("original", "contiguous"),
-        default=None,
-        help="position ids of pruned draft prompts (default: original for Qwen M-RoPE, contiguous otherwise)",
-    )
+    add_num_draft_tokens_argument(g, "chain length of sd-chain")
+    add_draft_positions_argument(g)
     g.add_argument(
         "--hf-assistant-tokens",
         type=int,

@@ -30,6 +30,7 @@ import torch
 
 from ..adapters import adapter_for
 from ..adapters.generation import assistant_sees_its_pixels, recording_matches
+from ..streaming import AnswerStreamer
 
 
 @dataclass
@@ -134,20 +135,12 @@ class ForwardClocks:
             self.last.extend_last(seconds)
 
 
-class FirstTokenTimer:
-    """A `generate(streamer=...)` that notes when the first new tokens arrive (HF calls `put` with the prompt
-    first, then with each step's new tokens)."""
+class FirstTokenTimer(AnswerStreamer):
+    """A `generate(streamer=...)` that notes when the first new tokens arrive (`first_token_at`)."""
 
-    def __init__(self):
-        self.puts, self.first_token_at = 0, None
-
-    def put(self, value) -> None:
-        self.puts += 1
-        if self.puts == 2:
-            self.first_token_at = time.perf_counter()
-
-    def end(self) -> None:
-        pass
+    @property
+    def first_token_at(self) -> float | None:
+        return self.first_at
 
 
 def _sync() -> None:

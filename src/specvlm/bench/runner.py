@@ -30,6 +30,9 @@ from pathlib import Path
 import numpy as np
 
 from ..errors import SpecVLMError
+from ..inputs.arguments import DEFAULT_NUM_FRAMES
+from ..options import DecodeConfig
+from ..options import flag as spell_flag
 from ..progress import progress_bar
 from .datasets import LOADERS, load_dataset
 from .methods import (
@@ -335,7 +338,7 @@ def run_bench(
     keep_ratios=DEFAULT_KEEP_RATIOS,
     pruning_methods=DEFAULT_PRUNING_METHODS,
     max_new_tokens: int = 128,
-    num_frames: int = 8,
+    num_frames: int = DEFAULT_NUM_FRAMES,
     limit: int | None = None,
     split: str | None = None,
     prompt: str | None = None,
@@ -343,7 +346,7 @@ def run_bench(
     repeats: int = 3,
     warmup: int = 1,
     ignore_eos: bool = False,
-    num_draft_tokens: int = 5,
+    num_draft_tokens: int = DecodeConfig.num_draft_tokens,
     tree: str = "static",
     hf_assistant_tokens: int | None = None,
     draft_positions: str | None = None,
@@ -366,8 +369,9 @@ def run_bench(
         raise SpecVLMError(f"--num-frames must be >= 1, got {num_frames}")
     if repeats < 1 or warmup < 0:
         raise SpecVLMError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
-    if num_draft_tokens < 1:
-        raise SpecVLMError(f"--num-draft-tokens must be >= 1, got {num_draft_tokens}")
+    # the decoding options every method shares, checked as the library checks them (errors name the flags)
+    shared = dict(num_draft_tokens=num_draft_tokens, draft_positions=draft_positions, engine=engine, compile=compile)
+    DecodeConfig(**shared, spell=spell_flag)
     if hf_assistant_tokens is not None and hf_assistant_tokens < 1:
         raise SpecVLMError(f"--hf-assistant-tokens must be >= 1, got {hf_assistant_tokens}")
     runs = parse_methods(

@@ -1,5 +1,5 @@
 """The input options of `specvlm generate` / `serve` / `bench`, defined without importing torch or transformers (so
-that a bad option fails at once); `cli_args.inputs_from_args` turns them into model inputs."""
+that a bad option fails at once); `pipeline.inputs_from_args` turns them into model inputs."""
 
 from __future__ import annotations
 

@@ -40,7 +40,7 @@ example (the bundled testbed pair; README.md, "Serving", has curl and openai cli
 
 
 def add_serve_parser(sub) -> None:
-    from ..cli import _add_decoding_arguments, _add_model_arguments
+    from ..arguments import add_decoding_arguments, add_model_arguments
     from ..inputs.arguments import add_frame_arguments
 
     p = sub.add_parser(
@@ -50,9 +50,9 @@ def add_serve_parser(sub) -> None:
         epilog=EPILOG,
         formatter_class=argparse.RawDescriptionHelpFormatter,
     )
-    _add_model_arguments(p)
+    add_model_arguments(p)
     add_frame_arguments(p.add_argument_group("inputs (applied to every request)"))
-    _add_decoding_arguments(p)
+    add_decoding_arguments(p)
     g = p.add_argument_group("server")
     g.add_argument(
         "--host",
@@ -142,10 +142,10 @@ def check_server_options(args) -> Path | None:
 
 
 def cmd_serve(args) -> int:
-    from ..cli import _check_decoding
+    from ..arguments import check_decoding
     from ..inputs.video import check_sampling
 
-    _check_decoding(args)
+    check_decoding(args)
     check_sampling(args.num_frames, args.fps)
     allowed = check_server_options(args)
     say = lambda msg: print(msg, file=sys.stderr, flush=True)
@@ -170,13 +170,14 @@ def bind(host: str, port: int) -> socket.socket:
 def load_engine(args, say):
     """The models the options name, loaded, and the Engine that serves them. Before any weights load, a dry run of
     the input pipeline on a text-only prompt checks the frame options, the processors and the draft's family."""
-    from ..cli import load_generator, resolve_models
-    from .engine import Engine, Frames, model_inputs
+    from ..arguments import drafts, load_generator, resolve_models
+    from ..inputs.pipeline import FrameOptions
+    from .engine import Engine, model_inputs
     from .media import TurnFiles
 
     models = resolve_models(args)
-    frames = Frames(args.num_frames, args.fps, args.max_pixels)
-    model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, args.draft != "none")
+    frames = FrameOptions.from_args(args)
+    model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, drafts(args))
     gen = load_generator(args, models, say, batched=True)
     engine = Engine(models, gen.model, gen.tokenizer, gen, frames)
     if gen.compile:  # CUDA, or --compile on: compile every batch shape before the server says it is healthy

@@ -1,6 +1,6 @@
 """The served model: how one request's files become model inputs and then tokens.
 
-Inputs go through `specvlm.inputs.inputs_from_args`, the very function `specvlm generate` calls on its
+Inputs go through `specvlm.inputs.prepare_inputs`, the pipeline `specvlm generate` runs on its
 `--video / --image / --prompt / --num-frames` flags, so the chat template, frame sampling, processor and the draft's
 own inputs are the generate command's, and a greedy request answers exactly what `specvlm generate` prints.
 
@@ -11,47 +11,30 @@ measured against, batched the same way). Both stream through the same HF streame
 
 from __future__ import annotations
 
-import argparse
-from dataclasses import dataclass
-
 import torch
 
+from ..inputs.pipeline import FrameOptions, InputModels, MediaPrompt, prepare_inputs
 from .media import TurnFiles
 from .schema import Decoding
 
 
-@dataclass(frozen=True)
-class Frames:
-    """The server's --num-frames / --fps / --max-pixels, applied to every request."""
-
-    num_frames: int | None = None
-    fps: float | None = None
-    max_pixels: int | None = None
-
-
-def model_inputs(models, frames: Frames, files: TurnFiles, max_new_tokens: int, with_draft: bool) -> dict:
-    """Model inputs for one request, built exactly as `specvlm generate --prompt ... --video ...` builds them (the
+def model_inputs(models, frames: FrameOptions, files: TurnFiles, max_new_tokens: int, with_draft: bool) -> dict:
+    """Model inputs for one request, built by the pipeline `specvlm generate --prompt ... --video ...` uses (the
     draft's own inputs too when `with_draft`); `InputError` (400) for bad media or a prompt too long."""
-    from ..inputs import inputs_from_args
-
-    args = argparse.Namespace(
-        prompt=files.prompt,
-        image=[str(p) for p in files.images],
-        video=None if files.video is None else str(files.video),
-        num_frames=frames.num_frames,
-        fps=frames.fps,
-        max_pixels=frames.max_pixels,
-        max_new_tokens=max_new_tokens,
+    draft = (models.draft_dir, models.draft_config) if with_draft else (None, None)
+    return prepare_inputs(
+        InputModels(models.target_dir, models.target_config, *draft),
+        MediaPrompt(files.prompt, tuple(files.images), files.video),
+        frames,
+        max_new_tokens,
     )
-    draft_dir, draft_config = (models.draft_dir, models.draft_config) if with_draft else (None, None)
-    return inputs_from_args(args, models.target_dir, models.target_config, draft_dir, draft_config)
 
 
 class Engine:
     """The loaded target, its generator (a SpeculativeGenerator; for --draft none one that drafts nothing, so that
     target-only serving batches exactly like speculation) and the per-request steps the worker runs."""
 
-    def __init__(self, models, target, tokenizer, generator, frames: Frames = Frames()):
+    def __init__(self, models, target, tokenizer, generator, frames: FrameOptions = FrameOptions()):
         self.models, self.target, self.tokenizer, self.generator, self.frames = (
             models,
             target,

@@ -31,6 +31,7 @@ from dataclasses import dataclass, field
 from pathlib import Path
 
 from ..errors import SpecVLMError
+from ..streaming import AnswerStreamer, AnswerText
 from .errors import APIError, internal, shutting_down, timed_out
 from .media import TurnFiles
 from .schema import Decoding
@@ -119,28 +120,24 @@ def stop_point(text: str, stops: tuple[str, ...], final: bool) -> tuple[int, boo
     return len(text) - held, False
 
 
-class TextSink:
-    """An HF streamer (`put(prompt ids)`, then `put(new ids)` per round, `end()`) that turns tokens into answer text
-    the way `SpeculativeGenerator.stream` does (the whole answer decoded each time, a half multi-byte character held
-    back) and emits it, cut at stop strings."""
+class TextSink(AnswerStreamer):
+    """Turns tokens into answer text the way `SpeculativeGenerator.stream` does (`AnswerText`: the whole answer
+    decoded each time, a half multi-byte character held back) and emits it, cut at stop strings; raises `Stop` when
+    a stop string, a cancel or a deadline ends the answer."""
 
     def __init__(self, job: Job, tokenizer, eos: set[int]):
-        self.job, self.tokenizer, self.eos = job, tokenizer, eos
-        self.tokens: list[int] = []
+        super().__init__()
+        self.job, self.eos, self.text = job, eos, AnswerText(tokenizer)
         self.shown = 0
-        self.prompt_seen = False
         self.stopped = False  # a stop string ended the answer
-        self.started = time.perf_counter()
-        self.first_at = self.last_at = None  # when the first / latest tokens arrived
 
-    def put(self, ids) -> None:
-        if not self.prompt_seen:
-            self.prompt_seen = True
-            return
-        self.tokens += ids.reshape(-1).tolist()
-        self.last_at = time.perf_counter()
-        if self.first_at is None:
-            self.first_at = self.last_at
+    @property
+    def tokens(self) -> list[int]:
+        return self.text.tokens
+
+    def on_tokens(self, ids: list[int]) -> None:
+        self.text.tokens += ids
+        if self.job.first_token is None:  # the first tokens of the answer
             self.job.first_token = time.monotonic()
         if self._flush(final=False):
             raise Stop("stop")
@@ -148,7 +145,7 @@ class TextSink:
         if reason:
             raise Stop(reason)
 
-    def end(self) -> None:
+    def on_end(self) -> None:
         self._flush(final=True)
 
     @property
@@ -156,8 +153,8 @@ class TextSink:
         return "stop" if self.stopped or (self.tokens and self.tokens[-1] in self.eos) else "length"
 
     def _flush(self, final: bool) -> bool:
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
-        if text.endswith("\ufffd") and not final:
+        text = self.text.current(final)
+        if text is None:
             return False
         cut, self.stopped = stop_point(text, self.job.decoding.stop, final)
         if cut > self.shown:

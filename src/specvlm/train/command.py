@@ -5,7 +5,8 @@ from __future__ import annotations
 
 import argparse
 
-from ..options import parse_device
+from ..arguments import add_device_arguments
+from ..inputs.arguments import add_frame_arguments
 from .config import TrainConfig
 
 
@@ -58,15 +59,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for the trained head and its checkpoints (must be new or empty, unless --resume or --overwrite)",
     )
     g.add_argument("--init", metavar="DIR", help="start from a saved head instead of a fresh one")
-    g.add_argument(
-        "--device", default="auto", type=parse_device, help="auto (CUDA if present), cpu, cuda, cuda:N or mps"
-    )
-    g.add_argument(
-        "--dtype",
-        default="auto",
-        choices=("auto", "float32", "bfloat16", "float16"),
-        help="target weights dtype (auto: the checkpoint's on GPU, float32 on CPU); the head trains in float32",
-    )
+    add_device_arguments(g, what="target weights (the head trains in float32)")
     g.add_argument(
         "--tiny-examples",
         type=int,
@@ -74,10 +67,7 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         metavar="N",
         help="--tiny-smoke: random prompts to self-distil (default 64)",
     )
-    m = parser.add_argument_group("media sampling (as in specvlm generate)")
-    m.add_argument("--num-frames", type=int, default=None, metavar="N", help="video frames per clip (default 8)")
-    m.add_argument("--fps", type=float, default=None, metavar="X", help="sample X frames per second instead")
-    m.add_argument("--max-pixels", type=int, default=None, metavar="N", help="Qwen-VL: at most N pixels per frame")
+    add_frame_arguments(parser.add_argument_group("media sampling (as in specvlm generate)"))
     c = parser.add_argument_group("elastic visual compressor (shortens the head's visual span, never the target's)")
     c.add_argument(
         "--compressor",

@@ -159,7 +159,7 @@ class ConversationData:
         from collections import OrderedDict
 
         from ..inputs import load_processor, processor_family
-        from ..inputs.cli_args import DEFAULT_NUM_FRAMES, _size_options
+        from ..inputs.pipeline import DEFAULT_NUM_FRAMES, _size_options
         from ..inputs.video import check_sampling
 
         self.path = Path(path)
@@ -189,7 +189,7 @@ class ConversationData:
 
     def check_against(self, model_config) -> None:
         """The processor must speak the model's placeholder ids (else the pixels would land nowhere)."""
-        from ..inputs.cli_args import _load_checked
+        from ..inputs.pipeline import _load_checked
 
         _load_checked(self.processor_dir, model_config.model_type, model_config)
 

@@ -1,9 +1,11 @@
-"""Command-line hooks: `inputs_from_args(args, model_dir, model_config)` on the options `add_input_arguments(parser)`
-(arguments.py) defines.
+"""The input pipeline: a request as values (`MediaPrompt`: the prompt, images, a video; `FrameOptions`: how videos
+are sampled and images sized; `InputModels`: the target's and the draft's folders and configs) to model inputs,
+`prepare_inputs`. `specvlm generate` (through `inputs_from_args`, a thin wrapper over its flags), the server, the
+demo and the benchmarks all call it, so they all see the same frames, chat template and processor output.
 
-`inputs_from_args` checks every input before any heavy work, decodes the video once, and runs the target's
-processor (and the draft's, when a draft folder is given and its preprocessing differs). Every problem a user can
-fix raises `InputError` with a one-line message.
+`prepare_inputs` checks every input before any heavy work, decodes the video once, and runs the target's processor
+(and the draft's, when a draft folder is given and its preprocessing differs). Every problem a user can fix raises
+`InputError` with a one-line message.
 """
 
 from __future__ import annotations
@@ -11,6 +13,9 @@ from __future__ import annotations
 import functools
 import time
 from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import NamedTuple
 
 import torch
 
@@ -24,28 +29,72 @@ from .video import VIDEO_EXTENSIONS, check_sampling, load_video, sampler
 _INPUT_GROUP = {"qwen2_vl": "qwen", "qwen2_5_vl": "qwen", "llava_onevision": "llava_onevision"}
 
 
-def inputs_from_args(
-    args,
-    model_dir,
-    model_config,
-    draft_dir=None,
-    draft_config=None,
+@dataclass(frozen=True)
+class FrameOptions:
+    """How videos are sampled (`num_frames` uniformly, or `fps` frames a second; neither: DEFAULT_NUM_FRAMES) and
+    Qwen-VL images / frames sized (`max_pixels`): --num-frames / --fps / --max-pixels."""
+
+    num_frames: int | None = None
+    fps: float | None = None
+    max_pixels: int | None = None
+
+    @classmethod
+    def from_args(cls, args) -> FrameOptions:
+        return cls(getattr(args, "num_frames", None), getattr(args, "fps", None), getattr(args, "max_pixels", None))
+
+
+@dataclass(frozen=True)
+class MediaPrompt:
+    """One user turn: the question or instruction, image files, and at most one video file."""
+
+    prompt: str | None
+    images: tuple[str | Path, ...] = ()
+    video: str | Path | None = None
+
+    @classmethod
+    def from_args(cls, args) -> MediaPrompt:
+        return cls(
+            getattr(args, "prompt", None), tuple(getattr(args, "image", None) or ()), getattr(args, "video", None)
+        )
+
+
+class InputModels(NamedTuple):
+    """Whose processors read the request: the target's folder and config, and optionally a draft's (whose own
+    inputs are built when its preprocessing differs). `specvlm.arguments.ModelDirs` has these fields too."""
+
+    target_dir: str | Path
+    target_config: object
+    draft_dir: str | Path | None = None
+    draft_config: object = None
+
+
+def prepare_inputs(
+    models: InputModels,
+    media: MediaPrompt,
+    frames: FrameOptions = FrameOptions(),
+    max_new_tokens: int = 0,
     progress: Callable[[str], None] | None = None,
     report: dict | None = None,
 ) -> dict:
-    """Model inputs for `args` (parsed with `add_input_arguments`), ready for `model.generate(**inputs)`.
+    """Model inputs for `media`, ready for `model.generate(**inputs)`.
 
-    With `draft_dir` / `draft_config`, a draft whose processor prepares different pixels or placeholder counts
-    gets its own inputs under the key "draft_inputs" (what `SpeculativeGenerator.generate` takes; pop it before
-    calling HF `generate`). `progress(message)` hears about long decodes; `report`, when given, is filled with
-    frames, decode_s, preprocess_s, prompt_tokens, visual_tokens."""
+    With a draft in `models`, a draft whose processor prepares different pixels or placeholder counts gets its own
+    inputs under the key "draft_inputs" (what `SpeculativeGenerator.generate` takes; pop it before calling HF
+    `generate`). `max_new_tokens` is checked against the models' context. `progress(message)` hears about long
+    decodes; `report`, when given, is filled with frames, decode_s, preprocess_s, prompt_tokens, visual_tokens."""
+    model_dir, model_config, draft_dir, draft_config = (
+        models.target_dir,
+        models.target_config,
+        models.draft_dir,
+        models.draft_config,
+    )
     if (draft_dir is None) != (draft_config is None):
         raise ValueError("give both draft_dir and draft_config, or neither")
     say = progress or (lambda message: None)
-    prompt = getattr(args, "prompt", None)
+    prompt = media.prompt
     if prompt is None or not prompt.strip():
         raise InputError("--prompt is empty: give a question or instruction")
-    images, video_path = list(getattr(args, "image", None) or []), getattr(args, "video", None)
+    images, video_path = [str(p) for p in media.images], None if media.video is None else str(media.video)
     for path in images:
         check_file(path, "image", IMAGE_EXTENSIONS)
     if video_path is not None:
@@ -58,11 +107,10 @@ def inputs_from_args(
                 f"draft {draft_dir} ({draft_family}) cannot draft for target {model_dir} ({family}): "
                 "different model families read different inputs"
             )
-    num_frames, fps = getattr(args, "num_frames", None), getattr(args, "fps", None)
+    num_frames, fps = frames.num_frames, frames.fps
     if video_path is not None and num_frames is None and fps is None:
         num_frames = DEFAULT_NUM_FRAMES
     check_sampling(num_frames, fps)
-    max_pixels, max_new_tokens = getattr(args, "max_pixels", None), getattr(args, "max_new_tokens", 0) or 0
     processor = _load_checked(model_dir, family, model_config)
 
     started = time.perf_counter()
@@ -75,7 +123,16 @@ def inputs_from_args(
         say(f"decoded {len(video.indices)} of {video.total_frames} frames from {video_path}")
     decoded = time.perf_counter()
     inputs = media_inputs(
-        processor, prompt, pictures, video, model_dir, model_config, draft_dir, draft_config, max_pixels, max_new_tokens
+        processor,
+        prompt,
+        pictures,
+        video,
+        model_dir,
+        model_config,
+        draft_dir,
+        draft_config,
+        frames.max_pixels,
+        max_new_tokens,
     )
     if report is not None:
         ids = inputs["input_ids"][0]
@@ -88,6 +145,27 @@ def inputs_from_args(
             visual_tokens=int(torch.isin(ids, _visual_ids(processor)).sum()),
         )
     return inputs
+
+
+def inputs_from_args(
+    args,
+    model_dir,
+    model_config,
+    draft_dir=None,
+    draft_config=None,
+    progress: Callable[[str], None] | None = None,
+    report: dict | None = None,
+) -> dict:
+    """`prepare_inputs` on the flags `add_input_arguments(parser)` defines (--prompt, --image, --video, --num-frames,
+    --fps, --max-pixels; --max-new-tokens when present)."""
+    return prepare_inputs(
+        InputModels(model_dir, model_config, draft_dir, draft_config),
+        MediaPrompt.from_args(args),
+        FrameOptions.from_args(args),
+        getattr(args, "max_new_tokens", 0) or 0,
+        progress=progress,
+        report=report,
+    )
 
 
 def media_inputs(
