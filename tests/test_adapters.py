@@ -1,6 +1,7 @@
 """Adapters over unmodified HF models: prefill and decode steps are bit-identical to stock `generate`, tree
 forwards equal sequential decoding along each branch, and the visual layout is what the families produce."""
 
+import copy
 import warnings
 
 import pytest
@@ -132,3 +133,14 @@ def test_placeholder_mismatch_is_a_clear_error():
     inputs["mm_token_type_ids"] = inputs["mm_token_type_ids"][:, : inputs["input_ids"].shape[1]]
     with pytest.raises(ValueError, match="placeholder tokens"):
         adapter_for(model("qwen2_5_vl")).prepare(inputs)
+
+
+def test_each_model_has_one_adapter_until_its_embeddings_change():
+    """adapter_for builds a model's adapter once (loading, checks, generator and drafters share it), and builds a
+    new one when the model's embedding or output layer was replaced (resize_token_embeddings)."""
+    target = copy.deepcopy(model("qwen2_5_vl"))  # resized below: not the process's shared tiny model
+    first = adapter_for(target)
+    assert adapter_for(target) is first and adapter_for(model("qwen2_5_vl", seed=1)) is not first
+    target.resize_token_embeddings(target.get_input_embeddings().num_embeddings + 8)
+    rebuilt = adapter_for(target)
+    assert rebuilt is not first and rebuilt.embeddings is target.get_input_embeddings()

@@ -92,7 +92,7 @@ def test_static_cache_is_reused_and_grows():
     gen = SpeculativeGenerator(target, "self", tree="chain", num_draft_tokens=3)
     short, long = make_inputs("qwen2_5_vl", "image"), make_inputs("qwen2_5_vl", "video", frames=8)
     gen.generate(**short, do_sample=False, max_new_tokens=8)
-    (session,) = gen._sessions  # "self" without pruning drafts in the target's session
+    ((_, session),) = gen._sessions  # "self" without pruning drafts in the target's session
     buffers, capacity = session.cache.layers[0].keys, session.cache.capacity
     gen.generate(**short, do_sample=False, max_new_tokens=8)
     assert session.cache.layers[0].keys is buffers  # same slots, same addresses (what CUDA graphs need)
@@ -170,4 +170,4 @@ def test_rows_grow_their_slots_during_generation(monkeypatch):
         reference(target, row, do_sample=False, max_new_tokens=150, eos_token_id=-1) for row in rows
     ]
     longest = max(row["input_ids"].shape[1] for row in rows)
-    assert all(s.cache.capacity >= longest + 150 for s in gen._sessions)
+    assert all(s.cache.capacity >= longest + 150 for _, s in gen._sessions)

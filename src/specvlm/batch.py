@@ -25,9 +25,9 @@ import torch
 
 from .adapters.capture import AttentionCapture
 from .drafters.base import DraftContext, DraftSetup
-from .pruning import NEEDS_SCORES, Layout, select
+from .pruning import Layout
 from .request import Request
-from .sampling import RowRandom, RowSampling, device_generator, history_rows
+from .sampling import RowRandom, RowSampling, TokenHistory, device_generator, history_rows
 from .session import bucket
 from .stats import SpecStats
 from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
@@ -66,11 +66,16 @@ class DecodeBatch:
         self.rows: list[Row] = []
         self.vocab = gen.target.vocab_size
         self.device = gen.target.device
-        self.seen: torch.Tensor | None = None  # (max_rows, V) bool: ids the repetition penalty applies to
+        self.history = TokenHistory(max_rows, self.vocab, self.device)  # what the repetition penalty applies to
         self._generators: dict[int, torch.Generator | None] = {}
         self.forwards = 0  # target forwards: prefills and rounds
         self.setup = DraftSetup(
-            gen.tree, self.vocab, max_rows, gen.session, self.target, gen.pruning != "none", gen.contiguous_positions
+            tree=gen.tree,
+            vocab_size=self.vocab,
+            max_rows=max_rows,
+            new_session=gen.session,
+            target_session=self.target,
+            view=gen.draft_view,
         )
         gen.drafter.start(self.setup)
 
@@ -103,8 +108,7 @@ class DecodeBatch:
         sampling = request.sampling
         seen = None
         if sampling.uses_history:  # the repetition penalty: ids in the prompt and everything generated so far
-            seen = self._seen_row(index)
-            seen[prompt.input_ids[0].clamp_max(self.vocab - 1).to(self.device)] = True
+            seen = self.history.start_row(index, prompt.input_ids[0])
         random = None if row.generator is None else RowRandom([row.generator])
         first = int(sampling.pick(logits, seen, random))  # logits (1, V)
         if request.keeps_rows:
@@ -137,32 +141,23 @@ class DecodeBatch:
     def _prefill(self, row: int, prompt, reserve: int, stats: SpecStats):
         """Row `row`'s target prefill; the verifier's attention scores when pruning or the drafter needs them
         (captured in this one prefill, never a second); with pruning, the draft's kept visual tokens."""
-        gen = self.gen
+        gen, view = self.gen, self.gen.draft_view
         visual = prompt.visual_mask.nonzero().flatten()
         scores = None
-        if visual.numel() and (gen.pruning in NEEDS_SCORES or gen.drafter.needs_visual_scores):
+        if visual.numel() and (view.needs_scores or gen.drafter.needs_visual_scores):
             with AttentionCapture(gen.target, int(visual.max()) + 1, visual) as capture:
                 logits, hidden = self.target.prefill(row, prompt, reserve)
             scores, stats.scoring_s = capture.scores, capture.scoring_s
         else:
             logits, hidden = self.target.prefill(row, prompt, reserve)
         stats.visual_tokens = stats.kept_visual_tokens = visual.numel()  # the draft sees them all unless pruned
-        if gen.pruning == "none" or visual.numel() == 0:
+        if not view.prunes or visual.numel() == 0:
             return logits, hidden, None, scores
         started = time.perf_counter()
         layout = Layout(tuple((span.grid, span.tail, span.length) for span in prompt.spans))
-        keep = select(
-            gen.pruning,
-            visual.numel(),
-            gen.visual_keep_ratio,
-            scores=scores,
-            layout=layout,
-            features=prompt.embeds[0, visual.to(prompt.embeds.device)],
-            stage1_mass=gen.stage1_mass,
-            seed=gen.pruning_seed,
-        )
+        keep = view.keep(visual.numel(), scores, layout, prompt.embeds[0, visual.to(prompt.embeds.device)])
         stats.selection_s = time.perf_counter() - started
-        stats.pruning, stats.kept_visual_tokens = gen.pruning, keep.numel()
+        stats.pruning, stats.kept_visual_tokens = view.method, keep.numel()
         return logits, hidden, keep, scores
 
     def _device_generator(self, generator):
@@ -172,12 +167,6 @@ class DecodeBatch:
         if key not in self._generators:
             self._generators[key] = device_generator(generator, self.device)
         return self._generators[key]
-
-    def _seen_row(self, index: int) -> torch.Tensor:
-        if self.seen is None:
-            self.seen = torch.zeros(self.max_rows, self.vocab, dtype=torch.bool, device=self.device)
-        self.seen[index] = False
-        return self.seen[index]
 
     # ---- a round ----------------------------------------------------------------------------------------------
     def step(self) -> list[tuple[Row, list[int]]]:
@@ -192,30 +181,18 @@ class DecodeBatch:
         sampling = RowSampling([row.request.sampling for row in rows])
         generators = [row.generator for row in rows]
         random = None if all(g is None for g in generators) else RowRandom(generators)
-        seen = self.seen[:count] if self.seen is not None and sampling.uses_history else None
+        seen = self.history.rows(count) if sampling.uses_history else None
         host = torch.tensor(
             [[row.root for row in rows], self.target.next_positions[:count]], dtype=torch.long, device="cpu"
         ).to(device)
         roots, next_positions = host[0], host[1]  # (B,) each
         tree = gen.drafter.propose(roots, max(row.room for row in rows), seen, sampling, random)  # n nodes a row
         prefix = self.target.lengths[:count]
-        depths = torch.cat([torch.zeros(count, 1, dtype=torch.long, device=device), tree.depths.to(device)], 1)
-        # logits (B, n+1, V) float32, hidden (B, n+1, H): position 0 follows the root, i+1 node i
-        logits, hidden = self.target.extend(
-            torch.cat([roots[:, None], tree.tokens.to(device)], 1),
-            next_positions[:, None] + depths,
-            visible=tree.verify_mask,
-            prefix=prefix,
-        )
+        logits, hidden = self._extend(roots, next_positions, tree, prefix)
         processed, verdict = _accept(logits, tree, sampling, seen, random)
         accepted = verdict.to_host(tree)  # the round's one sync
         self.forwards += 1
-        self.target.keep([p + 1 for p in prefix], [[p + 1 + node for node in a.path] for p, a in zip(prefix, accepted)])
-        for row, a in zip(rows, accepted):
-            row.root = a.next_token
-        next_roots = torch.tensor([a.next_token for a in accepted], dtype=torch.long, device="cpu").to(device)
-        kept = [hidden[b, [0] + [node + 1 for node in a.path]] for b, a in enumerate(accepted)]
-        gen.drafter.commit(tree, accepted, next_roots, kept)
+        self._keep_and_commit(tree, accepted, hidden, prefix)
         out = self._finish_round(tree, accepted, logits, processed, seen is not None)
         drafted = gen.drafter.forwards - drafted_before
         elapsed, compiled = time.perf_counter() - started, gen.compile_seconds - compiled_before
@@ -226,6 +203,29 @@ class DecodeBatch:
             row.stats.compile_s += compiled
         self._remove_finished()
         return out
+
+    def _extend(self, roots, next_positions, tree, prefix: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """The verification forward: every row's [root, *tree] after its committed prefix, positions root + depth,
+        seeing its ancestors only. Returns logits (B, n+1, V) float32 and hidden (B, n+1, H): position 0 follows
+        the root, i+1 node i."""
+        device = self.device
+        depths = torch.cat([torch.zeros(len(prefix), 1, dtype=torch.long, device=device), tree.depths.to(device)], 1)
+        return self.target.extend(
+            torch.cat([roots[:, None], tree.tokens.to(device)], 1),
+            next_positions[:, None] + depths,
+            visible=tree.verify_mask,
+            prefix=prefix,
+        )
+
+    def _keep_and_commit(self, tree, accepted: list, hidden: torch.Tensor, prefix: list[int]) -> None:
+        """The target's cache keeps [root, *accepted path] per row (rejected slots dropped); the next roots and the
+        accepted positions' hidden states go to the drafter."""
+        self.target.keep([p + 1 for p in prefix], [[p + 1 + node for node in a.path] for p, a in zip(prefix, accepted)])
+        for row, a in zip(self.rows, accepted):
+            row.root = a.next_token
+        next_roots = torch.tensor([a.next_token for a in accepted], dtype=torch.long, device="cpu").to(self.device)
+        kept = [hidden[b, [0] + [node + 1 for node in a.path]] for b, a in enumerate(accepted)]
+        self.gen.drafter.commit(tree, accepted, next_roots, kept)
 
     def _finish_round(self, tree, accepted, logits, processed, penalised: bool) -> list[tuple[Row, list[int]]]:
         out, seen_rows, seen_tokens = [], [], []
@@ -243,10 +243,7 @@ class DecodeBatch:
             row.stats.new_tokens += len(new)
             row.done = new[-1] in request.eos or row.room <= 0
             out.append((row, new))
-        if seen_rows:
-            host = torch.tensor([seen_rows, seen_tokens], dtype=torch.long, device="cpu").to(self.device)
-            assert self.seen is not None  # made when the first row with a repetition penalty joined
-            self.seen[host[0], host[1].clamp_max(self.vocab - 1)] = True
+        self.history.add(seen_rows, seen_tokens)
         return out
 
     # ---- leaving ----------------------------------------------------------------------------------------------
@@ -257,8 +254,7 @@ class DecodeBatch:
         if index != last:
             self.target.move_row(last, index)
             self.gen.drafter.move_row(last, index)
-            if self.seen is not None:
-                self.seen[index] = self.seen[last]
+            self.history.move_row(last, index)
             self.rows[index] = self.rows[last]
         self.rows.pop()
         self.target.drop_rows(last)

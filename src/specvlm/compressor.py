@@ -41,6 +41,8 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from .options import DEFAULT_STAGE1_MASS
+
 MODES = ("weighted", "concat", "select")
 DEFAULT_BRANCHES = {
     "select": ("prune:20", "pool:20", "conv:3", "resampler:2", "text"),
@@ -168,7 +170,7 @@ class Verifier(Branch):
 
     needs_scores = True
 
-    def __init__(self, ratio: int, mass: float = 0.4):
+    def __init__(self, ratio: int, mass: float = DEFAULT_STAGE1_MASS):
         super().__init__()
         self.ratio, self.mass, self.spec = ratio, mass, f"verifier:{ratio}"
 

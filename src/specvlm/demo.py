@@ -16,6 +16,7 @@ import torch
 from .drafters.loading import load_drafter
 from .generator import SpeculativeGenerator
 from .inputs import InputModels, MediaPrompt, prepare_inputs
+from .options import DEFAULT_KEEP_RATIO
 from .testbed.assets import bundled_pair, sample_clips
 
 
@@ -54,7 +55,7 @@ def speedup_line(base_s: list[float], spec_s: list[float]) -> str:
 def run_demo(
     family: str = "qwen2_5_vl",
     max_new_tokens: int = 96,
-    keep_ratio: float = 0.1,
+    keep_ratio: float = DEFAULT_KEEP_RATIO,
     repeats: int = 5,
     engine: str = "fast",
     compile="auto",

@@ -26,6 +26,7 @@ from .drafters import Drafter, DraftModelDrafter
 from .drafters.base import NoDraft
 from .errors import SpecVLMError
 from .options import DEFAULT_KEEP_RATIO, DecodeConfig
+from .pruning import DraftView
 from .request import BatchRequest, Request, resolve
 from .session import ModelSession, StaticSession
 from .stats import SpecStats
@@ -99,11 +100,13 @@ class SpeculativeGenerator:
             confidence_threshold=config.confidence_threshold,
         )
         self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
-        self.pruning, self.stage1_mass, self.pruning_seed = config.pruning, config.stage1_mass, config.pruning_seed
-        self.visual_keep_ratio = DEFAULT_KEEP_RATIO if config.visual_keep_ratio is None else config.visual_keep_ratio
-        self.contiguous_positions = (
-            config.draft_positions or ("original" if self.target.uses_mrope else "contiguous")
-        ) == "contiguous"
+        self.draft_view = DraftView(
+            config.pruning,
+            DEFAULT_KEEP_RATIO if config.visual_keep_ratio is None else config.visual_keep_ratio,
+            config.stage1_mass,
+            config.pruning_seed,
+            (config.draft_positions or ("original" if self.target.uses_mrope else "contiguous")) == "contiguous",
+        )
         self.engine = config.engine
         self.compile = config.engine == "fast" and (
             self.target.device.type == "cuda" if config.compile == "auto" else config.compile
@@ -238,16 +241,17 @@ class SpeculativeGenerator:
     @property
     def compile_seconds(self) -> float:
         """Seconds spent compiling so far, over every session this generator made (target, draft, head)."""
-        return sum(getattr(session, "compile_s", 0.0) for session in self._sessions)
+        return sum(getattr(session, "compile_s", 0.0) for _, session in self._sessions)
 
-    def session(self, adapter):
-        """A session of this generator's engine for `adapter` (the target's, a draft model's), reused across
-        generate calls so that a static cache and its compiled steps are built once."""
-        for session in self._sessions:
-            if session.adapter is adapter:
+    def session(self, adapter, role: str = "target"):
+        """A session of this generator's engine for `adapter` in `role` ("target", "draft", "head"), reused across
+        generate calls so that a static cache and its compiled steps are built once. The role keeps two caches
+        apart where one model plays two parts (the target drafting for itself from a pruned view)."""
+        for owner, session in self._sessions:
+            if owner == role and session.adapter is adapter:
                 return session
         session = ModelSession(adapter) if self.engine == "eager" else StaticSession(adapter, self.compile)
-        self._sessions.append(session)
+        self._sessions.append((role, session))
         return session
 
 

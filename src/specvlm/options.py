@@ -23,6 +23,7 @@ PRUNING_METHODS = (
 )
 TREE_KINDS = ("chain", "static", "dynamic")
 DEFAULT_KEEP_RATIO = 0.1  # the video paper's keep ratio: what a pruning method keeps when no ratio is given
+DEFAULT_STAGE1_MASS = 0.4  # λ: the attention mass SpecVLM's Stage I keeps (the video paper's setting)
 COMPILE_FLAG = {"auto": "auto", "on": True, "off": False}  # --compile -> SpeculativeGenerator(compile=...)
 
 
@@ -94,7 +95,7 @@ class DecodeConfig:
     confidence_threshold: float = 0.0
     pruning: str = "none"
     visual_keep_ratio: float | None = None  # None: DEFAULT_KEEP_RATIO when pruning
-    stage1_mass: float = 0.4
+    stage1_mass: float = DEFAULT_STAGE1_MASS
     draft_positions: str | None = None  # None: original for M-RoPE targets, contiguous otherwise
     pruning_seed: int = 0
     engine: str = "fast"

@@ -23,7 +23,7 @@ from dataclasses import dataclass
 import torch
 
 from .errors import SpecVLMError
-from .options import PRUNING_METHODS, check_keep_ratio
+from .options import DEFAULT_KEEP_RATIO, DEFAULT_STAGE1_MASS, PRUNING_METHODS, check_keep_ratio
 
 
 @dataclass(frozen=True)
@@ -104,7 +104,7 @@ def stage1(scores: torch.Tensor, k: int, mass: float) -> torch.Tensor:
     return order[: min(count, k)]
 
 
-def select_specvlm(scores: torch.Tensor, k: int, mass: float = 0.4) -> torch.Tensor:
+def select_specvlm(scores: torch.Tensor, k: int, mass: float = DEFAULT_STAGE1_MASS) -> torch.Tensor:
     first = stage1(scores, k, mass)
     rest = torch.ones(scores.numel(), dtype=torch.bool, device="cpu")
     rest[first] = False
@@ -140,7 +140,9 @@ def grid_fill(layout: Layout, taken: torch.Tensor, k: int) -> torch.Tensor:
     return torch.cat(picked) if picked else taken[:0]
 
 
-def select_specvlm_grid(scores: torch.Tensor, layout: Layout, k: int, mass: float = 0.4) -> torch.Tensor:
+def select_specvlm_grid(
+    scores: torch.Tensor, layout: Layout, k: int, mass: float = DEFAULT_STAGE1_MASS
+) -> torch.Tensor:
     first = stage1(scores, k, mass)
     return _sorted(torch.cat([first, grid_fill(layout, first, k - first.numel())]))
 
@@ -251,6 +253,42 @@ METHODS = PRUNING_METHODS
 NEEDS_SCORES = {"specvlm", "specvlm-grid", "attention"}
 
 
+@dataclass(frozen=True)
+class DraftView:
+    """The draft-prompt policy, one value: which of the target's visual tokens a draft reads (`method`, `keep_ratio`,
+    Stage I mass λ `stage1_mass`, `seed` for "random") and how its shorter prompt is numbered
+    (`contiguous_positions`: 0..L'-1 instead of the kept tokens' own positions). A generator builds it once from its
+    options; the loop asks it for each row's kept tokens, drafters read `prunes` and `contiguous_positions`."""
+
+    method: str = "none"
+    keep_ratio: float = DEFAULT_KEEP_RATIO
+    stage1_mass: float = DEFAULT_STAGE1_MASS
+    seed: int = 0
+    contiguous_positions: bool = False
+
+    @property
+    def prunes(self) -> bool:
+        return self.method != "none"
+
+    @property
+    def needs_scores(self) -> bool:
+        """Whether choosing needs the verifier's text->visual attention (captured in the target's prefill)."""
+        return self.method in NEEDS_SCORES
+
+    def keep(self, n: int, scores: torch.Tensor | None, layout: Layout, features: torch.Tensor | None) -> torch.Tensor:
+        """Sorted indices of the kept tokens among a row's n visual tokens (host)."""
+        return select(
+            self.method,
+            n,
+            self.keep_ratio,
+            scores=scores,
+            layout=layout,
+            features=features,
+            stage1_mass=self.stage1_mass,
+            seed=self.seed,
+        )
+
+
 def select(
     method: str,
     n: int,
@@ -259,7 +297,7 @@ def select(
     scores: torch.Tensor | None = None,
     layout: Layout | None = None,
     features: torch.Tensor | None = None,
-    stage1_mass: float = 0.4,
+    stage1_mass: float = DEFAULT_STAGE1_MASS,
     seed: int = 0,
 ) -> torch.Tensor:
     """Kept indices (sorted) among n visual tokens."""

@@ -263,6 +263,39 @@ def device_generator(generator: torch.Generator | None, device: torch.device) ->
     return torch.Generator(device=device).manual_seed(seed)
 
 
+class TokenHistory:
+    """Per batch row, the ids the repetition penalty applies to (its prompt and every committed token): a
+    (max_rows, V) bool tensor on the device, made when the first row that needs one joins."""
+
+    def __init__(self, max_rows: int, vocab: int, device: torch.device):
+        self.max_rows, self.vocab, self.device = max_rows, vocab, device
+        self.seen: torch.Tensor | None = None
+
+    def start_row(self, row: int, prompt_ids: torch.Tensor) -> torch.Tensor:
+        """Row `row` starts from its prompt's ids (L,); returns the row's (V,) view."""
+        if self.seen is None:
+            self.seen = torch.zeros(self.max_rows, self.vocab, dtype=torch.bool, device=self.device)
+        self.seen[row] = False
+        self.seen[row, prompt_ids.clamp_max(self.vocab - 1).to(self.device)] = True
+        return self.seen[row]
+
+    def rows(self, count: int) -> torch.Tensor | None:
+        """(count, V) for rows 0..count-1; None while no row has needed a history."""
+        return None if self.seen is None else self.seen[:count]
+
+    def add(self, rows: list[int], tokens: list[int]) -> None:
+        """Marks tokens[i] in row rows[i] (one host-to-device copy)."""
+        if not rows:
+            return
+        assert self.seen is not None  # made when the first row with a repetition penalty joined
+        host = torch.tensor([rows, tokens], dtype=torch.long, device="cpu").to(self.device)
+        self.seen[host[0], host[1].clamp_max(self.vocab - 1)] = True
+
+    def move_row(self, src: int, dst: int) -> None:
+        if self.seen is not None:
+            self.seen[dst] = self.seen[src]
+
+
 def history_rows(seen: torch.Tensor | None, path_tokens: torch.Tensor) -> torch.Tensor | None:
     """Per tree row, the ids the repetition penalty applies to: everything its batch row committed (`seen`, (B, V)
     bool) plus the tree row's own draft path, `path_tokens` (B, r, d) long with -1 where a path is shorter.

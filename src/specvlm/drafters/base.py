@@ -21,6 +21,7 @@ from dataclasses import dataclass
 import torch
 
 from ..adapters import Prompt
+from ..pruning import DraftView
 from ..sampling import RowRandom, RowSampling, Sampling, history_rows, sample_from
 from ..tree import DraftTree, TreeSpec
 
@@ -32,10 +33,9 @@ class DraftSetup:
     tree: TreeSpec
     vocab_size: int  # width of the target's logits; draft distributions are fitted to it
     max_rows: int  # the most rows the batch holds at once
-    new_session: Callable | None = None  # adapter -> a session of the generator's engine
+    new_session: Callable | None = None  # (adapter, role) -> a session of the generator's engine
     target_session: object = None  # the target's session ("self" without pruning drafts in it)
-    pruning: bool = False  # the draft's prompts are pruned (rows without visual input aside)
-    contiguous_positions: bool = False  # pruning: renumber the draft's shorter prompt 0..L'-1
+    view: DraftView = DraftView()  # the draft-prompt policy: pruning, and how a pruned prompt is numbered
 
 
 @dataclass

@@ -30,11 +30,11 @@ class DraftModelDrafter(Drafter):
         self.setup = setup
         self.forwards = 0
         self.pending: list[list[int]] = []  # per row: accepted tokens it has not been fed yet
-        self.shared = self.reuse_target_prompt and not setup.pruning and setup.target_session is not None
+        self.shared = self.reuse_target_prompt and not setup.view.prunes and setup.target_session is not None
         if self.shared:
             self.session = setup.target_session
         else:
-            self.session = setup.new_session(self.adapter)
+            self.session = setup.new_session(self.adapter, "draft")
             self.session.drop_rows(0)
             self.session.reserve_rows(setup.max_rows)
 
@@ -50,7 +50,7 @@ class DraftModelDrafter(Drafter):
                     "visual pruning needs the draft to see the same visual tokens as the target: "
                     f"it has {int(prompt.visual_mask.sum())}, the target {n_target}"
                 )
-            prompt = prompt.keep_visual(ctx.visual_keep, self.setup.contiguous_positions, self.adapter.positions)
+            prompt = prompt.keep_visual(ctx.visual_keep, self.setup.view.contiguous_positions, self.adapter.positions)
         self.session.prefill(row, prompt, ctx.reserve)
         self.forwards += 1
         return len(prompt)

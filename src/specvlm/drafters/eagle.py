@@ -283,7 +283,7 @@ class EagleHead(nn.Module, Drafter):
     def start(self, setup: DraftSetup) -> None:
         self.setup = setup
         self.forwards, self.scoring_s = 0, 0.0
-        self.session = (setup.new_session or ModelSession)(self.stepper)
+        self.session = setup.new_session(self.stepper, "head") if setup.new_session else ModelSession(self.stepper)
         self.session.drop_rows(0)
         self.session.reserve_rows(setup.max_rows)
         self.pending: list[list[int]] = []  # per row: accepted tokens not yet fed

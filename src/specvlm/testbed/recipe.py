@@ -12,6 +12,8 @@ import json
 from dataclasses import asdict, dataclass, field, replace
 from pathlib import Path
 
+from ..inputs.arguments import DEFAULT_NUM_FRAMES
+
 FAMILIES = ("llava_onevision", "qwen2_5_vl")
 ROLES = ("target", "draft")
 
@@ -34,7 +36,7 @@ class Recipe:
     world_size: int = 224  # rendered frame side (pixels)
     clip_frames: tuple = (16, 64)  # (min, max) frames per clip, 8 fps: 2 to 8 seconds
     questions: int = 16  # question conversations per clip (besides the caption), all in one pack
-    num_frames: int = 8  # frames sampled per clip (the CLI's default too)
+    num_frames: int = DEFAULT_NUM_FRAMES  # frames sampled per clip (the CLI's default)
     ov_image_size: int = 224  # SigLIP input: 16x16 patches -> pooled 8x8 = 64 tokens per frame
     qwen_pixels: int = 336 * 336  # Qwen min_pixels: 224 frames are upscaled to 336 -> 12x12 merged per pair
     vocab: int = 1024
