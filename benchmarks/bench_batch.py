@@ -95,7 +95,7 @@ def main(argv=None):
 
     def target_rows(batch):
         from specvlm.adapters import adapter_for
-        from specvlm.request import left_padding, strip_left_padding
+        from specvlm.engine.request import left_padding, strip_left_padding
 
         rows = adapter_for(target).split_batch(batch)
         return [strip_left_padding(row, left_padding(row["attention_mask"])) for row in rows]

@@ -29,7 +29,7 @@ def _setup(n_visual: int, threads: int = 2):
     """A prefill closure per kind over the same tiny-width model and prompt."""
     from specvlm.adapters import Prompt, VisualSpan, adapter_for
     from specvlm.adapters.capture import AttentionCapture
-    from specvlm.session import ModelSession
+    from specvlm.engine.session import ModelSession
     from specvlm.tiny import make_model
 
     torch.set_grad_enabled(False)

@@ -119,7 +119,7 @@ def timed_target(target, prompt, max_new: int) -> tuple[list[int], float, float]
 def timed_loop(target, prompt, max_new: int) -> tuple[list[int], float, float]:
     """(tokens, end-to-end s, decode s) of a plain target-only greedy loop on the same engine (adapter prefill, then
     one 1-token forward per new token): the speculative loop minus speculation."""
-    from specvlm.session import ModelSession
+    from specvlm.engine.session import ModelSession
 
     adapter = adapter_for(target)
     eos = target.generation_config.eos_token_id
@@ -176,7 +176,7 @@ def evaluate(target, head, prompts, references, options, max_new: int) -> dict:
 
 def target_step_seconds(target, prompt, repeats: int = 5) -> float:
     """One target decode step (1 token over a cache holding the prompt), median of `repeats`."""
-    from specvlm.session import ModelSession
+    from specvlm.engine.session import ModelSession
 
     adapter = adapter_for(target)
     times = []

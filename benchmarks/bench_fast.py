@@ -22,7 +22,7 @@ import time
 import torch
 
 from specvlm import SpeculativeGenerator
-from specvlm.session import observe_forwards
+from specvlm.engine.session import observe_forwards
 
 from common import hf_static_config, record, table
 

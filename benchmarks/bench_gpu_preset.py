@@ -292,7 +292,7 @@ def main(argv=None):
 
 def measure(target, draft, inputs, args, compile: bool, device: str) -> dict:
     from specvlm import SpeculativeGenerator
-    from specvlm.session import observe_forwards
+    from specvlm.engine.session import observe_forwards
 
     n_prompt = inputs["input_ids"].shape[1]
     opts = dict(do_sample=False, max_new_tokens=args.max_new_tokens)

@@ -8,9 +8,9 @@ import pytest
 import torch
 
 from specvlm.adapters import adapter_for
-from specvlm.session import ModelSession
+from specvlm.engine.session import ModelSession
+from specvlm.engine.tree import ancestor_matrix
 from specvlm.tiny import FAMILIES, make_inputs
-from specvlm.tree import ancestor_matrix
 
 from helpers import model
 

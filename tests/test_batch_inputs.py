@@ -7,7 +7,7 @@ import torch
 from test_device_discipline import RequireDevice
 
 from specvlm.adapters import adapter_for
-from specvlm.request import left_padding, strip_left_padding
+from specvlm.engine.request import left_padding, strip_left_padding
 from specvlm.tiny import FAMILIES, make_batch, make_inputs, special_ids
 
 from helpers import model

@@ -5,7 +5,7 @@ import math
 import pytest
 import torch
 
-from specvlm.compressor import (
+from specvlm.drafters.compressor import (
     Conv,
     Pool,
     Prune,

@@ -54,11 +54,11 @@ class RequireDevice(TorchFunctionMode):
 def test_the_checker_catches_a_host_tensor_made_without_a_device():
     with RequireDevice() as mode:
         torch.zeros(3)  # the test's own code: not specvlm's
-        from specvlm.tree import node_depths
+        from specvlm.engine.tree import node_depths
 
         node_depths(torch.tensor([-1, 0], device="cpu"))  # names the parents' device: fine
     assert not mode.violations
-    import specvlm.tree as tree
+    import specvlm.engine.tree as tree
 
     source = "def bad():\n    return torch.zeros(2)\n"
     namespace = {"torch": torch}

@@ -12,12 +12,12 @@ from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.drafters import DraftContext, DraftSetup
 from specvlm.drafters.eagle import EagleHead
-from specvlm.sampling import RowSampling, Sampling
-from specvlm.session import ModelSession
+from specvlm.engine.sampling import RowSampling, Sampling
+from specvlm.engine.session import ModelSession
+from specvlm.engine.tree import TreeSpec
 from specvlm.tiny import make_inputs
 from specvlm.train import greedy_examples, train_head
 from specvlm.train.data import append_tokens
-from specvlm.tree import TreeSpec
 
 from helpers import (
     VOCAB,
@@ -242,7 +242,7 @@ def test_sampling_with_head_follows_target_distribution(
 def accept_with_correction_from_p(p, tree, random=None):
     """A classic wrong tree rule: each child is tried with its plain p(x) (no renormalisation after rejections)
     and the correction is drawn from p itself, so rejected children can come out again. (Batch of one.)"""
-    from specvlm.verify import Verdict
+    from specvlm.engine.verify import Verdict
 
     tokens, kids, path, row = tree.tokens[0].tolist(), tree.children(0), [], 0
     while True:
@@ -260,9 +260,9 @@ def accept_with_correction_from_p(p, tree, random=None):
 def test_chi2_with_an_untrained_head_catches_a_wrong_correction(monkeypatch):
     """The untrained-head case above, same runs, with a broken acceptance rule: the test must fail (measured
     p ~ 1e-22 for tokens 1-2), so its pass means something even though few drafts are accepted."""
-    import specvlm.batch
+    import specvlm.engine.batch
 
-    monkeypatch.setattr(specvlm.batch, "accept_tree_sampled", accept_with_correction_from_p)
+    monkeypatch.setattr(specvlm.engine.batch, "accept_tree_sampled", accept_with_correction_from_p)
     target, drafter, inputs = small_vocab_case("qwen2_5_vl", "video", "untrained")
     samples, _ = speculative_samples(target, drafter, inputs, "dynamic", 1.0, 1.0, runs=800)
     assert chi2_pvalues(target, inputs, 1.0, 1.0, samples)[0] < 1e-6
@@ -365,7 +365,7 @@ def test_verifier_branch_uses_the_targets_attention(family, kind):
     """A compressor's verifier branch keeps the pairs the first paper's selection picks from the target's
     text->visual attention; training captures the same scores from the prompt part of a whole conversation."""
     from specvlm.adapters.capture import AttentionCapture
-    from specvlm.pruning import select_specvlm
+    from specvlm.drafters.pruning import select_specvlm
     from specvlm.train.loss import target_forward
 
     target = peaky(family)

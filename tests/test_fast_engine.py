@@ -6,9 +6,9 @@ import torch
 
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
-from specvlm.session import BUCKETS, ModelSession, StaticSession, bucket
+from specvlm.engine.session import BUCKETS, ModelSession, StaticSession, bucket
+from specvlm.engine.tree import ancestor_matrix, node_depths
 from specvlm.tiny import make_inputs
-from specvlm.tree import ancestor_matrix, node_depths
 
 from helpers import model, reference
 
@@ -155,10 +155,10 @@ def test_compiled_steps_are_lossless_and_report_their_one_time_cost():
 def test_rows_grow_their_slots_during_generation(monkeypatch):
     """A row's prefill reserves slots for RESERVE_AHEAD new tokens only (a huge max_new_tokens must not allocate
     every row's cache up to it); a longer answer grows the cache mid-generation, every row keeping its entries."""
-    import specvlm.batch
+    import specvlm.engine.batch
     from specvlm.tiny import make_batch, special_ids
 
-    monkeypatch.setattr(specvlm.batch, "RESERVE_AHEAD", 4)
+    monkeypatch.setattr(specvlm.engine.batch, "RESERVE_AHEAD", 4)
     family = "llava_onevision"  # (5.3's Qwen2.5-VL generate differs on some prompts: DESIGN, transformers range)
     target = model(family)
     rows = [make_inputs(family, "image"), make_inputs(family, "video", prompt_len=9, seed=2)]

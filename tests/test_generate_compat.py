@@ -7,8 +7,8 @@ import torch
 from transformers import GenerationConfig, TextIteratorStreamer
 
 from specvlm import SpeculativeGenerator
+from specvlm.engine.request import left_padding
 from specvlm.errors import SpecVLMError
-from specvlm.request import left_padding
 from specvlm.tiny import FAMILIES, make_inputs, special_ids
 
 from helpers import model, reference

@@ -79,7 +79,19 @@ def test_no_import_cycle():
 
 
 def test_commands_share_one_front_door():
-    """serve, bench and train-head build their options from specvlm.arguments, never from cli."""
+    """generate, demo, serve, bench and train-head build their options from specvlm.arguments, never from cli."""
     graph = import_graph()
-    for command in ("specvlm.serve.command", "specvlm.bench.command", "specvlm.train.command"):
+    for command in ("specvlm.commands", "specvlm.serve.command", "specvlm.bench.command", "specvlm.train.command"):
         assert "specvlm.cli" not in graph[command] and "specvlm.arguments" in graph[command], command
+
+
+def test_design_maps_every_package_and_module():
+    """docs/DESIGN.md's Layout names every package and top-level module, so the map cannot fall behind the house."""
+    design = (PACKAGE.parent.parent / "docs" / "DESIGN.md").read_text(encoding="utf-8")
+    layout = design[design.index("## Layout") : design.index("## Checks")]
+    packages = [p.name for p in PACKAGE.iterdir() if (p / "__init__.py").exists()]
+    modules = [p.name for p in PACKAGE.glob("*.py") if p.name != "__init__.py"]
+    assert packages and modules
+    missing = [f"{name}/" for name in packages if f"{name}/" not in layout]
+    missing += [name for name in modules if name not in layout]
+    assert not missing, f"docs/DESIGN.md's Layout does not name {missing}"

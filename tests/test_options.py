@@ -70,11 +70,8 @@ def test_generator_takes_a_config_or_its_keywords(tiny, inputs):
         target, "self", tree="chain", num_draft_tokens=3, pruning="uniform", visual_keep_ratio=0.5
     )
     assert from_config.config == from_keywords.config == config
-    assert (from_config.tree, from_config.pruning, from_config.visual_keep_ratio) == (
-        from_keywords.tree,
-        "uniform",
-        0.5,
-    )
+    assert from_config.tree == from_keywords.tree and from_config.draft_view == from_keywords.draft_view
+    assert (from_config.draft_view.method, from_config.draft_view.keep_ratio) == ("uniform", 0.5)
     video = inputs("qwen2_5_vl", "video")
     assert (
         from_config.generate(**video, max_new_tokens=6).token_ids

@@ -3,8 +3,7 @@
 import pytest
 import torch
 
-from specvlm.errors import SpecVLMError
-from specvlm.pruning import (
+from specvlm.drafters.pruning import (
     METHODS,
     Layout,
     budget,
@@ -18,6 +17,7 @@ from specvlm.pruning import (
     shares,
     stage1,
 )
+from specvlm.errors import SpecVLMError
 
 
 def test_budget_is_floor_and_validated():

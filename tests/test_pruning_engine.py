@@ -10,8 +10,8 @@ import torch
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.adapters.capture import AttentionCapture
-from specvlm.pruning import METHODS
-from specvlm.session import ModelSession
+from specvlm.drafters.pruning import METHODS
+from specvlm.engine.session import ModelSession
 from specvlm.tiny import FAMILIES, make_inputs
 
 from helpers import model, reference

@@ -33,7 +33,7 @@ def test_readme_python_examples_run(capsys):
     )
     assert printed.rstrip().endswith("\n".join(batched.text).rstrip())
     from specvlm.adapters import adapter_for
-    from specvlm.request import left_padding, strip_left_padding
+    from specvlm.engine.request import left_padding, strip_left_padding
 
     for row, tokens in zip(adapter_for(target).split_batch(batch), batched.token_ids):
         row = strip_left_padding(row, left_padding(row["attention_mask"]))

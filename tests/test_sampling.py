@@ -10,7 +10,7 @@ from transformers.generation.logits_process import (
     TopPLogitsWarper,
 )
 
-from specvlm.sampling import Sampling
+from specvlm.engine.sampling import Sampling
 
 
 def hf_chain(ids, logits, temperature, top_k, top_p, penalty):

@@ -628,8 +628,8 @@ def test_warm_up_runs_every_batch_bucket_and_leaves_the_engine_ready():
     uncompiled, the same calls): every row bucket up to --max-batch decodes two rounds, nothing stays in the
     batch, the slot cache already reserves RESERVE_AHEAD new tokens, and a request afterwards answers as alone."""
     from specvlm.arguments import check_decoding
-    from specvlm.batch import RESERVE_AHEAD
     from specvlm.cli import build_parser
+    from specvlm.engine.batch import RESERVE_AHEAD
     from specvlm.serve.command import load_engine
     from specvlm.serve.media import TurnFiles
 

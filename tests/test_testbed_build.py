@@ -8,8 +8,8 @@ import pytest
 import torch
 
 from specvlm.cli import main
+from specvlm.engine.generator import SpeculativeGenerator
 from specvlm.errors import SpecVLMError
-from specvlm.generator import SpeculativeGenerator
 from specvlm.testbed.build import build_testbed, flush_denormal_enabled, global_torch_state, prepare_out
 from specvlm.testbed.recipe import Arch, Recipe
 

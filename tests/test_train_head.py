@@ -198,7 +198,7 @@ def test_cli_pair(tmp_path, capsys):
 
 
 def test_gate_credit_term_lowers_a_branch_whose_loss_was_above_the_mean():
-    from specvlm.compressor import VisualCompressor
+    from specvlm.drafters.compressor import VisualCompressor
 
     torch.manual_seed(0)
     c = VisualCompressor(16, "select", branches=["pool:2", "text"]).train()

@@ -3,7 +3,7 @@
 import torch
 
 from specvlm.adapters.attention import additive_mask
-from specvlm.tree import (
+from specvlm.engine.tree import (
     EAGLE1_TREE,
     DraftTree,
     TreeSpec,

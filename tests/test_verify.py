@@ -6,9 +6,9 @@ and coins), which is also the test that rows of a batch do not share draws or ou
 
 import torch
 
-from specvlm.sampling import RowRandom
-from specvlm.tree import DraftTree
-from specvlm.verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
+from specvlm.engine.sampling import RowRandom
+from specvlm.engine.tree import DraftTree
+from specvlm.engine.verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
 
 from helpers import chi2_pvalue
 

@@ -7,9 +7,9 @@ _EXPORTS = {
     ".drafters.eagle": ("EagleHead",),
     ".drafters.loading": ("load_drafter",),
     ".errors": ("SpecVLMError",),
-    ".generator": ("SpecOutput", "SpeculativeGenerator"),
+    ".engine.generator": ("SpecOutput", "SpeculativeGenerator"),
     ".options": ("DecodeConfig",),
-    ".stats": ("SpecStats",),
+    ".engine.stats": ("SpecStats",),
 }
 __getattr__, __all__ = lazy_exports(__name__, _EXPORTS)
 __version__ = "0.1.0"

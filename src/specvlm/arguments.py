@@ -257,9 +257,9 @@ def load_generator(args, models: ModelDirs, say, batched: bool = False):
     (TargetOnly), or with `batched` (the server) a generator that drafts nothing, so that it batches like
     speculation. Without --draft and --head, says how to get a speedup (`NO_DRAFT_HINT`)."""
     from .drafters.loading import load_drafter
-    from .generator import SpeculativeGenerator
+    from .engine.generator import SpeculativeGenerator
+    from .engine.target_only import TargetOnly
     from .loading import load_model, load_tokenizer
-    from .target_only import TargetOnly
 
     alone = not drafts(args)
     say(f"loading target {args.target}{' (no draft: target-only decoding)' if alone else ''} ...")

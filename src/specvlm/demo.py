@@ -14,7 +14,7 @@ import time
 import torch
 
 from .drafters.loading import load_drafter
-from .generator import SpeculativeGenerator
+from .engine.generator import SpeculativeGenerator
 from .inputs import InputModels, MediaPrompt, prepare_inputs
 from .options import DEFAULT_KEEP_RATIO
 from .testbed.assets import bundled_pair, sample_clips

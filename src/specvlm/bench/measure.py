@@ -30,7 +30,7 @@ import torch
 
 from ..adapters import adapter_for
 from ..adapters.generation import assistant_sees_its_pixels, recording_matches
-from ..streaming import AnswerStreamer
+from ..engine.streaming import AnswerStreamer
 
 
 @dataclass
@@ -242,7 +242,7 @@ def measure_hf_assisted(
 # ---- ours -----------------------------------------------------------------------------------------------------------
 def measure_speculative(generator, target, inputs: dict, draft_inputs: dict | None, gen_kwargs: dict) -> Measurement:
     """`SpeculativeGenerator.generate`; forwards run while the drafter adds its row or proposes are the draft's."""
-    from ..session import observe_forwards
+    from ..engine.session import observe_forwards
 
     drafter = generator.drafter
     kwargs = dict(gen_kwargs)

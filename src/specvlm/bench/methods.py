@@ -8,7 +8,8 @@
     sd-static              ... with the EAGLE-1 static tree (the video paper's)
     sd-dynamic             ... with an EAGLE-2 dynamic tree
     prune:<method>         draft-model SD whose draft sees only --keep-ratios of the visual tokens, chosen by a
-                           pruning method of `specvlm.pruning.METHODS` (specvlm = verifier-guided); one run per ratio
+                           pruning method of `specvlm.drafters.pruning.METHODS` (specvlm = verifier-guided); one run
+                           per ratio
     self                   self-speculation: the target drafts for itself with its own second cache
     self-prune:<method>    self-speculation with the draft's visual tokens pruned (the video paper's Self-SD)
     eagle                  an EagleHead drafting with an EAGLE-2 dynamic tree (needs --head)

@@ -243,7 +243,7 @@ def build_generators(
     engine: str = "fast",
     compile="auto",
 ) -> dict:
-    from ..generator import SpeculativeGenerator
+    from ..engine.generator import SpeculativeGenerator
 
     generators = {}
     for run in runs:

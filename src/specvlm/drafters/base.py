@@ -21,9 +21,9 @@ from dataclasses import dataclass
 import torch
 
 from ..adapters import Prompt
-from ..pruning import DraftView
-from ..sampling import RowRandom, RowSampling, Sampling, history_rows, sample_from
-from ..tree import DraftTree, TreeSpec
+from ..engine.sampling import RowRandom, RowSampling, Sampling, history_rows, sample_from
+from ..engine.tree import DraftTree, TreeSpec
+from .pruning import DraftView
 
 
 @dataclass

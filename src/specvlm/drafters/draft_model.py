@@ -16,8 +16,8 @@ from __future__ import annotations
 import torch
 
 from ..adapters import VLMAdapter
+from ..engine.tree import DraftTree
 from ..errors import SpecVLMError
-from ..tree import DraftTree
 from .base import DraftContext, Drafter, DraftSetup, RoundSlots
 
 

@@ -37,11 +37,11 @@ from torch import nn
 
 from ..adapters import Prompt, adapter_for, cache_keyword
 from ..adapters.attention import additive_mask, implementation
-from ..compressor import VisualCompressor, compress_sequence, question_features
+from ..engine.session import ModelSession
+from ..engine.tree import DraftTree
 from ..errors import SpecVLMError
-from ..session import ModelSession
-from ..tree import DraftTree
 from .base import DraftContext, Drafter, DraftSetup, RoundSlots
+from .compressor import VisualCompressor, compress_sequence, question_features
 
 CONFIG_NAME, WEIGHTS_NAME, FORMAT = "config.json", "model.safetensors", "specvlm-eagle-head"
 

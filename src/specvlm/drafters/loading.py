@@ -48,7 +48,7 @@ def load_drafter(
     with it (`compat.check_tokenizers`), checked before the draft's weights load; that is `draft_tokenizer` when
     the caller has it already (the bench reads it from the draft's processor), else the draft folder's own."""
     from ..adapters import adapter_for
-    from ..drafters.eagle import EagleHead
+    from .eagle import EagleHead
 
     if kind not in (None, "head", "model"):
         raise ValueError(f"kind must be None, 'head' or 'model', got {kind!r}")
@@ -91,7 +91,7 @@ def load_drafter(
 
 def _checked_head(head, target):
     from ..adapters import adapter_for
-    from ..drafters.eagle import target_signature
+    from .eagle import target_signature
 
     if head.adapter.model is target:
         return head

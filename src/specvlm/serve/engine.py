@@ -72,8 +72,8 @@ class Engine:
         pad their rows to one), each for two rounds of a text-only request that reserves RESERVE_AHEAD new tokens,
         so the slot cache is already as long as typical requests need (a longer one grows it and recompiles once).
         Returns the row counts warmed up."""
-        from ..batch import RESERVE_AHEAD
-        from ..session import bucket
+        from ..engine.batch import RESERVE_AHEAD
+        from ..engine.session import bucket
 
         decoding = Decoding(
             max_new_tokens=RESERVE_AHEAD, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop=(), ignore_eos=True

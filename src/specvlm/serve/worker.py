@@ -30,8 +30,8 @@ from collections import deque
 from dataclasses import dataclass, field
 from pathlib import Path
 
+from ..engine.streaming import AnswerStreamer, AnswerText
 from ..errors import SpecVLMError
-from ..streaming import AnswerStreamer, AnswerText
 from .errors import APIError, internal, shutting_down, timed_out
 from .media import TurnFiles
 from .schema import Decoding

@@ -476,7 +476,7 @@ def answer_accuracy(model, clips: list[Clip], fmt: Formatter, per_clip: int = 5,
 def speculative_tau(target, draft, clips: list[Clip], fmt: Formatter, max_new_tokens: int, **options) -> dict:
     """Greedy speculative decoding of each clip's caption prompt: mean τ (draft tokens accepted per round, bonus
     excluded) and whether every output equals `target.generate`'s."""
-    from ..generator import SpeculativeGenerator
+    from ..engine.generator import SpeculativeGenerator
 
     gen = SpeculativeGenerator(target, draft, **options)
     taus, equal, tokens = [], True, 0

@@ -9,7 +9,7 @@ from pathlib import Path
 import torch
 
 from ..adapters import adapter_for
-from ..compressor import MODES, VisualCompressor
+from ..drafters.compressor import MODES, VisualCompressor
 from ..drafters.eagle import EagleHead
 from ..errors import SpecVLMError
 from .config import TrainConfig

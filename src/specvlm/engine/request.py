@@ -13,7 +13,7 @@ from dataclasses import dataclass, field
 import torch
 from transformers import GenerationConfig
 
-from .errors import SpecVLMError
+from ..errors import SpecVLMError
 from .sampling import Sampling, effective_config, max_new_tokens
 
 # GenerationConfig fields honoured here (the rest must stay at HF's default).

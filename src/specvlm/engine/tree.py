@@ -27,7 +27,7 @@ from functools import cache, cached_property, lru_cache
 
 import torch
 
-from .options import DecodeConfig, check_tree
+from ..options import DecodeConfig, check_tree
 
 # The EAGLE-1 static tree `mc_sim_7b_63` that the video-pruning paper drafts with: 25 nodes below the root, depth
 # 5, 4/8/8/3/2 nodes per depth, 15 leaves. A path (r1, r2, ...) is "the r1-th best child of the root, then its

@@ -24,9 +24,9 @@ from typing import Any
 
 import torch
 
-from .adapters import Prompt, VLMAdapter, keep_cache_entries
-from .adapters.attention import additive_mask, gqa_attention, uses_gqa_attention
-from .adapters.static_cache import SlotCache
+from ..adapters import Prompt, VLMAdapter, keep_cache_entries
+from ..adapters.attention import additive_mask, gqa_attention, uses_gqa_attention
+from ..adapters.static_cache import SlotCache
 
 # Row counts a fast step is padded to: one compiled graph per bucket, at most 1/3 of a step wasted on padding.
 BUCKETS = (1, 2, 3, 4, 6, 8, 12, 16, 24, 32, 48, 64, 96, 128, 192, 256)

@@ -19,14 +19,14 @@ from dataclasses import dataclass
 
 import torch
 
-from .adapters import adapter_for
+from ..adapters import adapter_for
+from ..compat import check_models
+from ..drafters import Drafter, DraftModelDrafter
+from ..drafters.base import NoDraft
+from ..drafters.pruning import DraftView
+from ..errors import SpecVLMError
+from ..options import DEFAULT_KEEP_RATIO, DecodeConfig
 from .batch import DecodeBatch, Row
-from .compat import check_models
-from .drafters import Drafter, DraftModelDrafter
-from .drafters.base import NoDraft
-from .errors import SpecVLMError
-from .options import DEFAULT_KEEP_RATIO, DecodeConfig
-from .pruning import DraftView
 from .request import BatchRequest, Request, resolve
 from .session import ModelSession, StaticSession
 from .stats import SpecStats
@@ -59,7 +59,7 @@ class SpeculativeGenerator:
     the root), `processor` / `tokenizer` (for `.text` and `stream`).
 
     Visual pruning of the draft's prompt (the target always sees everything): `pruning` ("none" or a method of
-    `specvlm.pruning.METHODS`, e.g. "specvlm"), `visual_keep_ratio` (default 0.1), `stage1_mass` (λ, 0.4),
+    `specvlm.drafters.pruning.METHODS`, e.g. "specvlm"), `visual_keep_ratio` (default 0.1), `stage1_mass` (λ, 0.4),
     `draft_positions` ("original": kept tokens keep their position ids, the default for Qwen's M-RoPE;
     "contiguous": the shorter prompt is renumbered, the default otherwise), `pruning_seed` (for "random").
     """
@@ -125,7 +125,7 @@ class SpeculativeGenerator:
         """Like `target.generate(**inputs, **kwargs)`, with the same keywords (`max_new_tokens`, `max_length`,
         `do_sample`, `temperature`, `top_p`, `top_k`, `repetition_penalty`, `eos_token_id`, `pad_token_id`,
         `generation_config`, `streamer`, `return_dict_in_generate`, `output_scores`, `output_logits`, ...; see
-        `specvlm.request`); unset options come from the target's generation_config, as in HF. A batch (a
+        `specvlm.engine.request`); unset options come from the target's generation_config, as in HF. A batch (a
         left-padded processor output for B prompts, each with its own images / video) decodes all rows together;
         row b's tokens are those of `target.generate` on row b alone. Also `draft_inputs` (the draft's own processor
         outputs, when its preprocessing differs from the target's) and `generator` (a torch.Generator for sampling).

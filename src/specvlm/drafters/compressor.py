@@ -41,7 +41,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from .options import DEFAULT_STAGE1_MASS
+from ..options import DEFAULT_STAGE1_MASS
 
 MODES = ("weighted", "concat", "select")
 DEFAULT_BRANCHES = {

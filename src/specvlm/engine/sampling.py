@@ -14,8 +14,8 @@ from dataclasses import dataclass
 import torch
 from transformers import GenerationConfig
 
-from .adapters.generation import generation_defaults
-from .errors import SpecVLMError
+from ..adapters.generation import generation_defaults
+from ..errors import SpecVLMError
 
 # generate() options that change the distribution but that the speculative loop does not implement. Passing one
 # with a non-default value is an error rather than a silent difference from `target.generate`.

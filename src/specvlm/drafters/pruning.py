@@ -22,8 +22,8 @@ from dataclasses import dataclass
 
 import torch
 
-from .errors import SpecVLMError
-from .options import DEFAULT_KEEP_RATIO, DEFAULT_STAGE1_MASS, PRUNING_METHODS, check_keep_ratio
+from ..errors import SpecVLMError
+from ..options import DEFAULT_KEEP_RATIO, DEFAULT_STAGE1_MASS, PRUNING_METHODS, check_keep_ratio
 
 
 @dataclass(frozen=True)

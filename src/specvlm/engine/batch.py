@@ -23,9 +23,9 @@ from dataclasses import dataclass, field
 
 import torch
 
-from .adapters.capture import AttentionCapture
-from .drafters.base import DraftContext, DraftSetup
-from .pruning import Layout
+from ..adapters.capture import AttentionCapture
+from ..drafters.base import DraftContext, DraftSetup
+from ..drafters.pruning import Layout
 from .request import Request
 from .sampling import RowRandom, RowSampling, TokenHistory, device_generator, history_rows
 from .session import bucket
