@@ -41,6 +41,7 @@ BAD_OPTIONS = [  # argv -> what the one line must name
     (["generate", "--dtype", "float8"], "--dtype"),
     (["generate", "--draft", "none", "--pruning", "specvlm"], "no draft is given"),
     (["generate", "--pruning", "specvlm"], "--draft self"),
+    (["generate", "--temperature", "nan"], "--temperature"),
     (["generate", "--pruning", "none", "--visual-keep-ratio", "0.2"], "--pruning"),
     (["serve", "--device", "cuda:x"], "--device"),
     (["bench", "--dataset", "testbed:w", "--out", "o", "--device", "gpu"], "--device"),

@@ -145,3 +145,30 @@ def _byte_tokenizer():
 
     vocab = {f"t{i}_": i for i in range(1024)}
     return PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(vocab, unk_token="t0_")))
+
+
+def test_what_hf_refuses_is_refused_and_what_it_honours_is_honoured():
+    """Never a silently different answer: where HF's generate raises, so do we (one SpecVLMError naming the
+    argument); where it honours an argument (a tensor eos_token_id), so do we."""
+    target = model("qwen2_5_vl")
+    inputs = make_inputs("qwen2_5_vl", "image")
+    gen = SpeculativeGenerator(target, "self", tree="chain")
+    plain = reference(target, inputs, do_sample=False, max_new_tokens=9)
+    eos = torch.tensor([plain[2]])  # HF stops at the answer's third token
+    expected = reference(target, inputs, do_sample=False, max_new_tokens=9, eos_token_id=eos)
+    assert len(expected) < len(plain)
+    assert gen.generate(**inputs, do_sample=False, max_new_tokens=9, eos_token_id=eos).token_ids == expected
+    n = inputs["input_ids"].shape[1]
+    refused = {  # what -> (generate's arguments, a phrase of the message)
+        "a misspelled model input": (dict(inputs, pixel_values_video=inputs["pixel_values"]), "pixel_values_video"),
+        "a longer attention_mask": (dict(inputs, attention_mask=torch.ones(1, n + 3, dtype=torch.long)), "attention"),
+        "empty input_ids": (dict(inputs, input_ids=inputs["input_ids"][:, :0]), "input_ids"),
+        "1-D input_ids": (dict(inputs, input_ids=inputs["input_ids"][0]), "input_ids"),
+        "temperature nan": (dict(inputs, do_sample=True, temperature=float("nan")), "temperature"),
+        "repetition_penalty nan": (dict(inputs, repetition_penalty=float("nan")), "repetition_penalty"),
+    }
+    for arguments, phrase in refused.values():
+        with pytest.raises(SpecVLMError, match=phrase):
+            gen.generate(**arguments, max_new_tokens=3)
+        with pytest.raises((ValueError, IndexError, RuntimeError)):  # HF refuses each too (its own messages)
+            target.generate(**arguments, max_new_tokens=3)

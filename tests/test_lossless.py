@@ -195,7 +195,13 @@ def test_bad_arguments():
     with pytest.raises(ValueError, match="num_beams"):
         gen.generate(**inputs, num_beams=2)
     with pytest.raises(ValueError, match="cannot split"):  # two rows of ids, one row of placeholders' pixels
-        gen.generate(**{**inputs, "input_ids": inputs["input_ids"].repeat(2, 1)})
+        gen.generate(
+            **{
+                **inputs,
+                "input_ids": inputs["input_ids"].repeat(2, 1),
+                "attention_mask": inputs["attention_mask"].repeat(2, 1),
+            }
+        )
     with pytest.raises(ValueError, match="supports"):
         SpeculativeGenerator(torch.nn.Linear(2, 2), "self")
     with pytest.raises(ValueError, match="cannot draft"):

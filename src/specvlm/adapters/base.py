@@ -136,6 +136,14 @@ class VLMAdapter:
     def hidden_size(self) -> int:
         return int(self.text_config.hidden_size)
 
+    def unknown_inputs(self, names) -> list[str]:
+        """Of the model-input keywords `names`, those HF's `generate` would refuse for this model."""
+        if "_input_names" not in self.__dict__:
+            from .generation import model_input_names
+
+            self.__dict__["_input_names"] = model_input_names(self.model)
+        return sorted(name for name in names if name not in self.__dict__["_input_names"])
+
     @property
     def device(self) -> torch.device:
         return self.embeddings.weight.device

@@ -10,6 +10,20 @@ import torch
 from transformers import GenerationConfig
 
 
+def model_input_names(model) -> frozenset[str]:
+    """The keywords HF's `generate` lets through to `model` (its `_validate_model_kwargs` rule): the parameters of
+    `prepare_inputs_for_generation`, plus `forward`'s when that takes **kwargs, plus the model-agnostic
+    TransformersKwargs. HF raises for any other model input ("model_kwargs are not used"), typos included."""
+    import inspect
+
+    from transformers.utils import TransformersKwargs
+
+    names = set(inspect.signature(model.prepare_inputs_for_generation).parameters)
+    if "kwargs" in names or "model_kwargs" in names:
+        names |= set(inspect.signature(model.forward).parameters)
+    return frozenset(names | set(TransformersKwargs.__optional_keys__) | {"debug_io", "mm_encoder_outputs"})
+
+
 def generation_defaults() -> dict:
     """The values HF `generate` uses for options nobody set (transformers 5: top_k=50, max_length=20, ...)."""
     getter = getattr(GenerationConfig, "_get_default_generation_params", None)

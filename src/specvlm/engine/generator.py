@@ -177,6 +177,7 @@ class SpeculativeGenerator:
             kwargs,
             split=self.target.split_batch,
             draft_split=getattr(draft_adapter, "split_batch", None),
+            accepts=self.target.unknown_inputs,
         )
 
     def _decode_text(self, tokens: list[int]) -> str | None:

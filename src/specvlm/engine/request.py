@@ -9,6 +9,7 @@ output. The table in docs/DESIGN.md ("HF generate compatibility") lists them.
 from __future__ import annotations
 
 from dataclasses import dataclass, field
+from typing import Any
 
 import torch
 from transformers import GenerationConfig
@@ -76,20 +77,24 @@ class BatchRequest:
 
 
 def resolve(
-    model_config: GenerationConfig | None, input_ids, kwargs: dict, split=None, draft_split=None
+    model_config: GenerationConfig | None, input_ids, kwargs: dict, split=None, draft_split=None, accepts=None
 ) -> BatchRequest:
     """A BatchRequest from `generate`'s arguments (`kwargs` holds everything but input_ids). `split` (the target
     adapter's `split_batch`) and `draft_split` (the draft's, for `draft_inputs`) cut a batch of B > 1 rows into
-    batch-of-one inputs."""
+    batch-of-one inputs. `accepts(inputs)` (the target adapter's `unknown_inputs`) names the model inputs the
+    model would refuse."""
     kwargs = dict(kwargs)
     generation_config = kwargs.pop("generation_config", None)
     draft_inputs = kwargs.pop("draft_inputs", None)
     generator = kwargs.pop("generator", None)
     streamer = kwargs.pop("streamer", None)
-    inputs, options = {}, {}
+    inputs: dict[str, torch.Tensor] = {}
+    options: dict[str, Any] = {}
     defaults = GenerationConfig()
     for key, value in kwargs.items():
-        if isinstance(value, torch.Tensor):
+        if isinstance(value, torch.Tensor) and key in ("eos_token_id", "pad_token_id"):  # HF takes them as tensors
+            options[key] = value.reshape(-1).tolist() if key == "eos_token_id" else int(value.reshape(-1)[0])
+        elif isinstance(value, torch.Tensor):
             inputs[key] = value
         elif value is None or key in IGNORED or (key in EMPTY_OK and not value):
             continue
@@ -103,8 +108,18 @@ def resolve(
             raise SpecVLMError(f"generate() got an unsupported argument {key}={value!r}")
     if input_ids is None:
         raise SpecVLMError("generate() needs input_ids (the processor's output)")
-    if input_ids.dim() != 2 or input_ids.shape[0] < 1:
-        raise SpecVLMError(f"input_ids must be (batch, length), got shape {tuple(input_ids.shape)}")
+    if input_ids.dim() != 2 or input_ids.shape[0] < 1 or input_ids.shape[1] < 1:
+        raise SpecVLMError(f"input_ids must be (batch, length) with a prompt, got shape {tuple(input_ids.shape)}")
+    mask = inputs.get("attention_mask")
+    if mask is not None and tuple(mask.shape) != tuple(input_ids.shape):
+        raise SpecVLMError(
+            f"attention_mask has shape {tuple(mask.shape)}, input_ids {tuple(input_ids.shape)}: they must match"
+        )
+    unknown = accepts(inputs) if accepts is not None else []
+    if unknown:
+        raise SpecVLMError(
+            f"generate() got model inputs the model does not take: {', '.join(unknown)} (a typo? HF refuses them too)"
+        )
     rows = input_ids.shape[0]
     if rows > 1 and streamer is not None:
         raise SpecVLMError(f"a streamer takes a batch of one (as HF's streamers do); this batch has {rows} rows")
@@ -120,10 +135,10 @@ def resolve(
     sampling = Sampling.resolve(config)
     eos = eos_override if eos_override is not None else config.eos_token_id
     eos = set([eos] if isinstance(eos, int) else (eos or []))
-    pad = pad_override if pad_override is not None else config.pad_token_id
+    pad: int | None = pad_override if pad_override is not None else config.pad_token_id
     if pad is None and eos:  # HF pads finished rows with the first eos id then
         first = eos_override if eos_override is not None else config.eos_token_id
-        pad = first if isinstance(first, int) else list(first)[0]
+        pad = first if isinstance(first, int) else int(list(first)[0])
     max_new = max_new_tokens(config, input_ids.shape[1])  # HF counts max_length with the padding
     keeps_rows = flags["output_scores"] or flags["output_logits"]
     row_inputs = [inputs] if rows == 1 else _split(split, inputs, rows, "inputs")

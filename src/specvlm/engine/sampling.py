@@ -73,12 +73,14 @@ class Sampling:
             if value not in (default, defaults.get(name), None):
                 raise SpecVLMError(f"generation option {name}={value!r} is not supported by speculative decoding")
         s = cls(**values)
-        if s.do_sample and s.temperature <= 0:
+        if s.do_sample and not s.temperature > 0:  # `not >`: NaN is refused too, as HF refuses it
             raise SpecVLMError(f"temperature must be > 0 when sampling, got {s.temperature}")
         if not 0 < s.top_p <= 1:
             raise SpecVLMError(f"top_p must be in (0, 1], got {s.top_p}")
-        if s.top_k < 0 or s.repetition_penalty <= 0:
-            raise SpecVLMError("top_k must be >= 0 and repetition_penalty > 0")
+        if s.top_k < 0 or not s.repetition_penalty > 0:
+            raise SpecVLMError(
+                f"top_k must be >= 0 and repetition_penalty > 0, got {s.top_k} and {s.repetition_penalty}"
+            )
         return s
 
     @property
