@@ -266,6 +266,40 @@ def test_image_part_equals_generate(spec, expected, picture):
     assert out.usage.prompt_tokens == expected["image"]["inputs"]["prompt_tokens"]
 
 
+def test_conversations_are_answered_as_the_target_answers_its_chat_template(spec, picture):
+    """What chat front-ends send: a system message, a user turn with an image, the assistant's earlier answer and a
+    follow-up question. The answer is `target.generate` on that conversation as HF's processor renders it."""
+    import torch
+    from transformers import AutoModelForImageTextToText
+
+    from specvlm.inputs import load_image, load_processor
+
+    conversation = [
+        {"role": "system", "content": "You answer questions about pictures."},
+        *user(IMAGE_QUESTION, ("image", data_url(picture, "image/png"))),
+        {"role": "assistant", "content": [{"type": "text", "text": "Shapes."}]},
+        {"role": "developer", "content": "Be precise."},
+        {"role": "user", "content": "Which colours?"},
+    ]
+    out = spec.client().chat.completions.create(model=MODEL, messages=conversation, max_tokens=IMAGE_TOKENS)
+    hf_messages = [
+        {"role": "system", "content": [{"type": "text", "text": "You answer questions about pictures."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": IMAGE_QUESTION}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "Shapes."}]},
+        {"role": "system", "content": [{"type": "text", "text": "Be precise."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Which colours?"}]},
+    ]
+    processor = load_processor(str(TARGET))
+    text = processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
+    assert "Shapes." in text and "Be precise." in text
+    inputs = processor(text=[text], images=[[load_image(str(picture))]], return_tensors="pt")
+    target = AutoModelForImageTextToText.from_pretrained(TARGET).eval()
+    with torch.no_grad():
+        ids = target.generate(**inputs, do_sample=False, max_new_tokens=IMAGE_TOKENS)[0, inputs["input_ids"].shape[1] :]
+    assert out.choices[0].message.content == processor.tokenizer.decode(ids, skip_special_tokens=True)
+    assert out.usage.prompt_tokens == inputs["input_ids"].shape[1]
+
+
 def test_stop_string_cuts_the_answer(spec, expected):
     text = expected["video"]["text"]
     stop = text.split()[4]
@@ -336,12 +370,17 @@ def bad_requests(allowed_outside: str) -> dict:
         "logprobs": ({**ok, "messages": VIDEO, "logprobs": True}, 400, "logprobs"),
         "unknown field": ({**ok, "messages": VIDEO, "best_of": 3}, 400, "unknown parameter"),
         "too many stops": ({**ok, "messages": VIDEO, "stop": list("abcde")}, 400, "stop"),
-        "system message": (
-            {**ok, "messages": [{"role": "system", "content": "Be brief."}, *VIDEO]},
+        "tool message": (
+            {**ok, "messages": [*VIDEO, {"role": "tool", "content": "42", "tool_call_id": "c"}]},
             400,
-            "system messages",
+            "no tools",
         ),
-        "multi-turn": ({**ok, "messages": [*VIDEO, {"role": "assistant", "content": "A"}, *VIDEO]}, 400, "multi-turn"),
+        "assistant last": ({**ok, "messages": [*VIDEO, {"role": "assistant", "content": "A"}]}, 400, "last message"),
+        "media in a system message": (
+            {**ok, "messages": [{"role": "system", "content": VIDEO[0]["content"]}, *user("Q")]},
+            400,
+            "text only",
+        ),
         "two videos": (
             {**ok, "messages": user("Q", ("video", "file://" + CLIP), ("video", "file://" + CLIP))},
             400,
@@ -581,6 +620,36 @@ def test_request_fields_map_to_generate_options():
     assert decoding(
         parse_request(dict(model="m", messages=[{"role": "user", "content": "Q"}])), defaults
     ).generate_options() == dict(max_new_tokens=128, do_sample=False)
+
+
+def test_conversations_keep_their_turns_and_parts_in_order():
+    """User messages alone are one user turn (as `specvlm generate`); with system / developer / assistant messages
+    the conversation is kept as given (developer rendered as system), media placeholders where their parts are."""
+    image = {"type": "image_url", "image_url": {"url": "data:a"}}
+    request = parse_request(
+        dict(
+            model="m",
+            messages=[
+                {"role": "developer", "content": "Be brief."},
+                {"role": "user", "content": [{"type": "text", "text": "Look:"}, image]},
+                {"role": "assistant", "content": "A cat."},
+                {"role": "user", "content": [image, {"type": "text", "text": "And now?"}]},
+            ],
+        )
+    )
+    turn = chat_turn(request.messages)
+    assert turn.prompt == "And now?" and [m.where for m in turn.images] == [
+        "messages.1.content.1.image_url",
+        "messages.3.content.0.image_url",
+    ]
+    assert turn.messages == (
+        {"role": "system", "content": [{"type": "text", "text": "Be brief."}]},
+        {"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "image"}]},
+        {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": "And now?"}]},
+    )
+    single = chat_turn(parse_request(dict(model="m", messages=[{"role": "user", "content": "Q"}])).messages)
+    assert single.messages is None and single.prompt == "Q"
 
 
 def test_metrics_are_prometheus_text():

@@ -45,11 +45,14 @@ class FrameOptions:
 
 @dataclass(frozen=True)
 class MediaPrompt:
-    """One user turn: the question or instruction, image files, and at most one video file."""
+    """One user turn: the question or instruction, image files, and at most one video file. Or, with `messages`, a
+    whole conversation in HF's chat format (system / user / assistant turns; media as {"type": "image"} /
+    {"type": "video"} parts, in the order of `images` and `video`); `prompt` is then only what logs show."""
 
     prompt: str | None
     images: tuple[str | Path, ...] = ()
     video: str | Path | None = None
+    messages: tuple[dict, ...] | None = None
 
     @classmethod
     def from_args(cls, args) -> MediaPrompt:
@@ -92,7 +95,7 @@ def prepare_inputs(
         raise ValueError("give both draft_dir and draft_config, or neither")
     say = progress or (lambda message: None)
     prompt = media.prompt
-    if prompt is None or not prompt.strip():
+    if media.messages is None and (prompt is None or not prompt.strip()):
         raise InputError("--prompt is empty: give a question or instruction")
     images, video_path = [str(p) for p in media.images], None if media.video is None else str(media.video)
     for path in images:
@@ -133,6 +136,7 @@ def prepare_inputs(
         draft_config,
         frames.max_pixels,
         max_new_tokens,
+        media.messages,
     )
     if report is not None:
         ids = inputs["input_ids"][0]
@@ -179,11 +183,12 @@ def media_inputs(
     draft_config=None,
     max_pixels: int | None = None,
     max_new_tokens: int = 0,
+    messages=None,
 ) -> dict:
     """Model inputs for media already loaded (PIL `pictures`, a decoded `Video` or None) through the target's
     `processor`: what `inputs_from_args` does once the files are read (draft inputs and context checks included)."""
     inputs = build_inputs(
-        processor, prompt, pictures, video, **_size_options(processor, model_config.model_type, max_pixels)
+        processor, prompt, pictures, video, messages, **_size_options(processor, model_config.model_type, max_pixels)
     )
     _check_context(inputs, model_config, model_dir, max_new_tokens, processor)
     if draft_config is not None:
@@ -193,6 +198,7 @@ def media_inputs(
             prompt,
             pictures,
             video,
+            messages,
             **_size_options(draft_processor, draft_config.model_type, max_pixels),
         )
         if not torch.equal(_text_ids(inputs, processor), _text_ids(draft_inputs, draft_processor)):

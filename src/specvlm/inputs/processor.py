@@ -101,20 +101,22 @@ def _supported(family: str, model_dir) -> str:
     return family
 
 
-def build_inputs(processor, prompt: str, images=(), video=None, **processor_kwargs) -> dict:
+def build_inputs(processor, prompt: str | None, images=(), video=None, messages=None, **processor_kwargs) -> dict:
     """Model inputs for one prompt: `images` (PIL images, in order) and an optional decoded `Video` are placed in
-    one user turn (see `prompt.render_prompt`) and run through `processor`. Returns a plain dict of tensors, exactly
-    the processor's output (input_ids, attention_mask, pixel values, grids, mm_token_type_ids, ...)."""
-    from .prompt import render_prompt
+    one user turn (see `prompt.render_prompt`), or where the conversation `messages` places them, and run through
+    `processor`. Returns a plain dict of tensors, exactly the processor's output (input_ids, attention_mask, pixel
+    values, grids, mm_token_type_ids, ...)."""
+    from .prompt import conversation_texts, render_prompt
 
+    texts = [prompt or "", *conversation_texts(messages or ())]
     for token in (getattr(processor, "image_token", None), getattr(processor, "video_token", None)):
-        if token and token in prompt:  # HF raises on it from 5.2x, earlier processors silently expand nothing
+        if token and any(token in text for text in texts):  # HF raises on it from 5.2x, earlier ones expand nothing
             raise InputError(
                 f"cannot build the model inputs: the prompt contains {token!r}, a placeholder the "
                 "processor inserts itself; give the media as images / video instead"
             )
     images = list(images)
-    text = render_prompt(processor, prompt, len(images), int(video is not None))
+    text = render_prompt(processor, prompt, len(images), int(video is not None), messages)
     kwargs = dict(text=[text], return_tensors="pt")
     if images:
         kwargs["images"] = [images]  # nested, as apply_chat_template passes them: LLaVA-OV counts them per prompt

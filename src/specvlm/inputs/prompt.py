@@ -1,9 +1,11 @@
 """The prompt text around the visual placeholders.
 
-With a chat template (the processor's, else the tokenizer's) the conversation is one user turn holding the images,
-then the video, then the question, rendered with `add_generation_prompt=True`, exactly what HF's
-`processor.apply_chat_template` would build. Without one, `fallback_prompt` uses the ChatML layout both families
-were trained on:
+With a chat template (the processor's, else the tokenizer's) a prompt is one user turn holding the images, then the
+video, then the question, rendered with `add_generation_prompt=True`, exactly what HF's
+`processor.apply_chat_template` would build. A whole conversation (`messages`: system, user and assistant turns in
+HF's chat format, media as {"type": "image"} / {"type": "video"} parts where they appear) is rendered by the same
+template, parts in their order. Without a template, `fallback_prompt` uses the ChatML layout both families were
+trained on:
 
     <|im_start|>user\\n{placeholders}{question}<|im_end|>\\n<|im_start|>assistant\\n
 
@@ -22,26 +24,78 @@ def conversation(prompt: str, num_images: int = 0, num_videos: int = 0) -> list[
     return [{"role": "user", "content": content + [{"type": "text", "text": prompt}]}]
 
 
-def render_prompt(processor, prompt: str, num_images: int = 0, num_videos: int = 0) -> str:
-    """The prompt string (placeholders not yet expanded) for `processor(text=...)`."""
-    if prompt is None or not prompt.strip():
-        raise InputError("--prompt is empty: give a question or instruction")
-    messages = conversation(prompt, num_images, num_videos)
+def render_prompt(processor, prompt: str | None, num_images: int = 0, num_videos: int = 0, messages=None) -> str:
+    """The prompt string (placeholders not yet expanded) for `processor(text=...)`: one user turn of `prompt` and
+    the media counts, or the conversation `messages` (whose media parts must number `num_images` / `num_videos`)."""
+    if messages is None:
+        if prompt is None or not prompt.strip():
+            raise InputError("--prompt is empty: give a question or instruction")
+        messages = conversation(prompt, num_images, num_videos)
+    else:
+        check_conversation(messages, num_images, num_videos)
     tokenizer = getattr(processor, "tokenizer", processor)
     if getattr(processor, "chat_template", None):
-        return processor.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
+        return processor.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     if getattr(tokenizer, "chat_template", None):
-        return tokenizer.apply_chat_template(messages, add_generation_prompt=True, tokenize=False)
-    return fallback_prompt(processor, prompt, num_images, num_videos)
+        return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
+    return "".join(fallback_turn(processor, m["role"], m["content"]) for m in messages) + "<|im_start|>assistant\n"
+
+
+ROLES = ("system", "user", "assistant")
+
+
+def check_conversation(messages, num_images: int, num_videos: int) -> None:
+    """A conversation specvlm can render: system / user / assistant turns, ending with a user turn that the answer
+    follows, some text, and as many media parts as media given."""
+    if not messages:
+        raise InputError("the conversation is empty")
+    kinds = []
+    for i, message in enumerate(messages):
+        if message.get("role") not in ROLES:
+            raise InputError(f"message {i}: role {message.get('role')!r} is not one of {', '.join(ROLES)}")
+        kinds += [part.get("type") for part in message_parts(message)]
+    if messages[-1]["role"] != "user":
+        raise InputError("the conversation must end with a user message (the answer follows it)")
+    if not any(text.strip() for text in conversation_texts(messages)):
+        raise InputError("the conversation has no text: add the question or instruction")
+    if (kinds.count("image"), kinds.count("video")) != (num_images, num_videos):
+        raise InputError(
+            f"the conversation places {kinds.count('image')} images and {kinds.count('video')} videos, "
+            f"but {num_images} and {num_videos} were given"
+        )
+
+
+def conversation_texts(messages) -> list[str]:
+    """Every text part of a conversation, in order."""
+    return [part.get("text", "") for m in messages for part in message_parts(m) if part.get("type") == "text"]
+
+
+def message_parts(message) -> list[dict]:
+    """A message's content as a list of parts (a string content is one text part)."""
+    content = message.get("content")
+    return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
+
+
+def fallback_turn(processor, role: str, content) -> str:
+    """One conversation turn in ChatML, media placeholders where their parts are."""
+    text = ""
+    for part in message_parts({"content": content}):
+        kind = part["type"]
+        text += part["text"] if kind == "text" else placeholders(processor, int(kind == "image"), int(kind == "video"))
+    return f"<|im_start|>{role}\n{text}<|im_end|>\n"
 
 
 def fallback_prompt(processor, prompt: str, num_images: int = 0, num_videos: int = 0) -> str:
+    marks = placeholders(processor, num_images, num_videos)
+    return f"<|im_start|>user\n{marks}{prompt}<|im_end|>\n<|im_start|>assistant\n"
+
+
+def placeholders(processor, num_images: int = 0, num_videos: int = 0) -> str:
     image, video = processor.image_token, processor.video_token
     if image == "<|image_pad|>":  # Qwen-VL: each item between vision start / end markers
         marks = [f"<|vision_start|>{image}<|vision_end|>"] * num_images
         marks += [f"<|vision_start|>{video}<|vision_end|>"] * num_videos
-        placeholders = "".join(marks)
-    else:  # LLaVA-OneVision: placeholders, then the text on a new line
-        placeholders = image * num_images + video * num_videos
-        placeholders += "\n" if placeholders else ""
-    return f"<|im_start|>user\n{placeholders}{prompt}<|im_end|>\n<|im_start|>assistant\n"
+        return "".join(marks)
+    # LLaVA-OneVision: placeholders, then the text on a new line
+    marks = image * num_images + video * num_videos
+    return marks + ("\n" if marks else "")

@@ -22,10 +22,11 @@ Serve the target model behind an OpenAI-compatible HTTP API (POST /v1/chat/compl
 GET /v1/models, /health, /metrics), decoding with lossless speculative decoding: every answer is exactly the
 target's own (greedy: token for token; sampling: the same distribution).
 
-A request is one user turn, as `specvlm generate` takes it: text parts (the question), images ("image_url":
-data:image/...;base64 URLs) and at most one video (vLLM's "video_url": a data:video/mp4;base64 URL), or local files
-under --allowed-local-media-path. The chat template is applied exactly as `specvlm generate --prompt` applies it,
-so a greedy request answers what `specvlm generate` prints for the same media and prompt."""
+User messages alone are one user turn, as `specvlm generate` takes it: text parts (the question), images
+("image_url": data:image/...;base64 URLs) and at most one video (vLLM's "video_url": a data:video/mp4;base64 URL),
+or local files under --allowed-local-media-path; a greedy request answers what `specvlm generate` prints for the
+same media and prompt. System / developer messages and conversations with assistant turns are rendered by the
+model's chat template, parts in order (media in user turns; one video per request)."""
 
 EPILOG = """\
 The decoding options (--max-new-tokens, --temperature, --top-p, --top-k) are the defaults of requests that leave

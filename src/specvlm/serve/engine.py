@@ -24,7 +24,7 @@ def model_inputs(models, frames: FrameOptions, files: TurnFiles, max_new_tokens:
     draft = (models.draft_dir, models.draft_config) if with_draft else (None, None)
     return prepare_inputs(
         InputModels(models.target_dir, models.target_config, *draft),
-        MediaPrompt(files.prompt, tuple(files.images), files.video),
+        MediaPrompt(files.prompt, tuple(files.images), files.video, files.messages),
         frames,
         max_new_tokens,
     )

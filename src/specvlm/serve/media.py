@@ -41,6 +41,7 @@ class TurnFiles:
     images: tuple[Path, ...]
     video: Path | None
     names: dict
+    messages: tuple[dict, ...] | None = None  # a conversation (schema.Turn.messages), else one user turn
 
 
 def materialize(turn: Turn, folder: Path, allowed: Path | None) -> TurnFiles:
@@ -49,7 +50,7 @@ def materialize(turn: Turn, folder: Path, allowed: Path | None) -> TurnFiles:
     names: dict = {}
     images = [media_file(media, "image", folder / f"image{i}", allowed, names) for i, media in enumerate(turn.images)]
     video = None if turn.video is None else media_file(turn.video, "video", folder / "video", allowed, names)
-    return TurnFiles(turn.prompt, tuple(images), video, names)
+    return TurnFiles(turn.prompt, tuple(images), video, names, turn.messages)
 
 
 def media_file(media: Media, kind: str, stem: Path, allowed: Path | None, names: dict) -> Path:

@@ -1,12 +1,14 @@
 """The request schema of `POST /v1/chat/completions` (pydantic), and what a valid request asks the model for.
 
-What is served is what `specvlm generate` does: ONE user turn holding images, at most one video and a question,
-rendered with the model's chat template. So:
+What is served is what the target answers to the request rendered by its own chat template:
 
-- every message must be a `user` message; their text parts are joined with newlines into the question, their images
-  and video kept in order. System / developer / assistant / tool messages are refused (400): the generate pipeline
-  renders no such turn, and silently folding them into the question would answer something else than was asked.
-- the template places the images, then the video, then the text, whatever the order of the parts (as generate does).
+- user messages only: one user turn, as `specvlm generate` builds it (the text parts joined with newlines into the
+  question, the images, then the video, then the text, whatever the order of the parts), so a greedy request
+  answers what `specvlm generate --prompt` prints for the same media and question.
+- with system / developer (rendered as system) / assistant messages: the conversation as given, each message's parts
+  in their order, images and a video in any user turn, assistant and system turns text only, the last message a
+  user's (the answer follows it). Tool messages, like tools, are refused (400).
+- at most one video per request.
 - parameters that would change the output and cannot be honoured losslessly (penalties, logit_bias, logprobs, tools,
   n > 1, a JSON response_format) are refused unless they hold the value that changes nothing; unknown fields are
   refused too (nothing is silently ignored that could change the answer). Bookkeeping fields (user, metadata,
@@ -60,18 +62,10 @@ class Message(BaseModel):
 
     @field_validator("role")
     @classmethod
-    def _user_only(cls, role: str) -> str:
-        if role in ("system", "developer"):
-            raise ValueError(
-                f"{role} messages are not supported: the server renders one user turn exactly as "
-                "`specvlm generate` does; put instructions in the user message"
-            )
-        if role in ("assistant", "tool"):
-            raise ValueError(
-                f"{role} messages are not supported: multi-turn conversations are not served, only "
-                "one user turn (images, a video and a question)"
-            )
-        if role != "user":
+    def _known_role(cls, role: str) -> str:
+        if role in ("tool", "function"):
+            raise ValueError(f"{role} messages are not supported: specvlm serves no tools")
+        if role not in ("system", "developer", "user", "assistant"):
             raise ValueError(f"unknown role {role!r}")
         return role
 
@@ -138,11 +132,14 @@ class Media:
 
 @dataclass(frozen=True)
 class Turn:
-    """The one user turn a request holds: the question and its media, in order."""
+    """What a request asks: its media in order, and either one user turn (`prompt`: the question, rendered as
+    `specvlm generate --prompt` renders it) or a conversation (`messages`, HF's chat format, media as placeholder
+    parts; `prompt` then holds the last user text, for logs)."""
 
     prompt: str
     images: tuple[Media, ...]
     video: Media | None
+    messages: tuple[dict, ...] | None = None
 
 
 @dataclass(frozen=True)
@@ -189,24 +186,41 @@ def unsupported(request: ChatRequest) -> None:
 
 
 def chat_turn(messages: list[Message]) -> Turn:
-    texts, images, videos = [], [], []
+    """The request's turn. User messages only: one user turn (their texts joined with newlines, the media placed as
+    `specvlm generate` places them). With system / developer / assistant messages: the conversation as given, parts
+    in order, rendered by the models' chat templates (as vLLM and `transformers serve` do); media only in user
+    turns, and the last message a user's."""
+    texts, images, videos, turns = [], [], [], []
     for i, message in enumerate(messages):
+        parts = []
         for j, part in enumerate(_parts(message.content, f"messages.{i}.content")):
             where = f"messages.{i}.content.{j}.{part.type}"
             if isinstance(part, TextPart):
                 texts.append(part.text)
-            elif isinstance(part, ImagePart):
+                parts.append({"type": "text", "text": part.text})
+                continue
+            if message.role != "user":
+                raise bad_request(f"{message.role} messages hold text only", param=where)
+            if isinstance(part, ImagePart):
                 images.append(Media(part.image_url.url, where))
+                parts.append({"type": "image"})
             else:
                 videos.append(Media(part.video_url.url, where))
+                parts.append({"type": "video"})
+        turns.append({"role": "system" if message.role == "developer" else message.role, "content": parts})
     if len(videos) > 1:
         raise bad_request(
             f"{len(videos)} videos in one request: one video at most (as `specvlm generate`)", param=videos[1].where
         )
-    prompt = "\n".join(texts)
-    if not prompt.strip():
+    if not "\n".join(texts).strip():
         raise bad_request("the request has no text: add a text part with the question or instruction", param="messages")
-    return Turn(prompt, tuple(images), videos[0] if videos else None)
+    video = videos[0] if videos else None
+    if all(turn["role"] == "user" for turn in turns):  # every text is a user's: one user turn, as generate
+        return Turn("\n".join(texts), tuple(images), video)
+    if turns[-1]["role"] != "user":
+        raise bad_request("the last message must be a user message: the answer follows it", param="messages")
+    last = " ".join(p["text"] for p in turns[-1]["content"] if p["type"] == "text")
+    return Turn(last, tuple(images), video, tuple(turns))
 
 
 def _parts(content, where: str) -> list:
