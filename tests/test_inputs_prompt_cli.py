@@ -57,6 +57,36 @@ def test_tokenizer_template_when_the_processor_has_none(folders):
     assert render_prompt(processor, "What happens?", 1, 1) == QWEN_PROMPT
 
 
+CONVERSATION = (
+    {"role": "system", "content": "Be brief."},
+    {"role": "user", "content": [{"type": "text", "text": "Look:"}, {"type": "image"}]},
+    {"role": "assistant", "content": [{"type": "text", "text": "A cat."}]},
+    {"role": "user", "content": [{"type": "video"}, {"type": "text", "text": "And now?"}]},
+)
+
+
+def test_conversations_render_through_the_template_or_chatml(folders):
+    """A conversation is the template's rendering (HF's apply_chat_template on it), media where their parts are;
+    without any template, the same turns in ChatML. Malformed conversations are one-line errors."""
+    qwen = load_processor(folders["qwen2_5_vl"])
+    expected = qwen.apply_chat_template(list(CONVERSATION), add_generation_prompt=True, tokenize=False)
+    assert render_prompt(qwen, None, 1, 1, CONVERSATION) == expected and "A cat." in expected
+    plain = load_processor(folders["qwen_plain"])
+    assert render_prompt(plain, None, 1, 1, CONVERSATION) == (
+        "<|im_start|>system\nBe brief.<|im_end|>\n"
+        "<|im_start|>user\nLook:<|vision_start|><|image_pad|><|vision_end|><|im_end|>\n"
+        "<|im_start|>assistant\nA cat.<|im_end|>\n"
+        "<|im_start|>user\n<|vision_start|><|video_pad|><|vision_end|>And now?<|im_end|>\n"
+        "<|im_start|>assistant\n"
+    )
+    assert "but 2 images and 1 videos were given" in _error(lambda: render_prompt(qwen, None, 2, 1, CONVERSATION))
+    assert "end with a user" in _error(lambda: render_prompt(qwen, None, 1, 1, CONVERSATION[:3]))
+    assert "role" in _error(lambda: render_prompt(qwen, None, 0, 0, ({"role": "tool", "content": "x"},)))
+    assert "no text" in _error(
+        lambda: render_prompt(qwen, None, 1, 0, ({"role": "user", "content": [{"type": "image"}]},))
+    )
+
+
 def test_fallback_without_any_template(folders, media):
     qwen = load_processor(folders["qwen_plain"])
     assert not qwen.chat_template and not qwen.tokenizer.chat_template

@@ -60,8 +60,8 @@ def check_conversation(messages, num_images: int, num_videos: int) -> None:
         raise InputError("the conversation has no text: add the question or instruction")
     if (kinds.count("image"), kinds.count("video")) != (num_images, num_videos):
         raise InputError(
-            f"the conversation places {kinds.count('image')} images and {kinds.count('video')} videos, "
-            f"but {num_images} and {num_videos} were given"
+            f"the conversation has {kinds.count('image')} image and {kinds.count('video')} video parts, but "
+            f"{num_images} images and {num_videos} videos were given"
         )
 
 
