@@ -31,6 +31,7 @@ from PIL import Image
 
 from specvlm.cli import main
 from specvlm.inputs import load_video
+from specvlm.serve.app import host_name
 from specvlm.serve.errors import APIError
 from specvlm.serve.media import local_file
 from specvlm.serve.metrics import Metrics
@@ -339,7 +340,17 @@ def bad_requests(allowed_outside: str) -> dict:
     """what is wrong -> (request body or raw bytes, status, a phrase the message contains)"""
     garbage = base64.b64encode(b"definitely not a video").decode()
     ok = dict(model=MODEL, max_tokens=4)
+    bomb = io.BytesIO()  # 12000 x 12000 1-bit pixels: ~23 KiB of PNG, 412 MiB once decoded
+    Image.new("1", (12000, 12000)).save(bomb, format="PNG")
+    bomb_url = "data:image/png;base64," + base64.b64encode(bomb.getvalue()).decode()
     return {
+        "nested JSON": (b"[" * 100_000, 400, "nested too deeply"),
+        "image bomb": ({**ok, "messages": user("Q", ("image", bomb_url))}, 400, "pixels, more than"),
+        "too many images": (
+            {**ok, "messages": user("Q", *[("image", "data:image/png;base64,AAAA")] * 17)},
+            400,
+            "16 at most",
+        ),
         "bad base64": ({**ok, "messages": user("Q", ("image", "data:image/png;base64,@@@"))}, 400, "base64"),
         "undecodable image": (
             {**ok, "messages": user("Q", ("image", "data:image/png;base64," + garbage))},
@@ -420,6 +431,30 @@ def test_bad_requests_are_openai_errors_and_the_worker_keeps_serving(spec, expec
     assert out.choices[0].message.content == expected["video"]["text"]
     assert spec.metric('specvlm_requests_total{status="400"}') >= 21
     assert "Traceback" not in spec.log.read_text()
+
+
+def test_only_json_posts_addressed_to_a_loopback_host_are_served(spec):
+    """A web page can make a browser POST a text/plain form to 127.0.0.1 (CSRF), or reach it under the page's own
+    host name (DNS rebinding); a server bound to a loopback address answers neither."""
+    body = {"model": MODEL, "messages": user("Q"), "max_tokens": 2}
+    status, raw = _http(
+        urllib.request.Request(
+            spec.url + "/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "text/plain"}
+        )
+    )
+    assert status == 415 and json.loads(raw)["error"]["code"] == "unsupported_media_type"
+    status, raw = post(spec.url + "/v1/chat/completions", body, headers={"Host": "attacker.example"})
+    assert status == 400 and json.loads(raw)["error"]["code"] == "invalid_host"
+    assert get(spec.url + "/health", headers={"Host": "attacker.example:8000"})[0] == 400
+    assert get(spec.url + "/health", headers={"Host": f"localhost:{spec.url.rsplit(':', 1)[1]}"})[0] == 200
+    assert post(spec.url + "/v1/chat/completions", body)[0] == 200
+    assert [host_name(h) for h in ("127.0.0.1:80", "[::1]:8000", "::1", "LocalHost", "a.example:1")] == [
+        "127.0.0.1",
+        "::1",
+        "::1",
+        "localhost",
+        "a.example",
+    ]
 
 
 def test_api_key(base):

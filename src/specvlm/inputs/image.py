@@ -9,6 +9,10 @@ from __future__ import annotations
 from .errors import InputError, check_file, first_line
 
 IMAGE_EXTENSIONS = (".jpg", ".jpeg", ".png", ".webp")
+# The most pixels an image may have, read from its header before any pixel is decoded: a 23 KiB PNG can declare
+# 12000 x 12000 pixels (412 MiB decoded). 40 M pixels is 6324 x 6324, more than any processor keeps (Qwen2.5-VL
+# resizes to at most 12.8 M by default, LLaVA-OneVision's tiles far fewer).
+MAX_IMAGE_PIXELS = 40_000_000
 
 
 def load_image(path):
@@ -17,9 +21,16 @@ def load_image(path):
 
     path = check_file(path, "image", IMAGE_EXTENSIONS)
     try:
-        with Image.open(path) as img:
+        with Image.open(path) as img:  # reads the header only
+            if img.width * img.height > MAX_IMAGE_PIXELS:
+                raise InputError(
+                    f"image {path} is {img.width} x {img.height} pixels, more than the {MAX_IMAGE_PIXELS:,} "
+                    "allowed; resize it"
+                )
             img.load()
             return to_rgb(img)
+    except Image.DecompressionBombError as err:  # Pillow's own limit (only above ours unless a caller lowers it)
+        raise InputError(f"image {path} is too large to decode: {first_line(err)}") from None
     except (UnidentifiedImageError, OSError, SyntaxError, ValueError) as err:
         raise InputError(f"cannot read image {path}: corrupt, truncated or not an image ({first_line(err)})") from None
 

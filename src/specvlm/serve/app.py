@@ -51,6 +51,7 @@ class Settings:
     max_batch: int = 16
     request_timeout: float | None = None
     max_request_bytes: int = 64 << 20
+    local_only: bool = False  # bound to a loopback address: requests must name a loopback Host (DNS rebinding)
 
 
 class ClientGone(Exception):
@@ -83,6 +84,19 @@ def create_app(engine, settings: Settings) -> FastAPI:
     @app.exception_handler(APIError)
     async def on_api_error(request: Request, err: APIError):
         return error_response(request, err)
+
+    @app.middleware("http")
+    async def loopback_host_only(request: Request, call_next):
+        """A server on 127.0.0.1 answers only requests addressed to a loopback name: a web page the user visits can
+        make the browser send requests here, but under its own host name (DNS rebinding), never under these."""
+        if settings.local_only and host_name(request.headers.get("host", "")) not in LOOPBACK_NAMES:
+            return error_response(
+                request,
+                APIError(
+                    400, "this server answers requests to localhost / 127.0.0.1 / [::1] only", code="invalid_host"
+                ),
+            )
+        return await call_next(request)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, err: HTTPException):  # unknown route, wrong method
@@ -143,6 +157,11 @@ def create_app(engine, settings: Settings) -> FastAPI:
 
     @app.post(CHAT_PATH, dependencies=[Depends(authorized)])
     async def chat_completions(request: Request):
+        media_type = request.headers.get("content-type", "").partition(";")[0].strip().lower()
+        if media_type != "application/json":  # a web page's form or text/plain POST never gets this far (CSRF)
+            raise APIError(
+                415, "send the request as JSON (Content-Type: application/json)", code="unsupported_media_type"
+            )
         chat = parse_request(await read_json(request, settings.max_request_bytes))
         if chat.model != settings.model_name:
             raise unknown_model(chat.model, settings.model_name)
@@ -281,6 +300,19 @@ async def read_json(request: Request, limit: int):
         return json.loads(b"".join(body))
     except ValueError:
         raise bad_request("the request body is not valid JSON") from None
+    except RecursionError:  # JSON nested thousands deep
+        raise bad_request("the request body is nested too deeply") from None
+
+
+LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+def host_name(host: str) -> str:
+    """The name in a Host header, without its port: "127.0.0.1:8000" -> "127.0.0.1", "[::1]:8000" -> "::1"."""
+    host = host.strip().lower()
+    if host.startswith("["):
+        return host[1 : host.find("]")] if "]" in host else host
+    return host.rpartition(":")[0] if host.count(":") == 1 else host
 
 
 def too_large(limit: int) -> APIError:

@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from .errors import APIError, bad_request
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_IMAGES = 16  # images per request: each may decode to MAX_IMAGE_PIXELS (inputs/image.py) before resizing
 
 
 class MediaURL(BaseModel):
@@ -212,6 +213,8 @@ def chat_turn(messages: list[Message]) -> Turn:
         raise bad_request(
             f"{len(videos)} videos in one request: one video at most (as `specvlm generate`)", param=videos[1].where
         )
+    if len(images) > MAX_IMAGES:
+        raise bad_request(f"{len(images)} images in one request: {MAX_IMAGES} at most", param=images[MAX_IMAGES].where)
     if not "\n".join(texts).strip():
         raise bad_request("the request has no text: add a text part with the question or instruction", param="messages")
     video = videos[0] if videos else None
