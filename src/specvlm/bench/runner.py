@@ -154,10 +154,11 @@ def load_frame_folder(path: Path, num_frames: int):
 
 
 def sample_inputs(record: dict, processor, draft_processor, num_frames: int) -> tuple[dict, dict | None]:
-    """(target inputs, draft inputs or None when the draft reads the same tensors) for one record."""
-    import torch
-
+    """(target inputs, draft inputs or None when the draft reads the same tensors) for one record: its media loaded
+    the dataset's way (a video file, a frame folder, image files or images), then the input pipeline's processor
+    stage (`inputs.build_inputs`, `inputs.pipeline.own_draft_inputs`), as `specvlm generate` runs it."""
     from ..inputs import build_inputs, load_image, load_video
+    from ..inputs.pipeline import own_draft_inputs
     from ..inputs.video import sampler
 
     images = [load_image(p) if isinstance(p, str) else p for p in record.get("images", [])]
@@ -172,12 +173,7 @@ def sample_inputs(record: dict, processor, draft_processor, num_frames: int) -> 
     inputs = build_inputs(processor, record["question"], images, video)
     if draft_processor is None or draft_processor is processor:
         return inputs, None
-    draft_inputs = build_inputs(draft_processor, record["question"], images, video)
-    same = inputs.keys() == draft_inputs.keys() and all(
-        torch.equal(v, draft_inputs[k]) if isinstance(v, torch.Tensor) else v == draft_inputs[k]
-        for k, v in inputs.items()
-    )
-    return inputs, None if same else draft_inputs
+    return inputs, own_draft_inputs(inputs, processor, draft_processor, record["question"], images, video)
 
 
 # ---- models ----------------------------------------------------------------------------------------------------------

@@ -193,23 +193,36 @@ def media_inputs(
     _check_context(inputs, model_config, model_dir, max_new_tokens, processor)
     if draft_config is not None:
         draft_processor = _load_checked(draft_dir, draft_config.model_type, draft_config)
-        draft_inputs = build_inputs(
-            draft_processor,
-            prompt,
-            pictures,
-            video,
-            messages,
-            **_size_options(draft_processor, draft_config.model_type, max_pixels),
+        sizes = _size_options(draft_processor, draft_config.model_type, max_pixels)
+        names = f"{model_dir} and {draft_dir}"
+        draft_inputs = own_draft_inputs(
+            inputs, processor, draft_processor, prompt, pictures, video, messages, sizes, names
         )
-        if not torch.equal(_text_ids(inputs, processor), _text_ids(draft_inputs, draft_processor)):
-            raise InputError(
-                f"the tokenizers of {model_dir} and {draft_dir} turn the prompt into different tokens: "
-                "target and draft must share a tokenizer"
-            )
-        if not _same(inputs, draft_inputs):  # e.g. another image size: the draft reads its own pixels
+        if draft_inputs is not None:  # e.g. another image size: the draft reads its own pixels
             _check_context(draft_inputs, draft_config, draft_dir, max_new_tokens, draft_processor)
             inputs["draft_inputs"] = draft_inputs
     return inputs
+
+
+def own_draft_inputs(
+    inputs: dict,
+    processor,
+    draft_processor,
+    prompt: str | None,
+    pictures,
+    video,
+    messages=None,
+    sizes: dict | None = None,
+    names: str = "target and draft",
+) -> dict | None:
+    """The draft's own inputs for the same request through `draft_processor`, or None when they equal the target's
+    `inputs` (the draft then reads the target's). Their text tokens must agree: one tokenizer."""
+    draft_inputs = build_inputs(draft_processor, prompt, pictures, video, messages, **(sizes or {}))
+    if not torch.equal(_text_ids(inputs, processor), _text_ids(draft_inputs, draft_processor)):
+        raise InputError(
+            f"the tokenizers of {names} turn the prompt into different tokens: target and draft must share a tokenizer"
+        )
+    return None if _same(inputs, draft_inputs) else draft_inputs
 
 
 def _check_model(model_dir, config, has_images: bool, has_video: bool, role: str = "target") -> str:
