@@ -504,6 +504,7 @@ def test_full_queue_is_429_and_a_disconnect_frees_the_worker(base, expected):
 def test_request_timeout_is_504_and_frees_the_worker(base, expected):
     """A running streamed request gets an error event at its deadline; one waiting behind it a 504."""
     client = base.client(KEY)
+    counted = {status: base.metric(f'specvlm_requests_total{{status="{status}"}}') for status in (200, 504)}
     started = time.monotonic()
     stream = iter(client.chat.completions.create(model=MODEL, messages=VIDEO, stream=True, **LONG))
     next(stream)
@@ -517,6 +518,9 @@ def test_request_timeout_is_504_and_frees_the_worker(base, expected):
     out = client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS)
     assert out.choices[0].message.content == expected["video"]["text"]
     assert base.metric('specvlm_requests_cancelled_total{reason="timeout"}') == 2
+    # the stream that ended in an error event counts as its error, not as the 200 its headers said
+    assert base.metric('specvlm_requests_total{status="504"}') == counted[504] + 2
+    assert base.metric('specvlm_requests_total{status="200"}') == counted[200] + 1
 
 
 def test_disconnect_mid_stream_does_not_stall_the_next_request(spec, expected):
@@ -617,6 +621,11 @@ def test_local_paths_stay_inside_the_allowed_folder(tmp_path):
             local_file(str(path), "video", root, "p")
     with pytest.raises(APIError, match="allowed-local-media-path"):
         local_file(str(allowed / "inside.mp4"), "video", None, "p")
+    os.mkfifo(allowed / "pipe.mp4")  # reading it would block the prepare thread forever
+    with pytest.raises(APIError, match="not a regular file"):
+        local_file(str(allowed / "pipe.mp4"), "video", root, "p")
+    with pytest.raises(APIError, match="NUL"):
+        local_file(str(allowed) + "/in\x00side.mp4", "video", root, "p")
 
 
 def test_request_fields_map_to_generate_options():

@@ -16,7 +16,6 @@ import torch
 from .drafters.loading import load_drafter
 from .engine.generator import SpeculativeGenerator
 from .inputs import InputModels, MediaPrompt, prepare_inputs
-from .options import DEFAULT_KEEP_RATIO
 from .testbed.assets import bundled_pair, sample_clips
 
 
@@ -53,12 +52,7 @@ def speedup_line(base_s: list[float], spec_s: list[float]) -> str:
 
 @torch.no_grad()
 def run_demo(
-    family: str = "qwen2_5_vl",
-    max_new_tokens: int = 96,
-    keep_ratio: float = DEFAULT_KEEP_RATIO,
-    repeats: int = 5,
-    engine: str = "fast",
-    compile="auto",
+    family: str, *, max_new_tokens: int, keep_ratio: float, repeats: int, engine: str = "fast", compile="auto"
 ) -> int:
     from transformers import AutoModelForImageTextToText, AutoTokenizer
     from transformers.utils import logging as hf_logging

@@ -179,8 +179,7 @@ def create_app(engine, settings: Settings) -> FastAPI:
             if isinstance(first, Failed):
                 raise first.error
             reply = Reply(chat, settings.model_name)
-            if chat.stream:
-                metrics.request(200)
+            if chat.stream:  # counted in /metrics when it ends: 200, the status of its error event, or 499
                 return StreamingResponse(
                     stream(job, request, reply),
                     media_type="text/event-stream",
@@ -212,15 +211,18 @@ def create_app(engine, settings: Settings) -> FastAPI:
                 finished = True
                 if isinstance(event, Failed):
                     log.warning("POST %s stream -> %d %s", CHAT_PATH, event.error.status, event.error.message)
+                    metrics.request(event.error.status)
                     yield sse(event.error.body())
                 else:
                     log.info("200 chat (stream): %s", reply.summary(event))
+                    metrics.request(200)
                     for chunk in reply.last_chunks(event):
                         yield sse(chunk)
                 yield "data: [DONE]\n\n"
                 return
         finally:
             if not finished:  # the client went away (Starlette cancelled this stream) or the server stops
+                metrics.request(499)
                 worker.cancel(job, "disconnect")
 
     return app

@@ -83,11 +83,15 @@ def local_file(path: str, kind: str, allowed: Path | None, param: str) -> Path:
             param=param,
             code="local_media_not_allowed",
         )
+    if "\x00" in path:  # the OS refuses such a path with a ValueError, which would be a 500
+        raise bad_request(f"the local {kind} path contains a NUL byte", param=param)
     if not Path(path).is_absolute():
         raise bad_request(f"local {kind} paths must be absolute (or file:// URLs), got {path!r}", param=param)
     resolved = Path(path).resolve()  # links followed: a link inside the folder cannot point outside it
     if not resolved.is_relative_to(allowed):
         raise bad_request(f"{path} is outside --allowed-local-media-path", param=param, code="local_media_not_allowed")
+    if resolved.exists() and not resolved.is_file():  # a FIFO or device would block the reader forever
+        raise bad_request(f"{path} is not a regular file", param=param)
     return resolved
 
 
