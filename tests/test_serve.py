@@ -15,6 +15,7 @@ import contextlib
 import io
 import json
 import os
+import random
 import re
 import signal
 import subprocess
@@ -36,7 +37,7 @@ from specvlm.serve.errors import APIError
 from specvlm.serve.media import local_file
 from specvlm.serve.metrics import Metrics
 from specvlm.serve.schema import Decoding, chat_turn, decoding, parse_request
-from specvlm.serve.worker import stop_point
+from specvlm.serve.worker import partial_stop, stop_point
 from specvlm.testbed.assets import SAMPLES_DIR, bundled_pair, sample_clips
 
 pytestmark = pytest.mark.xdist_group("serve")  # one worker runs the module: its servers start once
@@ -606,6 +607,26 @@ def test_stop_point_holds_back_what_could_become_a_stop_string():
     assert stop_point("Hello wor", ("world",), final=True) == (9, False)
     assert stop_point("Hello world!", ("world", "lo"), final=False) == (3, True)  # the earliest stop wins
     assert stop_point("abc", (), final=False) == (3, False)
+
+
+def test_stop_point_from_where_it_left_off_equals_a_full_search():
+    """Fed the answer as it grows, with how much it let out before (`shown`), stop_point cuts where a full search
+    of the whole text cuts, and holds back the longest tail that could still become a stop string (KMP)."""
+    rng = random.Random(0)
+    for _ in range(300):
+        stops = tuple("".join(rng.choice("ab") for _ in range(rng.randint(1, 6))) for _ in range(rng.randint(1, 3)))
+        answer = "".join(rng.choice("abc") for _ in range(rng.randint(0, 40)))
+        shown = 0
+        for end in range(1, len(answer) + 1):
+            cut, stopped = stop_point(answer[:end], stops, False, shown)
+            assert (cut, stopped) == stop_point(answer[:end], stops, False), (answer[:end], stops, shown)
+            shown = max(shown, cut)
+            if stopped:
+                break
+        for stop in stops:
+            assert partial_stop(answer, stop) == max(
+                (k for k in range(len(stop)) if answer.endswith(stop[:k])), default=0
+            ), (answer, stop)
 
 
 def test_local_paths_stay_inside_the_allowed_folder(tmp_path):

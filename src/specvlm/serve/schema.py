@@ -25,6 +25,7 @@ from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError,
 from .errors import APIError, bad_request
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
+MAX_STOP_CHARS = 1000  # per stop string: what a round checks for grows with it
 MAX_IMAGES = 16  # images per request: each may decode to MAX_IMAGE_PIXELS (inputs/image.py) before resizing
 
 
@@ -241,8 +242,11 @@ def decoding(request: ChatRequest, defaults: Decoding) -> Decoding:
     """The request's decoding settings; what it leaves out comes from the server's own options (`defaults`)."""
     stop = request.stop
     stop = () if stop is None else (stop,) if isinstance(stop, str) else tuple(stop)
-    if len(stop) > MAX_STOP_STRINGS or any(not s for s in stop):
-        raise bad_request(f"stop takes up to {MAX_STOP_STRINGS} non-empty strings", param="stop")
+    if len(stop) > MAX_STOP_STRINGS or any(not s or len(s) > MAX_STOP_CHARS for s in stop):
+        raise bad_request(
+            f"stop takes up to {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters",
+            param="stop",
+        )
     given = lambda value, default: default if value is None else value
     return Decoding(
         max_new_tokens=request.max_completion_tokens or request.max_tokens or defaults.max_new_tokens,

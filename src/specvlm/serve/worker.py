@@ -22,6 +22,7 @@ round and its slots are reused. `--max-batch 1` serves one request at a time (th
 from __future__ import annotations
 
 import asyncio
+import functools
 import logging
 import shutil
 import threading
@@ -107,17 +108,43 @@ class Job:
             shutil.rmtree(self.workdir, ignore_errors=True)
 
 
-def stop_point(text: str, stops: tuple[str, ...], final: bool) -> tuple[int, bool]:
+def stop_point(text: str, stops: tuple[str, ...], final: bool, shown: int = 0) -> tuple[int, bool]:
     """(how much of `text` may be shown, whether a stop string ends it). The answer ends before the earliest stop
     string (not returned, as in OpenAI's API); until generation is over, a tail that could still grow into a stop
-    string is held back."""
-    hits = [i for i in (text.find(s) for s in stops) if i >= 0]
+    string is held back. `shown`: how much an earlier call let out; no stop string ended before it, so the search
+    starts a stop string's length before it. A round costs O(new text + the stop strings' length), the answer
+    O(its length) (a full search each round would cost the square)."""
+    hits = [i for i in (text.find(s, max(0, shown - len(s) + 1)) for s in stops) if i >= 0]
     if hits:
         return min(hits), True
     if final:
         return len(text), False
-    held = max((k for s in stops for k in range(min(len(s) - 1, len(text)), 0, -1) if text.endswith(s[:k])), default=0)
-    return len(text) - held, False
+    return len(text) - max((partial_stop(text, s) for s in stops), default=0), False
+
+
+def partial_stop(text: str, stop: str) -> int:
+    """The longest k < len(stop) such that `text` ends with stop[:k] (what could still grow into `stop`): the
+    Knuth-Morris-Pratt automaton of `stop` run over the text's last len(stop) - 1 characters, O(len(stop))."""
+    fallback = _prefix_function(stop)
+    k = 0
+    for char in text[len(text) - len(stop) + 1 :] if len(stop) > 1 else "":
+        while k and stop[k] != char:
+            k = fallback[k - 1]
+        if stop[k] == char:
+            k += 1
+    return k  # < len(stop): the tail is shorter than `stop`
+
+
+@functools.lru_cache(maxsize=64)
+def _prefix_function(s: str) -> tuple[int, ...]:
+    """KMP's table: out[i] = the length of the longest proper prefix of s[: i + 1] that is also its suffix."""
+    out = [0] * len(s)
+    for i in range(1, len(s)):
+        k = out[i - 1]
+        while k and s[i] != s[k]:
+            k = out[k - 1]
+        out[i] = k + (s[i] == s[k])
+    return tuple(out)
 
 
 class TextSink(AnswerStreamer):
@@ -156,7 +183,7 @@ class TextSink(AnswerStreamer):
         text = self.text.current(final)
         if text is None:
             return False
-        cut, self.stopped = stop_point(text, self.job.decoding.stop, final)
+        cut, self.stopped = stop_point(text, self.job.decoding.stop, final, self.shown)
         if cut > self.shown:
             self.job.emit(Delta(text[self.shown : cut]))
             self.shown = cut
