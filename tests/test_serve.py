@@ -491,10 +491,12 @@ def test_full_queue_is_429_and_a_disconnect_frees_the_worker(base, expected):
         )
     )
     waiter.start()
-    wait_for(lambda: base.metric("specvlm_queue_length") == 1)
+    wait_for(lambda: base.metric("specvlm_running_requests") == 1 and base.metric("specvlm_queue_length") == 1)
     with pytest.raises(openai.RateLimitError) as refused:  # running one + waiting one = full
         client.chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=2)
     assert refused.value.body["code"] == "queue_full"
+    status, raw = post(base.url + "/v1/chat/completions", b"{not even json", {"Authorization": f"Bearer {KEY}"})
+    assert status == 429, raw  # refused before its body is read: no parsing, decoding or writing for nothing
     hold.close()  # the client goes away mid-stream
     waiter.join(60)
     assert queued["out"].choices[0].message.content == expected["video"]["text"]
@@ -783,3 +785,21 @@ def test_warm_up_runs_every_batch_bucket_and_leaves_the_engine_ready():
         engine.tokenizer.decode(tokens, skip_special_tokens=True)
         == cli_generate("--video", CLIP, "--prompt", QUESTION, "--max-new-tokens", VIDEO_TOKENS)["text"]
     )
+
+
+def test_max_queue_counts_requests_that_wait_beyond_the_free_places_of_the_batch():
+    """`--max-queue 0` serves up to --max-batch requests at once and refuses one more (it refused all before)."""
+    from specvlm.serve.worker import Worker
+
+    worker = Worker(None, max_queue=0, metrics=None, max_batch=2)
+    worker.check_room()  # idle: two free places
+    worker._preparing.update({"a", "b"})  # two requests on their way into the batch
+    with pytest.raises(APIError, match="queue is full") as refused:
+        worker.check_room()
+    assert refused.value.status == 429
+    queued = Worker(None, max_queue=1, metrics=None, max_batch=1)
+    queued._running.append("running")
+    queued.check_room()  # the batch is full, one may wait
+    queued._preparing.add("waiting")
+    with pytest.raises(APIError, match="queue is full"):
+        queued.check_room()

@@ -162,6 +162,7 @@ def create_app(engine, settings: Settings) -> FastAPI:
             raise APIError(
                 415, "send the request as JSON (Content-Type: application/json)", code="unsupported_media_type"
             )
+        worker.check_room()  # before the body is read, decoded and written to disk
         chat = parse_request(await read_json(request, settings.max_request_bytes))
         if chat.model != settings.model_name:
             raise unknown_model(chat.model, settings.model_name)

@@ -247,18 +247,25 @@ class Worker:
     def running(self) -> int:
         return len(self._running)
 
+    def check_room(self) -> None:
+        """A 429 when one more request would have to wait behind `max_queue` others: requests being prepared or
+        waiting beyond the batch's free places count (so `--max-queue 0` still serves up to `max_batch` at once).
+        The app asks before it reads a body; `submit` asks again."""
+        free = max(0, self.max_batch - len(self._running))
+        if self.queue_length >= self.max_queue + free:
+            raise APIError(
+                429,
+                f"the server is busy: its queue is full (--max-queue {self.max_queue}); retry later",
+                type="rate_limit_error",
+                code="queue_full",
+            )
+
     def submit(self, job: Job) -> None:
-        """Queue `job`, or refuse it with a 429 when `max_queue` jobs already wait."""
+        """Queue `job`, or refuse it with a 429 (`check_room`)."""
         with self._cond:
             if self._stopping:
                 raise shutting_down()
-            if self.queue_length >= self.max_queue:
-                raise APIError(
-                    429,
-                    f"the server is busy: its queue is full (--max-queue {self.max_queue}); retry later",
-                    type="rate_limit_error",
-                    code="queue_full",
-                )
+            self.check_room()
             self._preparing.add(job)
         self._prepare_pool.submit(self._prepare, job)
 
