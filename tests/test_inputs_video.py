@@ -185,3 +185,22 @@ def test_fps_must_be_positive(clip, fps):
 
 def test_num_frames_and_fps_together(clip):
     assert "not both" in _error(lambda: load_video(clip, num_frames=4, fps=2))
+
+
+@pytest.mark.parametrize("ext", [".mp4", ".webm"])  # a header frame count, and packets counted by demuxing
+def test_too_many_frames_or_pixels_are_refused_before_any_decoding(tmp_path, ext, monkeypatch):
+    """A file's frame count bounds the decoding time and a frame's size its memory: both are read before any frame
+    is decoded (here with the limits lowered to a small clip's size)."""
+    import specvlm.inputs.video as video
+
+    path = write_video(tmp_path / f"c{ext}", index_frames(20), fps=10)
+    decoded = []
+    monkeypatch.setattr(video, "_decode", lambda *args: decoded.append(args) or ([], []))
+    monkeypatch.setattr(video, "MAX_VIDEO_FRAMES", 19)
+    with pytest.raises(InputError, match="has 20 frames, more than the 19 allowed"):
+        load_video(path, num_frames=4)
+    monkeypatch.setattr(video, "MAX_VIDEO_FRAMES", 20)
+    monkeypatch.setattr(video, "MAX_VIDEO_FRAME_PIXELS", 64 * 48 - 1)
+    with pytest.raises(InputError, match="64 x 48 pixels a frame"):
+        load_video(path, num_frames=4)
+    assert decoded == []

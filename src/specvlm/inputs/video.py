@@ -20,6 +20,11 @@ import numpy as np
 from .errors import InputError, check_file, first_line
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
+# Read from the container's header (or counted by demuxing, which decodes nothing) before any frame is decoded: a
+# sampled video is decoded up to its last sampled frame, so a file's frame count bounds the decoding time, and a
+# tiny frame compresses to a few bytes (48 MiB of 16 x 16 frames is ~4 M frames, minutes of decoding).
+MAX_VIDEO_FRAMES = 100_000  # 55 minutes at 30 fps
+MAX_VIDEO_FRAME_PIXELS = 4096 * 2160  # 4K (DCI)
 
 
 @dataclass
@@ -114,9 +119,18 @@ def load_video(
             stream = container.streams.video[0]
             rate = stream.average_rate or stream.guessed_rate
             video_fps = float(rate) if rate else None
+            if (stream.width or 0) * (stream.height or 0) > MAX_VIDEO_FRAME_PIXELS:
+                raise InputError(
+                    f"video {path} is {stream.width} x {stream.height} pixels a frame, more than the "
+                    f"{MAX_VIDEO_FRAME_PIXELS:,} allowed; downscale it"
+                )
             total = stream.frames or _count_packets(path)
             if total <= 0:
                 raise InputError(f"video {path} has no decodable frames")
+            if total > MAX_VIDEO_FRAMES:
+                raise InputError(
+                    f"video {path} has {total:,} frames, more than the {MAX_VIDEO_FRAMES:,} allowed; cut it shorter"
+                )
             try:
                 indices = [int(i) for i in sample_indices_fn(_metadata(total, video_fps, stream))]
             except ValueError as err:  # a processor's sampling rule refusing this video
@@ -150,12 +164,18 @@ def _metadata(total: int, fps: float | None, stream):
 
 
 def _count_packets(path) -> int:
-    """Containers like webm/mkv do not store a frame count; demuxing (no decoding) counts the frames cheaply."""
+    """Containers like webm/mkv do not store a frame count; demuxing (no decoding) counts the frames cheaply, and
+    stops one past MAX_VIDEO_FRAMES."""
     import av
 
+    count = 0
     with av.open(str(path)) as container:
         stream = container.streams.video[0]
-        return sum(1 for packet in container.demux(stream) if packet.size > 0)
+        for packet in container.demux(stream):
+            count += packet.size > 0
+            if count > MAX_VIDEO_FRAMES:
+                break
+    return count
 
 
 def _decode(container, stream, indices: list[int], progress) -> tuple[list[np.ndarray], list[float]]:
