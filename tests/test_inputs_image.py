@@ -66,3 +66,23 @@ def test_bad_images(tmp_path):
     data = (tmp_path / "full.png").read_bytes()
     (tmp_path / "cut.png").write_bytes(data[: len(data) // 2])
     assert "cannot read image" in _error(lambda: load_image(tmp_path / "cut.png"))
+
+
+@pytest.mark.parametrize("kind", ["BMP", "GIF", "TIFF", "PPM", "TGA"])
+def test_only_png_jpeg_and_webp_decoders_run_whatever_the_name_says(tmp_path, kind):
+    """Pillow opens dozens of formats by content (EPS through Ghostscript); only PNG, JPEG and WebP may run, so a
+    BMP sent as image/png is refused instead of decoded."""
+    path = tmp_path / "picture.png"
+    Image.new("RGB", (8, 8), (200, 10, 10)).save(path, format=kind)
+    with pytest.raises(InputError, match="not a PNG, JPEG or WebP image"):
+        load_image(path)
+
+
+def test_pixel_limit_is_read_from_the_header(tmp_path, monkeypatch):
+    import specvlm.inputs.image as image
+
+    path = tmp_path / "big.png"
+    Image.new("1", (300, 200)).save(path)
+    monkeypatch.setattr(image, "MAX_IMAGE_PIXELS", 300 * 200 - 1)
+    with pytest.raises(InputError, match="300 x 200 pixels"):
+        load_image(path)

@@ -204,3 +204,24 @@ def test_too_many_frames_or_pixels_are_refused_before_any_decoding(tmp_path, ext
     with pytest.raises(InputError, match="64 x 48 pixels a frame"):
         load_video(path, num_frames=4)
     assert decoded == []
+
+
+def test_a_file_is_read_only_by_the_demuxer_its_extension_names(tmp_path):
+    """No content probing: an MPEG-TS stream or an ffconcat list (which would open the files it names) called .mp4
+    is refused, as a data URL of type video/mp4 holding one would be."""
+    import av
+
+    stream_file = tmp_path / "ts.mp4"
+    with av.open(str(stream_file), "w", format="mpegts") as container:
+        stream = container.add_stream("mpeg2video", rate=10)
+        stream.width, stream.height, stream.pix_fmt = 64, 48, "yuv420p"
+        for frame in index_frames(10):
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    good = write_video(tmp_path / "good.mp4", index_frames(10), fps=10)
+    concat = tmp_path / "concat.mp4"
+    concat.write_text(f"ffconcat version 1.0\nfile '{good}'\n")
+    for path in (stream_file, concat):
+        with pytest.raises(InputError, match="not a mp4 video"):
+            load_video(path, num_frames=2)
+    assert load_video(good, num_frames=2).indices == [0, 5]

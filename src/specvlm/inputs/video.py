@@ -14,6 +14,7 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
+from pathlib import Path
 
 import numpy as np
 
@@ -23,6 +24,9 @@ VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
 # Read from the container's header (or counted by demuxing, which decodes nothing) before any frame is decoded: a
 # sampled video is decoded up to its last sampled frame, so a file's frame count bounds the decoding time, and a
 # tiny frame compresses to a few bytes (48 MiB of 16 x 16 frames is ~4 M frames, minutes of decoding).
+# The demuxer each extension gets (a data URL's type decides its extension): FFmpeg never probes the content for
+# another one, so an MPEG-TS stream or an ffconcat list (which opens the files it names) sent as video/mp4 is refused.
+DEMUXERS = {".mp4": "mp4", ".mov": "mov", ".webm": "webm", ".mkv": "matroska", ".avi": "avi"}
 MAX_VIDEO_FRAMES = 100_000  # 55 minutes at 30 fps
 MAX_VIDEO_FRAME_PIXELS = 4096 * 2160  # 4K (DCI)
 
@@ -113,7 +117,7 @@ def load_video(
     path = check_file(path, "video", VIDEO_EXTENSIONS)
     sample_indices_fn = sample_indices_fn or sampler(num_frames, fps)
     try:
-        with av.open(str(path)) as container:
+        with av.open(str(path), format=DEMUXERS[path.suffix.lower()]) as container:
             if not container.streams.video:
                 raise InputError(f"video {path} has no decodable frames (no video stream)")
             stream = container.streams.video[0]
@@ -139,7 +143,10 @@ def load_video(
     except InputError:
         raise
     except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
-        raise InputError(f"cannot read video {path}: corrupt, truncated or not a video ({first_line(err)})") from None
+        kind = DEMUXERS[path.suffix.lower()]
+        raise InputError(
+            f"cannot read video {path}: corrupt, truncated or not a {kind} video ({first_line(err)})"
+        ) from None
     if not frames:
         raise InputError(f"video {path} has no decodable frames")
     if len(frames) < len(indices):
@@ -169,7 +176,7 @@ def _count_packets(path) -> int:
     import av
 
     count = 0
-    with av.open(str(path)) as container:
+    with av.open(str(path), format=DEMUXERS[Path(path).suffix.lower()]) as container:
         stream = container.streams.video[0]
         for packet in container.demux(stream):
             count += packet.size > 0
