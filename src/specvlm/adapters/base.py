@@ -19,6 +19,7 @@ from __future__ import annotations
 import copy
 import inspect
 from dataclasses import dataclass, field
+from functools import cached_property
 
 import torch
 from transformers import DynamicCache
@@ -136,13 +137,16 @@ class VLMAdapter:
     def hidden_size(self) -> int:
         return int(self.text_config.hidden_size)
 
+    @cached_property
+    def input_names(self) -> frozenset[str]:
+        """The model-input keywords HF's `generate` passes to this model (`generation.model_input_names`)."""
+        from .generation import model_input_names
+
+        return model_input_names(self.model)
+
     def unknown_inputs(self, names) -> list[str]:
         """Of the model-input keywords `names`, those HF's `generate` would refuse for this model."""
-        if "_input_names" not in self.__dict__:
-            from .generation import model_input_names
-
-            self.__dict__["_input_names"] = model_input_names(self.model)
-        return sorted(name for name in names if name not in self.__dict__["_input_names"])
+        return sorted(name for name in names if name not in self.input_names)
 
     @property
     def device(self) -> torch.device:

@@ -38,7 +38,7 @@ def render_prompt(processor, prompt: str | None, num_images: int = 0, num_videos
         return processor.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
     if getattr(tokenizer, "chat_template", None):
         return tokenizer.apply_chat_template(list(messages), add_generation_prompt=True, tokenize=False)
-    return "".join(fallback_turn(processor, m["role"], m["content"]) for m in messages) + "<|im_start|>assistant\n"
+    return "".join(fallback_turn(processor, message) for message in messages) + "<|im_start|>assistant\n"
 
 
 ROLES = ("system", "user", "assistant")
@@ -76,13 +76,13 @@ def message_parts(message) -> list[dict]:
     return [{"type": "text", "text": content}] if isinstance(content, str) else list(content or [])
 
 
-def fallback_turn(processor, role: str, content) -> str:
+def fallback_turn(processor, message: dict) -> str:
     """One conversation turn in ChatML, media placeholders where their parts are."""
     text = ""
-    for part in message_parts({"content": content}):
+    for part in message_parts(message):
         kind = part["type"]
         text += part["text"] if kind == "text" else placeholders(processor, int(kind == "image"), int(kind == "video"))
-    return f"<|im_start|>{role}\n{text}<|im_end|>\n"
+    return f"<|im_start|>{message['role']}\n{text}<|im_end|>\n"
 
 
 def fallback_prompt(processor, prompt: str, num_images: int = 0, num_videos: int = 0) -> str:

@@ -14,7 +14,6 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from pathlib import Path
 
 import numpy as np
 
@@ -115,9 +114,10 @@ def load_video(
     import av
 
     path = check_file(path, "video", VIDEO_EXTENSIONS)
+    demuxer = DEMUXERS[path.suffix.lower()]
     sample_indices_fn = sample_indices_fn or sampler(num_frames, fps)
     try:
-        with av.open(str(path), format=DEMUXERS[path.suffix.lower()]) as container:
+        with av.open(str(path), format=demuxer) as container:
             if not container.streams.video:
                 raise InputError(f"video {path} has no decodable frames (no video stream)")
             stream = container.streams.video[0]
@@ -128,7 +128,7 @@ def load_video(
                     f"video {path} is {stream.width} x {stream.height} pixels a frame, more than the "
                     f"{MAX_VIDEO_FRAME_PIXELS:,} allowed; downscale it"
                 )
-            total = stream.frames or _count_packets(path)
+            total = stream.frames or _count_packets(path, demuxer)
             if total <= 0:
                 raise InputError(f"video {path} has no decodable frames")
             if total > MAX_VIDEO_FRAMES:
@@ -143,9 +143,8 @@ def load_video(
     except InputError:
         raise
     except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
-        kind = DEMUXERS[path.suffix.lower()]
         raise InputError(
-            f"cannot read video {path}: corrupt, truncated or not a {kind} video ({first_line(err)})"
+            f"cannot read video {path}: corrupt, truncated or not a {demuxer} video ({first_line(err)})"
         ) from None
     if not frames:
         raise InputError(f"video {path} has no decodable frames")
@@ -170,13 +169,13 @@ def _metadata(total: int, fps: float | None, stream):
     )
 
 
-def _count_packets(path) -> int:
+def _count_packets(path, demuxer: str) -> int:
     """Containers like webm/mkv do not store a frame count; demuxing (no decoding) counts the frames cheaply, and
     stops one past MAX_VIDEO_FRAMES."""
     import av
 
     count = 0
-    with av.open(str(path), format=DEMUXERS[Path(path).suffix.lower()]) as container:
+    with av.open(str(path), format=demuxer) as container:
         stream = container.streams.video[0]
         for packet in container.demux(stream):
             count += packet.size > 0

@@ -14,7 +14,6 @@ from pathlib import Path
 
 from ..errors import SpecVLMError
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 DEFAULT_MAX_BATCH = 16  # rows of the KV cache the server allocates: memory grows with it (see DESIGN, Serving)
 MAX_BATCH_LIMIT = 256
 
@@ -205,7 +204,7 @@ def default_decoding(args):
 def run(args, engine, sock: socket.socket, allowed: Path | None, say) -> int:
     import uvicorn
 
-    from .app import Settings, create_app
+    from .app import LOOPBACK_NAMES, Settings, create_app
 
     _log_to_stderr(args.log_level)
     name = args.served_model_name or args.target
@@ -220,10 +219,10 @@ def run(args, engine, sock: socket.socket, allowed: Path | None, say) -> int:
         max_batch=args.max_batch,
         request_timeout=args.request_timeout,
         max_request_bytes=args.max_request_bytes,
-        local_only=args.host in LOOPBACK_HOSTS,
+        local_only=args.host in LOOPBACK_NAMES,
     )
     host, port = sock.getsockname()[:2]
-    if args.host not in LOOPBACK_HOSTS and args.api_key is None:
+    if args.host not in LOOPBACK_NAMES and args.api_key is None:
         say(f"warning: listening on {args.host} without --api-key: anyone who reaches it can use the model")
     say(f"specvlm serve: {engine.mode} decoding of {name!r} listening on http://{host}:{port}/v1")
     config = uvicorn.Config(
