@@ -214,3 +214,41 @@ def test_onevision_several_images_use_base_tiles(folders, tmp_path):
     )
     assert out["batch_num_images"].tolist() == [2] and out["pixel_values"].shape[:3] == (2, 1, 3)
     assert int((out["input_ids"] == IDS["image"]).sum()) == 2 * (16 + 1)
+
+
+@pytest.mark.parametrize("name", ["qwen2_5_vl", "qwen2_vl", "llava_onevision", "qwen_plain", "onevision_plain"])
+def test_torch_free_processor_is_assembled_from_the_checkpoint_files(folders, monkeypatch, name):
+    """Without torchvision the processor never goes through HF's own sub-processor loading (its Auto classes pick
+    torchvision video processors; 5.25 renamed the loading hook we used to override), yet holds what HF's loader
+    gives: processor_config.json's settings, the chat template (or none), the tokenizer, our video processor and
+    HF's PIL image processor."""
+    import json
+
+    from transformers.models.auto import image_processing_auto, processing_auto, video_processing_auto
+
+    def refuse(*args, **kwargs):
+        raise AssertionError("HF's Auto sub-processor loading was used")
+
+    # the classes themselves: the top-level AutoVideoProcessor is a placeholder that raises without torchvision
+    for auto in (
+        video_processing_auto.AutoVideoProcessor,
+        image_processing_auto.AutoImageProcessor,
+        processing_auto.AutoProcessor,
+    ):
+        monkeypatch.setattr(auto, "from_pretrained", refuse)
+    folder = folders[name]
+    processor = load_processor(folder, use_torchvision=False)
+    onevision = "onevision" in name
+    assert type(processor.video_processor) is (OnevisionVideoProcessor if onevision else QwenVLVideoProcessor)
+    assert type(processor.image_processor).__name__.endswith("ImageProcessorPil")
+    assert processor.tokenizer.convert_tokens_to_ids(processor.image_token) == IDS["image"]
+    settings = json.loads((folder / "processor_config.json").read_text())
+    assert {key: getattr(processor, key) for key in settings if key != "processor_class"} == {
+        key: value for key, value in settings.items() if key != "processor_class"
+    }
+    if onevision:  # HF's defaults are None: these came from the file
+        assert (processor.num_image_tokens, processor.vision_feature_select_strategy) == (16, "full")
+    if name.endswith("plain"):
+        assert processor.chat_template is None
+    else:
+        assert processor.chat_template and processor.chat_template == processor.tokenizer.chat_template

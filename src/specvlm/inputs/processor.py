@@ -7,7 +7,9 @@ HF class (`Qwen2_5_VLProcessor`, `Qwen2VLProcessor`, `LlavaOnevisionProcessor`) 
 - its video processor is ours (`video_processors.py`: same config files, same tensors);
 - its image processor is HF's `*ImageProcessorPil`, named directly (what `AutoImageProcessor` gives without
   torchvision from 5.2x on; before, `AutoImageProcessor` itself demanded torchvision);
-- the argument class check that rejects a non-HF video processor is skipped.
+- the argument class check that rejects a non-HF video processor is skipped;
+- it is assembled from the checkpoint's files by its own `from_pretrained` (adapters/processors.py) rather than
+  HF's, whose loader builds every sub-processor through its Auto class (`AutoVideoProcessor`: torchvision).
 
 Everything else (chat template, placeholder expansion, mm_token_type_ids, second_per_grid_ts, LLaVA-OneVision's
 token counts for anyres images and pooled videos, batch_num_images) is HF's own code, so it cannot drift from HF.
