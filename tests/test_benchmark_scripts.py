@@ -151,6 +151,20 @@ def test_serve_benchmark_runs(capsys):
 
 
 @pytest.mark.slow
+def test_serve_soak_runs_briefly(capsys):
+    import soak_serve
+
+    result = soak_serve.main(
+        ["--duration", "2", "--clients", "4", "--max-tokens", "4", "--sample-s", "1", "--threads", "1"]
+    )
+    assert result["ok"], result["checks"]
+    statuses = result["out"]["tally"].statuses
+    assert all(statuses[kind][expected] >= 1 for kind, expected in soak_serve.EXPECTED.items())  # each kind once
+    assert result["mismatches"] == 0 and result["memory"]["max"] > 0
+    assert "| image bomb | 400 |" in capsys.readouterr().out
+
+
+@pytest.mark.slow
 def test_testbed_findings_run_on_a_small_world(tmp_path):
     import bench_testbed
 

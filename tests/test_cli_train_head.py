@@ -180,10 +180,9 @@ def test_load_drafter(setup, straight, tmp_path):
         load_drafter(str(straight), model("llava_onevision"))
     with pytest.raises(SpecVLMError, match="does not exist"):
         load_drafter(str(tmp_path / "nothing"), target, kind="head")
-    with pytest.raises(SpecVLMError, match="cannot draft"):  # a draft model of another family
-        other = tmp_path / "onevision"
-        model("llava_onevision").save_pretrained(other)
-        load_drafter(str(other), target)
+    other = tmp_path / "onevision"  # a draft model of another family: loaded (it reads its own draft_inputs)
+    model("llava_onevision").save_pretrained(other)
+    assert load_drafter(str(other), target).config.model_type == "llava_onevision"
 
 
 def fake_tokenizer(vocab: dict):

@@ -3,7 +3,8 @@
 import pytest
 
 from specvlm import SpeculativeGenerator
-from specvlm.compat import IncompatibleDraft, check_tokenizers
+from specvlm.adapters import adapter_for
+from specvlm.compat import IncompatibleDraft, check_tokenizers, reads_other_inputs
 
 from helpers import model
 
@@ -40,6 +41,9 @@ def test_a_different_vocabulary_is_refused():
         check_tokenizers(Vocab(BASE), Vocab(other))
 
 
-def test_draft_of_another_family_is_refused():
-    with pytest.raises(IncompatibleDraft, match="cannot draft"):
-        SpeculativeGenerator(model("qwen2_5_vl"), model("llava_onevision"))
+def test_a_draft_of_another_family_reads_its_own_inputs():
+    """Qwen2-VL and Qwen2.5-VL read the same inputs; LLaVA-OneVision reads its own (and says so when forgotten)."""
+    qwen, qwen2, onevision = (adapter_for(model(f)) for f in ("qwen2_5_vl", "qwen2_vl", "llava_onevision"))
+    assert not reads_other_inputs(qwen, qwen2) and reads_other_inputs(qwen, onevision)
+    gen = SpeculativeGenerator(model("qwen2_5_vl"), model("llava_onevision"))
+    assert gen.reads_own_inputs

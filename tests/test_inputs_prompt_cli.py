@@ -5,6 +5,7 @@ import copy
 from types import SimpleNamespace
 
 import pytest
+import torch
 
 from specvlm.inputs import (
     InputError,
@@ -232,12 +233,20 @@ def test_model_cannot_take_the_input(folders, configs, media):
     assert "'llama'" in _error(lambda: inputs_from_args(_args("--prompt", "Q"), folders["qwen2_5_vl"], llama))
 
 
-def test_incompatible_draft_family(folders, configs, media):
+def test_a_draft_of_another_family_reads_the_request_its_own_way(folders, configs, tiny, media, tmp_path):
+    """A LLaVA-OneVision draft for a Qwen2.5-VL target: its own chat template, placeholders and pixels (its own
+    `draft_inputs`); a draft of another family whose vocabulary differs is refused in one line."""
     args = _args("--video", str(media / "clip_30.mp4"), "--prompt", "Q")
-    assert "cannot draft" in _error(
-        lambda: inputs_from_args(
-            args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], folders["llava_onevision"], configs["llava_onevision"]
-        )
+    inputs = inputs_from_args(
+        args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], folders["llava_onevision"], configs["llava_onevision"]
+    )
+    draft_inputs = inputs["draft_inputs"]
+    assert "pixel_values_videos" in draft_inputs and "video_grid_thw" not in draft_inputs  # LLaVA-OV's tensors
+    assert not torch.equal(draft_inputs["input_ids"], inputs["input_ids"])
+    other = tiny("llava_onevision", vocab=2048)
+    other_dir = save_tiny_processor(tmp_path / "draft", "llava_onevision", other)
+    assert "tokenizer is incompatible" in _error(
+        lambda: inputs_from_args(args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], other_dir, other.config)
     )
 
 

@@ -5,7 +5,7 @@ import os
 import numpy as np
 import pytest
 
-from specvlm.inputs import InputError, load_video, sampler, uniform_indices
+from specvlm.inputs import InputError, MediaLimits, load_video, sampler, uniform_indices
 from specvlm.inputs.testing import frame_index, index_frames, write_video
 from specvlm.inputs.video_processors import QwenVLVideoProcessor
 
@@ -196,19 +196,41 @@ def test_too_many_frames_or_pixels_are_refused_before_any_decoding(tmp_path, ext
     path = write_video(tmp_path / f"c{ext}", index_frames(20), fps=10)
     decoded = []
     monkeypatch.setattr(video, "_decode", lambda *args: decoded.append(args) or ([], []))
-    monkeypatch.setattr(video, "MAX_VIDEO_FRAMES", 19)
     with pytest.raises(InputError, match="has 20 frames, more than the 19 allowed"):
-        load_video(path, num_frames=4)
-    monkeypatch.setattr(video, "MAX_VIDEO_FRAMES", 20)
-    monkeypatch.setattr(video, "MAX_VIDEO_FRAME_PIXELS", 64 * 48 - 1)
+        load_video(path, num_frames=4, limits=MediaLimits(video_frames=19))
     with pytest.raises(InputError, match="64 x 48 pixels a frame"):
-        load_video(path, num_frames=4)
+        load_video(path, num_frames=4, limits=MediaLimits(video_frames=20, video_frame_pixels=64 * 48 - 1))
+    with pytest.raises(InputError, match="would take 4 frames, more than the 3 allowed"):
+        load_video(path, num_frames=4, limits=MediaLimits(sampled_frames=3))
+    with pytest.raises(InputError, match="sampling 4 frames of 64 x 48 .* 12,288 pixels, more than the 12,287"):
+        load_video(path, num_frames=4, limits=MediaLimits(sampled_video_pixels=4 * 64 * 48 - 1))
     assert decoded == []
+    with pytest.raises(InputError, match="no decodable frames"):  # at the limits: decoded (here by the stub)
+        load_video(path, num_frames=4, limits=MediaLimits(video_frames=20, sampled_video_pixels=4 * 64 * 48))
+    assert len(decoded) == 1
+
+
+def test_a_raising_progress_callback_abandons_the_decoding(tmp_path):
+    """How the server's cancel and deadline stop a long decode: the progress callback raises."""
+
+    class Abandon(Exception):
+        pass
+
+    calls = []
+
+    def progress(done, needed):
+        calls.append(done)
+        raise Abandon()
+
+    path = write_video(tmp_path / "c.mp4", index_frames(200), fps=10)
+    with pytest.raises(Abandon):
+        load_video(path, num_frames=4, progress=progress)
+    assert calls == [1]
 
 
 def test_a_file_is_read_only_by_the_demuxer_its_extension_names(tmp_path):
     """No content probing: an MPEG-TS stream or an ffconcat list (which would open the files it names) called .mp4
-    is refused, as a data URL of type video/mp4 holding one would be."""
+    is refused, as a data URL of type video/mp4 holding one would be; inside, only the allowed codecs decode."""
     import av
 
     stream_file = tmp_path / "ts.mp4"
@@ -225,3 +247,6 @@ def test_a_file_is_read_only_by_the_demuxer_its_extension_names(tmp_path):
         with pytest.raises(InputError, match="not a mp4 video"):
             load_video(path, num_frames=2)
     assert load_video(good, num_frames=2).indices == [0, 5]
+    exotic = write_video(tmp_path / "exotic.mp4", index_frames(10), fps=10, codec="mpeg2video")
+    with pytest.raises(InputError, match="coded as mpeg2video, which is not read here"):  # decoders: an allowlist
+        load_video(exotic, num_frames=2)

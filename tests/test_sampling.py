@@ -76,3 +76,17 @@ def test_invalid_values_are_errors():
         Sampling.resolve(None, do_sample=True, temperature=0.0)
     with pytest.raises(ValueError):
         Sampling.resolve(None, top_p=1.5)
+
+
+def test_token_logprobs_are_the_raw_log_softmax_with_the_most_likely_tokens():
+    """Row i of the logits chose tokens[i]: its log-probability, then the `top` best (ids and values), no warping."""
+    from specvlm.engine.sampling import token_logprobs
+
+    logits = torch.tensor([[0.0, 1.0, 2.0], [3.0, 0.0, 0.0]])
+    expected = torch.log_softmax(logits, -1)
+    got = token_logprobs(logits, [1, 0], top=2)
+    assert [g.token for g in got] == [1, 0]
+    assert [g.logprob for g in got] == pytest.approx([expected[0, 1].item(), expected[1, 0].item()])
+    assert [[i for i, _ in g.top] for g in got] == [[2, 1], [0, 1]]
+    assert [lp for _, lp in got[0].top] == pytest.approx([expected[0, 2].item(), expected[0, 1].item()])
+    assert all(g.top == () for g in token_logprobs(logits, [1, 0], top=0))

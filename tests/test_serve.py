@@ -26,8 +26,10 @@ import urllib.error
 import urllib.request
 from pathlib import Path
 
+import hypothesis
 import openai
 import pytest
+import schemathesis
 from PIL import Image
 
 from specvlm.cli import main
@@ -51,6 +53,9 @@ QUESTION = "Describe the video in detail."
 VIDEO_TOKENS = 24
 IMAGE_QUESTION = "What is in the picture?"
 IMAGE_TOKENS = 12
+# the testbed's weights are float16: logits of magnitude 8-16 are spaced 2**-7 apart, so the same logit computed in
+# another kernel shape (a verification forward's positions at once vs one token a step) may land a spacing away
+FP16_LOGIT_SPACING = 2**-7
 LONG = dict(max_tokens=3000, extra_body={"ignore_eos": True})  # runs for long (30 s and more) unless stopped
 
 
@@ -224,6 +229,7 @@ def test_models_health_and_unknown_routes(spec):
     assert [m.id for m in spec.client().models.list()] == [MODEL]
     assert spec.client().models.retrieve(MODEL).id == MODEL
     assert json.loads(get(spec.url + "/health")[1]) == {"status": "ok"}
+    assert json.loads(get(spec.url + "/ready")[1]) == {"status": "ready"}
     status, body = get(spec.url + "/v1/nothing")
     assert status == 404 and set(json.loads(body)["error"]) == {"message", "type", "param", "code"}
 
@@ -239,6 +245,10 @@ def test_greedy_answer_equals_generate(spec, expected):
     stats = out.model_extra["specvlm"]
     assert stats["mode"] == "speculative" and stats["rounds"] >= 1 and stats["accepted_tokens"] > 0
     assert stats["tau"] == pytest.approx(stats["accepted_tokens"] / stats["rounds"])
+    tau_count = spec.metric("specvlm_tau_count")
+    one = spec.client().chat.completions.create(model=MODEL, messages=messages, max_tokens=1)
+    assert one.usage.completion_tokens == 1 and one.model_extra["specvlm"]["tau"] is None  # no round: no τ
+    assert spec.metric("specvlm_tau_count") == tau_count  # and no τ = 0 in the histogram
 
 
 def test_streamed_answer_equals_generate(spec, expected):
@@ -268,14 +278,26 @@ def test_image_part_equals_generate(spec, expected, picture):
     assert out.usage.prompt_tokens == expected["image"]["inputs"]["prompt_tokens"]
 
 
-def test_conversations_are_answered_as_the_target_answers_its_chat_template(spec, picture):
-    """What chat front-ends send: a system message, a user turn with an image, the assistant's earlier answer and a
-    follow-up question. The answer is `target.generate` on that conversation as HF's processor renders it."""
+def hf_generate(hf_messages: list[dict], picture, max_new_tokens: int, **options):
+    """`target.generate` on a conversation as HF's own processor renders it: (its output, the prompt length,
+    the processor)."""
     import torch
     from transformers import AutoModelForImageTextToText
 
     from specvlm.inputs import load_image, load_processor
 
+    processor = load_processor(str(TARGET))
+    text = processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
+    inputs = processor(text=[text], images=[[load_image(str(picture))]], return_tensors="pt")
+    target = AutoModelForImageTextToText.from_pretrained(TARGET).eval()
+    with torch.no_grad():
+        out = target.generate(**inputs, do_sample=False, max_new_tokens=max_new_tokens, **options)
+    return out, inputs["input_ids"].shape[1], processor
+
+
+def test_conversations_are_answered_as_the_target_answers_its_chat_template(spec, picture):
+    """What chat front-ends send: a system message, a user turn with an image, the assistant's earlier answer and a
+    follow-up question. The answer is `target.generate` on that conversation as HF's processor renders it."""
     conversation = [
         {"role": "system", "content": "You answer questions about pictures."},
         *user(IMAGE_QUESTION, ("image", data_url(picture, "image/png"))),
@@ -291,15 +313,63 @@ def test_conversations_are_answered_as_the_target_answers_its_chat_template(spec
         {"role": "system", "content": [{"type": "text", "text": "Be precise."}]},
         {"role": "user", "content": [{"type": "text", "text": "Which colours?"}]},
     ]
-    processor = load_processor(str(TARGET))
-    text = processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
-    assert "Shapes." in text and "Be precise." in text
-    inputs = processor(text=[text], images=[[load_image(str(picture))]], return_tensors="pt")
-    target = AutoModelForImageTextToText.from_pretrained(TARGET).eval()
-    with torch.no_grad():
-        ids = target.generate(**inputs, do_sample=False, max_new_tokens=IMAGE_TOKENS)[0, inputs["input_ids"].shape[1] :]
+    sequences, prompt_length, processor = hf_generate(hf_messages, picture, IMAGE_TOKENS)
+    rendered = processor.apply_chat_template(hf_messages, add_generation_prompt=True, tokenize=False)
+    assert "Shapes." in rendered and "Be precise." in rendered
+    ids = sequences[0, prompt_length:]
     assert out.choices[0].message.content == processor.tokenizer.decode(ids, skip_special_tokens=True)
-    assert out.usage.prompt_tokens == inputs["input_ids"].shape[1]
+    assert out.usage.prompt_tokens == prompt_length
+
+
+def test_logprobs_are_the_targets_own(spec, picture):
+    """logprobs / top_logprobs: per answer token, log-softmax of the target's logits where `target.generate` chose
+    it (HF's output_logits), with its most likely alternatives, streamed or not; a stop string ends them with the
+    token that completed it."""
+    import torch
+
+    system = "You answer questions about pictures."
+    conversation = [
+        {"role": "system", "content": system},
+        *user(IMAGE_QUESTION, ("image", data_url(picture, "image/png"))),
+    ]
+    hf_messages = [
+        {"role": "system", "content": [{"type": "text", "text": system}]},
+        {"role": "user", "content": [{"type": "image"}, {"type": "text", "text": IMAGE_QUESTION}]},
+    ]
+    out, prompt_length, processor = hf_generate(
+        hf_messages, picture, IMAGE_TOKENS, output_logits=True, return_dict_in_generate=True
+    )
+    ids = out.sequences[0, prompt_length:].tolist()
+    logp = torch.cat(out.logits).float().log_softmax(-1)  # (new tokens, V)
+    client = spec.client()
+    asked = dict(model=MODEL, messages=conversation, max_tokens=IMAGE_TOKENS, logprobs=True, top_logprobs=3)
+    answer = client.chat.completions.create(**asked)
+    entries = answer.choices[0].logprobs.content
+    assert len(entries) == len(ids) == answer.usage.completion_tokens
+    for step, (entry, token) in enumerate(zip(entries, ids)):
+        assert entry.token == processor.tokenizer.decode([token]) and entry.bytes == list(entry.token.encode())
+        assert entry.logprob == pytest.approx(logp[step, token].item(), abs=FP16_LOGIT_SPACING)
+        best = logp[step].topk(3)
+        assert [t.token for t in entry.top_logprobs] == processor.tokenizer.batch_decode(best.indices[:, None])
+        assert [t.logprob for t in entry.top_logprobs] == pytest.approx(best.values.tolist(), abs=FP16_LOGIT_SPACING)
+    streamed = [c for c in client.chat.completions.create(**asked, stream=True) if c.choices and c.choices[0].logprobs]
+    assert [e.token for c in streamed for e in c.choices[0].logprobs.content] == [e.token for e in entries]
+
+    text = answer.choices[0].message.content
+    stop = text.split()[2]
+    through = next(
+        n for n in range(1, len(ids) + 1) if stop in processor.tokenizer.decode(ids[:n], skip_special_tokens=True)
+    )
+    for stream in (False, True):
+        reply = client.chat.completions.create(
+            **asked, stop=stop, stream=stream, stream_options={"include_usage": True} if stream else None
+        )
+        chunks = list(reply) if stream else [reply]
+        got = [e.token for c in chunks if c.choices and c.choices[0].logprobs for e in c.choices[0].logprobs.content]
+        assert got == [e.token for e in entries[:through]]
+        assert next(c.usage for c in chunks if c.usage).completion_tokens == through
+    with pytest.raises(openai.BadRequestError, match="top_logprobs"):
+        client.chat.completions.create(model=MODEL, messages=conversation, max_tokens=2, top_logprobs=2)
 
 
 def test_stop_string_cuts_the_answer(spec, expected):
@@ -379,7 +449,7 @@ def bad_requests(allowed_outside: str) -> dict:
         "temperature": ({**ok, "messages": VIDEO, "temperature": 3}, 400, "temperature"),
         "max_tokens": ({**ok, "messages": VIDEO, "max_tokens": 0}, 400, "max_tokens"),
         "n": ({**ok, "messages": VIDEO, "n": 2}, 400, "n=2"),
-        "logprobs": ({**ok, "messages": VIDEO, "logprobs": True}, 400, "logprobs"),
+        "top_logprobs": ({**ok, "messages": VIDEO, "logprobs": True, "top_logprobs": 21}, 400, "top_logprobs"),
         "unknown field": ({**ok, "messages": VIDEO, "best_of": 3}, 400, "unknown parameter"),
         "too many stops": ({**ok, "messages": VIDEO, "stop": list("abcde")}, 400, "stop"),
         "tool message": (
@@ -593,6 +663,58 @@ def test_batched_clients_get_their_single_answers_while_one_leaves(spec, expecte
     wait_for(lambda: spec.metric('specvlm_requests_cancelled_total{reason="disconnect"}') == before + 1)
 
 
+CHEAP_TOKENS = 4  # what a fuzzed request that would generate asks for at most (bounds the test's time)
+FUZZ_EXAMPLES = 30  # per operation (the chat route's are the costly ones: most are refused before any work)
+
+
+@pytest.fixture
+def ieee_floats():
+    """Hypothesis refuses to draw floats while denormals are flushed to zero, which the demo and the bench switch on
+    for their whole process (a test before this one, in the same worker, may have run them)."""
+    import torch
+
+    from specvlm.testbed.build import flush_denormal_enabled
+
+    flushed = flush_denormal_enabled()
+    torch.set_flush_denormal(False)
+    yield
+    torch.set_flush_denormal(flushed)
+
+
+def test_fuzzed_requests_from_the_published_schema_never_get_a_5xx(spec, ieee_floats):
+    """Requests generated from /openapi.json by schemathesis (property-based, derandomized so a run is
+    repeatable): every operation answers below 500, in OpenAI's error shape when it refuses. Token counts the
+    server would accept are lowered to CHEAP_TOKENS; out-of-range ones stay (their 400 is part of what is tested)."""
+    schema = schemathesis.openapi.from_url(spec.url + "/openapi.json")
+    operations = [result.ok() for result in schema.get_all_operations()]
+    assert {op.label for op in operations} >= {"POST /v1/chat/completions", "GET /health", "GET /ready"}
+    seen: dict = {}
+    for operation in operations:
+
+        @hypothesis.given(case=operation.as_strategy())
+        @hypothesis.settings(
+            max_examples=FUZZ_EXAMPLES,
+            deadline=None,
+            derandomize=True,
+            database=None,
+            suppress_health_check=list(hypothesis.HealthCheck),
+        )
+        def answers_below_500(case):
+            if isinstance(case.body, dict):
+                for key in ("max_tokens", "max_completion_tokens"):
+                    value = case.body.get(key)
+                    if isinstance(value, int) and not isinstance(value, bool) and value >= 1:
+                        case.body[key] = min(value, CHEAP_TOKENS)
+            response = case.call(timeout=60)
+            assert response.status_code < 500, (case.operation.label, response.status_code, response.text[:300])
+            seen[response.status_code] = seen.get(response.status_code, 0) + 1
+            if response.status_code >= 400:
+                assert set(response.json()["error"]) >= {"message", "type"}
+
+        answers_below_500()
+    assert seen.get(200) and seen.get(400), seen  # it reached the model and the refusals both
+
+
 def test_temporary_media_files_are_removed(spec, base):
     """Runs last: every request has ended, so no request folder is left; a stopped server leaves nothing."""
     wait_for(lambda: not list(spec.tmp.glob("specvlm-serve-*/request-*")), timeout=10)
@@ -744,6 +866,9 @@ def test_help_and_bad_options_are_one_line_before_any_weights_load(capsys, tmp_p
             ("--max-queue", "-1"): "--max-queue",
             ("--request-timeout", "0"): "--request-timeout",
             ("--max-request-bytes", "0"): "--max-request-bytes",
+            ("--stuck-timeout", "0"): "--stuck-timeout",
+            ("--max-images", "0"): "--max-images",
+            ("--max-video-pixels", "0"): "--max-video-pixels",
             ("--allowed-local-media-path", str(tmp_path / "none")): "not a folder",
             ("--draft", "none", "--pruning", "specvlm"): "no draft is given",
             ("--num-frames", "0"): "--num-frames",
@@ -803,3 +928,73 @@ def test_max_queue_counts_requests_that_wait_beyond_the_free_places_of_the_batch
     queued._preparing.add("waiting")
     with pytest.raises(APIError, match="queue is full"):
         queued.check_room()
+
+
+def test_health_says_503_when_the_worker_died_or_hangs_and_ready_when_the_queue_is_full():
+    """/health (liveness) and /ready (readiness) read `Worker.problem` and `Worker.has_room`."""
+    from specvlm.serve.worker import Worker
+
+    worker = Worker(None, max_queue=0, metrics=None, max_batch=1, stuck_timeout=5)
+    worker._thread = threading.Thread(target=lambda: None)
+    assert worker.problem() == "the model worker thread has stopped"  # never started, or died
+    worker._thread.is_alive = lambda: True
+    assert worker.problem() is None and worker.has_room()
+    worker._running.append("running")
+    assert worker.problem() is None and not worker.has_room()  # busy, not stuck: one step of 0 s
+    worker.beat -= 6
+    assert "in one step for 6 s (over 5 s)" in worker.problem()
+    worker._running.clear()
+    assert worker.problem() is None  # idle for long is fine
+
+
+class DecodingForever:
+    """An engine whose media decode never ends by itself: it only calls the job's `check` (as load_video's
+    progress callback does every 64 frames)."""
+
+    folder_names: dict = {}
+
+    def prepare(self, files, decoding, check):
+        while True:
+            check()
+            time.sleep(0.01)
+
+    def batch(self, rows):
+        return None
+
+
+def test_a_deadline_or_a_cancel_stops_a_request_while_its_media_decode():
+    """Decoding a long video used to run to its end whatever happened: a request past its deadline, or whose client
+    left, now stops within one progress call, and the worker's prepare thread is free again."""
+    import asyncio
+
+    from specvlm.serve.media import TurnFiles
+    from specvlm.serve.worker import Job, Worker
+
+    metrics = Metrics()
+    worker = Worker(DecodingForever(), max_queue=4, metrics=metrics, max_batch=1)
+    worker.start()
+    loop = asyncio.new_event_loop()
+    try:
+        decoding = Decoding(max_new_tokens=4, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop=())
+        files = TurnFiles("Q", (), None, {})
+        late, left = Job(files, decoding, 0.3, None, loop), Job(files, decoding, None, None, loop)
+        worker.submit(late)
+        worker.submit(left)
+        time.sleep(0.1)
+        worker.cancel(left, "disconnect")
+        wait_for(lambda: worker.queue_length == 0, timeout=5)
+        assert metrics.cancels == {"timeout": 1, "disconnect": 1}
+    finally:
+        worker.stop()
+        loop.close()
+
+
+def test_client_values_in_errors_and_logs_are_bounded_and_on_one_line():
+    from specvlm.serve.errors import MAX_MESSAGE_CHARS, loggable
+
+    assert len(APIError(400, "x" * 10**6).message) == MAX_MESSAGE_CHARS
+    assert loggable("/v1/a\nINFO forged line\x1b[31m") == "/v1/a\\nINFO forged line\\x1b[31m"
+    assert len(loggable("é" * 1000)) == 200
+    request = parse_request(dict(model="m", messages=[user("Q", *[("image", "data:x")] * 3)[0]]))
+    with pytest.raises(APIError, match="3 images in one request: 2 at most \\(--max-images\\)"):
+        chat_turn(request.messages, max_images=2)

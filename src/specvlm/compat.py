@@ -13,13 +13,19 @@ class IncompatibleDraft(SpecVLMError):
     pass
 
 
-def check_models(target: VLMAdapter, draft: VLMAdapter) -> None:
+def reads_other_inputs(target: VLMAdapter, draft: VLMAdapter) -> bool:
+    """Whether `draft` is of another input group than `target` (e.g. a LLaVA-OneVision draft for a Qwen2.5-VL
+    target): it then reads the request through its own processor and chat template (`draft_inputs`), and only
+    generated text tokens cross between the two models."""
     group = lambda a: _INPUT_GROUPS.get(a.family, a.family)
-    if group(target) != group(draft):
-        raise IncompatibleDraft(
-            f"draft family {draft.family} cannot draft for a {target.family} target: "
-            "they read different processor outputs; use a draft of the same family"
-        )
+    return group(target) != group(draft)
+
+
+def check_models(target: VLMAdapter, draft: VLMAdapter) -> None:
+    """A draft of the target's input group must use its visual placeholder ids; one of another group reads its own
+    inputs, so its placeholders are its own business (the vocabularies are checked by `check_tokenizers`)."""
+    if reads_other_inputs(target, draft):
+        return
     for what in ("image_token_id", "video_token_id"):
         t, d = getattr(target, what), getattr(draft, what)
         if t is not None and d is not None and t != d:

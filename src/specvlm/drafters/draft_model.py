@@ -1,4 +1,5 @@
-"""A VLM drafts for the target: a smaller model of its family seeing its own vision features, or the target
+"""A VLM drafts for the target: a smaller model seeing its own vision features (of the target's family, or of
+another family sharing its vocabulary, reading the request through its own processor: `own_inputs`), or the target
 itself ("self").
 
 Bookkeeping per round: the drafter first feeds the tokens committed since its last round that it has not seen
@@ -22,9 +23,10 @@ from .base import DraftContext, Drafter, DraftSetup, RoundSlots
 
 
 class DraftModelDrafter(Drafter):
-    def __init__(self, adapter: VLMAdapter, reuse_target_prompt: bool = False):
+    def __init__(self, adapter: VLMAdapter, reuse_target_prompt: bool = False, own_inputs: bool = False):
         self.adapter = adapter
         self.reuse_target_prompt = reuse_target_prompt  # "self": the target's own prompt, no second vision pass
+        self.own_inputs = own_inputs  # of another family: reads the request through its own processor
 
     def start(self, setup: DraftSetup) -> None:
         self.setup = setup

@@ -27,7 +27,7 @@ from ..adapters.capture import AttentionCapture
 from ..drafters.base import DraftContext, DraftSetup
 from ..drafters.pruning import Layout
 from .request import Request
-from .sampling import RowRandom, RowSampling, TokenHistory, device_generator, history_rows
+from .sampling import RowRandom, RowSampling, TokenHistory, device_generator, history_rows, token_logprobs
 from .session import bucket
 from .stats import SpecStats
 from .verify import accept_chain_sampled, accept_greedy, accept_tree_sampled
@@ -113,6 +113,8 @@ class DecodeBatch:
         first = int(sampling.pick(logits, seen, random))  # logits (1, V)
         if request.keeps_rows:
             _keep_rows(request, logits, sampling.processed(logits, seen), [0])
+        if request.logprobs is not None:
+            request.token_logprobs += token_logprobs(logits, [first], request.logprobs)
         stats.target_prompt_tokens, stats.new_tokens, stats.target_forwards = len(prompt), 1, 1
         stats.draft_forwards = gen.drafter.forwards
         row.tokens, row.root = [first], first
@@ -237,8 +239,11 @@ class DecodeBatch:
                 seen_rows += [b] * len(new)
                 seen_tokens += new
             new = _cut(new, request.eos, row.room)
+            producers = ([0] + [node + 1 for node in a.path])[: len(new)]  # the positions whose logits chose `new`
             if request.keeps_rows:
-                _keep_rows(request, logits[b], processed[b], ([0] + [node + 1 for node in a.path])[: len(new)])
+                _keep_rows(request, logits[b], processed[b], producers)
+            if request.logprobs is not None:
+                request.token_logprobs += token_logprobs(logits[b, producers], new, request.logprobs)
             row.tokens += new
             row.stats.new_tokens += len(new)
             row.done = new[-1] in request.eos or row.room <= 0

@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import torch
 
 from ..adapters import adapter_for
-from ..compat import check_models
+from ..compat import check_models, reads_other_inputs
 from ..drafters import Drafter, DraftModelDrafter
 from ..drafters.base import NoDraft
 from ..drafters.pruning import DraftView
@@ -90,7 +90,7 @@ class SpeculativeGenerator:
         else:
             draft_adapter = adapter_for(draft)
             check_models(self.target, draft_adapter)
-            self.drafter = DraftModelDrafter(draft_adapter)
+            self.drafter = DraftModelDrafter(draft_adapter, own_inputs=reads_other_inputs(self.target, draft_adapter))
         self.tree = TreeSpec(
             kind=config.tree or self.drafter.default_tree,
             num_draft_tokens=config.num_draft_tokens,
@@ -107,6 +107,11 @@ class SpeculativeGenerator:
             config.pruning_seed,
             (config.draft_positions or ("original" if self.target.uses_mrope else "contiguous")) == "contiguous",
         )
+        if self.reads_own_inputs and self.draft_view.prunes:
+            raise SpecVLMError(
+                f"visual pruning hands the draft the target's visual tokens, but a {self.drafter.adapter.family} draft "
+                f"reads its own for a {self.target.family} target: drop pruning, or use a draft of the target's family"
+            )
         self.engine = config.engine
         self.compile = config.engine == "fast" and (
             self.target.device.type == "cuda" if config.compile == "auto" else config.compile
@@ -168,9 +173,20 @@ class SpeculativeGenerator:
         decodes with): `add(request)` rows as they come, `step()` a round for all of them."""
         return DecodeBatch(self, max_rows)
 
+    @property
+    def reads_own_inputs(self) -> bool:
+        """Whether the draft is of another family than the target and so reads its own `draft_inputs`."""
+        return bool(getattr(self.drafter, "own_inputs", False))
+
     # ---- internals -------------------------------------------------------------------------------------------
     def _resolve(self, input_ids, kwargs) -> BatchRequest:
         draft_adapter = getattr(self.drafter, "adapter", None)
+        if self.reads_own_inputs and not kwargs.get("draft_inputs"):
+            raise SpecVLMError(
+                f"a {draft_adapter.family} draft for a {self.target.family} target reads the request through its "
+                "own processor and chat template: pass draft_inputs= (its processor's output for the same request; "
+                "specvlm.inputs.prepare_inputs builds both)"
+            )
         return resolve(
             self.model.generation_config,
             input_ids,

@@ -60,6 +60,9 @@ class Request:
     keeps_rows: bool = False  # output_scores / output_logits: keep each new token's rows
     scores: list = field(default_factory=list)  # (1, V) per new token, when asked
     logits: list = field(default_factory=list)
+    logprobs: int | None = None  # the server's `logprobs`: keep each new token's TokenLogprob with this many of the
+    # most likely tokens (None: off); unlike `logits` only a few numbers a token stay on the host
+    token_logprobs: list = field(default_factory=list)  # TokenLogprob per new token, when asked
 
 
 @dataclass

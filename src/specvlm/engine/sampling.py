@@ -141,6 +141,28 @@ class Sampling:
         return sample_from(self.probs(logits, seen), random)
 
 
+@dataclass(frozen=True)
+class TokenLogprob:
+    """A new token's log-probability under the target, and the most likely tokens at its position (best first)."""
+
+    token: int
+    logprob: float
+    top: tuple[tuple[int, float], ...]  # (token id, log-probability)
+
+
+def token_logprobs(logits: torch.Tensor, tokens: list[int], top: int) -> list[TokenLogprob]:
+    """Per new token: log-softmax of the target's raw logits (n, V) at the position that produced it (row i produced
+    tokens[i]), before any penalty, temperature, top-k or top-p (what HF's `output_logits` hold, and vLLM's default
+    "raw" logprobs), with the `top` most likely tokens. Two host transfers for the n tokens."""
+    logp = logits.float().log_softmax(-1)  # (n, V)
+    ids = torch.tensor(tokens, dtype=torch.long, device="cpu").to(logp.device)
+    chosen = logp.gather(1, ids[:, None])  # (n, 1)
+    best = logp.topk(top, dim=-1)  # values, indices: (n, top) each
+    numbers = torch.cat([chosen, best.values], 1).cpu().tolist()  # (n, 1 + top)
+    ranked = best.indices.cpu().tolist()
+    return [TokenLogprob(token, row[0], tuple(zip(ids_, row[1:]))) for token, row, ids_ in zip(tokens, numbers, ranked)]
+
+
 class RowSampling:
     """The sampling settings of a batch's rows (one `Sampling` each, e.g. per server request), applied to tensors
     whose first dimension is the row: (B, ..., V). Rows that share settings are processed together by the settings'

@@ -16,6 +16,7 @@ _EXPORTS = {
     ".pipeline": ("FrameOptions", "InputModels", "MediaPrompt", "inputs_from_args", "prepare_inputs"),
     ".errors": ("InputError",),
     ".image": ("load_image",),
+    ".limits": ("MediaLimits",),
     ".processor": ("build_inputs", "load_processor", "processor_family", "torchvision_usable"),
     ".prompt": ("conversation", "fallback_prompt", "render_prompt"),
     ".video": ("Video", "load_video", "sampler", "uniform_indices"),

@@ -22,11 +22,9 @@ import torch
 from .arguments import DEFAULT_NUM_FRAMES
 from .errors import InputError, check_file
 from .image import IMAGE_EXTENSIONS, load_image
+from .limits import MediaLimits
 from .processor import FAMILIES, build_inputs, load_processor
 from .video import VIDEO_EXTENSIONS, check_sampling, load_video, sampler
-
-# Families whose processors read the same prompt placeholders and pixels layout (draft and target may differ here).
-_INPUT_GROUP = {"qwen2_vl": "qwen", "qwen2_5_vl": "qwen", "llava_onevision": "llava_onevision"}
 
 
 @dataclass(frozen=True)
@@ -78,13 +76,17 @@ def prepare_inputs(
     max_new_tokens: int = 0,
     progress: Callable[[str], None] | None = None,
     report: dict | None = None,
+    limits: MediaLimits = MediaLimits(),
+    check: Callable[[], None] | None = None,
 ) -> dict:
     """Model inputs for `media`, ready for `model.generate(**inputs)`.
 
     With a draft in `models`, a draft whose processor prepares different pixels or placeholder counts gets its own
     inputs under the key "draft_inputs" (what `SpeculativeGenerator.generate` takes; pop it before calling HF
     `generate`). `max_new_tokens` is checked against the models' context. `progress(message)` hears about long
-    decodes; `report`, when given, is filled with frames, decode_s, preprocess_s, prompt_tokens, visual_tokens."""
+    decodes; `report`, when given, is filled with frames, decode_s, preprocess_s, prompt_tokens, visual_tokens.
+    `limits` bound the media (checked from headers before decoding); `check()` is called between the steps and
+    every 64 decoded video frames, and what it raises abandons the work (the server's cancels and deadlines)."""
     model_dir, model_config, draft_dir, draft_config = (
         models.target_dir,
         models.target_config,
@@ -104,26 +106,28 @@ def prepare_inputs(
         check_file(video_path, "video", VIDEO_EXTENSIONS)
     family = _check_model(model_dir, model_config, bool(images), video_path is not None)
     if draft_config is not None:
-        draft_family = _check_model(draft_dir, draft_config, bool(images), video_path is not None, role="draft")
-        if _INPUT_GROUP[draft_family] != _INPUT_GROUP[family]:
-            raise InputError(
-                f"draft {draft_dir} ({draft_family}) cannot draft for target {model_dir} ({family}): "
-                "different model families read different inputs"
-            )
+        _check_model(draft_dir, draft_config, bool(images), video_path is not None, role="draft")
     num_frames, fps = frames.num_frames, frames.fps
     if video_path is not None and num_frames is None and fps is None:
         num_frames = DEFAULT_NUM_FRAMES
     check_sampling(num_frames, fps)
     processor = _load_checked(model_dir, family, model_config)
 
+    check = check or (lambda: None)
     started = time.perf_counter()
-    pictures = [load_image(path) for path in images]
+    pictures = []
+    for path in images:
+        check()
+        pictures.append(load_image(path, limits))
     video = None
     if video_path is not None:
         say(f"decoding {video_path} ...")
         sample = sampler(num_frames, fps, sample_frames=processor.video_processor.sample_frames)
-        video = load_video(video_path, sample_indices_fn=sample, progress=_throttled(say, video_path))
+        video = load_video(
+            video_path, sample_indices_fn=sample, progress=_throttled(say, video_path, check), limits=limits
+        )
         say(f"decoded {len(video.indices)} of {video.total_frames} frames from {video_path}")
+    check()
     decoded = time.perf_counter()
     inputs = media_inputs(
         processor,
@@ -216,13 +220,29 @@ def own_draft_inputs(
     names: str = "target and draft",
 ) -> dict | None:
     """The draft's own inputs for the same request through `draft_processor`, or None when they equal the target's
-    `inputs` (the draft then reads the target's). Their text tokens must agree: one tokenizer."""
+    `inputs` (the draft then reads the target's). A draft whose processor uses the target's visual placeholders (its
+    family, or Qwen2-VL for Qwen2.5-VL) must turn the prompt into the same text tokens (one tokenizer); one of
+    another family (its own chat template and placeholders) must share the vocabulary the answer is generated in
+    (`compat.check_tokenizers`)."""
     draft_inputs = build_inputs(draft_processor, prompt, pictures, video, messages, **(sizes or {}))
+    if _placeholders(draft_processor) != _placeholders(processor):
+        from ..compat import IncompatibleDraft, check_tokenizers
+
+        try:
+            check_tokenizers(processor.tokenizer, draft_processor.tokenizer)
+        except IncompatibleDraft as err:
+            raise InputError(f"{names}: {err}") from None
+        return draft_inputs
     if not torch.equal(_text_ids(inputs, processor), _text_ids(draft_inputs, draft_processor)):
         raise InputError(
             f"the tokenizers of {names} turn the prompt into different tokens: target and draft must share a tokenizer"
         )
     return None if _same(inputs, draft_inputs) else draft_inputs
+
+
+def _placeholders(processor) -> tuple:
+    """The processor's image and video placeholder tokens: processors that share them read the same inputs."""
+    return getattr(processor, "image_token", None), getattr(processor, "video_token", None)
 
 
 def _check_model(model_dir, config, has_images: bool, has_video: bool, role: str = "target") -> str:
@@ -304,11 +324,12 @@ def _same(a: dict, b: dict) -> bool:
     return all(torch.equal(a[k], b[k]) if isinstance(a[k], torch.Tensor) else a[k] == b[k] for k in a)
 
 
-def _throttled(say, path, every_s: float = 1.0):
-    """A load_video progress callback that speaks at most once per `every_s` seconds."""
+def _throttled(say, path, check, every_s: float = 1.0):
+    """A load_video progress callback that calls `check()` and speaks at most once per `every_s` seconds."""
     last = [time.perf_counter()]
 
     def progress(done: int, needed: int) -> None:
+        check()
         now = time.perf_counter()
         if now - last[0] >= every_s:
             last[0] = now

@@ -18,16 +18,15 @@ from dataclasses import dataclass
 import numpy as np
 
 from .errors import InputError, check_file, first_line
+from .limits import MediaLimits
 
 VIDEO_EXTENSIONS = (".mp4", ".webm", ".mkv", ".avi", ".mov")
-# Read from the container's header (or counted by demuxing, which decodes nothing) before any frame is decoded: a
-# sampled video is decoded up to its last sampled frame, so a file's frame count bounds the decoding time, and a
-# tiny frame compresses to a few bytes (48 MiB of 16 x 16 frames is ~4 M frames, minutes of decoding).
 # The demuxer each extension gets (a data URL's type decides its extension): FFmpeg never probes the content for
 # another one, so an MPEG-TS stream or an ffconcat list (which opens the files it names) sent as video/mp4 is refused.
 DEMUXERS = {".mp4": "mp4", ".mov": "mov", ".webm": "webm", ".mkv": "matroska", ".avi": "avi"}
-MAX_VIDEO_FRAMES = 100_000  # 55 minutes at 30 fps
-MAX_VIDEO_FRAME_PIXELS = 4096 * 2160  # 4K (DCI)
+# The decoders FFmpeg may run, whatever the container holds: what cameras, phones, screen recorders and the web
+# produce. Every other FFmpeg decoder (hundreds, some rarely exercised) stays out of reach of a request.
+VIDEO_CODECS = ("h264", "hevc", "vp8", "vp9", "av1", "mpeg4", "mjpeg", "prores")
 
 
 @dataclass
@@ -107,10 +106,13 @@ def load_video(
     fps: float | None = None,
     sample_indices_fn: Callable | None = None,
     progress: Callable[[int, int], None] | None = None,
+    limits: MediaLimits = MediaLimits(),
 ) -> Video:
     """Decode the frames of `path` chosen by `sample_indices_fn(metadata) -> sorted indices` (default:
     `sampler(num_frames, fps)`; neither given: every frame). `progress(decoded, needed)` is called every 64 decoded
-    frames. Raises InputError for a missing / unsupported / unreadable / truncated file or one without frames."""
+    frames; an exception it raises abandons the decoding (how a cancel or a deadline stops it). Raises InputError for
+    a missing / unsupported / unreadable / truncated file, one without frames, or one past `limits` (checked from the
+    header and the sampled indices before any frame is decoded)."""
     import av
 
     path = check_file(path, "video", VIDEO_EXTENSIONS)
@@ -121,24 +123,41 @@ def load_video(
             if not container.streams.video:
                 raise InputError(f"video {path} has no decodable frames (no video stream)")
             stream = container.streams.video[0]
+            if stream.codec_context.name not in VIDEO_CODECS:
+                raise InputError(
+                    f"video {path} is coded as {stream.codec_context.name}, which is not read here; re-encode it "
+                    f"as one of {', '.join(VIDEO_CODECS)}"
+                )
             rate = stream.average_rate or stream.guessed_rate
             video_fps = float(rate) if rate else None
-            if (stream.width or 0) * (stream.height or 0) > MAX_VIDEO_FRAME_PIXELS:
+            pixels = (stream.width or 0) * (stream.height or 0)
+            if pixels > limits.video_frame_pixels:
                 raise InputError(
                     f"video {path} is {stream.width} x {stream.height} pixels a frame, more than the "
-                    f"{MAX_VIDEO_FRAME_PIXELS:,} allowed; downscale it"
+                    f"{limits.video_frame_pixels:,} allowed; downscale it"
                 )
-            total = stream.frames or _count_packets(path, demuxer)
+            total = stream.frames or _count_packets(path, demuxer, limits.video_frames)
             if total <= 0:
                 raise InputError(f"video {path} has no decodable frames")
-            if total > MAX_VIDEO_FRAMES:
+            if total > limits.video_frames:
                 raise InputError(
-                    f"video {path} has {total:,} frames, more than the {MAX_VIDEO_FRAMES:,} allowed; cut it shorter"
+                    f"video {path} has {total:,} frames, more than the {limits.video_frames:,} allowed; cut it shorter"
                 )
             try:
                 indices = [int(i) for i in sample_indices_fn(_metadata(total, video_fps, stream))]
             except ValueError as err:  # a processor's sampling rule refusing this video
                 raise InputError(f"cannot sample frames from {path}: {first_line(err)}") from None
+            if len(indices) > limits.sampled_frames:
+                raise InputError(
+                    f"sampling {path} would take {len(indices):,} frames, more than the {limits.sampled_frames:,} "
+                    "allowed; sample fewer (--num-frames, a lower --fps)"
+                )
+            if len(indices) * pixels > limits.sampled_video_pixels:
+                raise InputError(
+                    f"sampling {len(indices)} frames of {stream.width} x {stream.height} from {path} would hold "
+                    f"{len(indices) * pixels:,} pixels, more than the {limits.sampled_video_pixels:,} allowed; "
+                    "sample fewer frames (--num-frames, a lower --fps) or downscale the video"
+                )
             frames, times = _decode(container, stream, indices, progress)
     except InputError:
         raise
@@ -169,9 +188,9 @@ def _metadata(total: int, fps: float | None, stream):
     )
 
 
-def _count_packets(path, demuxer: str) -> int:
+def _count_packets(path, demuxer: str, most: int) -> int:
     """Containers like webm/mkv do not store a frame count; demuxing (no decoding) counts the frames cheaply, and
-    stops one past MAX_VIDEO_FRAMES."""
+    stops one past `most`."""
     import av
 
     count = 0
@@ -179,7 +198,7 @@ def _count_packets(path, demuxer: str) -> int:
         stream = container.streams.video[0]
         for packet in container.demux(stream):
             count += packet.size > 0
-            if count > MAX_VIDEO_FRAMES:
+            if count > most:
                 break
     return count
 

@@ -1,7 +1,8 @@
 """The HTTP side: FastAPI routes in OpenAI's chat completions dialect, on top of the model worker.
 
     POST /v1/chat/completions   (stream or not)         GET /v1/models, /v1/models/{id}
-    GET  /health                                        GET /metrics (Prometheus text)
+    GET  /health (liveness: 503 when the worker died or hangs)   GET /ready (readiness: 503 while the queue is full)
+    GET  /metrics (Prometheus text)                     GET /openapi.json (the API's schema)
 
 A request is parsed and checked (400 / 401 / 404 / 413 before it ever waits), its media written to its own temporary
 folder, then queued (429 when the queue is full). Its HTTP status is decided once the worker has built its inputs:
@@ -27,11 +28,13 @@ from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
 
-from .errors import APIError, bad_request, internal, timed_out
+from .. import __version__
+from .errors import APIError, bad_request, internal, loggable, timed_out
 from .media import materialize
 from .metrics import Metrics
-from .schema import ChatRequest, Decoding, chat_turn, decoding, parse_request
-from .worker import Delta, Failed, Finished, Job, Worker
+from .openapi import openapi_schema
+from .schema import MAX_IMAGES, ChatRequest, Decoding, chat_turn, decoding, parse_request
+from .worker import STUCK_TIMEOUT_S, Delta, Failed, Finished, Job, Worker
 
 log = logging.getLogger("specvlm.serve")
 CHAT_PATH = "/v1/chat/completions"
@@ -52,6 +55,8 @@ class Settings:
     request_timeout: float | None = None
     max_request_bytes: int = 64 << 20
     local_only: bool = False  # bound to a loopback address: requests must name a loopback Host (DNS rebinding)
+    max_images: int = MAX_IMAGES
+    stuck_timeout: float = STUCK_TIMEOUT_S
 
 
 class ClientGone(Exception):
@@ -60,7 +65,7 @@ class ClientGone(Exception):
 
 def create_app(engine, settings: Settings) -> FastAPI:
     metrics = Metrics()
-    worker = Worker(engine, settings.max_queue, metrics, settings.max_batch)
+    worker = Worker(engine, settings.max_queue, metrics, settings.max_batch, settings.stuck_timeout)
     created = int(time.time())
 
     @asynccontextmanager
@@ -72,11 +77,24 @@ def create_app(engine, settings: Settings) -> FastAPI:
             worker.stop()
             shutil.rmtree(settings.temp_root, ignore_errors=True)
 
-    app = FastAPI(title="specvlm serve", lifespan=lifespan, docs_url=None, redoc_url=None, openapi_url=None)
+    app = FastAPI(title="specvlm serve", lifespan=lifespan, docs_url=None, redoc_url=None)
     app.state.worker, app.state.metrics = worker, metrics
 
+    def openapi() -> dict:
+        if app.openapi_schema is None:
+            app.openapi_schema = openapi_schema(app, CHAT_PATH, settings.model_name, __version__)
+        return app.openapi_schema
+
+    app.openapi = openapi  # type: ignore[method-assign]
+
     def error_response(request: Request, err: APIError) -> JSONResponse:
-        log.warning("%s %s -> %d %s", request.method, request.url.path, err.status, err.message)
+        log.warning(
+            "%s %s -> %d %s",
+            loggable(request.method, 16),
+            loggable(request.url.path),
+            err.status,
+            loggable(err.message),
+        )
         if request.url.path == CHAT_PATH:
             metrics.request(err.status)
         return JSONResponse(err.body(), status_code=err.status)
@@ -106,7 +124,7 @@ def create_app(engine, settings: Settings) -> FastAPI:
 
     @app.exception_handler(Exception)
     async def on_bug(request: Request, err: Exception):
-        log.exception("%s %s failed", request.method, request.url.path)
+        log.exception("%s %s failed", loggable(request.method, 16), loggable(request.url.path))
         return error_response(request, internal(err))
 
     async def authorized(request: Request) -> None:
@@ -120,7 +138,20 @@ def create_app(engine, settings: Settings) -> FastAPI:
 
     @app.get("/health")
     async def health():
-        return {"status": "ok"}
+        """Liveness: 200 while the model worker runs and no step or input preparation hangs, else 503 (restart)."""
+        problem = worker.problem()
+        if problem is None:
+            return {"status": "ok"}
+        return JSONResponse({"status": "unhealthy", "reason": problem}, status_code=503)
+
+    @app.get("/ready")
+    async def ready():
+        """Readiness: 200 while a request would be taken (the worker is healthy and the queue has room), else 503
+        (send it elsewhere for now)."""
+        problem = worker.problem() or (None if worker.has_room() else "the queue is full")
+        if problem is None:
+            return {"status": "ready"}
+        return JSONResponse({"status": "not ready", "reason": problem}, status_code=503)
 
     @app.get("/metrics")
     async def prometheus():
@@ -166,10 +197,13 @@ def create_app(engine, settings: Settings) -> FastAPI:
         chat = parse_request(await read_json(request, settings.max_request_bytes))
         if chat.model != settings.model_name:
             raise unknown_model(chat.model, settings.model_name)
-        turn, options = chat_turn(chat.messages), decoding(chat, settings.defaults)
+        turn, options = chat_turn(chat.messages, settings.max_images), decoding(chat, settings.defaults)
+        reply, streamed = Reply(chat, settings.model_name), chat.stream
+        del chat  # from here the request holds its media as files, not as the body's base64 strings
         workdir = Path(tempfile.mkdtemp(prefix="request-", dir=settings.temp_root))
         try:
             files = await asyncio.to_thread(materialize, turn, workdir, settings.allowed_media)
+            del turn
             job = Job(files, options, settings.request_timeout, workdir, asyncio.get_running_loop())
             worker.submit(job)
         except BaseException:
@@ -179,8 +213,7 @@ def create_app(engine, settings: Settings) -> FastAPI:
             first = await next_event(job, request, watch_client=True)
             if isinstance(first, Failed):
                 raise first.error
-            reply = Reply(chat, settings.model_name)
-            if chat.stream:  # counted in /metrics when it ends: 200, the status of its error event, or 499
+            if streamed:  # counted in /metrics when it ends: 200, the status of its error event, or 499
                 return StreamingResponse(
                     stream(job, request, reply),
                     media_type="text/event-stream",
@@ -189,7 +222,7 @@ def create_app(engine, settings: Settings) -> FastAPI:
             while not isinstance(event := await next_event(job, request, watch_client=True), Finished):
                 if isinstance(event, Failed):
                     raise event.error
-                reply.text.append(event.text)
+                reply.add(event)
         except ClientGone:
             metrics.request(499)  # nginx's "client closed request": nobody reads this response
             return Response(status_code=499)
@@ -207,11 +240,11 @@ def create_app(engine, settings: Settings) -> FastAPI:
                 except APIError as err:
                     event = Failed(err)
                 if isinstance(event, Delta):
-                    yield sse(reply.chunk({"content": event.text}))
+                    yield sse(reply.chunk({"content": event.text}, logprobs=event.logprobs))
                     continue
                 finished = True
                 if isinstance(event, Failed):
-                    log.warning("POST %s stream -> %d %s", CHAT_PATH, event.error.status, event.error.message)
+                    log.warning("POST %s stream -> %d %s", CHAT_PATH, event.error.status, loggable(event.error.message))
                     metrics.request(event.error.status)
                     yield sse(event.error.body())
                 else:
@@ -236,20 +269,27 @@ class Reply:
         self.id, self.created, self.model = f"chatcmpl-{uuid.uuid4().hex}", int(time.time()), model
         self.include_usage = bool(chat.stream_options and chat.stream_options.include_usage)
         self.text: list[str] = []
+        self.logprobs: list[dict] = []  # the non-streamed answer's logprobs entries, when asked
+
+    def add(self, delta: Delta) -> None:
+        self.text.append(delta.text)
+        self.logprobs += delta.logprobs or []
 
     def _head(self, kind: str) -> dict:
         return {"id": self.id, "object": kind, "created": self.created, "model": self.model}
 
-    def chunk(self, delta: dict, finish_reason: str | None = None) -> dict:
+    def chunk(self, delta: dict, finish_reason: str | None = None, logprobs: list[dict] | None = None) -> dict:
+        choice_logprobs = None if logprobs is None else {"content": logprobs, "refusal": None}
         return {
             **self._head("chat.completion.chunk"),
-            "choices": [{"index": 0, "delta": delta, "logprobs": None, "finish_reason": finish_reason}],
+            "choices": [{"index": 0, "delta": delta, "logprobs": choice_logprobs, "finish_reason": finish_reason}],
         }
 
     def last_chunks(self, done: Finished) -> list[dict]:
-        """The chunk with the finish_reason, then (stream_options.include_usage) one with the usage and no choices;
-        the last of them carries the speculation statistics under "specvlm"."""
-        chunks = [self.chunk({}, done.finish_reason)]
+        """The chunk with the finish_reason (and the logprobs of tokens no text went out with, such as the end of
+        sequence), then (stream_options.include_usage) one with the usage and no choices; the last of them carries
+        the speculation statistics under "specvlm"."""
+        chunks = [self.chunk({}, done.finish_reason, logprobs=done.logprobs)]
         if self.include_usage:
             chunks.append({**self._head("chat.completion.chunk"), "choices": [], "usage": done.usage})
         chunks[-1]["specvlm"] = done.stats
@@ -257,9 +297,10 @@ class Reply:
 
     def completion(self, done: Finished) -> dict:
         message = {"role": "assistant", "content": "".join(self.text)}
+        logprobs = None if done.logprobs is None else {"content": self.logprobs + done.logprobs, "refusal": None}
         return {
             **self._head("chat.completion"),
-            "choices": [{"index": 0, "message": message, "logprobs": None, "finish_reason": done.finish_reason}],
+            "choices": [{"index": 0, "message": message, "logprobs": logprobs, "finish_reason": done.finish_reason}],
             "usage": done.usage,
             "specvlm": done.stats,
         }

@@ -13,14 +13,15 @@ import tempfile
 from pathlib import Path
 
 from ..errors import SpecVLMError
+from .worker import STUCK_TIMEOUT_S
 
 DEFAULT_MAX_BATCH = 16  # rows of the KV cache the server allocates: memory grows with it (see DESIGN, Serving)
 MAX_BATCH_LIMIT = 256
 
 DESCRIPTION = """\
 Serve the target model behind an OpenAI-compatible HTTP API (POST /v1/chat/completions, streamed or not;
-GET /v1/models, /health, /metrics), decoding with lossless speculative decoding: every answer is exactly the
-target's own (greedy: token for token; sampling: the same distribution).
+GET /v1/models, /health, /ready, /metrics, /openapi.json), decoding with lossless speculative decoding: every
+answer is exactly the target's own (greedy: token for token; sampling: the same distribution).
 
 User messages alone are one user turn, as `specvlm generate` takes it: text parts (the question), images
 ("image_url": data:image/...;base64 URLs) and at most one video (vLLM's "video_url": a data:video/mp4;base64 URL),
@@ -112,12 +113,62 @@ def add_serve_parser(sub) -> None:
         help="largest request body, media included (default 67108864 = 64 MiB); larger gets 413",
     )
     g.add_argument(
+        "--stuck-timeout",
+        type=float,
+        default=STUCK_TIMEOUT_S,
+        metavar="S",
+        help=f"a decoding step or a request's input preparation running longer is a hang: /health answers 503 "
+        f"(default {STUCK_TIMEOUT_S:g})",
+    )
+    g.add_argument(
         "--log-level",
         default="info",
         choices=("debug", "info", "warning", "error"),
         help="server log level (default info: one line per request)",
     )
+    add_limit_arguments(p.add_argument_group("limits per request (checked before any pixel is decoded)"))
     p.set_defaults(func=cmd_serve)
+
+
+# flag -> (MediaLimits field, what it bounds); the defaults are MediaLimits' own
+LIMIT_FLAGS = {
+    "--max-image-pixels": ("image_pixels", "pixels an image may have, read from its header"),
+    "--max-video-frames": ("video_frames", "frames a video file may have (its decoding time)"),
+    "--max-video-frame-pixels": ("video_frame_pixels", "pixels a video frame may have"),
+    "--max-sampled-frames": ("sampled_frames", "frames sampled from a video (--fps picks duration x fps of them)"),
+    "--max-video-pixels": (
+        "sampled_video_pixels",
+        "sampled frames x pixels a frame (the decoded frames' memory; --fps picks duration x fps frames)",
+    ),
+}
+
+
+def add_limit_arguments(g) -> None:
+    from ..inputs.limits import MediaLimits
+    from .schema import MAX_IMAGES
+
+    g.add_argument(
+        "--max-images",
+        type=int,
+        default=MAX_IMAGES,
+        metavar="N",
+        help=f"images a request may hold (default {MAX_IMAGES})",
+    )
+    defaults = MediaLimits()
+    for flag, (field, what) in LIMIT_FLAGS.items():
+        default = getattr(defaults, field)
+        g.add_argument(flag, type=int, default=default, metavar="N", help=f"{what} (default {default:,})")
+
+
+def media_limits(args):
+    """The MediaLimits the limit flags give; a one-line error for a value below 1."""
+    from ..inputs.limits import MediaLimits
+
+    for flag in ("--max-images", *LIMIT_FLAGS):
+        value = getattr(args, flag[2:].replace("-", "_"))
+        if value < 1:
+            raise SpecVLMError(f"{flag} must be >= 1, got {value}")
+    return MediaLimits(**{field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in LIMIT_FLAGS.items()})
 
 
 def check_server_options(args) -> Path | None:
@@ -132,6 +183,9 @@ def check_server_options(args) -> Path | None:
         raise SpecVLMError(f"--request-timeout must be > 0 seconds, got {args.request_timeout}")
     if args.max_request_bytes < 1:
         raise SpecVLMError(f"--max-request-bytes must be >= 1, got {args.max_request_bytes}")
+    if not args.stuck_timeout > 0:
+        raise SpecVLMError(f"--stuck-timeout must be > 0 seconds, got {args.stuck_timeout}")
+    media_limits(args)
     if args.api_key is not None and not args.api_key.strip():
         raise SpecVLMError("--api-key is empty")
     if args.allowed_local_media_path is None:
@@ -180,7 +234,7 @@ def load_engine(args, say):
     frames = FrameOptions.from_args(args)
     model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, drafts(args))
     gen = load_generator(args, models, say, batched=True)
-    engine = Engine(models, gen.model, gen.tokenizer, gen, frames)
+    engine = Engine(models, gen.model, gen.tokenizer, gen, frames, media_limits(args))
     if gen.compile:  # CUDA, or --compile on: compile every batch shape before the server says it is healthy
         say(f"compiling the decoding steps for batches of up to {args.max_batch} requests ...")
         rows = engine.warm_up(args.max_batch)
@@ -220,6 +274,8 @@ def run(args, engine, sock: socket.socket, allowed: Path | None, say) -> int:
         request_timeout=args.request_timeout,
         max_request_bytes=args.max_request_bytes,
         local_only=args.host in LOOPBACK_NAMES,
+        max_images=args.max_images,
+        stuck_timeout=args.stuck_timeout,
     )
     host, port = sock.getsockname()[:2]
     if args.host not in LOOPBACK_NAMES and args.api_key is None:

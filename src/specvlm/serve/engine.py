@@ -13,20 +13,32 @@ from __future__ import annotations
 
 import torch
 
+from ..inputs.limits import MediaLimits
 from ..inputs.pipeline import FrameOptions, InputModels, MediaPrompt, prepare_inputs
 from .media import TurnFiles
 from .schema import Decoding
 
 
-def model_inputs(models, frames: FrameOptions, files: TurnFiles, max_new_tokens: int, with_draft: bool) -> dict:
+def model_inputs(
+    models,
+    frames: FrameOptions,
+    files: TurnFiles,
+    max_new_tokens: int,
+    with_draft: bool,
+    limits: MediaLimits = MediaLimits(),
+    check=None,
+) -> dict:
     """Model inputs for one request, built by the pipeline `specvlm generate --prompt ... --video ...` uses (the
-    draft's own inputs too when `with_draft`); `InputError` (400) for bad media or a prompt too long."""
+    draft's own inputs too when `with_draft`); `InputError` (400) for bad media, media past `limits` or a prompt too
+    long. What `check()` raises (called as the media decode) abandons the work."""
     draft = (models.draft_dir, models.draft_config) if with_draft else (None, None)
     return prepare_inputs(
         InputModels(models.target_dir, models.target_config, *draft),
         MediaPrompt(files.prompt, tuple(files.images), files.video, files.messages),
         frames,
         max_new_tokens,
+        limits=limits,
+        check=check,
     )
 
 
@@ -34,14 +46,11 @@ class Engine:
     """The loaded target, its generator (a SpeculativeGenerator; for --draft none one that drafts nothing, so that
     target-only serving batches exactly like speculation) and the per-request steps the worker runs."""
 
-    def __init__(self, models, target, tokenizer, generator, frames: FrameOptions = FrameOptions()):
-        self.models, self.target, self.tokenizer, self.generator, self.frames = (
-            models,
-            target,
-            tokenizer,
-            generator,
-            frames,
-        )
+    def __init__(
+        self, models, target, tokenizer, generator, frames: FrameOptions = FrameOptions(), limits=MediaLimits()
+    ):
+        self.models, self.target, self.tokenizer, self.generator = models, target, tokenizer, generator
+        self.frames, self.limits = frames, limits
         # how error messages name the model folders (clients need not learn the server's file system)
         self.folder_names = {str(models.target_dir): "the target model"}
         if models.draft_dir is not None:
@@ -51,9 +60,10 @@ class Engine:
     def mode(self) -> str:
         return self.generator.mode
 
-    def prepare(self, files: TurnFiles, decoding: Decoding) -> dict:
+    def prepare(self, files: TurnFiles, decoding: Decoding, check=None) -> dict:
         """Model inputs for the request (see `model_inputs`)."""
-        return model_inputs(self.models, self.frames, files, decoding.max_new_tokens, self.mode == "speculative")
+        speculative = self.mode == "speculative"
+        return model_inputs(self.models, self.frames, files, decoding.max_new_tokens, speculative, self.limits, check)
 
     def request(self, inputs: dict, decoding: Decoding):
         """The decoding request `generate(**inputs, **options)` would make of it (HF's option resolution, the target's
@@ -61,7 +71,9 @@ class Engine:
         options = decoding.generate_options()
         seed = decoding.seed if options["do_sample"] else None
         rng = None if seed is None else torch.Generator(device="cpu").manual_seed(seed)
-        return self.generator.request(**inputs, **options, generator=rng)
+        request = self.generator.request(**inputs, **options, generator=rng)
+        request.logprobs = decoding.logprobs
+        return request
 
     def batch(self, max_rows: int):
         """A running batch of at most `max_rows` requests (`batch.DecodeBatch`)."""
@@ -103,9 +115,10 @@ class Engine:
                 prefill_s=stats.prefill_s,
                 decode_s=stats.decode_s,
             )
+        tau = stats.mean_accepted_tokens if stats.rounds else None  # undefined without a round (a one-token answer)
         return dict(
             mode=self.mode,
-            tau=stats.mean_accepted_tokens,
+            tau=tau,
             acceptance_by_position=stats.acceptance_by_position,
             rounds=stats.rounds,
             accepted_tokens=stats.accepted_tokens,

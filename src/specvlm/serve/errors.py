@@ -3,6 +3,8 @@ its SDK parses: `{"error": {"message", "type", "param", "code"}}` (type / code v
 
 from __future__ import annotations
 
+MAX_MESSAGE_CHARS = 500  # an error message may quote what the client sent (a value, a name): never all of it
+
 
 class APIError(Exception):
     def __init__(
@@ -13,11 +15,24 @@ class APIError(Exception):
         param: str | None = None,
         code: str | None = None,
     ):
+        message = clip(message, MAX_MESSAGE_CHARS)
         super().__init__(message)
         self.status, self.message, self.type, self.param, self.code = status, message, type, param, code
 
     def body(self) -> dict:
         return {"error": {"message": self.message, "type": self.type, "param": self.param, "code": self.code}}
+
+
+def clip(text: str, limit: int) -> str:
+    """`text` cut to `limit` characters, marked when cut."""
+    return text if len(text) <= limit else text[: limit - 1] + "…"
+
+
+def loggable(text: str, limit: int = 200) -> str:
+    """What a log line may show of a client-controlled string: one line (newlines and other control characters
+    escaped, so a client cannot forge log lines) of at most `limit` characters."""
+    escaped = "".join(c if c.isprintable() else c.encode("unicode_escape").decode("ascii") for c in text[: limit + 1])
+    return clip(escaped, limit)
 
 
 def bad_request(message: str, param: str | None = None, code: str | None = None) -> APIError:

@@ -9,7 +9,10 @@ What is served is what the target answers to the request rendered by its own cha
   in their order, images and a video in any user turn, assistant and system turns text only, the last message a
   user's (the answer follows it). Tool messages, like tools, are refused (400).
 - at most one video per request.
-- parameters that would change the output and cannot be honoured losslessly (penalties, logit_bias, logprobs, tools,
+- `logprobs` / `top_logprobs` (at most MAX_TOP_LOGPROBS): each answer token's log-probability under the target and
+  its most likely alternatives, from the verifier's logits (the target's raw distribution, before temperature /
+  top-p / top-k, as vLLM's default and HF's `output_logits` give), at no extra forward.
+- parameters that would change the output and cannot be honoured losslessly (penalties, logit_bias, tools,
   n > 1, a JSON response_format) are refused unless they hold the value that changes nothing; unknown fields are
   refused too (nothing is silently ignored that could change the answer). Bookkeeping fields (user, metadata,
   store, ...) are accepted and ignored.
@@ -26,7 +29,8 @@ from .errors import APIError, bad_request
 
 MAX_STOP_STRINGS = 4  # OpenAI's limit
 MAX_STOP_CHARS = 1000  # per stop string: what a round checks for grows with it
-MAX_IMAGES = 16  # images per request: each may decode to MAX_IMAGE_PIXELS (inputs/image.py) before resizing
+MAX_TOP_LOGPROBS = 20  # OpenAI's limit
+MAX_IMAGES = 16  # images per request (--max-images): each may decode to MediaLimits.image_pixels before resizing
 
 
 class MediaURL(BaseModel):
@@ -57,6 +61,9 @@ Part = Annotated[TextPart | ImagePart | VideoPart, Field(discriminator="type")]
 PARTS = TypeAdapter(list[Part])
 
 
+ROLES = ("system", "developer", "user", "assistant")
+
+
 class Message(BaseModel):
     model_config = ConfigDict(extra="ignore")  # e.g. "name": it changes nothing in a single user turn
     role: str
@@ -67,7 +74,7 @@ class Message(BaseModel):
     def _known_role(cls, role: str) -> str:
         if role in ("tool", "function"):
             raise ValueError(f"{role} messages are not supported: specvlm serves no tools")
-        if role not in ("system", "developer", "user", "assistant"):
+        if role not in ROLES:
             raise ValueError(f"unknown role {role!r}")
         return role
 
@@ -97,7 +104,7 @@ class ChatRequest(BaseModel):
     frequency_penalty: float | None = None
     logit_bias: dict | None = None
     logprobs: bool | None = None
-    top_logprobs: int | None = None
+    top_logprobs: int | None = Field(None, ge=0, le=MAX_TOP_LOGPROBS)
     tools: list | None = None
     tool_choice: Any = None
     parallel_tool_calls: bool | None = None
@@ -117,8 +124,6 @@ NEUTRAL = {
     "presence_penalty": (0,),
     "frequency_penalty": (0,),
     "logit_bias": ({},),
-    "logprobs": (False,),
-    "top_logprobs": (0,),
     "tools": ([],),
     "tool_choice": ("none",),
     "parallel_tool_calls": (True, False),
@@ -153,6 +158,7 @@ class Decoding:
     seed: int | None
     stop: tuple[str, ...]
     ignore_eos: bool = False
+    logprobs: int | None = None  # None: no logprobs; k: each token's log-probability and its k most likely
 
     def generate_options(self) -> dict:
         """The keywords `generate` takes for these settings (what `specvlm generate` passes for the same flags;
@@ -187,7 +193,7 @@ def unsupported(request: ChatRequest) -> None:
             )
 
 
-def chat_turn(messages: list[Message]) -> Turn:
+def chat_turn(messages: list[Message], max_images: int = MAX_IMAGES) -> Turn:
     """The request's turn. User messages only: one user turn (their texts joined with newlines, the media placed as
     `specvlm generate` places them). With system / developer / assistant messages: the conversation as given, parts
     in order, rendered by the models' chat templates (as vLLM and `transformers serve` do); media only in user
@@ -214,8 +220,10 @@ def chat_turn(messages: list[Message]) -> Turn:
         raise bad_request(
             f"{len(videos)} videos in one request: one video at most (as `specvlm generate`)", param=videos[1].where
         )
-    if len(images) > MAX_IMAGES:
-        raise bad_request(f"{len(images)} images in one request: {MAX_IMAGES} at most", param=images[MAX_IMAGES].where)
+    if len(images) > max_images:
+        raise bad_request(
+            f"{len(images)} images in one request: {max_images} at most (--max-images)", param=images[max_images].where
+        )
     if not "\n".join(texts).strip():
         raise bad_request("the request has no text: add a text part with the question or instruction", param="messages")
     video = videos[0] if videos else None
@@ -247,6 +255,8 @@ def decoding(request: ChatRequest, defaults: Decoding) -> Decoding:
             f"stop takes up to {MAX_STOP_STRINGS} non-empty strings of at most {MAX_STOP_CHARS} characters",
             param="stop",
         )
+    if request.top_logprobs and not request.logprobs:
+        raise bad_request("top_logprobs needs logprobs: true", param="top_logprobs")
     given = lambda value, default: default if value is None else value
     return Decoding(
         max_new_tokens=request.max_completion_tokens or request.max_tokens or defaults.max_new_tokens,
@@ -256,6 +266,7 @@ def decoding(request: ChatRequest, defaults: Decoding) -> Decoding:
         seed=request.seed,
         stop=stop,
         ignore_eos=request.ignore_eos,
+        logprobs=(request.top_logprobs or 0) if request.logprobs else None,
     )
 
 

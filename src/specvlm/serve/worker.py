@@ -48,6 +48,7 @@ class Started:
 @dataclass
 class Delta:
     text: str
+    logprobs: list[dict] | None = None  # OpenAI's logprobs "content" entries of the tokens reported with this text
 
 
 @dataclass
@@ -55,6 +56,7 @@ class Finished:
     finish_reason: str  # "stop" (EOS or a stop string) | "length"
     usage: dict
     stats: dict  # the response's "specvlm" object
+    logprobs: list[dict] | None = None  # entries of the answer's last tokens, not reported with a Delta
 
 
 @dataclass
@@ -63,7 +65,8 @@ class Failed:
 
 
 class Stop(Exception):
-    """Raised from the streamer to abandon generation at the current round."""
+    """Raised from the streamer to abandon generation at the current round (and from `Job.check` to abandon the
+    decoding of its media)."""
 
     def __init__(self, reason: str):  # "stop" (a stop string), "disconnect", "timeout", "shutdown"
         super().__init__(reason)
@@ -82,6 +85,7 @@ class Job:
     cancelled: str | None = None  # why the job should stop: "disconnect", "timeout", "shutdown"
     first_token: float | None = None
     prepared: tuple | None = None  # (model inputs, decoding request, seconds it took), once prepared
+    preparing_since: float | None = None  # when a prepare thread began building its inputs
 
     def emit(self, event) -> None:
         try:
@@ -102,6 +106,12 @@ class Job:
         if self.timeout is not None and time.monotonic() > self.deadline:
             return "timeout"
         return None
+
+    def check(self) -> None:
+        """Raises `Stop` once the job should stop (called while its media decode)."""
+        reason = self.stop_reason()
+        if reason:
+            raise Stop(reason)
 
     def clean(self) -> None:
         if self.workdir is not None:
@@ -150,19 +160,27 @@ def _prefix_function(s: str) -> tuple[int, ...]:
 class TextSink(AnswerStreamer):
     """Turns tokens into answer text the way `SpeculativeGenerator.stream` does (`AnswerText`: the whole answer
     decoded each time, a half multi-byte character held back) and emits it, cut at stop strings; raises `Stop` when
-    a stop string, a cancel or a deadline ends the answer."""
+    a stop string, a cancel or a deadline ends the answer.
 
-    def __init__(self, job: Job, tokenizer, eos: set[int]):
+    With logprobs (`logprobs`: the request's `token_logprobs`, which the batch fills before each `put`), every Delta
+    carries the entries of the tokens received since the last one. When a stop string ends the answer, the answer's
+    tokens end with the one that completed it (as when decoding one token a step): later tokens of that round are
+    neither reported nor counted in the usage."""
+
+    def __init__(self, job: Job, tokenizer, eos: set[int], logprobs: list | None = None):
         super().__init__()
         self.job, self.eos, self.text = job, eos, AnswerText(tokenizer)
         self.shown = 0
         self.stopped = False  # a stop string ended the answer
+        self.logprobs, self.reported = logprobs, 0
+        self.before_round = 0  # tokens before the latest round: none of them completed a stop string
 
     @property
     def tokens(self) -> list[int]:
         return self.text.tokens
 
     def on_tokens(self, ids: list[int]) -> None:
+        self.before_round = len(self.text.tokens)
         self.text.tokens += ids
         if self.job.first_token is None:  # the first tokens of the answer
             self.job.first_token = time.monotonic()
@@ -179,15 +197,48 @@ class TextSink(AnswerStreamer):
     def finish_reason(self) -> str:
         return "stop" if self.stopped or (self.tokens and self.tokens[-1] in self.eos) else "length"
 
+    def unreported(self) -> list[dict] | None:
+        """The logprobs entries of the tokens not reported yet (None without logprobs)."""
+        if self.logprobs is None:
+            return None
+        new = self.logprobs[self.reported : len(self.tokens)]
+        self.reported += len(new)
+        return logprob_entries(self.text.tokenizer, new)
+
     def _flush(self, final: bool) -> bool:
         text = self.text.current(final)
         if text is None:
             return False
         cut, self.stopped = stop_point(text, self.job.decoding.stop, final, self.shown)
+        if self.stopped:
+            del self.text.tokens[self._tokens_through_stop() :]
         if cut > self.shown:
-            self.job.emit(Delta(text[self.shown : cut]))
+            self.job.emit(Delta(text[self.shown : cut], self.unreported()))
             self.shown = cut
         return self.stopped
+
+    def _tokens_through_stop(self) -> int:
+        """How many tokens the answer has up to the one whose text completed a stop string (one of the latest
+        round's: the text before it held none)."""
+        tokens, stops = self.text.tokens, self.job.decoding.stop
+        for count in range(self.before_round + 1, len(tokens)):
+            text = self.text.tokenizer.decode(tokens[:count], skip_special_tokens=True)
+            if stop_point(text, stops, final=True, shown=self.shown)[1]:
+                return count
+        return len(tokens)
+
+
+def logprob_entries(tokenizer, items: list) -> list[dict]:
+    """OpenAI's logprobs "content" entries for `TokenLogprob`s: each token's text (the token decoded alone, as vLLM
+    gives it: a piece of a multi-byte character reads U+FFFD), its UTF-8 bytes, its log-probability, and the most
+    likely tokens at its position."""
+    ids = sorted({t for item in items for t in (item.token, *(i for i, _ in item.top))})
+    texts = dict(zip(ids, tokenizer.batch_decode([[i] for i in ids])))
+
+    def entry(token: int, logprob: float) -> dict:
+        return {"token": texts[token], "logprob": logprob, "bytes": list(texts[token].encode())}
+
+    return [{**entry(item.token, item.logprob), "top_logprobs": [entry(i, lp) for i, lp in item.top]} for item in items]
 
 
 @dataclass(eq=False)
@@ -202,6 +253,7 @@ class Running:
 
 
 PREPARE_THREADS = 2  # requests whose inputs (video decoding, processors) are built at once, beside the model thread
+STUCK_TIMEOUT_S = 300.0  # a round, or a request's input preparation, running longer is a hang: /health says 503
 
 
 class Worker:
@@ -209,10 +261,12 @@ class Worker:
     batch of at most `max_batch`. A job's inputs (its media decoded, the processors run) are built first, by
     PREPARE_THREADS threads beside the model thread, so decoding rounds never wait for a video to decode."""
 
-    def __init__(self, engine, max_queue: int, metrics, max_batch: int = 1):
+    def __init__(self, engine, max_queue: int, metrics, max_batch: int = 1, stuck_timeout: float = STUCK_TIMEOUT_S):
         from concurrent.futures import ThreadPoolExecutor
 
         self.engine, self.max_queue, self.metrics, self.max_batch = engine, max_queue, metrics, max_batch
+        self.stuck_timeout = stuck_timeout
+        self.beat = time.monotonic()  # the model thread's latest sign of life: around each wait, after each round
         self._preparing: set[Job] = set()
         self._waiting: deque[Job] = deque()  # prepared, in the order they became so
         self._cond = threading.Condition()
@@ -246,6 +300,31 @@ class Worker:
     @property
     def running(self) -> int:
         return len(self._running)
+
+    def problem(self) -> str | None:
+        """Why the worker cannot serve (for /health), or None: its model thread died, a round has run longer than
+        `stuck_timeout` seconds, or a request's inputs have been preparing that long."""
+        now = time.monotonic()
+        if self._stopping:
+            return "the server is shutting down"
+        if not self._thread.is_alive():
+            return "the model worker thread has stopped"
+        busy = self._running or self._waiting
+        if busy and now - self.beat > self.stuck_timeout:
+            return f"the model worker has been in one step for {now - self.beat:.0f} s (over {self.stuck_timeout:g} s)"
+        started = [job.preparing_since for job in list(self._preparing) if job.preparing_since is not None]
+        if started and now - min(started) > self.stuck_timeout:
+            waited = now - min(started)
+            return f"a request's inputs have been preparing for {waited:.0f} s (over {self.stuck_timeout:g} s)"
+        return None
+
+    def has_room(self) -> bool:
+        """Whether one more request would be queued rather than refused (for /ready)."""
+        try:
+            self.check_room()
+        except APIError:
+            return False
+        return not self._stopping
 
     def check_room(self) -> None:
         """A 429 when one more request would have to wait behind `max_queue` others: requests being prepared or
@@ -281,12 +360,14 @@ class Worker:
 
     def _prepare(self, job: Job) -> None:
         """A prepare thread: the job's model inputs and decoding request, then into the queue (or its 400)."""
-        began = time.monotonic()
+        began = job.preparing_since = time.monotonic()
         failed = None
         if not job.stop_reason():
             try:
-                inputs = self.engine.prepare(job.files, job.decoding)
+                inputs = self.engine.prepare(job.files, job.decoding, check=job.check)
                 job.prepared = (inputs, self.engine.request(inputs, job.decoding), time.monotonic() - began)
+            except Stop:  # a cancel or the deadline, while its media decoded: stopped below
+                pass
             except SpecVLMError as err:  # bad media, a prompt too long for the model, ...: the client's to fix
                 failed = APIError(400, self._client_message(err, job), code="invalid_input")
             except Exception as err:  # a bug: the client gets a 500, the log the traceback
@@ -296,6 +377,8 @@ class Worker:
             self._preparing.discard(job)
             reason = job.stop_reason()
             if failed is None and not reason and not self._stopping:
+                if not self._waiting and not self._running:  # the model thread idles in wait(): it is fine now
+                    self.beat = time.monotonic()
                 self._waiting.append(job)
                 self._cond.notify()
                 return
@@ -318,8 +401,10 @@ class Worker:
         batch = self.engine.batch(self.max_batch)
         while True:
             with self._cond:
+                self.beat = time.monotonic()
                 while not self._waiting and not self._running and not self._stopping:
                     self._cond.wait()
+                self.beat = time.monotonic()
                 if self._stopping:
                     break
                 joining = []
@@ -334,6 +419,7 @@ class Worker:
                     self._stopped(running.job, reason, running.sink)
             if self._running:
                 batch = self._round(batch)
+                self.beat = time.monotonic()
         for running in list(self._running):
             self._leave(batch, running)
             self._stopped(running.job, "shutdown", running.sink)
@@ -344,7 +430,9 @@ class Worker:
             return self._stopped(job, reason, None)
         inputs, request, _ = job.prepared
         prompt_tokens = int(inputs["input_ids"].shape[1])
-        running = Running(job, TextSink(job, self.engine.tokenizer, request.eos), prompt_tokens, time.monotonic())
+        logprobs = request.token_logprobs if request.logprobs is not None else None
+        sink = TextSink(job, self.engine.tokenizer, request.eos, logprobs)
+        running = Running(job, sink, prompt_tokens, time.monotonic())
         try:
             job.emit(Started(prompt_tokens))
             running.sink.put(request.prompt_ids.cpu())
@@ -407,7 +495,7 @@ class Worker:
             total_tokens=running.prompt_tokens + len(sink.tokens),
         )
         self.metrics.generated(job, usage, stats)
-        job.emit(Finished(sink.finish_reason, usage, stats))
+        job.emit(Finished(sink.finish_reason, usage, stats, sink.unreported()))
         job.clean()
 
     def _leave(self, batch, running: Running) -> None:
