@@ -65,6 +65,32 @@ def test_generate_equals_target_greedy(capsys, folders, media, target, draft, ki
     assert result["inputs"]["frames"] == (6 if kind == "video" else 0)
 
 
+@pytest.mark.parametrize("target,draft", [("qwen", "qwen_draft"), ("onevision", "onevision_draft")])
+def test_a_draft_view_reads_fewer_frames_and_the_answer_stays_the_targets(capsys, folders, media, target, draft):
+    """--draft-num-frames: the draft reads 2 of the clip's frames where the target reads 6 (issue 21's sparse ->
+    dense view); the answer is still the target's own."""
+    media_args = ["--video", str(media / "clip.mp4"), "--num-frames", "6", "--prompt", "What happens here?"]
+    code, out, err = _run(
+        capsys,
+        "generate",
+        "--target",
+        folders[target],
+        "--draft",
+        folders[draft],
+        *media_args,
+        "--max-new-tokens",
+        12,
+        "--json",
+        "--draft-num-frames",
+        2,
+    )
+    assert code == 0, err
+    result = json.loads(out)
+    assert result["token_ids"] == _expected(folders[target], media_args, 12)
+    stats = result["stats"]
+    assert stats["draft_prompt_tokens"] < stats["target_prompt_tokens"] and result["inputs"]["frames"] == 6
+
+
 def test_streams_text_and_prints_a_summary(capsys, folders, media):
     code, out, err = _run(
         capsys,
@@ -120,6 +146,31 @@ def _bad_inputs(folders, media, tmp):
             ["--target", small, "--video", clip, "--num-frames", "24", "--prompt", "Q"],
             "max_position_embeddings",
         ),
+        "draft view and pruning": (
+            ["--target", q, "--draft", folders["qwen_draft"], "--video", clip, "--prompt", "Q"]
+            + ["--draft-num-frames", "2", "--pruning", "specvlm"],
+            "use one",
+        ),
+        "two draft samplings": (
+            ["--target", q, "--draft", folders["qwen_draft"], "--video", clip, "--prompt", "Q"]
+            + ["--draft-num-frames", "2", "--draft-fps", "1"],
+            "not both",
+        ),
+        "no draft frames": (
+            [
+                "--target",
+                q,
+                "--draft",
+                folders["qwen_draft"],
+                "--video",
+                clip,
+                "--prompt",
+                "Q",
+                "--draft-num-frames",
+                "0",
+            ],
+            "--draft-num-frames must be positive",
+        ),
         "max-new-tokens": (
             ["--target", q, "--image", png, "--prompt", "Q", "--max-new-tokens", "0"],
             "--max-new-tokens",
@@ -143,6 +194,7 @@ BAD_OPTIONS = [  # decoding / pruning options out of range -> the flag the messa
     (["--pruning", "specvlm", "--visual-keep-ratio", "0"], "--visual-keep-ratio"),
     (["--pruning", "none", "--visual-keep-ratio", "0.5"], "--pruning"),
     (["--pruning", "specvlm", "--stage1-mass", "-1"], "--stage1-mass"),
+    (["--draft-num-frames", "2"], "--draft-num-frames"),  # a view for a draft model; here the target drafts
 ]
 
 

@@ -243,6 +243,23 @@ def test_a_draft_of_another_family_reads_the_request_its_own_way(folders, config
     draft_inputs = inputs["draft_inputs"]
     assert "pixel_values_videos" in draft_inputs and "video_grid_thw" not in draft_inputs  # LLaVA-OV's tensors
     assert not torch.equal(draft_inputs["input_ids"], inputs["input_ids"])
+    view = inputs_from_args(
+        _args("--video", str(media / "clip_30.mp4"), "--num-frames", "4", "--draft-num-frames", "2", "--prompt", "Q"),
+        folders["qwen2_5_vl"],
+        configs["qwen2_5_vl"],
+        folders["llava_onevision"],
+        configs["llava_onevision"],
+    )  # a cheaper view for a draft of another family: 2 frames (LLaVA-OV's pixels: batch, frames, C, H, W)
+    assert (
+        draft_inputs["pixel_values_videos"].shape[1] == 8 and view["draft_inputs"]["pixel_values_videos"].shape[1] == 2
+    )
+    assert "add --draft DIR" in _error(
+        lambda: inputs_from_args(
+            _args("--video", str(media / "clip_30.mp4"), "--draft-num-frames", "2", "--prompt", "Q"),
+            folders["qwen2_5_vl"],
+            configs["qwen2_5_vl"],
+        )
+    )
     other = tiny("llava_onevision", vocab=2048)
     other_dir = save_tiny_processor(tmp_path / "draft", "llava_onevision", other)
     assert "tokenizer is incompatible" in _error(

@@ -869,6 +869,7 @@ def test_help_and_bad_options_are_one_line_before_any_weights_load(capsys, tmp_p
             ("--stuck-timeout", "0"): "--stuck-timeout",
             ("--max-images", "0"): "--max-images",
             ("--max-video-pixels", "0"): "--max-video-pixels",
+            ("--draft", "none", "--draft-num-frames", "2"): "--draft-num-frames",
             ("--allowed-local-media-path", str(tmp_path / "none")): "not a folder",
             ("--draft", "none", "--pruning", "specvlm"): "no draft is given",
             ("--num-frames", "0"): "--num-frames",

@@ -184,6 +184,7 @@ def check_decoding(args) -> DecodeConfig:
     """Every decoding and pruning option, checked before any heavy import (the same checks the library runs).
     Resolves the default --pruning (see `default_pruning`) and returns the DecodeConfig the options describe."""
     args.pruning = default_pruning(args)
+    check_draft_view(args)
     if args.max_new_tokens < 1:
         raise SpecVLMError(f"--max-new-tokens must be >= 1, got {args.max_new_tokens}")
     if not args.temperature >= 0:  # also refuses nan
@@ -193,6 +194,26 @@ def check_decoding(args) -> DecodeConfig:
     if args.top_k < 0:
         raise SpecVLMError(f"--top-k must be >= 0, got {args.top_k}")
     return DecodeConfig.from_args(args)  # errors name the flags
+
+
+def check_draft_view(args) -> None:
+    """--draft-num-frames / --draft-fps / --draft-max-pixels give a draft model its own, cheaper view of the media:
+    they need a draft model (a head or the target drafting for itself reads the target's view) and exclude pruning
+    (which hands the draft the target's visual tokens)."""
+    given = [
+        flag
+        for flag in ("--draft-num-frames", "--draft-fps", "--draft-max-pixels")
+        if getattr(args, flag[2:].replace("-", "_"), None) is not None
+    ]
+    if not given:
+        return
+    if args.head or args.draft in (None, "none", "self"):
+        raise SpecVLMError(f"{given[0]} gives a draft model its own view of the media: add --draft DIR (a model)")
+    if args.pruning not in (None, "none"):
+        raise SpecVLMError(
+            f"{given[0]} and --pruning both choose what the draft sees: pruning keeps the target's visual tokens, "
+            "a draft view is its own; use one"
+        )
 
 
 def drafts(args) -> bool:

@@ -44,3 +44,25 @@ def add_frame_arguments(g) -> None:
         metavar="N",
         help="Qwen-VL: resize each image / frame to at most N pixels (fewer visual tokens)",
     )
+    # a cheaper view of the same media for a draft model (sparse -> dense); the target's view is the options above
+    g.add_argument(
+        "--draft-num-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the draft model reads the video sampled to N frames (default: the target's frames)",
+    )
+    g.add_argument(
+        "--draft-fps",
+        type=float,
+        default=None,
+        metavar="X",
+        help="the draft model reads X frames per second of video (default: the target's frames)",
+    )
+    g.add_argument(
+        "--draft-max-pixels",
+        type=int,
+        default=None,
+        metavar="N",
+        help="Qwen-VL drafts: resize the draft's images / frames to at most N pixels (default: --max-pixels)",
+    )

@@ -30,15 +30,31 @@ from .video import VIDEO_EXTENSIONS, check_sampling, load_video, sampler
 @dataclass(frozen=True)
 class FrameOptions:
     """How videos are sampled (`num_frames` uniformly, or `fps` frames a second; neither: DEFAULT_NUM_FRAMES) and
-    Qwen-VL images / frames sized (`max_pixels`): --num-frames / --fps / --max-pixels."""
+    Qwen-VL images / frames sized (`max_pixels`): --num-frames / --fps / --max-pixels. The `draft_` fields give a
+    draft model a cheaper view of the same media (--draft-num-frames / --draft-fps / --draft-max-pixels; unset:
+    the target's); the target always sees what the first three say."""
 
     num_frames: int | None = None
     fps: float | None = None
     max_pixels: int | None = None
+    draft_num_frames: int | None = None
+    draft_fps: float | None = None
+    draft_max_pixels: int | None = None
 
     @classmethod
     def from_args(cls, args) -> FrameOptions:
-        return cls(getattr(args, "num_frames", None), getattr(args, "fps", None), getattr(args, "max_pixels", None))
+        return cls(*(getattr(args, name, None) for name in cls.__dataclass_fields__))
+
+    @property
+    def draft_view(self) -> bool:
+        """Whether the draft's view differs from the target's."""
+        return (self.draft_num_frames, self.draft_fps, self.draft_max_pixels) != (None, None, None)
+
+    def draft_sampling(self, num_frames: int | None, fps: float | None) -> tuple[int | None, float | None]:
+        """The draft's (num_frames, fps), given the target's resolved ones."""
+        if self.draft_num_frames is None and self.draft_fps is None:
+            return num_frames, fps
+        return self.draft_num_frames, self.draft_fps
 
 
 @dataclass(frozen=True)
@@ -127,6 +143,19 @@ def prepare_inputs(
             video_path, sample_indices_fn=sample, progress=_throttled(say, video_path, check), limits=limits
         )
         say(f"decoded {len(video.indices)} of {video.total_frames} frames from {video_path}")
+    draft_video = video
+    if frames.draft_view:
+        if draft_config is None:
+            raise InputError(
+                "--draft-num-frames / --draft-fps / --draft-max-pixels give a draft model its own view: add --draft DIR"
+            )
+        _check_draft_view(frames)
+        draft_frames = frames.draft_sampling(num_frames, fps)
+        if video_path is not None and draft_frames != (num_frames, fps):
+            draft_processor = _load_checked(draft_dir, draft_config.model_type, draft_config)
+            sample = sampler(*draft_frames, sample_frames=draft_processor.video_processor.sample_frames)
+            progress = _throttled(say, video_path, check)
+            draft_video = load_video(video_path, sample_indices_fn=sample, progress=progress, limits=limits)
     check()
     decoded = time.perf_counter()
     inputs = media_inputs(
@@ -141,6 +170,8 @@ def prepare_inputs(
         frames.max_pixels,
         max_new_tokens,
         media.messages,
+        draft_video=draft_video,
+        draft_max_pixels=frames.draft_max_pixels,
     )
     if report is not None:
         ids = inputs["input_ids"][0]
@@ -188,19 +219,26 @@ def media_inputs(
     max_pixels: int | None = None,
     max_new_tokens: int = 0,
     messages=None,
+    draft_video=None,
+    draft_max_pixels: int | None = None,
 ) -> dict:
     """Model inputs for media already loaded (PIL `pictures`, a decoded `Video` or None) through the target's
-    `processor`: what `inputs_from_args` does once the files are read (draft inputs and context checks included)."""
+    `processor`: what `inputs_from_args` does once the files are read (draft inputs and context checks included).
+    A draft view: `draft_video` (the video as the draft samples it; default `video`) and `draft_max_pixels`."""
     inputs = build_inputs(
         processor, prompt, pictures, video, messages, **_size_options(processor, model_config.model_type, max_pixels)
     )
     _check_context(inputs, model_config, model_dir, max_new_tokens, processor)
     if draft_config is not None:
         draft_processor = _load_checked(draft_dir, draft_config.model_type, draft_config)
-        sizes = _size_options(draft_processor, draft_config.model_type, max_pixels)
+        if draft_max_pixels is None:
+            sizes = _size_options(draft_processor, draft_config.model_type, max_pixels)
+        else:
+            sizes = _size_options(draft_processor, draft_config.model_type, draft_max_pixels, "--draft-max-pixels")
         names = f"{model_dir} and {draft_dir}"
+        seen = video if draft_video is None else draft_video
         draft_inputs = own_draft_inputs(
-            inputs, processor, draft_processor, prompt, pictures, video, messages, sizes, names
+            inputs, processor, draft_processor, prompt, pictures, seen, messages, sizes, names
         )
         if draft_inputs is not None:  # e.g. another image size: the draft reads its own pixels
             _check_context(draft_inputs, draft_config, draft_dir, max_new_tokens, draft_processor)
@@ -238,6 +276,18 @@ def own_draft_inputs(
             f"the tokenizers of {names} turn the prompt into different tokens: target and draft must share a tokenizer"
         )
     return None if _same(inputs, draft_inputs) else draft_inputs
+
+
+def _check_draft_view(frames: FrameOptions) -> None:
+    if frames.draft_num_frames is not None and frames.draft_fps is not None:
+        raise InputError("give either --draft-num-frames or --draft-fps, not both")
+    for flag, value in (
+        ("--draft-num-frames", frames.draft_num_frames),
+        ("--draft-fps", frames.draft_fps),
+        ("--draft-max-pixels", frames.draft_max_pixels),
+    ):
+        if value is not None and not value > 0:
+            raise InputError(f"{flag} must be positive, got {value}")
 
 
 def _placeholders(processor) -> tuple:
@@ -279,16 +329,16 @@ def _load_checked(model_dir, family, config):
     return processor
 
 
-def _size_options(processor, family: str, max_pixels: int | None) -> dict:
+def _size_options(processor, family: str, max_pixels: int | None, flag: str = "--max-pixels") -> dict:
     if max_pixels is None:
         return {}
     if not family.startswith("qwen"):
-        raise InputError("--max-pixels applies to Qwen2-VL / Qwen2.5-VL; LLaVA-OneVision uses fixed-size tiles")
+        raise InputError(f"{flag} applies to Qwen2-VL / Qwen2.5-VL; LLaVA-OneVision uses fixed-size tiles")
     out = {}
     for key, sub in (("images_kwargs", processor.image_processor), ("videos_kwargs", processor.video_processor)):
         size = dict(sub.size)
         if max_pixels < size["shortest_edge"]:
-            raise InputError(f"--max-pixels {max_pixels} is below the processor's minimum {size['shortest_edge']}")
+            raise InputError(f"{flag} {max_pixels} is below the processor's minimum {size['shortest_edge']}")
         out[key] = {"size": {"shortest_edge": size["shortest_edge"], "longest_edge": max_pixels}}
     return out
 
