@@ -596,6 +596,25 @@ def test_request_timeout_is_504_and_frees_the_worker(base, expected):
     assert base.metric('specvlm_requests_total{status="200"}') == counted[200] + 1
 
 
+def test_a_non_streamed_client_that_leaves_is_noticed_while_tokens_flow(spec):
+    """The handler of a non-streamed answer looked for a gone client only after a 0.2 s pause in the tokens, so a
+    long answer was generated to its end for nobody (and counted a 200); now it looks every 0.2 s regardless."""
+    import http.client
+
+    host, port = spec.url.removeprefix("http://").split(":")
+    cancelled = 'specvlm_requests_cancelled_total{reason="disconnect"}'
+    before, gone_before = spec.metric("specvlm_generation_tokens_total"), spec.metric(cancelled)
+    body = json.dumps({"model": MODEL, "messages": VIDEO, "max_tokens": LONG["max_tokens"], "ignore_eos": True})
+    connection = http.client.HTTPConnection(host, int(port), timeout=30)
+    connection.request("POST", "/v1/chat/completions", body, {"Content-Type": "application/json"})
+    wait_for(lambda: spec.metric("specvlm_running_requests") == 1)
+    time.sleep(1.0)  # its tokens flow: a round every few tens of milliseconds, never a 0.2 s pause
+    connection.close()  # the client goes away without reading the answer
+    wait_for(lambda: spec.metric(cancelled) == gone_before + 1)
+    assert spec.metric("specvlm_generation_tokens_total") - before < LONG["max_tokens"] / 4
+    wait_for(lambda: spec.metric("specvlm_running_requests") == 0)
+
+
 def test_disconnect_mid_stream_does_not_stall_the_next_request(spec, expected):
     client = spec.client()
     before = spec.metric("specvlm_generation_tokens_total")

@@ -84,7 +84,12 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
     add_num_frames_argument(g)
     g = p.add_argument_group("models")
     g.add_argument("--target", required=True, help="target model folder")
-    g.add_argument("--draft", default=None, help="draft model folder (same family) for hf-assisted, sd-*, prune:*")
+    g.add_argument(
+        "--draft",
+        default=None,
+        help="draft model folder for hf-assisted, sd-*, prune:* (the target's family, or another sharing its "
+        "vocabulary for sd-*: it reads its own inputs)",
+    )
     g.add_argument("--head", default=None, help="EagleHead folder for eagle / eagle-prune:*")
     add_device_arguments(g)
     g = p.add_argument_group("methods")

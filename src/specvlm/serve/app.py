@@ -103,18 +103,8 @@ def create_app(engine, settings: Settings) -> FastAPI:
     async def on_api_error(request: Request, err: APIError):
         return error_response(request, err)
 
-    @app.middleware("http")
-    async def loopback_host_only(request: Request, call_next):
-        """A server on 127.0.0.1 answers only requests addressed to a loopback name: a web page the user visits can
-        make the browser send requests here, but under its own host name (DNS rebinding), never under these."""
-        if settings.local_only and host_name(request.headers.get("host", "")) not in LOOPBACK_NAMES:
-            return error_response(
-                request,
-                APIError(
-                    400, "this server answers requests to localhost / 127.0.0.1 / [::1] only", code="invalid_host"
-                ),
-            )
-        return await call_next(request)
+    if settings.local_only:
+        app.add_middleware(LoopbackHostOnly, refuse=error_response)
 
     @app.exception_handler(HTTPException)
     async def on_http_error(request: Request, err: HTTPException):  # unknown route, wrong method
@@ -174,14 +164,18 @@ def create_app(engine, settings: Settings) -> FastAPI:
 
     async def next_event(job: Job, request: Request, watch_client: bool):
         """The job's next event. Stops the job when the deadline passes (504) or, with `watch_client`, when the
-        client has gone (a streamed response watches through Starlette instead, which cancels the stream)."""
+        client has gone: looked for every POLL_S seconds, also while events flow (a non-streamed answer's client
+        that left used to be seen only after a pause in the tokens). A streamed response watches through Starlette
+        instead, which cancels the stream."""
         while True:
+            if watch_client and time.monotonic() - job.client_seen >= POLL_S:
+                job.client_seen = time.monotonic()
+                if await request.is_disconnected():
+                    worker.cancel(job, "disconnect")
+                    raise ClientGone()
             try:
                 return await asyncio.wait_for(job.events.get(), timeout=POLL_S)
             except asyncio.TimeoutError:
-                if watch_client and await request.is_disconnected():
-                    worker.cancel(job, "disconnect")
-                    raise ClientGone() from None
                 if job.stop_reason() == "timeout":
                     worker.cancel(job, "timeout")
                     raise timed_out(job.timeout) from None
@@ -349,6 +343,26 @@ async def read_json(request: Request, limit: int):
 
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}
+
+
+class LoopbackHostOnly:
+    """A server on 127.0.0.1 answers only requests addressed to a loopback name: a web page the user visits can make
+    the browser send requests here, but under its own host name (DNS rebinding), never under these. A plain ASGI
+    middleware: Starlette's `BaseHTTPMiddleware` (what `@app.middleware` makes) wraps `receive` so that a handler's
+    `request.is_disconnected()` never sees the client leave."""
+
+    def __init__(self, app, refuse):
+        self.app, self.refuse = app, refuse  # refuse(request, APIError) -> the error response
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            request = Request(scope)
+            if host_name(request.headers.get("host", "")) not in LOOPBACK_NAMES:
+                refusal = APIError(
+                    400, "this server answers requests to localhost / 127.0.0.1 / [::1] only", code="invalid_host"
+                )
+                return await self.refuse(request, refusal)(scope, receive, send)
+        await self.app(scope, receive, send)
 
 
 def host_name(host: str) -> str:

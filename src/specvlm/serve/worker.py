@@ -86,6 +86,7 @@ class Job:
     first_token: float | None = None
     prepared: tuple | None = None  # (model inputs, decoding request, seconds it took), once prepared
     preparing_since: float | None = None  # when a prepare thread began building its inputs
+    client_seen: float = field(default_factory=time.monotonic)  # when the handler last found its client connected
 
     def emit(self, event) -> None:
         try:
