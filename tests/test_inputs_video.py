@@ -250,3 +250,24 @@ def test_a_file_is_read_only_by_the_demuxer_its_extension_names(tmp_path):
     exotic = write_video(tmp_path / "exotic.mp4", index_frames(10), fps=10, codec="mpeg2video")
     with pytest.raises(InputError, match="coded as mpeg2video, which is not read here"):  # decoders: an allowlist
         load_video(exotic, num_frames=2)
+
+
+def test_a_stream_that_changes_its_frame_size_is_refused_in_one_line():
+    """The header's size is what the limits checked and what the frames are stacked at: a sampled frame of another
+    size (a resolution change mid-stream) is a clear error, not a crash of np.stack (a 500 in the server)."""
+    from types import SimpleNamespace
+
+    from specvlm.inputs.video import _decode
+
+    def frame(width, height):
+        return SimpleNamespace(
+            width=width, height=height, time=0.0, to_ndarray=lambda format: np.zeros((height, width, 3))
+        )
+
+    stream = SimpleNamespace(width=64, height=48, thread_type=None)
+    container = SimpleNamespace(decode=lambda s: iter([frame(64, 48), frame(64, 48), frame(1280, 720)]))
+    with pytest.raises(InputError, match="changes its frame size mid-stream \\(64 x 48, then 1280 x 720 at frame 2\\)"):
+        _decode(container, stream, [0, 2], None, "clip.mp4")
+    container = SimpleNamespace(decode=lambda s: iter([frame(64, 48), frame(64, 48), frame(64, 48)]))
+    frames, _ = _decode(container, stream, [0, 2], None, "clip.mp4")
+    assert len(frames) == 2

@@ -158,7 +158,7 @@ def load_video(
                     f"{len(indices) * pixels:,} pixels, more than the {limits.sampled_video_pixels:,} allowed; "
                     "sample fewer frames (--num-frames, a lower --fps) or downscale the video"
                 )
-            frames, times = _decode(container, stream, indices, progress)
+            frames, times = _decode(container, stream, indices, progress, path)
     except InputError:
         raise
     except (av.error.FFmpegError, OSError, UnicodeDecodeError, ValueError) as err:
@@ -203,8 +203,10 @@ def _count_packets(path, demuxer: str, most: int) -> int:
     return count
 
 
-def _decode(container, stream, indices: list[int], progress) -> tuple[list[np.ndarray], list[float]]:
-    """The frames at `indices` (sorted; repeats allowed) and their times, up to the first one the file lacks."""
+def _decode(container, stream, indices: list[int], progress, path="video") -> tuple[list[np.ndarray], list[float]]:
+    """The frames at `indices` (sorted; repeats allowed) and their times, up to the first one the file lacks. Every
+    sampled frame must have the header's size: a stream may change its resolution mid-way (a later frame larger than
+    the header's limit checked, or frames that cannot be stacked), which is refused."""
     wanted: dict[int, list[int]] = {}
     for position, index in enumerate(indices):
         wanted.setdefault(index, []).append(position)
@@ -214,6 +216,11 @@ def _decode(container, stream, indices: list[int], progress) -> tuple[list[np.nd
     stream.thread_type = "AUTO"  # frame-threaded decoding; the frames are identical
     for i, frame in enumerate(container.decode(stream)):
         if i in wanted:
+            if (frame.width, frame.height) != (stream.width, stream.height):
+                raise InputError(
+                    f"video {path} changes its frame size mid-stream ({stream.width} x {stream.height}, then "
+                    f"{frame.width} x {frame.height} at frame {i}); re-encode it at one size"
+                )
             rgb = frame.to_ndarray(format="rgb24")
             for position in wanted[i]:
                 frames[position], times[position] = rgb, float(frame.time or 0.0)
