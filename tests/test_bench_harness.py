@@ -497,6 +497,9 @@ def test_bad_arguments_are_one_line_errors(setup, capsys, tmp_path):
     _fails(capsys, base + ["--keep-ratios", "0.5,2"], "--keep-ratios: 2 is not in (0, 1]")
     _fails(capsys, base + ["--methods", "target,warp"], "unknown method 'warp'")
     _fails(capsys, base + ["--methods", "sd-static"], "needs a draft model: give --draft")
+    view = ["--draft", draft, "--draft-num-frames", "2"]
+    _fails(capsys, base + view + ["--methods", "target,hf-assisted"], "which hf-assisted cannot take")
+    _fails(capsys, base + view[:2] + ["--draft-num-frames", "0"], "--draft-num-frames must be >= 1")
     _fails(capsys, base + ["--pruning-methods", "fancy"], "unknown pruning method 'fancy'")
     _fails(capsys, base + ["--limit", "0"], "--limit must be >= 1")
     _fails(capsys, base + ["--kinds", "caption,colour"], "--kinds: unknown kind 'colour'; known: caption, color")
@@ -569,6 +572,9 @@ def test_frame_folder_becomes_a_video(setup, tmp_path):
     processor = load_processor(setup / "target")
     inputs, draft_inputs = sample_inputs({"video": str(folder), "question": "What happens?"}, processor, processor, 4)
     assert draft_inputs is None and inputs["pixel_values_videos"].shape[0] > 0
+    # --draft-num-frames: the draft's own, sparser view of the same folder (2 frames: one Qwen temporal patch)
+    _, view = sample_inputs({"video": str(folder), "question": "What happens?"}, processor, processor, 4, 2)
+    assert view["video_grid_thw"][0, 0] * 2 == inputs["video_grid_thw"][0, 0]
 
 
 def test_out_folder_needs_force(tmp_path):

@@ -82,6 +82,14 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
         help="prompt sent per sample (default paper: what the papers ran)",
     )
     add_num_frames_argument(g)
+    g.add_argument(
+        "--draft-num-frames",
+        type=int,
+        default=None,
+        metavar="N",
+        help="the draft model reads its own view of each video, N frames (target and sd-* methods only; default: "
+        "the target's frames)",
+    )
     g = p.add_argument_group("models")
     g.add_argument("--target", required=True, help="target model folder")
     g.add_argument(
@@ -176,6 +184,7 @@ def cmd_bench(args) -> int:
         pruning_methods=pruning_methods,
         max_new_tokens=args.max_new_tokens,
         num_frames=args.num_frames,
+        draft_num_frames=args.draft_num_frames,
         limit=args.limit,
         split=args.split,
         prompt=args.prompt_mode,

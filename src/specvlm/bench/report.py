@@ -252,6 +252,7 @@ def summary_markdown(summary: list[dict], context: dict) -> str:
         "max_new_tokens",
         "ignore_eos",
         "num_frames",
+        "draft_num_frames",
         "tree",
         "num_draft_tokens",
         "hf_assistant_tokens",

@@ -153,27 +153,40 @@ def load_frame_folder(path: Path, num_frames: int):
     return Video(frames, indices, [i / fps for i in indices], fps, len(files), str(path))
 
 
-def sample_inputs(record: dict, processor, draft_processor, num_frames: int) -> tuple[dict, dict | None]:
+def sample_inputs(
+    record: dict, processor, draft_processor, num_frames: int, draft_num_frames: int | None = None
+) -> tuple[dict, dict | None]:
     """(target inputs, draft inputs or None when the draft reads the same tensors) for one record: its media loaded
     the dataset's way (a video file, a frame folder, image files or images), then the input pipeline's processor
-    stage (`inputs.build_inputs`, `inputs.pipeline.own_draft_inputs`), as `specvlm generate` runs it."""
-    from ..inputs import build_inputs, load_image, load_video
+    stage (`inputs.build_inputs`, `inputs.pipeline.own_draft_inputs`), as `specvlm generate` runs it.
+    `draft_num_frames`: the draft's own view of the video (--draft-num-frames), sampled by its processor's rule."""
+    from ..inputs import build_inputs, load_image
     from ..inputs.pipeline import own_draft_inputs
-    from ..inputs.video import sampler
 
     images = [load_image(p) if isinstance(p, str) else p for p in record.get("images", [])]
-    video = None
-    if record.get("video") is not None:
-        path = Path(record["video"])
-        if path.is_dir():
-            video = load_frame_folder(path, num_frames)
-        else:
-            sample = sampler(num_frames, sample_frames=processor.video_processor.sample_frames)
-            video = load_video(path, sample_indices_fn=sample)
+    video = _sample_video(record, processor, num_frames)
     inputs = build_inputs(processor, record["question"], images, video)
+    if draft_num_frames is not None:
+        draft_video = _sample_video(record, draft_processor, draft_num_frames)
+        return inputs, own_draft_inputs(inputs, processor, draft_processor, record["question"], images, draft_video)
     if draft_processor is None or draft_processor is processor:
         return inputs, None
     return inputs, own_draft_inputs(inputs, processor, draft_processor, record["question"], images, video)
+
+
+def _sample_video(record: dict, processor, num_frames: int):
+    """The record's video (a file or a frame folder) sampled to `num_frames` by `processor`'s rule, or None."""
+    from ..inputs import load_video
+    from ..inputs.video import sampler
+
+    if record.get("video") is None:
+        return None
+    path = Path(record["video"])
+    if path.is_dir():
+        return load_frame_folder(path, num_frames)
+    return load_video(
+        path, sample_indices_fn=sampler(num_frames, sample_frames=processor.video_processor.sample_frames)
+    )
 
 
 # ---- models ----------------------------------------------------------------------------------------------------------
@@ -335,6 +348,7 @@ def run_bench(
     pruning_methods=DEFAULT_PRUNING_METHODS,
     max_new_tokens: int = 128,
     num_frames: int = DEFAULT_NUM_FRAMES,
+    draft_num_frames: int | None = None,
     limit: int | None = None,
     split: str | None = None,
     prompt: str | None = None,
@@ -363,6 +377,8 @@ def run_bench(
         raise SpecVLMError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if num_frames < 1:
         raise SpecVLMError(f"--num-frames must be >= 1, got {num_frames}")
+    if draft_num_frames is not None and draft_num_frames < 1:
+        raise SpecVLMError(f"--draft-num-frames must be >= 1, got {draft_num_frames}")
     if repeats < 1 or warmup < 0:
         raise SpecVLMError(f"--repeats must be >= 1 and --warmup >= 0, got {repeats} and {warmup}")
     # the decoding options every method shares, checked as the library checks them (errors name the flags)
@@ -378,6 +394,13 @@ def run_bench(
         has_head=head is not None,
         tree=tree,
     )
+    if draft_num_frames is not None:
+        other = [r.name for r in runs if r.drafter not in ("none", "draft") or r.pruning != "none"]
+        if other:
+            raise SpecVLMError(
+                f"--draft-num-frames gives the draft model its own view, which {', '.join(other)} cannot take "
+                "(hf-assisted reads the target's prompt, pruning the target's visual tokens): run target and sd-*"
+            )
     records = load_records(dataset, limit=limit, split=split, prompt=prompt, kinds=kinds)
     _check_folders(
         target,
@@ -403,6 +426,7 @@ def run_bench(
         "samples": len(records),
         "max_new_tokens": max_new_tokens,
         "num_frames": num_frames,
+        "draft_num_frames": draft_num_frames,
         "repeats": repeats,
         "warmup": warmup,
         "order": "methods rotated by one per timed round",
@@ -438,7 +462,7 @@ def run_bench(
                     models,
                     generators,
                     gen_kwargs,
-                    num_frames,
+                    (num_frames, draft_num_frames),
                     warmup,
                     repeats,
                     hf_assistant_tokens,
@@ -467,7 +491,7 @@ def _sample_rows(
     models: Models,
     generators: dict,
     gen_kwargs: dict,
-    num_frames: int,
+    frames: tuple[int, int | None],  # (target's frames, the draft's own view or None)
     warmup: int,
     repeats: int,
     hf_assistant_tokens,
@@ -477,7 +501,7 @@ def _sample_rows(
 ) -> list[dict]:
     """Every run on one sample (warm-up first on sample 0), `repeats` rounds of every run, the order rotated by one
     per round over the whole benchmark; rows in run order."""
-    inputs, draft_inputs = sample_inputs(record, models.processor, models.draft_processor, num_frames)
+    inputs, draft_inputs = sample_inputs(record, models.processor, models.draft_processor, *frames)
     go = lambda run: execute(run, models, generators, inputs, draft_inputs, gen_kwargs, hf_assistant_tokens)
     if index == 0:
         for w in range(warmup):
