@@ -194,3 +194,12 @@ def test_testbed_findings_run_on_a_small_world(tmp_path):
     assert "| all |" in body and "| random | 0.01 |" in body and "ratio" in body
     tau_rows = [line for line in body.splitlines() if line.startswith(("| none", "| specvlm", "| random"))]
     assert tau_rows and all(line.rstrip(" |").endswith("1/1") for line in tau_rows)  # every output lossless
+
+
+@pytest.mark.slow
+def test_draft_views_benchmark_runs(capsys):
+    import bench_draft_views
+
+    bench_draft_views.main(["--repeats", "1", "--max-new-tokens", "4", "--no-compile", "--threads", "1"])
+    out = capsys.readouterr().out
+    assert "| other-family draft, all frames |" in out and "| same-family draft, 2 frames |" in out

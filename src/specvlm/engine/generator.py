@@ -47,7 +47,8 @@ class SpecOutput:
 
 
 class SpeculativeGenerator:
-    """`SpeculativeGenerator(target, draft, **options)`; `draft` is a same-family HF VLM, a Drafter (e.g. an
+    """`SpeculativeGenerator(target, draft, **options)`; `draft` is an HF VLM (of the target's family, or of another
+    sharing its vocabulary: it then reads its own `draft_inputs`, which `generate` requires), a Drafter (e.g. an
     EagleHead), "self" (the target drafts from a pruned view of its prompt: set `pruning`), or None (the target
     alone through the same engine, at its own speed). There is no default draft: none that is known to pay.
 

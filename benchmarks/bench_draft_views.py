@@ -1,0 +1,147 @@
+"""Which drafts pay (issue 21): the same-family draft reading all of the target's frames, the same draft reading a
+sparser view (--draft-num-frames: ½ and ¼ of the target's frames), the other family's draft (it reads the request
+through its own processor), and SpecVLM pruning at keep 0.1, on the bundled pair of one family.
+
+    python benchmarks/bench_draft_views.py [--family qwen2_5_vl] [--repeats 3] [--max-new-tokens 48] [--frames 8]
+                                           [--threads 2] [--no-compile] [--record]
+
+Per bundled caption clip: every configuration runs once per round, the order rotated each round, after one warm-up
+round; each speculative answer is checked equal to the target's own. Baselines, what users would otherwise run: HF
+eager `target.generate` and HF's compiled static-cache `generate`. A row: τ (draft tokens accepted per round, as
+the first round decides it: greedy, deterministic), the draft's prompt length, and the decoding speedup over each
+baseline: median of the per-clip, per-round ratios of wall time (prefill included), with their min–max.
+"""
+
+from __future__ import annotations
+
+import argparse
+import statistics
+import time
+
+import torch
+
+from specvlm import SpeculativeGenerator
+from specvlm.inputs import FrameOptions, InputModels, MediaPrompt, prepare_inputs
+from specvlm.testbed.assets import FAMILIES, bundled_pair, sample_clips
+
+from common import hf_static_config, record, table
+
+OTHER = {"qwen2_5_vl": "llava_onevision", "llava_onevision": "qwen2_5_vl"}
+
+
+def load(folder):
+    from transformers import AutoModelForImageTextToText
+
+    return AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32).eval()
+
+
+def configs(frames: int) -> dict[str, dict]:
+    """name -> (draft: "own" | "other", pruning, draft frames)"""
+    return {
+        "same-family draft, all frames": dict(draft="own", pruning="none", draft_frames=None),
+        f"same-family draft, {frames // 2} frames": dict(draft="own", pruning="none", draft_frames=frames // 2),
+        f"same-family draft, {frames // 4} frames": dict(draft="own", pruning="none", draft_frames=frames // 4),
+        "other-family draft, all frames": dict(draft="other", pruning="none", draft_frames=None),
+        "same-family draft, SpecVLM pruning keep 0.1": dict(draft="own", pruning="specvlm", draft_frames=None),
+    }
+
+
+def timed(fn) -> tuple[float, object]:
+    started = time.perf_counter()
+    out = fn()
+    return time.perf_counter() - started, out
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--family", default="qwen2_5_vl", choices=[f for f in FAMILIES if f in OTHER])
+    parser.add_argument("--repeats", type=int, default=3, help="timed rounds after one warm-up round (default 3)")
+    parser.add_argument("--max-new-tokens", type=int, default=48)
+    parser.add_argument("--frames", type=int, default=8, help="the target's frames per clip (default 8)")
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--no-compile", action="store_true", help="skip HF's compiled static-cache baseline")
+    parser.add_argument("--record", action="store_true", help="write the table to docs/BENCHMARKS.md")
+    args = parser.parse_args(argv)
+    torch.set_num_threads(args.threads)
+    torch.set_flush_denormal(True)  # fp16 checkpoints upcast to fp32 produce denormals that crawl on CPU
+
+    target_dir, draft_dir = bundled_pair(args.family)
+    _, other_dir = bundled_pair(OTHER[args.family])
+    target, drafts = load(target_dir), {"own": (draft_dir, load(draft_dir)), "other": (other_dir, load(other_dir))}
+    settings = configs(args.frames)
+    clips = sample_clips(kind="caption")
+    generate = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
+    baselines = {"HF eager": {}}
+    if not args.no_compile:
+        baselines["HF compiled static"] = dict(
+            cache_implementation="static", compile_config=hf_static_config(target.device)
+        )
+
+    jobs = {}  # (clip, name) -> a no-argument call returning new token ids
+    taus, draft_tokens = {}, {}
+    for c, clip in enumerate(clips):
+        media = MediaPrompt(clip["question"], (), clip["video"])
+        plain = prepare_inputs(InputModels(target_dir, target.config), media, FrameOptions(num_frames=args.frames))
+        length = plain["input_ids"].shape[1]
+        for name, kwargs in baselines.items():
+            jobs[c, name] = lambda kw=kwargs, inputs=plain, n=length: target.generate(**inputs, **generate, **kw)[0, n:]
+        for name, setting in settings.items():
+            folder, draft = drafts[setting["draft"]]
+            frames = FrameOptions(num_frames=args.frames, draft_num_frames=setting["draft_frames"])
+            inputs = prepare_inputs(InputModels(target_dir, target.config, folder, draft.config), media, frames)
+            gen = SpeculativeGenerator(target, draft, pruning=setting["pruning"])
+            jobs[c, name] = lambda gen=gen, inputs=inputs, name=name, c=c: _speculative(gen, inputs, generate, name, c)
+            taus[c, name], draft_tokens[c, name] = None, None
+
+    def _speculative(gen, inputs, generate, name, c):
+        out = gen.generate(**inputs, **generate)
+        taus[c, name], draft_tokens[c, name] = out.stats.mean_accepted_tokens, out.stats.draft_prompt_tokens
+        return torch.tensor(out.token_ids)
+
+    names = list(baselines) + list(settings)
+    times: dict[tuple, list[float]] = {key: [] for key in jobs}
+    with torch.no_grad():
+        for r in range(args.repeats + 1):  # round 0: warm-up (HF's compile happens there)
+            for c in range(len(clips)):
+                shift = (r + c) % len(names)
+                answers = {}
+                for name in names[shift:] + names[:shift]:
+                    seconds, ids = timed(jobs[c, name])
+                    answers[name] = ids.tolist()
+                    if r:
+                        times[c, name].append(seconds)
+                differ = [name for name in names if answers[name] != answers["HF eager"]]
+                if differ:
+                    raise SystemExit(f"{', '.join(differ)} differ from target.generate on {clips[c]['video']}")
+                print(f"round {r}/{args.repeats} clip {c + 1}/{len(clips)}: all equal", flush=True)
+
+    rows = []
+    for name in settings:
+        row = [name, f"{statistics.median(taus[c, name] for c in range(len(clips))):.2f}"]
+        row.append(f"{statistics.median(draft_tokens[c, name] for c in range(len(clips))):.0f}")
+        for base in baselines:
+            ratios = [b / s for c in range(len(clips)) for b, s in zip(times[c, base], times[c, name])]
+            row.append(f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})")
+        rows.append(row)
+    headers = ["draft", "τ (median over clips)", "draft prompt tokens"] + [f"vs {b}" for b in baselines]
+    text = table(headers, rows)
+    print(text)
+    if args.record:
+        target_tokens = prepare_inputs(
+            InputModels(target_dir, target.config),
+            MediaPrompt(clips[0]["question"], (), clips[0]["video"]),
+            FrameOptions(num_frames=args.frames),
+        )["input_ids"].shape[1]
+        body = (
+            f"{len(clips)} bundled caption clips, {args.family} pair (the other family: {OTHER[args.family]}'s "
+            f"draft), the target reads {args.frames} frames ({target_tokens} prompt tokens on the first clip); "
+            f"greedy, at most {args.max_new_tokens} new tokens, generate's default static tree; {args.repeats} timed "
+            f"rounds after a warm-up, configurations interleaved and rotated; every answer equal to "
+            f"`target.generate`'s. Speedup: median (min–max) of per-clip, per-round wall-time ratios, prefill "
+            f"included, {args.threads} torch threads.\n\n" + text
+        )
+        record(f"draft-views-{args.family}", f"Draft views and other-family drafts ({args.family}, CPU)", body)
+
+
+if __name__ == "__main__":
+    main()
