@@ -15,6 +15,7 @@ baseline: median of the per-clip, per-round ratios of wall time (prefill include
 from __future__ import annotations
 
 import argparse
+import functools
 import statistics
 import time
 
@@ -77,37 +78,37 @@ def main(argv: list[str] | None = None) -> None:
             cache_implementation="static", compile_config=hf_static_config(target.device)
         )
 
-    jobs = {}  # (clip, name) -> a no-argument call returning new token ids
-    taus, draft_tokens = {}, {}
+    def hf(inputs, length: int, options: dict):
+        return target.generate(**inputs, **generate, **options)[0, length:].tolist(), None
+
+    def ours(gen, inputs):
+        out = gen.generate(**inputs, **generate)
+        return out.token_ids, out.stats
+
+    jobs = {}  # (clip, name) -> a no-argument call returning (new token ids, our SpecStats or None)
     for c, clip in enumerate(clips):
         media = MediaPrompt(clip["question"], (), clip["video"])
         plain = prepare_inputs(InputModels(target_dir, target.config), media, FrameOptions(num_frames=args.frames))
-        length = plain["input_ids"].shape[1]
-        for name, kwargs in baselines.items():
-            jobs[c, name] = lambda kw=kwargs, inputs=plain, n=length: target.generate(**inputs, **generate, **kw)[0, n:]
+        for name, options in baselines.items():
+            jobs[c, name] = functools.partial(hf, plain, plain["input_ids"].shape[1], options)
         for name, setting in settings.items():
             folder, draft = drafts[setting["draft"]]
             frames = FrameOptions(num_frames=args.frames, draft_num_frames=setting["draft_frames"])
             inputs = prepare_inputs(InputModels(target_dir, target.config, folder, draft.config), media, frames)
-            gen = SpeculativeGenerator(target, draft, pruning=setting["pruning"])
-            jobs[c, name] = lambda gen=gen, inputs=inputs, name=name, c=c: _speculative(gen, inputs, generate, name, c)
-            taus[c, name], draft_tokens[c, name] = None, None
-
-    def _speculative(gen, inputs, generate, name, c):
-        out = gen.generate(**inputs, **generate)
-        taus[c, name], draft_tokens[c, name] = out.stats.mean_accepted_tokens, out.stats.draft_prompt_tokens
-        return torch.tensor(out.token_ids)
+            jobs[c, name] = functools.partial(
+                ours, SpeculativeGenerator(target, draft, pruning=setting["pruning"]), inputs
+            )
 
     names = list(baselines) + list(settings)
     times: dict[tuple, list[float]] = {key: [] for key in jobs}
+    stats = {}  # (clip, name) -> the SpecStats of its latest run (greedy: every run the same)
     with torch.no_grad():
         for r in range(args.repeats + 1):  # round 0: warm-up (HF's compile happens there)
             for c in range(len(clips)):
                 shift = (r + c) % len(names)
                 answers = {}
                 for name in names[shift:] + names[:shift]:
-                    seconds, ids = timed(jobs[c, name])
-                    answers[name] = ids.tolist()
+                    seconds, (answers[name], stats[c, name]) = timed(jobs[c, name])
                     if r:
                         times[c, name].append(seconds)
                 differ = [name for name in names if answers[name] != answers["HF eager"]]
@@ -117,8 +118,8 @@ def main(argv: list[str] | None = None) -> None:
 
     rows = []
     for name in settings:
-        row = [name, f"{statistics.median(taus[c, name] for c in range(len(clips))):.2f}"]
-        row.append(f"{statistics.median(draft_tokens[c, name] for c in range(len(clips))):.0f}")
+        row = [name, f"{statistics.median(stats[c, name].mean_accepted_tokens for c in range(len(clips))):.2f}"]
+        row.append(f"{statistics.median(stats[c, name].draft_prompt_tokens for c in range(len(clips))):.0f}")
         for base in baselines:
             ratios = [b / s for c in range(len(clips)) for b, s in zip(times[c, base], times[c, name])]
             row.append(f"{statistics.median(ratios):.2f}× ({min(ratios):.2f}–{max(ratios):.2f})")

@@ -70,22 +70,8 @@ def test_a_draft_view_reads_fewer_frames_and_the_answer_stays_the_targets(capsys
     """--draft-num-frames: the draft reads 2 of the clip's frames where the target reads 6 (issue 21's sparse ->
     dense view); the answer is still the target's own."""
     media_args = ["--video", str(media / "clip.mp4"), "--num-frames", "6", "--prompt", "What happens here?"]
-    code, out, err = _run(
-        capsys,
-        "generate",
-        "--target",
-        folders[target],
-        "--draft",
-        folders[draft],
-        *media_args,
-        "--max-new-tokens",
-        12,
-        "--json",
-        "--draft-num-frames",
-        2,
-    )
-    assert code == 0, err
-    result = json.loads(out)
+    view = ["--max-new-tokens", "12", "--draft-num-frames", "2"]
+    result = _json(capsys, "--target", folders[target], "--draft", folders[draft], *media_args, *view)
     assert result["token_ids"] == _expected(folders[target], media_args, 12)
     stats = result["stats"]
     assert stats["draft_prompt_tokens"] < stats["target_prompt_tokens"] and result["inputs"]["frames"] == 6

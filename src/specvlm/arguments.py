@@ -196,6 +196,11 @@ def check_decoding(args) -> DecodeConfig:
     return DecodeConfig.from_args(args)  # errors name the flags
 
 
+def dest(flag: str) -> str:
+    """argparse's attribute for a long option: "--draft-num-frames" -> "draft_num_frames"."""
+    return flag.removeprefix("--").replace("-", "_")
+
+
 def check_draft_view(args) -> None:
     """--draft-num-frames / --draft-fps / --draft-max-pixels give a draft model its own, cheaper view of the media:
     they need a draft model (a head or the target drafting for itself reads the target's view) and exclude pruning
@@ -203,7 +208,7 @@ def check_draft_view(args) -> None:
     given = [
         flag
         for flag in ("--draft-num-frames", "--draft-fps", "--draft-max-pixels")
-        if getattr(args, flag[2:].replace("-", "_"), None) is not None
+        if getattr(args, dest(flag), None) is not None
     ]
     if not given:
         return

@@ -17,9 +17,13 @@ class AnswerText:
     def __init__(self, tokenizer):
         self.tokenizer, self.tokens, self.shown = tokenizer, [], ""
 
+    def decode(self, tokens: list[int]) -> str:
+        """The text of answer tokens (special tokens dropped)."""
+        return self.tokenizer.decode(tokens, skip_special_tokens=True)
+
     def current(self, final: bool = False) -> str | None:
         """The whole answer's text so far; None while its last character is incomplete (unless `final`)."""
-        text = self.tokenizer.decode(self.tokens, skip_special_tokens=True)
+        text = self.decode(self.tokens)
         return None if text.endswith("\ufffd") and not final else text
 
     def add(self, ids: list[int]) -> str:

@@ -162,13 +162,14 @@ def add_limit_arguments(g) -> None:
 
 def media_limits(args):
     """The MediaLimits the limit flags give; a one-line error for a value below 1."""
+    from ..arguments import dest
     from ..inputs.limits import MediaLimits
 
     for flag in ("--max-images", *LIMIT_FLAGS):
-        value = getattr(args, flag[2:].replace("-", "_"))
+        value = getattr(args, dest(flag))
         if value < 1:
             raise SpecVLMError(f"{flag} must be >= 1, got {value}")
-    return MediaLimits(**{field: getattr(args, flag[2:].replace("-", "_")) for flag, (field, _) in LIMIT_FLAGS.items()})
+    return MediaLimits(**{field: getattr(args, dest(flag)) for flag, (field, _) in LIMIT_FLAGS.items()})
 
 
 def check_server_options(args) -> Path | None:

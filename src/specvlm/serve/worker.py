@@ -109,7 +109,7 @@ class Job:
         return None
 
     def check(self) -> None:
-        """Raises `Stop` once the job should stop (called while its media decode)."""
+        """Raises `Stop` once the job should stop (called while its media decode, and after each round)."""
         reason = self.stop_reason()
         if reason:
             raise Stop(reason)
@@ -187,9 +187,7 @@ class TextSink(AnswerStreamer):
             self.job.first_token = time.monotonic()
         if self._flush(final=False):
             raise Stop("stop")
-        reason = self.job.stop_reason()
-        if reason:
-            raise Stop(reason)
+        self.job.check()
 
     def on_end(self) -> None:
         self._flush(final=True)
@@ -223,8 +221,7 @@ class TextSink(AnswerStreamer):
         round's: the text before it held none)."""
         tokens, stops = self.text.tokens, self.job.decoding.stop
         for count in range(self.before_round + 1, len(tokens)):
-            text = self.text.tokenizer.decode(tokens[:count], skip_special_tokens=True)
-            if stop_point(text, stops, final=True, shown=self.shown)[1]:
+            if stop_point(self.text.decode(tokens[:count]), stops, final=True, shown=self.shown)[1]:
                 return count
         return len(tokens)
 
@@ -314,8 +311,8 @@ class Worker:
         if busy and now - self.beat > self.stuck_timeout:
             return f"the model worker has been in one step for {now - self.beat:.0f} s (over {self.stuck_timeout:g} s)"
         started = [job.preparing_since for job in list(self._preparing) if job.preparing_since is not None]
-        if started and now - min(started) > self.stuck_timeout:
-            waited = now - min(started)
+        waited = now - min(started) if started else 0.0
+        if waited > self.stuck_timeout:
             return f"a request's inputs have been preparing for {waited:.0f} s (over {self.stuck_timeout:g} s)"
         return None
 
