@@ -12,7 +12,8 @@ OLDEST_TRANSFORMERS := 5.3.0
 OLD := .venv-oldest
 OLD_PY := $(OLD)/bin/python
 OLD_STAMP := $(OLD)/.specvlm-installed
-CORE_TESTS := tests/test_adapters.py tests/test_lossless.py tests/test_fast_engine.py tests/test_generate_compat.py
+CORE_TESTS := tests/test_adapters.py tests/test_lossless.py tests/test_fast_engine.py tests/test_generate_compat.py \
+	tests/test_vocab_bridge.py
 
 .PHONY: setup lint test test-newest test-oldest demo clean
 

@@ -1,6 +1,12 @@
 """Which drafts pay (issue 21): the same-family draft reading all of the target's frames, the same draft reading a
 sparser view (--draft-num-frames: ½ and ¼ of the target's frames), the other family's draft (it reads the request
-through its own processor), and SpecVLM pruning at keep 0.1, on the bundled pair of one family.
+through its own processor), that draft speaking another vocabulary (bridged through text), and SpecVLM pruning at
+keep 0.1, on the bundled pair of one family.
+
+The other-vocabulary drafts are copies of the other family's bundled draft: its ordinary token ids permuted, the
+embedding and LM-head rows moved with them (the same function under other names: bridging must keep its τ, and
+what it costs is the bridge itself), and also a copy whose BPE stops after half its merges (words reach it in more
+pieces than it was trained on: what re-tokenizing costs in τ).
 
     python benchmarks/bench_draft_views.py [--family qwen2_5_vl] [--repeats 3] [--max-new-tokens 48] [--frames 8]
                                            [--threads 2] [--no-compile] [--record]
@@ -16,10 +22,16 @@ from __future__ import annotations
 
 import argparse
 import functools
+import json
+import random
+import shutil
 import statistics
+import tempfile
 import time
+from pathlib import Path
 
 import torch
+from transformers import AutoTokenizer
 
 from specvlm import SpeculativeGenerator
 from specvlm.inputs import FrameOptions, InputModels, MediaPrompt, prepare_inputs
@@ -36,13 +48,45 @@ def load(folder):
     return AutoModelForImageTextToText.from_pretrained(str(folder), dtype=torch.float32).eval()
 
 
+def other_vocabulary(src: Path, dst: Path, seed: int = 0, keep_merges: float | None = None) -> Path:
+    """A copy of the checkpoint `src` speaking another vocabulary: its ordinary token ids permuted with their
+    embedding and LM-head rows, and with `keep_merges` (a fraction) its BPE stopped after that share of its merges
+    (the later merges' tokens become unreachable fillers)."""
+    shutil.copytree(src, dst)
+    spec = json.loads((dst / "tokenizer.json").read_text())
+    vocab, merges = spec["model"]["vocab"], spec["model"]["merges"]
+    if keep_merges is not None:
+        kept = int(len(merges) * keep_merges)
+        dropped = {"".join(merge) for merge in merges[kept:]}
+        spec["model"]["merges"] = merges[:kept]
+        vocab = {(f"<unused-merge{i}>" if token in dropped else token): i for token, i in vocab.items()}
+    order = list(range(len(vocab)))  # old ordinary id -> new one (special tokens keep theirs, above these)
+    random.Random(seed).shuffle(order)
+    spec["model"]["vocab"] = {token: order[i] for token, i in vocab.items()}
+    (dst / "tokenizer.json").write_text(json.dumps(spec))
+    model = load(src)
+    moved = torch.tensor(order)
+    with torch.no_grad():
+        weights = {id(w): w for w in (model.get_input_embeddings().weight, model.get_output_embeddings().weight)}
+        for weight in weights.values():
+            weight[moved] = weight[: len(order)].clone()
+    model.save_pretrained(dst)
+    return dst
+
+
 def configs(frames: int) -> dict[str, dict]:
-    """name -> (draft: "own" | "other", pruning, draft frames)"""
+    """name -> (draft: which checkpoint, pruning, draft frames)"""
     return {
         "same-family draft, all frames": dict(draft="own", pruning="none", draft_frames=None),
         f"same-family draft, {frames // 2} frames": dict(draft="own", pruning="none", draft_frames=frames // 2),
         f"same-family draft, {frames // 4} frames": dict(draft="own", pruning="none", draft_frames=frames // 4),
         "other-family draft, all frames": dict(draft="other", pruning="none", draft_frames=None),
+        "other-family draft, own vocabulary (ids permuted)": dict(
+            draft="other, ids permuted", pruning="none", draft_frames=None
+        ),
+        "other-family draft, own vocabulary (½ merges, ids permuted)": dict(
+            draft="other, half merges", pruning="none", draft_frames=None
+        ),
         "same-family draft, SpecVLM pruning keep 0.1": dict(draft="own", pruning="specvlm", draft_frames=None),
     }
 
@@ -68,7 +112,17 @@ def main(argv: list[str] | None = None) -> None:
 
     target_dir, draft_dir = bundled_pair(args.family)
     _, other_dir = bundled_pair(OTHER[args.family])
-    target, drafts = load(target_dir), {"own": (draft_dir, load(draft_dir)), "other": (other_dir, load(other_dir))}
+    scratch = Path(tempfile.mkdtemp(prefix="specvlm-vocab-"))
+    folders = {
+        "own": draft_dir,
+        "other": other_dir,
+        "other, ids permuted": other_vocabulary(other_dir, scratch / "permuted"),
+        "other, half merges": other_vocabulary(other_dir, scratch / "half-merges", keep_merges=0.5),
+    }
+    target, drafts = load(target_dir), {key: (folder, load(folder)) for key, folder in folders.items()}
+    tokenizers = {
+        key: AutoTokenizer.from_pretrained(str(folder)) for key, folder in [("target", target_dir), *folders.items()]
+    }
     settings = configs(args.frames)
     clips = sample_clips(kind="caption")
     generate = dict(max_new_tokens=args.max_new_tokens, do_sample=False)
@@ -95,9 +149,14 @@ def main(argv: list[str] | None = None) -> None:
             folder, draft = drafts[setting["draft"]]
             frames = FrameOptions(num_frames=args.frames, draft_num_frames=setting["draft_frames"])
             inputs = prepare_inputs(InputModels(target_dir, target.config, folder, draft.config), media, frames)
-            jobs[c, name] = functools.partial(
-                ours, SpeculativeGenerator(target, draft, pruning=setting["pruning"]), inputs
+            gen = SpeculativeGenerator(
+                target,
+                draft,
+                tokenizer=tokenizers["target"],
+                draft_tokenizer=tokenizers[setting["draft"]],
+                pruning=setting["pruning"],
             )
+            jobs[c, name] = functools.partial(ours, gen, inputs)
 
     names = list(baselines) + list(settings)
     times: dict[tuple, list[float]] = {key: [] for key in jobs}
@@ -127,6 +186,7 @@ def main(argv: list[str] | None = None) -> None:
     headers = ["draft", "τ (median over clips)", "draft prompt tokens"] + [f"vs {b}" for b in baselines]
     text = table(headers, rows)
     print(text)
+    shutil.rmtree(scratch)
     if args.record:
         target_tokens = prepare_inputs(
             InputModels(target_dir, target.config),
@@ -135,7 +195,9 @@ def main(argv: list[str] | None = None) -> None:
         )["input_ids"].shape[1]
         body = (
             f"{len(clips)} bundled caption clips, {args.family} pair (the other family: {OTHER[args.family]}'s "
-            f"draft), the target reads {args.frames} frames ({target_tokens} prompt tokens on the first clip); "
+            f"draft; its own vocabulary: that draft with its ordinary ids permuted, and also with half its BPE "
+            f"merges, bridged through text), the target reads {args.frames} frames ({target_tokens} prompt tokens "
+            "on the first clip); "
             f"greedy, at most {args.max_new_tokens} new tokens, generate's default static tree; {args.repeats} timed "
             f"rounds after a warm-up, configurations interleaved and rotated; every answer equal to "
             f"`target.generate`'s. Speedup: median (min–max) of per-clip, per-round wall-time ratios, prefill "

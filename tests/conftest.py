@@ -74,6 +74,7 @@ def folders(tmp_path_factory):
     never write into the folders). By name:
       qwen, qwen_draft, onevision, onevision_draft
           checkpoints as users have them: weights + tokenizer + processor files (the drafts: seed 1, hidden 32)
+      onevision_draft_bpe          onevision_draft with another vocabulary (fewer merges, permuted ids)
       qwen2_5_vl, qwen2_vl, llava_onevision
           tokenizer + processor files only, no weights
       qwen_plain, onevision_plain  as those, without a chat template (the fallback prompt)
@@ -91,6 +92,11 @@ def folders(tmp_path_factory):
         checkpoint = model(family, **kw)
         checkpoint.save_pretrained(root / name)
         out[name] = save_tiny_processor(root / name, family, checkpoint)
+    checkpoint = model("llava_onevision", seed=1, hidden=32)
+    checkpoint.save_pretrained(root / "onevision_draft_bpe")
+    out["onevision_draft_bpe"] = save_tiny_processor(
+        root / "onevision_draft_bpe", "llava_onevision", checkpoint, tokenizer_options=dict(merges=60, shuffle=3)
+    )
     for family in ("qwen2_5_vl", "qwen2_vl", "llava_onevision"):
         out[family] = save_tiny_processor(root / family, family)
     for name, family, kw in (

@@ -152,3 +152,20 @@ def trained(family):
     target = peaky(family)
     head = EagleHead.init_for(target, seed=0)
     return train_head(target, training_data(family), head, steps=TRAIN_STEPS, lr=3e-3, seed=0, progress=False)
+
+
+def assert_cross_family_sampling_is_the_targets(target, draft, **options):
+    """χ² of the first three sampled tokens against the target's exact law, for a LLaVA-OneVision `draft` of a
+    Qwen2.5-VL `target` (VOCAB-sized, video inputs of each family), with a perturbed copy of the draft's LM head:
+    close enough to be accepted, never identical. `options` go to the generator (tokenizers, for a bridge)."""
+    draft = copy.deepcopy(draft)
+    torch.manual_seed(7)
+    with torch.no_grad():
+        draft.lm_head.weight.add_(torch.randn_like(draft.lm_head.weight) * 0.6)
+    inputs = make_inputs("qwen2_5_vl", "video", vocab=VOCAB)
+    draft_inputs = make_inputs("llava_onevision", "video", vocab=VOCAB)
+    samples, totals = speculative_samples(
+        target, draft, {**inputs, "draft_inputs": draft_inputs}, "chain", 1.0, 1.0, runs=1000, **options
+    )
+    assert totals["accepted"] > 50  # its proposals were really accepted (~100 per 1000 runs), not only corrected
+    assert min(chi2_pvalues(target, inputs, 1.0, 1.0, samples)) > 1e-3

@@ -200,6 +200,9 @@ def test_testbed_findings_run_on_a_small_world(tmp_path):
 def test_draft_views_benchmark_runs(capsys):
     import bench_draft_views
 
-    bench_draft_views.main(["--repeats", "1", "--max-new-tokens", "4", "--no-compile", "--threads", "1"])
+    bench_draft_views.main(["--repeats", "1", "--max-new-tokens", "8", "--no-compile", "--threads", "1"])
     out = capsys.readouterr().out
     assert "| other-family draft, all frames |" in out and "| same-family draft, 2 frames |" in out
+    tau = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines() if "draft," in line}
+    # the same draft under permuted ids, bridged through text, proposes exactly what it proposed before
+    assert tau["other-family draft, own vocabulary (ids permuted)"] == tau["other-family draft, all frames"]

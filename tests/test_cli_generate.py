@@ -35,6 +35,7 @@ CASES = [  # target, draft, inputs, extra options
     ("onevision", "onevision_draft", "video", ["--pruning", "uniform", "--visual-keep-ratio", "0.5"]),
     ("onevision", "self", "image", ["--tree", "chain", "--pruning", "none"]),  # the unpruned self-draft, asked for
     ("qwen", "onevision_draft", "video", ["--tree", "chain"]),  # another family's draft: reads its own inputs
+    ("qwen", "onevision_draft_bpe", "image", []),  # ... and has another vocabulary: bridged through text
 ]
 
 
@@ -96,6 +97,16 @@ def test_streams_text_and_prints_a_summary(capsys, folders, media):
     assert out.endswith("\n") and "Traceback" not in err
     assert "loading target" in err and "decoded 8 of 24 frames" in err
     assert "8 tokens, τ=" in err.strip().splitlines()[-1]
+
+
+def test_a_draft_with_its_own_vocabulary_says_it_is_bridged(capsys, folders, media):
+    draft = folders["onevision_draft_bpe"]
+    argv = ["--image", media / "picture.png", "--prompt", "Describe it.", "--max-new-tokens", 4]
+    code, _, err = _run(capsys, "generate", "--target", folders["qwen"], "--draft", draft, *argv)
+    assert code == 0, err
+    assert "the draft has its own vocabulary" in err
+    code, _, err = _run(capsys, "generate", "--target", folders["qwen"], "--draft", folders["onevision_draft"], *argv)
+    assert code == 0 and "own vocabulary" not in err
 
 
 def _bad_inputs(folders, media, tmp):

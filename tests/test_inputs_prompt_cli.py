@@ -235,7 +235,7 @@ def test_model_cannot_take_the_input(folders, configs, media):
 
 def test_a_draft_of_another_family_reads_the_request_its_own_way(folders, configs, tiny, media, tmp_path):
     """A LLaVA-OneVision draft for a Qwen2.5-VL target: its own chat template, placeholders and pixels (its own
-    `draft_inputs`); a draft of another family whose vocabulary differs is refused in one line."""
+    `draft_inputs`), also when its vocabulary differs (the generator bridges the two, `drafters/vocab.py`)."""
     args = _args("--video", str(media / "clip_30.mp4"), "--prompt", "Q")
     inputs = inputs_from_args(
         args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], folders["llava_onevision"], configs["llava_onevision"]
@@ -262,9 +262,8 @@ def test_a_draft_of_another_family_reads_the_request_its_own_way(folders, config
     )
     other = tiny("llava_onevision", vocab=2048)
     other_dir = save_tiny_processor(tmp_path / "draft", "llava_onevision", other)
-    assert "tokenizer is incompatible" in _error(
-        lambda: inputs_from_args(args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], other_dir, other.config)
-    )
+    own = inputs_from_args(args, folders["qwen2_5_vl"], configs["qwen2_5_vl"], other_dir, other.config)
+    assert (own["draft_inputs"]["input_ids"] == special_ids(2048)["video"]).any()  # its own placeholder id
 
 
 def test_draft_with_another_tokenizer(folders, configs, tiny, media, tmp_path):

@@ -299,7 +299,18 @@ def load_generator(args, models: ModelDirs, say, batched: bool = False):
     elif models.draft_dir is not None:
         say(f"loading draft {args.draft} ...")
         spec, kind = models.draft_dir, "model"
-    draft = load_drafter(spec, target, args.dtype, args.device, kind=kind, tokenizer=tokenizer)
+    draft_tokenizer = load_tokenizer(models.draft_dir) if models.draft_dir is not None and kind == "model" else None
+    draft = load_drafter(
+        spec, target, args.dtype, args.device, kind=kind, tokenizer=tokenizer, draft_tokenizer=draft_tokenizer
+    )
     if draft is None and not batched:
         return TargetOnly(target, tokenizer)
-    return SpeculativeGenerator(target, draft, tokenizer=tokenizer, config=DecodeConfig.from_args(args))
+    config = DecodeConfig.from_args(args)
+    gen = SpeculativeGenerator(target, draft, tokenizer=tokenizer, draft_tokenizer=draft_tokenizer, config=config)
+    bridge = getattr(gen.drafter, "bridge", None)
+    if bridge is not None:
+        say(
+            f"the draft has its own vocabulary: {len(bridge)} of its tokens spell one of the target's, the others "
+            "never reach the target; what the target commits reaches the draft through text"
+        )
+    return gen

@@ -263,6 +263,7 @@ def build_generators(
             models.target,
             draft,
             processor=models.processor,
+            draft_processor=models.draft_processor if run.drafter == "draft" else None,
             engine=engine,
             compile=compile,
             **generator_options(run, num_draft_tokens, draft_positions),

@@ -9,7 +9,7 @@ their tokens and slots), the target's next tokens (the new roots, still on the d
 final hidden states for [root, *accepted] (what EAGLE-style heads feed on). Active rows are rows 0..B-1; when a
 row leaves, the loop moves the last row into its place (`move_row`) and drops the tail (`drop_rows`). Between
 rounds a drafter's cache holds exactly the committed tokens it has processed, per row. `propose` never reads a
-tensor back to the host.
+tensor back to the host (except a draft with another vocabulary: its roots reach it through text, `vocab.py`).
 """
 
 from __future__ import annotations

@@ -44,9 +44,10 @@ def load_drafter(
 
     `kind`: None detects from the folder; "head" insists on an EagleHead folder (`--head`), "model" on a model
     (`--draft`). `dtype` / `device` apply to a draft model ("auto" / None: the target's device, float32 on CPU);
-    a head takes the target's device and dtype. `tokenizer` (the target's): a draft model's tokenizer must agree
-    with it (`compat.check_tokenizers`), checked before the draft's weights load; that is `draft_tokenizer` when
-    the caller has it already (the bench reads it from the draft's processor), else the draft folder's own."""
+    a head takes the target's device and dtype. `tokenizer` (the target's): a draft model of the target's input
+    group must share its vocabulary (`compat.check_tokenizers`; one of another group may have its own, bridged by
+    the generator), checked before the draft's weights load; that is `draft_tokenizer` when the caller has it
+    already (the bench reads it from the draft's processor), else the draft folder's own."""
     from ..adapters import adapter_for
     from .eagle import EagleHead
 
@@ -76,12 +77,16 @@ def load_drafter(
             f"{name} is not an EagleHead folder (its config.json does not say specvlm_head='eagle'); "
             "train one with `specvlm train-head`, or pass a draft model as --draft"
         )
-    from ..compat import check_models, check_tokenizers
-    from ..loading import load_model, load_tokenizer
+    from ..compat import check_models, check_tokenizers, other_input_group, shares_vocabulary
+    from ..loading import load_config, load_model, load_tokenizer
 
-    if tokenizer is not None:  # reading a tokenizer takes a moment, a model's weights much longer
-        check_tokenizers(tokenizer, draft_tokenizer if draft_tokenizer is not None else load_tokenizer(name))
     target_adapter = adapter_for(target)
+    if tokenizer is not None:  # reading a tokenizer takes a moment, a model's weights much longer
+        draft_tokenizer = draft_tokenizer if draft_tokenizer is not None else load_tokenizer(name)
+        if not shares_vocabulary(tokenizer, draft_tokenizer) and not other_input_group(
+            target_adapter.family, getattr(load_config(name), "model_type", None)
+        ):  # another vocabulary is bridged only for a draft that reads its own inputs
+            check_tokenizers(tokenizer, draft_tokenizer)
     if device is None or device == "auto":
         device = "cuda" if target_adapter.device.type == "cuda" else str(target_adapter.device)
     draft = load_model(name, dtype, device)

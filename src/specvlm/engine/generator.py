@@ -24,6 +24,7 @@ from ..compat import check_models, reads_other_inputs
 from ..drafters import Drafter, DraftModelDrafter
 from ..drafters.base import NoDraft
 from ..drafters.pruning import DraftView
+from ..drafters.vocab import vocabulary_bridge
 from ..errors import SpecVLMError
 from ..options import DEFAULT_KEEP_RATIO, DecodeConfig
 from .batch import DecodeBatch, Row
@@ -47,10 +48,12 @@ class SpecOutput:
 
 
 class SpeculativeGenerator:
-    """`SpeculativeGenerator(target, draft, **options)`; `draft` is an HF VLM (of the target's family, or of another
-    sharing its vocabulary: it then reads its own `draft_inputs`, which `generate` requires), a Drafter (e.g. an
-    EagleHead), "self" (the target drafts from a pruned view of its prompt: set `pruning`), or None (the target
-    alone through the same engine, at its own speed). There is no default draft: none that is known to pay.
+    """`SpeculativeGenerator(target, draft, **options)`; `draft` is an HF VLM (of the target's family, or of another:
+    it then reads its own `draft_inputs`, which `generate` requires), a Drafter (e.g. an EagleHead), "self" (the
+    target drafts from a pruned view of its prompt: set `pruning`), or None (the target alone through the same
+    engine, at its own speed). There is no default draft: none that is known to pay. A draft of another family with
+    a vocabulary of its own needs both tokenizers (`tokenizer` or `processor`, and `draft_tokenizer` or
+    `draft_processor`): its tokens then cross through text (`drafters.vocab`, token-level intersection).
 
     Options: `tree` ("chain" | "static" | "dynamic"; default: the drafter's — "static", the video paper's EAGLE-1
     tree, for draft models; "dynamic", EAGLE-2's, for EagleHead),
@@ -65,7 +68,18 @@ class SpeculativeGenerator:
     "contiguous": the shorter prompt is renumbered, the default otherwise), `pruning_seed` (for "random").
     """
 
-    def __init__(self, target, draft, *, processor=None, tokenizer=None, config: DecodeConfig | None = None, **options):
+    def __init__(
+        self,
+        target,
+        draft,
+        *,
+        processor=None,
+        tokenizer=None,
+        draft_processor=None,
+        draft_tokenizer=None,
+        config: DecodeConfig | None = None,
+        **options,
+    ):
         # options: DecodeConfig's fields as keywords (tree, num_draft_tokens, pruning, engine, compile, ...)
         if config is not None and options:
             raise SpecVLMError("give a DecodeConfig or its options as keywords, not both")
@@ -80,6 +94,7 @@ class SpeculativeGenerator:
         self.config = config
         self.model = target
         self.target = adapter_for(target)
+        self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
         if isinstance(draft, Drafter):
             self.drafter = draft
         elif draft is None:
@@ -91,7 +106,12 @@ class SpeculativeGenerator:
         else:
             draft_adapter = adapter_for(draft)
             check_models(self.target, draft_adapter)
-            self.drafter = DraftModelDrafter(draft_adapter, own_inputs=reads_other_inputs(self.target, draft_adapter))
+            draft_tokenizer = draft_tokenizer or getattr(draft_processor, "tokenizer", draft_processor)
+            self.drafter = DraftModelDrafter(
+                draft_adapter,
+                own_inputs=reads_other_inputs(self.target, draft_adapter),
+                bridge=vocabulary_bridge(self.target, draft_adapter, self.tokenizer, draft_tokenizer),
+            )
         self.tree = TreeSpec(
             kind=config.tree or self.drafter.default_tree,
             num_draft_tokens=config.num_draft_tokens,
@@ -100,7 +120,6 @@ class SpeculativeGenerator:
             total_tokens=config.tree_total_tokens,
             confidence_threshold=config.confidence_threshold,
         )
-        self.tokenizer = tokenizer or getattr(processor, "tokenizer", processor)
         self.draft_view = DraftView(
             config.pruning,
             DEFAULT_KEEP_RATIO if config.visual_keep_ratio is None else config.visual_keep_ratio,

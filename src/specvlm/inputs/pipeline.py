@@ -260,16 +260,10 @@ def own_draft_inputs(
     """The draft's own inputs for the same request through `draft_processor`, or None when they equal the target's
     `inputs` (the draft then reads the target's). A draft whose processor uses the target's visual placeholders (its
     family, or Qwen2-VL for Qwen2.5-VL) must turn the prompt into the same text tokens (one tokenizer); one of
-    another family (its own chat template and placeholders) must share the vocabulary the answer is generated in
-    (`compat.check_tokenizers`)."""
+    another family reads its own (its own chat template, placeholders and maybe vocabulary: the generator checks
+    or bridges the vocabularies, `drafters.vocab.vocabulary_bridge`)."""
     draft_inputs = build_inputs(draft_processor, prompt, pictures, video, messages, **(sizes or {}))
     if _placeholders(draft_processor) != _placeholders(processor):
-        from ..compat import IncompatibleDraft, check_tokenizers
-
-        try:
-            check_tokenizers(processor.tokenizer, draft_processor.tokenizer)
-        except IncompatibleDraft as err:
-            raise InputError(f"{names}: {err}") from None
         return draft_inputs
     if not torch.equal(_text_ids(inputs, processor), _text_ids(draft_inputs, draft_processor)):
         raise InputError(

@@ -62,8 +62,10 @@ def _token_names(family: str) -> dict[str, str]:
     }
 
 
-def make_tiny_tokenizer(family: str, vocab: int = 1024):
-    """A `PreTrainedTokenizerFast` of exactly `vocab` entries whose special tokens sit at `special_ids(vocab)`."""
+def make_tiny_tokenizer(family: str, vocab: int = 1024, merges: int | None = None, shuffle: int | None = None):
+    """A `PreTrainedTokenizerFast` of exactly `vocab` entries whose special tokens sit at `special_ids(vocab)`.
+    Another vocabulary, for drafts bridged through text: `merges` stops the BPE after that many merges (words
+    then split into more pieces), `shuffle` (a seed) permutes the ordinary ids (the same text, other ids)."""
     from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
     from transformers import PreTrainedTokenizerFast
 
@@ -77,7 +79,9 @@ def make_tiny_tokenizer(family: str, vocab: int = 1024):
     tok.train_from_iterator(
         _CORPUS * 4,
         trainers.BpeTrainer(
-            vocab_size=ordinary, initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=False
+            vocab_size=ordinary if merges is None else min(ordinary, 256 + merges),
+            initial_alphabet=pre_tokenizers.ByteLevel.alphabet(),
+            show_progress=False,
         ),
     )
     spec = json.loads(tok.to_str())
@@ -86,6 +90,12 @@ def make_tiny_tokenizer(family: str, vocab: int = 1024):
         raise ValueError(f"vocab {vocab} is too small for a byte-level tokenizer (needs > {len(table) + 7})")
     for i in range(ordinary - len(table)):  # no merge produces these, so encoding never emits them
         table[f"<unused{i}>"] = len(table)
+    if shuffle is not None:
+        import random
+
+        order = list(range(ordinary))
+        random.Random(shuffle).shuffle(order)
+        spec["model"]["vocab"] = {text: order[i] for text, i in table.items()}
     tok = Tokenizer.from_str(json.dumps(spec))
     tok.add_special_tokens(ordered)
     fast = PreTrainedTokenizerFast(tokenizer_object=tok, eos_token=names["eos"], pad_token=names["pad"])
@@ -105,14 +115,16 @@ def save_tiny_processor(
     min_pixels: int = 56 * 56,
     max_pixels: int = 112 * 112,
     chat_template: bool = True,
+    tokenizer_options: dict | None = None,
 ) -> Path:
     """Write tokenizer + processor files for a `specvlm.tiny.make_model(family, vocab=...)` model into `folder`.
     The vocabulary comes from `model` when given (its special ids must be `special_ids(vocab)`), else `vocab`
-    (default 1024). `chat_template=False` leaves the template out, to exercise the fallback prompt."""
+    (default 1024). `chat_template=False` leaves the template out, to exercise the fallback prompt;
+    `tokenizer_options` (`make_tiny_tokenizer`'s `merges`, `shuffle`) give another vocabulary."""
     folder = Path(folder)
     folder.mkdir(parents=True, exist_ok=True)
     vocab = _vocab_of(model) if model is not None else (vocab or 1024)
-    tokenizer = make_tiny_tokenizer(family, vocab)
+    tokenizer = make_tiny_tokenizer(family, vocab, **(tokenizer_options or {}))
     if not chat_template:
         tokenizer.chat_template = None
     tokenizer.save_pretrained(folder)
