@@ -13,7 +13,7 @@ OLD := .venv-oldest
 OLD_PY := $(OLD)/bin/python
 OLD_STAMP := $(OLD)/.specvlm-installed
 CORE_TESTS := tests/test_adapters.py tests/test_lossless.py tests/test_fast_engine.py tests/test_generate_compat.py \
-	tests/test_vocab_bridge.py
+	tests/test_vocab_bridge.py tests/test_eagle3.py
 
 .PHONY: setup lint test test-newest test-oldest demo clean
 

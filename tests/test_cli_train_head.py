@@ -1,6 +1,6 @@
 """`specvlm train-head` end to end on a model folder and a miniature testbed world (2 clips): it trains, writes a
 head that `load_drafter` loads and that drafts losslessly, `--resume` gives exactly the uninterrupted run, and every
-bad input is one line on stderr with a non-zero exit."""
+bad input is one line on stderr with a non-zero exit; `--arch eagle3` trains a head `generate --head` drafts with."""
 
 import json
 from types import SimpleNamespace
@@ -172,7 +172,7 @@ def test_load_drafter(setup, straight, tmp_path):
     tokenizer = load_tokenizer(str(root / "target"))
     draft = load_drafter(str(root / "target"), target, tokenizer=tokenizer)  # a model folder: a draft VLM
     assert type(draft) is type(target) and not is_eagle_head(root / "target")
-    with pytest.raises(SpecVLMError, match="not an EagleHead folder"):
+    with pytest.raises(SpecVLMError, match="is not a head folder"):
         load_drafter(str(root / "target"), target, kind="head")
     with pytest.raises(SpecVLMError, match="pass it as --head"):
         load_drafter(str(straight), target, kind="model")
@@ -243,3 +243,55 @@ def test_summary_reports_the_first_and_last_losses_observed(setup, tmp_path, cap
     code, out, _ = run(capsys, *argv, "--out", tmp_path / "b")  # the same seeded run, as text
     assert code == 0
     assert f"loss {summary['loss_first']:.4f} -> {summary['loss_last']:.4f} (first -> last step)" in out, out
+
+
+def test_train_head_arch_eagle3_then_generate_with_it(tmp_path, capsys, media):
+    target = model("qwen2_5_vl", init=0.3)
+    target.save_pretrained(tmp_path / "target")
+    save_tiny_processor(tmp_path / "target", "qwen2_5_vl", target)
+    out = tmp_path / "head"
+    code = main(
+        [
+            "train-head",
+            "--tiny-smoke",
+            "qwen2_5_vl",
+            "--tiny-examples",
+            "4",
+            "--arch",
+            "eagle3",
+            "--draft-vocab",
+            "300",
+            "--ttt-steps",
+            "2",
+            "--steps",
+            "2",
+            "--out",
+            str(out),
+            "--json",
+        ]
+    )
+    captured = capsys.readouterr()
+    assert code == 0, captured.err
+    assert json.loads((out / "config.json").read_text())["draft_vocab_size"] == 300
+    argv = [
+        "generate",
+        "--target",
+        str(tmp_path / "target"),
+        "--image",
+        str(media / "picture.png"),
+        "--prompt",
+        "Describe it.",
+        "--max-new-tokens",
+        "8",
+        "--json",
+    ]
+    assert main([*argv, "--head", str(out)]) == 0  # the tiny-smoke target has the same shape as this one
+    ours = json.loads(capsys.readouterr().out)["token_ids"]
+    assert main([*argv, "--draft", "none"]) == 0
+    assert ours == json.loads(capsys.readouterr().out)["token_ids"]
+    for bad, message in (
+        (["--draft-vocab", "10"], "--draft-vocab is an EAGLE-3 option"),
+        (["--arch", "eagle3", "--compressor", "select"], "an eagle3 head reads all"),
+    ):
+        code = main(["train-head", "--tiny-smoke", "qwen2_5_vl", "--steps", "1", "--out", str(tmp_path / "x"), *bad])
+        assert code != 0 and message in capsys.readouterr().err

@@ -54,8 +54,9 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "--head",
         default=None,
         metavar="DIR",
-        help="a trained EagleHead folder (specvlm train-head) to draft with instead of a draft model "
-        "(its tree defaults to EAGLE-2's dynamic tree)",
+        help="a draft head to draft with instead of a draft model: an EagleHead folder (specvlm train-head), or "
+        "an EAGLE-3 head in SpecForge / SGLang's or vLLM speculators' layout (a folder or hub id); its tree "
+        "defaults to EAGLE-2's dynamic tree",
     )
     add_device_arguments(g)
 

@@ -14,6 +14,11 @@ _HUB_ID = re.compile(r"^[A-Za-z0-9][\w.-]*/[\w.-]+$")
 _DTYPES = {"float32": torch.float32, "bfloat16": torch.bfloat16, "float16": torch.float16}
 
 
+def is_hub_id(name: str) -> bool:
+    """`org/name`, as the hub spells a repository (a local path never looks like that here: it exists)."""
+    return bool(_HUB_ID.match(name)) and not name.startswith((".", "/"))
+
+
 def resolve(name: str) -> str:
     """A local model folder, or a hub id (`org/name`) when no such folder exists."""
     path = Path(name).expanduser()
@@ -23,7 +28,7 @@ def resolve(name: str) -> str:
         if not (path / "config.json").is_file():
             raise SpecVLMError(f"{name}: not a model folder (no config.json)")
         return str(path)
-    if _HUB_ID.match(name) and not name.startswith((".", "/")):
+    if is_hub_id(name):
         return name
     raise SpecVLMError(f"model folder {name} does not exist")
 

@@ -288,6 +288,31 @@ class VLMAdapter:
         """A freshly initialised decoder layer of the model's own class, configured by `config` (layer index 0)."""
         return type(self.decoder.layers[0])(config, layer_idx=0)
 
+    def new_eagle3_layer(self, config, attention_bias: bool = False) -> torch.nn.Module:
+        """An EAGLE-3 decoder layer of the model's own classes, sized by `config` (`one_layer_config` with the
+        head's hidden / intermediate size, heads, KV heads, head_dim): its norms and MLP at hidden_size, its
+        attention reading [normed embedding ; normed feature] (2 * hidden_size) into heads x head_dim and writing
+        hidden_size back, plus `hidden_norm` (the feature's RMSNorm). The attention class is built at
+        hidden_size = heads * head_dim (some classes derive their head size from it), then its projections are
+        replaced."""
+        layer = self.new_layer(config)
+        hidden, heads, kv, head_dim = (
+            config.hidden_size,
+            config.num_attention_heads,
+            config.num_key_value_heads,
+            config.head_dim,
+        )
+        inner = copy.deepcopy(config)
+        inner.hidden_size = heads * head_dim
+        attention = type(layer.self_attn)(inner, layer_idx=0)
+        attention.q_proj = torch.nn.Linear(2 * hidden, heads * head_dim, bias=attention_bias)
+        attention.k_proj = torch.nn.Linear(2 * hidden, kv * head_dim, bias=attention_bias)
+        attention.v_proj = torch.nn.Linear(2 * hidden, kv * head_dim, bias=attention_bias)
+        attention.o_proj = torch.nn.Linear(heads * head_dim, hidden, bias=False)
+        layer.self_attn = attention
+        layer.hidden_norm = type(layer.input_layernorm)(hidden, eps=config.rms_norm_eps)
+        return layer
+
     def new_rotary(self, config) -> torch.nn.Module:
         """The model's rotary embedding module for `config` (Qwen's M-RoPE takes 3-D position ids: `positions`)."""
         return type(self.decoder.rotary_emb)(config=config)
@@ -300,19 +325,25 @@ class VLMAdapter:
         cache: Cache,
         mask: torch.Tensor | None = None,
         last_only: bool = False,
+        features: tuple[int, ...] | None = None,
     ) -> tuple[torch.Tensor, torch.Tensor]:
         """Run the language model over `embeds` (B, n, H) appended to `cache` (`mask`: additive (B, 1, n, keys) or
         None for causal). Returns float32 logits (B, n, V) (or (B, 1, V) with `last_only`) and the final hidden
-        states (B, n, H) after the last norm."""
+        states (B, n, H) after the last norm; with `features` (indices into HF's `hidden_states`: i is the input of
+        decoder layer i, the un-normed residual stream) those states concatenated instead, (B, n, len * H), what
+        an EAGLE-3 head reads."""
         out = self.decoder(
             inputs_embeds=embeds,
             position_ids=positions,
             attention_mask=mask,
             use_cache=True,
+            output_hidden_states=features is not None,
             **{self.cache_keyword: cache},
         )
         hidden = out.last_hidden_state
         rows = hidden[:, -1:] if last_only else hidden
+        if features is not None:
+            hidden = torch.cat([out.hidden_states[i] for i in features], dim=-1)
         return self.lm_head(rows).float(), hidden
 
 

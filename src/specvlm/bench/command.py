@@ -98,7 +98,9 @@ def add_bench_parser(subparsers) -> argparse.ArgumentParser:
         help="draft model folder for hf-assisted, sd-*, prune:* (the target's family, or another sharing its "
         "vocabulary for sd-*: it reads its own inputs)",
     )
-    g.add_argument("--head", default=None, help="EagleHead folder for eagle / eagle-prune:*")
+    g.add_argument(
+        "--head", default=None, help="a draft head folder for eagle / eagle-prune:* (an EAGLE-3 head: eagle only)"
+    )
     add_device_arguments(g)
     g = p.add_argument_group("methods")
     g.add_argument("--methods", default=None, help="comma-separated methods (see below)")

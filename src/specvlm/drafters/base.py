@@ -44,7 +44,7 @@ class DraftContext:
 
     inputs: dict  # processor outputs for the drafter (its own visual inputs), batch of one
     target_prompt: Prompt  # what the target saw, positions included
-    target_hidden: torch.Tensor  # (L, H) target's final hidden states over the prompt
+    target_hidden: torch.Tensor  # (L, H) target's final hidden states over the prompt (or its `target_features`)
     sampling: Sampling
     visual_keep: torch.Tensor | None = None  # pruning: indices of the visual tokens the draft keeps
     visual_scores: torch.Tensor | None = None  # the target's text->visual attention, captured in its prefill
@@ -56,6 +56,9 @@ class Drafter:
     default_tree: str = "static"  # the tree shape used when the caller names none (EAGLE heads: "dynamic")
 
     needs_visual_scores: bool = False  # True: add_row() reads ctx.visual_scores (the target's attention capture)
+    # the target hidden states add_row / commit receive: None the final (post-norm) ones; else indices into HF's
+    # `hidden_states` (i: the input of decoder layer i), concatenated (an EAGLE-3 head's low / middle / high)
+    target_features: tuple[int, ...] | None = None
 
     def start(self, setup: DraftSetup) -> None:
         raise NotImplementedError

@@ -303,15 +303,20 @@ class EagleHead(nn.Module, Drafter):
         n = x.shape[0]
         rows = Prompt(
             torch.zeros(1, n, dtype=torch.long, device="cpu"), x[None], torch.arange(n, device=x.device)[None], n
-        )
-        self.session.prefill(row, rows, ctx.reserve)  # the head's positions count its own rows
+        )  # the head's positions count its own rows
+        return self._prefill_row(row, rows, ctx.reserve, hidden[-1:])
+
+    def _prefill_row(self, row: int, rows: Prompt, reserve: int, last_features: torch.Tensor) -> int:
+        """Row `row` starts with the prompt's pair `rows`; its first round feeds the root with `last_features`
+        (the target's at the last prompt token). Returns the rows' count."""
+        self.session.prefill(row, rows, reserve)
         self.forwards += 1
-        for state, value in ((self.pending, []), (self.pending_features, hidden[-1:])):
+        for state, value in ((self.pending, []), (self.pending_features, last_features)):
             if row == len(state):
                 state.append(value)
             else:
                 state[row] = value
-        return n
+        return len(rows)
 
     def _visual_scores(self, ctx: DraftContext) -> torch.Tensor:
         """The target's text->visual attention scores of the prompt's visual tokens: the generator's when it
@@ -345,8 +350,9 @@ class EagleHead(nn.Module, Drafter):
         features = torch.stack(
             [F.pad(f.to(device), (0, 0, 0, width - f.shape[0])) for f in self.pending_features[:rows]]
         )
-        x = self.pairs(self.adapter.embed(feed), features)  # (B, width, H)
-        starts = torch.tensor(session.lengths[:rows], dtype=torch.long, device="cpu").to(device)
+        x = self.feed_rows(feed, features)  # (B, width, input width)
+        # positions: the head's own counter (offset 0) for EAGLE-2, the target's (its offset) for EAGLE-3
+        starts = torch.tensor(session.next_positions[:rows], dtype=torch.long, device="cpu").to(device)
         logits, out = session.extend(x, starts[:, None] + torch.arange(width, device=device), counts=counts)
         self.forwards += 1
         last = last.to(device)
@@ -354,24 +360,44 @@ class EagleHead(nn.Module, Drafter):
         root_end = session.lengths[:rows]
         root_position = starts + last[:, 0]  # (B,)
         slots = RoundSlots(self.setup.tree, rows, device, seen)
-        # [b, slot + 1]: f̂ at the node fed there; [b, 0]: at the root
-        outputs = out.new_zeros(rows, max(self.setup.tree.max_fed, 1) + 1, out.shape[-1])
-        outputs[:, 0] = out.gather(1, last[:, :, None].expand(-1, 1, out.shape[-1]))[:, 0]
+        # [b, slot + 1]: f̂ at the node fed there; [b, 0]: at the root (what the children's rows read)
+        carried = self.carried(out)
+        outputs = carried.new_zeros(rows, max(self.setup.tree.max_fed, 1) + 1, carried.shape[-1])
+        outputs[:, 0] = carried.gather(1, last[:, :, None].expand(-1, 1, carried.shape[-1]))[:, 0]
         batch = torch.arange(rows, device=device)[:, None]
 
         def expand(tokens: torch.Tensor, parent_slots: torch.Tensor, depth: int) -> torch.Tensor:
             first_slot, w = slots.count, tokens.shape[1]
             visible, history = slots.add(tokens, parent_slots, depth)
-            x = self.pairs(self.adapter.embed(tokens), outputs[batch, parent_slots + 1])
+            x = self.node_rows(tokens, outputs[batch, parent_slots + 1])
             positions = (root_position + depth)[:, None].expand(-1, w)
             logits, out = session.extend(x, positions, visible=visible, prefix=root_end)
             self.forwards += 1
-            outputs[:, first_slot + 1 : first_slot + 1 + w] = out
-            return self._logprobs(logits, history)
+            outputs[:, first_slot + 1 : first_slot + 1 + w] = self.carried(out)
+            return self._logprobs(self.target_space(logits), history)
 
-        tree = self.setup.tree.build(self._logprobs(root_logits, seen), expand, self._choose, max_depth)
+        tree = self.setup.tree.build(
+            self._logprobs(self.target_space(root_logits), seen), expand, self._choose, max_depth
+        )
         session.truncate(root_end)  # tree entries used the head's own features: drop them
         return tree
+
+    # what EAGLE-3 changes (drafters/eagle3.py): how rows are formed, what a node carries, the logits' vocabulary
+    def feed_rows(self, tokens: torch.Tensor, features: torch.Tensor) -> torch.Tensor:
+        """Rows for committed tokens (B, n) with the target's features of their predecessors (B, n, H)."""
+        return self.pairs(self.adapter.embed(tokens), features)
+
+    def node_rows(self, tokens: torch.Tensor, parents: torch.Tensor) -> torch.Tensor:
+        """Rows for tree nodes (B, w) with what their parents carry (B, w, H): the head's own outputs."""
+        return self.pairs(self.adapter.embed(tokens), parents)
+
+    def carried(self, out: torch.Tensor) -> torch.Tensor:
+        """What a node hands its children: the head's output f̂."""
+        return out
+
+    def target_space(self, logits: torch.Tensor) -> torch.Tensor:
+        """The stepper's logits over the target's ids (the target's own LM head: already)."""
+        return logits
 
     def commit(self, tree: DraftTree, accepted, next_tokens, target_hidden) -> None:
         """Next round feeds (accepted_j, f(predecessor)) for every accepted node and (next_token, f(last)), with

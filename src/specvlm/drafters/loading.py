@@ -22,12 +22,15 @@ from ..errors import SpecVLMError
 
 
 def is_eagle_head(path) -> bool:
-    """True when `path` is a folder saved by `EagleHead.save_pretrained`."""
+    """True when `path` is a folder holding a draft head: one saved by `EagleHead.save_pretrained`, or an EAGLE-3
+    head (SpecForge / SGLang or vLLM speculators files, ours included)."""
+    from .eagle3_files import head_format
+
     try:
         config = json.loads((Path(path).expanduser() / "config.json").read_text())
     except (OSError, ValueError):
         return False
-    return isinstance(config, dict) and config.get("specvlm_head") == "eagle"
+    return isinstance(config, dict) and (config.get("specvlm_head") == "eagle" or head_format(path) is not None)
 
 
 def load_drafter(
@@ -63,19 +66,28 @@ def load_drafter(
             raise SpecVLMError(f"--head needs the folder of a trained EagleHead, not {name!r}")
         return "self" if name == "self" else None
     path = Path(name).expanduser()
+    from ..loading import is_hub_id
+
+    if kind == "head" and not path.exists() and is_hub_id(name):
+        path = _downloaded_head(name)
     if is_eagle_head(path):
         if kind == "model":
             raise SpecVLMError(f"{name} is an EagleHead folder, not a draft model; pass it as --head")
+        from .eagle3 import Eagle3Head
+        from .eagle3_files import head_format
+
         try:
+            if head_format(path) is not None:
+                return Eagle3Head.from_pretrained(path, target)
             return EagleHead.from_pretrained(path, target)
         except (OSError, KeyError, RuntimeError) as err:  # missing / corrupt weights file
-            raise SpecVLMError(f"cannot load the EagleHead in {name}: {_first_line(err)}") from None
+            raise SpecVLMError(f"cannot load the head in {name}: {_first_line(err)}") from None
     if kind == "head":
         if not path.exists():
             raise SpecVLMError(f"head folder {name} does not exist")
         raise SpecVLMError(
-            f"{name} is not an EagleHead folder (its config.json does not say specvlm_head='eagle'); "
-            "train one with `specvlm train-head`, or pass a draft model as --draft"
+            f"{name} is not a head folder (its config.json names neither specvlm_head='eagle' nor an EAGLE-3 "
+            "head); train one with `specvlm train-head`, or pass a draft model as --draft"
         )
     from ..compat import check_models, check_tokenizers, other_input_group, shares_vocabulary
     from ..loading import load_config, load_model, load_tokenizer
@@ -92,6 +104,16 @@ def load_drafter(
     draft = load_model(name, dtype, device)
     check_models(target_adapter, adapter_for(draft))
     return draft
+
+
+def _downloaded_head(name: str) -> Path:
+    """A hub id's head files (config, weights), fetched into the hub cache."""
+    try:
+        from huggingface_hub import snapshot_download
+
+        return Path(snapshot_download(name, allow_patterns=["*.json", "*.safetensors", "*.bin"]))
+    except Exception as err:  # offline, unknown repo, no access: one line
+        raise SpecVLMError(f"cannot fetch the head {name} from the hub: {_first_line(err)}") from None
 
 
 def _checked_head(head, target):

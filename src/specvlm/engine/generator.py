@@ -283,11 +283,16 @@ class SpeculativeGenerator:
     def session(self, adapter, role: str = "target"):
         """A session of this generator's engine for `adapter` in `role` ("target", "draft", "head"), reused across
         generate calls so that a static cache and its compiled steps are built once. The role keeps two caches
-        apart where one model plays two parts (the target drafting for itself from a pruned view)."""
+        apart where one model plays two parts (the target drafting for itself from a pruned view). The target's
+        session returns the hidden states the drafter reads (`Drafter.target_features`)."""
         for owner, session in self._sessions:
             if owner == role and session.adapter is adapter:
                 return session
-        session = ModelSession(adapter) if self.engine == "eager" else StaticSession(adapter, self.compile)
+        features = self.drafter.target_features if role == "target" else None
+        if self.engine == "eager":
+            session = ModelSession(adapter, features)
+        else:
+            session = StaticSession(adapter, self.compile, features)
         self._sessions.append((role, session))
         return session
 

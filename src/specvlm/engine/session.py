@@ -68,12 +68,18 @@ class ModelSession:
     """Engine "eager": one `DynamicCache` per row and the model's own forward, row after row (the reference path;
     the fast engine batches rows into one forward)."""
 
-    def __init__(self, adapter: VLMAdapter):
+    def __init__(self, adapter: VLMAdapter, features: tuple[int, ...] | None = None):
         self.adapter = adapter
+        self.features = features  # hidden states the forwards return: None the final ones, else `adapter.forward`'s
         self.caches: list = []
         self.lengths: list[int] = []  # entries in each row's cache
         self.offsets: list[int] = []  # position of row b's cache entry i is i + offsets[b]
         self.forwards = 0
+
+    @property
+    def _features(self) -> dict:
+        """`features=` for the adapter's forward, only when asked (a head's stepper takes no such keyword)."""
+        return {} if self.features is None else {"features": self.features}
 
     @property
     def next_positions(self) -> list[int]:
@@ -88,7 +94,9 @@ class ModelSession:
         static cache allocates them)."""
         cache = self.adapter.new_cache()
         with _observed(self, "prefill"):
-            logits, hidden = self.adapter.forward(prompt.embeds, prompt.positions, cache, last_only=True)
+            logits, hidden = self.adapter.forward(
+                prompt.embeds, prompt.positions, cache, last_only=True, **self._features
+            )
         self._set_row(row, cache, prompt)
         return logits[0], hidden[0]
 
@@ -132,6 +140,7 @@ class ModelSession:
                     self.adapter.positions(positions[b : b + 1, :count]),
                     self.caches[b],
                     mask,
+                    **self._features,
                 )
             if logits is None or hidden is None:
                 logits = out.new_zeros(rows, n, out.shape[-1])
@@ -169,8 +178,9 @@ class StaticSession(ModelSession):
     when `compile` is set (`mode` "reduce-overhead" gives CUDA graphs on CUDA). `compile_s` accumulates the first
     call of each new shape."""
 
-    def __init__(self, adapter: VLMAdapter, compile: bool = False):
+    def __init__(self, adapter: VLMAdapter, compile: bool = False, features: tuple[int, ...] | None = None):
         self.adapter = adapter
+        self.features = features
         self.cache = SlotCache(adapter.num_layers)
         self.lengths, self.offsets = [], []
         self.caches: list = []  # unused: one SlotCache holds every row
@@ -191,7 +201,9 @@ class StaticSession(ModelSession):
         """The model's own prefill into a DynamicCache (bit-identical to `generate`'s), copied into row `row`."""
         staging = self.adapter.new_cache()
         with _observed(self, "prefill"):
-            logits, hidden = self.adapter.forward(prompt.embeds, prompt.positions, staging, last_only=True)
+            logits, hidden = self.adapter.forward(
+                prompt.embeds, prompt.positions, staging, last_only=True, **self._features
+            )
         needed = len(prompt) + reserve
         capacity = self.cache.capacity if self.cache.capacity >= needed else -(-needed // 128) * 128
         if self.cache.load(staging, row, len(prompt), max(self.max_rows, row + 1), capacity):
@@ -282,7 +294,7 @@ class StaticSession(ModelSession):
         # allowed (Bp, width, capacity) bool -> additive mask (Bp, 1, width, capacity)
         dtype = self.adapter.dtype
         mask = torch.zeros((), dtype=dtype, device=allowed.device).masked_fill(~allowed, torch.finfo(dtype).min)
-        return self.adapter.forward(self.adapter.embed(ids), positions, self.cache, mask[:, None])
+        return self.adapter.forward(self.adapter.embed(ids), positions, self.cache, mask[:, None], **self._features)
 
 
 def _pad(x: torch.Tensor, rows: int, width: int, edge: bool = False) -> torch.Tensor:

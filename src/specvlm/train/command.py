@@ -59,6 +59,27 @@ def add_train_arguments(parser: argparse.ArgumentParser) -> None:
         help="folder for the trained head and its checkpoints (must be new or empty, unless --resume or --overwrite)",
     )
     g.add_argument("--init", metavar="DIR", help="start from a saved head instead of a fresh one")
+    g.add_argument(
+        "--arch",
+        choices=("eagle2", "eagle3"),
+        default="eagle2",
+        help="eagle2 (default): EagleVLM's head over the target's last features; eagle3: an EAGLE-3 head over "
+        "its low / middle / high layers, with its own draft vocabulary, trained with the training-time test, "
+        "saved in SpecForge / SGLang's layout",
+    )
+    g.add_argument(
+        "--draft-vocab",
+        type=int,
+        metavar="N",
+        help="eagle3: draft over the N target tokens the data's responses use most (default: every token)",
+    )
+    g.add_argument(
+        "--ttt-steps",
+        type=int,
+        metavar="K",
+        default=TrainConfig.ttt_steps,
+        help=f"eagle3: drafting steps unrolled in training (default {TrainConfig.ttt_steps}, as SpecForge)",
+    )
     add_device_arguments(g, what="target weights (the head trains in float32)")
     g.add_argument(
         "--tiny-examples",

@@ -28,3 +28,4 @@ class TrainConfig:
     # the same results, without re-running the target (and the media decoding)
     # on later epochs; memory ~ examples x length x (2 hidden + vocab) floats
     progress: bool = True
+    ttt_steps: int = 7  # EAGLE-3 heads: drafting steps unrolled per sequence in training (SpecForge's ttt_length)

@@ -216,6 +216,16 @@ class ConversationData:
             response += [flag] * len(new)
         return Example(inputs, torch.tensor(response))
 
+    def response_tokens(self) -> list[int]:
+        """Every record's response token ids, from the text alone (no media is decoded)."""
+        return [
+            token
+            for record in self.records
+            for turn in record["conversation"][1:]
+            if turn["role"] == "assistant"
+            for token in self._tokens(turn["content"] + self.end_of_turn)
+        ]
+
     def _followup(self, question: str) -> str:
         """A later user turn and the generation prompt, laid out as each family's chat template renders a text
         turn (Qwen: a newline after <|im_end|>, "user\\n"; LLaVA-OneVision: no newline, "user \\n")."""
@@ -247,6 +257,20 @@ class ConversationData:
                 self._media.popitem(last=False)
         self._media.move_to_end(key)
         return self._media[key]
+
+
+def frequent_tokens(data, size: int, vocab_size: int) -> torch.Tensor:
+    """The `size` target ids the responses of `data` use most (an EAGLE-3 head's draft vocabulary, as SpecForge
+    picks it), ascending; ties and unused ids by id. A `ConversationData` is read as text; other data as examples."""
+    if not 0 < size <= vocab_size:
+        raise SpecVLMError(f"--draft-vocab must be in 1..{vocab_size}, got {size}")
+    if hasattr(data, "response_tokens"):
+        tokens = torch.tensor(data.response_tokens(), dtype=torch.long)
+    else:
+        tokens = torch.cat([as_example(item).inputs["input_ids"][0][as_example(item).response] for item in data])
+    counts = torch.bincount(tokens.cpu(), minlength=vocab_size)[:vocab_size]
+    order = sorted(range(vocab_size), key=lambda i: (-int(counts[i]), i))
+    return torch.tensor(sorted(order[:size]), dtype=torch.long)
 
 
 def _read_conversations(path: Path) -> list[dict]:

@@ -48,6 +48,7 @@ RESUME_KEYS = (
     "weight_decay",
     "seed",
     "shuffle",
+    "ttt_steps",
 )
 
 
@@ -245,7 +246,7 @@ def _train(head: EagleHead, data, config: TrainConfig, target_cache: dict | None
                     f"cannot resume {where} with other settings ({'; '.join(differ)}): the result "
                     "would not be the run it continues"
                 )
-            loaded = EagleHead.from_pretrained(where, head.adapter.model, dtype=head.dtype)  # checks the target
+            loaded = type(head).from_pretrained(where, head.adapter.model, dtype=head.dtype)  # checks the target
             have = head.compressor.config() if head.compressor is not None else None
             want = loaded.compressor.config() if loaded.compressor is not None else None
             if have != want:

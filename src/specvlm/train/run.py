@@ -11,9 +11,10 @@ import torch
 from ..adapters import adapter_for
 from ..drafters.compressor import MODES, VisualCompressor
 from ..drafters.eagle import EagleHead
+from ..drafters.eagle3 import Eagle3Head
 from ..errors import SpecVLMError
 from .config import TrainConfig
-from .data import greedy_examples, load_examples
+from .data import frequent_tokens, greedy_examples, load_examples
 from .head import _saved_run, check_out_dir, train_head
 
 
@@ -72,6 +73,11 @@ def _positive(**values) -> None:
 
 def run_from_args(args) -> int:
     _positive(steps=args.steps, batch=args.batch_size, grad_accum=args.grad_accum, limit=args.limit)
+    _positive(ttt_steps=args.ttt_steps)
+    if args.arch == "eagle2" and args.draft_vocab is not None:
+        raise SpecVLMError("--draft-vocab is an EAGLE-3 option: add --arch eagle3")
+    if args.arch == "eagle3" and args.compressor != "none":
+        raise SpecVLMError("--compressor shortens an EagleVLM (eagle2) head's visual span; an eagle3 head reads all")
     if not args.lr > 0:
         raise SpecVLMError(f"--lr must be > 0, got {args.lr}")
     if args.feature_noise < 0 or args.clip_grad < 0 or args.checkpoint_every < 0:
@@ -118,7 +124,12 @@ def run_from_args(args) -> int:
                     f"--resume: the run in {args.out} was started with compressor {have}, not "
                     f"--compressor {args.compressor}; leave the option out to continue it"
                 )
-        head = EagleHead.from_pretrained(source, target, dtype=torch.float32)
+        kind = Eagle3Head if args.arch == "eagle3" else EagleHead
+        head = kind.from_pretrained(source, target, dtype=torch.float32)
+    elif args.arch == "eagle3":
+        vocab = adapter_for(target).vocab_size
+        draft_vocab = None if args.draft_vocab is None else frequent_tokens(examples, args.draft_vocab, vocab)
+        head = Eagle3Head.init_for(target, draft_vocab, seed=args.seed, dtype=torch.float32)
     else:
         compressor = compressor_config(
             args.compressor, args.compressor_branches, args.compressor_ratio, args.budget_weight, heads
@@ -140,6 +151,7 @@ def run_from_args(args) -> int:
         overwrite=args.overwrite,
         cache_target=args.cache_target,
         progress=not args.no_progress and not args.json,
+        ttt_steps=args.ttt_steps,
     )
     result = train_head(target, examples, head, config)
     summary = dict(result.as_dict(), out=args.out)
