@@ -1,5 +1,7 @@
 """EagleVLM on the testbed target: τ and speedup over target-only decoding vs training steps, per visual-compressor
 mode (the paper's training-time scaling), plus the head's size and its per-round draft cost against one target step.
+Mode `eagle3` trains an EAGLE-3 head instead (issue 22: the target's low / middle / high layers, the training-time
+test over --ttt-steps), at the same steps, learning rate and data, to compare the two architectures.
 
     python benchmarks/bench_eagle.py [--target DIR] [--world DIR] [--steps 0,100,300,1000]
         [--modes none,select,select-budget,weighted,concat,pool,conv,resampler,verifier] [--eval 4]
@@ -33,6 +35,7 @@ import torch
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.drafters.eagle import EagleHead
+from specvlm.drafters.eagle3 import Eagle3Head
 from specvlm.train import train_head
 from specvlm.train.data import ConversationData
 
@@ -57,6 +60,7 @@ MODES = {  # compressor config per mode (the paper's defaults: prune/pool 20x, c
     # the first paper's verifier-guided selection as a fixed branch (10%: that paper's keep ratio); the generator
     # hands the head the scores captured in its own target prefill, so inference pays no second prefill
     "verifier": dict(mode="concat", branches=["verifier:10"]),
+    "eagle3": None,  # not a compressor: an EAGLE-3 head (drafters/eagle3.py), no compressor
 }
 
 
@@ -126,12 +130,12 @@ def timed_loop(target, prompt, max_new: int) -> tuple[list[int], float, float]:
     eos = set(eos if isinstance(eos, list) else [eos])
     start = time.perf_counter()
     session = ModelSession(adapter)
-    logits, _ = session.prefill(adapter.prepare(prompt))
+    logits, _ = session.prefill(0, adapter.prepare(prompt))
     prefill = time.perf_counter() - start
     ids = [int(logits[-1].argmax())]
     while len(ids) < max_new and ids[-1] not in eos:
-        logits, _ = session.extend(torch.tensor(ids[-1:]), torch.tensor([session.next_position]))
-        ids.append(int(logits[-1].argmax()))
+        logits, _ = session.extend(torch.tensor([ids[-1:]]), torch.tensor([session.next_positions]))
+        ids.append(int(logits[0, -1].argmax()))
     total = time.perf_counter() - start
     return ids, total, total - prefill
 
@@ -182,15 +186,15 @@ def target_step_seconds(target, prompt, repeats: int = 5) -> float:
     times = []
     for _ in range(repeats):
         session = ModelSession(adapter)
-        logits, _ = session.prefill(adapter.prepare(prompt))
-        token = logits[-1:].argmax(-1).cpu()
+        logits, _ = session.prefill(0, adapter.prepare(prompt))
+        token = logits[-1:].argmax(-1).cpu()[None]  # (1, 1)
         start = time.perf_counter()
-        session.extend(token, torch.tensor([session.next_position]))
+        session.extend(token, torch.tensor([session.next_positions]))
         times.append(time.perf_counter() - start)
     return statistics.median(times)
 
 
-def main():
+def main(argv: list[str] | None = None):
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--target", help="target folder (default: the testbed target under src/specvlm/testbed/models)")
     ap.add_argument("--family", help="testbed family to look for (default: the first found)")
@@ -214,6 +218,7 @@ def main():
     )
     ap.add_argument("--modes", default="none,pool,conv,resampler,select", help=f"of {', '.join(MODES)}")
     ap.add_argument("--lr", type=float, default=1e-3, help="AdamW learning rate (default 1e-3: small targets)")
+    ap.add_argument("--ttt-steps", type=int, default=7, help="eagle3: drafting steps unrolled in training (default 7)")
     ap.add_argument("--noise", type=float, default=0.0, help="feature noise a of U(-a, a)")
     ap.add_argument(
         "--budget-weight",
@@ -238,7 +243,7 @@ def main():
     ap.add_argument(
         "--label", default="", help="records into its own section (eagle-LABEL) instead of replacing the main one"
     )
-    args = ap.parse_args()
+    args = ap.parse_args(argv)
     torch.set_flush_denormal(True)  # random or barely trained weights can produce denormals, which CPUs crawl on
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -324,11 +329,14 @@ def main():
         small = dict(tree="dynamic", tree_top_k=top_k, tree_total_tokens=total, tree_depth=depth)
         small_label = f"{total}/{depth}/{top_k}"
     rows, size_rows, train_log = [], [], {}
-    passes: dict = {}  # the frozen target's outputs per training example, shared by every mode's run
+    passes: dict = {}  # the frozen target's outputs per training example, shared by every EAGLE-2 mode's run
     for mode in modes:
-        head = EagleHead.init_for(
-            target, compressor=compressor_of(mode, args.budget_weight), seed=0, dtype=torch.float32
-        )
+        if mode == "eagle3":
+            head = Eagle3Head.init_for(target, seed=0, dtype=torch.float32)
+        else:
+            head = EagleHead.init_for(
+                target, compressor=compressor_of(mode, args.budget_weight), seed=0, dtype=torch.float32
+            )
         out_dir = scratch / f"head-{mode}"
         done, seconds = 0, 0.0
         full = mode in {m.strip() for m in args.full_modes.split(",")}
@@ -348,7 +356,8 @@ def main():
                     resume=done > 0,
                     progress=False,
                     cache_target=True,
-                    target_cache=passes,
+                    target_cache=passes.setdefault(mode == "eagle3", {}),  # the two read other target features
+                    ttt_steps=args.ttt_steps,
                 )
                 done, seconds = n, seconds + result.seconds
                 train_log[mode] = dict(

@@ -206,3 +206,19 @@ def test_draft_views_benchmark_runs(capsys):
     tau = {line.split("|")[1].strip(): line.split("|")[2].strip() for line in out.splitlines() if "draft," in line}
     # the same draft under permuted ids, bridged through text, proposes exactly what it proposed before
     assert tau["other-family draft, own vocabulary (ids permuted)"] == tau["other-family draft, all frames"]
+
+
+@pytest.mark.slow
+def test_eagle_benchmark_compares_eagle2_and_eagle3_heads(tmp_path, capsys):
+    import bench_eagle
+
+    from specvlm.testbed import generate_world
+
+    generate_world(tmp_path / "world", 10, seed=0, frames=(16, 20), size=64)  # clip 9 is the test split's
+    argv = ["--tiny", "qwen2_5_vl", "--world", str(tmp_path / "world"), "--modes", "none,eagle3", "--steps", "0,2"]
+    bench_eagle.main([*argv, "--eval", "1", "--max-new-tokens", "6", "--small-tree", "", "--ttt-steps", "2"])
+    lines = capsys.readouterr().out.splitlines()
+    rows = [line.split("|") for line in lines if line.startswith(("| none |", "| eagle3 |"))]
+    rows = [cells for cells in rows if len(cells) == len(bench_eagle.HEADERS) + 2]  # the results table's rows
+    assert {cells[1].strip() for cells in rows} == {"none", "eagle3"}
+    assert all(cells[12].strip() == "yes" for cells in rows)  # every output equal to target.generate

@@ -257,7 +257,7 @@ def test_eagle_head_drafts_and_output_stays_the_targets(capsys, folders, media, 
     )
     assert code == 2 and "not both" in err
     code, _, err = _run(capsys, "generate", "--target", folders["qwen"], "--head", folders["qwen_draft"], *media_args)
-    assert code == 2 and "not an EagleHead folder" in err
+    assert code == 2 and "is not a head folder" in err
     code, _, err = _run(
         capsys,
         "generate",

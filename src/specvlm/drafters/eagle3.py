@@ -27,7 +27,7 @@ the layers whose INPUT is read (HF index = id); both default to HF indices (2, L
 from __future__ import annotations
 
 import json
-from dataclasses import asdict, dataclass
+from dataclasses import asdict
 from pathlib import Path
 
 import torch
@@ -38,37 +38,7 @@ from ..adapters.attention import additive_mask, implementation
 from ..errors import SpecVLMError
 from .base import DraftContext, DraftSetup
 from .eagle import EagleHead, HeadStepper
-
-ARCHITECTURES = ("LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM", "Eagle3Qwen2_5vlForCausalLM")
-WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
-
-
-def default_features(num_layers: int) -> tuple[int, ...]:
-    """HF `hidden_states` indices of the low, middle and high layers EAGLE-3 reads by default: (2, L/2, L-3), the
-    inputs of those decoder layers (clamped into 0..L-1 for targets of fewer than 6 layers, e.g. tiny tests')."""
-    return tuple(sorted(min(max(i, 0), num_layers - 1) for i in (2, num_layers // 2, num_layers - 3)))
-
-
-@dataclass(frozen=True)
-class Eagle3Shape:
-    """What an EAGLE-3 head is, whatever file format it came in."""
-
-    hidden_size: int
-    intermediate_size: int
-    num_attention_heads: int
-    num_key_value_heads: int
-    head_dim: int
-    rms_norm_eps: float
-    draft_vocab_size: int
-    features: tuple[int, ...]  # HF hidden_states indices of the target layers it reads
-    target_hidden_size: int
-    attention_bias: bool = False
-    norm_before_residual: bool = False  # speculators: the residual is norm_g(g), not g
-    norm_before_fc: bool = False  # speculators: one RMSNorm over the concatenated features (`input_norm`)
-    fc_norm: bool = False  # EAGLE-3.1: one RMSNorm per feature before fc
-    carry_normed: bool = False  # speculators' norm_output: nodes hand their children norm(h)
-    norm_logits: bool = True  # SpecForge's norm_output: lm_head reads norm(h) (False: h)
-    rope_theta: float | None = None  # None: the target's
+from .eagle3_files import Eagle3Shape, default_features, read_head
 
 
 class Eagle3Head(EagleHead):
@@ -96,7 +66,7 @@ class Eagle3Head(EagleHead):
         self.norm = norm(shape.hidden_size)
         self.lm_head = nn.Linear(shape.hidden_size, shape.draft_vocab_size, bias=False)
         self.register_buffer("d2t", torch.zeros(shape.draft_vocab_size, dtype=torch.long))
-        self.embed_tokens = nn.Embedding(adapter.vocab_size, shape.hidden_size) if own_embeddings else None
+        self.own_embeddings = nn.Embedding(adapter.vocab_size, shape.hidden_size) if own_embeddings else None
         self.cache_keyword = cache_keyword(self.layer.self_attn)
         self.rotary = adapter.new_rotary(config)
         dtype = dtype or adapter.dtype
@@ -153,10 +123,11 @@ class Eagle3Head(EagleHead):
 
     # ---- the network -------------------------------------------------------------------------------------------
     def embed(self, ids: torch.Tensor) -> torch.Tensor:
-        """The target's embeddings of target ids (B, n) -> (B, n, H) (the checkpoint's own copy if it has one)."""
-        if self.embed_tokens is not None:
-            return self.embed_tokens(ids.to(self.embed_tokens.weight.device))
-        return self.adapter.embed(ids)
+        """The target's embeddings of target ids (B, n) -> (B, n, H) (the checkpoint's own copy if it has one),
+        frozen: training never reaches the target's table (nor a copy, which SpecForge freezes too)."""
+        if self.own_embeddings is not None:
+            return self.own_embeddings(ids.to(self.own_embeddings.weight.device)).detach()
+        return self.adapter.embed(ids).detach()
 
     def fuse(self, features: torch.Tensor) -> torch.Tensor:
         """g = fc of the target's concatenated layer features (..., n_features * Ht) -> (..., H)."""
@@ -251,7 +222,7 @@ class Eagle3Head(EagleHead):
         path.mkdir(parents=True, exist_ok=True)
         state = {}
         for key, value in self.state_dict().items():
-            if key.startswith("embed_tokens."):
+            if key.startswith("own_embeddings."):
                 continue
             state["midlayer." + key.removeprefix("layer.") if key.startswith("layer.") else key] = value
         t2d = torch.zeros(self.adapter.vocab_size, dtype=torch.bool)
@@ -263,10 +234,8 @@ class Eagle3Head(EagleHead):
     @classmethod
     def from_pretrained(cls, path, target, dtype: torch.dtype | None = None) -> Eagle3Head:
         """A head in SpecForge / SGLang's or vLLM speculators' layout for `target`; every mismatch is one line."""
-        from .eagle3_files import read_head
-
         shape, state = read_head(Path(path), adapter_for(target))
-        head = cls(target, shape, dtype, own_embeddings="embed_tokens.weight" in state)
+        head = cls(target, shape, dtype, own_embeddings="own_embeddings.weight" in state)
         missing, unexpected = head.load_state_dict(
             {k: v.to(head.adapter.device) for k, v in state.items()}, strict=False
         )

@@ -15,12 +15,43 @@
 from __future__ import annotations
 
 import json
+from dataclasses import dataclass
 from pathlib import Path
 
 import torch
 
 from ..errors import SpecVLMError
-from .eagle3 import ARCHITECTURES, WEIGHT_FILES, Eagle3Shape, default_features
+
+ARCHITECTURES = ("LlamaForCausalLMEagle3", "Eagle3LlamaForCausalLM", "Eagle3Qwen2_5vlForCausalLM")
+WEIGHT_FILES = ("model.safetensors", "pytorch_model.bin")
+
+
+def default_features(num_layers: int) -> tuple[int, ...]:
+    """HF `hidden_states` indices of the low, middle and high layers EAGLE-3 reads by default: (2, L/2, L-3), the
+    inputs of those decoder layers (clamped into 0..L-1 for targets of fewer than 6 layers, e.g. tiny tests')."""
+    return tuple(sorted(min(max(i, 0), num_layers - 1) for i in (2, num_layers // 2, num_layers - 3)))
+
+
+@dataclass(frozen=True)
+class Eagle3Shape:
+    """What an EAGLE-3 head is, whatever file format it came in."""
+
+    hidden_size: int
+    intermediate_size: int
+    num_attention_heads: int
+    num_key_value_heads: int
+    head_dim: int
+    rms_norm_eps: float
+    draft_vocab_size: int
+    features: tuple[int, ...]  # HF hidden_states indices of the target layers it reads
+    target_hidden_size: int
+    attention_bias: bool = False
+    norm_before_residual: bool = False  # speculators: the residual is norm_g(g), not g
+    norm_before_fc: bool = False  # speculators: one RMSNorm over the concatenated features (`input_norm`)
+    fc_norm: bool = False  # EAGLE-3.1: one RMSNorm per feature before fc
+    carry_normed: bool = False  # speculators' norm_output: nodes hand their children norm(h)
+    norm_logits: bool = True  # SpecForge's norm_output: lm_head reads norm(h) (False: h)
+    rope_theta: float | None = None  # None: the target's
 
 
 def head_format(path) -> str | None:
@@ -123,7 +154,9 @@ def _state(weights: dict[str, torch.Tensor], fmt: str, path) -> dict[str, torch.
             continue  # t2d follows from d2t; the verifier's copies are training-only
         if key.startswith(("q_norm", "k_norm")) or ".q_norm." in key or ".k_norm." in key:
             raise SpecVLMError(f"{path}: Qwen3-style EAGLE-3 heads (per-head q/k norms) are not supported")
-        if key.startswith(layer_prefix):
+        if key == "embed_tokens.weight":
+            key = "own_embeddings.weight"  # the target's table, copied into the checkpoint
+        elif key.startswith(layer_prefix):
             key = "layer." + key.removeprefix(layer_prefix)
         elif key.startswith(("layers.", "midlayers.")):
             raise SpecVLMError(f"{path}: EAGLE-3 heads with more than one layer are not supported ({key})")
