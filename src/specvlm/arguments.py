@@ -286,13 +286,15 @@ def load_generator(args, models: ModelDirs, say, batched: bool = False):
     from .drafters.loading import load_drafter
     from .engine.generator import SpeculativeGenerator
     from .engine.target_only import TargetOnly
-    from .loading import load_model, load_tokenizer
+    from .loading import launched_ranks, load_model, load_tokenizer
 
     alone = not drafts(args)
     say(f"loading target {args.target}{' (no draft: target-only decoding)' if alone else ''} ...")
     if args.draft is None and not args.head:
         say(NO_DRAFT_HINT)
-    target, tokenizer = load_model(models.target_dir, args.dtype, args.device), load_tokenizer(models.target_dir)
+    split = launched_ranks() > 1  # under torchrun: the target split over the ranks (tensor parallel)
+    target = load_model(models.target_dir, args.dtype, args.device, tensor_parallel=split)
+    tokenizer = load_tokenizer(models.target_dir)
     spec, kind = ("none" if alone else args.draft), None  # "self" or "none"
     if models.head is not None:
         say(f"loading EagleHead {models.head} ...")

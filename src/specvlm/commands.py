@@ -76,8 +76,10 @@ def cmd_generate(args) -> int:
 
     from .engine.streaming import PrintStreamer
     from .inputs import inputs_from_args
+    from .loading import is_leader
 
-    say = (lambda msg: None) if args.json else (lambda msg: print(msg, file=sys.stderr, flush=True))
+    leader = is_leader()  # under torchrun every rank decodes; rank 0 alone speaks
+    say = (lambda msg: None) if args.json or not leader else (lambda msg: print(msg, file=sys.stderr, flush=True))
     # Everything the user can get wrong is checked before any weights load: folders, configs, files, frames.
     models = resolve_models(args)
     report: dict = {}
@@ -92,10 +94,10 @@ def cmd_generate(args) -> int:
     )
     gen = load_generator(args, models, say)
     rng = None if args.seed is None else torch.Generator().manual_seed(args.seed)
-    streamer = None if args.json else PrintStreamer(gen.tokenizer)
+    streamer = None if args.json or not leader else PrintStreamer(gen.tokenizer)
     with torch.no_grad():
         out = gen.generate(**inputs, **decoding_options(args), streamer=streamer, generator=rng)
-    if args.json:
+    if args.json and leader:
         print(
             json.dumps({"text": out.text, "token_ids": out.token_ids, "stats": out.stats.as_dict(), "inputs": report})
         )

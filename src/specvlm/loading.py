@@ -54,23 +54,54 @@ def load_config(name: str):
     return config
 
 
-def load_model(name: str, dtype: str = "auto", device: str = "auto"):
-    """`AutoModelForImageTextToText.from_pretrained`, spread over all GPUs (`device_map="auto"`) on CUDA."""
+def launched_ranks() -> int:
+    """How many processes `torchrun` started for this job (1 when not launched by it)."""
+    import os
+
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def is_leader() -> bool:
+    """This process prints and serves: rank 0 of a torchrun job, or the only process."""
+    import os
+
+    return os.environ.get("RANK", "0") == "0"
+
+
+def load_model(name: str, dtype: str = "auto", device: str = "auto", tensor_parallel: bool = False):
+    """`AutoModelForImageTextToText.from_pretrained`, spread over all GPUs (`device_map="auto"`) on CUDA; with
+    `tensor_parallel` (a target under torchrun) split over the job's ranks by transformers' TP plan instead, each
+    rank holding its shard on its own device."""
     from transformers import AutoModelForImageTextToText
 
     where = resolve(name)
     load_config(name)
     device = pick_device(device)
     kwargs = {"dtype": _DTYPES[dtype] if dtype in _DTYPES else ("auto" if device != "cpu" else torch.float32)}
-    if device == "cuda":
+    if tensor_parallel:
+        kwargs.update(_tensor_parallel_plan())
+    elif device == "cuda":
         kwargs["device_map"] = "auto"
     try:
         model = AutoModelForImageTextToText.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
         raise SpecVLMError(f"cannot load {name}: {str(err).splitlines()[0]}") from None
-    if device not in ("cpu", "cuda"):
+    if device not in ("cpu", "cuda") and not tensor_parallel:
         model = model.to(device)
     return model.eval()
+
+
+def _tensor_parallel_plan() -> dict:
+    """from_pretrained's keywords for the model's own TP plan (transformers >= 5.5 spells it DistributedConfig)."""
+    try:
+        from transformers import DistributedConfig
+
+        return {"distributed_config": DistributedConfig(tp_plan="auto")}
+    except ImportError:
+        return {"tp_plan": "auto"}
 
 
 def load_tokenizer(name: str):

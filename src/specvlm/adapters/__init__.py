@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import weakref
 
-from .base import Prompt, VisualSpan, VLMAdapter, cache_keyword, keep_cache_entries
+from .base import Prompt, VisualSpan, VLMAdapter, cache_keyword, is_shard, keep_cache_entries, whole
 from .llava_next_video import LlavaNextVideoAdapter
 from .llava_onevision import LlavaOnevisionAdapter
 from .qwen2_5_vl import Qwen2_5_VLAdapter
@@ -39,4 +39,14 @@ def adapter_for(model) -> VLMAdapter:
     return adapter
 
 
-__all__ = ["ADAPTERS", "Prompt", "VLMAdapter", "VisualSpan", "adapter_for", "cache_keyword", "keep_cache_entries"]
+__all__ = [
+    "ADAPTERS",
+    "Prompt",
+    "VLMAdapter",
+    "VisualSpan",
+    "adapter_for",
+    "cache_keyword",
+    "is_shard",
+    "keep_cache_entries",
+    "whole",
+]

@@ -218,6 +218,20 @@ class VLMAdapter:
         positions, next_position = self.prompt_positions(inputs, input_ids)
         return Prompt(input_ids, embeds, positions, int(next_position), self.spans(inputs, input_ids, features))
 
+    @cached_property
+    def tp_group(self):
+        """The process group the model's tensor-parallel shards span (transformers' TP plan under torchrun), or
+        None for a model that is whole on this process."""
+        if int(getattr(self.model, "tp_size", None) or 1) <= 1:
+            return None
+        import torch.distributed as dist
+
+        mesh = getattr(self.model, "_device_mesh", None)
+        try:
+            return mesh["tp"].get_group()
+        except (KeyError, RuntimeError, TypeError):  # a 1-D mesh, or none recorded: the whole world
+            return dist.group.WORLD
+
     def new_cache(self, config=None) -> DynamicCache:
         """An empty HF cache for the language model (or for layers built from `config`, e.g. a draft head's)."""
         return DynamicCache(config=config or self.text_config)
@@ -345,6 +359,16 @@ class VLMAdapter:
         if features is not None:
             hidden = torch.cat([out.hidden_states[i] for i in features], dim=-1)
         return self.lm_head(rows).float(), hidden
+
+
+def is_shard(tensor: torch.Tensor) -> bool:
+    """Whether a parameter is a tensor-parallel shard (a DTensor), which only its own module may multiply."""
+    return callable(getattr(tensor, "full_tensor", None))
+
+
+def whole(tensor: torch.Tensor) -> torch.Tensor:
+    """A parameter as one ordinary tensor: a tensor-parallel shard is gathered whole (a collective: every rank)."""
+    return tensor.full_tensor() if is_shard(tensor) else tensor
 
 
 def keep_cache_entries(cache: DynamicCache, prefix: int, extra=()) -> None:

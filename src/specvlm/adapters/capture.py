@@ -43,6 +43,7 @@ class AttentionCapture:
     `scoring_s`: seconds spent computing them (part of the prefill's time)."""
 
     def __init__(self, adapter, query_start: int, visual_index: torch.Tensor):
+        self.adapter = adapter
         self.config = adapter.decoder.config
         self.query_start = int(query_start)
         self.visual_index = visual_index.long()
@@ -103,4 +104,13 @@ class AttentionCapture:
 
     @property
     def scores(self) -> torch.Tensor:
-        return self.total / max(self.rows, 1)
+        """Averaged over every head: under tensor parallelism each rank saw its own heads, so the sums are summed
+        over the ranks (the same selection on every rank, the one all heads give)."""
+        group = self.adapter.tp_group
+        if group is None:
+            return self.total / max(self.rows, 1)
+        from ..engine.distributed import sum_over_ranks
+
+        counts = torch.tensor([float(self.rows)], device="cpu")
+        total = sum_over_ranks(group, torch.cat([self.total, counts]), self.adapter.device)
+        return total[:-1] / max(float(total[-1]), 1.0)

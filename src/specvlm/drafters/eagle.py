@@ -35,7 +35,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from ..adapters import Prompt, adapter_for, cache_keyword
+from ..adapters import Prompt, adapter_for, cache_keyword, is_shard
 from ..adapters.attention import additive_mask, implementation
 from ..engine.session import ModelSession
 from ..engine.tree import DraftTree
@@ -175,7 +175,7 @@ class EagleHead(nn.Module, Drafter):
     def logits(self, h: torch.Tensor) -> torch.Tensor:
         """The target's LM head on head outputs, float32; gradients reach the head, never the target."""
         lm_head = self.adapter.lm_head
-        if isinstance(lm_head, nn.Linear):
+        if isinstance(lm_head, nn.Linear) and not is_shard(lm_head.weight):  # a TP shard: through its module
             bias = lm_head.bias.detach() if lm_head.bias is not None else None
             weight = lm_head.weight
             return F.linear(h.to(weight.device, weight.dtype), weight.detach(), bias).float()

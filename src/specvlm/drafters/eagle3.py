@@ -33,7 +33,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from ..adapters import adapter_for, cache_keyword
+from ..adapters import adapter_for, cache_keyword, whole
 from ..adapters.attention import additive_mask, implementation
 from ..errors import SpecVLMError
 from .base import DraftContext, DraftSetup
@@ -108,7 +108,7 @@ class Eagle3Head(EagleHead):
             head = cls(target, shape, dtype)
         with torch.no_grad():
             head.d2t.copy_(ids.to(head.d2t.device) - torch.arange(ids.numel(), device=head.d2t.device))
-            rows = adapter.lm_head.weight.detach()[ids.to(adapter.lm_head.weight.device)]
+            rows = whole(adapter.lm_head.weight.detach())[ids.to(adapter.lm_head.weight.device)]
             head.lm_head.weight.copy_(rows.to(head.lm_head.weight.device, head.lm_head.weight.dtype))
         return head
 

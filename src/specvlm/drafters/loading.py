@@ -99,7 +99,9 @@ def load_drafter(
             target_adapter.family, getattr(load_config(name), "model_type", None)
         ):  # another vocabulary is bridged only for a draft that reads its own inputs
             check_tokenizers(tokenizer, draft_tokenizer)
-    if device is None or device == "auto":
+    if target_adapter.tp_group is not None:  # a split target: each rank holds the (small) draft on its device
+        device = str(target_adapter.device)
+    elif device is None or device == "auto":
         device = "cuda" if target_adapter.device.type == "cuda" else str(target_adapter.device)
     draft = load_model(name, dtype, device)
     check_models(target_adapter, adapter_for(draft))

@@ -26,6 +26,7 @@ import torch
 from ..adapters.capture import AttentionCapture
 from ..drafters.base import DraftContext, DraftSetup
 from ..drafters.pruning import Layout
+from .distributed import from_leader
 from .request import Request
 from .sampling import RowRandom, RowSampling, TokenHistory, device_generator, history_rows, token_logprobs
 from .session import bucket
@@ -60,6 +61,7 @@ class DecodeBatch:
 
     def __init__(self, gen, max_rows: int):
         self.gen, self.max_rows = gen, max_rows
+        self.tp = gen.target.tp_group  # tensor parallel: rank 0 decides (engine/distributed.py)
         self.target = gen.session(gen.target)
         self.target.drop_rows(0)
         self.target.reserve_rows(max_rows)
@@ -110,7 +112,7 @@ class DecodeBatch:
         if sampling.uses_history:  # the repetition penalty: ids in the prompt and everything generated so far
             seen = self.history.start_row(index, prompt.input_ids[0])
         random = None if row.generator is None else RowRandom([row.generator])
-        first = int(sampling.pick(logits, seen, random))  # logits (1, V)
+        first = from_leader(self.tp, int(sampling.pick(logits, seen, random)))  # logits (1, V)
         if request.keeps_rows:
             _keep_rows(request, logits, sampling.processed(logits, seen), [0])
         if request.logprobs is not None:
@@ -189,10 +191,11 @@ class DecodeBatch:
         ).to(device)
         roots, next_positions = host[0], host[1]  # (B,) each
         tree = gen.drafter.propose(roots, max(row.room for row in rows), seen, sampling, random)  # n nodes a row
+        tree = from_leader(self.tp, tree)  # tensor parallel: every rank verifies rank 0's proposals
         prefix = self.target.lengths[:count]
         logits, hidden = self._extend(roots, next_positions, tree, prefix)
         processed, verdict = _accept(logits, tree, sampling, seen, random)
-        accepted = verdict.to_host(tree)  # the round's one sync
+        accepted = from_leader(self.tp, verdict.to_host(tree))  # the round's one sync; rank 0's verdict
         self.forwards += 1
         self._keep_and_commit(tree, accepted, hidden, prefix)
         out = self._finish_round(tree, accepted, logits, processed, seen is not None)

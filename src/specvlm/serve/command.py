@@ -199,8 +199,15 @@ def check_server_options(args) -> Path | None:
 
 def cmd_serve(args) -> int:
     from ..arguments import check_decoding
+    from ..errors import SpecVLMError
     from ..inputs.video import check_sampling
+    from ..loading import launched_ranks
 
+    if launched_ranks() > 1:
+        raise SpecVLMError(
+            "specvlm serve does not run under torchrun yet (a split target needs every rank to follow rank 0's "
+            "requests, issue 26); serve one GPU's target, or use specvlm generate under torchrun"
+        )
     check_decoding(args)
     check_sampling(args.num_frames, args.fps)
     allowed = check_server_options(args)
