@@ -24,6 +24,7 @@ from helpers import model, reference
 WORKER = Path(__file__).resolve().parent / "tensor_parallel_worker.py"
 pytestmark = pytest.mark.xdist_group(name="tensor_parallel")  # one worker runs the two-process job once
 FAMILIES = ("qwen2_5_vl", "llava_onevision")
+TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2"]  # a free port
 
 
 @pytest.fixture(scope="module")
@@ -34,10 +35,9 @@ def ranks(tmp_path_factory):
         model(family, seed=1, hidden=32).save_pretrained(root / f"{family}_draft")
     out = root / "out"
     out.mkdir()
-    torchrun = Path(sys.executable).parent / "torchrun"
     env = dict(os.environ, OMP_NUM_THREADS="1")
     done = subprocess.run(
-        [str(torchrun), "--standalone", "--nproc-per-node", "2", str(WORKER), str(root), str(out)],
+        [*TORCHRUN, str(WORKER), str(root), str(out)],
         capture_output=True,
         text=True,
         timeout=600,
@@ -96,15 +96,7 @@ def test_generate_under_torchrun_answers_once_as_one_process_does(folders, media
         str(a) for a in [*argv, media / "picture.png", "--prompt", "Describe it.", "--max-new-tokens", 10, "--json"]
     ]
     done = subprocess.run(
-        [
-            str(Path(sys.executable).parent / "torchrun"),
-            "--standalone",
-            "--nproc-per-node",
-            "2",
-            "-m",
-            "specvlm",
-            *argv,
-        ],
+        [*TORCHRUN, "-m", "specvlm", *argv],
         capture_output=True,
         text=True,
         timeout=600,
