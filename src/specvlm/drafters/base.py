@@ -160,6 +160,15 @@ def fit_vocab(logits: torch.Tensor, vocab_size: int) -> torch.Tensor:
     return logits
 
 
+def onto_target_ids(logits: torch.Tensor, target_ids: torch.Tensor, width: int) -> torch.Tensor:
+    """Logits over a draft's own ids (..., k) as logits over the target's `width` ids: column j lands on
+    `target_ids[j]` (k,), every other target id gets -inf (q = 0 after the softmax). A draft vocabulary of its own
+    (an EAGLE-3 head's d2t, a tokenizer bridged through text) reaches the tree builder this way."""
+    out = logits.new_full((*logits.shape[:-1], width), float("-inf"))
+    out[..., target_ids] = logits
+    return out
+
+
 class NoDraft(Drafter):
     """Proposes nothing: every round verifies the root alone and commits the target's next token, i.e. plain
     target-only decoding through the same batched engine (cache, compiled steps, batching) as speculation."""

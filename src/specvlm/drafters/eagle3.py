@@ -36,7 +36,7 @@ from torch import nn
 from ..adapters import adapter_for, cache_keyword, whole
 from ..adapters.attention import additive_mask, implementation
 from ..errors import SpecVLMError
-from .base import DraftContext, DraftSetup
+from .base import DraftContext, DraftSetup, onto_target_ids
 from .eagle import EagleHead, HeadStepper
 from .eagle3_files import Eagle3Shape, default_features, read_head
 
@@ -154,9 +154,7 @@ class Eagle3Head(EagleHead):
     def target_space(self, logits: torch.Tensor) -> torch.Tensor:
         """Draft-vocabulary logits (..., Vd) over the target's ids (..., V): -inf where the head cannot draft."""
         width = self.setup.vocab_size if hasattr(self, "setup") else self.adapter.vocab_size
-        out = logits.new_full((*logits.shape[:-1], width), float("-inf"))
-        out[..., self.draft_to_target.to(logits.device)] = logits
-        return out
+        return onto_target_ids(logits, self.draft_to_target.to(logits.device), width)
 
     def run_layer(
         self, rows: torch.Tensor, positions: torch.Tensor, cache=None, mask: torch.Tensor | None = None

@@ -32,6 +32,7 @@ import re
 import torch
 
 from ..compat import IncompatibleDraft, check_tokenizers, reads_other_inputs, shares_vocabulary
+from .base import onto_target_ids
 
 REPLACEMENT = "\ufffd"  # what an incomplete UTF-8 byte sequence decodes to
 MIN_SHARED = 0.1  # below this share of the draft's ordinary tokens, the draft could hardly propose anything
@@ -79,6 +80,7 @@ class VocabBridge:
         self.ordinary = (len(target_bytes), len(draft_bytes))  # ordinary tokens with known bytes, per side
         self._draft_of: dict[int, int] = {t: d for t, d in self.pairs}
         self._anchor = _anchor(target_tokenizer)
+        self._anchor_text = _decoded(target_tokenizer, self._anchor)  # decoded once, not every round
         self.filler = _filler(draft_tokenizer)  # fed where a text has no draft token at all
         self._tables: dict = {}
 
@@ -109,16 +111,14 @@ class VocabBridge:
         return out
 
     def _retokenize(self, target_ids: list[int]) -> list[int]:
-        text = decode_after(self.target_tokenizer, self._anchor, target_ids)
+        text = decode_after(self.target_tokenizer, self._anchor, self._anchor_text, target_ids)
         return self.draft_tokenizer.encode(text, add_special_tokens=False) if text else []
 
     def target_logits(self, logits: torch.Tensor, width: int) -> torch.Tensor:
         """Draft logits (..., Vd) as logits over the target's `width` ids: shared tokens carry the draft's value,
         every other id -inf (q = 0 after the softmax)."""
         targets, drafts, _ = self._device_tables(logits.device, width, logits.shape[-1])
-        out = logits.new_full((*logits.shape[:-1], width), float("-inf"))
-        out[..., targets] = logits[..., drafts]
-        return out
+        return onto_target_ids(logits[..., drafts], targets, width)
 
     def draft_ids(self, target_ids: torch.Tensor, width: int, draft_width: int) -> torch.Tensor:
         """Proposed target ids (any shape) as the draft's ids, on their device. Ids without a twin (q = 0: only a
@@ -142,7 +142,7 @@ def token_bytes(tokenizer) -> dict[int, bytes]:
     special = set(getattr(tokenizer, "added_tokens_decoder", {})) | set(tokenizer.all_special_ids)
     ids = [i for i in range(len(tokenizer)) if i not in special]
     anchor = _anchor(tokenizer)
-    prefix = tokenizer.decode(anchor, skip_special_tokens=False, clean_up_tokenization_spaces=False)
+    prefix = _decoded(tokenizer, anchor)
     decoded = tokenizer.batch_decode(
         [anchor + [i] for i in ids], skip_special_tokens=False, clean_up_tokenization_spaces=False
     )
@@ -202,17 +202,20 @@ def _byte_alphabet() -> dict[str, int]:
     bytes (controls, space, 0x7F-0xA0, 0xAD) for the characters from U+0100 on, in byte order."""
     printable = [*range(ord("!"), ord("~") + 1), *range(ord("¡"), ord("¬") + 1), *range(ord("®"), ord("ÿ") + 1)]
     table = {chr(b): b for b in printable}
-    shifted = (b for b in range(256) if b not in set(printable))
+    shifted = (b for b in range(256) if chr(b) not in table)
     table.update({chr(256 + n): b for n, b in enumerate(shifted)})
     return table
 
 
-def decode_after(tokenizer, anchor: list[int], ids: list[int]) -> str:
-    """The text `ids` spell in the middle of a text (after `anchor`), not as the start of one."""
-    prefix = tokenizer.decode(anchor, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    text = tokenizer.decode(anchor + ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
-    if text.startswith(prefix):
-        return text[len(prefix) :]
+def decode_after(tokenizer, anchor: list[int], anchor_text: str, ids: list[int]) -> str:
+    """The text `ids` spell in the middle of a text (after `anchor`, which decodes to `anchor_text`), not as the
+    start of one."""
+    text = _decoded(tokenizer, anchor + ids)
+    return text[len(anchor_text) :] if text.startswith(anchor_text) else _decoded(tokenizer, ids)
+
+
+def _decoded(tokenizer, ids: list[int]) -> str:
+    """Exactly the text of `ids`: special tokens kept, no clean-up of spaces."""
     return tokenizer.decode(ids, skip_special_tokens=False, clean_up_tokenization_spaces=False)
 
 

@@ -267,7 +267,8 @@ def frequent_tokens(data, size: int, vocab_size: int) -> torch.Tensor:
     if hasattr(data, "response_tokens"):
         tokens = torch.tensor(data.response_tokens(), dtype=torch.long)
     else:
-        tokens = torch.cat([as_example(item).inputs["input_ids"][0][as_example(item).response] for item in data])
+        examples = [as_example(item) for item in data]
+        tokens = torch.cat([example.inputs["input_ids"][0][example.response] for example in examples])
     counts = torch.bincount(tokens.cpu(), minlength=vocab_size)[:vocab_size]
     order = sorted(range(vocab_size), key=lambda i: (-int(counts[i]), i))
     return torch.tensor(sorted(order[:size]), dtype=torch.long)

@@ -47,10 +47,10 @@ def target_forward(adapter, prompt, score_until: int | None = None, features: tu
     visual = prompt.visual_mask.nonzero().flatten()
     with AttentionCapture(adapter, int(visual.max()) + 1, visual) as capture:
         head_logits, head_hidden = adapter.forward(
-            prompt.embeds[:, :score_until], prompt.positions[..., :score_until], cache
+            prompt.embeds[:, :score_until], prompt.positions[..., :score_until], cache, features=features
         )
     tail_logits, tail_hidden = adapter.forward(
-        prompt.embeds[:, score_until:], prompt.positions[..., score_until:], cache
+        prompt.embeds[:, score_until:], prompt.positions[..., score_until:], cache, features=features
     )
     return (torch.cat([head_logits[0], tail_logits[0]]), torch.cat([head_hidden[0], tail_hidden[0]])), capture.scores
 
