@@ -65,7 +65,7 @@ class Eagle3Head(EagleHead):
         self.fc = nn.Linear(width, shape.hidden_size, bias=False)
         self.norm = norm(shape.hidden_size)
         self.lm_head = nn.Linear(shape.hidden_size, shape.draft_vocab_size, bias=False)
-        self.register_buffer("d2t", torch.zeros(shape.draft_vocab_size, dtype=torch.long))
+        self.register_buffer("d2t", torch.zeros(shape.draft_vocab_size, dtype=torch.long, device=adapter.device))
         self.own_embeddings = nn.Embedding(adapter.vocab_size, shape.hidden_size) if own_embeddings else None
         self.cache_keyword = cache_keyword(self.layer.self_attn)
         self.rotary = adapter.new_rotary(config)
@@ -88,7 +88,8 @@ class Eagle3Head(EagleHead):
         drafting over `draft_vocab` (target ids, default all); its LM head starts as the target's rows."""
         adapter = adapter_for(target)
         text = adapter.text_config
-        ids = torch.arange(adapter.vocab_size) if draft_vocab is None else torch.as_tensor(draft_vocab).long()
+        every = torch.arange(adapter.vocab_size, device="cpu")
+        ids = every if draft_vocab is None else torch.as_tensor(draft_vocab, device="cpu").long()
         ids = ids.sort().values  # draft id d <-> the d-th smallest target id, as SpecForge orders them
         hidden = adapter.hidden_size
         shape = Eagle3Shape(
@@ -223,7 +224,7 @@ class Eagle3Head(EagleHead):
             if key.startswith("own_embeddings."):
                 continue
             state["midlayer." + key.removeprefix("layer.") if key.startswith("layer.") else key] = value
-        t2d = torch.zeros(self.adapter.vocab_size, dtype=torch.bool)
+        t2d = torch.zeros(self.adapter.vocab_size, dtype=torch.bool, device="cpu")
         t2d[self.draft_to_target.cpu()] = True
         state["t2d"] = t2d
         save_file({k: v.detach().contiguous().cpu() for k, v in state.items()}, str(path / "model.safetensors"))

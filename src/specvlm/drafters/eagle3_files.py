@@ -177,11 +177,11 @@ def _check(shape: Eagle3Shape, state: dict, adapter, path, config: dict) -> None
         )
     d2t = state.get("d2t")
     if d2t is None:  # no draft vocabulary of its own: the target's ids
-        state["d2t"] = torch.zeros(shape.draft_vocab_size, dtype=torch.long)
+        state["d2t"] = torch.zeros(shape.draft_vocab_size, dtype=torch.long, device="cpu")
         return
     if d2t.numel() != shape.draft_vocab_size:
         raise SpecVLMError(f"{path}: d2t has {d2t.numel()} entries, draft_vocab_size says {shape.draft_vocab_size}")
-    targets = torch.arange(d2t.numel()) + d2t.long()
+    targets = torch.arange(d2t.numel(), device=d2t.device) + d2t.long()
     if int(targets.min()) < 0 or int(targets.max()) >= adapter.vocab_size:
         raise SpecVLMError(f"{path}: d2t maps draft ids outside the target's {adapter.vocab_size} ids")
     state["d2t"] = d2t.long()

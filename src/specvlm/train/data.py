@@ -265,13 +265,13 @@ def frequent_tokens(data, size: int, vocab_size: int) -> torch.Tensor:
     if not 0 < size <= vocab_size:
         raise SpecVLMError(f"--draft-vocab must be in 1..{vocab_size}, got {size}")
     if hasattr(data, "response_tokens"):
-        tokens = torch.tensor(data.response_tokens(), dtype=torch.long)
+        tokens = torch.tensor(data.response_tokens(), dtype=torch.long, device="cpu")
     else:
         examples = [as_example(item) for item in data]
         tokens = torch.cat([example.inputs["input_ids"][0][example.response] for example in examples])
     counts = torch.bincount(tokens.cpu(), minlength=vocab_size)[:vocab_size]
     order = sorted(range(vocab_size), key=lambda i: (-int(counts[i]), i))
-    return torch.tensor(sorted(order[:size]), dtype=torch.long)
+    return torch.tensor(sorted(order[:size]), dtype=torch.long, device="cpu")
 
 
 def _read_conversations(path: Path) -> list[dict]:
