@@ -269,6 +269,7 @@ class Worker:
         self._waiting: deque[Job] = deque()  # prepared, in the order they became so
         self._cond = threading.Condition()
         self._running: list[Running] = []
+        self._joining: list[Job] = []  # taken from the queue, being prefilled (or dropped) by the model thread
         self._stopping = False
         self._prepare_pool = ThreadPoolExecutor(PREPARE_THREADS, thread_name_prefix="specvlm-prepare")
         self._thread = threading.Thread(target=self._loop, name="specvlm-worker", daemon=True)
@@ -297,7 +298,7 @@ class Worker:
 
     @property
     def running(self) -> int:
-        return len(self._running)
+        return len(self._running) + len(self._joining)  # a request being prefilled runs already
 
     def problem(self) -> str | None:
         """Why the worker cannot serve (for /health), or None: its model thread died, a round has run longer than
@@ -307,7 +308,7 @@ class Worker:
             return "the server is shutting down"
         if not self._thread.is_alive():
             return "the model worker thread has stopped"
-        busy = self._running or self._waiting
+        busy = self._running or self._joining or self._waiting
         if busy and now - self.beat > self.stuck_timeout:
             return f"the model worker has been in one step for {now - self.beat:.0f} s (over {self.stuck_timeout:g} s)"
         started = [job.preparing_since for job in list(self._preparing) if job.preparing_since is not None]
@@ -328,7 +329,7 @@ class Worker:
         """A 429 when one more request would have to wait behind `max_queue` others: requests being prepared or
         waiting beyond the batch's free places count (so `--max-queue 0` still serves up to `max_batch` at once).
         The app asks before it reads a body; `submit` asks again."""
-        free = max(0, self.max_batch - len(self._running))
+        free = max(0, self.max_batch - self.running)
         if self.queue_length >= self.max_queue + free:
             raise APIError(
                 429,
@@ -372,15 +373,17 @@ class Worker:
                 log.exception("preparing the inputs failed")
                 failed = internal(err)
         with self._cond:
-            self._preparing.discard(job)
             reason = job.stop_reason()
             if failed is None and not reason and not self._stopping:
+                self._preparing.discard(job)
                 if not self._waiting and not self._running:  # the model thread idles in wait(): it is fine now
                     self.beat = time.monotonic()
                 self._waiting.append(job)
                 self._cond.notify()
                 return
-        job.clean()
+        job.clean()  # before the job stops counting as queued: a server seen idle has no request folder left
+        with self._cond:
+            self._preparing.discard(job)
         if failed is not None:
             job.emit(Failed(failed))
         elif reason and reason != "shutdown":
@@ -405,11 +408,15 @@ class Worker:
                 self.beat = time.monotonic()
                 if self._stopping:
                     break
-                joining = []
-                while self._waiting and len(self._running) + len(joining) < self.max_batch:
-                    joining.append(self._waiting.popleft())
+                while self._waiting and len(self._running) + len(self._joining) < self.max_batch:
+                    self._joining.append(self._waiting.popleft())
+                joining = list(self._joining)
             for job in joining:
-                self._join(batch, job)
+                try:
+                    self._join(batch, job)
+                finally:  # joined, dropped or failed, and its folder removed if it ended: only now not counted
+                    with self._cond:
+                        self._joining.remove(job)
             for running in list(self._running):
                 reason = running.job.stop_reason()
                 if reason:
