@@ -68,6 +68,15 @@ SHAPES = {
         num_key_value_heads=4,
         vocab_size=152064,
     ),
+    "72b": dict(  # Qwen2-VL-72B's (and LLaVA-OneVision-72B's Qwen2-72B): more than one GPU holds, for
+        # bench_tensor_parallel.py
+        hidden_size=8192,
+        intermediate_size=29568,
+        num_hidden_layers=80,
+        num_attention_heads=64,
+        num_key_value_heads=8,
+        vocab_size=152064,
+    ),
     "32b": dict(
         hidden_size=5120,
         intermediate_size=27648,
@@ -79,10 +88,9 @@ SHAPES = {
 }
 
 
-def build_pair(shape: str, draft_layers: int, device: str, dtype: torch.dtype, seed: int = 0):
-    """(target, draft): the draft's modules are the target's (first `draft_layers` layers, embeddings, norm,
-    LM head, vision tower)."""
-    from transformers import Qwen2_5_VLConfig, Qwen2_5_VLForConditionalGeneration
+def pair_config(shape: str, layers: int | None = None):
+    """The Qwen2.5-VL config of the preset's target at `shape` (with `layers` decoder layers: the draft's count)."""
+    from transformers import Qwen2_5_VLConfig
 
     text = dict(
         SHAPES[shape],
@@ -93,6 +101,8 @@ def build_pair(shape: str, draft_layers: int, device: str, dtype: torch.dtype, s
         bos_token_id=None,
         eos_token_id=None,
     )  # Qwen's ids lie outside the small shapes' vocabularies
+    if layers is not None:
+        text["num_hidden_layers"] = layers
     head_dim = text["hidden_size"] // text["num_attention_heads"]
     s = 3 * (head_dim // 2) // 8
     text["rope_parameters"]["mrope_section"] = [head_dim // 2 - 2 * s, s, s]
@@ -116,22 +126,37 @@ def build_pair(shape: str, draft_layers: int, device: str, dtype: torch.dtype, s
         fullatt_block_indexes=[0],
         tokens_per_second=2,
     )
+    config = Qwen2_5_VLConfig(text_config=text, vision_config=vision, **ids)
+    config._attn_implementation = "sdpa"
+    return config
 
-    def config(layers):
-        c = Qwen2_5_VLConfig(text_config=dict(text, num_hidden_layers=layers), vision_config=vision, **ids)
-        c._attn_implementation = "sdpa"
-        return c
+
+def build_pair(shape: str, draft_layers: int, device: str, dtype: torch.dtype, seed: int = 0):
+    """(target, draft): the draft's modules are the target's (first `draft_layers` layers, embeddings, norm,
+    LM head, vision tower)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
 
     torch.manual_seed(seed)
     previous = torch.get_default_dtype()
     torch.set_default_dtype(dtype)
     try:
         with torch.device(device):
-            target = Qwen2_5_VLForConditionalGeneration(config(text["num_hidden_layers"])).eval()
-        with torch.device("meta"):
-            draft = Qwen2_5_VLForConditionalGeneration(config(draft_layers)).eval()
+            target = Qwen2_5_VLForConditionalGeneration(pair_config(shape)).eval()
     finally:
         torch.set_default_dtype(previous)
+    return target, share_draft(target, draft_layers)
+
+
+def share_draft(target, draft_layers: int):
+    """A draft made of the target's own modules: its first `draft_layers` decoder layers, embeddings, final norm, LM
+    head and vision tower (shared, not copied; split over the ranks where the target is)."""
+    from transformers import Qwen2_5_VLForConditionalGeneration
+
+    config = target.config.__class__.from_dict(target.config.to_dict())
+    config.text_config.num_hidden_layers = draft_layers
+    config._attn_implementation = "sdpa"
+    with torch.device("meta"):
+        draft = Qwen2_5_VLForConditionalGeneration(config).eval()
     t, d = target.model, draft.model
     d.visual, d.language_model.embed_tokens, d.language_model.norm = (
         t.visual,
@@ -141,11 +166,12 @@ def build_pair(shape: str, draft_layers: int, device: str, dtype: torch.dtype, s
     d.language_model.rotary_emb = t.language_model.rotary_emb
     d.language_model.layers = torch.nn.ModuleList(t.language_model.layers[:draft_layers])
     draft.lm_head = target.lm_head
+    pad = target.config.text_config.vocab_size - 1
     for model in (target, draft):  # random weights: no end of sequence, every run makes max_new_tokens
         model.generation_config.eos_token_id = None
-        model.generation_config.pad_token_id = vocab - 1
+        model.generation_config.pad_token_id = pad
     assert not any(p.is_meta for p in draft.parameters()) and not any(b.is_meta for b in draft.buffers())
-    return target, draft
+    return draft
 
 
 def scale_deep_layers(target, draft_layers: int, alpha: float, originals: dict) -> None:

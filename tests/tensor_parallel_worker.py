@@ -32,6 +32,8 @@ def main(root: Path, out: Path) -> None:
             "eagle2": (EagleHead.init_for(target, seed=0), dict(tree="dynamic")),
             "eagle3": (Eagle3Head.init_for(target, seed=0), dict(tree="chain", engine="fast")),
         }
+        if family == "qwen2_5_vl":  # compiled steps over DTensor shards (one family: compiling costs ~1 min)
+            drafters["compiled"] = (draft, dict(tree="static", engine="fast", compile=True))
         for kind in ("video", "image"):
             inputs = make_inputs(family, kind)
             for name, (drafter, options) in drafters.items():
@@ -43,6 +45,15 @@ def main(root: Path, out: Path) -> None:
                 **inputs, max_new_tokens=12, do_sample=True, temperature=1.0, top_k=0
             )
             results[f"{family}/{kind}/sampled"] = sampled.token_ids
+        gen = SpeculativeGenerator(target, draft)  # a running batch of rows of different lengths, as serve keeps
+        batch = gen.batch(2)
+        rows = [
+            batch.add(gen.request(**make_inputs(family, kind), max_new_tokens=12, do_sample=False))[0]
+            for kind in ("video", "image")
+        ]
+        while len(batch):
+            batch.step()
+        results[f"{family}/batch"] = [row.tokens for row in rows]
         prompt = adapter.prepare(make_inputs(family, "video"))
         visual = prompt.visual_mask.nonzero().flatten()
         with AttentionCapture(adapter, int(visual.max()) + 1, visual) as capture:

@@ -47,6 +47,22 @@ def test_gpu_preset_runs_at_tiny_shapes(tmp_path):
     assert all(row["tau"] > 1 and 0 < row["efficiency"] <= 1 for row in ours)
 
 
+@pytest.mark.slow
+@pytest.mark.xdist_group(name="tensor_parallel")  # two more processes: beside the other torchrun jobs, not at once
+def test_tensor_parallel_preset_runs_at_tiny_shape_on_one_and_two_ranks():
+    """bench_tensor_parallel.py, the preset for a 72B target over several GPUs, at its tiny shape on CPU processes:
+    ours equals HF's greedy tokens under the same split, and the collectives are measured where there are some."""
+    import bench_tensor_parallel
+
+    options = ["--shape", "tiny", "--ranks", "1,2", "--repeats", "1", "--inner", "1", "--tau", "3"]
+    runs = bench_tensor_parallel.main([*options, "--prompt-tokens", "128", "--max-new-tokens", "12"])
+    (one,), (two,) = runs[1], runs[2]
+    assert one["identical"] and two["identical"] and two["ranks"] == 2
+    assert one["all_reduce_ms"] == 0 < two["all_reduce_ms"] and two["broadcast_ms"] > 0
+    assert all(run["tau"] > 1 for run in (one, two))
+    assert one["alpha"] == two["alpha"] and one["tokens"] == two["tokens"]  # the same saved weights in both layouts
+
+
 def test_calibration_scales_only_the_deep_layers():
     import bench_gpu_preset
     import torch

@@ -972,6 +972,7 @@ class DecodingForever:
     progress callback does every 64 frames)."""
 
     folder_names: dict = {}
+    keep_alive_s = None
 
     def prepare(self, files, decoding, check):
         while True:
@@ -980,6 +981,9 @@ class DecodingForever:
 
     def batch(self, rows):
         return None
+
+    def close(self, batch):
+        pass
 
 
 def test_a_deadline_or_a_cancel_stops_a_request_while_its_media_decode():
@@ -1018,3 +1022,37 @@ def test_client_values_in_errors_and_logs_are_bounded_and_on_one_line():
     request = parse_request(dict(model="m", messages=[user("Q", *[("image", "data:x")] * 3)[0]]))
     with pytest.raises(APIError, match="3 images in one request: 2 at most \\(--max-images\\)"):
         chat_turn(request.messages, max_images=2)
+
+
+class Idle:
+    """An engine with no request to run, whose model thread must ping the other ranks (a split target's followers
+    wait in a collective with a timeout) every `keep_alive_s` and release them when the server stops."""
+
+    folder_names: dict = {}
+    keep_alive_s = 0.05
+
+    def __init__(self):
+        self.pings, self.closed = 0, []
+
+    def batch(self, rows):
+        return "batch"
+
+    def keep_alive(self, batch):
+        self.pings += 1
+
+    def close(self, batch):
+        self.closed.append(batch)
+
+
+def test_an_idle_worker_keeps_the_other_ranks_alive_and_releases_them_at_the_end():
+    from specvlm.serve.worker import Worker
+
+    engine = Idle()
+    worker = Worker(engine, max_queue=1, metrics=Metrics(), max_batch=1)
+    worker.start()
+    try:
+        wait_for(lambda: engine.pings >= 3, timeout=5)
+        assert worker.problem() is None
+    finally:
+        worker.stop()
+    assert engine.closed == ["batch"]

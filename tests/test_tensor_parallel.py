@@ -48,12 +48,15 @@ def ranks(tmp_path_factory):
 
 
 def drafters(target, family):
-    return {
+    names = {
         "draft": (model(family, seed=1, hidden=32), dict(tree="static", engine="fast")),
         "self-pruned": ("self", dict(pruning="specvlm", visual_keep_ratio=0.3)),
         "eagle2": (EagleHead.init_for(target, seed=0), dict(tree="dynamic")),
         "eagle3": (Eagle3Head.init_for(target, seed=0), dict(tree="chain", engine="fast")),
     }
+    if family == "qwen2_5_vl":
+        names["compiled"] = names["draft"]
+    return names
 
 
 @pytest.mark.slow
@@ -67,6 +70,8 @@ def test_every_rank_decodes_what_one_process_decodes(ranks, family):
         for name in drafters(target, family):
             assert ranks[0][f"{family}/{kind}/{name}"] == ranks[1][f"{family}/{kind}/{name}"] == expected, name
         assert ranks[0][f"{family}/{kind}/sampled"] == ranks[1][f"{family}/{kind}/sampled"]
+    batch = [reference(target, make_inputs(family, k), max_new_tokens=12, do_sample=False) for k in ("video", "image")]
+    assert ranks[0][f"{family}/batch"] == ranks[1][f"{family}/batch"] == batch  # rows of different lengths
 
 
 @pytest.mark.slow
@@ -88,15 +93,20 @@ def test_a_generator_on_one_process_has_no_group():
 
 
 @pytest.mark.slow
-def test_generate_under_torchrun_answers_once_as_one_process_does(folders, media, capsys):
+@pytest.mark.parametrize("launch", ["torchrun", "--tensor-parallel"])
+def test_generate_on_two_ranks_answers_once_as_one_process_does(folders, media, capsys, launch):
+    """By hand under torchrun, or launched by specvlm itself (`--tensor-parallel 2`)."""
     from specvlm.cli import main
 
     argv = ["generate", "--target", folders["qwen"], "--draft", folders["qwen_draft"], "--image"]
     argv = [
         str(a) for a in [*argv, media / "picture.png", "--prompt", "Describe it.", "--max-new-tokens", 10, "--json"]
     ]
+    command = [*TORCHRUN, "-m", "specvlm", *argv]
+    if launch == "--tensor-parallel":
+        command = [sys.executable, "-m", "specvlm", *argv, "--tensor-parallel", "2"]
     done = subprocess.run(
-        [*TORCHRUN, "-m", "specvlm", *argv],
+        command,
         capture_output=True,
         text=True,
         timeout=600,
@@ -109,10 +119,92 @@ def test_generate_under_torchrun_answers_once_as_one_process_does(folders, media
     assert json.loads(lines[0])["token_ids"] == json.loads(capsys.readouterr().out)["token_ids"]
 
 
-def test_serve_under_torchrun_is_refused_in_one_line(monkeypatch, capsys):
+@pytest.mark.parametrize(
+    "command, world, says",
+    [
+        ("generate", "2", "--tensor-parallel 3, but torchrun started 2 processes"),
+        ("serve", "2", "--tensor-parallel 3, but torchrun started 2 processes"),
+        ("generate", "1", "--tensor-parallel must be >= 1, got 0"),
+    ],
+)
+def test_a_tensor_parallel_count_that_cannot_be_is_one_line(folders, monkeypatch, capsys, command, world, says):
     from specvlm.cli import main
 
-    monkeypatch.setenv("WORLD_SIZE", "2")
-    assert main(["serve", "--target", "some/model"]) != 0
+    monkeypatch.setenv("WORLD_SIZE", world)
+    count = "0" if "got 0" in says else "3"
+    argv = [command, "--target", str(folders["qwen"]), "--tensor-parallel", count]
+    assert main([*argv, "--prompt", "Hi."] if command == "generate" else argv) == 2
     err = capsys.readouterr().err
-    assert "does not run under torchrun yet" in err and len(err.strip().splitlines()) == 1
+    assert says in err and len(err.strip().splitlines()) == 1
+
+
+def chat(url: str, prompt: str) -> str:
+    import urllib.request
+
+    body = dict(model="tp", messages=[dict(role="user", content=prompt)], max_tokens=12, temperature=0)
+    request = urllib.request.Request(
+        url + "/v1/chat/completions", data=json.dumps(body).encode(), headers={"Content-Type": "application/json"}
+    )
+    with urllib.request.urlopen(request, timeout=120) as response:
+        return json.loads(response.read())["choices"][0]["message"]["content"]
+
+
+def rank_pid(launcher: int, rank: int) -> int:
+    """The pid of the launcher's child that torchrun's agent started as `rank`."""
+    children = Path(f"/proc/{launcher}/task/{launcher}/children").read_text().split()
+    for pid in children:
+        if f"RANK={rank}" in Path(f"/proc/{pid}/environ").read_bytes().decode(errors="replace").split("\0"):
+            return int(pid)
+    raise AssertionError(f"no rank {rank} among {children}")
+
+
+@pytest.mark.slow
+@pytest.mark.skipif(not Path("/proc/self/task").is_dir(), reason="finds the ranks through /proc")
+def test_serve_on_two_ranks_answers_as_one_process_and_ends_in_one_line_when_a_rank_dies(folders, tmp_path, capsys):
+    """`specvlm serve --tensor-parallel 2`: rank 0 serves, rank 1 follows its batch (serve/ranks.py). Two requests at
+    once (a batch of rows of different lengths) get what one process's `specvlm generate` prints; then rank 1 is
+    killed, and the job ends at once with one line naming it."""
+    import re
+    import signal
+    import threading
+    import time
+
+    from specvlm.cli import main
+
+    models = ["--target", str(folders["qwen"]), "--draft", str(folders["qwen_draft"])]
+    log = tmp_path / "serve.log"
+    with open(log, "wb") as out:
+        proc = subprocess.Popen(
+            [sys.executable, "-m", "specvlm", "serve", *models, "--served-model-name", "tp", "--port", "0"]
+            + ["--max-batch", "2", "--tensor-parallel", "2"],
+            stdout=out,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,
+            env=dict(os.environ, OMP_NUM_THREADS="1"),
+        )
+    try:
+        end = time.monotonic() + 300
+        while not (found := re.search(r"listening on (http://127\.0\.0\.1:\d+)/v1", log.read_text())):
+            assert proc.poll() is None and time.monotonic() < end, log.read_text()[-3000:]
+            time.sleep(0.2)
+        prompts = ["Hello there.", "Tell me a long story about a red dog and a small blue cat, please."]
+        answers = {}
+        threads = [threading.Thread(target=lambda p=p: answers.update({p: chat(found.group(1), p)})) for p in prompts]
+        for thread in threads:
+            thread.start()
+        for thread in threads:
+            thread.join()
+        for prompt in prompts:
+            assert main(["generate", *models, "--prompt", prompt, "--max-new-tokens", "12", "--json"]) == 0
+            assert answers[prompt] == json.loads(capsys.readouterr().out)["text"]
+        os.kill(rank_pid(proc.pid, 1), signal.SIGKILL)
+        assert proc.wait(60) == 1
+        text = log.read_text()
+        assert text.strip().splitlines()[-1] == (
+            "specvlm: error: rank 1 of 2 was killed by SIGKILL; the other ranks were stopped (a split target needs all)"
+        )
+        assert "Traceback" not in text
+    finally:
+        if proc.poll() is None:
+            os.killpg(proc.pid, signal.SIGKILL)
+            proc.wait()

@@ -59,6 +59,14 @@ def add_model_arguments(p: argparse.ArgumentParser) -> None:
         "defaults to EAGLE-2's dynamic tree",
     )
     add_device_arguments(g)
+    g.add_argument(
+        "--tensor-parallel",
+        type=int,
+        default=None,
+        metavar="N",
+        help="split the target over N GPUs (transformers' tensor-parallel plan, one process a GPU): specvlm starts "
+        "the N processes itself; under torchrun (several machines) the flag may be left out. Default: one process",
+    )
 
 
 def add_decoding_arguments(p: argparse.ArgumentParser) -> None:

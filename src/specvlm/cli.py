@@ -71,6 +71,7 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: list[str] | None = None) -> int:
     try:
         args = build_parser().parse_args(argv)
+        args.argv = list(sys.argv[1:] if argv is None else argv)  # what --tensor-parallel relaunches on every rank
         return args.func(args) or 0
     except SpecVLMError as err:
         print(f"specvlm: error: {err}", file=sys.stderr)

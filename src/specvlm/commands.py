@@ -72,6 +72,11 @@ def add_demo_parser(sub) -> None:
 
 def cmd_generate(args) -> int:
     check_decoding(args)  # before the heavy imports: a bad option is one line at once
+    from .launcher import launched_here
+
+    code = launched_here(args)  # --tensor-parallel N: the job of N ranks this process launched has ended
+    if code is not None:
+        return code
     import torch
 
     from .engine.streaming import PrintStreamer

@@ -83,6 +83,10 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", tensor_para
     kwargs = {"dtype": _DTYPES[dtype] if dtype in _DTYPES else ("auto" if device != "cpu" else torch.float32)}
     if tensor_parallel:
         kwargs.update(_tensor_parallel_plan())
+        if not is_leader():  # rank 0 alone speaks: no second set of loading bars from the other ranks
+            from transformers.utils import logging as hf_logging
+
+            hf_logging.disable_progress_bar()
     elif device == "cuda":
         kwargs["device_map"] = "auto"
     try:

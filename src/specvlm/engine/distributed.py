@@ -36,7 +36,7 @@ def from_leader(group, value):
     if group is None:
         return value
     devices = _devices(value)
-    box = [_to_host(value)]
+    box = [to_host(value)]
     _dist().broadcast_object_list(box, src=leader(group), group=group)
     return _to_device(box[0], devices)
 
@@ -58,13 +58,18 @@ def _devices(value):
     return None
 
 
-def _to_host(value):
+def to_host(value):
+    """`value` with every tensor in it (also inside dataclasses, dicts, lists and tuples) copied to the host: what
+    may be pickled to another rank, whose own device differs."""
     if isinstance(value, torch.Tensor):
         return value.detach().cpu()
     if dataclasses.is_dataclass(value) and not isinstance(value, type):
-        return dataclasses.replace(
-            value, **{f.name: _to_host(getattr(value, f.name)) for f in dataclasses.fields(value)}
-        )
+        fields = [f for f in dataclasses.fields(value) if f.init]
+        return dataclasses.replace(value, **{f.name: to_host(getattr(value, f.name)) for f in fields})
+    if isinstance(value, dict):
+        return {key: to_host(item) for key, item in value.items()}
+    if type(value) in (list, tuple):  # not a named tuple, whose fields are its own
+        return type(value)(to_host(item) for item in value)
     return value
 
 

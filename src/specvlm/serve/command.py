@@ -199,18 +199,19 @@ def check_server_options(args) -> Path | None:
 
 def cmd_serve(args) -> int:
     from ..arguments import check_decoding
-    from ..errors import SpecVLMError
     from ..inputs.video import check_sampling
-    from ..loading import launched_ranks
+    from ..launcher import launched_here
+    from ..loading import is_leader
 
-    if launched_ranks() > 1:
-        raise SpecVLMError(
-            "specvlm serve does not run under torchrun yet (a split target needs every rank to follow rank 0's "
-            "requests, issue 26); serve one GPU's target, or use specvlm generate under torchrun"
-        )
     check_decoding(args)
     check_sampling(args.num_frames, args.fps)
     allowed = check_server_options(args)
+    code = launched_here(args)  # --tensor-parallel N: the job of N ranks this process launched has ended
+    if code is not None:
+        return code
+    if not is_leader():  # a rank of a split target: it follows rank 0's batch, which alone speaks and serves
+        engine = load_engine(args, lambda msg: None, warm_up=False)
+        return engine.follow()
     say = lambda msg: print(msg, file=sys.stderr, flush=True)
     sock = bind(args.host, args.port)  # before the (slow) model load: a taken port fails at once
     engine = load_engine(args, say)
@@ -230,9 +231,10 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load_engine(args, say):
+def load_engine(args, say, warm_up: bool = True):
     """The models the options name, loaded, and the Engine that serves them. Before any weights load, a dry run of
-    the input pipeline on a text-only prompt checks the frame options, the processors and the draft's family."""
+    the input pipeline on a text-only prompt checks the frame options, the processors and the draft's family.
+    Without `warm_up` (a follower rank: it repeats rank 0's warm-up) nothing is compiled ahead."""
     from ..arguments import drafts, load_generator, resolve_models
     from ..inputs.pipeline import FrameOptions
     from .engine import Engine, model_inputs
@@ -243,7 +245,7 @@ def load_engine(args, say):
     model_inputs(models, frames, TurnFiles("Hello.", (), None, {}), args.max_new_tokens, drafts(args))
     gen = load_generator(args, models, say, batched=True)
     engine = Engine(models, gen.model, gen.tokenizer, gen, frames, media_limits(args))
-    if gen.compile:  # CUDA, or --compile on: compile every batch shape before the server says it is healthy
+    if gen.compile and warm_up:  # CUDA, or --compile on: compile every batch shape before the server says it is healthy
         say(f"compiling the decoding steps for batches of up to {args.max_batch} requests ...")
         rows = engine.warm_up(args.max_batch)
         say(f"compiled in {gen.compile_seconds:.0f}s (batches of {', '.join(map(str, rows))} rows)")

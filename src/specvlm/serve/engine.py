@@ -75,9 +75,42 @@ class Engine:
         request.logprobs = decoding.logprobs
         return request
 
+    @property
+    def group(self):
+        """The ranks the target is split over (tensor parallelism under torchrun), or None."""
+        return self.generator.target.tp_group
+
+    @property
+    def keep_alive_s(self) -> float | None:
+        """How long the model thread may idle before `keep_alive` (None: forever)."""
+        from .ranks import KEEP_ALIVE_S
+
+        return None if self.group is None else KEEP_ALIVE_S
+
     def batch(self, max_rows: int):
-        """A running batch of at most `max_rows` requests (`batch.DecodeBatch`)."""
-        return self.generator.batch(max_rows)
+        """A running batch of at most `max_rows` requests (`batch.DecodeBatch`; with a split target one whose every
+        operation the other ranks repeat, ranks.py)."""
+        if self.group is None:
+            return self.generator.batch(max_rows)
+        from .ranks import LeaderBatch
+
+        return LeaderBatch(self.generator, self.group, max_rows)
+
+    def keep_alive(self, batch) -> None:
+        """No request runs: tell the other ranks, which wait in a collective (split targets only)."""
+        if self.group is not None:
+            batch.keep_alive()
+
+    def close(self, batch) -> None:
+        """The server stops: the other ranks stop following (split targets only)."""
+        if self.group is not None:
+            batch.close()
+
+    def follow(self) -> int:
+        """A rank other than 0: repeat rank 0's batch operations until the server stops (ranks.py)."""
+        from .ranks import follow
+
+        return follow(self.generator, self.group)
 
     def warm_up(self, max_rows: int) -> list[int]:
         """Compile the steps before the first request: batches of every row bucket up to `max_rows` (compiled steps

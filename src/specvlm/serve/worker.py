@@ -403,11 +403,16 @@ class Worker:
         while True:
             with self._cond:
                 self.beat = time.monotonic()
-                while not self._waiting and not self._running and not self._stopping:
-                    self._cond.wait()
+                idle = False
+                while not self._waiting and not self._running and not self._stopping and not idle:
+                    idle = not self._cond.wait(self.engine.keep_alive_s)  # timed out: nothing came
                 self.beat = time.monotonic()
                 if self._stopping:
                     break
+            if idle:
+                self.engine.keep_alive(batch)
+                continue
+            with self._cond:
                 while self._waiting and len(self._running) + len(self._joining) < self.max_batch:
                     self._joining.append(self._waiting.popleft())
                 joining = list(self._joining)
@@ -428,6 +433,7 @@ class Worker:
         for running in list(self._running):
             self._leave(batch, running)
             self._stopped(running.job, "shutdown", running.sink)
+        self.engine.close(batch)
 
     def _join(self, batch, job: Job) -> None:
         reason = job.stop_reason()
