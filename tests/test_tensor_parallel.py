@@ -1,7 +1,8 @@
 """Tensor parallelism (issue 26) on two CPU processes (gloo, `torchrun`): the target split by transformers' TP plan
 decodes exactly what one process decodes, for every drafter, on every rank; sampled tokens agree across ranks even
 when each rank's own RNG would draw differently (rank 0 decides, engine/distributed.py); the verifier's attention
-scores for pruning sum every rank's heads into the single-process scores."""
+scores for pruning sum every rank's heads into the single-process scores. `specvlm generate` and `serve` on two
+ranks, a killed rank, and the other split (a device_map's dispatch hooks)."""
 
 import json
 import os
@@ -208,3 +209,29 @@ def test_serve_on_two_ranks_answers_as_one_process_and_ends_in_one_line_when_a_r
         if proc.poll() is None:
             os.killpg(proc.pid, signal.SIGKILL)
             proc.wait()
+
+
+@pytest.mark.parametrize("kind", ["video", "image"])
+def test_a_target_dispatched_by_a_device_map_decodes_what_it_does_whole(tmp_path, kind):
+    """The other split (device_map, accelerate's pipeline dispatch) through the same machinery a multi-GPU map uses:
+    hooks at every placed module that move its inputs to where its weights are. With one CPU, the deep half of the
+    layers is offloaded to disk (weights loaded by the hooks at each forward); the engine must not notice."""
+    from transformers import AutoModelForImageTextToText
+
+    whole = model("qwen2_5_vl")
+    whole.save_pretrained(tmp_path / "target")
+    layers = whole.config.text_config.num_hidden_layers
+    placement = {f"model.language_model.layers.{i}": "disk" if i >= layers // 2 else "cpu" for i in range(layers)}
+    for name in ("model.visual", "model.language_model.embed_tokens", "model.language_model.norm", "lm_head"):
+        placement[name] = "cpu"
+    placement["model.language_model.rotary_emb"] = "cpu"
+    split = AutoModelForImageTextToText.from_pretrained(
+        tmp_path / "target", dtype=torch.float32, device_map=placement, offload_folder=tmp_path / "offload"
+    )
+    assert "disk" in split.hf_device_map.values()
+    inputs = make_inputs("qwen2_5_vl", kind)
+    expected = reference(whole, inputs, max_new_tokens=12, do_sample=False)
+    draft = model("qwen2_5_vl", seed=1, hidden=32)
+    for options in (dict(tree="static"), dict(engine="fast", tree="chain")):
+        out = SpeculativeGenerator(split, draft, **options).generate(**inputs, max_new_tokens=12, do_sample=False)
+        assert out.token_ids == expected, options
