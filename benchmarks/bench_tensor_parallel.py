@@ -38,7 +38,7 @@ from pathlib import Path
 import torch
 from bench_gpu_preset import SHAPES
 
-from common import machine, record, table
+from common import record, table
 
 SAVED_SHAPES = ("tiny", "cpu")  # small enough to build, calibrate and write out once (cpu: ~200 MB)
 
@@ -238,7 +238,6 @@ def main(argv=None) -> dict:
                 shown = {k: v for k, v in runs[ranks][-1].items() if k != "tokens"}
                 print(f"repeat {repeat + 1}, {ranks} rank(s): {shown}", flush=True)
     body = summary(runs, args)
-    command = " ".join(["python benchmarks/bench_tensor_parallel.py", *(sys.argv[1:] if argv is None else argv)])
     print(body)
     if args.record:
         note = (
