@@ -6,7 +6,11 @@ from specvlm.cli import main
 
 
 def test_demo_runs_on_the_bundled_pair_and_matches_the_target(capsys):
+    from specvlm.numerics import flush_denormal_enabled
+
+    before = flush_denormal_enabled()  # off, unless a benchmark script's main ran in this process before
     assert main(["demo", "--max-new-tokens", "8", "--repeats", "2"]) == 0
+    assert flush_denormal_enabled() == before  # flushed for the demo's own arithmetic only, not its caller's
     out = capsys.readouterr().out
     assert "output equals target-only decoding: yes" in out
     assert "τ (draft tokens accepted per round)" in out and "speedup" in out

@@ -41,3 +41,17 @@ def test_planted_near_tie_and_bug_are_told_apart():
     near = diagnose(target, inputs, tied[:p] + [other], tied[: p + 1], **options)
     assert near.position == p and near.kind == "near-tie" and near.gap == 0
     assert diagnose(target, inputs, tied, tied, **options).kind == "identical"
+
+
+def test_denormals_are_flushed_within_the_block_and_the_callers_setting_comes_back():
+    from specvlm.numerics import denormals_flushed, flush_denormal_enabled
+
+    tiny = torch.tensor([1e-39], dtype=torch.float32)
+    for before in (False, True):
+        torch.set_flush_denormal(before)
+        try:
+            with denormals_flushed():
+                assert flush_denormal_enabled() and float(tiny.mul(1.0)[0]) == 0.0
+            assert flush_denormal_enabled() == before
+        finally:
+            torch.set_flush_denormal(False)

@@ -688,11 +688,11 @@ FUZZ_EXAMPLES = 30  # per operation (the chat route's are the costly ones: most 
 
 @pytest.fixture
 def ieee_floats():
-    """Hypothesis refuses to draw floats while denormals are flushed to zero, which the demo and the bench switch on
-    for their whole process (a test before this one, in the same worker, may have run them)."""
+    """Hypothesis refuses to draw floats while denormals are flushed to zero, which the benchmark scripts switch on
+    for their whole process (a test before this one, in the same worker, may have run one's main)."""
     import torch
 
-    from specvlm.testbed.build import flush_denormal_enabled
+    from specvlm.numerics import flush_denormal_enabled
 
     flushed = flush_denormal_enabled()
     torch.set_flush_denormal(False)

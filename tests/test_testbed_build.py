@@ -10,7 +10,8 @@ import torch
 from specvlm.cli import main
 from specvlm.engine.generator import SpeculativeGenerator
 from specvlm.errors import SpecVLMError
-from specvlm.testbed.build import build_testbed, flush_denormal_enabled, global_torch_state, prepare_out
+from specvlm.numerics import flush_denormal_enabled
+from specvlm.testbed.build import build_testbed, global_torch_state, prepare_out
 from specvlm.testbed.recipe import Arch, Recipe
 
 # ten clips is the smallest world with a validation (index 8) and a test (index 9) clip

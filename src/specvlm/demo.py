@@ -16,6 +16,7 @@ import torch
 from .drafters.loading import load_drafter
 from .engine.generator import SpeculativeGenerator
 from .inputs import InputModels, MediaPrompt, prepare_inputs
+from .numerics import denormals_flushed
 from .testbed.assets import bundled_pair, sample_clips
 
 
@@ -51,6 +52,7 @@ def speedup_line(base_s: list[float], spec_s: list[float]) -> str:
 
 
 @torch.no_grad()
+@denormals_flushed()
 def run_demo(
     family: str, *, max_new_tokens: int, keep_ratio: float, repeats: int, engine: str = "fast", compile="auto"
 ) -> int:
@@ -58,7 +60,6 @@ def run_demo(
     from transformers.utils import logging as hf_logging
 
     hf_logging.disable_progress_bar()  # the demo prints its own lines; weight-loading bars are noise here
-    torch.set_flush_denormal(True)  # fp16 checkpoints upcast to fp32 produce denormals that crawl on CPU
     target_dir, draft_dir = bundled_pair(family)
     sample = sample_clips(kind="caption")[0]
     target = AutoModelForImageTextToText.from_pretrained(target_dir, dtype=torch.float32).eval()

@@ -11,6 +11,7 @@ magnitude is a near-tie; a larger one means the speculative side chose a token t
 
 from __future__ import annotations
 
+import contextlib
 import math
 from dataclasses import dataclass
 
@@ -69,3 +70,21 @@ def diagnose(target, inputs: dict, ours: list[int], reference: list[int], **gene
     scores = target.generate(**inputs, **kwargs).scores[position][0]
     dtype = target.get_output_embeddings().weight.dtype
     return classify(scores, position, dtype)
+
+
+def flush_denormal_enabled() -> bool:
+    """Whether this thread flushes denormals to zero (`torch.set_flush_denormal`, which has no getter)."""
+    return float(torch.tensor([1e-39], dtype=torch.float32, device="cpu").mul(1.0)[0]) == 0.0
+
+
+@contextlib.contextmanager
+def denormals_flushed():
+    """Within the block (or the decorated function), float math on the CPU flushes denormals to zero: fp16
+    checkpoints upcast to fp32, and random or barely trained weights, produce denormals, which CPUs crawl on. The
+    caller's own setting comes back after, so a library call never changes the arithmetic of the code around it."""
+    flushed = flush_denormal_enabled()
+    torch.set_flush_denormal(True)
+    try:
+        yield
+    finally:
+        torch.set_flush_denormal(flushed)

@@ -374,6 +374,8 @@ def run_bench(
     bar per sample, with the time left, on stderr when it is a terminal."""
     import torch
 
+    from ..numerics import denormals_flushed
+
     if max_new_tokens < 1:
         raise SpecVLMError(f"--max-new-tokens must be >= 1, got {max_new_tokens}")
     if num_frames < 1:
@@ -410,7 +412,6 @@ def run_bench(
     )
     out = prepare_out(out, force)
 
-    torch.set_flush_denormal(True)  # random / small weights can produce denormals, which CPUs crawl on
     models = Models(target, draft, head, runs, dtype, device, say)
     generators = build_generators(models, runs, num_draft_tokens, draft_positions, engine, compile)
     gen_kwargs = dict(max_new_tokens=max_new_tokens, do_sample=False)
@@ -454,7 +455,8 @@ def run_bench(
     if not bar.disable:  # the per-run lines go above the bar instead of through it
         say = lambda message: bar.write(message, file=sys.stderr)
     try:
-        with torch.no_grad(), open(out / "results.jsonl", "w", encoding="utf-8") as results:
+        # denormals flushed (random or small weights produce them, and CPUs crawl on them), for this loop only
+        with torch.no_grad(), denormals_flushed(), open(out / "results.jsonl", "w", encoding="utf-8") as results:
             for index, record in enumerate(records):
                 for row in _sample_rows(
                     index,

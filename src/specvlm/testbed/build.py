@@ -132,18 +132,13 @@ def default_threads() -> int:
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else (os.cpu_count() or 1)
 
 
-def flush_denormal_enabled() -> bool:
-    """Whether this thread flushes denormals to zero (`torch.set_flush_denormal`, which has no getter)."""
-    import torch
-
-    return float(torch.tensor([1e-39], dtype=torch.float32, device="cpu").mul(1.0)[0]) == 0.0
-
-
 @contextlib.contextmanager
 def global_torch_state(grad: bool, dtype, threads: int, flush_denormal: bool):
     """Within the block: torch's global grad mode, default dtype, intra-op threads and flush-to-zero as given; the
     previous ones are restored on the way out."""
     import torch
+
+    from ..numerics import flush_denormal_enabled
 
     saved = (torch.is_grad_enabled(), torch.get_default_dtype(), torch.get_num_threads(), flush_denormal_enabled())
     try:
