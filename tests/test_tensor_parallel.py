@@ -235,3 +235,20 @@ def test_a_target_dispatched_by_a_device_map_decodes_what_it_does_whole(tmp_path
     for options in (dict(tree="static"), dict(engine="fast", tree="chain")):
         out = SpeculativeGenerator(split, draft, **options).generate(**inputs, max_new_tokens=12, do_sample=False)
         assert out.token_ids == expected, options
+
+
+@pytest.mark.slow
+def test_a_bad_input_on_two_ranks_is_said_once(folders):
+    """Every rank meets a user's mistake alike (a missing file): rank 0 says it, in one line, and the job ends with
+    its status (the launcher adds nothing)."""
+    argv = ["generate", "--target", str(folders["qwen"]), "--video", "no-such-clip.mp4", "--prompt", "Hi."]
+    done = subprocess.run(
+        [sys.executable, "-m", "specvlm", *argv, "--tensor-parallel", "2"],
+        capture_output=True,
+        text=True,
+        timeout=300,
+        env=dict(os.environ, OMP_NUM_THREADS="1"),
+    )
+    assert done.returncode == 2
+    lines = done.stderr.strip().splitlines()
+    assert len(lines) == 1 and "no-such-clip.mp4" in lines[0], done.stderr

@@ -294,7 +294,8 @@ def load_generator(args, models: ModelDirs, say, batched: bool = False):
     from .drafters.loading import load_drafter
     from .engine.generator import SpeculativeGenerator
     from .engine.target_only import TargetOnly
-    from .loading import launched_ranks, load_model, load_tokenizer
+    from .launcher import launched_ranks
+    from .loading import load_model, load_tokenizer
 
     alone = not drafts(args)
     say(f"loading target {args.target}{' (no draft: target-only decoding)' if alone else ''} ...")

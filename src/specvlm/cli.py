@@ -14,6 +14,7 @@ import signal
 import sys
 
 from .errors import SpecVLMError
+from .launcher import is_leader, launched_ranks
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -87,15 +88,21 @@ def main(argv: list[str] | None = None) -> int:
         args = build_parser().parse_args(argv)
         args.argv = list(sys.argv[1:] if argv is None else argv)  # what --tensor-parallel relaunches on every rank
         return args.func(args) or 0
-    except SpecVLMError as err:
-        print(f"specvlm: error: {err}", file=sys.stderr)
+    except SpecVLMError as err:  # the user's to fix: with several ranks each meets it alike, and rank 0 says it
+        if is_leader():
+            print(f"specvlm: error: {err}", file=sys.stderr)
         return 2
     except KeyboardInterrupt:  # Ctrl-C at any moment: importing, loading, generating
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the way out
-        print("specvlm: interrupted", file=sys.stderr)
+        if is_leader():
+            print("specvlm: interrupted", file=sys.stderr)
         return 130
     except Exception as err:  # a bug, not bad input: one line unless asked for the traceback
         if os.environ.get("SPECVLM_DEBUG"):
             raise
-        print(f"specvlm: error: {type(err).__name__}: {err} (set SPECVLM_DEBUG=1 for the traceback)", file=sys.stderr)
+        rank = "" if launched_ranks() == 1 else f"rank {os.environ.get('RANK', '0')}: "  # perhaps that rank's own
+        print(
+            f"specvlm: {rank}error: {type(err).__name__}: {err} (set SPECVLM_DEBUG=1 for the traceback)",
+            file=sys.stderr,
+        )
         return 1

@@ -81,7 +81,7 @@ def cmd_generate(args) -> int:
 
     from .engine.streaming import PrintStreamer
     from .inputs import inputs_from_args
-    from .loading import is_leader
+    from .launcher import is_leader
 
     leader = is_leader()  # under torchrun every rank decodes; rank 0 alone speaks
     say = (lambda msg: None) if args.json or not leader else (lambda msg: print(msg, file=sys.stderr, flush=True))

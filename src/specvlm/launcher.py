@@ -11,11 +11,24 @@ by hand there (README).
 from __future__ import annotations
 
 import logging
+import os
 import sys
 import uuid
 
 from .errors import SpecVLMError
-from .loading import launched_ranks
+
+
+def launched_ranks() -> int:
+    """How many processes torchrun started for this job (1 when not launched by it)."""
+    try:
+        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+    except ValueError:
+        return 1
+
+
+def is_leader() -> bool:
+    """This process prints and serves: rank 0 of a torchrun job, or the only process."""
+    return os.environ.get("RANK", "0") == "0"
 
 
 def launched_here(args) -> int | None:

@@ -54,23 +54,6 @@ def load_config(name: str):
     return config
 
 
-def launched_ranks() -> int:
-    """How many processes `torchrun` started for this job (1 when not launched by it)."""
-    import os
-
-    try:
-        return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
-    except ValueError:
-        return 1
-
-
-def is_leader() -> bool:
-    """This process prints and serves: rank 0 of a torchrun job, or the only process."""
-    import os
-
-    return os.environ.get("RANK", "0") == "0"
-
-
 def load_model(name: str, dtype: str = "auto", device: str = "auto", tensor_parallel: bool = False):
     """`AutoModelForImageTextToText.from_pretrained`, spread over all GPUs (`device_map="auto"`) on CUDA; with
     `tensor_parallel` (a target under torchrun) split over the job's ranks by transformers' TP plan instead, each
@@ -83,6 +66,8 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", tensor_para
     kwargs = {"dtype": _DTYPES[dtype] if dtype in _DTYPES else ("auto" if device != "cpu" else torch.float32)}
     if tensor_parallel:
         kwargs.update(_tensor_parallel_plan())
+        from .launcher import is_leader
+
         if not is_leader():  # rank 0 alone speaks: no second set of loading bars from the other ranks
             from transformers.utils import logging as hf_logging
 

@@ -200,8 +200,7 @@ def check_server_options(args) -> Path | None:
 def cmd_serve(args) -> int:
     from ..arguments import check_decoding
     from ..inputs.video import check_sampling
-    from ..launcher import launched_here
-    from ..loading import is_leader
+    from ..launcher import is_leader, launched_here
 
     check_decoding(args)
     check_sampling(args.num_frames, args.fps)
