@@ -573,6 +573,68 @@ def test_full_queue_is_429_and_a_disconnect_frees_the_worker(base, expected):
     assert base.metric('specvlm_requests_cancelled_total{reason="disconnect"}') == 1
 
 
+def test_bodies_being_sent_hold_queue_places_and_a_client_that_leaves_mid_body_frees_its_own(base, expected):
+    """Uploads count as queued from their headers on: with --max-batch 1 --max-queue 1, two clients still sending
+    their bodies fill the server, a third request gets its 429 at once; when the two leave mid-body (499) their
+    places are free again and the next request is answered."""
+    import socket
+
+    host, port = base.url.removeprefix("http://").split(":")
+    head = (
+        f"POST /v1/chat/completions HTTP/1.1\r\nHost: {host}\r\nAuthorization: Bearer {KEY}\r\n"
+        'Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{"model": '
+    ).encode()
+    left = base.metric('specvlm_requests_total{status="499"}')
+    uploads = [socket.create_connection((host, int(port)), timeout=30) for _ in range(2)]
+    try:
+        for upload in uploads:
+            upload.sendall(head)
+        wait_for(lambda: base.metric("specvlm_queue_length") == 2)
+        status, raw = post(base.url + "/v1/chat/completions", {"model": MODEL}, {"Authorization": f"Bearer {KEY}"})
+        assert status == 429 and json.loads(raw)["error"]["code"] == "queue_full", raw
+    finally:
+        for upload in uploads:
+            upload.close()
+    wait_for(lambda: base.metric("specvlm_queue_length") == 0)
+    assert base.metric('specvlm_requests_total{status="499"}') == left + 2
+    out = base.client(KEY).chat.completions.create(model=MODEL, messages=VIDEO, max_tokens=VIDEO_TOKENS)
+    assert out.choices[0].message.content == expected["video"]["text"]
+
+
+def test_a_body_that_does_not_arrive_in_time_is_408():
+    """A client that sends its headers and then trickles (or nothing) must not hold its queue place for ever."""
+    import asyncio
+
+    from specvlm.serve.app import read_json
+
+    class Trickling:
+        headers = {"content-length": "10"}
+
+        async def stream(self):
+            yield b"{"
+            await asyncio.sleep(60)
+            yield b"}"
+
+    with pytest.raises(APIError, match="did not arrive within 0.2 s") as late:
+        asyncio.run(read_json(Trickling(), 1000, timeout=0.2))
+    assert late.value.status == 408
+
+
+def test_admitted_places_count_as_queued_until_submitted_or_released():
+    from specvlm.serve.worker import Worker
+
+    worker = Worker(None, max_queue=1, metrics=None, max_batch=1)
+    places = [worker.admit(), worker.admit()]  # one for the free batch place, one waiting
+    assert worker.queue_length == 2 and not worker.has_room()
+    with pytest.raises(APIError, match="queue is full"):
+        worker.admit()
+    worker.release(places[0])
+    worker.release(places[0])  # a second release (after submit took it over) frees nothing more
+    assert worker.queue_length == 1 and worker.has_room()
+    worker.release(places[1])
+    assert worker.queue_length == 0
+
+
 @pytest.mark.slow
 def test_request_timeout_is_504_and_frees_the_worker(base, expected):
     """A running streamed request gets an error event at its deadline; one waiting behind it a 504."""

@@ -27,9 +27,10 @@ from pathlib import Path
 from fastapi import Depends, FastAPI, Request
 from fastapi.responses import JSONResponse, PlainTextResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 
 from .. import __version__
-from .errors import APIError, bad_request, internal, loggable, timed_out
+from .errors import BODY_TIMEOUT_S, APIError, bad_request, body_timeout, internal, loggable, timed_out
 from .media import materialize
 from .metrics import Metrics
 from .openapi import openapi_schema
@@ -187,22 +188,28 @@ def create_app(engine, settings: Settings) -> FastAPI:
             raise APIError(
                 415, "send the request as JSON (Content-Type: application/json)", code="unsupported_media_type"
             )
-        worker.check_room()  # before the body is read, decoded and written to disk
-        chat = parse_request(await read_json(request, settings.max_request_bytes))
-        if chat.model != settings.model_name:
-            raise unknown_model(chat.model, settings.model_name)
-        turn, options = chat_turn(chat.messages, settings.max_images), decoding(chat, settings.defaults)
-        reply, streamed = Reply(chat, settings.model_name), chat.stream
-        del chat  # from here the request holds its media as files, not as the body's base64 strings
-        workdir = Path(tempfile.mkdtemp(prefix="request-", dir=settings.temp_root))
+        place = worker.admit()  # a place in the queue (or a 429) before the body is read, decoded and written
         try:
-            files = await asyncio.to_thread(materialize, turn, workdir, settings.allowed_media)
-            del turn
-            job = Job(files, options, settings.request_timeout, workdir, asyncio.get_running_loop())
-            worker.submit(job)
-        except BaseException:
-            shutil.rmtree(workdir, ignore_errors=True)
-            raise
+            chat = parse_request(await read_json(request, settings.max_request_bytes))
+            if chat.model != settings.model_name:
+                raise unknown_model(chat.model, settings.model_name)
+            turn, options = chat_turn(chat.messages, settings.max_images), decoding(chat, settings.defaults)
+            reply, streamed = Reply(chat, settings.model_name), chat.stream
+            del chat  # from here the request holds its media as files, not as the body's base64 strings
+            workdir = Path(tempfile.mkdtemp(prefix="request-", dir=settings.temp_root))
+            try:
+                files = await asyncio.to_thread(materialize, turn, workdir, settings.allowed_media)
+                del turn
+                job = Job(files, options, settings.request_timeout, workdir, asyncio.get_running_loop())
+                worker.submit(job, place)
+            except BaseException:
+                shutil.rmtree(workdir, ignore_errors=True)  # before the place is freed: see Worker.admit
+                raise
+        except ClientGone:  # it left while sending its body
+            metrics.request(499)
+            return Response(status_code=499)
+        finally:
+            worker.release(place)
         try:
             first = await next_event(job, request, watch_client=True)
             if isinstance(first, Failed):
@@ -318,20 +325,22 @@ def unknown_model(name: str, served: str) -> APIError:
     )
 
 
-async def read_json(request: Request, limit: int):
+async def read_json(request: Request, limit: int, timeout: float = BODY_TIMEOUT_S):
     """The JSON body, refused with a 413 when it exceeds `limit` bytes. An oversized body is still read to its end
     (kept only up to `limit`) when it is at most DRAIN_FACTOR times the limit: a client still sending gets its 413
-    rather than a broken pipe. A larger one is refused at once and its connection cut."""
+    rather than a broken pipe. A larger one is refused at once and its connection cut. A body that has not
+    arrived within `timeout` seconds gets a 408 (it holds a place in the queue while it trickles in); a client
+    that leaves while sending raises ClientGone."""
     declared = request.headers.get("content-length", "")
     if declared.isdigit() and int(declared) > DRAIN_FACTOR * limit:
         raise too_large(limit)
-    body, size = [], 0
-    async for chunk in request.stream():
-        size += len(chunk)
-        if size > DRAIN_FACTOR * limit:
-            break
-        if size <= limit:
-            body.append(chunk)
+    body: list[bytes] = []
+    try:
+        size = await asyncio.wait_for(receive_body(request, limit, body), timeout)
+    except TimeoutError:
+        raise body_timeout(timeout) from None
+    except ClientDisconnect:
+        raise ClientGone from None
     if size > limit:
         raise too_large(limit)
     try:
@@ -340,6 +349,18 @@ async def read_json(request: Request, limit: int):
         raise bad_request("the request body is not valid JSON") from None
     except RecursionError:  # JSON nested thousands deep
         raise bad_request("the request body is nested too deeply") from None
+
+
+async def receive_body(request: Request, limit: int, body: list[bytes]) -> int:
+    """Read the body into `body` up to `limit` bytes, draining to DRAIN_FACTOR x `limit`; its size as far as read."""
+    size = 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > DRAIN_FACTOR * limit:
+            break
+        if size <= limit:
+            body.append(chunk)
+    return size
 
 
 LOOPBACK_NAMES = {"localhost", "127.0.0.1", "::1"}

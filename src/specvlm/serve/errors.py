@@ -4,6 +4,7 @@ its SDK parses: `{"error": {"message", "type", "param", "code"}}` (type / code v
 from __future__ import annotations
 
 MAX_MESSAGE_CHARS = 500  # an error message may quote what the client sent (a value, a name): never all of it
+BODY_TIMEOUT_S = 60.0  # a request body must have arrived this long after its headers (nginx's client_body_timeout)
 
 
 class APIError(Exception):
@@ -43,6 +44,10 @@ def timed_out(seconds: float) -> APIError:
     return APIError(
         504, f"the request did not finish within --request-timeout {seconds:g}s", type="timeout_error", code="timeout"
     )
+
+
+def body_timeout(seconds: float) -> APIError:
+    return APIError(408, f"the request body did not arrive within {seconds:g} s", code="body_timeout")
 
 
 def internal(err: BaseException) -> APIError:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 from fastapi.openapi.utils import get_openapi
 
+from .errors import BODY_TIMEOUT_S
 from .schema import PARTS, ROLES, ChatRequest
 
 ERROR = {
@@ -31,6 +32,7 @@ CHAT_ERRORS = {
     "400": "the request is malformed or asks what cannot be served (the message names the field)",
     "401": "missing or wrong API key",
     "404": "unknown model",
+    "408": f"the body did not arrive within {BODY_TIMEOUT_S:g} s of the headers",
     "413": "the body is larger than --max-request-bytes",
     "415": "the body is not sent as application/json",
     "429": "the queue is full; retry later",

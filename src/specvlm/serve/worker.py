@@ -265,6 +265,7 @@ class Worker:
         self.engine, self.max_queue, self.metrics, self.max_batch = engine, max_queue, metrics, max_batch
         self.stuck_timeout = stuck_timeout
         self.beat = time.monotonic()  # the model thread's latest sign of life: around each wait, after each round
+        self._admitted: set[object] = set()  # places held by requests whose body is read or media written (admit)
         self._preparing: set[Job] = set()
         self._waiting: deque[Job] = deque()  # prepared, in the order they became so
         self._cond = threading.Condition()
@@ -294,7 +295,7 @@ class Worker:
 
     @property
     def queue_length(self) -> int:
-        return len(self._waiting) + len(self._preparing)
+        return len(self._waiting) + len(self._preparing) + len(self._admitted)
 
     @property
     def running(self) -> int:
@@ -328,7 +329,7 @@ class Worker:
     def check_room(self) -> None:
         """A 429 when one more request would have to wait behind `max_queue` others: requests being prepared or
         waiting beyond the batch's free places count (so `--max-queue 0` still serves up to `max_batch` at once).
-        The app asks before it reads a body; `submit` asks again."""
+        `admit` asks before a body is read; `submit` asks again for a job that holds no place."""
         free = max(0, self.max_batch - self.running)
         if self.queue_length >= self.max_queue + free:
             raise APIError(
@@ -338,12 +339,33 @@ class Worker:
                 code="queue_full",
             )
 
-    def submit(self, job: Job) -> None:
-        """Queue `job`, or refuse it with a 429 (`check_room`)."""
+    def admit(self) -> object:
+        """A place in the queue for a request about to send its body, or a 429 (`check_room`). It is held from
+        before the body is read until `submit` takes it over (or `release` frees it when the request fails first):
+        so the uploads, decodes and writes under way at once are bounded by --max-queue as well (a hostile client's
+        thousand concurrent bodies get 429s, not memory), and a server seen idle has no request folder left."""
+        place = object()
         with self._cond:
             if self._stopping:
                 raise shutting_down()
             self.check_room()
+            self._admitted.add(place)
+        return place
+
+    def release(self, place: object) -> None:
+        """Free an admitted place (nothing once `submit` has taken it over)."""
+        with self._cond:
+            self._admitted.discard(place)
+
+    def submit(self, job: Job, place: object | None = None) -> None:
+        """Queue `job` in the place `admit` gave it, or, holding none, refuse it with a 429 (`check_room`)."""
+        with self._cond:
+            if self._stopping:
+                raise shutting_down()
+            if place in self._admitted:
+                self._admitted.discard(place)
+            else:
+                self.check_room()
             self._preparing.add(job)
         self._prepare_pool.submit(self._prepare, job)
 
