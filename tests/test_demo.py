@@ -1,5 +1,7 @@
 """`make demo` runs `specvlm demo`: the bundled testbed pair, SpecVLM pruning, output checked against target-only."""
 
+import re
+
 import pytest
 
 from specvlm.cli import main
@@ -14,6 +16,11 @@ def test_demo_runs_on_the_bundled_pair_and_matches_the_target(capsys):
     out = capsys.readouterr().out
     assert "output equals target-only decoding: yes" in out
     assert "τ (draft tokens accepted per round)" in out and "speedup" in out
+    assert re.search(
+        r"τ by what the draft sees of the video: full video \d\.\d\d, SpecVLM keep 0\.1 \d\.\d\d, random keep "
+        r"0\.1 \d\.\d\d",
+        out,
+    ), out
 
 
 @pytest.mark.parametrize(
