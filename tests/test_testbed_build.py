@@ -168,6 +168,35 @@ def test_vision_pretraining_trains_the_tower_alone(mini_build, family):
     assert scores["cells"] == sum(int((c.labels[:, 1] > 0).sum()) for c in clips) > 0 and 0 <= scores["color"] <= 1
 
 
+def test_bf16_training_computes_the_same_inside_the_builds_torch_state(mini_build, monkeypatch):
+    """Where the CPU has bf16 units training runs under bf16 autocast, and the build wraps everything in
+    `build_arithmetic`, whose own autocast(enabled=False) region is the outermost one: autocast keeps its bf16 copies
+    of the weights until the outermost region exits, so every step's forward reused the first step's copies while
+    AdamW moved the fp32 weights. A whole build then trained models whose saved weights answered nothing (validation
+    CE ~180, '.' everywhere; issue 23's first world-3 build, on a machine with AMX) while their training loss fell.
+    The steps must compute exactly what they compute outside the build's state."""
+    from specvlm.inputs import load_processor
+    from specvlm.testbed import train as training
+    from specvlm.testbed.build import build_arithmetic
+    from specvlm.testbed.recipe import make_model
+
+    monkeypatch.setattr(training, "bf16_is_fast", lambda: True)  # bf16 autocast on any CPU (slow, but tiny here)
+    out, _ = mini_build
+    processor = load_processor(out / "models" / "qwen2_5_vl" / "target")
+    clips = training.load_clips(out / "world", "train", processor, MINI.num_frames, limit=2)
+
+    def trained(context):
+        model = make_model(MINI, "qwen2_5_vl", "target", seed=6)
+        with context:
+            result = training.train(model, clips, training.Formatter(processor), 4, 5e-3, seed=1, warmup=0.0)
+        return result["last_losses"], [p.detach().clone() for p in model.parameters()]
+
+    plain_losses, plain = trained(contextlib.nullcontext())
+    built_losses, built = trained(build_arithmetic(torch.get_num_threads()))
+    assert built_losses == plain_losses and len(set(plain_losses)) == 4  # the steps learn, alike
+    assert all(torch.equal(a, b) for a, b in zip(plain, built))
+
+
 def test_curriculum_orders_the_turns(mini_build, monkeypatch):
     """What each training step sees: text steps without the video, then `question_steps` video steps on the
     questions only, then whole packs; with caption_first=1 every pack that has the caption starts with it."""

@@ -270,7 +270,9 @@ def example_loss(
     ids, labels, weights = fmt.example(clip, order, video)
     inputs = fmt.inputs(clip, ids, video)
     use_probe = probe is not None and probe_weight > 0 and video and clip.labels is not None
-    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast):
+    # no autocast cache: it holds bf16 copies of the weights until the *outermost* autocast region exits, and the
+    # build runs inside its own (build_arithmetic), so with the cache every step reused the first step's copies
+    with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast, cache_enabled=False):
         out = model(**inputs, output_hidden_states=use_probe)
         if teacher is not None:
             with torch.no_grad():
@@ -415,6 +417,7 @@ def _train(
         "final_loss": float(np.mean(losses[-50:])) if losses else None,
         "seconds": round(time.perf_counter() - start, 1),
         "loss_curve": _curve(losses),
+        "last_losses": [round(x, 4) for x in losses[-10:]],  # a divergence in the last steps hides in the curve
         "probe_loss_curve": _curve(probe_losses),
     }
 
