@@ -6,7 +6,15 @@ import torch
 
 from specvlm.testbed.probe import COLOR_CLASSES, SHAPE_CLASSES, VisualProbe, cell_cover, token_grid, visual_labels
 from specvlm.testbed.render import object_masks, render_clip
+from specvlm.testbed import world
 from specvlm.testbed.world import COLORS, Obj, Scene
+
+
+@pytest.fixture(autouse=True)
+def large_objects(monkeypatch):
+    """Hand-made scenes with objects large enough to fill grid cells at 32-64 px (world version 3 has only small
+    balls)."""
+    monkeypatch.setitem(world.SIZES, "large", 0.2)
 
 
 def scene_with(objects, positions, n_frames=4, colors=None):
@@ -45,7 +53,7 @@ def test_cell_cover_is_the_area_fraction():
 
 
 def test_object_masks_match_the_rendered_frames():
-    s = scene_with([obj(0, "triangle", "red"), obj(1, "square", "blue")], [(0.3, 0.3), (0.7, 0.7)])
+    s = scene_with([obj(0, "circle", "red"), obj(1, "circle", "blue")], [(0.3, 0.3), (0.7, 0.7)])
     masks = object_masks(s, 64, [0, 2])
     frames = render_clip(s, 64)[[0, 2]]
     for k, color in ((1, COLORS["red"]), (2, COLORS["blue"])):
@@ -54,15 +62,15 @@ def test_object_masks_match_the_rendered_frames():
 
 
 def test_visual_labels_name_the_object_in_each_cell():
-    # a large red triangle in the top-left cell and a large blue square in the bottom-right cell of a 2x2 grid
-    s = scene_with([obj(0, "triangle", "red"), obj(1, "square", "blue")], [(0.25, 0.25), (0.75, 0.75)])
+    # a large red ball in the top-left cell and a large blue ball in the bottom-right cell of a 2x2 grid
+    s = scene_with([obj(0, "circle", "red"), obj(1, "circle", "blue")], [(0.25, 0.25), (0.75, 0.75)])
     labels = visual_labels(s, [0, 1, 2, 3], 64, groups=2, side=2, extra=1)
     assert labels.shape == (2 * 4 + 1, 2)
-    red, tri = COLOR_CLASSES.index("red"), SHAPE_CLASSES.index("triangle")
-    blue, sq = COLOR_CLASSES.index("blue"), SHAPE_CLASSES.index("square")
+    red, blue = COLOR_CLASSES.index("red"), COLOR_CLASSES.index("blue")
+    ball = SHAPE_CLASSES.index("circle")  # one shape: the shape read-out says "an object is here"
     for g in range(2):
         grid = labels[4 * g : 4 * g + 4].view(2, 2, 2)
-        assert grid[0, 0].tolist() == [red, tri] and grid[1, 1].tolist() == [blue, sq]
+        assert grid[0, 0].tolist() == [red, ball] and grid[1, 1].tolist() == [blue, ball]
         assert grid[0, 1].tolist() == [0, 0] and grid[1, 0].tolist() == [0, 0]
     assert labels[-1].tolist() == [-100, -100]
 
@@ -78,7 +86,7 @@ def test_visual_labels_use_each_groups_colour():
 
 def test_probe_loss_learns_and_ignores_the_extra_tokens():
     torch.manual_seed(0)
-    labels = torch.tensor([[1, 2], [0, 0], [3, 4], [-100, -100]])
+    labels = torch.tensor([[1, 1], [0, 0], [3, 1], [-100, -100]])
     embeds = torch.randn(4, 8)
     probe = VisualProbe(8)
     first = probe.loss(embeds, labels)

@@ -31,7 +31,7 @@ from .language import CAPTION_PROMPTS, DESCRIBE_PROMPT, conversations
 from .render import render_clip
 from .world import Scene, simulate
 
-WORLD_VERSION = 2
+WORLD_VERSION = 3
 VIDEO_CODING = "h264-lossless"  # in world.json: a world written with lossy clips (before issue 25) is not reused
 SPLITS = ("train", "validation", "test")
 EXPLAIN_PROMPT = "Please give a detailed and reasonable explanation for the answer."  # EagleVLM's image prompt
@@ -46,13 +46,13 @@ def clip_id(index: int) -> str:
     return f"clip_{index:05d}"
 
 
-def clip_scene(index: int, seed: int = 0, frames: tuple[int, int] = (16, 64), fps: int = 8) -> Scene:
+def clip_scene(index: int, seed: int = 0, frames: tuple[int, int] = (16, 48), fps: int = 8) -> Scene:
     """Clip `index`'s story in the world `seed` (what its frames show), without its conversations."""
     return simulate(np.random.default_rng([seed, index]), tuple(frames), fps)
 
 
 def make_clip(
-    index: int, seed: int = 0, frames: tuple[int, int] = (16, 64), fps: int = 8, questions: int = 5
+    index: int, seed: int = 0, frames: tuple[int, int] = (16, 48), fps: int = 8, questions: int = 5
 ) -> tuple[Scene, list[dict]]:
     """Clip `index` of the world `seed`: its scene and its conversations (no pixels)."""
     scene = clip_scene(index, seed, frames, fps)
@@ -140,7 +140,7 @@ def generate_world(
     out_dir,
     n_clips: int,
     seed: int = 0,
-    frames: tuple[int, int] = (16, 64),
+    frames: tuple[int, int] = (16, 48),
     size: int = 224,
     fps: int = 8,
     questions: int = 5,
@@ -228,7 +228,7 @@ def build_text_corpus(
     *,
     n_clips: int = 2000,
     seed: int = 0,
-    frames: tuple[int, int] = (16, 64),
+    frames: tuple[int, int] = (16, 48),
     questions: int = 5,
     prompts: bool = True,
 ) -> list[str]:

@@ -23,10 +23,10 @@ from .render import object_masks
 from .world import COLORS, SHAPES, Scene
 
 COLOR_CLASSES = ("none",) + tuple(COLORS)  # class 0: no object covers the cell
-SHAPE_CLASSES = ("none",) + SHAPES
-MIN_COVER = 0.1  # an object labels a cell when it covers at least this fraction
-#                                                (a small object, radius 12 px at 224, spreads over up to four
-#                                                28 px cells; at 0.3 only 2 % of tokens got a label)
+SHAPE_CLASSES = ("none",) + SHAPES  # world version 3 has one shape: this read-out is "is there an object"
+MIN_COVER = 0.02  # an object labels a cell when it covers at least this fraction: world version 3's balls (radius
+#                   ~7 px at 224, ~140 px^2) cover at most ~18 % of a LLaVA-OV 28 px cell and ~40 % of a Qwen one,
+#                   and a ball on a cell corner ~5 % of each of four (at version 2's 0.1 most would go unlabelled)
 BACKGROUND_WEIGHT = 0.2  # background cells are most of the frame; they weigh this much each
 
 

@@ -34,7 +34,7 @@ class Recipe:
 
     n_clips: int = 400  # world size: 80% train, 10% validation, 10% test
     world_size: int = 224  # rendered frame side (pixels)
-    clip_frames: tuple = (16, 64)  # (min, max) frames per clip, 8 fps: 2 to 8 seconds
+    clip_frames: tuple = (16, 48)  # (min, max) frames per clip, 8 fps: 2 to 6 seconds
     questions: int = 16  # question conversations per clip (besides the caption), all in one pack
     num_frames: int = DEFAULT_NUM_FRAMES  # frames sampled per clip (the CLI's default)
     ov_image_size: int = 224  # SigLIP input: 16x16 patches -> pooled 8x8 = 64 tokens per frame
