@@ -129,7 +129,7 @@ def test_probe_and_distillation_terms(mini_build, family):
     processor = load_processor(out / "models" / family / "target")
     fmt = Formatter(processor)
     clip = load_clips(out / "world", "train", processor, MINI.num_frames, limit=1)[0]
-    assert clip.labels.shape == (clip.n_visual, 2)  # (what they hold: tests/test_testbed_probe.py)
+    assert clip.labels.shape == (clip.n_visual, 3)  # (what they hold: tests/test_testbed_probe.py)
     model = make_model(MINI, family, "target", seed=4).eval()
     torch.manual_seed(0)
     probe = VisualProbe(model.config.get_text_config().hidden_size)

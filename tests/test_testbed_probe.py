@@ -4,7 +4,15 @@ import numpy as np
 import pytest
 import torch
 
-from specvlm.testbed.probe import COLOR_CLASSES, SHAPE_CLASSES, VisualProbe, cell_cover, token_grid, visual_labels
+from specvlm.testbed.probe import (
+    COLOR_CLASSES,
+    MOTION_CLASSES,
+    REGION_CLASSES,
+    VisualProbe,
+    cell_cover,
+    token_grid,
+    visual_labels,
+)
 from specvlm.testbed.render import object_masks, render_clip
 from specvlm.testbed import world
 from specvlm.testbed.world import COLORS, Obj, Scene
@@ -62,31 +70,36 @@ def test_object_masks_match_the_rendered_frames():
 
 
 def test_visual_labels_name_the_object_in_each_cell():
-    # a large red ball in the top-left cell and a large blue ball in the bottom-right cell of a 2x2 grid
+    # a large red ball in the top-left cell and a large blue ball in the bottom-right cell of a 2x2 grid, both still
     s = scene_with([obj(0, "circle", "red"), obj(1, "circle", "blue")], [(0.25, 0.25), (0.75, 0.75)])
     labels = visual_labels(s, [0, 1, 2, 3], 64, groups=2, side=2, extra=1)
-    assert labels.shape == (2 * 4 + 1, 2)
-    red, blue = COLOR_CLASSES.index("red"), COLOR_CLASSES.index("blue")
-    ball = SHAPE_CLASSES.index("circle")  # one shape: the shape read-out says "an object is here"
+    assert labels.shape == (2 * 4 + 1, 3)
+    still = MOTION_CLASSES.index("still")
+    red = [COLOR_CLASSES.index("red"), REGION_CLASSES.index("top left"), still]
+    blue = [COLOR_CLASSES.index("blue"), REGION_CLASSES.index("bottom right"), still]
     for g in range(2):
-        grid = labels[4 * g : 4 * g + 4].view(2, 2, 2)
-        assert grid[0, 0].tolist() == [red, ball] and grid[1, 1].tolist() == [blue, ball]
-        assert grid[0, 1].tolist() == [0, 0] and grid[1, 0].tolist() == [0, 0]
-    assert labels[-1].tolist() == [-100, -100]
+        grid = labels[4 * g : 4 * g + 4].view(2, 2, 3)
+        assert grid[0, 0].tolist() == red and grid[1, 1].tolist() == blue
+        assert grid[0, 1].tolist() == [0, 0, 0] and grid[1, 0].tolist() == [0, 0, 0]
+    assert labels[-1].tolist() == [-100, -100, -100]
+    one_frame = visual_labels(s, [0, 1], 64, groups=2, side=2, extra=0)  # one frame per group: no motion to see
+    assert one_frame[0].tolist() == red[:2] + [-100]
 
 
-def test_visual_labels_use_each_groups_colour():
+def test_visual_labels_use_each_groups_colour_and_motion():
     o = obj(0, "circle", "red")
     o.colors = [(0, "red"), (2, "green")]
     s = scene_with([o], [(0.5, 0.5)], colors=[["red"], ["red"], ["green"], ["green"]])
-    labels = visual_labels(s, [0, 1, 2, 3], 32, groups=2, side=4, extra=0).view(2, 4, 4, 2)
-    assert labels[:, 1, 1, 0].tolist() == [COLOR_CLASSES.index("red"), COLOR_CLASSES.index("green")]
-    assert labels[:, 0, 0].tolist() == [[0, 0], [0, 0]]
+    s.states[:, 0, 0] = [0.5, 0.52, 0.54, 0.56]  # moving right
+    labels = visual_labels(s, [0, 1, 2, 3], 32, groups=2, side=4, extra=0).view(2, 4, 4, 3)
+    assert labels[:, 1, 2, 0].tolist() == [COLOR_CLASSES.index("red"), COLOR_CLASSES.index("green")]
+    assert labels[:, 1, 2, 2].tolist() == [MOTION_CLASSES.index("right")] * 2
+    assert labels[:, 0, 0].tolist() == [[0, 0, 0], [0, 0, 0]]
 
 
 def test_probe_loss_learns_and_ignores_the_extra_tokens():
     torch.manual_seed(0)
-    labels = torch.tensor([[1, 1], [0, 0], [3, 1], [-100, -100]])
+    labels = torch.tensor([[1, 1, -100], [0, 0, 0], [3, 5, 2], [-100, -100, -100]])
     embeds = torch.randn(4, 8)
     probe = VisualProbe(8)
     first = probe.loss(embeds, labels)

@@ -2,8 +2,9 @@
 
 A from-scratch vision tower learns little from answer tokens alone (the bundled 749-step targets of the first
 testbed answered 8-9 % of questions, at chance). So during training every visual token is also asked, through a
-linear probe on the embedding the language model receives (`hidden_states[0]` at the video placeholders), which
-colour and which shape covers its cell of the frame(s) it was made from. The world knows that exactly (the renderer
+linear probe on the embedding the language model receives (`hidden_states[0]` at the video placeholders), what
+covers its cell of the frame(s) it was made from: the object's colour, the region its centre is in and which way it
+moves (`HEADS`; version 2 asked colour and shape). The world knows that exactly (the renderer
 draws the same scene as object masks), every token gets a label, and the tower learns to see in a few hundred
 steps. The probe is thrown away after training: the saved checkpoints are plain HF models.
 
@@ -20,10 +21,13 @@ import numpy as np
 import torch
 
 from .render import object_masks
-from .world import COLORS, SHAPES, Scene
+from .world import COLORS, REGIONS, SHAPES, Scene, direction_name, region
 
 COLOR_CLASSES = ("none",) + tuple(COLORS)  # class 0: no object covers the cell
-SHAPE_CLASSES = ("none",) + SHAPES  # world version 3 has one shape: this read-out is "is there an object"
+SHAPE_CLASSES = ("none",) + SHAPES  # world version 3 has one shape: no longer a read-out (kept for reference)
+REGION_CLASSES = ("none",) + tuple(r for row in REGIONS for r in row)  # where the covering object's centre is
+MOTION_CLASSES = ("none", "left", "right", "up", "down", "still")  # which way it moves between the group's frames
+HEADS = {"color": COLOR_CLASSES, "region": REGION_CLASSES, "motion": MOTION_CLASSES}  # label columns, in order
 MIN_COVER = 0.02  # an object labels a cell when it covers at least this fraction: world version 3's balls (radius
 #                   ~7 px at 224, ~140 px^2) cover at most ~18 % of a LLaVA-OV 28 px cell and ~40 % of a Qwen one,
 #                   and a ball on a cell corner ~5 % of each of four (at version 2's 0.1 most would go unlabelled)
@@ -51,60 +55,85 @@ def cell_cover(masks: np.ndarray, n_objects: int, side: int) -> torch.Tensor:
     return torch.nn.functional.adaptive_avg_pool2d(onehot.permute(0, 3, 1, 2).float(), side)
 
 
+def motion_class(scene: Scene, k: int, frames: list[int]) -> int:
+    """Object k's motion between the first and last of `frames` as MOTION_CLASSES index; -100 (not asked) for a
+    one-frame group, where a token cannot show motion (LLaVA-OneVision)."""
+    if len(frames) < 2:
+        return -100
+    dx, dy = scene.states[frames[-1], k, :2] - scene.states[frames[0], k, :2]
+    name = direction_name(float(dx), float(dy))
+    return MOTION_CLASSES.index(name) if name in MOTION_CLASSES else MOTION_CLASSES.index("still")
+
+
 def visual_labels(
     scene: Scene, frame_indices: list[int], size: int, groups: int, side: int, extra: int
 ) -> torch.Tensor:
-    """(groups * side^2 + extra, 2) long: per visual token, its (colour class, shape class) in COLOR_CLASSES /
-    SHAPE_CLASSES: the object covering the most of its cell (averaged over the group's frames) when that is at
-    least MIN_COVER, else class 0; -100 (ignored) for the `extra` tokens."""
+    """(groups * side^2 + extra, 3) long: per visual token, the (colour, region, motion) classes (HEADS) of the
+    object covering the most of its cell (averaged over the group's frames) when that is at least MIN_COVER, else
+    class 0; -100 (ignored) for the `extra` tokens and for motion in one-frame groups. Region and motion let the
+    language model read "where" and "which way" from a token's content: version 2's probe asked colour and shape
+    only, and its targets answered position and direction questions at or below the majority baseline."""
     n_frames = len(frame_indices)
     if n_frames % groups:
         raise ValueError(f"{n_frames} frames do not split into {groups} groups")
+    per = n_frames // groups
     cover = cell_cover(object_masks(scene, size, frame_indices), len(scene.objects), side)
-    cover = cover.view(groups, n_frames // groups, *cover.shape[1:]).mean(1)  # (G, K+1, side, side)
+    cover = cover.view(groups, per, *cover.shape[1:]).mean(1)  # (G, K+1, side, side)
     best_cover, best = cover[:, 1:].max(1)  # (G, side, side)
     present = best_cover >= MIN_COVER
-    firsts = frame_indices[:: n_frames // groups]
-    color_of = torch.tensor(
-        [[COLOR_CLASSES.index(scene.colors[t][k]) for k in range(len(scene.objects))] for t in firsts]
-    )  # (G, K)
-    shape_of = torch.tensor([SHAPE_CLASSES.index(o.shape) for o in scene.objects])  # (K,)
-    color = torch.where(present, color_of.gather(1, best.flatten(1)).view_as(best), 0)
-    shape = torch.where(present, shape_of[best], 0)
-    labels = torch.stack([color.flatten(), shape.flatten()], dim=1)
-    return torch.cat([labels, torch.full((extra, 2), -100, dtype=torch.long)])
+    spans = [frame_indices[g * per : (g + 1) * per] for g in range(groups)]
+    table = torch.tensor(
+        [
+            [
+                [
+                    COLOR_CLASSES.index(scene.colors[fs[0]][k]),
+                    REGION_CLASSES.index(region(*scene.states[fs[0], k, :2])),
+                    motion_class(scene, k, fs),
+                ]
+                for k in range(len(scene.objects))
+            ]
+            for fs in spans
+        ],
+        dtype=torch.long,
+    ).view(groups, len(scene.objects), len(HEADS))  # (G, K, heads)
+    picked = table.gather(1, best.flatten(1)[..., None].expand(-1, -1, len(HEADS)))  # (G, side^2, heads)
+    labels = torch.where(present.flatten(1)[..., None], picked, 0).flatten(0, 1)
+    return torch.cat([labels, torch.full((extra, len(HEADS)), -100, dtype=torch.long)])
 
 
 class VisualProbe(torch.nn.Module):
-    """Two linear read-outs (colour, shape) of a visual token's embedding; only used while training."""
+    """One linear read-out per HEADS entry (colour, region, motion) of a visual token's embedding; only used
+    while training."""
 
     def __init__(self, width: int):
         super().__init__()
-        self.color = torch.nn.Linear(width, len(COLOR_CLASSES))
-        self.shape = torch.nn.Linear(width, len(SHAPE_CLASSES))
+        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(width, len(v)) for k, v in HEADS.items()})
 
     def loss(self, embeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
-        """Mean cross-entropy of both read-outs over object cells plus BACKGROUND_WEIGHT x the mean over background
-        cells. embeds (N, width), labels (N, 2) as `visual_labels` gives them."""
+        """Per head, mean cross-entropy over object cells plus BACKGROUND_WEIGHT x the mean over background cells
+        (labels -100 are left out); the heads' losses summed. embeds (N, width), labels (N, heads) as
+        `visual_labels` gives them."""
         keep = labels[:, 0] != -100
         embeds, labels = embeds[keep].float(), labels[keep]
-        per_token = torch.nn.functional.cross_entropy(
-            self.color(embeds), labels[:, 0], reduction="none"
-        ) + torch.nn.functional.cross_entropy(self.shape(embeds), labels[:, 1], reduction="none")
-        obj = labels[:, 1] > 0
-        parts = [
-            per_token[obj].mean() if obj.any() else per_token.new_zeros(()),
-            BACKGROUND_WEIGHT * per_token[~obj].mean() if (~obj).any() else per_token.new_zeros(()),
-        ]
-        return parts[0] + parts[1]
+        obj = labels[:, 0] > 0
+        total = embeds.new_zeros(())
+        for i, head in enumerate(self.heads.values()):
+            per_token = torch.nn.functional.cross_entropy(head(embeds), labels[:, i], reduction="none")
+            asked = labels[:, i] != -100
+            for cells, weight in ((obj & asked, 1.0), (~obj & asked, BACKGROUND_WEIGHT)):
+                if cells.any():
+                    total = total + weight * per_token[cells].mean()
+        return total
 
     @torch.no_grad()
     def hits(self, embeds: torch.Tensor, labels: torch.Tensor) -> dict:
-        """How many object cells (labels[:, 1] > 0) each read-out names right, and how many there are."""
-        obj = labels[:, 1] > 0
+        """How many object cells (labels[:, 0] > 0) each read-out names right, how many it was asked about, and how
+        many object cells there are."""
+        obj = labels[:, 0] > 0
         embeds, labels = embeds[obj].float(), labels[obj]
-        return {
-            "color": int((self.color(embeds).argmax(-1) == labels[:, 0]).sum()),
-            "shape": int((self.shape(embeds).argmax(-1) == labels[:, 1]).sum()),
-            "cells": int(obj.sum()),
-        }
+        out = {"cells": int(obj.sum())}
+        for i, (name, head) in enumerate(self.heads.items()):
+            asked = labels[:, i] != -100
+            out[name] = int((head(embeds).argmax(-1) == labels[:, i])[asked].sum())
+            out[f"{name}_asked"] = int(asked.sum())
+        return out

@@ -443,18 +443,15 @@ def validation_loss(model, clips: list[Clip], fmt: Formatter) -> float:
 
 @torch.no_grad()
 def probe_accuracy(model, probe: VisualProbe, clips: list[Clip]) -> dict:
-    """The probe's colour and shape accuracy over all object cells of `clips`, and how many cells that was."""
+    """Each read-out's accuracy over the object cells of `clips` it is asked about, and how many cells that was."""
     from ..adapters import adapter_for
 
-    adapter, total = adapter_for(model), {"color": 0, "shape": 0, "cells": 0}
+    adapter, total = adapter_for(model), {}
     for clip in clips:
         hits = probe.hits(adapter.visual_features(float_pixels(clip.visual))["video"][0], clip.labels)
-        total = {k: total[k] + hits[k] for k in total}
-    return {
-        "color": round(total["color"] / max(total["cells"], 1), 3),
-        "shape": round(total["shape"] / max(total["cells"], 1), 3),
-        "cells": total["cells"],
-    }
+        total = {k: total.get(k, 0) + v for k, v in hits.items()}
+    out = {k: round(total[k] / max(total[f"{k}_asked"], 1), 3) for k in probe.heads if total.get(f"{k}_asked")}
+    return dict(out, cells=total.get("cells", 0))
 
 
 @torch.no_grad()
