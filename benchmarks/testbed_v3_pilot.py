@@ -26,6 +26,7 @@ import torch
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
 from bench_testbed import accuracy_rows, load, majority_baseline, tau_curve  # noqa: E402
+
 from common import table  # noqa: E402
 
 DRAFT_SETTINGS = [("none", 1.0), ("random", 0.01), ("specvlm", 0.1), ("random", 0.1), ("uniform", 0.05)]
@@ -66,18 +67,24 @@ def evaluate(label, target, draft, clips, fmt, world, args) -> str:
         rows = accuracy_rows(
             {"target": target, "draft": draft}, clips[: args.acc_clips], fmt, majority_baseline(world, clips), 1000
         )
-        parts.append(f"**Answer accuracy** ({label}, {args.acc_clips} clips, every question):\n\n"
-                     + table(["kind", "target", "draft", "majority baseline", "questions"], rows))
+        parts.append(
+            f"**Answer accuracy** ({label}, {args.acc_clips} clips, every question):\n\n"
+            + table(["kind", "target", "draft", "majority baseline", "questions"], rows)
+        )
         print(parts[-1], f"\n({time.time() - t0:.0f} s)", flush=True)
     tau_clips = clips[: args.clips]
     header = ["pruning", "keep", "τ median", "τ min", "τ max", "τ mean", "kept share", "lossless"]
     t0 = time.time()
-    parts.append(f"**Draft τ** ({label}, {len(tau_clips)} captions, chain γ=5, {args.max_new_tokens} new tokens):\n\n"
-                 + table(header, tau_curve(target, draft, tau_clips, fmt, DRAFT_SETTINGS, args.max_new_tokens)))
+    parts.append(
+        f"**Draft τ** ({label}, {len(tau_clips)} captions, chain γ=5, {args.max_new_tokens} new tokens):\n\n"
+        + table(header, tau_curve(target, draft, tau_clips, fmt, DRAFT_SETTINGS, args.max_new_tokens))
+    )
     print(parts[-1], f"\n({time.time() - t0:.0f} s)", flush=True)
     t0 = time.time()
-    parts.append(f"**Self-speculation τ** ({label}):\n\n"
-                 + table(header, tau_curve(target, "self", tau_clips, fmt, SELF_SETTINGS, args.max_new_tokens)))
+    parts.append(
+        f"**Self-speculation τ** ({label}):\n\n"
+        + table(header, tau_curve(target, "self", tau_clips, fmt, SELF_SETTINGS, args.max_new_tokens))
+    )
     print(parts[-1], f"\n({time.time() - t0:.0f} s)", flush=True)
     parts.append(f"**Where the verifier looks** ({label}): " + json.dumps(attention_on_objects(target, tau_clips, fmt)))
     print(parts[-1], flush=True)
@@ -113,8 +120,15 @@ def main(argv=None) -> str:
     out = [evaluate("test split", target, draft, clips, fmt, world, args)]
     if args.unseen_seed >= 0:
         unseen = world.parent / f"world-seed{args.unseen_seed}"
-        generate_world(unseen, 10 * n, seed=args.unseen_seed, frames=tuple(recipe.clip_frames),
-                       size=recipe.world_size, questions=recipe.questions, workers=1)
+        generate_world(
+            unseen,
+            10 * n,
+            seed=args.unseen_seed,
+            frames=tuple(recipe.clip_frames),
+            size=recipe.world_size,
+            questions=recipe.questions,
+            workers=1,
+        )
         clips = load_clips(unseen, "test", processor, recipe.num_frames, limit=n, pixel_dtype=torch.float32)
         out.append(evaluate(f"world seed {args.unseen_seed}", target, draft, clips, fmt, world, args))
     return "\n\n".join(out)

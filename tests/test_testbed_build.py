@@ -26,7 +26,8 @@ MINI = Recipe(
     arch={"target": Arch(32, 1, 2, 1, 16, 1), "draft": Arch(32, 1, 2, 1, 16, 1)},
     vision_steps={"target": 2, "draft": 2},
     text_steps={"target": 1, "draft": 1},
-    steps={"target": 2, "draft": 2},
+    steps={"target": 3, "draft": 3},  # one of them on the large-ball world
+    large_ball_clips=10,
     eval_clips=1,
     tau_clips=1,
     tau_tokens=4,
@@ -262,7 +263,9 @@ def test_same_seed_builds_identical_weights(mini_build, tmp_path):
             f"{family}: the world's decoded training pixels differ between two builds of one seed"
         )
         for role in ROLES:
-            assert fam[role]["train"]["steps"] == MINI.text_steps[role] + MINI.steps[role]
+            warm_up = fam[role]["train"]["large_ball_warm_up"]  # the text steps and the first video step
+            assert warm_up["steps"] == MINI.text_steps[role] + int(MINI.large_ball_share * MINI.steps[role]) == 2
+            assert warm_up["steps"] + fam[role]["train"]["steps"] == MINI.text_steps[role] + MINI.steps[role]
             assert not fam[role]["train"]["stopped_early"]
             assert not report["families"][family][role]["train"]["stopped_early"]
             first = load_file(out / "models" / family / role / "model.safetensors")
@@ -297,7 +300,8 @@ def test_resume_reuses_finished_models_and_retrains_the_rest(mini_build, tmp_pat
         load_file(unfinished / "model.safetensors"),
     )
     assert all(torch.equal(first[k], again[k]) for k in first)
-    assert report["families"]["qwen2_5_vl"]["draft"]["train"]["steps"] == MINI.text_steps["draft"] + MINI.steps["draft"]
+    trained = report["families"]["qwen2_5_vl"]["draft"]["train"]
+    assert trained["large_ball_warm_up"]["steps"] + trained["steps"] == MINI.text_steps["draft"] + MINI.steps["draft"]
     with pytest.raises(SpecVLMError, match="another recipe, seed"):
         build_testbed(copy, minutes=1, seed=1, recipe=MINI, progress=False, resume=True, threads=1)
     with pytest.raises(SpecVLMError, match="another recipe, seed"):

@@ -4,6 +4,7 @@ import numpy as np
 import pytest
 import torch
 
+from specvlm.testbed import world
 from specvlm.testbed.probe import (
     COLOR_CLASSES,
     MOTION_CLASSES,
@@ -14,7 +15,6 @@ from specvlm.testbed.probe import (
     visual_labels,
 )
 from specvlm.testbed.render import object_masks, render_clip
-from specvlm.testbed import world
 from specvlm.testbed.world import COLORS, Obj, Scene
 
 

@@ -32,7 +32,8 @@ from pathlib import Path
 from ..errors import SpecVLMError
 from .recipe import FAMILIES, ROLES, Recipe
 
-OWNED = ("world", "models", "samples", "build.json", "_processors", "build-state.json")  # what --force replaces
+# what --force replaces
+OWNED = ("world", "world-large", "models", "samples", "build.json", "_processors", "build-state.json")
 STATE = "build-state.json"  # what a build in OUT was started with; --resume continues only the same build
 N_SAMPLES = 3
 
@@ -200,7 +201,15 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
 
     from ..inputs import load_processor
     from . import build_text_corpus, generate_world
-    from .recipe import family_tokenizer, make_model, save_checkpoint, save_processor, train_bpe, visual_tokens
+    from .recipe import (
+        LARGE_BALL_SEED,
+        family_tokenizer,
+        make_model,
+        save_checkpoint,
+        save_processor,
+        train_bpe,
+        visual_tokens,
+    )
     from .train import (
         Formatter,
         answer_accuracy,
@@ -249,6 +258,19 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
         workers=2,
         progress=lambda d, n: show("world: clips", d, n),
     )
+    large_world = out / "world-large"
+    if recipe.large_ball_clips and recipe.large_ball_share > 0:
+        generate_world(
+            large_world,
+            recipe.large_ball_clips,
+            seed=seed + LARGE_BALL_SEED,
+            frames=tuple(recipe.clip_frames),
+            size=recipe.world_size,
+            questions=recipe.questions,
+            workers=2,
+            ball="large",
+            progress=lambda d, n: show("world: large-ball clips", d, n),
+        )
     report["timings_s"]["world"] = round(time.perf_counter() - start, 1)
     bpe = train_bpe(build_text_corpus(world / "train.jsonl"), recipe.vocab)
 
@@ -268,6 +290,17 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
         )
         val_clips = load_clips(
             world, "validation", processor, recipe.num_frames, limit=recipe.eval_clips, pixel_dtype=torch.float32
+        )
+        large_clips = (
+            load_clips(
+                large_world,
+                "train",
+                processor,
+                recipe.num_frames,
+                progress=lambda d, n, family=family: show(f"{family}: large-ball pixel cache", d, n),
+            )
+            if large_world.is_dir()
+            else []
         )
         fam = report["families"][family] = {
             "visual_tokens": train_clips[0].n_visual,
@@ -304,24 +337,42 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                     ),
                 )
             text, video = recipe.text_steps[role], recipe.steps[role]
-            result = train(
-                model,
-                train_clips,
-                fmt,
-                text + video,
-                recipe.lr[role],
+            large = int(recipe.large_ball_share * video) if large_clips else 0
+            common = dict(
+                lr=recipe.lr[role],
                 seed=seed * 7919 + ri,
                 warmup=recipe.warmup,
-                text_steps=text,
-                question_steps=int(recipe.question_share * video),
                 caption_first=recipe.caption_first,
                 probe_weight=recipe.probe_weight,
                 probe=probe,
                 teacher=models.get("target") if role == "draft" else None,
                 distill=recipe.distill,
                 deadline=t1 + share,
-                progress=lambda d, n, loss, tag=f"{family}: train {role}": show(tag, d, n, f"loss {loss:.3f}"),
             )
+            warm_up = None
+            if large:  # the text steps, then the large balls (see Recipe.large_ball_share)
+                warm_up = train(
+                    model,
+                    large_clips,
+                    fmt,
+                    text + large,
+                    text_steps=text,
+                    progress=lambda d, n, loss, tag=f"{family}: warm-up {role}": show(tag, d, n, f"loss {loss:.3f}"),
+                    **common,
+                )
+                text = 0
+            result = train(
+                model,
+                train_clips,
+                fmt,
+                text + video - large,
+                text_steps=text,
+                question_steps=int(recipe.question_share * (video - large)),
+                progress=lambda d, n, loss, tag=f"{family}: train {role}": show(tag, d, n, f"loss {loss:.3f}"),
+                **common,
+            )
+            if warm_up is not None:
+                result["large_ball_warm_up"] = warm_up
             if vision is not None:
                 result["vision_pretraining"] = dict(vision, probe_accuracy=probe_accuracy(model, probe, val_clips))
             save_checkpoint(folder, model, recipe, family, tokenizer)
@@ -341,7 +392,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
             (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")  # last: the folder is complete
             report["timings_s"][f"{family}/{role}"] = round(time.perf_counter() - t1, 1)
             del model
-        del train_clips
+        del train_clips, large_clips
         show.say(f"{family}: measuring τ on {recipe.tau_clips} validation captions ...")
         tau_clips = val_clips[: recipe.tau_clips]
         fam["speculative"] = {

@@ -46,16 +46,23 @@ def clip_id(index: int) -> str:
     return f"clip_{index:05d}"
 
 
-def clip_scene(index: int, seed: int = 0, frames: tuple[int, int] = (16, 48), fps: int = 8) -> Scene:
+def clip_scene(
+    index: int, seed: int = 0, frames: tuple[int, int] = (16, 48), fps: int = 8, ball: str = "small"
+) -> Scene:
     """Clip `index`'s story in the world `seed` (what its frames show), without its conversations."""
-    return simulate(np.random.default_rng([seed, index]), tuple(frames), fps)
+    return simulate(np.random.default_rng([seed, index]), tuple(frames), fps, ball)
 
 
 def make_clip(
-    index: int, seed: int = 0, frames: tuple[int, int] = (16, 48), fps: int = 8, questions: int = 5
+    index: int,
+    seed: int = 0,
+    frames: tuple[int, int] = (16, 48),
+    fps: int = 8,
+    questions: int = 5,
+    ball: str = "small",
 ) -> tuple[Scene, list[dict]]:
     """Clip `index` of the world `seed`: its scene and its conversations (no pixels)."""
-    scene = clip_scene(index, seed, frames, fps)
+    scene = clip_scene(index, seed, frames, fps, ball)
     return scene, conversations(scene, np.random.default_rng([seed, index, 1]), questions)
 
 
@@ -120,8 +127,8 @@ def write_mp4(path, frames: np.ndarray, fps: int = 8) -> Path:
 
 
 def _build_clip(job: tuple) -> tuple[int, list[dict], dict]:
-    index, out_dir, seed, frames, size, fps, questions = job
-    scene, convs = make_clip(index, seed, frames, fps, questions)
+    index, out_dir, seed, frames, size, fps, questions, ball = job
+    scene, convs = make_clip(index, seed, frames, fps, questions, ball)
     video = f"videos/{clip_id(index)}.mp4"
     write_mp4(Path(out_dir) / video, render_clip(scene, size), fps)
     meta = {
@@ -147,10 +154,12 @@ def generate_world(
     workers: int = 1,
     progress: Callable[[int, int], None] | None = None,
     reuse: bool = True,
+    ball: str = "small",
 ) -> dict:
     """Generate `n_clips` clips into `out_dir` (layout in the module docstring) and return world.json's content.
     `frames`: (min, max) frames per clip; `size`: frame side in pixels (even); `questions`: question
-    conversations per clip besides the caption; `workers` > 1 renders and encodes in that many processes (same
+    conversations per clip besides the caption; `ball`: the balls' size (world.SIZES);
+    `workers` > 1 renders and encodes in that many processes (same
     output). With `reuse`, a folder already holding this exact world is returned as is."""
     if n_clips < 1:
         raise ValueError(f"n_clips must be >= 1, got {n_clips}")
@@ -166,6 +175,7 @@ def generate_world(
         "size": size,
         "fps": fps,
         "questions": questions,
+        "ball": ball,
     }
     info_path = out / "world.json"
     if reuse and info_path.is_file():
@@ -184,7 +194,7 @@ def generate_world(
     for stale in (out / "videos").glob("clip_*.mp4"):
         if stale.name not in wanted:
             stale.unlink()
-    jobs = [(i, str(out), seed, tuple(frames), size, fps, questions) for i in range(n_clips)]
+    jobs = [(i, str(out), seed, tuple(frames), size, fps, questions, ball) for i in range(n_clips)]
     results: list = [None] * n_clips
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor

@@ -193,7 +193,8 @@ class Language:
                 when = "at the start" if o.first == 0 else "when it appears"
                 options.append((f"Where is the {o.color} ball {when}?", region(*o.start_pos)))
             if o.speed and region_margin(*o.end_pos) > CLEAR:
-                name, when = o.color_at(o.last), "at the end" if o.visible(self.s.n_frames - 1) else "when it is last seen"
+                seen_last = "at the end" if o.visible(self.s.n_frames - 1) else "when it is last seen"
+                name, when = o.color_at(o.last), seen_last
                 options.append((f"Where is the {name} ball {when}?", region(*o.end_pos)))
         return self.pick(options) if options else None
 

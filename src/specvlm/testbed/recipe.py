@@ -14,6 +14,7 @@ from pathlib import Path
 
 from ..inputs.arguments import DEFAULT_NUM_FRAMES
 
+LARGE_BALL_SEED = 10_000  # the warm-up world's seed is the build's + this: never a world the benchmarks render
 FAMILIES = ("llava_onevision", "qwen2_5_vl")
 ROLES = ("target", "draft")
 
@@ -59,6 +60,13 @@ class Recipe:
     text_steps: dict = field(default_factory=lambda: {"target": 600, "draft": 300})
     steps: dict = field(default_factory=lambda: {"target": 671, "draft": 335})  # = scaled(60)
     question_share: float = 0.0
+    # the large-ball warm-up (issue 23): the first `large_ball_share` of the video steps train on a world of
+    # `large_ball_clips` clips whose balls are large (world.SIZES["large"], seed + LARGE_BALL_SEED), the rest on the
+    # world itself. A from-scratch language model trained on the small balls alone learns to ignore the visual tokens
+    # (at first they are noise: a few percent of them carry anything) and then never reads them; after a few hundred
+    # steps on large balls it reads the small ones too (docs/DESIGN.md, Testbed)
+    large_ball_clips: int = 160
+    large_ball_share: float = 0.5
     caption_first: float = 0.5
     lr: dict = field(default_factory=lambda: {"target": 2e-3, "draft": 2e-3})
     probe_weight: float = 1.0  # the visual-token probe's loss (probe.py) next to the answer loss

@@ -145,7 +145,13 @@ def load_clips(
         turns = [
             (r["conversation"][0]["content"], r["conversation"][1]["content"], r["answer"], r["kind"]) for r in rows
         ]
-        scene = clip_scene(int(name.rsplit("_", 1)[1]), world_info["seed"], world_info["frames"], world_info["fps"])
+        scene = clip_scene(
+            int(name.rsplit("_", 1)[1]),
+            world_info["seed"],
+            world_info["frames"],
+            world_info["fps"],
+            world_info.get("ball", "small"),
+        )
         labels = visual_labels(
             scene, video.indices, world_info["size"], *token_grid(visual, n_visual, len(video.indices), merge)
         )

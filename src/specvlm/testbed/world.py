@@ -39,7 +39,10 @@ COLORS = {
     "cyan": (40, 215, 230),
     "white": (245, 245, 245),
 }
-SIZES = {"small": 0.03}  # radius in units of the frame side: ~7 px at 224, under one token's cell in both families
+# radius in units of the frame side. "small" (~7 px at 224, under one token's cell in both families) is the world;
+# "large" (~31 px, a few percent of the frame each) only the build's warm-up world, where a from-scratch language model
+# learns to read the visual tokens before the information thins out (docs/DESIGN.md, Testbed: the warm-up)
+SIZES = {"small": 0.03, "large": 0.14}
 RADIUS = SIZES["small"]
 SPEEDS = {"quickly": 0.02}  # frame sides per frame: ~1 Qwen cell between two sampled frames of a 3-second clip
 BACKGROUNDS = {"black": ((16, 16, 20), ())}  # name -> (RGB, colours not drawn on it)
@@ -151,8 +154,11 @@ def region_margin(x: float, y: float) -> float:
     return min(abs(v - b) for v in (x, y) for b in (1 / 3, 2 / 3))
 
 
-def simulate(rng: np.random.Generator, frames: tuple[int, int] = (16, 48), fps: int = 8) -> Scene:
-    """One clip's story, drawn from `rng`: frame count in [frames[0], frames[1]], objects, schedule, physics."""
+def simulate(rng: np.random.Generator, frames: tuple[int, int] = (16, 48), fps: int = 8, ball: str = "small") -> Scene:
+    """One clip's story, drawn from `rng`: frame count in [frames[0], frames[1]], objects, schedule, physics; every
+    ball of size `ball` (a SIZES name)."""
+    if ball not in SIZES:
+        raise ValueError(f"ball must be one of {sorted(SIZES)}, got {ball!r}")
     lo, hi = frames
     if not 2 * MIN_PHASE + 2 <= lo <= hi:
         raise ValueError(f"frames must satisfy {2 * MIN_PHASE + 2} <= min <= max, got {frames}")
@@ -167,7 +173,7 @@ def simulate(rng: np.random.Generator, frames: tuple[int, int] = (16, 48), fps: 
     for i in range(n_start + n_late):
         speed = None if rng.random() < 0.25 else "quickly"
         first = 0 if i < n_start else int(rng.integers(MIN_PHASE, n - 2 * MIN_PHASE + 1))
-        objects.append(Obj(i, "circle", free.pop(), "small", speed, first, n - 1))
+        objects.append(Obj(i, "circle", free.pop(), ball, speed, first, n - 1))
     # disappearances and colour changes, each leaving MIN_PHASE frames on both sides
     for o in objects:
         if rng.random() < 0.25 and o.last - o.first + 1 >= 3 * MIN_PHASE:
