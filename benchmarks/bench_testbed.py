@@ -1,7 +1,8 @@
-"""Do the bundled testbed models read the video? Issue 12's findings on the held-out test split, per family:
+"""Do the bundled testbed models read the video? Issue 23's goals on the held-out test split of the build's world
+and on a world rendered with a seed the build never used, per family:
 
     python benchmarks/bench_testbed.py [--family qwen2_5_vl] [--models OUT/models] [--clips 12] [--max-new-tokens 64]
-                                       [--record]
+                                       [--unseen-seed 1] [--record]
 
 1. Answer accuracy per question kind of the target and the draft (greedy, every test question), next to the
    majority baseline (always answer the train split's most frequent answer of that kind).
@@ -9,12 +10,16 @@
    the draft's prompt keeps, per pruning method (specvlm / uniform / random / attention); random keep 0.01 is the
    "almost no video" reference. Median and min–max over clips; every output checked equal to `target.generate`.
 3. The same curve for self-speculation (the target drafts from its own pruned prompt).
-4. Per-token decode cost of target and draft ((t(1 + n tokens) − t(1 token)) / n, median of interleaved repeats),
+4. Where the verifier looks: the share of its caption-prompt attention scores (those SpecVLM prunes with) on the
+   visual tokens a ball covers (the probe's labels), those tokens' share, and how many of them are in its top 10 %.
+5. Issue 23's goals, met or not (`goal_rows`), per world.
+6. Per-token decode cost of target and draft ((t(1 + n tokens) − t(1 token)) / n, median of interleaved repeats),
    with HF eager `generate` and with HF's compiled static-cache `generate` (per-forward overhead mostly gone: the
    cost ratio then follows the models' compute more closely).
 
 The world is regenerated from the build's seed (`Recipe()`'s 400 clips, seed 0), so the test clips are the ones the
-models never saw.
+models never saw; the unseen world (`--unseen-clips` clips of seed `--unseen-seed`) is one they never saw at all.
+1-5 run on both worlds, 6 on the first.
 """
 
 from __future__ import annotations
@@ -33,6 +38,7 @@ from specvlm import SpeculativeGenerator
 from common import hf_static_config, record, table
 
 METHODS = ("specvlm", "uniform", "random", "attention")
+GOAL_KINDS = ("color", "region", "count", "direction")  # the kinds issue 23's accuracy goal names
 
 
 def load(folder):
@@ -117,6 +123,70 @@ def tau_curve(target, draft, clips, fmt, settings, max_new_tokens: int) -> list[
     return rows
 
 
+@torch.no_grad()
+def attention_on_objects(target, clips, fmt) -> dict:
+    """The verifier's caption-prompt attention scores (AttentionCapture, as SpecVLM's pruning gets them) against
+    the probe's object labels: mass on object tokens, their share of the tokens, object recall in the top 10 %."""
+    from specvlm.adapters import adapter_for
+    from specvlm.adapters.capture import AttentionCapture
+
+    adapter = adapter_for(target)
+    mass, share, recall = [], [], []
+    for clip in clips:
+        inputs = fmt.inputs(clip, fmt.prompt(clip.turns[0][0], clip.n_visual))
+        visual = (inputs["input_ids"][0] == fmt.video_id).nonzero().flatten()
+        with AttentionCapture(adapter, int(visual.max()) + 1, visual) as capture:
+            target(**inputs)
+        scores = capture.scores.float()
+        ball = clip.labels[:, 0] > 0  # -100 (LLaVA's newline) and 0 (background) are not objects
+        mass.append(float(scores[ball].sum() / scores.sum()))
+        share.append(float(ball.float().mean()))
+        top = torch.topk(scores, max(1, int(0.1 * scores.numel()))).indices
+        recall.append(float(ball[top].sum() / max(int(ball.sum()), 1)))
+    return {
+        "attention mass on ball tokens": round(statistics.fmean(mass), 3),
+        "ball tokens' share": round(statistics.fmean(share), 3),
+        "ball tokens in the top 10 %": round(statistics.fmean(recall), 3),
+    }
+
+
+def goal_rows(accuracy: list[list] | None, draft: list[list], self_spec: list[list]) -> list[list]:
+    """Issue 23's goals from `accuracy_rows` and two `tau_curve`s (τ: the mean over clips): [goal, measured, met]."""
+    tau = {(r[0], r[1]): r[5] for r in draft}
+    own = {(r[0], r[1]): r[5] for r in self_spec}
+    rows = []
+    if accuracy is not None:
+        for kind, target_acc, _, baseline, _ in (r for r in accuracy if r[0] in GOAL_KINDS):
+            rows.append(
+                [
+                    f"target answers {kind} ≥ 60 % and ≥ baseline + 15 points",
+                    f"{target_acc:.0%} (baseline {baseline:.0%})",
+                    target_acc >= 0.6 and target_acc >= baseline + 0.15,
+                ]
+            )
+    full, blind = tau[("none", 1.0)], tau[("random", 0.01)]
+    spec, rand, uni = tau[("specvlm", 0.1)], tau[("random", 0.1)], tau[("uniform", 0.05)]
+    rows += [
+        [
+            "draft τ full ≥ 1.3 × random keep 0.01",
+            f"{full:.2f} vs {blind:.2f} ({full / blind:.2f}×)",
+            full >= 1.3 * blind,
+        ],
+        ["SpecVLM 0.1 ≥ 0.9 × full", f"{spec:.2f} vs {full:.2f} ({spec / full:.2f}×)", spec >= 0.9 * full],
+        ["SpecVLM 0.1 ≥ random 0.1 + 0.3", f"{spec:.2f} vs {rand:.2f} ({spec - rand:+.2f})", spec >= rand + 0.3],
+        ["SpecVLM 0.1 > uniform 0.05", f"{spec:.2f} vs {uni:.2f}", spec > uni],
+    ]
+    s_spec, s_rand, s_uni = own[("specvlm", 0.1)], own[("random", 0.1)], own[("uniform", 0.05)]
+    rows.append(
+        [
+            "self-speculation: SpecVLM 0.1 > random 0.1 and > uniform 0.05",
+            f"{s_spec:.2f} vs {s_rand:.2f} and {s_uni:.2f}",
+            s_spec > s_rand and s_spec > s_uni,
+        ]
+    )
+    return [[goal, measured, "yes" if met else "no"] for goal, measured, met in rows]
+
+
 def decode_ms(models: dict, prompt: dict, new_tokens: int, repeats: int, **generate_kwargs) -> dict[str, float]:
     """Median ms per decoded token of each model, (t(1 + n) − t(1)) / n, the models interleaved per repeat;
     `generate_kwargs` choose HF's decoding (e.g. its compiled static cache)."""
@@ -135,7 +205,7 @@ def decode_ms(models: dict, prompt: dict, new_tokens: int, repeats: int, **gener
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
-def run_family(family: str, world: Path, args) -> str:
+def run_family(family: str, worlds: list[tuple[str, Path]], args) -> str:
     from specvlm.inputs import load_processor
     from specvlm.testbed.assets import bundled_pair
     from specvlm.testbed.recipe import Recipe
@@ -150,40 +220,63 @@ def run_family(family: str, world: Path, args) -> str:
     processor = load_processor(target_dir)
     fmt = Formatter(processor)
     recipe = Recipe()
-    clips = load_clips(world, "test", processor, recipe.num_frames, pixel_dtype=torch.float32)
-    print(f"{family}: {len(clips)} test clips", flush=True)
     parts = []
+    for label, folder in worlds:
+        clips = load_clips(folder, "test", processor, recipe.num_frames, pixel_dtype=torch.float32)
+        print(f"{family}: {len(clips)} test clips of {label}", flush=True)
+        parts += findings(target, draft, fmt, folder, clips, label, args)
+    parts.append(decode_costs(target, draft, fmt, clips, args))
+    return f"### {family} ({args.models or 'bundled'})\n\n" + "\n\n".join(parts)
+
+
+def findings(target, draft, fmt, world: Path, clips, label: str, args) -> list[str]:
+    """Parts 1-5 of the module docstring on `clips` of `world` (`label` names it)."""
+    from specvlm.testbed.recipe import Recipe
+
+    parts, rows = [], None
     if not args.skip_accuracy:
         rows = accuracy_rows(
             {"target": target, "draft": draft}, clips, fmt, majority_baseline(world, clips), args.questions_per_clip
         )
         asked = (
             "every question"
-            if args.questions_per_clip >= recipe.questions
+            if args.questions_per_clip >= Recipe().questions
             else f"the first {args.questions_per_clip} questions of each clip"
         )
         parts.append(
-            f"**Answer accuracy** ({family}, test split, {asked}, greedy):\n\n"
+            f"**Answer accuracy** ({label}, {len(clips)} test clips, {asked}, greedy):\n\n"
             + table(["kind", "target", "draft", "majority baseline", "questions"], rows)
         )
         print(parts[-1], flush=True)
     tau_clips = clips[: args.clips]
-    keeps = [float(k) for k in args.keep_ratios.split(",")]
+    keeps = sorted({float(k) for k in args.keep_ratios.split(",")} | {0.1, 0.05}, reverse=True)  # the goals' too
     settings = [("none", 1.0)] + [(m, k) for k in keeps for m in METHODS] + [("random", 0.01)]
     header = ["pruning", "keep", "τ median", "τ min", "τ max", "τ mean", "kept share", "lossless"]
-    rows = tau_curve(target, draft, tau_clips, fmt, settings, args.max_new_tokens)
+    draft_rows = tau_curve(target, draft, tau_clips, fmt, settings, args.max_new_tokens)
     parts.append(
-        f"**Draft τ vs visual tokens kept** ({family} draft, {len(tau_clips)} test captions, chain γ=5, "
-        f"{args.max_new_tokens} new tokens):\n\n" + table(header, rows)
+        f"**Draft τ vs visual tokens kept** ({label}, {len(tau_clips)} test captions, chain γ=5, "
+        f"{args.max_new_tokens} new tokens):\n\n" + table(header, draft_rows)
     )
     print(parts[-1], flush=True)
-    self_settings = [(m, k) for k in keeps for m in METHODS]
-    rows = tau_curve(target, "self", tau_clips, fmt, self_settings, args.max_new_tokens)
+    self_settings = [(m, k) for k in keeps for m in METHODS] + [("random", 0.01)]
+    self_rows = tau_curve(target, "self", tau_clips, fmt, self_settings, args.max_new_tokens)
     parts.append(
-        f"**Self-speculation τ vs visual tokens kept** ({family} target drafting from its pruned prompt, "
-        f"same captions):\n\n" + table(header, rows)
+        f"**Self-speculation τ vs visual tokens kept** ({label}, the target drafting from its pruned prompt, "
+        f"same captions):\n\n" + table(header, self_rows)
     )
     print(parts[-1], flush=True)
+    looks = attention_on_objects(target, tau_clips, fmt)
+    parts.append(f"**Where the verifier looks** ({label}): " + ", ".join(f"{k} {v:.1%}" for k, v in looks.items()))
+    parts.append(
+        f"**Issue 23's goals** ({label}):\n\n"
+        + table(["goal", "measured", "met"], goal_rows(rows, draft_rows, self_rows))
+    )
+    print(*parts[-2:], sep="\n\n", flush=True)
+    return parts
+
+
+def decode_costs(target, draft, fmt, clips, args) -> str:
+    """Part 6: each model's per-token decode cost under HF eager and HF compiled static-cache `generate`."""
     prompt = fmt.inputs(clips[0], fmt.prompt(clips[0].turns[0][0], clips[0].n_visual))
     costs = {"HF eager `generate`": {}}
     if not args.no_compile:
@@ -197,9 +290,9 @@ def run_family(family: str, world: Path, args) -> str:
             f"{name}: target {ms['target']:.2f} ms, draft {ms['draft']:.2f} ms, ratio "
             f"**{ms['target'] / ms['draft']:.2f}×**"
         )
-    parts.append(f"**Decode cost per token** (median of {args.repeats} interleaved repeats): " + "; ".join(lines) + ".")
-    print(parts[-1], flush=True)
-    return f"### {family} ({args.models or 'bundled'})\n\n" + "\n\n".join(parts)
+    line = f"**Decode cost per token** (median of {args.repeats} interleaved repeats): " + "; ".join(lines) + "."
+    print(line, flush=True)
+    return line
 
 
 def main(argv=None) -> str:
@@ -219,6 +312,8 @@ def main(argv=None) -> str:
         "--models", help="a build's models folder (OUT/models of `specvlm testbed build`; default: the bundled pairs)"
     )
     ap.add_argument("--clips", type=int, default=12, help="test captions for the τ curves (default 12)")
+    ap.add_argument("--unseen-seed", type=int, default=1, help="seed of the world the build never used (-1: none)")
+    ap.add_argument("--unseen-clips", type=int, default=100, help="its clips (10 %% of them are its test split)")
     ap.add_argument("--keep-ratios", default="0.25,0.1,0.05")
     ap.add_argument("--max-new-tokens", type=int, default=64)
     ap.add_argument("--no-compile", action="store_true", help="leave out the compiled decode cost (a quick run)")
@@ -247,7 +342,20 @@ def main(argv=None) -> str:
             questions=recipe.questions,
             workers=2,
         )
-        body = "\n\n".join(run_family(f, world, args) for f in args.family or FAMILIES)
+        worlds = [("the build's world (seed 0), test split", world)]
+        if args.unseen_seed >= 0:
+            unseen = Path(tmp) / f"world-seed{args.unseen_seed}"
+            generate_world(
+                unseen,
+                args.unseen_clips,
+                seed=args.unseen_seed,
+                frames=tuple(recipe.clip_frames),
+                size=recipe.world_size,
+                questions=recipe.questions,
+                workers=2,
+            )
+            worlds.append((f"an unseen world (seed {args.unseen_seed})", unseen))
+        body = "\n\n".join(run_family(f, worlds, args) for f in args.family or FAMILIES)
     if args.record:
         record(
             f"testbed-findings-{args.label}",

@@ -181,6 +181,15 @@ def test_serve_soak_runs_briefly(capsys):
 
 
 @pytest.mark.slow
+def test_testbed_reads_video_runs_both_stages(tmp_path):
+    import testbed_reads_video
+
+    argv = ["--out", str(tmp_path), "--clips", "40", "--frames", "2", "--vision-steps", "1", "--every", "1"]
+    body = testbed_reads_video.main([*argv, "--large-steps", "1", "--steps", "1"])
+    assert "| large balls | 1 |" in body and "| (small-ball validation) | 0 |" in body and "| small balls | 1 |" in body
+
+
+@pytest.mark.slow
 def test_testbed_findings_run_on_a_small_world(tmp_path):
     import bench_testbed
 
@@ -205,9 +214,13 @@ def test_testbed_findings_run_on_a_small_world(tmp_path):
             "--questions-per-clip",
             "3",
             "--no-compile",
+            "--unseen-clips",
+            "10",
         ]
     )
     assert "| all |" in body and "| random | 0.01 |" in body and "ratio" in body
+    assert body.count("**Issue 23's goals**") == 2 and "an unseen world (seed 1)" in body  # both worlds
+    assert "| SpecVLM 0.1 ≥ random 0.1 + 0.3 |" in body and "ball tokens in the top 10 %" in body
     tau_rows = [line for line in body.splitlines() if line.startswith(("| none", "| specvlm", "| random"))]
     assert tau_rows and all(line.rstrip(" |").endswith("1/1") for line in tau_rows)  # every output lossless
 
