@@ -336,6 +336,8 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                         tag, d, n, f"probe loss {loss:.3f}"
                     ),
                 )
+            if vision is not None:  # what the tower sees before the language model trains (and moves it)
+                vision["probe_accuracy_before_language"] = probe_accuracy(model, probe, val_clips)
             text, video = recipe.text_steps[role], recipe.steps[role]
             large = int(recipe.large_ball_share * video) if large_clips else 0
             common = dict(
