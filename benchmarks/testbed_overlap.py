@@ -83,14 +83,28 @@ def measure(n_clips: int, seed: int) -> dict:
 
 
 def main(argv=None) -> dict:
-    import json
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parent))
+    from specvlm.testbed.export import WORLD_VERSION
+
+    from common import record, table
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--clips", type=int, default=200)
     ap.add_argument("--seed", type=int, default=0)
+    ap.add_argument("--record", action="store_true", help="write the table into docs/BENCHMARKS.md")
     args = ap.parse_args(argv)
     result = measure(args.clips, args.seed)
-    print(json.dumps(result, indent=1))
+    columns = list(next(iter(result.values())))
+    body = (
+        f"World version {WORLD_VERSION}, its first {args.clips} clips of seed {args.seed}, 224 px frames:\n\n"
+        + table(["family", *(c.replace("_", " ") for c in columns)], [[f, *r.values()] for f, r in result.items()])
+    )
+    print(body)
+    if args.record:
+        record("testbed-overlap", "Testbed world: how sparse is the visual information (data level)?", body)
     return result
 
 

@@ -180,6 +180,14 @@ def test_serve_soak_runs_briefly(capsys):
     assert "| image bomb | 400 |" in capsys.readouterr().out
 
 
+def test_testbed_overlap_measures_the_world():
+    import testbed_overlap
+
+    result = testbed_overlap.main(["--clips", "3"])
+    for shares in result.values():
+        assert 0 < shares["tokens_labelled_min_cover"] <= shares["tokens_overlapping_an_object"] < 0.5
+
+
 @pytest.mark.slow
 def test_testbed_reads_video_runs_both_stages(tmp_path):
     import testbed_reads_video
