@@ -198,6 +198,18 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
 
 
 @pytest.mark.slow
+def test_testbed_recipe_trials_build_and_judge_a_variant(tmp_path):
+    import testbed_recipe_trials
+
+    body = testbed_recipe_trials.main(["--tiny", "--variants", "v5", "--out", str(tmp_path), "--fp32"])
+    row = next(line for line in body.splitlines() if line.startswith("| v5 (fp32) |"))
+    cells = [c.strip() for c in row.strip("|").split("|")]
+    assert cells[1] == "3" and all(c[0] in "+-" for c in cells[3:5])  # miniature()'s steps; both gaps measured
+    with pytest.raises(SystemExit, match="unknown variant 'v9'"):
+        testbed_recipe_trials.main(["--variants", "v9"])
+
+
+@pytest.mark.slow
 def test_testbed_findings_run_on_a_small_world(tmp_path):
     import bench_testbed
 

@@ -12,26 +12,9 @@ from specvlm.engine.generator import SpeculativeGenerator
 from specvlm.errors import SpecVLMError
 from specvlm.numerics import flush_denormal_enabled
 from specvlm.testbed.build import build_testbed, global_torch_state, prepare_out
-from specvlm.testbed.recipe import Arch, Recipe
+from specvlm.testbed.recipe import miniature
 
-# ten clips is the smallest world with a validation (index 8) and a test (index 9) clip
-MINI = Recipe(
-    n_clips=10,
-    world_size=64,
-    clip_frames=(16, 18),
-    num_frames=4,
-    ov_image_size=56,
-    qwen_pixels=56 * 56,
-    vocab=512,
-    arch={"target": Arch(32, 1, 2, 1, 16, 1), "draft": Arch(32, 1, 2, 1, 16, 1)},
-    vision_steps={"target": 2, "draft": 2},
-    text_steps={"target": 1, "draft": 1},
-    steps={"target": 3, "draft": 3},  # one of them on the large-ball world
-    large_ball_clips=10,
-    eval_clips=1,
-    tau_clips=1,
-    tau_tokens=4,
-)
+MINI = miniature()
 
 
 @pytest.fixture(scope="module")
@@ -169,6 +152,75 @@ def test_vision_pretraining_trains_the_tower_alone(mini_build, family):
     assert scores["cells"] == sum(int((c.labels[:, 1] > 0).sum()) for c in clips) > 0 and 0 <= scores["color"] <= 1
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_freeze_vision_trains_the_language_model_alone(mini_build, family):
+    """`train(freeze_vision=True)` moves the language model and leaves the vision tower and projector exactly as
+    they were (the probe is off: nothing it could train is left), and gives the parameters back trainable."""
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.recipe import make_model
+    from specvlm.testbed.train import Formatter, load_clips, train, vision_parameters
+
+    out, _ = mini_build
+    processor = load_processor(out / "models" / family / "target")
+    clips = load_clips(out / "world", "train", processor, MINI.num_frames, limit=2)
+    model = make_model(MINI, family, "target", seed=4)
+    vision = {n for n, _ in vision_parameters(model)}
+    assert vision and any("lm_head" in n for n, _ in model.named_parameters() if n not in vision)
+    before = {n: p.detach().clone() for n, p in model.named_parameters()}
+    result = train(model, clips, Formatter(processor), 3, 1e-2, seed=0, probe_weight=1.0, freeze_vision=True)
+    changed = {n for n, p in model.named_parameters() if not torch.equal(p, before[n])}
+    assert changed and not changed & vision and result["probe_loss_curve"] == []
+    assert all(p.requires_grad for p in model.parameters())
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_single_turn_batches_are_the_mean_of_their_conversations(mini_build, family):
+    """`example_loss(single_turns=True)` over the caption and a question, one right-padded batch, is the mean of
+    the two one-turn conversations' losses computed alone (padding changes nothing), with and without a teacher."""
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.recipe import make_model
+    from specvlm.testbed.train import Formatter, example_loss, load_clips
+
+    out, _ = mini_build
+    processor = load_processor(out / "models" / family / "target")
+    fmt = Formatter(processor)
+    clip = load_clips(out / "world", "train", processor, MINI.num_frames, limit=1, pixel_dtype=torch.float32)[0]
+    model, teacher = make_model(MINI, family, "target", seed=4).eval(), make_model(MINI, family, "draft", 5).eval()
+    caption, question = 0, len(clip.turns) - 1
+    assert len(fmt.example(clip, [caption])[0]) != len(fmt.example(clip, [question])[0])  # so one row is padded
+    for kw in ({}, {"teacher": teacher, "distill": 0.8}):
+        alone = [example_loss(model, fmt, clip, [k], autocast=False, **kw) for k in (caption, question)]
+        both = example_loss(model, fmt, clip, [caption, question], autocast=False, single_turns=True, **kw)
+        torch.testing.assert_close(both, (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-6)
+
+
+def test_video_gap_is_zero_when_the_other_video_is_the_same(mini_build):
+    """`validation_loss(another_video=True)` scores each clip's answers with the next clip's video: with a single
+    clip that is its own (the gap is exactly 0), with two it is another and the loss changes; as packs and as
+    one-turn conversations alike."""
+    from dataclasses import replace
+
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.train import Formatter, load_clips, validation_loss
+
+    out, _ = mini_build
+    folder = out / "models" / "qwen2_5_vl" / "target"
+    fmt = Formatter(load_processor(folder))
+    model = load(folder)
+    clips = load_clips(out / "world", "train", fmt.processor, MINI.num_frames, limit=2, pixel_dtype=torch.float32)
+    for single in (False, True):
+        own = validation_loss(model, clips[:1], fmt, single_turns=single)
+        assert validation_loss(model, clips[:1], fmt, another_video=True, single_turns=single) == own
+        assert validation_loss(model, clips, fmt, another_video=True, single_turns=single) != validation_loss(
+            model, clips, fmt, single_turns=single
+        )
+    odd = replace(clips[1], n_visual=clips[1].n_visual + 1)
+    with pytest.raises(ValueError, match="different visual token counts"):
+        validation_loss(model, [clips[0], odd], fmt, another_video=True)
+    metrics = json.loads((folder / "metrics.json").read_text())
+    assert isinstance(metrics["video_gap"], float)
+
+
 def test_bf16_training_computes_the_same_inside_the_builds_torch_state(mini_build, monkeypatch):
     """Where the CPU has bf16 units training runs under bf16 autocast, and the build wraps everything in
     `build_arithmetic`, whose own autocast(enabled=False) region is the outermost one: autocast keeps its bf16 copies
@@ -230,6 +282,23 @@ def test_curriculum_orders_the_turns(mini_build, monkeypatch):
     assert [video for _, video in seen] == [False, False, True, True, True, True]
     assert all(is_caption[0] and not any(is_caption[1:]) for is_caption, _ in seen[:2] + seen[4:])
     assert not any(any(is_caption) for is_caption, _ in seen[2:4])  # questions only
+
+    # one-turn batches: the caption and questions drawn at random, up to `turns_per_step`; `kinds` filters the turns
+    batches = []
+    monkeypatch.setattr(
+        train_module,
+        "example_loss",
+        lambda model, fmt, clip, order, autocast, single_turns=False, **kw: (
+            batches.append(([clip.turns[k][3] for k in order], single_turns)) or spy(model, fmt, clip, order, autocast)
+        ),
+    )
+    fmt = train_module.Formatter(processor)
+    train_module.train(model, clips, fmt, steps=3, lr=1e-3, seed=0, turns_per_step=3)
+    assert all(single and len(kinds) == 3 and kinds[0] == "caption" for kinds, single in batches)
+    assert not any("caption" in kinds[1:] for kinds, _ in batches)
+    batches.clear()
+    train_module.train(model, clips, fmt, steps=3, lr=1e-3, seed=0, turns_per_step=3, kinds=("count", "color"))
+    assert batches and all(kinds and set(kinds) <= {"count", "color"} for kinds, _ in batches)
 
 
 @contextlib.contextmanager

@@ -339,6 +339,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
             if vision is not None:  # what the tower sees before the language model trains (and moves it)
                 vision["probe_accuracy_before_language"] = probe_accuracy(model, probe, val_clips)
             text, video = recipe.text_steps[role], recipe.steps[role]
+            single = recipe.turns_per_step > 0  # evaluate as the model was trained: one turn or one pack
             large = int(recipe.large_ball_share * video) if large_clips else 0
             common = dict(
                 lr=recipe.lr[role],
@@ -349,6 +350,8 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 probe=probe,
                 teacher=models.get("target") if role == "draft" else None,
                 distill=recipe.distill,
+                freeze_vision=recipe.freeze_vision,
+                turns_per_step=recipe.turns_per_step,
                 deadline=t1 + share,
             )
             warm_up = None
@@ -359,10 +362,12 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                     fmt,
                     text + large,
                     text_steps=text,
+                    kinds=tuple(recipe.warm_up_kinds),
                     progress=lambda d, n, loss, tag=f"{family}: warm-up {role}": show(tag, d, n, f"loss {loss:.3f}"),
                     **common,
                 )
                 text = 0
+                warm_up["video_gap"] = video_gap(model, val_clips, fmt, single)  # on the small balls, at once
             result = train(
                 model,
                 train_clips,
@@ -387,7 +392,8 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 "arch": recipe.to_dict()["arch"][role],
                 "visual_tokens_per_clip": fam["visual_tokens"],
                 "train": result,
-                "validation_loss": round(validation_loss(reloaded, val_clips, fmt), 4),
+                "validation_loss": round(validation_loss(reloaded, val_clips, fmt, single_turns=single), 4),
+                "video_gap": video_gap(reloaded, val_clips, fmt, single),
             }
             metrics.update(answer_accuracy(reloaded, val_clips, fmt, recipe.eval_questions))
             fam[role] = metrics
@@ -420,6 +426,15 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
     (out / "build.json").write_text(json.dumps(report, indent=1) + "\n")
     show.say(f"done in {show.elapsed()}: {out}")
     return report
+
+
+def video_gap(model, clips, fmt, single_turns: bool) -> float:
+    """What the video is worth to the answers: the validation loss with another clip's video minus with its own
+    (`validation_loss`); about 0 when the model ignores the video."""
+    from .train import validation_loss
+
+    own = validation_loss(model, clips, fmt, single_turns=single_turns)
+    return round(validation_loss(model, clips, fmt, another_video=True, single_turns=single_turns) - own, 4)
 
 
 def pixels_digest(clips) -> str:

@@ -68,6 +68,15 @@ class Recipe:
     large_ball_clips: int = 160
     large_ball_share: float = 0.5
     caption_first: float = 0.5
+    # the vision tower and projector stop training after `vision_steps` (the language steps then train the language
+    # model alone, and the probe is off: it reads only what the frozen side makes). The large-ball experiment that
+    # read the video froze them (docs/DESIGN.md, Testbed)
+    freeze_vision: bool = False
+    warm_up_kinds: tuple = ()  # the large-ball steps train on these kinds of turn only ("colors", ...; (): all)
+    # > 0: each step trains this many one-turn conversations of its clip as a batch (the caption and questions
+    # drawn at random) instead of one pack of all 17 turns, where every later answer can be read off the earlier
+    # ones (the caption tells them all) and the video need not be read
+    turns_per_step: int = 0
     lr: dict = field(default_factory=lambda: {"target": 2e-3, "draft": 2e-3})
     probe_weight: float = 1.0  # the visual-token probe's loss (probe.py) next to the answer loss
     distill: float = 0.8  # drafts: answer-token loss = 0.2 cross-entropy + 0.8 KL(target || draft)
@@ -97,6 +106,28 @@ class Recipe:
         train_s = max((minutes - 6.0) * 60 - fixed_s, 30.0)
         steps = max(int(train_s / (STEP_SECONDS["target"] + STEP_SECONDS["draft"] / 2)), 30)
         return replace(self, steps={"target": steps, "draft": steps // 2})
+
+
+def miniature() -> Recipe:
+    """A whole build in about a minute: ten clips (the smallest world with a validation and a test clip, indices 8
+    and 9), 64-pixel frames, one-layer models. For tests and the benchmarks' smoke runs, never for findings."""
+    return Recipe(
+        n_clips=10,
+        world_size=64,
+        clip_frames=(16, 18),
+        num_frames=4,
+        ov_image_size=56,
+        qwen_pixels=56 * 56,
+        vocab=512,
+        arch={"target": Arch(32, 1, 2, 1, 16, 1), "draft": Arch(32, 1, 2, 1, 16, 1)},
+        vision_steps={"target": 2, "draft": 2},
+        text_steps={"target": 1, "draft": 1},
+        steps={"target": 3, "draft": 3},  # one of them on the large-ball world
+        large_ball_clips=10,
+        eval_clips=1,
+        tau_clips=1,
+        tau_tokens=4,
+    )
 
 
 # seconds per training step of both families' models on 2 AVX2 cores in fp32 (AMD EPYC, no bf16 units; with AMX

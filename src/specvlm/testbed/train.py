@@ -10,13 +10,14 @@ out exactly like a single-turn inference prompt; loss is on the assistant answer
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import itertools
 import json
 import math
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -108,6 +109,24 @@ class Formatter:
         if not all(halves):  # only captions or only questions: that side takes it all
             share = [2 * s for s in share]
         return ids, labels, [w * share[0 if c else 1] for w, c in zip(weights, kinds)]
+
+    def batch(self, clip: Clip, rows: list, video: bool = True) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """Several `example` rows of one clip as one right-padded batch: (model inputs with the clip's pixels once
+        per row, labels (B, L) with -100 on padding, weights (B, L) with 0 there)."""
+        width = max(len(ids) for ids, _, _ in rows)
+        pad = self.tok.pad_token_id
+
+        def padded(values, fill):
+            return torch.tensor([list(v) + [fill] * (width - len(v)) for v in values])
+
+        input_ids = padded([ids for ids, _, _ in rows], pad)
+        out = {"input_ids": input_ids, "attention_mask": padded([[1] * len(ids) for ids, _, _ in rows], 0)}
+        if self.qwen:
+            out["mm_token_type_ids"] = (input_ids == self.video_id).long() * 2
+        if video:
+            for k, v in float_pixels(clip.visual).items():
+                out[k] = torch.cat([v] * len(rows))  # Qwen: (patches, dim) and (1, 3) per video; OV: (1, T, C, H, W)
+        return out, padded([labels for _, labels, _ in rows], -100), padded([w for _, _, w in rows], 0.0)
 
 
 def load_clips(
@@ -208,11 +227,7 @@ def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress):
     model.train()
     adapter = adapter_for(model)
     probe = VisualProbe(model.config.get_text_config().hidden_size)
-    params = [
-        p
-        for n, p in model.named_parameters()
-        if "language_model" not in n and "lm_head" not in n and "embed_tokens" not in n
-    ] + list(probe.parameters())
+    params = [p for _, p in vision_parameters(model)] + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
     losses, start, stream = [], time.perf_counter(), shuffled_forever(clips, rng)
     for step in range(steps):
@@ -237,6 +252,16 @@ def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress):
         "seconds": round(time.perf_counter() - start, 1),
         "probe_loss_curve": _curve(losses),
     }
+
+
+def vision_parameters(model) -> list[tuple[str, torch.nn.Parameter]]:
+    """The vision tower's and projector's (name, parameter) pairs: everything but the language model, its
+    embeddings and its head (both families; LLaVA-OV's `image_newline` counts as vision)."""
+    return [
+        (n, p)
+        for n, p in model.named_parameters()
+        if "language_model" not in n and "lm_head" not in n and "embed_tokens" not in n
+    ]
 
 
 def shuffled_forever(clips: list[Clip], rng: np.random.Generator):
@@ -268,13 +293,16 @@ def example_loss(
     teacher=None,
     distill: float = 0.0,
     parts: dict | None = None,
+    single_turns: bool = False,
 ) -> torch.Tensor:
     """The weighted answer loss of one packed example (`Formatter.example`), plus `probe_weight` x the probe's
     loss on the visual tokens' embeddings, and with a `teacher`, each answer token's loss mixed as
     (1 - distill) x cross-entropy + distill x KL(teacher || model) on the teacher's logits for the same ids.
-    `parts`, when given, receives the probe's unweighted loss under "probe"."""
-    ids, labels, weights = fmt.example(clip, order, video)
-    inputs = fmt.inputs(clip, ids, video)
+    `single_turns`: each turn of `order` is its own one-turn conversation instead, all in one batch, and the loss
+    is their mean (no answer can be read off another turn's answer). `parts`, when given, receives the probe's
+    unweighted loss under "probe"."""
+    rows = [fmt.example(clip, [k], video) for k in order] if single_turns else [fmt.example(clip, order, video)]
+    inputs, labels, weights = fmt.batch(clip, rows, video)  # (B, L) each
     use_probe = probe is not None and probe_weight > 0 and video and clip.labels is not None
     # no autocast cache: it holds bf16 copies of the weights until the *outermost* autocast region exits, and the
     # build runs inside its own (build_arithmetic), so with the cache every step reused the first step's copies
@@ -282,17 +310,19 @@ def example_loss(
         out = model(**inputs, output_hidden_states=use_probe)
         if teacher is not None:
             with torch.no_grad():
-                teacher_logits = teacher(**inputs).logits[0, :-1].float()
-    logits = out.logits[0, :-1].float()  # (L - 1, vocab)
-    target = torch.tensor(labels[1:])
-    per_token = torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="none")
+                teacher_logits = teacher(**inputs).logits[:, :-1].float()
+    logits = out.logits[:, :-1].float()  # (B, L - 1, vocab)
+    target = labels[:, 1:]
+    per_token = torch.nn.functional.cross_entropy(
+        logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
+    )  # (B, L - 1)
     if teacher is not None:
         log_p = torch.log_softmax(teacher_logits, -1)
-        kl = (log_p.exp() * (log_p - torch.log_softmax(logits, -1))).sum(-1)  # (L - 1,) forward KL per position
+        kl = (log_p.exp() * (log_p - torch.log_softmax(logits, -1))).sum(-1)  # (B, L - 1) forward KL per position
         per_token = (1 - distill) * per_token + distill * kl * (target != -100)
-    loss = (per_token * torch.tensor(weights[1:])).sum()
+    loss = (per_token * weights[:, 1:]).sum() / len(rows)
     if use_probe:
-        embeds = out.hidden_states[0][0, inputs["input_ids"][0] == fmt.video_id]  # (n_visual, hidden)
+        embeds = out.hidden_states[0][0, inputs["input_ids"][0] == fmt.video_id]  # (n_visual, hidden): row 0's
         probe_loss = probe.loss(embeds, clip.labels)
         loss = loss + probe_weight * probe_loss
         if parts is not None:
@@ -315,6 +345,9 @@ def train(
     probe: VisualProbe | None = None,
     teacher=None,
     distill: float = 0.0,
+    freeze_vision: bool = False,
+    turns_per_step: int = 0,
+    kinds: tuple = (),
     deadline: float | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> dict:
@@ -323,109 +356,101 @@ def train(
     on its questions only (see `Recipe.text_steps`); each step's turns in a random order, the caption first with
     probability `caption_first`;
     `probe_weight` > 0 adds the visual-token probe (probe.py; `probe`, e.g. `pretrain_vision`'s, or a fresh
-    one), a `teacher` distils its logits (`example_loss`).
+    one), a `teacher` distils its logits (`example_loss`). `freeze_vision`: the vision tower and projector keep
+    their weights (no gradient flows into them; the probe, which only they feed, is then off).
+    `turns_per_step` > 0: each step trains that many one-turn conversations of its clip as a batch (the caption,
+    when the step's turns include it, and questions drawn at random) instead of one pack of all its turns.
+    `kinds`: only the turns of these kinds ("caption", "colors", ...; clips without one are skipped).
     Stops early only if the wall clock passes `deadline` (then the run is not reproducible; reported)."""
-    with torch.enable_grad():  # callers (tests) may have switched autograd off globally
-        return _train(
-            model,
-            clips,
-            fmt,
-            steps,
-            lr,
-            seed,
-            warmup,
-            text_steps,
-            question_steps,
-            caption_first,
-            probe_weight,
-            probe,
-            teacher,
-            distill,
-            deadline,
-            progress,
+    if kinds:
+        clips = [c for c in (_only_kinds(c, kinds) for c in clips) if c.turns]
+    if freeze_vision:
+        probe_weight = 0.0
+    # callers (tests) may have switched autograd off globally
+    with torch.enable_grad(), _frozen(p for _, p in vision_parameters(model) if freeze_vision):
+        rng = np.random.default_rng(seed)
+        torch.manual_seed(seed)
+        model.train()
+        if probe_weight <= 0:
+            probe = None
+        elif probe is None:
+            probe = VisualProbe(model.config.get_text_config().hidden_size)
+        params = [(n, p) for n, p in model.named_parameters() if p.requires_grad]  # `freeze_vision`'s stay out
+        params += list(probe.named_parameters()) if probe else []
+        decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
+        rest = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
+        opt = torch.optim.AdamW(
+            [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
         )
+        stream = shuffled_forever(clips, rng)
+        losses, probe_losses, start, done = [], [], time.perf_counter(), 0
+        for step in range(steps):
+            if deadline is not None and time.perf_counter() > deadline:
+                break
+            clip = next(stream)
+            for group in opt.param_groups:
+                group["lr"] = lr_at(step, steps, lr, warmup)
+            turns = [int(k) for k in rng.permutation(len(clip.turns))]
+            if rng.random() < caption_first:  # the caption leads, laid out like a single-turn caption prompt
+                turns.sort(key=lambda k: clip.turns[k][2] is not None)  # stable: the questions keep their order
+            if text_steps <= step < text_steps + question_steps:  # video steps on the short answers only
+                turns = [k for k in turns if clip.turns[k][2] is not None]
+            if turns_per_step:  # the caption (if it is among them) and questions drawn at random, one turn each
+                turns = sorted(turns, key=lambda k: clip.turns[k][2] is not None)[:turns_per_step]
+            parts: dict = {}
+            loss = example_loss(
+                model,
+                fmt,
+                clip,
+                turns,
+                autocast=bf16_is_fast(),
+                video=step >= text_steps,
+                probe=probe,
+                probe_weight=probe_weight,
+                teacher=teacher,
+                distill=distill,
+                parts=parts,
+                single_turns=bool(turns_per_step),
+            )
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
+            opt.step()
+            opt.zero_grad(set_to_none=True)
+            losses.append(float(loss.detach()))
+            if "probe" in parts:
+                probe_losses.append(parts["probe"])
+            done = step + 1
+            if progress:
+                progress(done, steps, float(np.mean(losses[-50:])))
+        model.eval()
+        return {
+            "steps": done,
+            "planned_steps": steps,
+            "stopped_early": done < steps,
+            "first_loss": losses[0] if losses else None,
+            "final_loss": float(np.mean(losses[-50:])) if losses else None,
+            "seconds": round(time.perf_counter() - start, 1),
+            "loss_curve": _curve(losses),
+            "last_losses": [round(x, 4) for x in losses[-10:]],  # a divergence in the last steps hides in the curve
+            "probe_loss_curve": _curve(probe_losses),
+        }
 
 
-def _train(
-    model,
-    clips,
-    fmt,
-    steps,
-    lr,
-    seed,
-    warmup,
-    text_steps,
-    question_steps,
-    caption_first,
-    probe_weight,
-    probe,
-    teacher,
-    distill,
-    deadline,
-    progress,
-) -> dict:
-    rng = np.random.default_rng(seed)
-    torch.manual_seed(seed)
-    model.train()
-    if probe_weight <= 0:
-        probe = None
-    elif probe is None:
-        probe = VisualProbe(model.config.get_text_config().hidden_size)
-    params = list(model.named_parameters()) + (list(probe.named_parameters()) if probe else [])
-    decay = [p for n, p in params if p.ndim >= 2 and "embed" not in n]
-    rest = [p for n, p in params if not (p.ndim >= 2 and "embed" not in n)]
-    opt = torch.optim.AdamW(
-        [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
-    )
-    stream = shuffled_forever(clips, rng)
-    losses, probe_losses, start, done = [], [], time.perf_counter(), 0
-    for step in range(steps):
-        if deadline is not None and time.perf_counter() > deadline:
-            break
-        clip = next(stream)
-        for group in opt.param_groups:
-            group["lr"] = lr_at(step, steps, lr, warmup)
-        turns = [int(k) for k in rng.permutation(len(clip.turns))]
-        if rng.random() < caption_first:  # the caption leads, laid out like a single-turn caption prompt
-            turns.sort(key=lambda k: clip.turns[k][2] is not None)  # stable: the questions keep their order
-        if text_steps <= step < text_steps + question_steps:  # video steps on the short answers only
-            turns = [k for k in turns if clip.turns[k][2] is not None]
-        parts: dict = {}
-        loss = example_loss(
-            model,
-            fmt,
-            clip,
-            turns,
-            autocast=bf16_is_fast(),
-            video=step >= text_steps,
-            probe=probe,
-            probe_weight=probe_weight,
-            teacher=teacher,
-            distill=distill,
-            parts=parts,
-        )
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
-        opt.step()
-        opt.zero_grad(set_to_none=True)
-        losses.append(float(loss.detach()))
-        if "probe" in parts:
-            probe_losses.append(parts["probe"])
-        done = step + 1
-        if progress:
-            progress(done, steps, float(np.mean(losses[-50:])))
-    model.eval()
-    return {
-        "steps": done,
-        "planned_steps": steps,
-        "stopped_early": done < steps,
-        "first_loss": losses[0] if losses else None,
-        "final_loss": float(np.mean(losses[-50:])) if losses else None,
-        "seconds": round(time.perf_counter() - start, 1),
-        "loss_curve": _curve(losses),
-        "last_losses": [round(x, 4) for x in losses[-10:]],  # a divergence in the last steps hides in the curve
-        "probe_loss_curve": _curve(probe_losses),
-    }
+def _only_kinds(clip: Clip, kinds: tuple) -> Clip:
+    return replace(clip, turns=[t for t in clip.turns if t[3] in kinds])
+
+
+@contextlib.contextmanager
+def _frozen(params):
+    """The parameters untrainable (no gradient, so the optimizer skips them) for the duration, then trainable again."""
+    frozen = [p for p in params if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        yield
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
 
 
 def _curve(values: list[float], every: int = 50) -> list[float]:
@@ -435,14 +460,26 @@ def _curve(values: list[float], every: int = 50) -> list[float]:
 
 # ---- evaluation (float32, as the engine runs) ----------------------------------------------------------------------
 @torch.no_grad()
-def validation_loss(model, clips: list[Clip], fmt: Formatter) -> float:
-    """Mean per-answer-token cross-entropy, each clip's turns in their stored order (caption first)."""
+def validation_loss(
+    model, clips: list[Clip], fmt: Formatter, another_video: bool = False, single_turns: bool = False
+) -> float:
+    """Mean per-answer-token cross-entropy, each clip's turns in their stored order (caption first) as one pack, or
+    with `single_turns` each as its own one-turn conversation (how models trained with `turns_per_step` are asked).
+    With `another_video`, each clip's conversations are scored with the next clip's video instead (same token
+    count): the difference to its own video's loss is what reading the video buys; zero means the model ignores it."""
     total, count = 0.0, 0
-    for clip in clips:
-        ids, labels, _ = fmt.example(clip, range(len(clip.turns)))
-        logits = model(**fmt.inputs(clip, ids)).logits[0, :-1].float()
-        target = torch.tensor(labels[1:])
-        total += float(torch.nn.functional.cross_entropy(logits, target, ignore_index=-100, reduction="sum"))
+    for i, clip in enumerate(clips):
+        order = range(len(clip.turns))
+        rows = [fmt.example(clip, [k]) for k in order] if single_turns else [fmt.example(clip, order)]
+        shown = clips[(i + 1) % len(clips)] if another_video else clip
+        if shown.n_visual != clip.n_visual:
+            raise ValueError(f"clips {clip.id} and {shown.id} have different visual token counts")
+        inputs, labels, _ = fmt.batch(replace(clip, visual=shown.visual), rows)
+        logits = model(**inputs).logits[:, :-1].float()  # (B, L - 1, vocab)
+        target = labels[:, 1:]
+        total += float(
+            torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum")
+        )
         count += int((target != -100).sum())
     return total / max(count, 1)
 

@@ -1,0 +1,129 @@
+"""Which build recipe makes a testbed target read the video? One-family builds of named recipe variants, each judged
+by its target's video gap (issue 23, docs/DESIGN.md Testbed):
+
+    python benchmarks/testbed_recipe_trials.py --variants v1,v5 [--family qwen2_5_vl] [--minutes 55] [--fp32]
+                                               [--out testbed-trials] [--record]
+
+Each variant is `Recipe()` with a few knobs changed, built with `specvlm testbed build`'s own code (`build_testbed`,
+`--minutes` scaling the steps, seed 0) into OUT/<variant>. Per variant the table gives the target's validation
+answer loss (packs or one-turn conversations, as it was trained), its video gap (the loss with another clip's video
+minus with its own: what reading the video buys, ~0 when it ignores it) after the large-ball warm-up and at the end,
+its greedy accuracy (all kinds, and colour questions), and the pair's τ (chain γ=5, validation captions).
+`--fp32` trains without bf16 autocast even where the CPU has bf16 units (`train.bf16_is_fast`).
+"""
+
+from __future__ import annotations
+
+import argparse
+import contextlib
+import json
+import sys
+from dataclasses import replace
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+
+from common import record, table  # noqa: E402
+
+QUESTIONS = ("color", "colors", "count", "direction", "order", "region")
+FROZEN_NO_TEXT = {"freeze_vision": True, "text_steps": {"target": 0, "draft": 0}}
+VARIANTS: dict[str, tuple[dict, str]] = {
+    "base": ({}, "Recipe() as it is: packs of 17 turns, text steps, the tower training with the probe"),
+    "v1": (FROZEN_NO_TEXT, "tower frozen after its vision steps, no text steps"),
+    "v2": (dict(FROZEN_NO_TEXT, warm_up_kinds=QUESTIONS), "v1, the large-ball steps on the questions only"),
+    "v4": (
+        dict(FROZEN_NO_TEXT, warm_up_kinds=QUESTIONS, turns_per_step=4),
+        "v2 in one-turn batches of 4 (caption + 3 questions; no answer readable off another)",
+    ),
+    "v5": (
+        dict(FROZEN_NO_TEXT, turns_per_step=4, warm_up_kinds=("colors",), large_ball_clips=320),
+        "one-turn batches of 4, the large-ball steps on 'which colours' only (the minimal run's task), 320 clips",
+    ),
+}
+
+
+@contextlib.contextmanager
+def fp32_training(enabled: bool):
+    """Training without bf16 autocast for the duration (the build asks `train.bf16_is_fast` at each step)."""
+    from specvlm.testbed import train
+
+    saved = train.bf16_is_fast
+    if enabled:
+        train.bf16_is_fast = lambda: False  # type: ignore[assignment]
+    try:
+        yield
+    finally:
+        train.bf16_is_fast = saved  # type: ignore[assignment]
+
+
+def trial(name: str, args, recipe) -> list:
+    from specvlm.testbed.build import build_testbed
+
+    knobs, _ = VARIANTS[name]
+    variant = replace(recipe, **knobs)
+    if not args.tiny:
+        variant = variant.scaled(args.minutes)
+    with fp32_training(args.fp32):
+        report = build_testbed(
+            Path(args.out) / name, recipe=variant, seed=0, families=(args.family,), force=True, threads=args.threads
+        )
+    fam = report["families"][args.family]
+    target = json.loads((Path(args.out) / name / "models" / args.family / "target" / "metrics.json").read_text())
+    warm_up = target["train"].get("large_ball_warm_up", {})
+    return [
+        name + (" (fp32)" if args.fp32 else ""),
+        variant.steps["target"],
+        f"{target['validation_loss']:.3f}",
+        f"{warm_up['video_gap']:+.4f}" if "video_gap" in warm_up else "–",
+        f"{target['video_gap']:+.4f}",
+        f"{target['accuracy']:.0%}",
+        f"{target['by_kind'].get('color', 0):.0%}",
+        f"{fam['speculative']['chain_5']['tau']:.2f}",
+    ]
+
+
+def main(argv=None) -> str:
+    from specvlm.testbed.recipe import Recipe, miniature
+
+    ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    ap.add_argument("--variants", default="v5", help=f"comma-separated, of: {', '.join(VARIANTS)}")
+    ap.add_argument("--family", default="qwen2_5_vl")
+    ap.add_argument("--minutes", type=float, default=55.0, help="the build's budget, which sets its steps")
+    ap.add_argument("--fp32", action="store_true", help="no bf16 autocast, whatever the CPU")
+    ap.add_argument("--out", default="testbed-trials")
+    ap.add_argument("--threads", type=int, default=None)
+    ap.add_argument("--tiny", action="store_true", help=argparse.SUPPRESS)  # the tests' miniature recipe
+    ap.add_argument("--record", action="store_true", help="write the table into docs/BENCHMARKS.md")
+    args = ap.parse_args(argv)
+    names = args.variants.split(",")
+    unknown = [n for n in names if n not in VARIANTS]
+    if unknown:
+        raise SystemExit(f"testbed_recipe_trials: unknown variant {unknown[0]!r}; choose from {', '.join(VARIANTS)}")
+    recipe = miniature() if args.tiny else Recipe()
+    rows = [trial(name, args, recipe) for name in names]
+    body = (
+        f"{args.family}, one-family builds of `--minutes {args.minutes:g} --seed 0`, small-ball validation clips:\n\n"
+        + table(
+            [
+                "variant",
+                "target video steps",
+                "val loss",
+                "video gap after warm-up",
+                "video gap",
+                "accuracy",
+                "colour questions",
+                "τ chain γ=5",
+            ],
+            rows,
+        )
+        + "\n\n"
+        + "\n".join(f"- {name}: {VARIANTS[name][1]}" for name in names)
+    )
+    print(body)
+    if args.record:
+        record("testbed-recipe-trials", "Testbed recipe trials: does the target read the video?", body)
+    return body
+
+
+if __name__ == "__main__":
+    main()
