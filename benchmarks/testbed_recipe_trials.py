@@ -39,6 +39,16 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         dict(FROZEN_NO_TEXT, turns_per_step=4, warm_up_kinds=("colors",), large_ball_clips=320),
         "one-turn batches of 4, the large-ball steps on 'which colours' only (the minimal run's task), 320 clips",
     ),
+    "v7": (
+        dict(
+            FROZEN_NO_TEXT,
+            turns_per_step=4,
+            warm_up_kinds=("colors",),
+            video_kinds=("colors",),
+            large_ball_clips=320,
+        ),
+        "v5, and the small-ball steps on 'which colours' only too (does reading the small balls last?)",
+    ),
 }
 
 

@@ -375,6 +375,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 text + video - large,
                 text_steps=text,
                 question_steps=int(recipe.question_share * (video - large)),
+                kinds=tuple(recipe.video_kinds),
                 progress=lambda d, n, loss, tag=f"{family}: train {role}": show(tag, d, n, f"loss {loss:.3f}"),
                 **common,
             )

@@ -73,6 +73,7 @@ class Recipe:
     # read the video froze them (docs/DESIGN.md, Testbed)
     freeze_vision: bool = False
     warm_up_kinds: tuple = ()  # the large-ball steps train on these kinds of turn only ("colors", ...; (): all)
+    video_kinds: tuple = ()  # and the small-ball steps after them
     # > 0: each step trains this many one-turn conversations of its clip as a batch (the caption and questions
     # drawn at random) instead of one pack of all 17 turns, where every later answer can be read off the earlier
     # ones (the caption tells them all) and the video need not be read
