@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import argparse
 import contextlib
-import json
 import sys
 from dataclasses import replace
 from pathlib import Path
@@ -78,7 +77,7 @@ def trial(name: str, args, recipe) -> list:
             Path(args.out) / name, recipe=variant, seed=0, families=(args.family,), force=True, threads=args.threads
         )
     fam = report["families"][args.family]
-    target = json.loads((Path(args.out) / name / "models" / args.family / "target" / "metrics.json").read_text())
+    target = fam["target"]  # its metrics.json, less the pair's τ
     warm_up = target["train"].get("large_ball_warm_up", {})
     return [
         name + (" (fp32)" if args.fp32 else ""),

@@ -393,9 +393,10 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 "arch": recipe.to_dict()["arch"][role],
                 "visual_tokens_per_clip": fam["visual_tokens"],
                 "train": result,
-                "validation_loss": round(validation_loss(reloaded, val_clips, fmt, single_turns=single), 4),
-                "video_gap": video_gap(reloaded, val_clips, fmt, single),
             }
+            own = validation_loss(reloaded, val_clips, fmt, single_turns=single)
+            metrics["validation_loss"] = round(own, 4)
+            metrics["video_gap"] = video_gap(reloaded, val_clips, fmt, single, own=own)
             metrics.update(answer_accuracy(reloaded, val_clips, fmt, recipe.eval_questions))
             fam[role] = metrics
             (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")  # last: the folder is complete
@@ -429,12 +430,13 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
     return report
 
 
-def video_gap(model, clips, fmt, single_turns: bool) -> float:
+def video_gap(model, clips, fmt, single_turns: bool, own: float | None = None) -> float:
     """What the video is worth to the answers: the validation loss with another clip's video minus with its own
-    (`validation_loss`); about 0 when the model ignores the video."""
+    (`validation_loss`; `own` when the caller has it already); about 0 when the model ignores the video."""
     from .train import validation_loss
 
-    own = validation_loss(model, clips, fmt, single_turns=single_turns)
+    if own is None:
+        own = validation_loss(model, clips, fmt, single_turns=single_turns)
     return round(validation_loss(model, clips, fmt, another_video=True, single_turns=single_turns) - own, 4)
 
 

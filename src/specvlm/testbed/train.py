@@ -75,13 +75,7 @@ class Formatter:
 
     def inputs(self, clip: Clip, ids: list[int], video: bool = True) -> dict:
         """Model inputs shaped like the processor's output, in float32 pixels (none when `video` is False)."""
-        input_ids = torch.tensor([ids])
-        out = {"input_ids": input_ids, "attention_mask": torch.ones_like(input_ids)}
-        if self.qwen:
-            out["mm_token_type_ids"] = (input_ids == self.video_id).long() * 2
-        if video:
-            out.update(float_pixels(clip.visual))
-        return out
+        return self.batch(clip, [(ids, [], [])], video)[0]
 
     def example(self, clip: Clip, order, video: bool = True) -> tuple[list[int], list[int], list[float]]:
         """(input_ids, labels, weights) of the clip's turns in `order`; labels are -100 outside the answers. The
@@ -111,8 +105,9 @@ class Formatter:
         return ids, labels, [w * share[0 if c else 1] for w, c in zip(weights, kinds)]
 
     def batch(self, clip: Clip, rows: list, video: bool = True) -> tuple[dict, torch.Tensor, torch.Tensor]:
-        """Several `example` rows of one clip as one right-padded batch: (model inputs with the clip's pixels once
-        per row, labels (B, L) with -100 on padding, weights (B, L) with 0 there)."""
+        """Several `example` rows (ids, labels, weights) of one clip as one right-padded batch: (model inputs with the
+        clip's pixels once per row, labels (B, L) with -100 on padding, weights (B, L) with 0 there). `inputs` is
+        the batch of one."""
         width = max(len(ids) for ids, _, _ in rows)
         pad = self.tok.pad_token_id
 
