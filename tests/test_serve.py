@@ -1075,6 +1075,111 @@ def test_a_deadline_or_a_cancel_stops_a_request_while_its_media_decode():
         loop.close()
 
 
+class Counting:
+    """An engine whose every request answers `length` tokens of 1 (one a round): a scripted batch beside the worker."""
+
+    folder_names: dict = {}
+    keep_alive_s = None
+
+    class tokenizer:
+        @staticmethod
+        def decode(ids, skip_special_tokens=True):
+            return "a" * len(ids)
+
+    def __init__(self, length: int = 3):
+        self.length = length
+
+    def prepare(self, files, decoding, check):
+        import torch
+
+        return {"input_ids": torch.zeros(1, 2, dtype=torch.long)}
+
+    def request(self, inputs, decoding):
+        from types import SimpleNamespace
+
+        return SimpleNamespace(prompt_ids=inputs["input_ids"][0], eos=set(), logprobs=None, token_logprobs=None)
+
+    def batch(self, rows):
+        engine = self
+
+        class Batch:
+            def __init__(self):
+                self.rows = []
+
+            def add(self, request, tag):
+                from types import SimpleNamespace
+
+                row = SimpleNamespace(left=engine.length - 1, done=False, stats=None)
+                self.rows.append(row)
+                return row, [1]
+
+            def step(self):
+                time.sleep(0.02)
+                for row in self.rows:
+                    row.left -= 1
+                    row.done = row.left == 0
+                done = [(row, [1]) for row in self.rows]
+                self.rows[:] = [row for row in self.rows if not row.done]
+                return done
+
+            def remove(self, row):
+                self.rows.remove(row)
+
+        return Batch()
+
+    def stats(self, sink, stats):
+        return {}
+
+    def close(self, batch):
+        pass
+
+
+def leaves_without_folders(kind: type):
+    """A worker's collection of requests (a `kind`) that checks, as each leaves it, that the request's folder is gone
+    already: /metrics reads the counts without the lock, so a server seen idle must have no request folder left."""
+
+    class Checked(kind):
+        def remove(self, item):
+            job = getattr(item, "job", item)
+            assert not job.workdir.exists(), "a request stopped counting before its folder was removed"
+            super().remove(item)
+
+    return Checked()
+
+
+def test_a_request_stops_counting_as_queued_or_running_only_once_its_folder_is_gone(tmp_path):
+    """The soak's "no request folder left behind" once the server is idle: a finished, a cancelled running and a
+    cancelled waiting request each remove their folder before they leave the worker's counts."""
+    import asyncio
+    from collections import deque
+
+    from specvlm.serve.media import TurnFiles
+    from specvlm.serve.worker import Job, Worker
+
+    metrics = Metrics()
+    worker = Worker(Counting(length=50), max_queue=4, metrics=metrics, max_batch=2)
+    worker._running = leaves_without_folders(list)  # (a job joining the batch moves on to _running, still counted)
+    worker._waiting = leaves_without_folders(deque)
+    worker.start()
+    loop = asyncio.new_event_loop()
+    try:
+        decoding = Decoding(max_new_tokens=50, temperature=0.0, top_p=1.0, top_k=0, seed=None, stop=())
+        files = TurnFiles("Q", (), None, {})
+        jobs = [Job(files, decoding, None, Path(tmp_path, f"request-{i}"), loop) for i in range(3)]
+        for job in jobs:
+            job.workdir.mkdir()
+            worker.submit(job)
+        wait_for(lambda: worker.running == 2 and len(worker._waiting) == 1, timeout=5)
+        worker.cancel(jobs[2], "disconnect")  # waiting: dropped at once
+        worker.cancel(jobs[1], "disconnect")  # running: leaves before the next round
+        wait_for(lambda: worker.running == 0 and worker.queue_length == 0, timeout=10)  # jobs[0] ran to its end
+        assert not list(tmp_path.iterdir())
+        assert metrics.cancels == {"disconnect": 2} and metrics.generation_tokens >= 50
+    finally:
+        worker.stop()
+        loop.close()
+
+
 def test_client_values_in_errors_and_logs_are_bounded_and_on_one_line():
     from specvlm.serve.errors import MAX_MESSAGE_CHARS, loggable
 

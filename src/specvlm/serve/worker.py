@@ -375,8 +375,8 @@ class Worker:
         with self._cond:
             job.cancel(reason)
             if job in self._waiting:
+                job.clean()  # before it stops counting as queued (/metrics reads without the lock)
                 self._waiting.remove(job)
-                job.clean()
                 self._record_stop(reason, 0)
 
     def _prepare(self, job: Job) -> None:
@@ -474,10 +474,10 @@ class Worker:
                 self._running.append(running)
             self._deliver(batch, running, first)
         except SpecVLMError as err:  # the client's to fix, found only now
-            self._drop(batch, running, job)
+            self._leave(batch, running)  # its folder removed too
             job.emit(Failed(APIError(400, self._client_message(err, job), code="invalid_input")))
         except Exception as err:  # a bug: the client gets a 500, the log the traceback, the worker goes on
-            self._drop(batch, running, job)
+            self._leave(batch, running)  # its folder removed too
             log.exception("generation failed")
             job.emit(Failed(internal(err)))
 
@@ -491,7 +491,6 @@ class Worker:
             for running in list(self._running):
                 self._forget(running)
                 running.job.emit(Failed(internal(err)))
-                running.job.clean()
             return self.engine.batch(self.max_batch)
         by_row = {id(r.row): r for r in self._running}
         for row, tokens in results:
@@ -528,23 +527,22 @@ class Worker:
             total_tokens=running.prompt_tokens + len(sink.tokens),
         )
         self.metrics.generated(job, usage, stats)
-        job.emit(Finished(sink.finish_reason, usage, stats, sink.unreported()))
-        job.clean()
+        job.emit(Finished(sink.finish_reason, usage, stats, sink.unreported()))  # its folder went as it left
 
     def _leave(self, batch, running: Running) -> None:
-        """`running` stops decoding: out of the batch (if still in it: a finished row left by itself)."""
+        """`running` stops decoding: out of the batch (if still in it: a finished row left by itself), its folder
+        removed."""
         if running.row is not None and running.row in batch.rows:
             batch.remove(running.row)
         self._forget(running)
 
     def _forget(self, running: Running) -> None:
+        """`running` no longer counts as running; its folder is removed first, so a server seen idle (/metrics reads
+        the counts without the lock) has no request folder left."""
+        running.job.clean()
         with self._cond:
             if running in self._running:
                 self._running.remove(running)
-
-    def _drop(self, batch, running: Running, job: Job) -> None:
-        self._leave(batch, running)
-        job.clean()
 
     def _stopped(self, job: Job, reason: str, sink: TextSink | None) -> None:
         job.clean()
