@@ -26,6 +26,7 @@ from common import record, table  # noqa: E402
 
 QUESTIONS = ("color", "colors", "count", "direction", "order", "region")
 FROZEN_NO_TEXT = {"freeze_vision": True, "text_steps": {"target": 0, "draft": 0}}
+COLOUR_WARM_UP = dict(FROZEN_NO_TEXT, turns_per_step=4, warm_up_kinds=("colors",), large_ball_clips=320)
 VARIANTS: dict[str, tuple[dict, str]] = {
     "base": ({}, "Recipe() as it is: packs of 17 turns, text steps, the tower training with the probe"),
     "v1": (FROZEN_NO_TEXT, "tower frozen after its vision steps, no text steps"),
@@ -35,18 +36,20 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         "v2 in one-turn batches of 4 (caption + 3 questions; no answer readable off another)",
     ),
     "v5": (
-        dict(FROZEN_NO_TEXT, turns_per_step=4, warm_up_kinds=("colors",), large_ball_clips=320),
+        COLOUR_WARM_UP,
         "one-turn batches of 4, the large-ball steps on 'which colours' only (the minimal run's task), 320 clips",
     ),
     "v7": (
-        dict(
-            FROZEN_NO_TEXT,
-            turns_per_step=4,
-            warm_up_kinds=("colors",),
-            video_kinds=("colors",),
-            large_ball_clips=320,
-        ),
+        dict(COLOUR_WARM_UP, video_kinds=("colors",)),
         "v5, and the small-ball steps on 'which colours' only too (does reading the small balls last?)",
+    ),
+    "v8": (
+        dict(COLOUR_WARM_UP, large_ball_mix=0.5),
+        "v5, then half the small-ball steps on large balls (the large balls kept on)",
+    ),
+    "v9": (
+        dict(COLOUR_WARM_UP, video_kinds=("colors",), large_ball_mix=0.5),
+        "v7 with the large balls kept on: 'which colours' only, half the later steps on large balls",
     ),
 }
 

@@ -195,6 +195,10 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
     argv = ["--out", str(tmp_path), "--clips", "40", "--frames", "2", "--vision-steps", "1", "--every", "1"]
     body = testbed_reads_video.main([*argv, "--large-steps", "1", "--steps", "1"])
     assert "| large balls | 1 |" in body and "| (small-ball validation) | 0 |" in body and "| small balls | 1 |" in body
+    argv[1] = str(tmp_path / "other")
+    more = ["--large-steps", "0", "--steps", "1", "--text-steps", "1", "--align", "caption", "--mix", "0.5"]
+    body = testbed_reads_video.main([*argv, *more, "--ball", "medium"])
+    assert "| text | 1 |" in body and "| medium balls | 1 |" in body and "large" not in body
 
 
 @pytest.mark.slow

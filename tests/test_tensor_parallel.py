@@ -28,7 +28,7 @@ FAMILIES = ("qwen2_5_vl", "llava_onevision")
 TORCHRUN = [str(Path(sys.executable).parent / "torchrun"), "--standalone", "--nproc-per-node", "2"]  # a free port
 
 
-@pytest.fixture(scope="module")
+@pytest.fixture(scope="session")  # not "module": a worker that ran another module's tests in between set it up twice
 def ranks(tmp_path_factory):
     root = tmp_path_factory.mktemp("tp")
     for family in FAMILIES:

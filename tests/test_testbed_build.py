@@ -3,6 +3,7 @@ and the bundled checkpoints."""
 
 import contextlib
 import json
+from dataclasses import replace
 
 import pytest
 import torch
@@ -299,6 +300,20 @@ def test_curriculum_orders_the_turns(mini_build, monkeypatch):
     batches.clear()
     train_module.train(model, clips, fmt, steps=3, lr=1e-3, seed=0, turns_per_step=3, kinds=("count", "color"))
     assert batches and all(kinds and set(kinds) <= {"count", "color"} for kinds, _ in batches)
+
+    # `mixed_in` at `mix`: some steps train on those clips instead; at mix 0 the steps are those of no mixed_in
+    drawn = []
+    monkeypatch.setattr(
+        train_module,
+        "example_loss",
+        lambda model, fmt, clip, order, autocast, **kw: drawn.append(clip.id) or spy(model, fmt, clip, order, autocast),
+    )
+    others = [replace(c, id=f"other-{c.id}") for c in clips]
+    for mixed_in, mix in ((None, 0.0), (others, 0.0), (others, 0.5)):
+        train_module.train(model, clips, fmt, steps=20, lr=1e-3, seed=0, mixed_in=mixed_in, mix=mix)
+    alone, unmixed, mixed = drawn[:20], drawn[20:40], drawn[40:]
+    assert alone == unmixed and not any(i.startswith("other-") for i in alone)
+    assert 5 <= sum(i.startswith("other-") for i in mixed) <= 15
 
 
 @contextlib.contextmanager

@@ -10,6 +10,7 @@ from specvlm.testbed.probe import (
     MOTION_CLASSES,
     REGION_CLASSES,
     VisualProbe,
+    WordAligned,
     cell_cover,
     token_grid,
     visual_labels,
@@ -114,3 +115,34 @@ def test_probe_loss_learns_and_ignores_the_extra_tokens():
     poisoned = embeds.clone()
     poisoned[3] = float("nan")  # an ignored token cannot reach the loss
     assert torch.isfinite(probe.loss(poisoned, labels))
+
+
+def test_word_aligned_colour_read_out_pulls_a_token_towards_its_colour_word():
+    """The colour read-out fixed to word embeddings: its logits are scale * x @ words^T, the words stay as they are,
+    and training the token's embedding through it turns the token towards its colour's word."""
+    torch.manual_seed(0)
+    words = torch.randn(len(COLOR_CLASSES), 16)
+    head = WordAligned(words)
+    x = torch.randn(3, 16)
+    torch.testing.assert_close(head(x), x @ words.T)
+    assert [n for n, _ in head.named_parameters()] == ["scale"]  # the words are a buffer: never trained
+    with pytest.raises(ValueError, match=r"colour_words must be \(10, 8\)"):
+        VisualProbe(8, colour_words=words)
+    probe = VisualProbe(16, colour_words=words)
+    red = COLOR_CLASSES.index("red")
+    token = torch.randn(1, 16, requires_grad=True)
+    labels = torch.tensor([[red, 1, 1]])
+
+    def cosines() -> torch.Tensor:
+        return torch.nn.functional.cosine_similarity(token, words)  # (classes,)
+
+    before = float(cosines()[red])
+    opt = torch.optim.SGD([token], lr=0.5)
+    with torch.enable_grad():
+        for _ in range(30):
+            opt.zero_grad()
+            probe.loss(token, labels).backward()
+            opt.step()
+    after = cosines()
+    assert int(after.argmax()) == red and float(after[red]) > before + 0.3, (before, after)
+    torch.testing.assert_close(probe.heads["color"].words, words)

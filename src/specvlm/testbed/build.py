@@ -376,6 +376,8 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 text_steps=text,
                 question_steps=int(recipe.question_share * (video - large)),
                 kinds=tuple(recipe.video_kinds),
+                mixed_in=large_clips if large else None,
+                mix=recipe.large_ball_mix,
                 progress=lambda d, n, loss, tag=f"{family}: train {role}": show(tag, d, n, f"loss {loss:.3f}"),
                 **common,
             )

@@ -101,13 +101,35 @@ def visual_labels(
     return torch.cat([labels, torch.full((extra, len(HEADS)), -100, dtype=torch.long)])
 
 
+class WordAligned(torch.nn.Module):
+    """A colour read-out whose class vectors are fixed word embeddings: `words` (len(COLOR_CLASSES), width), row 0
+    for "no object", e.g. the language model's input embeddings of the colour names (and of a token it never reads
+    for row 0). Trained through it, the embedding a red ball's token gets points along the word "red"'s, as LLaVA's
+    feature-alignment stage puts image features in the word-embedding space. logits = scale * x @ words^T."""
+
+    def __init__(self, words: torch.Tensor):
+        super().__init__()
+        self.register_buffer("words", words.detach().float().clone())
+        self.scale = torch.nn.Parameter(torch.ones((), device=words.device))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.scale * x @ self.words.T
+
+
 class VisualProbe(torch.nn.Module):
     """One linear read-out per HEADS entry (colour, region, motion) of a visual token's embedding; only used
-    while training."""
+    while training. `colour_words` (len(COLOR_CLASSES), width): the colour read-out is `WordAligned` to them."""
 
-    def __init__(self, width: int):
+    def __init__(self, width: int, colour_words: torch.Tensor | None = None):
         super().__init__()
-        self.heads = torch.nn.ModuleDict({k: torch.nn.Linear(width, len(v)) for k, v in HEADS.items()})
+        heads: dict[str, torch.nn.Module] = {k: torch.nn.Linear(width, len(v)) for k, v in HEADS.items()}
+        if colour_words is not None:
+            if tuple(colour_words.shape) != (len(COLOR_CLASSES), width):
+                raise ValueError(
+                    f"colour_words must be ({len(COLOR_CLASSES)}, {width}), got {tuple(colour_words.shape)}"
+                )
+            heads["color"] = WordAligned(colour_words)
+        self.heads = torch.nn.ModuleDict(heads)
 
     def loss(self, embeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per head, mean cross-entropy over object cells plus BACKGROUND_WEIGHT x the mean over background cells

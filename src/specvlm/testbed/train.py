@@ -203,25 +203,27 @@ def pretrain_vision(
     batch: int = 4,
     warmup: float = 0.05,
     progress: Callable[[int, int, float], None] | None = None,
+    colour_words: torch.Tensor | None = None,
 ) -> tuple[VisualProbe, dict]:
     """The vision tower and projector alone, trained on the visual-token probe (probe.py): `steps` AdamW steps of
     `batch` clips each, no language model in the loop (the features come from the adapter's `visual_features`,
     the rows the LM would receive). Returns the trained probe (the LM steps keep training it) and a summary with
     the probe's loss curve. Like pretraining a VLM's vision encoder before its language steps: a step costs ~0.1 s
     per clip against ~1 s for a packed LM step, and 100 steps of 4 clips make the colours linearly readable from
-    the LM's first video step on (99.5 % of object cells; shape stays at chance, see docs/DESIGN.md)."""
+    the LM's first video step on (99.5 % of object cells; shape stays at chance, see docs/DESIGN.md).
+    `colour_words`: the colour read-out is aligned to these word embeddings (`probe.WordAligned`)."""
     with torch.enable_grad():
-        return _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress)
+        return _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress, colour_words)
 
 
-def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress):
+def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress, colour_words):
     from ..adapters import adapter_for
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.train()
     adapter = adapter_for(model)
-    probe = VisualProbe(model.config.get_text_config().hidden_size)
+    probe = VisualProbe(model.config.get_text_config().hidden_size, colour_words)
     params = [p for _, p in vision_parameters(model)] + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
     losses, start, stream = [], time.perf_counter(), shuffled_forever(clips, rng)
@@ -343,6 +345,8 @@ def train(
     freeze_vision: bool = False,
     turns_per_step: int = 0,
     kinds: tuple = (),
+    mixed_in: list[Clip] | None = None,
+    mix: float = 0.0,
     deadline: float | None = None,
     progress: Callable[[int, int, float], None] | None = None,
 ) -> dict:
@@ -356,9 +360,11 @@ def train(
     `turns_per_step` > 0: each step trains that many one-turn conversations of its clip as a batch (the caption,
     when the step's turns include it, and questions drawn at random) instead of one pack of all its turns.
     `kinds`: only the turns of these kinds ("caption", "colors", ...; clips without one are skipped).
+    `mixed_in`: clips a step trains on instead of one of `clips` with probability `mix` (`Recipe.large_ball_mix`).
     Stops early only if the wall clock passes `deadline` (then the run is not reproducible; reported)."""
     if kinds:
         clips = [c for c in (_only_kinds(c, kinds) for c in clips) if c.turns]
+        mixed_in = [c for c in (_only_kinds(c, kinds) for c in mixed_in or []) if c.turns]
     if freeze_vision:
         probe_weight = 0.0
     # callers (tests) may have switched autograd off globally
@@ -378,11 +384,12 @@ def train(
             [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
         )
         stream = shuffled_forever(clips, rng)
+        extra = shuffled_forever(mixed_in, rng) if mixed_in and mix > 0 else None  # no draws without: same steps
         losses, probe_losses, start, done = [], [], time.perf_counter(), 0
         for step in range(steps):
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            clip = next(stream)
+            clip = next(extra if extra is not None and rng.random() < mix else stream)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps, lr, warmup)
             turns = [int(k) for k in rng.permutation(len(clip.turns))]

@@ -41,8 +41,9 @@ COLORS = {
 }
 # radius in units of the frame side. "small" (~7 px at 224, under one token's cell in both families) is the world;
 # "large" (~31 px, a few percent of the frame each) only the build's warm-up world, where a from-scratch language model
-# learns to read the visual tokens before the information thins out (docs/DESIGN.md, Testbed: the warm-up)
-SIZES = {"small": 0.03, "large": 0.14}
+# learns to read the visual tokens before the information thins out (docs/DESIGN.md, Testbed: the warm-up);
+# "medium" (~13 px, about one token's cell) a trial between them
+SIZES = {"small": 0.03, "medium": 0.06, "large": 0.14}
 RADIUS = SIZES["small"]
 SPEEDS = {"quickly": 0.02}  # frame sides per frame: ~1 Qwen cell between two sampled frames of a 3-second clip
 BACKGROUNDS = {"black": ((16, 16, 20), ())}  # name -> (RGB, colours not drawn on it)
