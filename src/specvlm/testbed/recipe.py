@@ -67,8 +67,9 @@ class Recipe:
     # steps on large balls it reads the small ones too (docs/DESIGN.md, Testbed)
     large_ball_clips: int = 160
     large_ball_share: float = 0.5
-    # after the warm-up, each small-ball step trains on a large-ball clip instead with this probability: the reading
-    # the warm-up starts fades on the small balls alone and grows with the large balls kept on (docs/DESIGN.md)
+    # after the warm-up, each small-ball step trains on a large-ball clip instead with this probability: in the
+    # minimal run the reading the warm-up starts fades on the small balls alone and grows with the large balls kept
+    # on; in the build it fades more slowly (docs/DESIGN.md, Testbed)
     large_ball_mix: float = 0.0
     caption_first: float = 0.5
     # the vision tower and projector stop training after `vision_steps` (the language steps then train the language
