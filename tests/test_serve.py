@@ -1102,14 +1102,16 @@ class Counting:
     def batch(self, rows):
         engine = self
 
+        class Row:  # compared by identity, as batch.Row (two rows with the same counts are not one row)
+            def __init__(self, left: int):
+                self.left, self.done, self.stats = left, False, None
+
         class Batch:
             def __init__(self):
                 self.rows = []
 
             def add(self, request, tag):
-                from types import SimpleNamespace
-
-                row = SimpleNamespace(left=engine.length - 1, done=False, stats=None)
+                row = Row(engine.length - 1)
                 self.rows.append(row)
                 return row, [1]
 

@@ -9,9 +9,12 @@ bench/command.py; serve/command.py; testbed/build.py); their shared options live
 from __future__ import annotations
 
 import argparse
+import importlib.abc
+import importlib.util
 import os
 import signal
 import sys
+import threading
 
 from .errors import SpecVLMError
 from .launcher import is_leader, launched_ranks
@@ -69,8 +72,49 @@ def build_parser() -> argparse.ArgumentParser:
     return parser
 
 
+class _TorchImportHoldsCtrlC(importlib.abc.MetaPathFinder):
+    """Ctrl-C while torch imports waits for the import to end, then interrupts as anywhere else: a KeyboardInterrupt
+    raised inside a Python callback that torch's C++ core (pybind11) is running aborts the process instead
+    ("terminate called after throwing an instance of 'pybind11::error_already_set'", status -6). The first import
+    of `torch` runs its loader with a SIGINT handler that only takes note (blocking SIGINT in the main thread would
+    not do: the kernel hands it to another, such as a BLAS pool's); the module keeps its own loader. Options are
+    checked before torch imports, so the hook costs nothing until then."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "torch":
+            return None
+        sys.meta_path.remove(self)  # once, and the other finders find the real spec
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None and hasattr(spec.loader, "exec_module"):
+            spec.loader = _HoldingCtrlC(spec.loader)
+        return spec
+
+
+class _HoldingCtrlC(importlib.abc.Loader):
+    def __init__(self, loader):
+        self.loader = loader
+
+    def create_module(self, spec):
+        return self.loader.create_module(spec)
+
+    def exec_module(self, module) -> None:
+        module.__loader__ = module.__spec__.loader = self.loader  # as if imported plainly, from the start
+        if threading.current_thread() is not threading.main_thread():  # only the main thread sets handlers
+            return self.loader.exec_module(module)
+        caught: list[int] = []
+        previous = signal.signal(signal.SIGINT, lambda signum, frame: caught.append(signum))
+        try:
+            self.loader.exec_module(module)
+        finally:
+            signal.signal(signal.SIGINT, previous)
+        if caught and callable(previous):  # Python's own handler: KeyboardInterrupt, now that torch has imported
+            previous(signal.SIGINT, None)
+
+
 def run() -> None:
     """The `specvlm` command (its console script and `python -m specvlm`): main's status is the process's."""
+    if "torch" not in sys.modules:
+        sys.meta_path.insert(0, _TorchImportHoldsCtrlC())
     code = main()
     if code == 130:
         # Interrupted, and said so. When Ctrl-C lands while the heavy modules import, the interpreter sometimes
