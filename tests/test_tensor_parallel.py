@@ -8,6 +8,7 @@ import json
 import os
 import subprocess
 import sys
+import warnings
 from pathlib import Path
 
 import pytest
@@ -37,13 +38,20 @@ def ranks(tmp_path_factory):
     out = root / "out"
     out.mkdir()
     env = dict(os.environ, OMP_NUM_THREADS="1")
-    done = subprocess.run(
-        [*TORCHRUN, str(WORKER), str(root), str(out)],
-        capture_output=True,
-        text=True,
-        timeout=600,
-        env=env,
-    )
+    for attempt in (1, 2):
+        done = subprocess.run(
+            [*TORCHRUN, str(WORKER), str(root), str(out)],
+            capture_output=True,
+            text=True,
+            timeout=600,
+            env=env,
+        )
+        # once in a loaded suite run (2026-12-04) rank 0 aborted in C++ ("terminate called without an active
+        # exception", SIGABRT) while decoding; alone it never did. One more try for that only, said as a warning
+        # so the suite's summary shows it (a wrong token still fails: the comparisons are the tests')
+        if done.returncode == 0 or "(SIGABRT)" not in done.stderr or attempt == 2:
+            break
+        warnings.warn(f"tensor-parallel job: a rank aborted, retried once: {done.stderr[-1500:]}", stacklevel=1)
     assert done.returncode == 0, done.stderr[-3000:]
     return [json.loads((out / f"rank{r}.json").read_text()) for r in (0, 1)]
 
