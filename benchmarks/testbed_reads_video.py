@@ -69,21 +69,20 @@ def train_language(model, fmt, clips, val, steps, args, stage, rows, mixed_in=No
     """AdamW on the language model (the vision side frozen), one clip a step; a row every `args.every` steps
     (no validation when `val` is empty). `mixed_in`: clips of which a step draws one instead with probability
     `args.mix` (the large balls kept on). `text`: without the video, the turns in order (the caption first)."""
-    from specvlm.testbed.train import lr_at, shuffled_forever
+    from specvlm.testbed.train import lr_at, mixed_stream
 
     params = [
         p for n, p in model.named_parameters() if "visual" not in n and "vision" not in n and "projector" not in n
     ]
     opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
     rng = np.random.default_rng(args.seed)
-    stream, losses, start = shuffled_forever(clips, rng), [], time.perf_counter()
-    extra = shuffled_forever(mixed_in, rng) if mixed_in else None
+    stream, losses, start = mixed_stream(clips, mixed_in, args.mix, rng), [], time.perf_counter()
     model.train()
     with torch.enable_grad():
         for step in range(steps):
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps, args.lr, 0.05)
-            clip = next(extra if extra is not None and rng.random() < args.mix else stream)
+            clip = next(stream)
             order = range(len(clip.turns)) if text else [int(k) for k in rng.permutation(len(clip.turns))]
             ids, labels, _ = fmt.example(clip, order, video=not text)
             logits = model(**fmt.inputs(clip, ids, video=not text)).logits[0, :-1].float()

@@ -269,6 +269,19 @@ def shuffled_forever(clips: list[Clip], rng: np.random.Generator):
             yield clips[order.pop()]
 
 
+def mixed_stream(clips: list[Clip], mixed_in: list[Clip] | None, mix: float, rng: np.random.Generator):
+    """`shuffled_forever(clips)`, each clip replaced with probability `mix` by the next of `mixed_in`'s own shuffled
+    stream (`Recipe.large_ball_mix`). Without `mixed_in` or at mix 0 it draws nothing more from `rng`, so the clips
+    are those of `clips` alone."""
+    stream = shuffled_forever(clips, rng)
+    if not mixed_in or mix <= 0:
+        yield from stream
+        return
+    extra = shuffled_forever(mixed_in, rng)
+    while True:
+        yield next(extra if rng.random() < mix else stream)
+
+
 def lr_at(step: int, steps: int, peak: float, warmup: float) -> float:
     """Linear warmup, then cosine decay to 10% of the peak."""
     w = max(1, int(steps * warmup))
@@ -383,13 +396,12 @@ def train(
         opt = torch.optim.AdamW(
             [{"params": decay, "weight_decay": 0.05}, {"params": rest, "weight_decay": 0.0}], lr=lr, betas=(0.9, 0.98)
         )
-        stream = shuffled_forever(clips, rng)
-        extra = shuffled_forever(mixed_in, rng) if mixed_in and mix > 0 else None  # no draws without: same steps
+        stream = mixed_stream(clips, mixed_in, mix, rng)
         losses, probe_losses, start, done = [], [], time.perf_counter(), 0
         for step in range(steps):
             if deadline is not None and time.perf_counter() > deadline:
                 break
-            clip = next(extra if extra is not None and rng.random() < mix else stream)
+            clip = next(stream)
             for group in opt.param_groups:
                 group["lr"] = lr_at(step, steps, lr, warmup)
             turns = [int(k) for k in rng.permutation(len(clip.turns))]
