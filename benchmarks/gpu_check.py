@@ -81,7 +81,7 @@ def run_matrix(device: str, quick: bool, compile: bool, tokens: int) -> list[dic
         started = time.perf_counter()
         out = gen.generate(**inputs, **options)
         row = dict(case, dtype="float32", seconds=time.perf_counter() - started, tau=out.stats.mean_accepted_tokens)
-        rows.append(with_verdict(row, m["target"], inputs, out.token_ids, reference, options))
+        rows.append(progress(with_verdict(row, m["target"], inputs, out.token_ids, reference, options)))
     return rows
 
 
@@ -183,8 +183,16 @@ def run_testbed(device: str, dtypes: list[str], tokens: int) -> list[dict]:
                     seconds=time.perf_counter() - started,
                     tau=out.stats.mean_accepted_tokens,
                 )
-                rows.append(with_verdict(row, target, plain, out.token_ids, reference, options))
+                rows.append(progress(with_verdict(row, target, plain, out.token_ids, reference, options)))
     return rows
+
+
+def progress(row: dict) -> dict:
+    """Prints the case's verdict as it comes (a run stopped by a time limit still tells what it saw)."""
+    case = " ".join(str(row[k]) for k in ("family", "kind", "drafter", "tree", "pruning", "engine", "dtype"))
+    where = "" if row["position"] < 0 else f" at {row['position']}"
+    print(f"{case}: {row['result']}{where} ({row['seconds']:.2f}s, τ {row['tau']:.2f})", flush=True)
+    return row
 
 
 def with_verdict(row: dict, target, inputs, ours, reference, options) -> dict:

@@ -152,6 +152,21 @@ def test_compiled_steps_are_lossless_and_report_their_one_time_cost():
     assert "one-time compile" in first.stats.summary() and "compile" not in second.stats.summary()
 
 
+def test_the_cuda_compile_is_accepted_by_torch_compile():
+    """On CUDA the steps compile with CUDA graphs. torch.compile checks its arguments when called, here on a CPU:
+    it refuses `mode` next to `options`, which the first GPU run met (RuntimeError before any step ran)."""
+    from specvlm.engine.session import _compiled
+
+    class Stepper:
+        def _step(self, x):
+            return x + 1
+
+    for device_type in ("cuda", "cpu"):
+        step = _compiled(Stepper()._step, device_type)
+        assert callable(step)
+    assert step(torch.ones(2, device="cpu")).tolist() == [2.0, 2.0]
+
+
 def test_rows_grow_their_slots_during_generation(monkeypatch):
     """A row's prefill reserves slots for RESERVE_AHEAD new tokens only (a huge max_new_tokens must not allocate
     every row's cache up to it); a longer answer grows the cache mid-generation, every row keeping its entries."""

@@ -331,8 +331,9 @@ def _compiled(method, device_type: str):
         method.__self__,
     )
     options: dict[str, Any] = {"guard_filter_fn": torch.compiler.keep_tensor_guards_unsafe}
-    mode = "reduce-overhead" if device_type == "cuda" else None
-    return torch.compile(own, dynamic=False, mode=mode, options=options)
+    if device_type == "cuda":  # mode="reduce-overhead", which torch.compile refuses next to options
+        options["triton.cudagraphs"] = True
+    return torch.compile(own, dynamic=False, options=options)
 
 
 _COPIES = itertools.count()
