@@ -158,6 +158,41 @@ def test_rows_join_and_leave_between_rounds(engine):
     assert [answers[i] for i in range(1, 5)] == want[1:]
 
 
+@pytest.mark.parametrize("draft", ["small", "self", "head"])
+def test_a_compiled_generate_batch_keeps_its_shape_as_rows_finish(monkeypatch, draft):
+    """Compiled steps (CUDA graphs) compile one graph per shape. A `generate` call's rows only leave, so its steps
+    stay padded to the bucket it started with (4 rows here) while rows finish at different rounds, instead of
+    compiling a graph for each smaller bucket; the server's batch, which rows join, pads to the rows it holds.
+    Here the compile is replaced by the eager step: the shapes are the compiled ones, the answers each row's own."""
+    import specvlm.engine.session
+
+    monkeypatch.setattr(specvlm.engine.session, "_compiled", lambda method, device_type: method)
+    family = "qwen2_5_vl"
+    target, eos = model(family), an_eos(family)
+    gen = SpeculativeGenerator(target, drafter(family, draft), tree="static", num_draft_tokens=4, compile=True)
+    seen: list[int] = []
+    real_run = specvlm.engine.session.StaticSession._run
+    monkeypatch.setattr(
+        specvlm.engine.session.StaticSession,
+        "_run",
+        lambda self, ids, positions, allowed: seen.append(ids.shape[0]) or real_run(self, ids, positions, allowed),
+    )
+    options = dict(do_sample=False, max_new_tokens=16, eos_token_id=eos)
+    out = gen.generate(**make_batch(list(rows_of(family)), family, PAD), **options)
+    assert [tuple(t) for t in out.token_ids] == list(expected(family, 16, eos))
+    assert set(seen) == {4}  # every step of the batch, as its rows finished
+
+    seen.clear()
+    batch, answers = gen.batch(4), {}
+    for i, prompt in enumerate(rows_of(family)):
+        answers[i] = list(batch.add(gen.request(**prompt, **options), i)[1])
+    while len(batch):
+        for row, new in batch.step():
+            answers[row.tag] += new
+    assert [tuple(answers[i]) for i in range(4)] == list(expected(family, 16, eos))
+    assert 4 in seen and min(seen) < 4  # the server's batch shrinks with its rows
+
+
 @pytest.mark.parametrize("family", ["qwen2_5_vl", "llava_onevision"])
 def test_rows_with_different_settings_in_one_batch(family):
     """A greedy row, a repetition-penalty row and a short row beside each other (per-row settings, as a server's

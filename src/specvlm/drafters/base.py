@@ -33,6 +33,7 @@ class DraftSetup:
     tree: TreeSpec
     vocab_size: int  # width of the target's logits; draft distributions are fitted to it
     max_rows: int  # the most rows the batch holds at once
+    fixed_rows: bool = False  # rows only leave the batch (one generate call's): sessions keep its padded shape
     new_session: Callable | None = None  # (adapter, role) -> a session of the generator's engine
     target_session: object = None  # the target's session ("self" without pruning drafts in it)
     view: DraftView = DraftView()  # the draft-prompt policy: pruning, and how a pruned prompt is numbered

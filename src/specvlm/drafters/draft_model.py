@@ -50,7 +50,7 @@ class DraftModelDrafter(Drafter):
         else:
             self.session = setup.new_session(self.adapter, "draft")
             self.session.drop_rows(0)
-            self.session.reserve_rows(setup.max_rows)
+            self.session.reserve_rows(setup.max_rows, setup.fixed_rows)
 
     def add_row(self, row: int, ctx: DraftContext) -> int:
         self._set(self.pending, row, [])

@@ -285,7 +285,7 @@ class EagleHead(nn.Module, Drafter):
         self.forwards, self.scoring_s = 0, 0.0
         self.session = setup.new_session(self.stepper, "head") if setup.new_session else ModelSession(self.stepper)
         self.session.drop_rows(0)
-        self.session.reserve_rows(setup.max_rows)
+        self.session.reserve_rows(setup.max_rows, setup.fixed_rows)
         self.pending: list[list[int]] = []  # per row: accepted tokens not yet fed
         self.pending_features: list[torch.Tensor] = []  # per row: target features of their predecessors (+ root's)
 

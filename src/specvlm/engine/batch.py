@@ -59,12 +59,13 @@ class DecodeBatch:
     `max_rows` at once. Not thread-safe: one thread owns a batch and its generator, and a generator runs one batch at
     a time (the batch decodes in the generator's sessions; a new batch, or a `generate` call, starts them afresh)."""
 
-    def __init__(self, gen, max_rows: int):
+    def __init__(self, gen, max_rows: int, fixed: bool = False):
+        """`fixed`: the rows all join before the first round and only leave (one `generate` call's batch)."""
         self.gen, self.max_rows = gen, max_rows
         self.tp = gen.target.tp_group  # tensor parallel: rank 0 decides (engine/distributed.py)
         self.target = gen.session(gen.target)
         self.target.drop_rows(0)
-        self.target.reserve_rows(max_rows)
+        self.target.reserve_rows(max_rows, fixed)
         self.rows: list[Row] = []
         self.vocab = gen.target.vocab_size
         self.device = gen.target.device
@@ -75,6 +76,7 @@ class DecodeBatch:
             tree=gen.tree,
             vocab_size=self.vocab,
             max_rows=max_rows,
+            fixed_rows=fixed,
             new_session=gen.session,
             target_session=self.target,
             view=gen.draft_view,

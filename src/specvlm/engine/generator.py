@@ -246,7 +246,7 @@ class SpeculativeGenerator:
     def _run_batch(self, request: BatchRequest) -> list[tuple]:
         """Every row of a batch: all join (each prefilled alone), then rounds until all have finished."""
         started = time.perf_counter()
-        batch = DecodeBatch(self, len(request.rows))
+        batch = DecodeBatch(self, len(request.rows), fixed=True)
         rows: list[Row] = [batch.add(one)[0] for one in request.rows]
         prefilled = time.perf_counter()
         while len(batch):
