@@ -3,6 +3,7 @@
 #   check    the lossless matrix and the bundled pairs in float32 and bfloat16 (gpu_check.py)
 #   preset   the 7B calibrated-agreement pair, one prompt, against HF eager and HF compiled static-cache generate
 #   batched  the same pair on batches of BATCHES prompts (bench_gpu_preset.py --batches)
+#   draft-kv one draft decode step with all vs 10 % of 8k-16k visual tokens in its cache, 3B and 7B (bench_draft_kv.py)
 # A step stopped by its limit keeps what it printed (both scripts print each result as it comes). Each step records
 # its table into docs/BENCHMARKS.md there, copied back as $OUT/BENCHMARKS.md (not in QUICK mode).
 #
@@ -14,21 +15,30 @@
 # ~230 s (205 outputs in 200 s); preset ~120 s (its compile 46 s); batched 8 did not end in the 220 s left to it
 # (it compiled a graph per row bucket as rows finished; a generate batch now keeps its starting bucket: 3 graphs more).
 # A session has 15 minutes of device time and one command at most 10: limits (seconds) and sizes can be set from the
-# environment: CHECK_S, PRESET_S, BATCHED_S, SHAPE, BATCHES, PROMPT_TOKENS.
+# environment: CHECK_S, PRESET_S, BATCHED_S, DRAFT_KV_S, SHAPE, BATCHES, PROMPT_TOKENS. The check passed once
+# (2026-12-04): a session short of time can run STEPS="preset batched draft-kv" in one call.
 # The device has the user's own torch and transformers, so nothing is installed: src/ is put on PYTHONPATH.
 set -u
 OUT=${OUT:?set OUT to the folder for logs and results}
 mkdir -p "$OUT"
 export PYTHONPATH="$PWD/src${PYTHONPATH:+:$PYTHONPATH}" PYTHONUNBUFFERED=1
 PY=${PY:-python3}
-STEPS=${STEPS:-check preset batched}
+STEPS=${STEPS:-check preset batched draft-kv}
 if [ -n "${QUICK:-}" ]; then
   CHECK_ARGS="--quick"; SHAPE=${SHAPE:-tiny}; PROMPT_TOKENS=${PROMPT_TOKENS:-256}; BATCHES=${BATCHES:-2}
-  PRESET_EXTRA="--max-new-tokens 16 --repeats 2"; RECORD=""
+  PRESET_EXTRA="--max-new-tokens 16 --repeats 2"; RECORD=""; DRAFT_KV_ARGS="--visual 512 --steps 2"
 else
   CHECK_ARGS=""; SHAPE=${SHAPE:-7b}; PROMPT_TOKENS=${PROMPT_TOKENS:-4096}; BATCHES=${BATCHES:-8}; PRESET_EXTRA=""
+  DRAFT_KV_ARGS=""
   RECORD="--record"
 fi
+
+for name in $STEPS; do  # a misspelt step is found before any runs
+  case $name in
+    check | preset | batched | draft-kv) ;;
+    *) echo "gpu_session.sh: unknown step $name (check, preset, batched, draft-kv)" >&2; exit 2 ;;
+  esac
+done
 
 step() {  # step NAME LIMIT COMMAND...: runs COMMAND under LIMIT seconds into $OUT/NAME.log, prints its end
   local name=$1 limit=$2 started rc
@@ -54,7 +64,7 @@ for name in $STEPS; do
     check) step check "${CHECK_S:-250}" "$PY" benchmarks/gpu_check.py $CHECK_ARGS --json "$OUT/check.json" $RECORD ;;
     preset) preset preset "${PRESET_S:-150}" 1 ;;
     batched) preset batched "${BATCHED_S:-300}" "$BATCHES" ;;
-    *) echo "gpu_session.sh: unknown step $name (check, preset, batched)" >&2; exit 2 ;;
+    draft-kv) step draft-kv "${DRAFT_KV_S:-120}" "$PY" benchmarks/bench_draft_kv.py $DRAFT_KV_ARGS $RECORD ;;
   esac
 done
 cp docs/BENCHMARKS.md "$OUT/BENCHMARKS.md"

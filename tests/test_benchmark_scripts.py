@@ -275,3 +275,23 @@ def test_eagle_benchmark_compares_eagle2_and_eagle3_heads(tmp_path, capsys):
     rows = [cells for cells in rows if len(cells) == len(bench_eagle.HEADERS) + 2]  # the results table's rows
     assert {cells[1].strip() for cells in rows} == {"none", "eagle3"}
     assert all(cells[12].strip() == "yes" for cells in rows)  # every output equal to target.generate
+
+
+def test_gpu_session_script_parses_and_refuses_an_unknown_step(tmp_path):
+    """benchmarks/gpu_session.sh runs where no test can (a GPU machine); here: bash reads it whole, and a misspelt
+    step is one line and exit 2 before any step runs."""
+    import subprocess
+    import sys
+
+    script = BENCHMARKS / "gpu_session.sh"
+    assert subprocess.run(["bash", "-n", str(script)]).returncode == 0
+    done = subprocess.run(
+        ["bash", str(script)],
+        env={"PATH": "/usr/bin:/bin", "OUT": str(tmp_path), "STEPS": "preset chek", "PY": sys.executable},
+        capture_output=True,
+        text=True,
+        cwd=BENCHMARKS.parent,
+    )
+    assert done.returncode == 2
+    assert done.stderr.strip() == "gpu_session.sh: unknown step chek (check, preset, batched, draft-kv)"
+    assert done.stdout == "" and not any(tmp_path.iterdir())
