@@ -16,9 +16,11 @@ speed depends on.
 Rows (interleaved repeats, median and range): HF eager `target.generate`, HF `generate(cache_implementation=
 "static")` (compiled by HF on CUDA), ours on the eager engine, ours on the fast engine compiled (CUDA graphs on
 CUDA). Per row: decode ms/token, wall, speedup against both HF rows, τ, and for ours the engine efficiency (share
-of decode time inside model forwards, from a separate run with per-forward timing). One-time costs (compilation)
-are reported apart. `--batches` adds batches of that many prompts (each its own video, same length): HF's batched
-eager and static-cache `generate` on the whole batch against our batched fast engine, generated tokens/s.
+of decode time inside model forwards, from a separate run with per-forward timing), and each output against HF
+eager's: identical, or a near-tie or a bug where it first differs (`specvlm.numerics.diagnose`: in bf16 even HF's
+own static cache can differ from HF eager). One-time costs (compilation) are reported apart. `--batches` adds
+batches of that many prompts (each its own video, same length): HF's batched eager and static-cache `generate` on
+the whole batch against our batched fast engine, generated tokens/s; without 1 in it, the batches alone.
 `--json OUT` writes everything; `--record` puts the tables in docs/BENCHMARKS.md.
 """
 
