@@ -15,6 +15,7 @@ from specvlm.adapters import adapter_for
 from specvlm.adapters.capture import AttentionCapture
 from specvlm.drafters.eagle import EagleHead
 from specvlm.drafters.eagle3 import Eagle3Head
+from specvlm.engine.distributed import leave_group_at_exit
 from specvlm.tiny import make_inputs
 
 
@@ -22,6 +23,7 @@ def main(root: Path, out: Path) -> None:
     results = {}
     for family in ("qwen2_5_vl", "llava_onevision"):
         target = AutoModelForImageTextToText.from_pretrained(root / family, dtype=torch.float32, tp_plan="auto")
+        leave_group_at_exit()  # as specvlm's loading does
         draft = AutoModelForImageTextToText.from_pretrained(root / f"{family}_draft", dtype=torch.float32)
         rank = dist.get_rank()
         adapter = adapter_for(target)

@@ -78,7 +78,11 @@ def load_model(name: str, dtype: str = "auto", device: str = "auto", tensor_para
         model = AutoModelForImageTextToText.from_pretrained(where, **kwargs)
     except (OSError, ValueError) as err:
         raise SpecVLMError(f"cannot load {name}: {str(err).splitlines()[0]}") from None
-    if device not in ("cpu", "cuda") and not tensor_parallel:
+    if tensor_parallel:
+        from .engine.distributed import leave_group_at_exit
+
+        leave_group_at_exit()
+    elif device not in ("cpu", "cuda"):
         model = model.to(device)
     return model.eval()
 

@@ -25,6 +25,28 @@ def _dist():
     return dist
 
 
+_LEAVING: list[bool] = []  # whether leave_group_at_exit has registered its handler
+
+
+def leave_group_at_exit() -> None:
+    """Destroy the default process group when the interpreter exits, while it is still whole (transformers creates
+    the group in `from_pretrained(tp_plan=...)` and never destroys it). A rank that exits with the group alive can
+    abort in C++ as Python finalizes: gloo's threads still hold work objects whose tensors need the GIL then
+    ("terminate called without an active exception", SIGABRT: pytorch#190489; seen in about one suite run in 20,
+    on either rank). Idempotent; a no-op at exit when no group is left."""
+    if _LEAVING:
+        return
+    import atexit
+
+    def leave() -> None:
+        dist = _dist()
+        if dist.is_available() and dist.is_initialized():
+            dist.destroy_process_group()
+
+    atexit.register(leave)
+    _LEAVING.append(True)
+
+
 def leader(group) -> int:
     """The global rank of the group's first member: the one that decides."""
     return _dist().get_global_rank(group, 0) if group is not None else 0
