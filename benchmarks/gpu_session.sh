@@ -12,7 +12,8 @@
 #   OUT=/tmp/gpu STEPS="preset batched" bash benchmarks/gpu_session.sh  # some steps
 #
 # Durations on one H200 (2026-12-04, BENCHMARKS `lossless-check-cuda`, `gpu-preset-7b`): machine start ~30 s; check
-# ~230 s (205 outputs in 200 s); preset ~120 s (its compile 46 s); batched 8 did not end in the 220 s left to it
+# ~230 s (205 outputs in 200 s); preset ~120 s (an estimate from its rows: the log has no times; its compile 46 s);
+# batched 8 did not end in the ~220 s left to it
 # (it compiled a graph per row bucket as rows finished; a generate batch now keeps its starting bucket: 3 graphs more).
 # A session has 15 minutes of device time and one command at most 10: limits (seconds) and sizes can be set from the
 # environment: CHECK_S, PRESET_S, BATCHED_S, DRAFT_KV_S, SHAPE, BATCHES, PROMPT_TOKENS. The check passed once
