@@ -2,7 +2,9 @@
 transformers' TP plan and decodes every case; rank r writes OUT/rank{r}.json with the tokens, and the attention
 scores its capture gives for one prompt (summed over the ranks' heads)."""
 
+import atexit
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -66,3 +68,5 @@ def main(root: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]))
+    atexit._run_exitfuncs()  # destroys the process group (leave_group_at_exit); then no finalization, as the CLI's
+    os._exit(0)  # ranks end (cli._end_a_rank: it could abort a rank in C++ after its last Python frame)
