@@ -2,7 +2,6 @@
 transformers' TP plan and decodes every case; rank r writes OUT/rank{r}.json with the tokens, and the attention
 scores its capture gives for one prompt (summed over the ranks' heads)."""
 
-import atexit
 import json
 import os
 import sys
@@ -17,7 +16,7 @@ from specvlm.adapters import adapter_for
 from specvlm.adapters.capture import AttentionCapture
 from specvlm.drafters.eagle import EagleHead
 from specvlm.drafters.eagle3 import Eagle3Head
-from specvlm.engine.distributed import leave_group_at_exit
+from specvlm.engine.distributed import leave_group, leave_group_at_exit
 from specvlm.tiny import make_inputs
 
 
@@ -68,5 +67,6 @@ def main(root: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]))
-    atexit._run_exitfuncs()  # destroys the process group (leave_group_at_exit); then no finalization, as the CLI's
-    os._exit(0)  # ranks end (cli._end_a_rank: it could abort a rank in C++ after its last Python frame)
+    leave_group()  # then no finalization, as the CLI's ranks end (cli._end_a_rank: it could abort a rank in C++)
+    sys.stdout.flush()
+    os._exit(0)

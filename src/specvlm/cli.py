@@ -130,20 +130,18 @@ def run() -> None:
 
 
 def _end_a_rank(code: int) -> None:
-    """A rank of a split target ends here, without Python's finalization: once its exit handlers have run (which
-    destroy the process group: `engine.distributed.leave_group_at_exit`), os._exit. At finalization a rank could
+    """A rank of a split target ends here, without Python's finalization: its process group destroyed
+    (`engine.distributed.leave_group`) and its logs and output flushed, os._exit. At finalization a rank could
     still abort in C++ ("terminate called without an active exception", SIGABRT, after its last Python frame: about
     1 run in 36 of `generate --tensor-parallel 2` under load, with or without the group destroyed), failing a job
     whose answer was already out. Returns (nothing done) when this process holds no process group."""
-    import atexit
+    import logging
 
-    import torch.distributed as dist
+    from .engine.distributed import leave_group
 
-    if not (dist.is_available() and dist.is_initialized()):
+    if not leave_group():
         return
-    sys.stdout.flush()
-    sys.stderr.flush()
-    atexit._run_exitfuncs()
+    logging.shutdown()
     sys.stdout.flush()
     sys.stderr.flush()
     os._exit(code)

@@ -38,13 +38,17 @@ def leave_group_at_exit() -> None:
         return
     import atexit
 
-    def leave() -> None:
-        dist = _dist()
-        if dist.is_available() and dist.is_initialized():
-            dist.destroy_process_group()
-
-    atexit.register(leave)
+    atexit.register(leave_group)
     _LEAVING.append(True)
+
+
+def leave_group() -> bool:
+    """Destroys the default process group if this process holds one; whether it did."""
+    dist = _dist()
+    if not (dist.is_available() and dist.is_initialized()):
+        return False
+    dist.destroy_process_group()
+    return True
 
 
 def leader(group) -> int:
