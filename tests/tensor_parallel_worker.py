@@ -3,7 +3,6 @@ transformers' TP plan and decodes every case; rank r writes OUT/rank{r}.json wit
 scores its capture gives for one prompt (summed over the ranks' heads)."""
 
 import json
-import os
 import sys
 from pathlib import Path
 
@@ -14,9 +13,9 @@ from transformers import AutoModelForImageTextToText
 from specvlm import SpeculativeGenerator
 from specvlm.adapters import adapter_for
 from specvlm.adapters.capture import AttentionCapture
+from specvlm.cli import _end_a_rank
 from specvlm.drafters.eagle import EagleHead
 from specvlm.drafters.eagle3 import Eagle3Head
-from specvlm.engine.distributed import leave_group, leave_group_at_exit
 from specvlm.tiny import make_inputs
 
 
@@ -24,7 +23,6 @@ def main(root: Path, out: Path) -> None:
     results = {}
     for family in ("qwen2_5_vl", "llava_onevision"):
         target = AutoModelForImageTextToText.from_pretrained(root / family, dtype=torch.float32, tp_plan="auto")
-        leave_group_at_exit()  # as specvlm's loading does
         draft = AutoModelForImageTextToText.from_pretrained(root / f"{family}_draft", dtype=torch.float32)
         rank = dist.get_rank()
         adapter = adapter_for(target)
@@ -67,6 +65,4 @@ def main(root: Path, out: Path) -> None:
 
 if __name__ == "__main__":
     main(Path(sys.argv[1]), Path(sys.argv[2]))
-    leave_group()  # then no finalization, as the CLI's ranks end (cli._end_a_rank: it could abort a rank in C++)
-    sys.stdout.flush()
-    os._exit(0)
+    _end_a_rank(0)  # as the CLI's ranks end: the group destroyed, no finalization (it could abort a rank in C++)

@@ -15,6 +15,7 @@ then feeds the target identical inputs, which the collective forward requires, a
 from __future__ import annotations
 
 import dataclasses
+import functools
 
 import torch
 
@@ -25,21 +26,16 @@ def _dist():
     return dist
 
 
-_LEAVING: list[bool] = []  # whether leave_group_at_exit has registered its handler
-
-
+@functools.cache  # once per process
 def leave_group_at_exit() -> None:
     """Destroy the default process group when the interpreter exits, while it is still whole (transformers creates
     the group in `from_pretrained(tp_plan=...)` and never destroys it). A rank that exits with the group alive can
     abort in C++ as Python finalizes: gloo's threads still hold work objects whose tensors need the GIL then
     ("terminate called without an active exception", SIGABRT: pytorch#190489; seen in about one suite run in 20,
-    on either rank). Idempotent; a no-op at exit when no group is left."""
-    if _LEAVING:
-        return
+    on either rank). A no-op at exit when no group is left."""
     import atexit
 
     atexit.register(leave_group)
-    _LEAVING.append(True)
 
 
 def leave_group() -> bool:
