@@ -199,6 +199,12 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
     more = ["--large-steps", "0", "--steps", "1", "--text-steps", "1", "--align", "caption", "--mix", "0.5"]
     body = testbed_reads_video.main([*argv, *more, "--ball", "medium"])
     assert "| text | 1 |" in body and "| medium balls | 1 |" in body and "large" not in body
+    argv[1] = str(tmp_path / "dense")
+    more = ["--large-steps", "0", "--dense-steps", "1", "--dense-mix", "0.5", "--steps", "1", "--layout", "shared"]
+    body = testbed_reads_video.main(
+        [*argv, *more, "--kinds", "colors,count", "--eval-questions", "2", "--init-seed", "1"]
+    )
+    assert "| dense small balls (keep 0.1) | 1 |" in body and "| small balls | 1 |" in body and "count" in body
 
 
 @pytest.mark.slow

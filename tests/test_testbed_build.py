@@ -195,6 +195,68 @@ def test_single_turn_batches_are_the_mean_of_their_conversations(mini_build, fam
         torch.testing.assert_close(both, (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-6)
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_shared_video_rows_are_their_one_turn_conversations(mini_build, family):
+    """`Formatter.shared` holds the video once and each turn after it: every turn's loss is the one of its own
+    one-turn conversation (`example_loss(shared_video=True)` equals the padded batch of them, with and without a
+    teacher), and the sequence is shorter than the batch by all but one copy of the prompt through the video."""
+    from specvlm.adapters import adapter_for
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.recipe import make_model
+    from specvlm.testbed.train import Formatter, example_loss, load_clips
+
+    out, _ = mini_build
+    processor = load_processor(out / "models" / family / "target")
+    fmt = Formatter(processor)
+    clip = load_clips(out / "world", "train", processor, MINI.num_frames, limit=1, pixel_dtype=torch.float32)[0]
+    model, teacher = make_model(MINI, family, "target", seed=4).eval(), make_model(MINI, family, "draft", 5).eval()
+    order = [3, 0, len(clip.turns) - 1, 1]
+    for kw in ({}, {"teacher": teacher, "distill": 0.8}):
+        batch = example_loss(model, fmt, clip, order, autocast=False, single_turns=True, **kw)
+        shared = example_loss(model, fmt, clip, order, autocast=False, single_turns=True, shared_video=True, **kw)
+        torch.testing.assert_close(shared, batch, rtol=1e-5, atol=1e-6)
+    rows = [fmt.example(clip, [k]) for k in order]
+    inputs, target, _ = fmt.shared(clip, rows, adapter_for(model))
+    assert inputs["input_ids"].shape[1] == target.shape[1] < sum(len(r[0]) for r in rows) - 3 * clip.n_visual
+    assert int((target != -100).sum()) == sum(sum(1 for x in r[1] if x != -100) for r in rows)
+    with pytest.raises(ValueError, match="no prompt prefix through the video"):
+        fmt.shared(clip, [fmt.example(clip, [k], video=False) for k in order], adapter_for(model))
+
+
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_shared_video_keeps_only_the_visual_tokens_asked(mini_build, family):
+    """`Formatter.shared(keep=...)` gives every kept token the logits it has in the whole sequence when the dropped
+    visual tokens are masked out instead (same positions, nothing attends to them); keeping all is the whole."""
+    from specvlm.adapters import adapter_for
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.recipe import make_model
+    from specvlm.testbed.train import Formatter, load_clips
+
+    out, _ = mini_build
+    processor = load_processor(out / "models" / family / "target")
+    fmt = Formatter(processor)
+    clip = load_clips(out / "world", "train", processor, MINI.num_frames, limit=1, pixel_dtype=torch.float32)[0]
+    model = make_model(MINI, family, "target", seed=4).eval()
+    adapter = adapter_for(model)
+    rows = [fmt.example(clip, [k]) for k in (2, 0, 1)]
+    whole, target, _ = fmt.shared(clip, rows, adapter)
+    with torch.no_grad():
+        logits = model(**whole).logits
+        all_kept, all_target, _ = fmt.shared(clip, rows, adapter, keep=torch.arange(clip.n_visual))
+        torch.testing.assert_close(model(**all_kept).logits, logits, rtol=1e-4, atol=1e-5)
+        assert torch.equal(all_target, target)
+        keep = torch.arange(0, clip.n_visual, 3)
+        some, some_target, _ = fmt.shared(clip, rows, adapter, keep=keep)
+        visual = (whole["input_ids"][0] == fmt.video_id).nonzero().flatten()
+        dropped = visual[torch.ones(clip.n_visual, dtype=torch.bool).index_fill_(0, keep, False)]
+        masked = dict(whole, attention_mask=whole["attention_mask"].clone())
+        masked["attention_mask"][..., dropped] = torch.finfo(torch.float32).min
+        rows_kept = torch.ones(whole["input_ids"].shape[1], dtype=torch.bool).index_fill_(0, dropped, False)
+        assert some["inputs_embeds"].shape[1] == int(rows_kept.sum()) == some_target.shape[1]
+        torch.testing.assert_close(model(**some).logits, model(**masked).logits[:, rows_kept], rtol=1e-4, atol=1e-5)
+        assert torch.equal(some_target, target[:, rows_kept])
+
+
 def test_video_gap_is_zero_when_the_other_video_is_the_same(mini_build):
     """`validation_loss(another_video=True)` scores each clip's answers with the next clip's video: with a single
     clip that is its own (the gap is exactly 0), with two it is another and the loss changes; as packs and as
@@ -314,6 +376,53 @@ def test_curriculum_orders_the_turns(mini_build, monkeypatch):
     alone, unmixed, mixed = drawn[:20], drawn[20:40], drawn[40:]
     assert alone == unmixed and not any(i.startswith("other-") for i in alone)
     assert 5 <= sum(i.startswith("other-") for i in mixed) <= 15
+
+    # dense steps: the first `dense_steps` video steps keep only some visual tokens, then `dense_mix` of the others
+    kept = []
+    monkeypatch.setattr(
+        train_module,
+        "example_loss",
+        lambda model, fmt, clip, order, autocast, keep=None, **kw: (
+            kept.append(keep is not None) or spy(model, fmt, clip, order, autocast)
+        ),
+    )
+    dense = dict(turns_per_step=2, shared_video=True, dense_steps=3)
+    train_module.train(model, clips, fmt, steps=8, lr=1e-3, seed=0, text_steps=1, **dense)
+    assert kept == [False, True, True, True, False, False, False, False]
+    kept.clear()
+    train_module.train(model, clips, fmt, steps=40, lr=1e-3, seed=0, **dict(dense, dense_steps=0), dense_mix=0.5)
+    assert 10 <= sum(kept) <= 30
+    with pytest.raises(ValueError, match="shared_video"):
+        train_module.train(model, clips, fmt, steps=2, lr=1e-3, seed=0, dense_steps=1)
+
+
+def test_a_build_with_shared_video_and_dense_steps(tmp_path):
+    """The recipe's knobs reach the build: one-turn batches holding the video once, the first half of the video
+    steps dense and half the rest; the pair it saves speculates losslessly."""
+    recipe = replace(MINI, turns_per_step=3, shared_video=True, dense_share=0.5, dense_mix=0.5)
+    report = build_testbed(
+        tmp_path, minutes=1, seed=0, families=("qwen2_5_vl",), recipe=recipe, progress=False, threads=1
+    )
+    assert report["recipe"]["dense_share"] == 0.5 and report["recipe"]["shared_video"]
+    metrics = json.loads((tmp_path / "models" / "qwen2_5_vl" / "target" / "metrics.json").read_text())
+    assert metrics["pair"]["static_tree"]["equal_to_target"]
+
+
+def test_dense_visual_keeps_every_ball_token_and_a_share_of_the_rest():
+    import numpy as np
+
+    from specvlm.testbed.train import Clip, dense_visual
+
+    labels = torch.zeros(1000, 3, dtype=torch.long)
+    balls = torch.tensor([3, 4, 500, 999])
+    labels[balls, 0] = torch.tensor([1, 2, 1, 5])
+    clip = Clip("c", "", {}, 1000, [], labels)
+    rng = np.random.default_rng(0)
+    assert torch.equal(dense_visual(clip, 0.0, rng), balls)
+    assert torch.equal(dense_visual(clip, 1.0, rng), torch.arange(1000))
+    some = dense_visual(clip, 0.1, rng)
+    assert torch.equal(some, some.sort().values) and set(balls.tolist()) <= set(some.tolist())
+    assert 60 <= len(some) - 4 <= 140
 
 
 @contextlib.contextmanager

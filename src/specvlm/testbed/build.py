@@ -352,6 +352,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 distill=recipe.distill,
                 freeze_vision=recipe.freeze_vision,
                 turns_per_step=recipe.turns_per_step,
+                shared_video=recipe.shared_video,
                 deadline=t1 + share,
             )
             warm_up = None
@@ -375,6 +376,9 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 text + video - large,
                 text_steps=text,
                 question_steps=int(recipe.question_share * (video - large)),
+                dense_steps=int(recipe.dense_share * (video - large)),
+                dense_keep=recipe.dense_keep,
+                dense_mix=recipe.dense_mix,
                 kinds=tuple(recipe.video_kinds),
                 mixed_in=large_clips if large else None,
                 mix=recipe.large_ball_mix,

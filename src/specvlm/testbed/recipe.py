@@ -82,6 +82,15 @@ class Recipe:
     # drawn at random) instead of one pack of all 17 turns, where every later answer can be read off the earlier
     # ones (the caption tells them all) and the video need not be read
     turns_per_step: int = 0
+    # with `turns_per_step`: the step's one-turn conversations as one sequence that holds the video once, each turn
+    # after it seeing the video and itself only (train.Formatter.shared): the same losses at about one turn's cost
+    shared_video: bool = False
+    # with `shared_video`: the first `dense_share` of the video steps see only the visual tokens a ball covers and
+    # `dense_keep` of the others (train.dense_visual), and `dense_mix` of the later ones do: the information made
+    # dense without a second world (docs/DESIGN.md, Testbed: started the reading at 8 frames in 1 run of 5)
+    dense_share: float = 0.0
+    dense_keep: float = 0.1
+    dense_mix: float = 0.0
     lr: dict = field(default_factory=lambda: {"target": 2e-3, "draft": 2e-3})
     probe_weight: float = 1.0  # the visual-token probe's loss (probe.py) next to the answer loss
     distill: float = 0.8  # drafts: answer-token loss = 0.2 cross-entropy + 0.8 KL(target || draft)

@@ -23,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
+from ..adapters.attention import additive_mask
 from ..inputs import build_inputs, load_video, render_prompt, sampler
 from .language import is_correct
 from .probe import VisualProbe, token_grid, visual_labels
@@ -122,6 +123,66 @@ class Formatter:
             for k, v in float_pixels(clip.visual).items():
                 out[k] = torch.cat([v] * len(rows))  # Qwen: (patches, dim) and (1, 3) per video; OV: (1, T, C, H, W)
         return out, padded([labels for _, labels, _ in rows], -100), padded([w for _, _, w in rows], 0.0)
+
+    def shared(
+        self, clip: Clip, rows: list, adapter, keep: torch.Tensor | None = None
+    ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """One-turn `example` rows of one clip as one sequence that holds their common prompt prefix (through the
+        video) once, then each row's rest (its question and answer) one after another; a 4-D mask lets each rest
+        see the prefix and itself only, and its positions continue from the prefix as in its own conversation. So
+        every row's logits are those of its conversation alone, and the video passes through the language model
+        once for all of them instead of once per row. Returns (model inputs, targets (1, L), weights (1, L)):
+        position t's next token within its own part (-100 at each part's end), and its loss weight.
+        `keep`: only these visual tokens (indices among the clip's, in order) are in the sequence, each with its
+        own position (as a pruned draft sees them); the inputs are then embeddings (the visual rows from the
+        adapter's `visual_features`) instead of ids and pixels."""
+        if len(rows) == 1 and keep is None:
+            inputs, labels, weights = self.batch(clip, rows)
+            return inputs, labels[:, 1:], weights[:, 1:]
+        first = rows[0][0]
+        last_visual = max((i for i, t in enumerate(first) if t == self.video_id), default=len(first))
+        prefix = min(len(ids) for ids, _, _ in rows) if len(rows) > 1 else last_visual + 1
+        for ids, _, _ in rows[1:]:
+            prefix = next((i for i, (a, b) in enumerate(zip(first[:prefix], ids)) if a != b), prefix)
+        if prefix <= last_visual or any(labels[prefix] != -100 for _, labels, _ in rows):
+            raise ValueError(f"clip {clip.id}: its rows share no prompt prefix through the video")
+        ids, targets, weights = list(first[:prefix]), list(rows[0][1][1:prefix]) + [-100], [0.0] * prefix
+        part = [-1] * prefix  # which row each token belongs to; -1: the shared prefix
+        for n, (row_ids, labels, row_weights) in enumerate(rows):
+            ids += row_ids[prefix:]
+            targets += list(labels[prefix + 1 :]) + [-100]
+            weights += list(row_weights[prefix + 1 :]) + [0.0]
+            part += [n] * (len(row_ids) - prefix)
+        inputs = self.batch(clip, [(ids[:prefix], [], [])])[0]
+        positions, following = adapter.prompt_positions(inputs, inputs["input_ids"])
+        rests = [adapter.positions(torch.arange(len(r[0]) - prefix) + following) for r in rows]
+        inputs = self.batch(clip, [(ids, [], [])])[0]
+        part_of = torch.tensor(part)
+        causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+        visible = causal & ((part_of[None, :] == -1) | (part_of[None, :] == part_of[:, None]))  # (L, L)
+        positions = torch.cat([positions.to(adapter.device), *rests], dim=-1)
+        targets, weights = torch.tensor([targets]), torch.tensor([weights])
+        if keep is None:
+            inputs["attention_mask"] = additive_mask(visible, 0, torch.float32, adapter.device)
+            inputs["position_ids"] = positions
+            return inputs, targets, weights
+        # the dropped visual tokens are prompt rows: no target names them, and the text after them stays
+        visual = (inputs["input_ids"][0] == self.video_id).nonzero().flatten()
+        dropped = torch.ones(visual.numel(), dtype=torch.bool)
+        dropped[keep.cpu()] = False
+        rows_kept = torch.ones(len(ids), dtype=torch.bool)
+        rows_kept[visual[dropped]] = False
+        embeds = adapter.merge(inputs["input_ids"], adapter.visual_features(inputs))
+        kept = rows_kept.to(adapter.device)
+        return (
+            {
+                "inputs_embeds": embeds[:, kept],
+                "attention_mask": additive_mask(visible[rows_kept][:, rows_kept], 0, torch.float32, adapter.device),
+                "position_ids": positions[..., kept],
+            },
+            targets[:, rows_kept],
+            weights[:, rows_kept],
+        )
 
 
 def load_clips(
@@ -282,6 +343,16 @@ def mixed_stream(clips: list[Clip], mixed_in: list[Clip] | None, mix: float, rng
         yield next(extra if rng.random() < mix else stream)
 
 
+def dense_visual(clip: Clip, share: float, rng: np.random.Generator) -> torch.Tensor:
+    """The indices of the clip's visual tokens a ball covers (the probe's colour label is set) and of a random
+    `share` of the others, in order: the clip's information at a density a from-scratch model finds
+    (`Recipe.dense_share`), each ball's token as it looks in the whole video."""
+    ball = clip.labels[:, 0] > 0
+    others = (~ball).nonzero().flatten()
+    chosen = torch.from_numpy(rng.random(others.numel()) < share)
+    return torch.cat([ball.nonzero().flatten(), others[chosen]]).sort().values
+
+
 def lr_at(step: int, steps: int, peak: float, warmup: float) -> float:
     """Linear warmup, then cosine decay to 10% of the peak."""
     w = max(1, int(steps * warmup))
@@ -304,25 +375,34 @@ def example_loss(
     distill: float = 0.0,
     parts: dict | None = None,
     single_turns: bool = False,
+    shared_video: bool = False,
+    keep: torch.Tensor | None = None,
 ) -> torch.Tensor:
     """The weighted answer loss of one packed example (`Formatter.example`), plus `probe_weight` x the probe's
     loss on the visual tokens' embeddings, and with a `teacher`, each answer token's loss mixed as
     (1 - distill) x cross-entropy + distill x KL(teacher || model) on the teacher's logits for the same ids.
     `single_turns`: each turn of `order` is its own one-turn conversation instead, all in one batch, and the loss
-    is their mean (no answer can be read off another turn's answer). `parts`, when given, receives the probe's
-    unweighted loss under "probe"."""
+    is their mean (no answer can be read off another turn's answer); with `shared_video` too, they are computed as
+    one sequence that holds the video once (`Formatter.shared`: the same losses, the video's cost paid once), and
+    `keep` (indices among the visual tokens) leaves the others out of it.
+    `parts`, when given, receives the probe's unweighted loss under "probe"."""
     rows = [fmt.example(clip, [k], video) for k in order] if single_turns else [fmt.example(clip, order, video)]
-    inputs, labels, weights = fmt.batch(clip, rows, video)  # (B, L) each
-    use_probe = probe is not None and probe_weight > 0 and video and clip.labels is not None
+    if shared_video and single_turns and video:
+        from ..adapters import adapter_for
+
+        inputs, target, weights = fmt.shared(clip, rows, adapter_for(model), keep)  # (1, L) each
+    else:
+        inputs, labels, weights = fmt.batch(clip, rows, video)  # (B, L) each
+        target, weights = labels[:, 1:], weights[:, 1:]
+    use_probe = probe is not None and probe_weight > 0 and video and clip.labels is not None and keep is None
     # no autocast cache: it holds bf16 copies of the weights until the *outermost* autocast region exits, and the
     # build runs inside its own (build_arithmetic), so with the cache every step reused the first step's copies
     with torch.autocast("cpu", dtype=torch.bfloat16, enabled=autocast, cache_enabled=False):
         out = model(**inputs, output_hidden_states=use_probe)
         if teacher is not None:
             with torch.no_grad():
-                teacher_logits = teacher(**inputs).logits[:, :-1].float()
-    logits = out.logits[:, :-1].float()  # (B, L - 1, vocab)
-    target = labels[:, 1:]
+                teacher_logits = teacher(**inputs).logits[:, : target.shape[1]].float()
+    logits = out.logits[:, : target.shape[1]].float()  # (B, T, vocab): the positions `target` holds
     per_token = torch.nn.functional.cross_entropy(
         logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
     )  # (B, L - 1)
@@ -330,7 +410,7 @@ def example_loss(
         log_p = torch.log_softmax(teacher_logits, -1)
         kl = (log_p.exp() * (log_p - torch.log_softmax(logits, -1))).sum(-1)  # (B, L - 1) forward KL per position
         per_token = (1 - distill) * per_token + distill * kl * (target != -100)
-    loss = (per_token * weights[:, 1:]).sum() / len(rows)
+    loss = (per_token * weights).sum() / len(rows)
     if use_probe:
         embeds = out.hidden_states[0][0, inputs["input_ids"][0] == fmt.video_id]  # (n_visual, hidden): row 0's
         probe_loss = probe.loss(embeds, clip.labels)
@@ -357,6 +437,10 @@ def train(
     distill: float = 0.0,
     freeze_vision: bool = False,
     turns_per_step: int = 0,
+    shared_video: bool = False,
+    dense_steps: int = 0,
+    dense_keep: float = 0.1,
+    dense_mix: float = 0.0,
     kinds: tuple = (),
     mixed_in: list[Clip] | None = None,
     mix: float = 0.0,
@@ -371,7 +455,10 @@ def train(
     one), a `teacher` distils its logits (`example_loss`). `freeze_vision`: the vision tower and projector keep
     their weights (no gradient flows into them; the probe, which only they feed, is then off).
     `turns_per_step` > 0: each step trains that many one-turn conversations of its clip as a batch (the caption,
-    when the step's turns include it, and questions drawn at random) instead of one pack of all its turns.
+    when the step's turns include it, and questions drawn at random) instead of one pack of all its turns;
+    `shared_video`: those conversations hold the video once (`Formatter.shared`), so it costs about one of them.
+    `dense_steps`: the first video steps see only the ball tokens and `dense_keep` of the others
+    (`dense_visual`), and after them each step does with probability `dense_mix` (needs `shared_video`).
     `kinds`: only the turns of these kinds ("caption", "colors", ...; clips without one are skipped).
     `mixed_in`: clips a step trains on instead of one of `clips` with probability `mix` (`Recipe.large_ball_mix`).
     Stops early only if the wall clock passes `deadline` (then the run is not reproducible; reported)."""
@@ -380,6 +467,8 @@ def train(
         mixed_in = [c for c in (_only_kinds(c, kinds) for c in mixed_in or []) if c.turns]
     if freeze_vision:
         probe_weight = 0.0
+    if (dense_steps or dense_mix) and not (shared_video and turns_per_step):
+        raise ValueError("dense steps need one-turn conversations holding the video once (shared_video)")
     # callers (tests) may have switched autograd off globally
     with torch.enable_grad(), _frozen(p for _, p in vision_parameters(model) if freeze_vision):
         rng = np.random.default_rng(seed)
@@ -411,6 +500,9 @@ def train(
                 turns = [k for k in turns if clip.turns[k][2] is not None]
             if turns_per_step:  # the caption (if it is among them) and questions drawn at random, one turn each
                 turns = sorted(turns, key=lambda k: clip.turns[k][2] is not None)[:turns_per_step]
+            keep = None
+            if step >= text_steps and (step < text_steps + dense_steps or (dense_mix and rng.random() < dense_mix)):
+                keep = dense_visual(clip, dense_keep, rng)
             parts: dict = {}
             loss = example_loss(
                 model,
@@ -425,6 +517,8 @@ def train(
                 distill=distill,
                 parts=parts,
                 single_turns=bool(turns_per_step),
+                shared_video=shared_video,
+                keep=keep,
             )
             loss.backward()
             torch.nn.utils.clip_grad_norm_([p for _, p in params], 1.0)
@@ -480,7 +574,10 @@ def validation_loss(
     """Mean per-answer-token cross-entropy, each clip's turns in their stored order (caption first) as one pack, or
     with `single_turns` each as its own one-turn conversation (how models trained with `turns_per_step` are asked).
     With `another_video`, each clip's conversations are scored with the next clip's video instead (same token
-    count): the difference to its own video's loss is what reading the video buys; zero means the model ignores it."""
+    count): the difference to its own video's loss is what reading the video buys; zero means the model ignores it.
+    The one-turn conversations are computed as one sequence holding the video once (`Formatter.shared`)."""
+    from ..adapters import adapter_for
+
     total, count = 0.0, 0
     for i, clip in enumerate(clips):
         order = range(len(clip.turns))
@@ -488,9 +585,8 @@ def validation_loss(
         shown = clips[(i + 1) % len(clips)] if another_video else clip
         if shown.n_visual != clip.n_visual:
             raise ValueError(f"clips {clip.id} and {shown.id} have different visual token counts")
-        inputs, labels, _ = fmt.batch(replace(clip, visual=shown.visual), rows)
-        logits = model(**inputs).logits[:, :-1].float()  # (B, L - 1, vocab)
-        target = labels[:, 1:]
+        inputs, target, _ = fmt.shared(replace(clip, visual=shown.visual), rows, adapter_for(model))
+        logits = model(**inputs).logits[:, : target.shape[1]].float()  # (1, T, vocab)
         total += float(
             torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum")
         )
