@@ -99,7 +99,7 @@ def accuracy_text(accuracy: dict) -> str:
 
 
 def train_language(
-    model, fmt, clips, val, steps, args, stage, rows, mixed_in=None, text=False, dense: float = 0.0
+    model, fmt, clips, val, steps, args, stage, rows, mixed_in=None, text=False, dense: float = 0.0, lr=None
 ) -> None:
     """AdamW on the language model (the vision side frozen), one clip a step; a row every `args.every` steps
     (no validation when `val` is empty). `mixed_in`: clips of which a step draws one instead with probability
@@ -107,23 +107,28 @@ def train_language(
     `args.layout`: "pack", the clip's turns as one multi-turn chat in a random order, each answer token weighing
     the same; "shared", each turn its own one-turn conversation, the video held once (`Formatter.shared`), the
     loss the mean of theirs (`example_loss`). `dense`: the share of steps that see only the ball tokens and
-    `args.dense_keep` of the others (`train.dense_visual`; layout "shared")."""
+    `args.dense_keep` of the others (`train.dense_visual`; layout "shared"). `lr`: the stage's peak (default
+    `args.lr`): each stage warms up to it and decays to a tenth of it."""
     from specvlm.testbed.train import dense_visual, example_loss, lr_at, mixed_stream
 
     params = [
         p for n, p in model.named_parameters() if "visual" not in n and "vision" not in n and "projector" not in n
     ]
-    opt = torch.optim.AdamW(params, lr=args.lr, betas=(0.9, 0.98), weight_decay=0.0)
+    peak = lr or args.lr
+    opt = torch.optim.AdamW(params, lr=peak, betas=(0.9, 0.98), weight_decay=0.0)
     rng = np.random.default_rng(args.seed if args.init_seed is None else [args.seed, args.init_seed])
     stream, losses, start = mixed_stream(clips, mixed_in, args.mix, rng), [], time.perf_counter()
     model.train()
     with torch.enable_grad():
         for step in range(steps):
             for group in opt.param_groups:
-                group["lr"] = lr_at(step, steps, args.lr, 0.05)
+                group["lr"] = lr_at(step, steps, peak, 0.05)
             clip = next(stream)
             order = range(len(clip.turns)) if text else [int(k) for k in rng.permutation(len(clip.turns))]
             keep = dense_visual(clip, args.dense_keep, rng) if dense and rng.random() < dense else None
+            if keep is not None and args.dense_kinds:  # a dense step asks the dense kinds only, where the clip has any
+                asked = [k for k in order if clip.turns[k][3] in args.dense_kinds.split(",")]
+                order, keep = (asked, keep) if asked else (order, None)
             if args.layout == "shared" and not text:
                 loss = example_loss(
                     model, fmt, clip, order, autocast=False, single_turns=True, shared_video=True, keep=keep
@@ -186,7 +191,9 @@ def main(argv=None) -> str:
         help="first, steps on the small-ball world that keep only the ball tokens and --dense-keep of the others",
     )
     ap.add_argument("--dense-keep", type=float, default=0.1, help="share of the ball-free tokens a dense step keeps")
-    ap.add_argument("--dense-kinds", default="", help="question kinds of the dense steps (default: --kinds)")
+    ap.add_argument(
+        "--dense-kinds", default="", help="question kinds of the dense steps, later ones too (default: --kinds)"
+    )
     ap.add_argument("--dense-mix", type=float, default=0.0, help="share of the later small-ball steps that are dense")
     ap.add_argument("--ball", default="small", help="the world's ball size (world.SIZES: small, medium)")
     ap.add_argument("--mix", type=float, default=0.0, help="share of the small-ball steps drawn from the large balls")
@@ -212,6 +219,7 @@ def main(argv=None) -> str:
     ap.add_argument("--eval-questions", type=int, default=1, help="questions scored per validation clip (its first)")
     ap.add_argument("--val-clips", type=int, default=0, help="validation clips scored (0: all)")
     ap.add_argument("--lr", type=float, default=2e-3)
+    ap.add_argument("--last-lr", type=float, default=None, help="the peak of the last stage (--steps; default --lr)")
     ap.add_argument("--every", type=int, default=100)
     ap.add_argument("--seed", type=int, default=0, help="the worlds' seed (and, without --init-seed, the steps')")
     ap.add_argument("--init-seed", type=int, default=None, help="another model and step order in the same worlds")
@@ -312,6 +320,7 @@ def main(argv=None) -> str:
         rows,
         mixed_in,
         dense=args.dense_mix,
+        lr=args.last_lr,
     )
     body = (
         f"{args.family} target, {args.frames} frames ({val[0].n_visual} visual tokens), questions {args.kinds} "

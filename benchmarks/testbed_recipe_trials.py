@@ -51,19 +51,6 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         dict(COLOUR_WARM_UP, video_kinds=("colors",), large_ball_mix=0.5),
         "v7 with the large balls kept on: 'which colours' only, half the later steps on large balls",
     ),
-    "d1": (
-        dict(
-            FROZEN_NO_TEXT,
-            vision_steps={"target": 300, "draft": 300},
-            turns_per_step=17,
-            shared_video=True,
-            large_ball_share=0.0,
-            dense_share=0.5,
-            dense_mix=0.5,
-        ),
-        "v1 with 300 vision steps (the probe's colour ~97 %), every turn of a clip a step, holding the video once, "
-        "no large balls: the first half of the video steps dense (ball tokens + 10 % of the rest), then half of them",
-    ),
 }
 
 
