@@ -5,7 +5,7 @@ large-ball warm-up and mix (issue 23, docs/DESIGN.md Testbed):
         [--mix 0.5] [--ball small|medium] [--text-steps 600] [--align none|answer|caption]
         [--kinds colors,color,region,count,direction,order] [--layout pack|shared] [--eval-questions 5]
         [--warm-frames 2] [--dense-steps 400 --dense-keep 0.1 --dense-mix 0.5 --dense-kinds colors]
-        [--vision-steps 300] [--init-seed 1] [--val-clips 60]
+        [--dense-mix-kinds colors] [--last-lr 5e-4] [--vision-steps 300] [--init-seed 1] [--val-clips 60]
 
 One family's target, its vision tower and projector first trained on the visual-token probe (`pretrain_vision`)
 and then frozen; then the language model alone on one question kind ("which colours do the balls have", answers
@@ -99,7 +99,7 @@ def accuracy_text(accuracy: dict) -> str:
 
 
 def train_language(
-    model, fmt, clips, val, steps, args, stage, rows, mixed_in=None, text=False, dense: float = 0.0, lr=None
+    model, fmt, clips, val, steps, args, stage, rows, mixed_in=None, text=False, dense=0.0, lr=None, dense_kinds=""
 ) -> None:
     """AdamW on the language model (the vision side frozen), one clip a step; a row every `args.every` steps
     (no validation when `val` is empty). `mixed_in`: clips of which a step draws one instead with probability
@@ -107,7 +107,8 @@ def train_language(
     `args.layout`: "pack", the clip's turns as one multi-turn chat in a random order, each answer token weighing
     the same; "shared", each turn its own one-turn conversation, the video held once (`Formatter.shared`), the
     loss the mean of theirs (`example_loss`). `dense`: the share of steps that see only the ball tokens and
-    `args.dense_keep` of the others (`train.dense_visual`; layout "shared"). `lr`: the stage's peak (default
+    `args.dense_keep` of the others (`train.dense_visual`; layout "shared"), asking only the turns of
+    `dense_kinds` (comma-separated) where the clip has any. `lr`: the stage's peak (default
     `args.lr`): each stage warms up to it and decays to a tenth of it."""
     from specvlm.testbed.train import dense_visual, example_loss, lr_at, mixed_stream
 
@@ -126,8 +127,8 @@ def train_language(
             clip = next(stream)
             order = range(len(clip.turns)) if text else [int(k) for k in rng.permutation(len(clip.turns))]
             keep = dense_visual(clip, args.dense_keep, rng) if dense and rng.random() < dense else None
-            if keep is not None and args.dense_kinds:  # a dense step asks the dense kinds only, where the clip has any
-                asked = [k for k in order if clip.turns[k][3] in args.dense_kinds.split(",")]
+            if keep is not None and dense_kinds:
+                asked = [k for k in order if clip.turns[k][3] in dense_kinds.split(",")]
                 order, keep = (asked, keep) if asked else (order, None)
             if args.layout == "shared" and not text:
                 loss = example_loss(
@@ -191,8 +192,9 @@ def main(argv=None) -> str:
         help="first, steps on the small-ball world that keep only the ball tokens and --dense-keep of the others",
     )
     ap.add_argument("--dense-keep", type=float, default=0.1, help="share of the ball-free tokens a dense step keeps")
+    ap.add_argument("--dense-kinds", default="", help="question kinds of the --dense-steps (default: --kinds)")
     ap.add_argument(
-        "--dense-kinds", default="", help="question kinds of the dense steps, later ones too (default: --kinds)"
+        "--dense-mix-kinds", default="", help="question kinds of the later dense steps (default: all the clip's)"
     )
     ap.add_argument("--dense-mix", type=float, default=0.0, help="share of the later small-ball steps that are dense")
     ap.add_argument("--ball", default="small", help="the world's ball size (world.SIZES: small, medium)")
@@ -321,6 +323,7 @@ def main(argv=None) -> str:
         mixed_in,
         dense=args.dense_mix,
         lr=args.last_lr,
+        dense_kinds=args.dense_mix_kinds,
     )
     body = (
         f"{args.family} target, {args.frames} frames ({val[0].n_visual} visual tokens), questions {args.kinds} "

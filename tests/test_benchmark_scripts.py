@@ -201,9 +201,8 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
     assert "| text | 1 |" in body and "| medium balls | 1 |" in body and "large" not in body
     argv[1] = str(tmp_path / "dense")
     more = ["--large-steps", "0", "--dense-steps", "1", "--dense-mix", "0.5", "--steps", "1", "--layout", "shared"]
-    body = testbed_reads_video.main(
-        [*argv, *more, "--kinds", "colors,count", "--eval-questions", "2", "--init-seed", "1"]
-    )
+    more += ["--dense-mix-kinds", "colors", "--last-lr", "1e-3", "--kinds", "colors,count", "--eval-questions", "2"]
+    body = testbed_reads_video.main([*argv, *more, "--init-seed", "1"])
     assert "| dense small balls (keep 0.1) | 1 |" in body and "| small balls | 1 |" in body and "count" in body
 
 
