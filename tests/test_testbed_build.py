@@ -394,6 +394,8 @@ def test_curriculum_orders_the_turns(mini_build, monkeypatch):
     assert 10 <= sum(kept) <= 30
     with pytest.raises(ValueError, match="shared_video"):
         train_module.train(model, clips, fmt, steps=2, lr=1e-3, seed=0, dense_steps=1)
+    with pytest.raises(ValueError, match="needs turns_per_step"):
+        train_module.train(model, clips, fmt, steps=2, lr=1e-3, seed=0, shared_video=True, dense_steps=1)
 
 
 def test_a_build_with_shared_video_and_dense_steps(tmp_path):

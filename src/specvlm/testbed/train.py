@@ -29,6 +29,7 @@ from .language import is_correct
 from .probe import VisualProbe, token_grid, visual_labels
 
 VISUAL_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
+PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # `Formatter.batch`'s (B, L) inputs
 
 
 @dataclass
@@ -153,10 +154,11 @@ class Formatter:
             targets += list(labels[prefix + 1 :]) + [-100]
             weights += list(row_weights[prefix + 1 :]) + [0.0]
             part += [n] * (len(row_ids) - prefix)
-        inputs = self.batch(clip, [(ids[:prefix], [], [])])[0]
-        positions, following = adapter.prompt_positions(inputs, inputs["input_ids"])
-        rests = [adapter.positions(torch.arange(len(r[0]) - prefix) + following) for r in rows]
         inputs = self.batch(clip, [(ids, [], [])])[0]
+        # the prefix's positions as its own prompt has them (Qwen: M-RoPE over the video grid), and the next one
+        head = {k: v[:, :prefix] if k in PER_TOKEN_KEYS else v for k, v in inputs.items()}
+        positions, following = adapter.prompt_positions(head, head["input_ids"])
+        rests = [adapter.positions(torch.arange(len(r[0]) - prefix) + following) for r in rows]
         part_of = torch.tensor(part)
         causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
         visible = causal & ((part_of[None, :] == -1) | (part_of[None, :] == part_of[:, None]))  # (L, L)
@@ -405,10 +407,10 @@ def example_loss(
     logits = out.logits[:, : target.shape[1]].float()  # (B, T, vocab): the positions `target` holds
     per_token = torch.nn.functional.cross_entropy(
         logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
-    )  # (B, L - 1)
+    )  # (B, T)
     if teacher is not None:
         log_p = torch.log_softmax(teacher_logits, -1)
-        kl = (log_p.exp() * (log_p - torch.log_softmax(logits, -1))).sum(-1)  # (B, L - 1) forward KL per position
+        kl = (log_p.exp() * (log_p - torch.log_softmax(logits, -1))).sum(-1)  # (B, T) forward KL per position
         per_token = (1 - distill) * per_token + distill * kl * (target != -100)
     loss = (per_token * weights).sum() / len(rows)
     if use_probe:
@@ -467,7 +469,9 @@ def train(
         mixed_in = [c for c in (_only_kinds(c, kinds) for c in mixed_in or []) if c.turns]
     if freeze_vision:
         probe_weight = 0.0
-    if (dense_steps or dense_mix) and not (shared_video and turns_per_step):
+    if shared_video and not turns_per_step:
+        raise ValueError("shared_video holds the video once for one-turn conversations: it needs turns_per_step")
+    if (dense_steps or dense_mix) and not shared_video:
         raise ValueError("dense steps need one-turn conversations holding the video once (shared_video)")
     # callers (tests) may have switched autograd off globally
     with torch.enable_grad(), _frozen(p for _, p in vision_parameters(model) if freeze_vision):
