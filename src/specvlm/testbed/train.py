@@ -114,7 +114,7 @@ class Formatter:
         pad = self.tok.pad_token_id
 
         def padded(values, fill):
-            return torch.tensor([list(v) + [fill] * (width - len(v)) for v in values])
+            return torch.tensor([list(v) + [fill] * (width - len(v)) for v in values], device="cpu")
 
         input_ids = padded([ids for ids, _, _ in rows], pad)
         out = {"input_ids": input_ids, "attention_mask": padded([[1] * len(ids) for ids, _, _ in rows], 0)}
@@ -158,21 +158,21 @@ class Formatter:
         # the prefix's positions as its own prompt has them (Qwen: M-RoPE over the video grid), and the next one
         head = {k: v[:, :prefix] if k in PER_TOKEN_KEYS else v for k, v in inputs.items()}
         positions, following = adapter.prompt_positions(head, head["input_ids"])
-        rests = [adapter.positions(torch.arange(len(r[0]) - prefix) + following) for r in rows]
-        part_of = torch.tensor(part)
-        causal = torch.ones(len(ids), len(ids), dtype=torch.bool).tril()
+        rests = [adapter.positions(torch.arange(len(r[0]) - prefix, device="cpu") + following) for r in rows]
+        part_of = torch.tensor(part, device="cpu")
+        causal = torch.ones(len(ids), len(ids), dtype=torch.bool, device="cpu").tril()
         visible = causal & ((part_of[None, :] == -1) | (part_of[None, :] == part_of[:, None]))  # (L, L)
         positions = torch.cat([positions.to(adapter.device), *rests], dim=-1)
-        targets, weights = torch.tensor([targets]), torch.tensor([weights])
+        targets, weights = torch.tensor([targets], device="cpu"), torch.tensor([weights], device="cpu")
         if keep is None:
             inputs["attention_mask"] = additive_mask(visible, 0, torch.float32, adapter.device)
             inputs["position_ids"] = positions
             return inputs, targets, weights
         # the dropped visual tokens are prompt rows: no target names them, and the text after them stays
         visual = (inputs["input_ids"][0] == self.video_id).nonzero().flatten()
-        dropped = torch.ones(visual.numel(), dtype=torch.bool)
+        dropped = torch.ones(visual.numel(), dtype=torch.bool, device="cpu")
         dropped[keep.cpu()] = False
-        rows_kept = torch.ones(len(ids), dtype=torch.bool)
+        rows_kept = torch.ones(len(ids), dtype=torch.bool, device="cpu")
         rows_kept[visual[dropped]] = False
         embeds = adapter.merge(inputs["input_ids"], adapter.visual_features(inputs))
         kept = rows_kept.to(adapter.device)
