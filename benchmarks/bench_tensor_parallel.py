@@ -225,6 +225,9 @@ def main(argv=None) -> dict:
     args.forward = None if argv is None else list(argv)
     if args.worker:
         worker(Path(args.worker[0]), Path(args.worker[1]), args)
+        from specvlm.cli import _end_a_rank
+
+        _end_a_rank(0)  # as the CLI's ranks end: the group destroyed, no finalization (it could abort a rank in C++)
         return {}
     layouts = [int(r) for r in args.ranks.split(",")]
     runs: dict[int, list[dict]] = {r: [] for r in layouts}
