@@ -43,12 +43,14 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table  # noqa: E402
 
 
-def one_colour_turns(clips, kinds, caption: bool = False):
-    """The clips with only their turns of `kinds`, the "which colours" ones only where the answer names one colour,
-    after the caption when `caption`; clips without any are dropped."""
+def one_colour_turns(clips, kinds, caption: bool = False, every_colours: bool = False):
+    """The clips with only their turns of `kinds`, the "which colours" ones only where the answer names one colour
+    (unless `every_colours`), after the caption when `caption`; clips without any are dropped."""
     out = []
     for clip in clips:
-        turns = [t for t in clip.turns if t[3] in kinds and not (t[3] == "colors" and " and " in t[1])]
+        turns = [
+            t for t in clip.turns if t[3] in kinds and (every_colours or not (t[3] == "colors" and " and " in t[1]))
+        ]
         if turns:
             out.append(replace(clip, turns=[t for t in clip.turns if caption and t[3] == "caption"] + turns))
     return out
@@ -218,6 +220,16 @@ def main(argv=None) -> str:
         default="pack",
         help="a step's turns as one multi-turn chat, or as one-turn conversations holding the video once",
     )
+    ap.add_argument(
+        "--every-colours",
+        action="store_true",
+        help='"which colours" with every answer, not only those naming one colour (as the build asks it)',
+    )
+    ap.add_argument(
+        "--dense-one-colour",
+        action="store_true",
+        help='with --every-colours: the --dense-steps ask "which colours" only where the answer names one colour',
+    )
     ap.add_argument("--eval-questions", type=int, default=1, help="questions scored per validation clip (its first)")
     ap.add_argument("--val-clips", type=int, default=0, help="validation clips scored (0: all)")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -255,10 +267,10 @@ def main(argv=None) -> str:
     processor = load_processor(out / "processor")
     fmt = Formatter(processor)
 
-    def split(ball, name, text=False, frames=args.frames, only=None):
+    def split(ball, name, text=False, frames=args.frames, only=None, every_colours=args.every_colours):
         dtype = torch.float32 if name == "validation" else torch.float16
         clips = load_clips(worlds[ball], name, processor, frames, pixel_dtype=dtype)
-        return one_colour_turns(clips, only or kinds, caption=text)
+        return one_colour_turns(clips, only or kinds, caption=text, every_colours=every_colours)
 
     model = make_model(recipe, args.family, "target", 7 if args.init_seed is None else 100 + args.init_seed)
     rows: list[list] = []
@@ -308,7 +320,9 @@ def main(argv=None) -> str:
             raise SystemExit("--dense-steps needs --layout shared")
         stage = f"dense {args.ball} balls (keep {args.dense_keep:g})"
         dense_kinds = set(args.dense_kinds.split(",")) if args.dense_kinds else None
-        train_clips = split("small", "train", only=dense_kinds)
+        train_clips = split(
+            "small", "train", only=dense_kinds, every_colours=args.every_colours and not args.dense_one_colour
+        )
         train_language(model, fmt, train_clips, val, args.dense_steps, args, stage, rows, dense=1.0)
     mixed_in = split("large", "train") if args.mix else None
     train_language(
@@ -327,7 +341,8 @@ def main(argv=None) -> str:
     )
     body = (
         f"{args.family} target, {args.frames} frames ({val[0].n_visual} visual tokens), questions {args.kinds} "
-        f'("colors" with one-colour answers), layout {args.layout}, {len(val)} validation clips; vision tower '
+        f'("colors" with {"every answer" if args.every_colours else "one-colour answers"}), layout {args.layout}, '
+        f"{len(val)} validation clips; vision tower "
         f"probe-trained {args.vision_steps} steps then frozen; the majority answer scores "
         f"{accuracy_text(majority_baseline(split('small', 'train'), val, args.eval_questions))}:\n\n"
         + table(

@@ -5,10 +5,11 @@ by its target's video gap (issue 23, docs/DESIGN.md Testbed):
                                                [--out testbed-trials] [--record]
 
 Each variant is `Recipe()` with a few knobs changed, built with `specvlm testbed build`'s own code (`build_testbed`,
-`--minutes` scaling the steps, seed 0) into OUT/<variant>. Per variant the table gives the target's validation
-answer loss (packs or one-turn conversations, as it was trained), its video gap (the loss with another clip's video
-minus with its own: what reading the video buys, ~0 when it ignores it) after the large-ball warm-up and at the end,
-its greedy accuracy (all kinds, and colour questions), and the pair's τ (chain γ=5, validation captions).
+`--minutes` scaling the steps, seed 0) into OUT/<variant>. Per variant the table gives the tower's colour read-out
+before the language steps, the target's validation answer loss (packs or one-turn conversations, as it was
+trained), its video gap (the loss with another clip's video minus with its own: what reading the video buys, ~0 when
+it ignores it; over every turn and on "which colours" alone) after the warm-up (large-ball or dense) and at the end,
+its greedy accuracy (all kinds, and the colour questions), and the pair's τ (chain γ=5, validation captions).
 `--fp32` trains without bf16 autocast even where the CPU has bf16 units (`train.bf16_is_fast`).
 """
 
@@ -27,6 +28,17 @@ from common import record, table  # noqa: E402
 QUESTIONS = ("color", "colors", "count", "direction", "order", "region")
 FROZEN_NO_TEXT = {"freeze_vision": True, "text_steps": {"target": 0, "draft": 0}}
 COLOUR_WARM_UP = dict(FROZEN_NO_TEXT, turns_per_step=4, warm_up_kinds=("colors",), large_ball_clips=320)
+DENSE_COLOURS = dict(
+    FROZEN_NO_TEXT,
+    vision_steps={"target": 300, "draft": 300},
+    large_ball_share=0.0,
+    turns_per_step=17,
+    shared_video=True,
+    dense_share=0.34,
+    dense_kinds=("colors",),
+    after_dense_lr=0.25,
+    dense_mix=0.5,
+)
 VARIANTS: dict[str, tuple[dict, str]] = {
     "base": ({}, "Recipe() as it is: packs of 17 turns, text steps, the tower training with the probe"),
     "v1": (FROZEN_NO_TEXT, "tower frozen after its vision steps, no text steps"),
@@ -50,6 +62,16 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "v9": (
         dict(COLOUR_WARM_UP, video_kinds=("colors",), large_ball_mix=0.5),
         "v7 with the large balls kept on: 'which colours' only, half the later steps on large balls",
+    ),
+    "v10": (
+        DENSE_COLOURS,
+        "the minimal runs' RL_2 in the build: a 300-step tower, every turn of a clip a step holding the video once, "
+        "a third of the steps dense on 'which colours' alone, the rest on every turn at a quarter of the rate, half "
+        "of them dense",
+    ),
+    "v11": (
+        dict(DENSE_COLOURS, dense_one_colour=True),
+        "v10, the dense steps on the one-colour answers of 'which colours' only (the minimal runs' task)",
     ),
 }
 
@@ -81,15 +103,21 @@ def trial(name: str, args, recipe) -> list:
         )
     fam = report["families"][args.family]
     target = fam["target"]  # its metrics.json, less the pair's τ
-    warm_up = target["train"].get("large_ball_warm_up", {})
+    train = target["train"]
+    warm_up = train.get("large_ball_warm_up") or train.get("dense_warm_up") or {}
+    tower = train.get("vision_pretraining", {}).get("probe_accuracy_before_language", {})
     return [
         name + (" (fp32)" if args.fp32 else ""),
         variant.steps["target"],
+        f"{tower['color']:.0%}" if "color" in tower else "–",
         f"{target['validation_loss']:.3f}",
         f"{warm_up['video_gap']:+.4f}" if "video_gap" in warm_up else "–",
+        f"{warm_up['video_gap_by_kind']['colors']:+.4f}" if "video_gap_by_kind" in warm_up else "–",
         f"{target['video_gap']:+.4f}",
+        f"{target['video_gap_by_kind']['colors']:+.4f}" if "video_gap_by_kind" in target else "–",
         f"{target['accuracy']:.0%}",
         f"{target['by_kind'].get('color', 0):.0%}",
+        f"{target['by_kind'].get('colors', 0):.0%}",
         f"{fam['speculative']['chain_5']['tau']:.2f}",
     ]
 
@@ -119,11 +147,15 @@ def main(argv=None) -> str:
             [
                 "variant",
                 "target video steps",
+                "tower: colour of ball cells",
                 "val loss",
                 "video gap after warm-up",
+                "on 'which colours'",
                 "video gap",
+                "on 'which colours'",
                 "accuracy",
-                "colour questions",
+                "'which colour'",
+                "'which colours'",
                 "τ chain γ=5",
             ],
             rows,

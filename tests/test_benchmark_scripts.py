@@ -202,18 +202,22 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
     argv[1] = str(tmp_path / "dense")
     more = ["--large-steps", "0", "--dense-steps", "1", "--dense-mix", "0.5", "--steps", "1", "--layout", "shared"]
     more += ["--dense-mix-kinds", "colors", "--last-lr", "1e-3", "--kinds", "colors,count", "--eval-questions", "2"]
-    body = testbed_reads_video.main([*argv, *more, "--init-seed", "1"])
+    body = testbed_reads_video.main([*argv, *more, "--init-seed", "1", "--every-colours", "--dense-one-colour"])
     assert "| dense small balls (keep 0.1) | 1 |" in body and "| small balls | 1 |" in body and "count" in body
+    assert '("colors" with every answer)' in body
 
 
 @pytest.mark.slow
 def test_testbed_recipe_trials_build_and_judge_a_variant(tmp_path):
     import testbed_recipe_trials
 
-    body = testbed_recipe_trials.main(["--tiny", "--variants", "v5", "--out", str(tmp_path), "--fp32"])
-    row = next(line for line in body.splitlines() if line.startswith("| v5 (fp32) |"))
-    cells = [c.strip() for c in row.strip("|").split("|")]
-    assert cells[1] == "3" and all(c[0] in "+-" for c in cells[3:5])  # miniature()'s steps; both gaps measured
+    body = testbed_recipe_trials.main(["--tiny", "--variants", "v5,v10", "--out", str(tmp_path), "--fp32"])
+    for variant in ("v5", "v10"):  # the large-ball warm-up, the dense one
+        row = next(line for line in body.splitlines() if line.startswith(f"| {variant} (fp32) |"))
+        cells = [c.strip() for c in row.strip("|").split("|")]
+        assert cells[1] == "3" and cells[2].endswith("%")  # miniature()'s steps; the tower's read-out
+        gaps = [cells[i] for i in ((4, 6, 7) if variant == "v5" else (4, 5, 6, 7))]  # v5's warm-up: large balls
+        assert all(c[0] in "+-" for c in gaps)  # over every turn and on "which colours", after the warm-up and at end
     with pytest.raises(SystemExit, match="unknown variant 'v99'"):
         testbed_recipe_trials.main(["--variants", "v99"])
 

@@ -257,10 +257,41 @@ def test_shared_video_keeps_only_the_visual_tokens_asked(mini_build, family):
         assert torch.equal(some_target, target[:, rows_kept])
 
 
+@pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
+def test_a_dense_step_distils_from_a_teacher_of_another_width(mini_build, family):
+    """A draft's dense step (`keep`) feeds embeddings, not ids: the teacher, wider and with its own tower, scores
+    the same kept tokens from its own embeddings (a draft narrower than its target once crashed the build here)."""
+    from specvlm.adapters import adapter_for
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.recipe import Arch, make_model
+    from specvlm.testbed.train import Formatter, example_loss, load_clips
+
+    out, _ = mini_build
+    processor = load_processor(out / "models" / family / "target")
+    fmt = Formatter(processor)
+    clip = load_clips(out / "world", "train", processor, MINI.num_frames, limit=1, pixel_dtype=torch.float32)[0]
+    wide = replace(MINI, arch=dict(MINI.arch, target=Arch(64, 1, 2, 1, 24, 1)))
+    teacher = make_model(wide, family, "target", seed=5).eval()
+    student = make_model(MINI, family, "draft", seed=6).eval()
+    order, keep = [2, 0, 1], torch.arange(0, clip.n_visual, 3)
+    dense = dict(autocast=False, single_turns=True, shared_video=True, keep=keep)
+    with torch.no_grad():
+        alone = example_loss(student, fmt, clip, order, **dense)
+        mixed = example_loss(student, fmt, clip, order, teacher=teacher, distill=0.5, **dense)
+        rows = [fmt.example(clip, [k]) for k in order]
+        mine, target, weights = fmt.shared(clip, rows, adapter_for(student), keep)
+        theirs = fmt.shared(clip, rows, adapter_for(teacher), keep)[0]
+        n = target.shape[1]
+        log_p = torch.log_softmax(teacher(**theirs).logits[:, :n], -1)
+        kl = (log_p.exp() * (log_p - torch.log_softmax(student(**mine).logits[:, :n], -1))).sum(-1)
+    expected = 0.5 * alone + 0.5 * (kl * (target != -100) * weights).sum() / len(rows)
+    torch.testing.assert_close(mixed, expected, rtol=1e-4, atol=1e-5)
+
+
 def test_video_gap_is_zero_when_the_other_video_is_the_same(mini_build):
     """`validation_loss(another_video=True)` scores each clip's answers with the next clip's video: with a single
     clip that is its own (the gap is exactly 0), with two it is another and the loss changes; as packs and as
-    one-turn conversations alike."""
+    one-turn conversations alike; per kind of turn too (`video_gap_by_kind`)."""
     from dataclasses import replace
 
     from specvlm.inputs import load_processor
@@ -282,6 +313,15 @@ def test_video_gap_is_zero_when_the_other_video_is_the_same(mini_build):
         validation_loss(model, [clips[0], odd], fmt, another_video=True)
     metrics = json.loads((folder / "metrics.json").read_text())
     assert isinstance(metrics["video_gap"], float)
+    # per kind of turn: each kind's turns alone (the other video: the next clip that has that kind)
+    from specvlm.testbed.build import video_gap_by_kind
+
+    kinds = {t[3] for c in clips for t in c.turns}
+    assert video_gap_by_kind(model, clips[:1], fmt, True) == dict.fromkeys(sorted({t[3] for t in clips[0].turns}), 0)
+    both = video_gap_by_kind(model, clips, fmt, True)
+    assert sorted(both) == sorted(kinds) and sorted(metrics["video_gap_by_kind"]) == sorted(
+        {t[3] for c in load_clips(out / "world", "validation", fmt.processor, MINI.num_frames) for t in c.turns}
+    )
 
 
 def test_bf16_training_computes_the_same_inside_the_builds_torch_state(mini_build, monkeypatch):
@@ -396,18 +436,64 @@ def test_curriculum_orders_the_turns(mini_build, monkeypatch):
         train_module.train(model, clips, fmt, steps=2, lr=1e-3, seed=0, dense_steps=1)
     with pytest.raises(ValueError, match="needs turns_per_step"):
         train_module.train(model, clips, fmt, steps=2, lr=1e-3, seed=0, shared_video=True, dense_steps=1)
+    with pytest.raises(ValueError, match=r"no training clip has a turn of the kinds asked \(nothing\)"):
+        train_module.train(model, clips, fmt, steps=2, lr=1e-3, seed=0, kinds=("nothing",))
 
 
-def test_a_build_with_shared_video_and_dense_steps(tmp_path):
-    """The recipe's knobs reach the build: one-turn batches holding the video once, the first half of the video
-    steps dense and half the rest; the pair it saves speculates losslessly."""
-    recipe = replace(MINI, turns_per_step=3, shared_video=True, dense_share=0.5, dense_mix=0.5)
+def test_a_build_with_shared_video_and_dense_steps(tmp_path, monkeypatch):
+    """The recipe's knobs reach the build: one-turn batches holding the video once; the first half of the video
+    steps a dense stage of their own on `dense_kinds` (one-colour answers only), the rest at `after_dense_lr` of
+    the rate with half of them dense; the pair it saves speculates losslessly."""
+    from specvlm.testbed import train as train_module
+
+    stages, listed, real_train = [], [], train_module.train  # listed: "which colours" turns naming several
+
+    def recorded(model, clips, fmt, steps, **kw):  # (steps, dense steps, dense mix, peak lr, kinds asked)
+        asked = sorted({t[3] for c in clips for t in c.turns if t[3] in (kw.get("kinds") or (t[3],))})
+        stages.append((steps, kw.get("dense_steps", 0), kw.get("dense_mix", 0.0), kw["lr"], asked))
+        listed.append(sum(" and " in t[2] for c in clips for t in c.turns if t[3] == "colors"))
+        return real_train(model, clips, fmt, steps, **kw)
+
+    monkeypatch.setattr(train_module, "train", recorded)
+    recipe = replace(
+        MINI,
+        steps={"target": 4, "draft": 2},
+        large_ball_share=0.0,
+        turns_per_step=3,
+        shared_video=True,
+        dense_share=0.5,
+        dense_kinds=("colors",),
+        after_dense_lr=0.25,
+        dense_mix=0.5,
+        dense_one_colour=True,
+    )
     report = build_testbed(
         tmp_path, minutes=1, seed=0, families=("qwen2_5_vl",), recipe=recipe, progress=False, threads=1
     )
-    assert report["recipe"]["dense_share"] == 0.5 and report["recipe"]["shared_video"]
+    assert tuple(report["recipe"]["dense_kinds"]) == ("colors",) and report["recipe"]["shared_video"]
+    lr = MINI.lr["target"]
+    everything = sorted({"caption", "colors", "color", "region", "count", "direction", "order"} & set(stages[1][4]))
+    assert stages[:2] == [(1 + 2, 2, 0.0, lr, ["colors"]), (2, 0, 0.5, lr / 4, everything)]  # 1 text step first
+    assert len(everything) > 2 and stages[2][:4] == (1 + 1, 1, 0.0, lr) and stages[3][:4] == (1, 0, 0.5, lr / 4)
+    assert listed[0] == listed[2] == 0 < listed[1] == listed[3]  # the dense stages ask one-colour answers only
     metrics = json.loads((tmp_path / "models" / "qwen2_5_vl" / "target" / "metrics.json").read_text())
+    assert metrics["train"]["dense_warm_up"]["steps"] == 3 and "video_gap" in metrics["train"]["dense_warm_up"]
     assert metrics["pair"]["static_tree"]["equal_to_target"]
+
+
+def test_one_colour_answers_keeps_the_other_turns():
+    """Only the "which colours" turns whose answer lists colours go; one-colour ones and every other kind stay."""
+    from specvlm.testbed.train import Clip, one_colour_answers
+
+    turns = [
+        ("Describe.", "A red ball ...", None, "caption"),
+        ("Which colours do the balls have at the start?", "Red and blue.", "red and blue", "colors"),
+        ("Which colours do the balls have at the end?", "Green.", "green", "colors"),
+        ("Which colours do the balls have at the start?", "Red, green and blue.", "red, green and blue", "colors"),
+        ("Which way does the red and blue ball move?", "Left.", "left", "direction"),
+    ]
+    clip = Clip("c", "c.mp4", {}, 0, turns)
+    assert one_colour_answers(clip).turns == [turns[0], turns[2], turns[4]] and clip.turns == turns
 
 
 def test_dense_visual_keeps_every_ball_token_and_a_share_of_the_rest():

@@ -215,6 +215,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
         answer_accuracy,
         bf16_is_fast,
         load_clips,
+        one_colour_answers,
         pretrain_vision,
         probe_accuracy,
         speculative_tau,
@@ -369,14 +370,31 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 )
                 text = 0
                 warm_up["video_gap"] = video_gap(model, val_clips, fmt, single)  # on the small balls, at once
+            dense, dense_warm_up = int(recipe.dense_share * (video - large)), None
+            if dense:  # (the text steps, then) the dense steps on their kinds (see Recipe.dense_kinds)
+                dense_warm_up = train(
+                    model,
+                    [one_colour_answers(c) for c in train_clips] if recipe.dense_one_colour else train_clips,
+                    fmt,
+                    text + dense,
+                    text_steps=text,
+                    dense_steps=dense,
+                    dense_keep=recipe.dense_keep,
+                    kinds=tuple(recipe.dense_kinds or recipe.video_kinds),
+                    progress=lambda d, n, loss, tag=f"{family}: dense {role}": show(tag, d, n, f"loss {loss:.3f}"),
+                    **common,
+                )
+                text = 0
+                dense_warm_up["video_gap"] = video_gap(model, val_clips, fmt, single)
+                dense_warm_up["video_gap_by_kind"] = video_gap_by_kind(model, val_clips, fmt, single)
+                common["lr"] = recipe.lr[role] * recipe.after_dense_lr
             result = train(
                 model,
                 train_clips,
                 fmt,
-                text + video - large,
+                text + video - large - dense,
                 text_steps=text,
                 question_steps=int(recipe.question_share * (video - large)),
-                dense_steps=int(recipe.dense_share * (video - large)),
                 dense_keep=recipe.dense_keep,
                 dense_mix=recipe.dense_mix,
                 kinds=tuple(recipe.video_kinds),
@@ -387,6 +405,8 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
             )
             if warm_up is not None:
                 result["large_ball_warm_up"] = warm_up
+            if dense_warm_up is not None:
+                result["dense_warm_up"] = dense_warm_up
             if vision is not None:
                 result["vision_pretraining"] = dict(vision, probe_accuracy=probe_accuracy(model, probe, val_clips))
             save_checkpoint(folder, model, recipe, family, tokenizer)
@@ -403,6 +423,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
             own = validation_loss(reloaded, val_clips, fmt, single_turns=single)
             metrics["validation_loss"] = round(own, 4)
             metrics["video_gap"] = video_gap(reloaded, val_clips, fmt, single, own=own)
+            metrics["video_gap_by_kind"] = video_gap_by_kind(reloaded, val_clips, fmt, single)
             metrics.update(answer_accuracy(reloaded, val_clips, fmt, recipe.eval_questions))
             fam[role] = metrics
             (folder / "metrics.json").write_text(json.dumps(metrics, indent=1) + "\n")  # last: the folder is complete
@@ -444,6 +465,18 @@ def video_gap(model, clips, fmt, single_turns: bool, own: float | None = None) -
     if own is None:
         own = validation_loss(model, clips, fmt, single_turns=single_turns)
     return round(validation_loss(model, clips, fmt, another_video=True, single_turns=single_turns) - own, 4)
+
+
+def video_gap_by_kind(model, clips, fmt, single_turns: bool) -> dict[str, float]:
+    """`video_gap` on each kind of turn alone ("caption", "colors", ...): a reading that starts on one kind shows
+    there long before it moves the gap over every turn."""
+    from .train import only_kinds
+
+    kinds = sorted({turn[3] for clip in clips for turn in clip.turns})
+    return {
+        kind: video_gap(model, [c for c in (only_kinds(c, (kind,)) for c in clips) if c.turns], fmt, single_turns)
+        for kind in kinds
+    }
 
 
 def pixels_digest(clips) -> str:

@@ -92,6 +92,15 @@ class Recipe:
     dense_share: float = 0.0
     dense_keep: float = 0.1
     dense_mix: float = 0.0
+    # the dense steps are a stage of their own (their own learning-rate schedule) on these kinds of turn only ((): the
+    # small-ball steps' kinds), and the steps after them peak at `after_dense_lr` x `lr`: in the minimal runs the
+    # colour question alone started the reading where every kind at once did not, and the other kinds added at the
+    # same rate wiped it out within 200 steps while at a quarter of it the reading stayed (docs/DESIGN.md, Testbed)
+    dense_kinds: tuple = ()
+    after_dense_lr: float = 1.0
+    # the dense steps ask "which colours" only where the answer names one colour: there the reading starts; with
+    # every answer ("red and blue") it had not started after 400 dense steps, after the one-colour ones it carries over
+    dense_one_colour: bool = False
     lr: dict = field(default_factory=lambda: {"target": 2e-3, "draft": 2e-3})
     probe_weight: float = 1.0  # the visual-token probe's loss (probe.py) next to the answer loss
     distill: float = 0.8  # drafts: answer-token loss = 0.2 cross-entropy + 0.8 KL(target || draft)

@@ -389,10 +389,13 @@ def example_loss(
     `keep` (indices among the visual tokens) leaves the others out of it.
     `parts`, when given, receives the probe's unweighted loss under "probe"."""
     rows = [fmt.example(clip, [k], video) for k in order] if single_turns else [fmt.example(clip, order, video)]
+    teacher_inputs = None
     if shared_video and single_turns and video:
         from ..adapters import adapter_for
 
         inputs, target, weights = fmt.shared(clip, rows, adapter_for(model), keep)  # (1, L) each
+        if teacher is not None and keep is not None:  # embeddings: the teacher's own tower and width make its rows
+            teacher_inputs = fmt.shared(clip, rows, adapter_for(teacher), keep)[0]
     else:
         inputs, labels, weights = fmt.batch(clip, rows, video)  # (B, L) each
         target, weights = labels[:, 1:], weights[:, 1:]
@@ -403,7 +406,7 @@ def example_loss(
         out = model(**inputs, output_hidden_states=use_probe)
         if teacher is not None:
             with torch.no_grad():
-                teacher_logits = teacher(**inputs).logits[:, : target.shape[1]].float()
+                teacher_logits = teacher(**(teacher_inputs or inputs)).logits[:, : target.shape[1]].float()
     logits = out.logits[:, : target.shape[1]].float()  # (B, T, vocab): the positions `target` holds
     per_token = torch.nn.functional.cross_entropy(
         logits.transpose(1, 2), target, ignore_index=-100, reduction="none"
@@ -465,8 +468,10 @@ def train(
     `mixed_in`: clips a step trains on instead of one of `clips` with probability `mix` (`Recipe.large_ball_mix`).
     Stops early only if the wall clock passes `deadline` (then the run is not reproducible; reported)."""
     if kinds:
-        clips = [c for c in (_only_kinds(c, kinds) for c in clips) if c.turns]
-        mixed_in = [c for c in (_only_kinds(c, kinds) for c in mixed_in or []) if c.turns]
+        clips = [c for c in (only_kinds(c, kinds) for c in clips) if c.turns]
+        mixed_in = [c for c in (only_kinds(c, kinds) for c in mixed_in or []) if c.turns]
+    if steps and not clips:  # a stream of nothing would never yield a step
+        raise ValueError(f"no training clip has a turn of the kinds asked ({', '.join(kinds) or 'any'})")
     if freeze_vision:
         probe_weight = 0.0
     if shared_video and not turns_per_step:
@@ -548,7 +553,14 @@ def train(
         }
 
 
-def _only_kinds(clip: Clip, kinds: tuple) -> Clip:
+def one_colour_answers(clip: Clip) -> Clip:
+    """The clip without its "which colours" turns whose answer names more than one colour ("red and blue"): the
+    one-colour ones are where a from-scratch model starts reading the video (docs/DESIGN.md, Testbed)."""
+    return replace(clip, turns=[t for t in clip.turns if not (t[3] == "colors" and " and " in t[2])])
+
+
+def only_kinds(clip: Clip, kinds: tuple) -> Clip:
+    """The clip with only its turns of `kinds` ("caption", "colors", ...)."""
     return replace(clip, turns=[t for t in clip.turns if t[3] in kinds])
 
 
