@@ -177,7 +177,8 @@ def test_freeze_vision_trains_the_language_model_alone(mini_build, family):
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
 def test_single_turn_batches_are_the_mean_of_their_conversations(mini_build, family):
     """`example_loss(single_turns=True)` over the caption and a question, one right-padded batch, is the mean of
-    the two one-turn conversations' losses computed alone (padding changes nothing), with and without a teacher."""
+    the two one-turn conversations' losses computed alone (padding changes nothing), with and without a teacher;
+    with more questions the caption keeps half (`turn_shares`, as in a pack)."""
     from specvlm.inputs import load_processor
     from specvlm.testbed.recipe import make_model
     from specvlm.testbed.train import Formatter, example_loss, load_clips
@@ -189,10 +190,16 @@ def test_single_turn_batches_are_the_mean_of_their_conversations(mini_build, fam
     model, teacher = make_model(MINI, family, "target", seed=4).eval(), make_model(MINI, family, "draft", 5).eval()
     caption, question = 0, len(clip.turns) - 1
     assert len(fmt.example(clip, [caption])[0]) != len(fmt.example(clip, [question])[0])  # so one row is padded
+    other = len(clip.turns) - 2
     for kw in ({}, {"teacher": teacher, "distill": 0.8}):
-        alone = [example_loss(model, fmt, clip, [k], autocast=False, **kw) for k in (caption, question)]
+        alone = [example_loss(model, fmt, clip, [k], autocast=False, **kw) for k in (caption, question, other)]
         both = example_loss(model, fmt, clip, [caption, question], autocast=False, single_turns=True, **kw)
         torch.testing.assert_close(both, (alone[0] + alone[1]) / 2, rtol=1e-5, atol=1e-6)
+        # as in a pack, the caption weighs half and the questions share the other half
+        three = example_loss(model, fmt, clip, [question, caption, other], autocast=False, single_turns=True, **kw)
+        torch.testing.assert_close(three, alone[0] / 2 + (alone[1] + alone[2]) / 4, rtol=1e-5, atol=1e-6)
+        two = example_loss(model, fmt, clip, [question, other], autocast=False, single_turns=True, **kw)
+        torch.testing.assert_close(two, (alone[1] + alone[2]) / 2, rtol=1e-5, atol=1e-6)  # no caption: all theirs
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
@@ -264,7 +271,7 @@ def test_a_dense_step_distils_from_a_teacher_of_another_width(mini_build, family
     from specvlm.adapters import adapter_for
     from specvlm.inputs import load_processor
     from specvlm.testbed.recipe import Arch, make_model
-    from specvlm.testbed.train import Formatter, example_loss, load_clips
+    from specvlm.testbed.train import Formatter, example_loss, load_clips, turn_shares
 
     out, _ = mini_build
     processor = load_processor(out / "models" / family / "target")
@@ -278,13 +285,17 @@ def test_a_dense_step_distils_from_a_teacher_of_another_width(mini_build, family
     with torch.no_grad():
         alone = example_loss(student, fmt, clip, order, **dense)
         mixed = example_loss(student, fmt, clip, order, teacher=teacher, distill=0.5, **dense)
-        rows = [fmt.example(clip, [k]) for k in order]
+        shares = turn_shares([clip.turns[k][2] is None for k in order])
+        rows = [
+            (i, labels, [w * share for w in weights])
+            for (i, labels, weights), share in zip((fmt.example(clip, [k]) for k in order), shares)
+        ]
         mine, target, weights = fmt.shared(clip, rows, adapter_for(student), keep)
         theirs = fmt.shared(clip, rows, adapter_for(teacher), keep)[0]
         n = target.shape[1]
         log_p = torch.log_softmax(teacher(**theirs).logits[:, :n], -1)
         kl = (log_p.exp() * (log_p - torch.log_softmax(student(**mine).logits[:, :n], -1))).sum(-1)
-    expected = 0.5 * alone + 0.5 * (kl * (target != -100) * weights).sum() / len(rows)
+    expected = 0.5 * alone + 0.5 * (kl * (target != -100) * weights).sum()
     torch.testing.assert_close(mixed, expected, rtol=1e-4, atol=1e-5)
 
 

@@ -364,6 +364,16 @@ def lr_at(step: int, steps: int, peak: float, warmup: float) -> float:
     return peak * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * t)))
 
 
+def turn_shares(is_caption: list[bool]) -> list[float]:
+    """Each one-turn conversation's share of a step's loss, as in a pack (`Formatter.example`): the captions half,
+    the questions the other half, equally within each side; one side alone takes it all. With equal shares the
+    caption, one turn of 17, was never learnt (answered "It is pink.")."""
+    captions = sum(is_caption)
+    questions = len(is_caption) - captions
+    half = 0.5 if captions and questions else 1.0
+    return [half / captions if c else half / questions for c in is_caption]
+
+
 def example_loss(
     model,
     fmt: Formatter,
@@ -384,11 +394,18 @@ def example_loss(
     loss on the visual tokens' embeddings, and with a `teacher`, each answer token's loss mixed as
     (1 - distill) x cross-entropy + distill x KL(teacher || model) on the teacher's logits for the same ids.
     `single_turns`: each turn of `order` is its own one-turn conversation instead, all in one batch, and the loss
-    is their mean (no answer can be read off another turn's answer); with `shared_video` too, they are computed as
-    one sequence that holds the video once (`Formatter.shared`: the same losses, the video's cost paid once), and
-    `keep` (indices among the visual tokens) leaves the others out of it.
+    is theirs weighted by `turn_shares` (no answer can be read off another turn's answer); with `shared_video`
+    too, they are computed as one sequence that holds the video once (`Formatter.shared`: the same losses, the
+    video's cost paid once), and `keep` (indices among the visual tokens) leaves the others out of it.
     `parts`, when given, receives the probe's unweighted loss under "probe"."""
-    rows = [fmt.example(clip, [k], video) for k in order] if single_turns else [fmt.example(clip, order, video)]
+    if single_turns:  # each row's weights sum to 1: scaled to its turn's share of the step's loss
+        shares = turn_shares([clip.turns[k][2] is None for k in order])
+        rows = [
+            (ids, labels, [w * share for w in weights])
+            for (ids, labels, weights), share in zip((fmt.example(clip, [k], video) for k in order), shares)
+        ]
+    else:
+        rows = [fmt.example(clip, order, video)]
     teacher_inputs = None
     if shared_video and single_turns and video:
         from ..adapters import adapter_for
@@ -415,7 +432,7 @@ def example_loss(
         log_p = torch.log_softmax(teacher_logits, -1)
         kl = (log_p.exp() * (log_p - torch.log_softmax(logits, -1))).sum(-1)  # (B, T) forward KL per position
         per_token = (1 - distill) * per_token + distill * kl * (target != -100)
-    loss = (per_token * weights).sum() / len(rows)
+    loss = (per_token * weights).sum()
     if use_probe:
         embeds = out.hidden_states[0][0, inputs["input_ids"][0] == fmt.video_id]  # (n_visual, hidden): row 0's
         probe_loss = probe.loss(embeds, clip.labels)
