@@ -8,7 +8,8 @@ Each variant is `Recipe()` with a few knobs changed, built with `specvlm testbed
 `--minutes` scaling the steps, seed 0) into OUT/<variant>. Per variant the table gives the tower's colour read-out
 before the language steps, the target's validation answer loss (packs or one-turn conversations, as it was
 trained), its video gap (the loss with another clip's video minus with its own: what reading the video buys, ~0 when
-it ignores it; over every turn and on "which colours" alone) after the warm-up (large-ball or dense) and at the end,
+it ignores it; over every turn and on "which colours" alone) after the warm-up (large-ball or the first dense
+stage) and at the end,
 its greedy accuracy (all kinds, and the colour questions), and the pair's τ (chain γ=5, validation captions).
 `--fp32` trains without bf16 autocast even where the CPU has bf16 units (`train.bf16_is_fast`).
 """
@@ -23,6 +24,8 @@ from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 
+from specvlm.testbed.recipe import DenseStage  # noqa: E402
+
 from common import record, table  # noqa: E402
 
 QUESTIONS = ("color", "colors", "count", "direction", "order", "region")
@@ -34,11 +37,11 @@ DENSE_COLOURS = dict(
     large_ball_share=0.0,
     turns_per_step=17,
     shared_video=True,
-    dense_share=0.34,
-    dense_kinds=("colors",),
+    dense_stages=(DenseStage(0.34, ("colors",)),),
     after_dense_lr=0.25,
     dense_mix=0.5,
 )
+ONE_COLOUR = DenseStage(0.34, ("colors",), one_colour=True)
 VARIANTS: dict[str, tuple[dict, str]] = {
     "base": ({}, "Recipe() as it is: packs of 17 turns, text steps, the tower training with the probe"),
     "v1": (FROZEN_NO_TEXT, "tower frozen after its vision steps, no text steps"),
@@ -70,8 +73,13 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         "of them dense",
     ),
     "v11": (
-        dict(DENSE_COLOURS, dense_one_colour=True),
+        dict(DENSE_COLOURS, dense_stages=(ONE_COLOUR,)),
         "v10, the dense steps on the one-colour answers of 'which colours' only (the minimal runs' task)",
+    ),
+    "v12": (
+        dict(DENSE_COLOURS, dense_stages=(ONE_COLOUR, DenseStage(0.34, ("colors", "count"), lr=0.25))),
+        "v11, then a third of the steps dense on 'which colours' (every answer) and count at a quarter of the rate, "
+        "then the rest as before (the minimal run G: count joins after the colours)",
     ),
 }
 
@@ -104,7 +112,7 @@ def trial(name: str, args, recipe) -> list:
     fam = report["families"][args.family]
     target = fam["target"]  # its metrics.json, less the pair's τ
     train = target["train"]
-    warm_up = train.get("large_ball_warm_up") or train.get("dense_warm_up") or {}
+    warm_up = train.get("large_ball_warm_up") or (train.get("dense_stages") or [{}])[0]  # the first warm-up
     tower = train.get("vision_pretraining", {}).get("probe_accuracy_before_language", {})
     return [
         name + (" (fp32)" if args.fp32 else ""),

@@ -13,7 +13,7 @@ from specvlm.engine.generator import SpeculativeGenerator
 from specvlm.errors import SpecVLMError
 from specvlm.numerics import flush_denormal_enabled
 from specvlm.testbed.build import build_testbed, global_torch_state, prepare_out
-from specvlm.testbed.recipe import miniature
+from specvlm.testbed.recipe import DenseStage, miniature
 
 MINI = miniature()
 
@@ -452,43 +452,47 @@ def test_curriculum_orders_the_turns(mini_build, monkeypatch):
 
 
 def test_a_build_with_shared_video_and_dense_steps(tmp_path, monkeypatch):
-    """The recipe's knobs reach the build: one-turn batches holding the video once; the first half of the video
-    steps a dense stage of their own on `dense_kinds` (one-colour answers only), the rest at `after_dense_lr` of
-    the rate with half of them dense; the pair it saves speculates losslessly."""
+    """The recipe's knobs reach the build: one-turn batches holding the video once; the video steps begin with the
+    dense stages, each its own `train` on its kinds at its rate (the first on one-colour answers only), then the
+    rest at `after_dense_lr` of the rate with half of them dense; the pair it saves speculates losslessly."""
     from specvlm.testbed import train as train_module
 
-    stages, listed, real_train = [], [], train_module.train  # listed: "which colours" turns naming several
+    stages, listed, real_train = [], [], train_module.train  # listed: asked "which colours" turns naming several
 
     def recorded(model, clips, fmt, steps, **kw):  # (steps, dense steps, dense mix, peak lr, kinds asked)
         asked = sorted({t[3] for c in clips for t in c.turns if t[3] in (kw.get("kinds") or (t[3],))})
         stages.append((steps, kw.get("dense_steps", 0), kw.get("dense_mix", 0.0), kw["lr"], asked))
-        listed.append(sum(" and " in t[2] for c in clips for t in c.turns if t[3] == "colors"))
+        listed.append(sum(" and " in t[2] for c in clips for t in c.turns if t[3] == "colors" and t[3] in asked))
         return real_train(model, clips, fmt, steps, **kw)
 
     monkeypatch.setattr(train_module, "train", recorded)
     recipe = replace(
         MINI,
-        steps={"target": 4, "draft": 2},
+        steps={"target": 8, "draft": 4},
         large_ball_share=0.0,
         turns_per_step=3,
         shared_video=True,
-        dense_share=0.5,
-        dense_kinds=("colors",),
+        dense_stages=(DenseStage(0.5, ("colors",), one_colour=True), DenseStage(0.25, ("count",), lr=0.5)),
         after_dense_lr=0.25,
         dense_mix=0.5,
-        dense_one_colour=True,
     )
     report = build_testbed(
         tmp_path, minutes=1, seed=0, families=("qwen2_5_vl",), recipe=recipe, progress=False, threads=1
     )
-    assert tuple(report["recipe"]["dense_kinds"]) == ("colors",) and report["recipe"]["shared_video"]
-    lr = MINI.lr["target"]
-    everything = sorted({"caption", "colors", "color", "region", "count", "direction", "order"} & set(stages[1][4]))
-    assert stages[:2] == [(1 + 2, 2, 0.0, lr, ["colors"]), (2, 0, 0.5, lr / 4, everything)]  # 1 text step first
-    assert len(everything) > 2 and stages[2][:4] == (1 + 1, 1, 0.0, lr) and stages[3][:4] == (1, 0, 0.5, lr / 4)
-    assert listed[0] == listed[2] == 0 < listed[1] == listed[3]  # the dense stages ask one-colour answers only
+    assert report["recipe"]["dense_stages"][1] == {"share": 0.25, "kinds": ("count",), "one_colour": False, "lr": 0.5}
+    lr, everything = MINI.lr["target"], stages[2][4]
+    assert len(everything) > 2 and stages == [
+        (1 + 4, 4, 0.0, lr, ["colors"]),  # the text step, then the target's dense stages
+        (2, 2, 0.0, lr / 2, ["count"]),
+        (2, 0, 0.5, lr / 4, everything),
+        (1 + 2, 2, 0.0, lr, ["colors"]),  # the draft's
+        (1, 1, 0.0, lr / 2, ["count"]),
+        (1, 0, 0.5, lr / 4, everything),
+    ]
+    assert listed[:2] == listed[3:5] == [0, 0] < [listed[2]] == [listed[5]]  # one-colour answers in the first only
     metrics = json.loads((tmp_path / "models" / "qwen2_5_vl" / "target" / "metrics.json").read_text())
-    assert metrics["train"]["dense_warm_up"]["steps"] == 3 and "video_gap" in metrics["train"]["dense_warm_up"]
+    assert [d["steps"] for d in metrics["train"]["dense_stages"]] == [5, 2]
+    assert all("colors" in d["video_gap_by_kind"] for d in metrics["train"]["dense_stages"])
     assert metrics["pair"]["static_tree"]["equal_to_target"]
 
 

@@ -370,29 +370,31 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 )
                 text = 0
                 warm_up["video_gap"] = video_gap(model, val_clips, fmt, single)  # on the small balls, at once
-            dense, dense_warm_up = int(recipe.dense_share * (video - large)), None
-            if dense:  # (the text steps, then) the dense steps on their kinds (see Recipe.dense_kinds)
-                dense_warm_up = train(
+            dense_stages, dense = [], [int(stage.share * (video - large)) for stage in recipe.dense_stages]
+            for stage, steps in zip(recipe.dense_stages, dense):  # (the text steps, then) each on its kinds
+                done = train(
                     model,
-                    [one_colour_answers(c) for c in train_clips] if recipe.dense_one_colour else train_clips,
+                    [one_colour_answers(c) for c in train_clips] if stage.one_colour else train_clips,
                     fmt,
-                    text + dense,
+                    text + steps,
                     text_steps=text,
-                    dense_steps=dense,
+                    dense_steps=steps,
                     dense_keep=recipe.dense_keep,
-                    kinds=tuple(recipe.dense_kinds or recipe.video_kinds),
+                    kinds=tuple(stage.kinds or recipe.video_kinds),
                     progress=lambda d, n, loss, tag=f"{family}: dense {role}": show(tag, d, n, f"loss {loss:.3f}"),
-                    **common,
+                    **dict(common, lr=recipe.lr[role] * stage.lr),
                 )
                 text = 0
-                dense_warm_up["video_gap"] = video_gap(model, val_clips, fmt, single)
-                dense_warm_up["video_gap_by_kind"] = video_gap_by_kind(model, val_clips, fmt, single)
+                done["video_gap"] = video_gap(model, val_clips, fmt, single)
+                done["video_gap_by_kind"] = video_gap_by_kind(model, val_clips, fmt, single)
+                dense_stages.append(done)
+            if dense_stages:
                 common["lr"] = recipe.lr[role] * recipe.after_dense_lr
             result = train(
                 model,
                 train_clips,
                 fmt,
-                text + video - large - dense,
+                text + video - large - sum(dense),
                 text_steps=text,
                 question_steps=int(recipe.question_share * (video - large)),
                 dense_keep=recipe.dense_keep,
@@ -405,8 +407,8 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
             )
             if warm_up is not None:
                 result["large_ball_warm_up"] = warm_up
-            if dense_warm_up is not None:
-                result["dense_warm_up"] = dense_warm_up
+            if dense_stages:
+                result["dense_stages"] = dense_stages
             if vision is not None:
                 result["vision_pretraining"] = dict(vision, probe_accuracy=probe_accuracy(model, probe, val_clips))
             save_checkpoint(folder, model, recipe, family, tokenizer)

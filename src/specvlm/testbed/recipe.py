@@ -30,6 +30,19 @@ class Arch:
 
 
 @dataclass(frozen=True)
+class DenseStage:
+    """A stage of dense video steps (`Recipe.dense_stages`): `share` of the video steps, on the turns of `kinds`
+    (all the video steps' kinds when empty), "which colours" only where the answer names one colour with
+    `one_colour` (there the reading starts: with every answer, "red and blue", it had not after 400 dense steps), its
+    peak learning rate `lr` x `Recipe.lr`."""
+
+    share: float
+    kinds: tuple = ()
+    one_colour: bool = False
+    lr: float = 1.0
+
+
+@dataclass(frozen=True)
 class Recipe:
     """Every knob of a build. `full()` is the bundled build; tests use a miniature one."""
 
@@ -85,22 +98,16 @@ class Recipe:
     # with `turns_per_step`: the step's one-turn conversations as one sequence that holds the video once, each turn
     # after it seeing the video and itself only (train.Formatter.shared): the same losses at about one turn's cost
     shared_video: bool = False
-    # with `shared_video`: the first `dense_share` of the video steps see only the visual tokens a ball covers and
-    # `dense_keep` of the others (train.dense_visual), and `dense_mix` of the later ones do: the information made
-    # dense without a second world (docs/DESIGN.md, Testbed: on the colour question alone, with a tower that reads
-    # colour at ~97 %, 400 dense steps start the reading at 8 frames; on every kind at once they do not)
-    dense_share: float = 0.0
+    # with `shared_video`: the video steps begin with `dense_stages` (each its own learning-rate schedule), whose
+    # steps see only the visual tokens a ball covers and `dense_keep` of the others (train.dense_visual); after them
+    # `dense_mix` of the steps do, at `after_dense_lr` x `lr`. The information made dense without a second world
+    # (docs/DESIGN.md, Testbed: with a tower that reads colour at ~97 %, 400 dense steps on the one-colour answers of
+    # "which colours" start the reading at 8 frames, and other kinds join at a quarter of the rate; every kind at once
+    # never starts it, and at the same rate the other kinds wipe it out)
+    dense_stages: tuple = ()  # of DenseStage
     dense_keep: float = 0.1
     dense_mix: float = 0.0
-    # the dense steps are a stage of their own (their own learning-rate schedule) on these kinds of turn only ((): the
-    # small-ball steps' kinds), and the steps after them peak at `after_dense_lr` x `lr`: in the minimal runs the
-    # colour question alone started the reading where every kind at once did not, and the other kinds added at the
-    # same rate wiped it out within 200 steps while at a quarter of it the reading stayed (docs/DESIGN.md, Testbed)
-    dense_kinds: tuple = ()
     after_dense_lr: float = 1.0
-    # the dense steps ask "which colours" only where the answer names one colour: there the reading starts; with
-    # every answer ("red and blue") it had not started after 400 dense steps, after the one-colour ones it carries over
-    dense_one_colour: bool = False
     lr: dict = field(default_factory=lambda: {"target": 2e-3, "draft": 2e-3})
     probe_weight: float = 1.0  # the visual-token probe's loss (probe.py) next to the answer loss
     distill: float = 0.8  # drafts: answer-token loss = 0.2 cross-entropy + 0.8 KL(target || draft)
