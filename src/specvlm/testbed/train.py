@@ -348,7 +348,7 @@ def mixed_stream(clips: list[Clip], mixed_in: list[Clip] | None, mix: float, rng
 def dense_visual(clip: Clip, share: float, rng: np.random.Generator) -> torch.Tensor:
     """The indices of the clip's visual tokens a ball covers (the probe's colour label is set) and of a random
     `share` of the others, in order: the clip's information at a density a from-scratch model finds
-    (`Recipe.dense_share`), each ball's token as it looks in the whole video."""
+    (`Recipe.dense_stages`), each ball's token as it looks in the whole video."""
     ball = clip.labels[:, 0] > 0
     others = (~ball).nonzero().flatten()
     chosen = torch.from_numpy(rng.random(others.numel()) < share)
