@@ -76,15 +76,15 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         dict(DENSE_COLOURS, dense_stages=(ONE_COLOUR,)),
         "v10, the dense steps on the one-colour answers of 'which colours' only (the minimal runs' task)",
     ),
-    "v13": (
-        dict(DENSE_COLOURS, dense_stages=(ONE_COLOUR,), after_dense_lr=0.5),
-        "v11, the steps after the dense stage at half the rate instead of a quarter (the captions and the draft "
-        "learn slowly at a quarter)",
-    ),
     "v12": (
         dict(DENSE_COLOURS, dense_stages=(ONE_COLOUR, DenseStage(0.34, ("colors", "count"), lr=0.25))),
         "v11, then a third of the steps dense on 'which colours' (every answer) and count at a quarter of the rate, "
         "then the rest as before (the minimal run G: count joins after the colours)",
+    ),
+    "v13": (
+        dict(DENSE_COLOURS, dense_stages=(ONE_COLOUR,), after_dense_lr=0.5),
+        "v11, the steps after the dense stage at half the rate instead of a quarter (the captions and the draft "
+        "learn slowly at a quarter)",
     ),
 }
 
