@@ -367,7 +367,7 @@ def lr_at(step: int, steps: int, peak: float, warmup: float) -> float:
 def turn_shares(is_caption: list[bool]) -> list[float]:
     """Each one-turn conversation's share of a step's loss, as in a pack (`Formatter.example`): the captions half,
     the questions the other half, equally within each side; one side alone takes it all. With equal shares the
-    caption, one turn of 17, was never learnt (answered "It is pink.")."""
+    caption is one turn of 17 and came out broken (pilot v11: "The purple side."), as in packs before their halves."""
     captions = sum(is_caption)
     questions = len(is_caption) - captions
     half = 0.5 if captions and questions else 1.0
