@@ -86,6 +86,11 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         "v11, the steps after the dense stage at half the rate instead of a quarter (the captions and the draft "
         "learn slowly at a quarter)",
     ),
+    "v14": (
+        dict(DENSE_COLOURS, dense_stages=(replace(ONE_COLOUR, share=0.5),)),
+        "v11 with half the video steps in its one-colour dense stage instead of a third (does a longer stage start "
+        "the reading where 402 steps did not?)",
+    ),
 }
 
 
