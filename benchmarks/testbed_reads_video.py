@@ -45,14 +45,15 @@ from common import table  # noqa: E402
 
 def one_colour_turns(clips, kinds, caption: bool = False, every_colours: bool = False):
     """The clips with only their turns of `kinds`, the "which colours" ones only where the answer names one colour
-    (unless `every_colours`), after the caption when `caption`; clips without any are dropped."""
+    (unless `every_colours`: `train.one_colour_answers`), after the caption when `caption`; clips without any are
+    dropped."""
+    from specvlm.testbed.train import one_colour_answers, only_kinds
+
     out = []
     for clip in clips:
-        turns = [
-            t for t in clip.turns if t[3] in kinds and (every_colours or not (t[3] == "colors" and " and " in t[1]))
-        ]
-        if turns:
-            out.append(replace(clip, turns=[t for t in clip.turns if caption and t[3] == "caption"] + turns))
+        asked = only_kinds(clip if every_colours else one_colour_answers(clip), tuple(kinds))
+        if asked.turns:
+            out.append(replace(clip, turns=[t for t in clip.turns if caption and t[3] == "caption"] + asked.turns))
     return out
 
 
