@@ -131,7 +131,8 @@ def test_probe_and_distillation_terms(mini_build, family):
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
 def test_vision_pretraining_trains_the_tower_alone(mini_build, family):
     """`pretrain_vision` lowers the probe's loss on the clips it sees, changes the vision tower and projector, and
-    leaves every language-model weight as it was (no LM in the loop)."""
+    leaves every language-model weight as it was (no LM in the loop); `quiet_background` reaches the probe's loss
+    (`probe.background_energy`, whose effect its own test checks)."""
     from specvlm.inputs import load_processor
     from specvlm.testbed.recipe import make_model
     from specvlm.testbed.train import load_clips, pretrain_vision, probe_accuracy
@@ -151,6 +152,13 @@ def test_vision_pretraining_trains_the_tower_alone(mini_build, family):
     assert any("merger" in n or "projector" in n for n in changed)
     scores = probe_accuracy(model, probe, clips)
     assert scores["cells"] == sum(int((c.labels[:, 1] > 0).sum()) for c in clips) > 0 and 0 <= scores["color"] <= 1
+    quiet = make_model(MINI, family, "target", seed=4)  # the same start, the background's energy in the loss too
+    quiet_probe, _ = pretrain_vision(quiet, clips, steps=2, lr=1e-2, seed=0, batch=1, quiet_background=1.0)
+    loud = make_model(MINI, family, "target", seed=4)
+    loud_probe, _ = pretrain_vision(loud, clips, steps=2, lr=1e-2, seed=0, batch=1)
+    assert (quiet_probe.quiet, loud_probe.quiet) == (1.0, 0.0)  # the probe carries it into the language steps
+    moved = [n for n, p in quiet.named_parameters() if not torch.equal(p, dict(loud.named_parameters())[n])]
+    assert moved and not any("language_model" in n for n in moved)
 
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])

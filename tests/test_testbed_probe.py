@@ -11,6 +11,7 @@ from specvlm.testbed.probe import (
     REGION_CLASSES,
     VisualProbe,
     WordAligned,
+    background_energy,
     cell_cover,
     token_grid,
     visual_labels,
@@ -115,6 +116,27 @@ def test_probe_loss_learns_and_ignores_the_extra_tokens():
     poisoned = embeds.clone()
     poisoned[3] = float("nan")  # an ignored token cannot reach the loss
     assert torch.isfinite(probe.loss(poisoned, labels))
+
+
+def test_background_energy_is_the_backgrounds_share_of_the_squared_norm_and_trains_it_down():
+    """background_energy = mean |bg|^2 / mean |obj|^2 with the denominator a constant: 0 without a background or
+    without an object; as part of the probe's loss (`quiet`) its gradient reaches the background rows only and
+    lowers their norm, while the object rows keep theirs."""
+    embeds = torch.tensor([[3.0, 4.0], [1.0, 0.0], [0.0, 2.0], [6.0, 8.0]])  # squared norms 25, 1, 4, 100
+    obj = torch.tensor([True, False, False, True])
+    torch.testing.assert_close(background_energy(embeds, obj), torch.tensor(2.5 / 62.5))
+    assert float(background_energy(embeds, torch.ones(4, dtype=torch.bool))) == 0.0
+    assert float(background_energy(embeds, torch.zeros(4, dtype=torch.bool))) == 0.0
+    labels = torch.tensor([[1, 1, 1], [0, 0, 0], [0, 0, 0], [2, 2, 2]])
+    probe, loud = VisualProbe(2, quiet=2.0), VisualProbe(2)
+    loud.load_state_dict(probe.state_dict())
+    with torch.enable_grad():  # the suite runs with autograd off
+        x = embeds.clone().requires_grad_(True)
+        extra = probe.loss(x, labels) - loud.loss(x, labels)
+        torch.testing.assert_close(extra, torch.tensor(2 * 2.5 / 62.5), rtol=1e-5, atol=1e-6)
+        (grad,) = torch.autograd.grad(extra, x)
+    assert torch.count_nonzero(grad[obj]) == 0 and torch.count_nonzero(grad[~obj]) > 0
+    assert float((embeds[~obj] * grad[~obj]).sum()) > 0  # a step against it shrinks the background rows
 
 
 def test_word_aligned_colour_read_out_pulls_a_token_towards_its_colour_word():

@@ -333,6 +333,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                     seed=seed * 7919 + ri,
                     batch=recipe.vision_batch,
                     warmup=recipe.warmup,
+                    quiet_background=recipe.quiet_background,
                     progress=lambda d, n, loss, tag=f"{family}: vision {role}": show(
                         tag, d, n, f"probe loss {loss:.3f}"
                     ),

@@ -116,12 +116,24 @@ class WordAligned(torch.nn.Module):
         return self.scale * x @ self.words.T
 
 
+def background_energy(embeds: torch.Tensor, obj: torch.Tensor) -> torch.Tensor:
+    """The background tokens' mean squared norm over the object tokens' (that one a constant: no gradient), 0 when
+    either is missing. embeds (N, width), obj (N,) bool. Pushed down, the empty background reaches the language
+    model as near-zero rows, so whatever it attends to at first is mostly what the balls' tokens carry."""
+    if not obj.any() or obj.all():
+        return embeds.new_zeros(())
+    energy = embeds.pow(2).sum(-1)  # (N,)
+    return energy[~obj].mean() / energy[obj].mean().detach()
+
+
 class VisualProbe(torch.nn.Module):
     """One linear read-out per HEADS entry (colour, region, motion) of a visual token's embedding; only used
-    while training. `colour_words` (len(COLOR_CLASSES), width): the colour read-out is `WordAligned` to them."""
+    while training. `colour_words` (len(COLOR_CLASSES), width): the colour read-out is `WordAligned` to them.
+    `quiet`: the weight of `background_energy` in its loss (the empty background's rows pushed towards zero)."""
 
-    def __init__(self, width: int, colour_words: torch.Tensor | None = None):
+    def __init__(self, width: int, colour_words: torch.Tensor | None = None, quiet: float = 0.0):
         super().__init__()
+        self.quiet = quiet
         heads: dict[str, torch.nn.Module] = {k: torch.nn.Linear(width, len(v)) for k, v in HEADS.items()}
         if colour_words is not None:
             if tuple(colour_words.shape) != (len(COLOR_CLASSES), width):
@@ -133,12 +145,12 @@ class VisualProbe(torch.nn.Module):
 
     def loss(self, embeds: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
         """Per head, mean cross-entropy over object cells plus BACKGROUND_WEIGHT x the mean over background cells
-        (labels -100 are left out); the heads' losses summed. embeds (N, width), labels (N, heads) as
-        `visual_labels` gives them."""
+        (labels -100 are left out); the heads' losses summed; plus `quiet` x `background_energy`. embeds (N,
+        width), labels (N, heads) as `visual_labels` gives them."""
         keep = labels[:, 0] != -100
         embeds, labels = embeds[keep].float(), labels[keep]
         obj = labels[:, 0] > 0
-        total = embeds.new_zeros(())
+        total = self.quiet * background_energy(embeds, obj) if self.quiet else embeds.new_zeros(())
         for i, head in enumerate(self.heads.values()):
             per_token = torch.nn.functional.cross_entropy(head(embeds), labels[:, i], reduction="none")
             asked = labels[:, i] != -100

@@ -134,12 +134,15 @@ class Formatter:
         every row's logits are those of its conversation alone, and the video passes through the language model
         once for all of them instead of once per row. Returns (model inputs, targets (1, L), weights (1, L)):
         position t's next token within its own part (-100 at each part's end), and its loss weight.
-        `keep`: only these visual tokens (indices among the clip's, in order) are in the sequence, each with its
-        own position (as a pruned draft sees them); the inputs are then embeddings (the visual rows from the
-        adapter's `visual_features`) instead of ids and pixels."""
-        if len(rows) == 1 and keep is None:
+        `keep`: only these visual tokens (indices among the clip's, in order) are in the sequence (`pruned`)."""
+        if len(rows) == 1 and keep is None:  # one conversation: the plain causal batch
             inputs, labels, weights = self.batch(clip, rows)
             return inputs, labels[:, 1:], weights[:, 1:]
+        whole = self.joined(clip, rows, adapter)
+        return whole if keep is None else self.pruned(whole, keep, adapter)
+
+    def joined(self, clip: Clip, rows: list, adapter) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """`shared`'s sequence, always in its general form (4-D mask, explicit positions), as ids and pixels."""
         first = rows[0][0]
         last_visual = max((i for i, t in enumerate(first) if t == self.video_id), default=len(first))
         prefix = min(len(ids) for ids, _, _ in rows) if len(rows) > 1 else last_visual + 1
@@ -164,23 +167,29 @@ class Formatter:
         visible = causal & ((part_of[None, :] == -1) | (part_of[None, :] == part_of[:, None]))  # (L, L)
         positions = torch.cat([positions.to(adapter.device), *rests], dim=-1)
         targets, weights = torch.tensor([targets], device="cpu"), torch.tensor([weights], device="cpu")
-        if keep is None:
-            inputs["attention_mask"] = additive_mask(visible, 0, torch.float32, adapter.device)
-            inputs["position_ids"] = positions
-            return inputs, targets, weights
-        # the dropped visual tokens are prompt rows: no target names them, and the text after them stays
-        visual = (inputs["input_ids"][0] == self.video_id).nonzero().flatten()
+        inputs["attention_mask"] = additive_mask(visible, 0, torch.float32, adapter.device)
+        inputs["position_ids"] = positions
+        return inputs, targets, weights
+
+    def pruned(self, shared: tuple, keep: torch.Tensor, adapter) -> tuple[dict, torch.Tensor, torch.Tensor]:
+        """`joined`'s (inputs, targets, weights) with only the visual tokens `keep` (indices among the clip's, in
+        order), each at its own position, as a pruned draft sees them. The inputs become embeddings made by
+        `adapter`'s model (its own tower and width: a teacher and its student each prune the same sequence); the
+        dropped tokens are prompt rows, so no target names them and the text after them stays."""
+        inputs, targets, weights = shared
+        visual = (inputs["input_ids"][0].cpu() == self.video_id).nonzero().flatten()
         dropped = torch.ones(visual.numel(), dtype=torch.bool, device="cpu")
         dropped[keep.cpu()] = False
-        rows_kept = torch.ones(len(ids), dtype=torch.bool, device="cpu")
+        rows_kept = torch.ones(targets.shape[1], dtype=torch.bool, device="cpu")
         rows_kept[visual[dropped]] = False
-        embeds = adapter.merge(inputs["input_ids"], adapter.visual_features(inputs))
         kept = rows_kept.to(adapter.device)
+        embeds = adapter.merge(inputs["input_ids"].to(adapter.device), adapter.visual_features(inputs))
+        mask = inputs["attention_mask"].to(adapter.device)[..., kept, :][..., kept]  # (1, 1, L', L')
         return (
             {
                 "inputs_embeds": embeds[:, kept],
-                "attention_mask": additive_mask(visible[rows_kept][:, rows_kept], 0, torch.float32, adapter.device),
-                "position_ids": positions[..., kept],
+                "attention_mask": mask,
+                "position_ids": inputs["position_ids"].to(adapter.device)[..., kept],
             },
             targets[:, rows_kept],
             weights[:, rows_kept],
@@ -267,6 +276,7 @@ def pretrain_vision(
     warmup: float = 0.05,
     progress: Callable[[int, int, float], None] | None = None,
     colour_words: torch.Tensor | None = None,
+    quiet_background: float = 0.0,
 ) -> tuple[VisualProbe, dict]:
     """The vision tower and projector alone, trained on the visual-token probe (probe.py): `steps` AdamW steps of
     `batch` clips each, no language model in the loop (the features come from the adapter's `visual_features`,
@@ -274,19 +284,21 @@ def pretrain_vision(
     the probe's loss curve. Like pretraining a VLM's vision encoder before its language steps: a step costs ~0.1 s
     per clip against ~1 s for a packed LM step, and 100 steps of 4 clips make the colours linearly readable from
     the LM's first video step on (99.5 % of object cells; shape stays at chance, see docs/DESIGN.md).
-    `colour_words`: the colour read-out is aligned to these word embeddings (`probe.WordAligned`)."""
+    `colour_words`: the colour read-out is aligned to these word embeddings (`probe.WordAligned`).
+    `quiet_background`: the probe's `quiet` (the empty background's rows pushed towards zero; the language steps
+    that keep training the probe keep it)."""
     with torch.enable_grad():
-        return _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress, colour_words)
+        return _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress, colour_words, quiet_background)
 
 
-def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress, colour_words):
+def _pretrain_vision(model, clips, steps, lr, seed, batch, warmup, progress, colour_words, quiet_background):
     from ..adapters import adapter_for
 
     rng = np.random.default_rng(seed)
     torch.manual_seed(seed)
     model.train()
     adapter = adapter_for(model)
-    probe = VisualProbe(model.config.get_text_config().hidden_size, colour_words)
+    probe = VisualProbe(model.config.get_text_config().hidden_size, colour_words, quiet_background)
     params = [p for _, p in vision_parameters(model)] + list(probe.parameters())
     opt = torch.optim.AdamW(params, lr=lr, betas=(0.9, 0.98), weight_decay=0.05)
     losses, start, stream = [], time.perf_counter(), shuffled_forever(clips, rng)
@@ -410,9 +422,13 @@ def example_loss(
     if shared_video and single_turns and video:
         from ..adapters import adapter_for
 
-        inputs, target, weights = fmt.shared(clip, rows, adapter_for(model), keep)  # (1, L) each
-        if teacher is not None and keep is not None:  # embeddings: the teacher's own tower and width make its rows
-            teacher_inputs = fmt.shared(clip, rows, adapter_for(teacher), keep)[0]
+        if keep is None:
+            inputs, target, weights = fmt.shared(clip, rows, adapter_for(model))  # (1, L) each
+        else:  # one sequence, pruned for each model: its own tower and width make its embeddings
+            whole = fmt.joined(clip, rows, adapter_for(model))
+            inputs, target, weights = fmt.pruned(whole, keep, adapter_for(model))
+            if teacher is not None:
+                teacher_inputs = fmt.pruned(whole, keep, adapter_for(teacher))[0]
     else:
         inputs, labels, weights = fmt.batch(clip, rows, video)  # (B, L) each
         target, weights = labels[:, 1:], weights[:, 1:]
@@ -629,15 +645,20 @@ def validation_loss(
 
 @torch.no_grad()
 def probe_accuracy(model, probe: VisualProbe, clips: list[Clip]) -> dict:
-    """Each read-out's accuracy over the object cells of `clips` it is asked about, and how many cells that was."""
+    """Each read-out's accuracy over the object cells of `clips` it is asked about, how many cells that was, and the
+    clips' mean `background_energy` (how loud the empty background is next to the balls)."""
     from ..adapters import adapter_for
+    from .probe import background_energy
 
-    adapter, total = adapter_for(model), {}
+    adapter, total, energies = adapter_for(model), {}, []
     for clip in clips:
-        hits = probe.hits(adapter.visual_features(float_pixels(clip.visual))["video"][0], clip.labels)
+        embeds = adapter.visual_features(float_pixels(clip.visual))["video"][0]  # (n_visual, hidden)
+        hits = probe.hits(embeds, clip.labels)
         total = {k: total.get(k, 0) + v for k, v in hits.items()}
+        asked = clip.labels[:, 0] != -100
+        energies.append(float(background_energy(embeds[asked], clip.labels[asked, 0] > 0)))
     out = {k: round(total[k] / max(total[f"{k}_asked"], 1), 3) for k in probe.heads if total.get(f"{k}_asked")}
-    return dict(out, cells=total.get("cells", 0))
+    return dict(out, cells=total.get("cells", 0), background_energy=round(float(np.mean(energies)), 4))
 
 
 @torch.no_grad()
