@@ -58,22 +58,54 @@ def one_colour_turns(clips, kinds, caption: bool = False, every_colours: bool = 
 
 
 @torch.no_grad()
-def evaluate(model, fmt, clips, per_clip: int) -> tuple[float, float, dict]:
+def evaluate(model, fmt, clips, per_clip: int) -> tuple[float, float, dict, dict]:
     """(answer loss with each clip's video, with the next clip's video, greedy accuracy by question kind over each
-    clip's first `per_clip` questions). The losses are each clip's mean over its turns' answer tokens, each turn a
-    one-turn conversation (one sequence holding the video once: `Formatter.shared`), then the mean over clips."""
+    clip's first `per_clip` questions, the gap by kind of turn). The losses are each clip's mean over its turns'
+    answer tokens, each turn a one-turn conversation (one sequence holding the video once: `Formatter.shared`),
+    then the mean over clips. The gap by kind (`build.video_gap_by_kind`, per answer token) is given where the
+    clips ask more than one kind, and for captions also on their colour words alone ("caption colours"): the tokens
+    a draft can read off the video, a few among a caption's many."""
     from specvlm.adapters import adapter_for
+    from specvlm.testbed.build import video_gap_by_kind
     from specvlm.testbed.train import answer_accuracy
 
-    adapter, own, other = adapter_for(model), [], []
+    adapter, own, other, colour_own, colour_other = adapter_for(model), [], [], [], []
+    colour_ids = torch.tensor(sorted(caption_colour_ids(fmt)))
     for i, clip in enumerate(clips):
         rows = [fmt.example(clip, [k]) for k in range(len(clip.turns))]
-        for video_of, losses in ((clip, own), (clips[(i + 1) % len(clips)], other)):
+        captions = [k for k, turn in enumerate(clip.turns) if turn[3] == "caption"]
+        for video_of, losses, colour_losses in (
+            (clip, own, colour_own),
+            (clips[(i + 1) % len(clips)], other, colour_other),
+        ):
             inputs, target, _ = fmt.shared(replace(clip, visual=video_of.visual), rows, adapter)
             logits = model(**inputs).logits[0, : target.shape[1]].float()
             losses.append(float(torch.nn.functional.cross_entropy(logits, target[0], ignore_index=-100)))
+            if captions:  # the caption turns alone, scored on their colour words
+                shown = replace(clip, visual=video_of.visual)
+                inputs, target, _ = fmt.shared(shown, [rows[k] for k in captions], adapter)
+                logits = model(**inputs).logits[0, : target.shape[1]].float()
+                words = torch.isin(target[0], colour_ids.to(target.device))
+                per_token = torch.nn.functional.cross_entropy(logits, target[0], ignore_index=-100, reduction="none")
+                colour_losses.extend(per_token[words].tolist())
     accuracy = answer_accuracy(model, clips, fmt, per_clip=per_clip, max_new_tokens=16)
-    return statistics.fmean(own), statistics.fmean(other), accuracy
+    by_kind = video_gap_by_kind(model, clips, fmt, single_turns=True)
+    if len(by_kind) == 1:
+        by_kind = {}
+    if colour_own:
+        by_kind["caption colours"] = round(statistics.fmean(colour_other) - statistics.fmean(colour_own), 4)
+    return statistics.fmean(own), statistics.fmean(other), accuracy, by_kind
+
+
+def caption_colour_ids(fmt) -> set[int]:
+    """The token ids of the colour words as a caption says them (" red"): the first token of each."""
+    from specvlm.testbed.world import COLORS
+
+    return {fmt.ids(f" {c}")[0] for c in COLORS}
+
+
+def gaps_text(by_kind: dict) -> str:
+    return ", ".join(f"{k} {v:+.3f}" for k, v in by_kind.items()) or "–"
 
 
 def majority_baseline(train, val, per_clip: int) -> dict:
@@ -150,7 +182,7 @@ def train_language(
                 model.eval()
                 train_loss = f"{statistics.fmean(losses[-args.every :]):.3f}"
                 if val:
-                    own, other, acc = evaluate(model, fmt, val, args.eval_questions)
+                    own, other, acc, by_kind = evaluate(model, fmt, val, args.eval_questions)
                     rows.append(
                         [
                             stage,
@@ -159,11 +191,12 @@ def train_language(
                             f"{own:.3f}",
                             f"{other:.3f}",
                             f"{other - own:+.3f}",
+                            gaps_text(by_kind),
                             accuracy_text(acc),
                         ]
                     )
                 else:  # the text stage: nothing to read
-                    rows.append([stage, step + 1, train_loss, "–", "–", "–", "–"])
+                    rows.append([stage, step + 1, train_loss, "–", "–", "–", "–", "–"])
                 print(f"{rows[-1]} ({time.perf_counter() - start:.0f} s)", flush=True)
                 model.train()
     model.eval()
@@ -231,6 +264,13 @@ def main(argv=None) -> str:
         action="store_true",
         help='with --every-colours: the --dense-steps ask "which colours" only where the answer names one colour',
     )
+    ap.add_argument(
+        "--quiet-background",
+        type=float,
+        default=0.0,
+        help="weight of the background's energy in the vision steps' loss (probe.background_energy: the empty "
+        "background pushed towards zero rows)",
+    )
     ap.add_argument("--eval-questions", type=int, default=1, help="questions scored per validation clip (its first)")
     ap.add_argument("--val-clips", type=int, default=0, help="validation clips scored (0: all)")
     ap.add_argument("--lr", type=float, default=2e-3)
@@ -295,6 +335,7 @@ def main(argv=None) -> str:
         recipe.vision_lr,
         args.seed,
         colour_words=words,
+        quiet_background=args.quiet_background,
     )
     read = probe_accuracy(model, probe, split("small", "validation", only=every_clip))
     print(f"probe on the small-ball validation clips: {read}")
@@ -312,9 +353,18 @@ def main(argv=None) -> str:
             "large balls",
             rows,
         )
-        own, other, acc = evaluate(model, fmt, val, args.eval_questions)
+        own, other, acc, by_kind = evaluate(model, fmt, val, args.eval_questions)
         rows.append(
-            ["(small-ball validation)", 0, "", f"{own:.3f}", f"{other:.3f}", f"{other - own:+.3f}", accuracy_text(acc)]
+            [
+                "(small-ball validation)",
+                0,
+                "",
+                f"{own:.3f}",
+                f"{other:.3f}",
+                f"{other - own:+.3f}",
+                gaps_text(by_kind),
+                accuracy_text(acc),
+            ]
         )
     if args.dense_steps:
         if args.layout != "shared":
@@ -347,7 +397,17 @@ def main(argv=None) -> str:
         f"probe-trained {args.vision_steps} steps then frozen; the majority answer scores "
         f"{accuracy_text(majority_baseline(split('small', 'train'), val, args.eval_questions))}:\n\n"
         + table(
-            ["stage", "step", "train loss", "val loss, own video", "val loss, another clip's", "gap", "accuracy"], rows
+            [
+                "stage",
+                "step",
+                "train loss",
+                "val loss, own video",
+                "val loss, another clip's",
+                "gap",
+                "gap by kind",
+                "accuracy",
+            ],
+            rows,
         )
     )
     print(body)

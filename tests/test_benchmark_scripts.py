@@ -205,6 +205,11 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
     body = testbed_reads_video.main([*argv, *more, "--init-seed", "1", "--every-colours", "--dense-one-colour"])
     assert "| dense small balls (keep 0.1) | 1 |" in body and "| small balls | 1 |" in body and "count" in body
     assert '("colors" with every answer)' in body
+    assert "colors +" in body or "colors -" in body  # the gap by kind, two kinds asked
+    argv[1] = str(tmp_path / "caption")
+    more = ["--large-steps", "0", "--dense-steps", "1", "--steps", "1", "--layout", "shared", "--kinds"]
+    body = testbed_reads_video.main([*argv, *more, "colors,caption", "--dense-kinds", "colors"])
+    assert "caption colours" in body
 
 
 @pytest.mark.slow
