@@ -191,6 +191,23 @@ def test_red_ball_moving_left_is_answered_left(direction):
     assert caption(scene).startswith(f"There is one ball. The red ball starts in the centre and moves {direction}.")
 
 
+def test_the_caption_names_the_balls_in_colour_order():
+    """The balls at the start and at the end in the fixed order of COLORS, wherever they are: the order is what the
+    tower sees (a blue ball at the top left comes after a red one at the bottom right)."""
+    still = dict(colors=[], motion=[(0, None)])
+    blue = Obj(0, "circle", "blue", "small", None, 0, 7, **still, start_pos=(0.1, 0.1), end_pos=(0.1, 0.1))
+    red = Obj(1, "circle", "red", "small", None, 0, 7, **still, start_pos=(0.9, 0.9), end_pos=(0.9, 0.9))
+    blue.colors, red.colors = [(0, "blue")], [(0, "red")]
+    states = np.zeros((8, 2, 3))
+    states[:, 0], states[:, 1] = (0.1, 0.1, 1), (0.9, 0.9, 1)
+    scene = Scene(8, 8, "black", "plain", 0, [blue, red], [], states, [["blue", "red"]] * 8)
+    assert caption(scene) == (
+        "There are two balls. The red ball starts at the bottom right and does not move. The blue ball starts at "
+        "the top left and does not move. At the end, the red ball is at the bottom right and the blue ball is at "
+        "the top left."
+    )
+
+
 def oracle(scene, kind, q):
     """An independent answer from the scene's log, for the kinds whose question pins the fact down."""
     objs, n = scene.objects, scene.n_frames

@@ -79,9 +79,12 @@ def listing(items: list[str]) -> str:
     return items[0] if len(items) == 1 else ", ".join(items[:-1]) + " and " + items[-1]
 
 
-def reading_order(objs: list[Obj], pos) -> list[Obj]:
-    """Objects ordered as one reads the frame: by region row, then left to right."""
-    return sorted(objs, key=lambda o: (min(int(pos(o)[1] * 3), 2), pos(o)[0]))
+def colour_order(objs: list[Obj], frame: int) -> list[Obj]:
+    """Objects in the fixed order of COLORS by their colour at `frame` (as "which colours" lists them): the order a
+    caption mentions them in is then what the tower sees, where reading order (by region) needs the place, which
+    Qwen2.5-VL's tower does not see (docs/DESIGN.md, Testbed)."""
+    order = list(COLORS)
+    return sorted(objs, key=lambda o: order.index(o.color_at(frame)))
 
 
 # ---- caption ------------------------------------------------------------------------------------------------------
@@ -100,9 +103,9 @@ def event_clause(scene: Scene, e: dict) -> str:
 
 
 def caption(scene: Scene) -> str:
-    """The clip's caption, a function of its scene only: the balls at the start in reading order, then each moment
-    something happens (events of one frame in one sentence), then where the balls are at the end."""
-    starters = reading_order([o for o in scene.objects if o.first == 0], lambda o: o.start_pos)
+    """The clip's caption, a function of its scene only: the balls at the start in colour order, then each moment
+    something happens (events of one frame in one sentence), then where the balls are at the end, in colour order."""
+    starters = colour_order([o for o in scene.objects if o.first == 0], 0)
     n = len(starters)
     sentences = [f"There {'is' if n == 1 else 'are'} {number(n)} ball{'' if n == 1 else 's'}."]
     for o in starters:
@@ -113,7 +116,7 @@ def caption(scene: Scene) -> str:
     for t in sorted(groups):
         sentences.append(f"Then {listing([event_clause(scene, e) for e in groups[t]])}.")
     last = scene.n_frames - 1
-    left = reading_order([o for o in scene.objects if o.visible(last)], lambda o: o.end_pos)
+    left = colour_order([o for o in scene.objects if o.visible(last)], last)
     if not left:
         sentences.append("At the end, no ball is left.")
     else:
