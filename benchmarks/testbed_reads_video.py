@@ -62,46 +62,22 @@ def evaluate(model, fmt, clips, per_clip: int) -> tuple[float, float, dict, dict
     """(answer loss with each clip's video, with the next clip's video, greedy accuracy by question kind over each
     clip's first `per_clip` questions, the gap by kind of turn). The losses are each clip's mean over its turns'
     answer tokens, each turn a one-turn conversation (one sequence holding the video once: `Formatter.shared`),
-    then the mean over clips. The gap by kind (`build.video_gap_by_kind`, per answer token) is given where the
-    clips ask more than one kind, and for captions also on their colour words alone ("caption colours"): the tokens
-    a draft can read off the video, a few among a caption's many."""
+    then the mean over clips. The gap by kind (`build.video_gap_by_kind`, per answer token; with captions also on
+    their colour words alone) is given where the clips ask more than one kind or have captions."""
     from specvlm.adapters import adapter_for
     from specvlm.testbed.build import video_gap_by_kind
     from specvlm.testbed.train import answer_accuracy
 
-    adapter, own, other, colour_own, colour_other = adapter_for(model), [], [], [], []
-    colour_ids = torch.tensor(sorted(caption_colour_ids(fmt)))
+    adapter, own, other = adapter_for(model), [], []
     for i, clip in enumerate(clips):
         rows = [fmt.example(clip, [k]) for k in range(len(clip.turns))]
-        captions = [k for k, turn in enumerate(clip.turns) if turn[3] == "caption"]
-        for video_of, losses, colour_losses in (
-            (clip, own, colour_own),
-            (clips[(i + 1) % len(clips)], other, colour_other),
-        ):
+        for video_of, losses in ((clip, own), (clips[(i + 1) % len(clips)], other)):
             inputs, target, _ = fmt.shared(replace(clip, visual=video_of.visual), rows, adapter)
             logits = model(**inputs).logits[0, : target.shape[1]].float()
             losses.append(float(torch.nn.functional.cross_entropy(logits, target[0], ignore_index=-100)))
-            if captions:  # the caption turns alone, scored on their colour words
-                shown = replace(clip, visual=video_of.visual)
-                inputs, target, _ = fmt.shared(shown, [rows[k] for k in captions], adapter)
-                logits = model(**inputs).logits[0, : target.shape[1]].float()
-                words = torch.isin(target[0], colour_ids.to(target.device))
-                per_token = torch.nn.functional.cross_entropy(logits, target[0], ignore_index=-100, reduction="none")
-                colour_losses.extend(per_token[words].tolist())
     accuracy = answer_accuracy(model, clips, fmt, per_clip=per_clip, max_new_tokens=16)
     by_kind = video_gap_by_kind(model, clips, fmt, single_turns=True)
-    if len(by_kind) == 1:
-        by_kind = {}
-    if colour_own:
-        by_kind["caption colours"] = round(statistics.fmean(colour_other) - statistics.fmean(colour_own), 4)
-    return statistics.fmean(own), statistics.fmean(other), accuracy, by_kind
-
-
-def caption_colour_ids(fmt) -> set[int]:
-    """The token ids of the colour words as a caption says them (" red"): the first token of each."""
-    from specvlm.testbed.world import COLORS
-
-    return {fmt.ids(f" {c}")[0] for c in COLORS}
+    return statistics.fmean(own), statistics.fmean(other), accuracy, by_kind if len(by_kind) > 1 else {}
 
 
 def gaps_text(by_kind: dict) -> str:

@@ -335,12 +335,35 @@ def test_video_gap_is_zero_when_the_other_video_is_the_same(mini_build):
     # per kind of turn: each kind's turns alone (the other video: the next clip that has that kind)
     from specvlm.testbed.build import video_gap_by_kind
 
-    kinds = {t[3] for c in clips for t in c.turns}
-    assert video_gap_by_kind(model, clips[:1], fmt, True) == dict.fromkeys(sorted({t[3] for t in clips[0].turns}), 0)
+    kinds = {t[3] for c in clips for t in c.turns} | {"caption colours"}  # every clip has a caption
+    first = dict.fromkeys({t[3] for t in clips[0].turns} | {"caption colours"}, 0)
+    assert video_gap_by_kind(model, clips[:1], fmt, True) == first
     both = video_gap_by_kind(model, clips, fmt, True)
     assert sorted(both) == sorted(kinds) and sorted(metrics["video_gap_by_kind"]) == sorted(
         {t[3] for c in load_clips(out / "world", "validation", fmt.processor, MINI.num_frames) for t in c.turns}
+        | {"caption colours"}
     )
+
+
+def test_validation_loss_on_some_tokens_counts_those_alone(mini_build):
+    """`validation_loss(tokens=...)`: the mean over the answer tokens that are one of those ids; every id gives the
+    plain loss, none gives 0.0, the captions' colour words a loss of their own."""
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.train import Formatter, caption_colour_ids, load_clips, validation_loss
+    from specvlm.testbed.world import COLORS
+
+    out, _ = mini_build
+    folder = out / "models" / "qwen2_5_vl" / "target"
+    fmt = Formatter(load_processor(folder))
+    model = load(folder)
+    clips = load_clips(out / "world", "train", fmt.processor, MINI.num_frames, limit=2, pixel_dtype=torch.float32)
+    every = list(range(model.config.get_text_config().vocab_size))
+    assert validation_loss(model, clips, fmt, tokens=every) == pytest.approx(validation_loss(model, clips, fmt))
+    assert validation_loss(model, clips, fmt, tokens=[]) == 0.0
+    colours = caption_colour_ids(fmt)
+    assert colours == sorted(fmt.ids(f" {c}")[0] for c in COLORS)
+    said = [i for c in clips for t in c.turns if t[3] == "caption" for i in fmt.ids(t[1]) if i in colours]
+    assert said and 0 < validation_loss(model, clips, fmt, tokens=colours)
 
 
 def test_bf16_training_computes_the_same_inside_the_builds_torch_state(mini_build, monkeypatch):

@@ -333,7 +333,6 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                     seed=seed * 7919 + ri,
                     batch=recipe.vision_batch,
                     warmup=recipe.warmup,
-                    quiet_background=recipe.quiet_background,
                     progress=lambda d, n, loss, tag=f"{family}: vision {role}": show(
                         tag, d, n, f"probe loss {loss:.3f}"
                     ),
@@ -460,26 +459,32 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
     return report
 
 
-def video_gap(model, clips, fmt, single_turns: bool, own: float | None = None) -> float:
+def video_gap(
+    model, clips, fmt, single_turns: bool, own: float | None = None, tokens: list[int] | None = None
+) -> float:
     """What the video is worth to the answers: the validation loss with another clip's video minus with its own
-    (`validation_loss`; `own` when the caller has it already); about 0 when the model ignores the video."""
+    (`validation_loss`, on the answer tokens among `tokens` when given; `own` when the caller has it already);
+    about 0 when the model ignores the video."""
     from .train import validation_loss
 
     if own is None:
-        own = validation_loss(model, clips, fmt, single_turns=single_turns)
-    return round(validation_loss(model, clips, fmt, another_video=True, single_turns=single_turns) - own, 4)
+        own = validation_loss(model, clips, fmt, single_turns=single_turns, tokens=tokens)
+    other = validation_loss(model, clips, fmt, another_video=True, single_turns=single_turns, tokens=tokens)
+    return round(other - own, 4)
 
 
 def video_gap_by_kind(model, clips, fmt, single_turns: bool) -> dict[str, float]:
     """`video_gap` on each kind of turn alone ("caption", "colors", ...): a reading that starts on one kind shows
-    there long before it moves the gap over every turn."""
-    from .train import only_kinds
+    there long before it moves the gap over every turn. With captions, also on their colour words alone ("caption
+    colours"): the few tokens of a caption a draft can read off the video, diluted among its many others."""
+    from .train import caption_colour_ids, only_kinds
 
     kinds = sorted({turn[3] for clip in clips for turn in clip.turns})
-    return {
-        kind: video_gap(model, [c for c in (only_kinds(c, (kind,)) for c in clips) if c.turns], fmt, single_turns)
-        for kind in kinds
-    }
+    alone = {kind: [c for c in (only_kinds(c, (kind,)) for c in clips) if c.turns] for kind in kinds}
+    gaps = {kind: video_gap(model, alone[kind], fmt, single_turns) for kind in kinds}
+    if "caption" in alone:
+        gaps["caption colours"] = video_gap(model, alone["caption"], fmt, single_turns, tokens=caption_colour_ids(fmt))
+    return gaps
 
 
 def pixels_digest(clips) -> str:

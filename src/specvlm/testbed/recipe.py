@@ -70,10 +70,6 @@ class Recipe:
     vision_steps: dict = field(default_factory=lambda: {"target": 150, "draft": 150})
     vision_batch: int = 4
     vision_lr: float = 3e-3
-    # the vision steps also push the empty background's rows towards zero (`probe.background_energy`, this weight):
-    # at first a language model attends about evenly, so what it sees of the video is the mean of the rows, ~7 % of
-    # them balls; with a quiet background that mean is the balls' (docs/DESIGN.md, Testbed: "A quiet background")
-    quiet_background: float = 0.0
     text_steps: dict = field(default_factory=lambda: {"target": 600, "draft": 300})
     steps: dict = field(default_factory=lambda: {"target": 671, "draft": 335})  # = scaled(60)
     question_share: float = 0.0

@@ -27,6 +27,7 @@ from ..adapters.attention import additive_mask
 from ..inputs import build_inputs, load_video, render_prompt, sampler
 from .language import is_correct
 from .probe import VisualProbe, token_grid, visual_labels
+from .world import COLORS
 
 VISUAL_KEYS = ("pixel_values_videos", "video_grid_thw", "second_per_grid_ts")
 PER_TOKEN_KEYS = ("input_ids", "attention_mask", "mm_token_type_ids")  # `Formatter.batch`'s (B, L) inputs
@@ -618,13 +619,20 @@ def _curve(values: list[float], every: int = 50) -> list[float]:
 # ---- evaluation (float32, as the engine runs) ----------------------------------------------------------------------
 @torch.no_grad()
 def validation_loss(
-    model, clips: list[Clip], fmt: Formatter, another_video: bool = False, single_turns: bool = False
+    model,
+    clips: list[Clip],
+    fmt: Formatter,
+    another_video: bool = False,
+    single_turns: bool = False,
+    tokens: list[int] | None = None,
 ) -> float:
     """Mean per-answer-token cross-entropy, each clip's turns in their stored order (caption first) as one pack, or
     with `single_turns` each as its own one-turn conversation (how models trained with `turns_per_step` are asked).
     With `another_video`, each clip's conversations are scored with the next clip's video instead (same token
     count): the difference to its own video's loss is what reading the video buys; zero means the model ignores it.
-    The one-turn conversations are computed as one sequence holding the video once (`Formatter.shared`)."""
+    The one-turn conversations are computed as one sequence holding the video once (`Formatter.shared`).
+    `tokens`: only the answer tokens that are one of these ids count (`caption_colour_ids`: a caption's colour
+    words); 0.0 when none is there."""
     from ..adapters import adapter_for
 
     total, count = 0.0, 0
@@ -635,12 +643,20 @@ def validation_loss(
         if shown.n_visual != clip.n_visual:
             raise ValueError(f"clips {clip.id} and {shown.id} have different visual token counts")
         inputs, target, _ = fmt.shared(replace(clip, visual=shown.visual), rows, adapter_for(model))
+        if tokens is not None:  # the other answer tokens leave the loss
+            target = torch.where(torch.isin(target, torch.tensor(tokens, device=target.device)), target, -100)
         logits = model(**inputs).logits[:, : target.shape[1]].float()  # (1, T, vocab)
         total += float(
             torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum")
         )
         count += int((target != -100).sum())
     return total / max(count, 1)
+
+
+def caption_colour_ids(fmt: Formatter) -> list[int]:
+    """The token ids of the colour words as a caption says them (" red"; the first token of each): the words of a
+    caption a draft can read off the video."""
+    return sorted({fmt.ids(f" {c}")[0] for c in COLORS})
 
 
 @torch.no_grad()
