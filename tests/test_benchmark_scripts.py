@@ -221,8 +221,9 @@ def test_testbed_recipe_trials_build_and_judge_a_variant(tmp_path):
         row = next(line for line in body.splitlines() if line.startswith(f"| {variant} (fp32) |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == "3" and cells[2].endswith("%")  # miniature()'s steps; the tower's read-out
-        gaps = [cells[i] for i in ((4, 6, 7) if variant == "v5" else (4, 5, 6, 7))]  # v5's warm-up: large balls
-        assert all(c[0] in "+-" for c in gaps)  # over every turn and on "which colours", after the warm-up and at end
+        gaps = [cells[i] for i in ((4, 6, 7, 8) if variant == "v5" else (4, 5, 6, 7, 8))]  # v5's warm-up: large
+        assert all(c[0] in "+-" for c in gaps)  # every turn, "which colours", after the warm-up and at the end; and
+        #                                         the captions' colour words at the end
     with pytest.raises(SystemExit, match="unknown variant 'v99'"):
         testbed_recipe_trials.main(["--variants", "v99"])
 
