@@ -43,14 +43,25 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table  # noqa: E402
 
 
-def one_colour_turns(clips, kinds, caption: bool = False, every_colours: bool = False):
+def names_one_colour(text: str) -> bool:
+    """Does a caption name one colour only (one ball that keeps its colour)?"""
+    import re
+
+    from specvlm.testbed.world import COLORS
+
+    return sum(bool(re.search(rf"\b{c}\b", text)) for c in COLORS) == 1
+
+
+def one_colour_turns(clips, kinds, caption: bool = False, every_colours: bool = False, one_colour_captions=False):
     """The clips with only their turns of `kinds`, the "which colours" ones only where the answer names one colour
-    (unless `every_colours`: `train.one_colour_answers`), after the caption when `caption`; clips without any are
-    dropped."""
+    (unless `every_colours`: `train.one_colour_answers`), the captions only where they name one colour with
+    `one_colour_captions`, after the caption when `caption`; clips without any are dropped."""
     from specvlm.testbed.train import one_colour_answers, only_kinds
 
     out = []
     for clip in clips:
+        if one_colour_captions:
+            clip = replace(clip, turns=[t for t in clip.turns if t[3] != "caption" or names_one_colour(t[1])])
         asked = only_kinds(clip if every_colours else one_colour_answers(clip), tuple(kinds))
         if asked.turns:
             out.append(replace(clip, turns=[t for t in clip.turns if caption and t[3] == "caption"] + asked.turns))
@@ -236,6 +247,11 @@ def main(argv=None) -> str:
         help='"which colours" with every answer, not only those naming one colour (as the build asks it)',
     )
     ap.add_argument(
+        "--dense-one-colour-captions",
+        action="store_true",
+        help="the --dense-steps train the captions that name one colour only (clips with one ball)",
+    )
+    ap.add_argument(
         "--dense-one-colour",
         action="store_true",
         help='with --every-colours: the --dense-steps ask "which colours" only where the answer names one colour',
@@ -284,10 +300,12 @@ def main(argv=None) -> str:
     processor = load_processor(out / "processor")
     fmt = Formatter(processor)
 
-    def split(ball, name, text=False, frames=args.frames, only=None, every_colours=args.every_colours):
+    def split(ball, name, text=False, frames=args.frames, only=None, every_colours=args.every_colours, one=False):
         dtype = torch.float32 if name == "validation" else torch.float16
         clips = load_clips(worlds[ball], name, processor, frames, pixel_dtype=dtype)
-        return one_colour_turns(clips, only or kinds, caption=text, every_colours=every_colours)
+        return one_colour_turns(
+            clips, only or kinds, caption=text, every_colours=every_colours, one_colour_captions=one
+        )
 
     model = make_model(recipe, args.family, "target", 7 if args.init_seed is None else 100 + args.init_seed)
     rows: list[list] = []
@@ -348,8 +366,13 @@ def main(argv=None) -> str:
         stage = f"dense {args.ball} balls (keep {args.dense_keep:g})"
         dense_kinds = set(args.dense_kinds.split(",")) if args.dense_kinds else None
         train_clips = split(
-            "small", "train", only=dense_kinds, every_colours=args.every_colours and not args.dense_one_colour
+            "small",
+            "train",
+            only=dense_kinds,
+            every_colours=args.every_colours and not args.dense_one_colour,
+            one=args.dense_one_colour_captions,
         )
+        print(f"dense stage: {len(train_clips)} training clips", flush=True)
         train_language(model, fmt, train_clips, val, args.dense_steps, args, stage, rows, dense=1.0)
     mixed_in = split("large", "train") if args.mix else None
     train_language(

@@ -208,8 +208,16 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
     assert "colors +" in body or "colors -" in body  # the gap by kind, two kinds asked
     argv[1] = str(tmp_path / "caption")
     more = ["--large-steps", "0", "--dense-steps", "1", "--steps", "1", "--layout", "shared", "--kinds"]
-    body = testbed_reads_video.main([*argv, *more, "colors,caption", "--dense-kinds", "colors"])
+    body = testbed_reads_video.main([*argv, *more, "colors,caption", "--dense-one-colour-captions"])
     assert "caption colours" in body
+
+
+def test_one_colour_captions_are_those_of_one_ball():
+    import testbed_reads_video
+
+    assert testbed_reads_video.names_one_colour("There is one ball. The red ball starts at the top. At the end, ...")
+    assert not testbed_reads_video.names_one_colour("There is one ball. The red ball ... Then the red ball turns blue.")
+    assert not testbed_reads_video.names_one_colour("There are no balls.")
 
 
 @pytest.mark.slow
