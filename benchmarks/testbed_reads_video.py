@@ -300,11 +300,19 @@ def main(argv=None) -> str:
     processor = load_processor(out / "processor")
     fmt = Formatter(processor)
 
-    def split(ball, name, text=False, frames=args.frames, only=None, every_colours=args.every_colours, one=False):
+    def split(
+        ball,
+        name,
+        text=False,
+        frames=args.frames,
+        only=None,
+        every_colours=args.every_colours,
+        one_colour_captions=False,
+    ):
         dtype = torch.float32 if name == "validation" else torch.float16
         clips = load_clips(worlds[ball], name, processor, frames, pixel_dtype=dtype)
         return one_colour_turns(
-            clips, only or kinds, caption=text, every_colours=every_colours, one_colour_captions=one
+            clips, only or kinds, caption=text, every_colours=every_colours, one_colour_captions=one_colour_captions
         )
 
     model = make_model(recipe, args.family, "target", 7 if args.init_seed is None else 100 + args.init_seed)
@@ -370,7 +378,7 @@ def main(argv=None) -> str:
             "train",
             only=dense_kinds,
             every_colours=args.every_colours and not args.dense_one_colour,
-            one=args.dense_one_colour_captions,
+            one_colour_captions=args.dense_one_colour_captions,
         )
         print(f"dense stage: {len(train_clips)} training clips", flush=True)
         train_language(model, fmt, train_clips, val, args.dense_steps, args, stage, rows, dense=1.0)

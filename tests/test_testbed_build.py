@@ -240,8 +240,9 @@ def test_shared_video_rows_are_their_one_turn_conversations(mini_build, family):
 
 @pytest.mark.parametrize("family", ["llava_onevision", "qwen2_5_vl"])
 def test_shared_video_keeps_only_the_visual_tokens_asked(mini_build, family):
-    """`Formatter.shared(keep=...)` gives every kept token the logits it has in the whole sequence when the dropped
-    visual tokens are masked out instead (same positions, nothing attends to them); keeping all is the whole."""
+    """`Formatter.pruned(joined(...), keep)` gives every kept token the logits it has in the whole sequence when the
+    dropped visual tokens are masked out instead (same positions, nothing attends to them); keeping all is the
+    whole."""
     from specvlm.adapters import adapter_for
     from specvlm.inputs import load_processor
     from specvlm.testbed.recipe import make_model
@@ -257,11 +258,11 @@ def test_shared_video_keeps_only_the_visual_tokens_asked(mini_build, family):
     whole, target, _ = fmt.shared(clip, rows, adapter)
     with torch.no_grad():
         logits = model(**whole).logits
-        all_kept, all_target, _ = fmt.shared(clip, rows, adapter, keep=torch.arange(clip.n_visual))
+        all_kept, all_target, _ = fmt.pruned(fmt.joined(clip, rows, adapter), torch.arange(clip.n_visual), adapter)
         torch.testing.assert_close(model(**all_kept).logits, logits, rtol=1e-4, atol=1e-5)
         assert torch.equal(all_target, target)
         keep = torch.arange(0, clip.n_visual, 3)
-        some, some_target, _ = fmt.shared(clip, rows, adapter, keep=keep)
+        some, some_target, _ = fmt.pruned(fmt.joined(clip, rows, adapter), keep, adapter)
         visual = (whole["input_ids"][0] == fmt.video_id).nonzero().flatten()
         dropped = visual[torch.ones(clip.n_visual, dtype=torch.bool).index_fill_(0, keep, False)]
         masked = dict(whole, attention_mask=whole["attention_mask"].clone())
@@ -298,8 +299,8 @@ def test_a_dense_step_distils_from_a_teacher_of_another_width(mini_build, family
             (i, labels, [w * share for w in weights])
             for (i, labels, weights), share in zip((fmt.example(clip, [k]) for k in order), shares)
         ]
-        mine, target, weights = fmt.shared(clip, rows, adapter_for(student), keep)
-        theirs = fmt.shared(clip, rows, adapter_for(teacher), keep)[0]
+        mine, target, weights = fmt.pruned(fmt.joined(clip, rows, adapter_for(student)), keep, adapter_for(student))
+        theirs = fmt.pruned(fmt.joined(clip, rows, adapter_for(teacher)), keep, adapter_for(teacher))[0]
         n = target.shape[1]
         log_p = torch.log_softmax(teacher(**theirs).logits[:, :n], -1)
         kl = (log_p.exp() * (log_p - torch.log_softmax(student(**mine).logits[:, :n], -1))).sum(-1)

@@ -126,21 +126,18 @@ class Formatter:
                 out[k] = torch.cat([v] * len(rows))  # Qwen: (patches, dim) and (1, 3) per video; OV: (1, T, C, H, W)
         return out, padded([labels for _, labels, _ in rows], -100), padded([w for _, _, w in rows], 0.0)
 
-    def shared(
-        self, clip: Clip, rows: list, adapter, keep: torch.Tensor | None = None
-    ) -> tuple[dict, torch.Tensor, torch.Tensor]:
+    def shared(self, clip: Clip, rows: list, adapter) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """One-turn `example` rows of one clip as one sequence that holds their common prompt prefix (through the
         video) once, then each row's rest (its question and answer) one after another; a 4-D mask lets each rest
         see the prefix and itself only, and its positions continue from the prefix as in its own conversation. So
         every row's logits are those of its conversation alone, and the video passes through the language model
         once for all of them instead of once per row. Returns (model inputs, targets (1, L), weights (1, L)):
-        position t's next token within its own part (-100 at each part's end), and its loss weight.
-        `keep`: only these visual tokens (indices among the clip's, in order) are in the sequence (`pruned`)."""
-        if len(rows) == 1 and keep is None:  # one conversation: the plain causal batch
+        position t's next token within its own part (-100 at each part's end), and its loss weight. Pruned to some
+        visual tokens: `pruned(joined(...))`."""
+        if len(rows) == 1:  # one conversation: the plain causal batch
             inputs, labels, weights = self.batch(clip, rows)
             return inputs, labels[:, 1:], weights[:, 1:]
-        whole = self.joined(clip, rows, adapter)
-        return whole if keep is None else self.pruned(whole, keep, adapter)
+        return self.joined(clip, rows, adapter)
 
     def joined(self, clip: Clip, rows: list, adapter) -> tuple[dict, torch.Tensor, torch.Tensor]:
         """`shared`'s sequence, always in its general form (4-D mask, explicit positions), as ids and pixels."""
@@ -672,9 +669,13 @@ def probe_accuracy(model, probe: VisualProbe, clips: list[Clip]) -> dict:
         hits = probe.hits(embeds, clip.labels)
         total = {k: total.get(k, 0) + v for k, v in hits.items()}
         asked = clip.labels[:, 0] != -100
-        energies.append(float(background_energy(embeds[asked], clip.labels[asked, 0] > 0)))
+        obj = clip.labels[asked, 0] > 0
+        if obj.any() and not obj.all():  # the ratio needs both
+            energies.append(float(background_energy(embeds[asked], obj)))
     out = {k: round(total[k] / max(total[f"{k}_asked"], 1), 3) for k in probe.heads if total.get(f"{k}_asked")}
-    return dict(out, cells=total.get("cells", 0), background_energy=round(float(np.mean(energies)), 4))
+    return dict(
+        out, cells=total.get("cells", 0), background_energy=round(float(np.mean(energies)), 4) if energies else None
+    )
 
 
 @torch.no_grad()
