@@ -75,17 +75,16 @@ def evaluate(model, fmt, clips, per_clip: int) -> tuple[float, float, dict, dict
     answer tokens, each turn a one-turn conversation (one sequence holding the video once: `Formatter.shared`),
     then the mean over clips. The gap by kind (`build.video_gap_by_kind`, per answer token; with captions also on
     their colour words alone) is given where the clips ask more than one kind or have captions."""
-    from specvlm.adapters import adapter_for
     from specvlm.testbed.build import video_gap_by_kind
-    from specvlm.testbed.train import answer_accuracy
+    from specvlm.testbed.train import answer_accuracy, answer_token_losses
 
-    adapter, own, other = adapter_for(model), [], []
-    for i, clip in enumerate(clips):
-        rows = [fmt.example(clip, [k]) for k in range(len(clip.turns))]
-        for video_of, losses in ((clip, own), (clips[(i + 1) % len(clips)], other)):
-            inputs, target, _ = fmt.shared(replace(clip, visual=video_of.visual), rows, adapter)
-            logits = model(**inputs).logits[0, : target.shape[1]].float()
-            losses.append(float(torch.nn.functional.cross_entropy(logits, target[0], ignore_index=-100)))
+    own, other = (
+        [
+            float(losses[target != -100].mean())
+            for target, losses in answer_token_losses(model, clips, fmt, another, True)
+        ]
+        for another in (False, True)
+    )
     accuracy = answer_accuracy(model, clips, fmt, per_clip=per_clip, max_new_tokens=16)
     by_kind = video_gap_by_kind(model, clips, fmt, single_turns=True)
     return statistics.fmean(own), statistics.fmean(other), accuracy, by_kind if len(by_kind) > 1 else {}

@@ -209,7 +209,7 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
     argv[1] = str(tmp_path / "caption")
     more = ["--large-steps", "0", "--dense-steps", "1", "--steps", "1", "--layout", "shared", "--kinds"]
     body = testbed_reads_video.main([*argv, *more, "colors,caption", "--dense-one-colour-captions"])
-    assert "caption colours" in body
+    assert "caption colours" in body and "caption first colours" in body
 
 
 def test_one_colour_captions_are_those_of_one_ball():
@@ -229,9 +229,10 @@ def test_testbed_recipe_trials_build_and_judge_a_variant(tmp_path):
         row = next(line for line in body.splitlines() if line.startswith(f"| {variant} (fp32) |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
         assert cells[1] == "3" and cells[2].endswith("%")  # miniature()'s steps; the tower's read-out
-        gaps = [cells[i] for i in ((4, 6, 7, 8) if variant == "v5" else (4, 5, 6, 7, 8))]  # v5's warm-up: large
-        assert all(c[0] in "+-" for c in gaps)  # every turn, "which colours", after the warm-up and at the end; and
-        #                                         the captions' colour words at the end
+        gaps = [cells[i] for i in ((4, 6, 7) if variant == "v5" else (4, 5, 6, 7))]  # v5's warm-up: large
+        gaps += cells[8].split(" / ")  # the captions' colour words at the end: every mention, the first ones
+        assert len(gaps) == (5 if variant == "v5" else 6) and all(c[0] in "+-" for c in gaps)  # every turn, "which
+        #                                                                colours", after the warm-up and at the end
     with pytest.raises(SystemExit, match="unknown variant 'v99'"):
         testbed_recipe_trials.main(["--variants", "v99"])
 

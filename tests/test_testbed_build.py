@@ -336,21 +336,33 @@ def test_video_gap_is_zero_when_the_other_video_is_the_same(mini_build):
     # per kind of turn: each kind's turns alone (the other video: the next clip that has that kind)
     from specvlm.testbed.build import video_gap_by_kind
 
-    kinds = {t[3] for c in clips for t in c.turns} | {"caption colours"}  # every clip has a caption
-    first = dict.fromkeys({t[3] for t in clips[0].turns} | {"caption colours"}, 0)
+    colour_keys = {"caption colours", "caption first colours"}
+    kinds = {t[3] for c in clips for t in c.turns} | colour_keys  # every clip has a caption
+    first = dict.fromkeys({t[3] for t in clips[0].turns} | colour_keys, 0)
     assert video_gap_by_kind(model, clips[:1], fmt, True) == first
     both = video_gap_by_kind(model, clips, fmt, True)
     assert sorted(both) == sorted(kinds) and sorted(metrics["video_gap_by_kind"]) == sorted(
         {t[3] for c in load_clips(out / "world", "validation", fmt.processor, MINI.num_frames) for t in c.turns}
-        | {"caption colours"}
+        | colour_keys
     )
 
 
 def test_validation_loss_on_some_tokens_counts_those_alone(mini_build):
-    """`validation_loss(tokens=...)`: the mean over the answer tokens that are one of those ids; every id gives the
-    plain loss, none gives 0.0, the captions' colour words a loss of their own."""
+    """`validation_loss(counted=...)`: the mean over the answer tokens `counted` marks; every token gives the plain
+    loss, none gives 0.0, the captions' colour words a loss of their own, and their first mentions another (the
+    mean of a subset: `answer_token_losses` per token, summed by hand here)."""
+    import functools
+
     from specvlm.inputs import load_processor
-    from specvlm.testbed.train import Formatter, caption_colour_ids, load_clips, validation_loss
+    from specvlm.testbed.train import (
+        Formatter,
+        among,
+        answer_token_losses,
+        caption_colour_ids,
+        first_mentions,
+        load_clips,
+        validation_loss,
+    )
     from specvlm.testbed.world import COLORS
 
     out, _ = mini_build
@@ -359,12 +371,37 @@ def test_validation_loss_on_some_tokens_counts_those_alone(mini_build):
     model = load(folder)
     clips = load_clips(out / "world", "train", fmt.processor, MINI.num_frames, limit=2, pixel_dtype=torch.float32)
     every = list(range(model.config.get_text_config().vocab_size))
-    assert validation_loss(model, clips, fmt, tokens=every) == pytest.approx(validation_loss(model, clips, fmt))
-    assert validation_loss(model, clips, fmt, tokens=[]) == 0.0
+    plain = validation_loss(model, clips, fmt)
+    assert validation_loss(model, clips, fmt, counted=functools.partial(among, every)) == pytest.approx(plain)
+    assert validation_loss(model, clips, fmt, counted=functools.partial(among, [])) == 0.0
     colours = caption_colour_ids(fmt)
     assert colours == sorted(fmt.ids(f" {c}")[0] for c in COLORS)
     said = [i for c in clips for t in c.turns if t[3] == "caption" for i in fmt.ids(t[1]) if i in colours]
-    assert said and 0 < validation_loss(model, clips, fmt, tokens=colours)
+    assert said and len(set(said)) < len(said)  # some colour is said twice: the first mentions are fewer
+    scored = answer_token_losses(model, clips, fmt)
+    for counted in (among, first_mentions):
+        marks = [counted(colours, target) for target, _ in scored]
+        expected = sum(float(losses[m].sum()) for (_, losses), m in zip(scored, marks)) / sum(
+            int(m.sum()) for m in marks
+        )
+        got = validation_loss(model, clips, fmt, counted=functools.partial(counted, colours))
+        assert 0 < got == pytest.approx(expected, rel=1e-5)
+    assert sum(int(first_mentions(colours, t).sum()) for t, _ in scored) < sum(
+        int(among(colours, t).sum()) for t, _ in scored
+    )
+
+
+def test_first_mentions_marks_each_id_once_per_answer():
+    """`first_mentions` on hand-made targets: the first occurrence of each listed id in each answer (a run between
+    -100s), not its repeats in that answer, again in the next answer; ids not listed never."""
+    from specvlm.testbed.train import first_mentions
+
+    x = -100
+    target = torch.tensor([x, 7, 5, 7, 9, 5, x, x, 5, 7, 7, x, 9])
+    expected = torch.tensor([0, 1, 1, 0, 0, 0, 0, 0, 1, 1, 0, 0, 0], dtype=torch.bool)
+    assert torch.equal(first_mentions([5, 7], target), expected)
+    assert not first_mentions([], target).any()
+    assert torch.equal(first_mentions([9], target), target == 9)  # 9 opens both answers it is in
 
 
 def test_bf16_training_computes_the_same_inside_the_builds_torch_state(mini_build, monkeypatch):

@@ -20,6 +20,7 @@ An interrupted build continues with the same command plus --resume: finished mod
 from __future__ import annotations
 
 import contextlib
+import functools
 import hashlib
 import json
 import os
@@ -27,6 +28,7 @@ import shutil
 import subprocess
 import sys
 import time
+from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SpecVLMError
@@ -460,30 +462,41 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
 
 
 def video_gap(
-    model, clips, fmt, single_turns: bool, own: float | None = None, tokens: list[int] | None = None
+    model, clips, fmt, single_turns: bool, own: float | None = None, counted: Callable | None = None
 ) -> float:
     """What the video is worth to the answers: the validation loss with another clip's video minus with its own
-    (`validation_loss`, on the answer tokens among `tokens` when given; `own` when the caller has it already);
+    (`validation_loss`, on the answer tokens `counted` marks when given; `own` when the caller has it already);
     about 0 when the model ignores the video."""
     from .train import validation_loss
 
     if own is None:
-        own = validation_loss(model, clips, fmt, single_turns=single_turns, tokens=tokens)
-    other = validation_loss(model, clips, fmt, another_video=True, single_turns=single_turns, tokens=tokens)
+        own = validation_loss(model, clips, fmt, single_turns=single_turns, counted=counted)
+    other = validation_loss(model, clips, fmt, another_video=True, single_turns=single_turns, counted=counted)
     return round(other - own, 4)
 
 
 def video_gap_by_kind(model, clips, fmt, single_turns: bool) -> dict[str, float]:
     """`video_gap` on each kind of turn alone ("caption", "colors", ...): a reading that starts on one kind shows
-    there long before it moves the gap over every turn. With captions, also on their colour words alone ("caption
-    colours"): the few tokens of a caption a draft can read off the video, diluted among its many others."""
-    from .train import caption_colour_ids, only_kinds
+    there long before it moves the gap over every turn. With captions, also on their colour words alone: every
+    mention ("caption colours") and the first mention of each colour in a caption ("caption first colours"), the
+    few tokens of a caption a draft can read off the video only, where a repeat can be copied from the caption."""
+    from .train import among, answer_token_losses, caption_colour_ids, first_mentions, mean_answer_loss, only_kinds
 
     kinds = sorted({turn[3] for clip in clips for turn in clip.turns})
-    alone = {kind: [c for c in (only_kinds(c, (kind,)) for c in clips) if c.turns] for kind in kinds}
-    gaps = {kind: video_gap(model, alone[kind], fmt, single_turns) for kind in kinds}
-    if "caption" in alone:
-        gaps["caption colours"] = video_gap(model, alone["caption"], fmt, single_turns, tokens=caption_colour_ids(fmt))
+    gaps = {}
+    for kind in kinds:
+        alone = [c for c in (only_kinds(c, (kind,)) for c in clips) if c.turns]
+        own = answer_token_losses(model, alone, fmt, single_turns=single_turns)
+        other = answer_token_losses(model, alone, fmt, another_video=True, single_turns=single_turns)
+        masks = {kind: None}
+        if kind == "caption":
+            colours = caption_colour_ids(fmt)
+            masks |= {
+                "caption colours": functools.partial(among, colours),
+                "caption first colours": functools.partial(first_mentions, colours),
+            }
+        for name, counted in masks.items():
+            gaps[name] = round(mean_answer_loss(other, counted) - mean_answer_loss(own, counted), 4)
     return gaps
 
 

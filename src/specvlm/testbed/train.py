@@ -615,24 +615,18 @@ def _curve(values: list[float], every: int = 50) -> list[float]:
 
 # ---- evaluation (float32, as the engine runs) ----------------------------------------------------------------------
 @torch.no_grad()
-def validation_loss(
-    model,
-    clips: list[Clip],
-    fmt: Formatter,
-    another_video: bool = False,
-    single_turns: bool = False,
-    tokens: list[int] | None = None,
-) -> float:
-    """Mean per-answer-token cross-entropy, each clip's turns in their stored order (caption first) as one pack, or
-    with `single_turns` each as its own one-turn conversation (how models trained with `turns_per_step` are asked).
-    With `another_video`, each clip's conversations are scored with the next clip's video instead (same token
-    count): the difference to its own video's loss is what reading the video buys; zero means the model ignores it.
-    The one-turn conversations are computed as one sequence holding the video once (`Formatter.shared`).
-    `tokens`: only the answer tokens that are one of these ids count (`caption_colour_ids`: a caption's colour
-    words); 0.0 when none is there."""
+def answer_token_losses(
+    model, clips: list[Clip], fmt: Formatter, another_video: bool = False, single_turns: bool = False
+) -> list[tuple[torch.Tensor, torch.Tensor]]:
+    """Each clip's answer targets and their cross-entropies, both (T,) on the CPU (-100 and 0.0 where no answer is),
+    its turns in their stored order (caption first) as one pack, or with `single_turns` each as its own one-turn
+    conversation (how models trained with `turns_per_step` are asked), computed as one sequence holding the video once
+    (`Formatter.shared`). With `another_video`, each clip's conversations are scored with the next clip's video
+    instead (same token count): the difference to its own video's loss is what reading the video buys. Per token, so
+    one forward serves every subset of the answer tokens (`mean_answer_loss(counted=)`)."""
     from ..adapters import adapter_for
 
-    total, count = 0.0, 0
+    scored = []
     for i, clip in enumerate(clips):
         order = range(len(clip.turns))
         rows = [fmt.example(clip, [k]) for k in order] if single_turns else [fmt.example(clip, order)]
@@ -640,14 +634,53 @@ def validation_loss(
         if shown.n_visual != clip.n_visual:
             raise ValueError(f"clips {clip.id} and {shown.id} have different visual token counts")
         inputs, target, _ = fmt.shared(replace(clip, visual=shown.visual), rows, adapter_for(model))
-        if tokens is not None:  # the other answer tokens leave the loss
-            target = torch.where(torch.isin(target, torch.tensor(tokens, device=target.device)), target, -100)
         logits = model(**inputs).logits[:, : target.shape[1]].float()  # (1, T, vocab)
-        total += float(
-            torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="sum")
-        )
-        count += int((target != -100).sum())
+        losses = torch.nn.functional.cross_entropy(logits.transpose(1, 2), target, ignore_index=-100, reduction="none")
+        scored.append((target[0].cpu(), losses[0].cpu()))
+    return scored
+
+
+def mean_answer_loss(
+    scored: list[tuple[torch.Tensor, torch.Tensor]], counted: Callable[[torch.Tensor], torch.Tensor] | None = None
+) -> float:
+    """The mean cross-entropy over the answer tokens of `scored` (`answer_token_losses`), or over those of them that
+    `counted` marks (targets (T,) -> bool (T,): `among`, `first_mentions`); 0.0 when none counts."""
+    total, count = 0.0, 0
+    for target, losses in scored:
+        keep = target != -100
+        if counted is not None:
+            keep &= counted(target)
+        total += float(losses[keep].sum())
+        count += int(keep.sum())
     return total / max(count, 1)
+
+
+def validation_loss(
+    model,
+    clips: list[Clip],
+    fmt: Formatter,
+    another_video: bool = False,
+    single_turns: bool = False,
+    counted: Callable[[torch.Tensor], torch.Tensor] | None = None,
+) -> float:
+    """Mean per-answer-token cross-entropy (`answer_token_losses`, `mean_answer_loss`); zero difference between
+    `another_video` and its own means the model ignores the video."""
+    return mean_answer_loss(answer_token_losses(model, clips, fmt, another_video, single_turns), counted)
+
+
+def among(ids: list[int], target: torch.Tensor) -> torch.Tensor:
+    """(T,) bool: the targets that are one of `ids`."""
+    return torch.isin(target, torch.tensor(ids, dtype=target.dtype, device=target.device))
+
+
+def first_mentions(ids: list[int], target: torch.Tensor) -> torch.Tensor:
+    """(T,) bool: the targets among `ids` that are not a repeat of an earlier target of the same answer (a run of
+    targets between -100s). A caption's first " red" can only come from the video; a later one can be copied from the
+    caption's own text, so its video gap is ~0 whatever the model reads and dilutes the gap over every mention."""
+    answer = torch.cumsum(target == -100, 0)  # (T,): one index per answer, constant inside it
+    earlier = torch.ones(len(target), len(target), dtype=torch.bool, device=target.device).tril(-1)  # [t, s]: s < t
+    repeat = (earlier & (answer[:, None] == answer[None, :]) & (target[:, None] == target[None, :])).any(1)
+    return among(ids, target) & ~repeat
 
 
 def caption_colour_ids(fmt: Formatter) -> list[int]:
