@@ -194,6 +194,7 @@ def main(argv=None) -> str:
     from specvlm.testbed.language import QUESTION_KINDS
     from specvlm.testbed.recipe import Recipe, family_tokenizer, make_model, save_processor, train_bpe
     from specvlm.testbed.train import Formatter, load_clips, pretrain_vision, probe_accuracy, vision_parameters
+    from specvlm.testbed.world import WORLD_TEXTURES
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", default="qwen2_5_vl")
@@ -219,6 +220,12 @@ def main(argv=None) -> str:
         "--dense-mix-kinds", default="", help="question kinds of the later dense steps (default: all the clip's)"
     )
     ap.add_argument("--dense-mix", type=float, default=0.0, help="share of the later small-ball steps that are dense")
+    ap.add_argument(
+        "--texture",
+        default="plain",
+        choices=WORLD_TEXTURES,
+        help="the worlds' background (position: its colour says where a cell is, render.POSITION_LEVELS)",
+    )
     ap.add_argument("--ball", default="small", help="the world's ball size (world.SIZES: small, medium)")
     ap.add_argument("--mix", type=float, default=0.0, help="share of the small-ball steps drawn from the large balls")
     ap.add_argument(
@@ -285,6 +292,7 @@ def main(argv=None) -> str:
             questions=recipe.questions,
             workers=2,
             ball=args.ball if ball == "small" else ball,
+            texture=args.texture,
         )
     tokenizer = family_tokenizer(
         train_bpe(build_text_corpus(worlds["small"] / "train.jsonl"), recipe.vocab), args.family, recipe.vocab

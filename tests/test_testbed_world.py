@@ -91,6 +91,36 @@ def test_reuse_and_regenerate(tmp_path):
     assert json.loads((tmp_path / "world.json").read_text())["seed"] == 1
 
 
+def test_a_position_textured_world_tells_the_place_by_the_background(tmp_path):
+    """`texture="position"`: the background's red rises to the right and its blue downwards (render.POSITION_LEVELS),
+    the green and the balls unchanged; the story and its words are those of the plain world; world.json records the
+    texture, and a world written before textures counts as plain when reused."""
+    from dataclasses import replace
+
+    from specvlm.testbed.render import POSITION_LEVELS, background
+
+    scene = simulate(np.random.default_rng(7))
+    plain, coded = background(scene, 64).astype(int), background(replace(scene, texture="position"), 64).astype(int)
+    assert (coded[:, :, 1] == plain[:, :, 1]).all() and (coded[0, 0] == plain[0, 0]).all()
+    assert coded[0, -1, 0] - coded[0, 0, 0] == coded[-1, 0, 2] - coded[0, 0, 2] == int(POSITION_LEVELS * 63 / 64)
+    assert (np.diff(coded[:, :, 0], axis=1) >= 0).all() and (np.diff(coded[:, :, 2], axis=0) >= 0).all()
+    generate_world(tmp_path / "plain", 2, seed=0, **SMALL)
+    generate_world(tmp_path / "coded", 2, seed=0, texture="position", **SMALL)
+    assert read_jsonl(tmp_path / "plain" / "train.jsonl") == read_jsonl(tmp_path / "coded" / "train.jsonl")
+    info = json.loads((tmp_path / "coded" / "world.json").read_text())
+    assert info["texture"] == "position"
+    assert decode(tmp_path / "coded" / "videos" / "clip_00000.mp4")[0, 2, -3, 0] > 40  # red at the right edge
+    old = json.loads((tmp_path / "plain" / "world.json").read_text())
+    del old["texture"]
+    (tmp_path / "plain" / "world.json").write_text(json.dumps(old))
+    video = tmp_path / "plain" / "videos" / "clip_00000.mp4"
+    stamp = video.stat().st_mtime_ns
+    generate_world(tmp_path / "plain", 2, seed=0, **SMALL)
+    assert video.stat().st_mtime_ns == stamp  # reused
+    with pytest.raises(ValueError, match="texture must be one of"):
+        generate_world(tmp_path / "x", 1, texture="stripes", **SMALL)
+
+
 def test_mp4s_decode_to_the_rendered_frames(world):
     """Lossless H.264: a decoder returns exactly the yuv420p planes of the rendered frames (`rgb_to_yuv420p`), so
     what a build trains on cannot depend on the encoder's choices; in RGB only chroma subsampling and limited

@@ -23,13 +23,14 @@ from __future__ import annotations
 import json
 import os
 from collections.abc import Callable, Iterable
+from dataclasses import replace
 from pathlib import Path
 
 import numpy as np
 
 from .language import CAPTION_PROMPTS, DESCRIBE_PROMPT, conversations
 from .render import render_clip
-from .world import Scene, simulate
+from .world import WORLD_TEXTURES, Scene, simulate
 
 WORLD_VERSION = 3
 VIDEO_CODING = "h264-lossless"  # in world.json: a world written with lossy clips (before issue 25) is not reused
@@ -127,8 +128,9 @@ def write_mp4(path, frames: np.ndarray, fps: int = 8) -> Path:
 
 
 def _build_clip(job: tuple) -> tuple[int, list[dict], dict]:
-    index, out_dir, seed, frames, size, fps, questions, ball = job
+    index, out_dir, seed, frames, size, fps, questions, ball, texture = job
     scene, convs = make_clip(index, seed, frames, fps, questions, ball)
+    scene = replace(scene, texture=texture)  # a rendering choice: the story and its words are the same on any
     video = f"videos/{clip_id(index)}.mp4"
     write_mp4(Path(out_dir) / video, render_clip(scene, size), fps)
     meta = {
@@ -155,16 +157,20 @@ def generate_world(
     progress: Callable[[int, int], None] | None = None,
     reuse: bool = True,
     ball: str = "small",
+    texture: str = "plain",
 ) -> dict:
     """Generate `n_clips` clips into `out_dir` (layout in the module docstring) and return world.json's content.
     `frames`: (min, max) frames per clip; `size`: frame side in pixels (even); `questions`: question
-    conversations per clip besides the caption; `ball`: the balls' size (world.SIZES);
+    conversations per clip besides the caption; `ball`: the balls' size (world.SIZES); `texture`: the background's
+    (world.WORLD_TEXTURES);
     `workers` > 1 renders and encodes in that many processes (same
     output). With `reuse`, a folder already holding this exact world is returned as is."""
     if n_clips < 1:
         raise ValueError(f"n_clips must be >= 1, got {n_clips}")
     if size < 32 or size % 2:
         raise ValueError(f"size must be an even number >= 32, got {size}")
+    if texture not in WORLD_TEXTURES:
+        raise ValueError(f"texture must be one of {list(WORLD_TEXTURES)}, got {texture!r}")
     out = Path(out_dir)
     params = {
         "version": WORLD_VERSION,
@@ -176,6 +182,7 @@ def generate_world(
         "fps": fps,
         "questions": questions,
         "ball": ball,
+        "texture": texture,
     }
     info_path = out / "world.json"
     if reuse and info_path.is_file():
@@ -184,7 +191,7 @@ def generate_world(
         except ValueError:
             info = {}
         if (
-            {k: info.get(k) for k in params} == params
+            {k: ({"texture": "plain"} | info).get(k) for k in params} == params  # worlds before textures: plain
             and all((out / "videos" / f"{clip_id(i)}.mp4").is_file() for i in range(n_clips))
             and all((out / f"{s}.jsonl").is_file() for s in SPLITS)
         ):
@@ -194,7 +201,7 @@ def generate_world(
     for stale in (out / "videos").glob("clip_*.mp4"):
         if stale.name not in wanted:
             stale.unlink()
-    jobs = [(i, str(out), seed, tuple(frames), size, fps, questions, ball) for i in range(n_clips)]
+    jobs = [(i, str(out), seed, tuple(frames), size, fps, questions, ball, texture) for i in range(n_clips)]
     results: list = [None] * n_clips
     if workers > 1:
         from concurrent.futures import ProcessPoolExecutor

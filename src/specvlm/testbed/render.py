@@ -54,8 +54,16 @@ def _draw_shape(draw, shape: str, cx: float, cy: float, r: float, fill) -> None:
         draw.polygon([(cx + px * r, cy + py * r) for px, py in UNIT_SHAPES[shape]], fill=fill)
 
 
+# the "position" texture: red rises by this many levels from the left edge to the right, blue from the top to the
+# bottom. Qwen2.5-VL's tower has only relative positions (2-D rope), so on a plain background a ball's token cannot
+# say where it is and the region read-out stays at chance (docs/DESIGN.md, Testbed); the background's colour can.
+# Far below every ball colour (world.COLORS), so the balls stay as distinct as on black.
+POSITION_LEVELS = 48.0
+
+
 def background(scene: Scene, size: int) -> np.ndarray:
-    """(size, size, 3) uint8: the plain colour plus a faint, static texture (amplitude about 10 levels)."""
+    """(size, size, 3) uint8: the plain colour plus a faint, static texture (amplitude about 10 levels; "position":
+    a 2-D colour gradient, `POSITION_LEVELS`)."""
     base = np.asarray(BACKGROUNDS[scene.background][0], dtype=np.float32)
     yy, xx = np.mgrid[0:size, 0:size].astype(np.float32) / size
     if scene.texture == "noise":
@@ -66,13 +74,17 @@ def background(scene: Scene, size: int) -> np.ndarray:
         delta = 8.0 * (np.floor((yy * size) / period) % 2 - 0.5)
     elif scene.texture == "gradient":
         delta = 20.0 * (yy - 0.5)
+    elif scene.texture == "position":  # where a cell is, in its colour (see POSITION_LEVELS)
+        delta = POSITION_LEVELS * np.stack([xx, np.zeros_like(xx), yy], axis=-1)
     elif scene.texture == "grid":
         step = max(size // 8, 4)
         iy, ix = np.mgrid[0:size, 0:size]
         delta = np.where((iy % step == 0) | (ix % step == 0), 14.0, 0.0).astype(np.float32)
     else:
         delta = np.zeros((size, size), dtype=np.float32)
-    return np.clip(base[None, None, :] + delta[..., None], 0, 255).astype(np.uint8)
+    if delta.ndim == 2:  # the same on every channel
+        delta = delta[..., None]
+    return np.clip(base[None, None, :] + delta, 0, 255).astype(np.uint8)
 
 
 def render_clip(scene: Scene, size: int = 224) -> np.ndarray:

@@ -47,7 +47,10 @@ SIZES = {"small": 0.03, "medium": 0.06, "large": 0.14}
 RADIUS = SIZES["small"]
 SPEEDS = {"quickly": 0.02}  # frame sides per frame: ~1 Qwen cell between two sampled frames of a 3-second clip
 BACKGROUNDS = {"black": ((16, 16, 20), ())}  # name -> (RGB, colours not drawn on it)
-TEXTURES = ("plain",)
+TEXTURES = ("plain",)  # what `simulate` draws from
+# what a world may be rendered on instead (`export.generate_world(texture=)`): "position", a background whose colour
+# says where a cell is (render.POSITION_LEVELS), so a tower with relative positions only can see a ball's region
+WORLD_TEXTURES = ("plain", "position")
 WALLS = ("left", "right", "top", "bottom")
 REGIONS = (
     ("top left", "top", "top right"),
