@@ -109,11 +109,14 @@ def majority_baseline(train, val, per_clip: int) -> dict:
         for _, _, answer, kind in [t for t in clip.turns if t[2] is not None][:per_clip]:
             hits.setdefault(kind, []).append(kind in common and is_correct(common[kind], answer))
     flat = [h for v in hits.values() for h in v]
-    return {"accuracy": statistics.fmean(flat), "by_kind": {k: statistics.fmean(v) for k, v in sorted(hits.items())}}
+    overall = statistics.fmean(flat) if flat else None  # None: captions alone
+    return {"accuracy": overall, "by_kind": {k: statistics.fmean(v) for k, v in sorted(hits.items())}}
 
 
 def accuracy_text(accuracy: dict) -> str:
     kinds = accuracy["by_kind"]
+    if accuracy["accuracy"] is None:  # captions alone: no question to score
+        return "–"
     if len(kinds) == 1:
         return f"{accuracy['accuracy']:.0%}"
     return f"{accuracy['accuracy']:.0%} (" + ", ".join(f"{k} {v:.0%}" for k, v in kinds.items()) + ")"

@@ -210,6 +210,9 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
     more = ["--large-steps", "0", "--dense-steps", "1", "--steps", "1", "--layout", "shared", "--kinds"]
     body = testbed_reads_video.main([*argv, *more, "colors,caption", "--dense-one-colour-captions"])
     assert "caption colours" in body and "caption first colours" in body
+    argv[1] = str(tmp_path / "captions")  # captions alone: no question, no accuracy
+    body = testbed_reads_video.main([*argv, *more, "caption", "--dense-one-colour-captions"])
+    assert "| dense small balls (keep 0.1) | 1 |" in body and "caption first colours" in body
 
 
 def test_one_colour_captions_are_those_of_one_ball():
@@ -319,3 +322,14 @@ def test_gpu_session_script_parses_and_refuses_an_unknown_step(tmp_path):
     assert done.returncode == 2
     assert done.stderr.strip() == "gpu_session.sh: unknown step chek (check, preset, batched, draft-kv)"
     assert done.stdout == "" and not any(tmp_path.iterdir())
+
+
+def test_testbed_tau_ceiling_tables_a_small_world(tmp_path):
+    import testbed_tau_ceiling
+
+    body = testbed_tau_ceiling.main(["--world", str(tmp_path / "world"), "--clips", "20"])
+    caption = next(line for line in body.splitlines() if line.startswith("| caption |"))
+    cells = [c.strip() for c in caption.strip("|").split("|")]
+    assert cells[1] == "2" and all(c.endswith("%") for c in cells[3:8])  # 20 clips: 2 validation captions
+    ceilings = [float(c) for c in cells[8:]]
+    assert all(c >= 1.0 for c in ceilings) and ceilings[0] <= ceilings[1] <= ceilings[2]  # reading more, more room
