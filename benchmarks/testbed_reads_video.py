@@ -52,14 +52,19 @@ def names_one_colour(text: str) -> bool:
     return sum(bool(re.search(rf"\b{c}\b", text)) for c in COLORS) == 1
 
 
-def one_colour_turns(clips, kinds, caption: bool = False, every_colours: bool = False, one_colour_captions=False):
+def one_colour_turns(
+    clips, kinds, caption: bool = False, every_colours: bool = False, one_colour_captions=False, one_ball=False
+):
     """The clips with only their turns of `kinds`, the "which colours" ones only where the answer names one colour
     (unless `every_colours`: `train.one_colour_answers`), the captions only where they name one colour with
-    `one_colour_captions`, after the caption when `caption`; clips without any are dropped."""
+    `one_colour_captions`, after the caption when `caption`; with `one_ball` only the clips of one ball (their caption
+    names one colour: any question about a ball is about that one); clips without any are dropped."""
     from specvlm.testbed.train import one_colour_answers, only_kinds
 
     out = []
     for clip in clips:
+        if one_ball and not any(t[3] == "caption" and names_one_colour(t[1]) for t in clip.turns):
+            continue
         if one_colour_captions:
             clip = replace(clip, turns=[t for t in clip.turns if t[3] != "caption" or names_one_colour(t[1])])
         asked = only_kinds(clip if every_colours else one_colour_answers(clip), tuple(kinds))
@@ -261,6 +266,11 @@ def main(argv=None) -> str:
         help="the --dense-steps train the captions that name one colour only (clips with one ball)",
     )
     ap.add_argument(
+        "--dense-one-ball",
+        action="store_true",
+        help="the --dense-steps train the clips of one ball only (every question about a ball is about that one)",
+    )
+    ap.add_argument(
         "--dense-one-colour",
         action="store_true",
         help='with --every-colours: the --dense-steps ask "which colours" only where the answer names one colour',
@@ -318,11 +328,17 @@ def main(argv=None) -> str:
         only=None,
         every_colours=args.every_colours,
         one_colour_captions=False,
+        one_ball=False,
     ):
         dtype = torch.float32 if name == "validation" else torch.float16
         clips = load_clips(worlds[ball], name, processor, frames, pixel_dtype=dtype)
         return one_colour_turns(
-            clips, only or kinds, caption=text, every_colours=every_colours, one_colour_captions=one_colour_captions
+            clips,
+            only or kinds,
+            caption=text,
+            every_colours=every_colours,
+            one_colour_captions=one_colour_captions,
+            one_ball=one_ball,
         )
 
     model = make_model(recipe, args.family, "target", 7 if args.init_seed is None else 100 + args.init_seed)
@@ -389,6 +405,7 @@ def main(argv=None) -> str:
             only=dense_kinds,
             every_colours=args.every_colours and not args.dense_one_colour,
             one_colour_captions=args.dense_one_colour_captions,
+            one_ball=args.dense_one_ball,
         )
         print(f"dense stage: {len(train_clips)} training clips", flush=True)
         train_language(model, fmt, train_clips, val, args.dense_steps, args, stage, rows, dense=1.0)

@@ -210,6 +210,9 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
     more = ["--large-steps", "0", "--dense-steps", "1", "--steps", "1", "--layout", "shared", "--kinds"]
     body = testbed_reads_video.main([*argv, *more, "colors,caption", "--dense-one-colour-captions"])
     assert "caption colours" in body and "caption first colours" in body
+    argv[1] = str(tmp_path / "one-ball")
+    body = testbed_reads_video.main([*argv, *more, "region,caption", "--dense-one-ball", "--texture", "position"])
+    assert "| small balls | 1 |" in body
     argv[1] = str(tmp_path / "captions")  # captions alone: no question, no accuracy
     body = testbed_reads_video.main([*argv, *more, "caption", "--dense-one-colour-captions"])
     assert "| dense small balls (keep 0.1) | 1 |" in body and "caption first colours" in body
@@ -221,6 +224,22 @@ def test_one_colour_captions_are_those_of_one_ball():
     assert testbed_reads_video.names_one_colour("There is one ball. The red ball starts at the top. At the end, ...")
     assert not testbed_reads_video.names_one_colour("There is one ball. The red ball ... Then the red ball turns blue.")
     assert not testbed_reads_video.names_one_colour("There are no balls.")
+
+
+def test_one_ball_keeps_the_clips_of_one_ball_with_their_questions():
+    import testbed_reads_video
+
+    from specvlm.testbed.train import Clip
+
+    def clip(name, caption):
+        turns = [("Describe.", caption, None, "caption"), ("Where is the red ball?", "Top.", "top", "region")]
+        return Clip(name, "", {}, 1, turns)
+
+    one = clip("one", "There is one ball. The red ball starts at the top.")
+    two = clip("two", "There are two balls. The red ball ... The blue ball ...")
+    kept = testbed_reads_video.one_colour_turns([one, two], ("region",), one_ball=True)
+    assert [c.id for c in kept] == ["one"] and kept[0].turns == one.turns[1:]
+    assert [c.id for c in testbed_reads_video.one_colour_turns([one, two], ("region",))] == ["one", "two"]
 
 
 @pytest.mark.slow
