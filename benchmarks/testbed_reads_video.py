@@ -43,15 +43,6 @@ sys.path.insert(0, str(Path(__file__).resolve().parent))
 from common import table  # noqa: E402
 
 
-def names_one_colour(text: str) -> bool:
-    """Does a caption name one colour only (one ball that keeps its colour)?"""
-    import re
-
-    from specvlm.testbed.world import COLORS
-
-    return sum(bool(re.search(rf"\b{c}\b", text)) for c in COLORS) == 1
-
-
 def one_colour_turns(
     clips, kinds, caption: bool = False, every_colours: bool = False, one_colour_captions=False, one_ball=False
 ):
@@ -59,14 +50,14 @@ def one_colour_turns(
     (unless `every_colours`: `train.one_colour_answers`), the captions only where they name one colour with
     `one_colour_captions`, after the caption when `caption`; with `one_ball` only the clips of one ball (their caption
     names one colour: any question about a ball is about that one); clips without any are dropped."""
-    from specvlm.testbed.train import one_colour_answers, only_kinds
+    from specvlm.testbed.train import names_one_colour, one_ball_captions, one_colour_answers, only_kinds
 
     out = []
     for clip in clips:
         if one_ball and not any(t[3] == "caption" and names_one_colour(t[1]) for t in clip.turns):
             continue
         if one_colour_captions:
-            clip = replace(clip, turns=[t for t in clip.turns if t[3] != "caption" or names_one_colour(t[1])])
+            clip = one_ball_captions(clip)
         asked = only_kinds(clip if every_colours else one_colour_answers(clip), tuple(kinds))
         if asked.turns:
             out.append(replace(clip, turns=[t for t in clip.turns if caption and t[3] == "caption"] + asked.turns))

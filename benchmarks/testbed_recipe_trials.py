@@ -91,6 +91,11 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         "v11 with half the video steps in its one-colour dense stage instead of a third (does a longer stage start "
         "the reading where 402 steps did not?)",
     ),
+    "v15": (
+        dict(DENSE_COLOURS, dense_stages=(ONE_COLOUR, DenseStage(0.2, ("caption",), one_colour=True))),
+        "v11, then a fifth of the video steps dense on the captions of one ball alone at the full rate (the minimal "
+        "run E1: there the captions' colour words start reading)",
+    ),
 }
 
 

@@ -218,14 +218,6 @@ def test_testbed_reads_video_runs_both_stages(tmp_path):
     assert "| dense small balls (keep 0.1) | 1 |" in body and "caption first colours" in body
 
 
-def test_one_colour_captions_are_those_of_one_ball():
-    import testbed_reads_video
-
-    assert testbed_reads_video.names_one_colour("There is one ball. The red ball starts at the top. At the end, ...")
-    assert not testbed_reads_video.names_one_colour("There is one ball. The red ball ... Then the red ball turns blue.")
-    assert not testbed_reads_video.names_one_colour("There are no balls.")
-
-
 def test_one_ball_keeps_the_clips_of_one_ball_with_their_questions():
     import testbed_reads_video
 

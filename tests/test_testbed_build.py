@@ -580,6 +580,22 @@ def test_one_colour_answers_keeps_the_other_turns():
     assert one_colour_answers(clip).turns == [turns[0], turns[2], turns[4]] and clip.turns == turns
 
 
+def test_one_ball_captions_keeps_a_caption_of_one_colour_and_every_question():
+    from specvlm.testbed.train import Clip, names_one_colour, one_ball_captions
+
+    assert names_one_colour("There is one ball. The red ball starts at the top. At the end, ...")
+    assert not names_one_colour("There is one ball. The red ball ... Then the red ball turns blue.")
+    assert not names_one_colour("There are no balls.")
+
+    question = ("Which colours do the balls have at the start?", "Red and blue.", "red and blue", "colors")
+    one = Clip(
+        "a", "a.mp4", {}, 0, [("Describe.", "There is one ball. The red ball starts at the top.", None, "caption")]
+    )
+    two = Clip("b", "b.mp4", {}, 0, [("Describe.", "The red ball ... Then the red ball turns blue.", None, "caption")])
+    assert one_ball_captions(replace(one, turns=one.turns + [question])).turns == one.turns + [question]
+    assert one_ball_captions(replace(two, turns=two.turns + [question])).turns == [question]
+
+
 def test_dense_visual_keeps_every_ball_token_and_a_share_of_the_rest():
     import numpy as np
 

@@ -217,6 +217,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
         answer_accuracy,
         bf16_is_fast,
         load_clips,
+        one_ball_captions,
         one_colour_answers,
         pretrain_vision,
         probe_accuracy,
@@ -376,7 +377,9 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
             for stage, steps in zip(recipe.dense_stages, dense):  # (the text steps, then) each on its kinds
                 done = train(
                     model,
-                    [one_colour_answers(c) for c in train_clips] if stage.one_colour else train_clips,
+                    [one_ball_captions(one_colour_answers(c)) for c in train_clips]
+                    if stage.one_colour
+                    else train_clips,
                     fmt,
                     text + steps,
                     text_steps=text,

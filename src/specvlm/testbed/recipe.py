@@ -32,9 +32,9 @@ class Arch:
 @dataclass(frozen=True)
 class DenseStage:
     """A stage of dense video steps (`Recipe.dense_stages`): `share` of the video steps, on the turns of `kinds`
-    (all the video steps' kinds when empty), "which colours" only where the answer names one colour with
-    `one_colour` (there the reading starts: with every answer, "red and blue", it had not after 400 dense steps), its
-    peak learning rate `lr` x `Recipe.lr`."""
+    (all the video steps' kinds when empty), with `one_colour` "which colours" only where the answer names one colour
+    and the caption only where it does (a clip of one ball: `train.one_ball_captions`; there the reading starts: with
+    every answer, "red and blue", it had not after 400 dense steps), its peak learning rate `lr` x `Recipe.lr`."""
 
     share: float
     kinds: tuple = ()

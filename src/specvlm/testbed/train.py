@@ -15,6 +15,7 @@ import functools
 import itertools
 import json
 import math
+import re
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, replace
@@ -584,10 +585,21 @@ def train(
         }
 
 
+def names_one_colour(text: str) -> bool:
+    """Does `text` name one colour of world.COLORS only (a caption: one ball that keeps its colour)?"""
+    return sum(bool(re.search(rf"\b{c}\b", text)) for c in COLORS) == 1
+
+
 def one_colour_answers(clip: Clip) -> Clip:
     """The clip without its "which colours" turns whose answer names more than one colour ("red and blue"): the
     one-colour ones are where a from-scratch model starts reading the video (docs/DESIGN.md, Testbed)."""
     return replace(clip, turns=[t for t in clip.turns if not (t[3] == "colors" and " and " in t[2])])
+
+
+def one_ball_captions(clip: Clip) -> Clip:
+    """The clip without its caption unless that names one colour (a clip of one ball that keeps its colour): the
+    captions' analogue of `one_colour_answers`, where their colour words start reading the video."""
+    return replace(clip, turns=[t for t in clip.turns if t[3] != "caption" or names_one_colour(t[1])])
 
 
 def only_kinds(clip: Clip, kinds: tuple) -> Clip:
