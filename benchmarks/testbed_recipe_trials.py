@@ -96,6 +96,11 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         "v11, then a fifth of the video steps dense on the captions of one ball alone at the full rate (the minimal "
         "run E1: there the captions' colour words start reading)",
     ),
+    "v16": (
+        dict(DENSE_COLOURS, dense_stages=(DenseStage(0.34, ("caption",), one_colour=True),)),
+        "v11 with its dense stage on the captions of one ball instead of the one-colour answers (the minimal run "
+        "E3; v15's 237 caption steps were too few, and τ is measured on captions)",
+    ),
 }
 
 
