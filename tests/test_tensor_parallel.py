@@ -268,6 +268,25 @@ def test_a_target_dispatched_by_a_device_map_decodes_what_it_does_whole(tmp_path
         assert out.token_ids == expected, options
 
 
+def test_a_users_mistake_is_said_by_rank_0_and_by_another_rank_only_if_the_job_goes_on(monkeypatch, capsys):
+    """`launcher.say_error`: rank 0 (or a lone process) says it at once; another rank first gives rank 0 the time to
+    say it and end the job, then says it naming itself (the mistake was its own)."""
+    from specvlm import launcher
+
+    waited = []
+    monkeypatch.setattr(launcher.time, "sleep", waited.append)
+    for rank, world, said in (("0", "2", "specvlm: error: no such file"), ("5", "1", "specvlm: error: no such file")):
+        monkeypatch.setenv("RANK", rank)
+        monkeypatch.setenv("WORLD_SIZE", world)
+        launcher.say_error("no such file")
+        assert capsys.readouterr().err.strip() == said and not waited
+    monkeypatch.setenv("RANK", "1")
+    monkeypatch.setenv("WORLD_SIZE", "2")
+    launcher.say_error("no such file")
+    assert capsys.readouterr().err.strip() == "specvlm: rank 1: error: no such file"
+    assert waited == [launcher.LEADER_GRACE_S]
+
+
 @pytest.mark.slow
 def test_a_bad_input_on_two_ranks_is_said_once(folders):
     """Every rank meets a user's mistake alike (a missing file): rank 0 says it, in one line, and the job ends with

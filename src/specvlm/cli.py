@@ -17,7 +17,7 @@ import sys
 import threading
 
 from .errors import SpecVLMError
-from .launcher import is_leader, launched_ranks
+from .launcher import is_leader, launched_ranks, say_error
 
 
 class OneLineParser(argparse.ArgumentParser):
@@ -153,8 +153,7 @@ def main(argv: list[str] | None = None) -> int:
         args.argv = list(sys.argv[1:] if argv is None else argv)  # what --tensor-parallel relaunches on every rank
         return args.func(args) or 0
     except SpecVLMError as err:  # the user's to fix: with several ranks each meets it alike, and rank 0 says it
-        if is_leader():
-            print(f"specvlm: error: {err}", file=sys.stderr)
+        say_error(str(err))
         return 2
     except KeyboardInterrupt:  # Ctrl-C at any moment: importing, loading, generating
         signal.signal(signal.SIGINT, signal.SIG_IGN)  # a second Ctrl-C must not interrupt the way out

@@ -13,6 +13,7 @@ from __future__ import annotations
 import logging
 import os
 import sys
+import time
 import uuid
 
 from .errors import SpecVLMError
@@ -29,6 +30,22 @@ def launched_ranks() -> int:
 def is_leader() -> bool:
     """This process prints and serves: rank 0 of a torchrun job, or the only process."""
     return os.environ.get("RANK", "0") == "0"
+
+
+# how long a rank other than 0 waits before saying a user's mistake itself (`say_error`)
+LEADER_GRACE_S = 15.0
+
+
+def say_error(message: str) -> None:
+    """A user's mistake, said once per job. Every rank meets one alike (a missing file), and rank 0 says it. Another
+    rank waits first: the launcher stops the job on the first rank that ends, and a rank ending at once could have
+    rank 0 stopped before its line was out (a job that failed with status 2 and said nothing, under load). If the job
+    is still running after `LEADER_GRACE_S`, the mistake was this rank's alone, and it says it, naming itself."""
+    if is_leader() or launched_ranks() == 1:
+        print(f"specvlm: error: {message}", file=sys.stderr)
+        return
+    time.sleep(LEADER_GRACE_S)
+    print(f"specvlm: rank {os.environ.get('RANK')}: error: {message}", file=sys.stderr)
 
 
 def launched_here(args) -> int | None:
