@@ -347,10 +347,10 @@ def test_video_gap_is_zero_when_the_other_video_is_the_same(mini_build):
     )
 
 
-def test_validation_loss_on_some_tokens_counts_those_alone(mini_build):
-    """`validation_loss(counted=...)`: the mean over the answer tokens `counted` marks; every token gives the plain
-    loss, none gives 0.0, the captions' colour words a loss of their own, and their first mentions another (the
-    mean of a subset: `answer_token_losses` per token, summed by hand here)."""
+def test_the_mean_answer_loss_of_some_tokens_counts_those_alone(mini_build):
+    """`mean_answer_loss(counted=...)`: the mean over the answer tokens `counted` marks; every token gives the plain
+    validation loss, none gives 0.0, the captions' colour words a loss of their own, and their first mentions another
+    (the mean of a subset of `answer_token_losses`, summed by hand here)."""
     import functools
 
     from specvlm.inputs import load_processor
@@ -361,6 +361,7 @@ def test_validation_loss_on_some_tokens_counts_those_alone(mini_build):
         caption_colour_ids,
         first_mentions,
         load_clips,
+        mean_answer_loss,
         validation_loss,
     )
     from specvlm.testbed.world import COLORS
@@ -371,20 +372,20 @@ def test_validation_loss_on_some_tokens_counts_those_alone(mini_build):
     model = load(folder)
     clips = load_clips(out / "world", "train", fmt.processor, MINI.num_frames, limit=2, pixel_dtype=torch.float32)
     every = list(range(model.config.get_text_config().vocab_size))
+    scored = answer_token_losses(model, clips, fmt)
     plain = validation_loss(model, clips, fmt)
-    assert validation_loss(model, clips, fmt, counted=functools.partial(among, every)) == pytest.approx(plain)
-    assert validation_loss(model, clips, fmt, counted=functools.partial(among, [])) == 0.0
+    assert mean_answer_loss(scored, functools.partial(among, every)) == pytest.approx(plain)
+    assert mean_answer_loss(scored, functools.partial(among, [])) == 0.0
     colours = caption_colour_ids(fmt)
     assert colours == sorted(fmt.ids(f" {c}")[0] for c in COLORS)
     said = [i for c in clips for t in c.turns if t[3] == "caption" for i in fmt.ids(t[1]) if i in colours]
     assert said and len(set(said)) < len(said)  # some colour is said twice: the first mentions are fewer
-    scored = answer_token_losses(model, clips, fmt)
     for counted in (among, first_mentions):
         marks = [counted(colours, target) for target, _ in scored]
         expected = sum(float(losses[m].sum()) for (_, losses), m in zip(scored, marks)) / sum(
             int(m.sum()) for m in marks
         )
-        got = validation_loss(model, clips, fmt, counted=functools.partial(counted, colours))
+        got = mean_answer_loss(scored, functools.partial(counted, colours))
         assert 0 < got == pytest.approx(expected, rel=1e-5)
     assert sum(int(first_mentions(colours, t).sum()) for t, _ in scored) < sum(
         int(among(colours, t).sum()) for t, _ in scored

@@ -28,7 +28,6 @@ import shutil
 import subprocess
 import sys
 import time
-from collections.abc import Callable
 from pathlib import Path
 
 from ..errors import SpecVLMError
@@ -464,17 +463,14 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
     return report
 
 
-def video_gap(
-    model, clips, fmt, single_turns: bool, own: float | None = None, counted: Callable | None = None
-) -> float:
+def video_gap(model, clips, fmt, single_turns: bool, own: float | None = None) -> float:
     """What the video is worth to the answers: the validation loss with another clip's video minus with its own
-    (`validation_loss`, on the answer tokens `counted` marks when given; `own` when the caller has it already);
-    about 0 when the model ignores the video."""
+    (`validation_loss`; `own` when the caller has it already); about 0 when the model ignores the video."""
     from .train import validation_loss
 
     if own is None:
-        own = validation_loss(model, clips, fmt, single_turns=single_turns, counted=counted)
-    other = validation_loss(model, clips, fmt, another_video=True, single_turns=single_turns, counted=counted)
+        own = validation_loss(model, clips, fmt, single_turns=single_turns)
+    other = validation_loss(model, clips, fmt, another_video=True, single_turns=single_turns)
     return round(other - own, 4)
 
 

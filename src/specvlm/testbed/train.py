@@ -668,16 +668,11 @@ def mean_answer_loss(
 
 
 def validation_loss(
-    model,
-    clips: list[Clip],
-    fmt: Formatter,
-    another_video: bool = False,
-    single_turns: bool = False,
-    counted: Callable[[torch.Tensor], torch.Tensor] | None = None,
+    model, clips: list[Clip], fmt: Formatter, another_video: bool = False, single_turns: bool = False
 ) -> float:
     """Mean per-answer-token cross-entropy (`answer_token_losses`, `mean_answer_loss`); zero difference between
     `another_video` and its own means the model ignores the video."""
-    return mean_answer_loss(answer_token_losses(model, clips, fmt, another_video, single_turns), counted)
+    return mean_answer_loss(answer_token_losses(model, clips, fmt, another_video, single_turns))
 
 
 def among(ids: list[int], target: torch.Tensor) -> torch.Tensor:
