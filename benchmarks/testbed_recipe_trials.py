@@ -4,12 +4,12 @@ by its target's video gap (issue 23, docs/DESIGN.md Testbed):
     python benchmarks/testbed_recipe_trials.py --variants v1,v5 [--family qwen2_5_vl] [--minutes 55] [--fp32]
                                                [--out testbed-trials] [--record]
 
-Each variant is `Recipe()` with a few knobs changed, built with `specvlm testbed build`'s own code (`build_testbed`,
-`--minutes` scaling the steps, seed 0) into OUT/<variant>. Per variant the table gives the tower's colour read-out
-before the language steps, the target's validation answer loss (packs or one-turn conversations, as it was
-trained), its video gap (the loss with another clip's video minus with its own: what reading the video buys, ~0 when
-it ignores it; over every turn and on "which colours" alone) after the warm-up (large-ball or the first dense
-stage) and at the end,
+Each variant is the recipe as it was before v16 became `Recipe()` (`UNTIL_V16`) with a few knobs changed, built
+with `specvlm testbed build`'s own code (`build_testbed`, `--minutes` scaling the steps, seed 0) into OUT/<variant>.
+Per variant the table gives the tower's colour read-out before the language steps, the target's validation answer
+loss (packs or one-turn conversations, as it was trained), its video gap (the loss with another clip's video minus
+with its own: what reading the video buys, ~0 when it ignores it; over every turn and on "which colours" alone)
+after the warm-up (large-ball or the first dense stage) and at the end,
 its greedy accuracy (all kinds, and the colour questions), and the pair's τ (chain γ=5, validation captions).
 `--fp32` trains without bf16 autocast even where the CPU has bf16 units (`train.bf16_is_fast`).
 """
@@ -29,6 +29,18 @@ from specvlm.testbed.recipe import DenseStage  # noqa: E402
 from common import record, table  # noqa: E402
 
 QUESTIONS = ("color", "colors", "count", "direction", "order", "region")
+# `Recipe()`'s knobs until v16 became them (December 2026): every variant below changes these, so each names the same
+# recipe as when it ran. The step counts apply to the full recipe only (`--tiny` keeps the miniature's)
+UNTIL_V16 = dict(
+    large_ball_share=0.5,
+    freeze_vision=False,
+    turns_per_step=0,
+    shared_video=False,
+    dense_stages=(),
+    dense_mix=0.0,
+    after_dense_lr=1.0,
+)
+UNTIL_V16_STEPS = dict(vision_steps={"target": 150, "draft": 150}, text_steps={"target": 600, "draft": 300})
 FROZEN_NO_TEXT = {"freeze_vision": True, "text_steps": {"target": 0, "draft": 0}}
 COLOUR_WARM_UP = dict(FROZEN_NO_TEXT, turns_per_step=4, warm_up_kinds=("colors",), large_ball_clips=320)
 DENSE_COLOURS = dict(
@@ -43,7 +55,7 @@ DENSE_COLOURS = dict(
 )
 ONE_COLOUR = DenseStage(0.34, ("colors",), one_colour=True)
 VARIANTS: dict[str, tuple[dict, str]] = {
-    "base": ({}, "Recipe() as it is: packs of 17 turns, text steps, the tower training with the probe"),
+    "base": ({}, "the recipe until v16: packs of 17 turns, text steps, the tower training with the probe"),
     "v1": (FROZEN_NO_TEXT, "tower frozen after its vision steps, no text steps"),
     "v2": (dict(FROZEN_NO_TEXT, warm_up_kinds=QUESTIONS), "v1, the large-ball steps on the questions only"),
     "v4": (
@@ -99,7 +111,7 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "v16": (
         dict(DENSE_COLOURS, dense_stages=(DenseStage(0.34, ("caption",), one_colour=True),)),
         "v11 with its dense stage on the captions of one ball instead of the one-colour answers (the minimal run "
-        "E3; v15's 237 caption steps were too few, and τ is measured on captions)",
+        "E3; v15's 237 caption steps were too few, and τ is measured on captions); `Recipe()` since the rebuilt bundle",
     ),
 }
 
@@ -130,7 +142,8 @@ def trial(name: str, args, recipe) -> list:
     from specvlm.testbed.build import build_testbed
 
     knobs, _ = VARIANTS[name]
-    variant = replace(recipe, **knobs)
+    variant = replace(recipe, **UNTIL_V16, **({} if args.tiny else UNTIL_V16_STEPS))
+    variant = replace(variant, **knobs)
     if not args.tiny:
         variant = variant.scaled(args.minutes)
     with fp32_training(args.fp32):

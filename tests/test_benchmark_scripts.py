@@ -242,7 +242,7 @@ def test_testbed_recipe_trials_build_and_judge_a_variant(tmp_path):
     for variant in ("v5", "v10"):  # the large-ball warm-up, the dense one
         row = next(line for line in body.splitlines() if line.startswith(f"| {variant} (fp32) |"))
         cells = [c.strip() for c in row.strip("|").split("|")]
-        assert cells[1] == "3" and cells[2].endswith("%")  # miniature()'s steps; the tower's read-out
+        assert cells[1] == "6" and cells[2].endswith("%")  # miniature()'s steps; the tower's read-out
         gaps = [cells[i] for i in ((4, 6, 7) if variant == "v5" else (4, 5, 6, 7))]  # v5's warm-up: large
         gaps += cells[8].split(" / ")  # the captions' colour words at the end: every mention, the first ones
         assert len(gaps) == (5 if variant == "v5" else 6) and all(c[0] in "+-" for c in gaps)  # every turn, "which

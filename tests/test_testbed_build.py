@@ -645,9 +645,11 @@ def test_same_seed_builds_identical_weights(mini_build, tmp_path):
             f"{family}: the world's decoded training pixels differ between two builds of one seed"
         )
         for role in ROLES:
-            warm_up = fam[role]["train"]["large_ball_warm_up"]  # the text steps and the first video step
-            assert warm_up["steps"] == MINI.text_steps[role] + int(MINI.large_ball_share * MINI.steps[role]) == 2
-            assert warm_up["steps"] + fam[role]["train"]["steps"] == MINI.text_steps[role] + MINI.steps[role]
+            trained = fam[role]["train"]  # the text step and the first 3 video steps, then the dense stage, then 2
+            warm_up, dense = trained["large_ball_warm_up"], trained["dense_stages"]
+            assert warm_up["steps"] == MINI.text_steps[role] + int(MINI.large_ball_share * MINI.steps[role]) == 4
+            assert [d["steps"] for d in dense] == [1] and trained["steps"] == 2
+            assert warm_up["steps"] + 1 + trained["steps"] == MINI.text_steps[role] + MINI.steps[role]
             assert not fam[role]["train"]["stopped_early"]
             assert not report["families"][family][role]["train"]["stopped_early"]
             first = load_file(out / "models" / family / role / "model.safetensors")
@@ -659,6 +661,17 @@ def test_same_seed_builds_identical_weights(mini_build, tmp_path):
         assert (tmp_path / "models" / family / "target" / "tokenizer.json").read_bytes() == (
             out / "models" / family / "target" / "tokenizer.json"
         ).read_bytes()
+
+
+def test_a_familys_models_do_not_depend_on_the_other_families_built(mini_build, tmp_path):
+    """A one-family build trains the same Qwen2.5-VL target as the build of both families (its seed is the family's,
+    `recipe.FAMILY_SEED`, not its place in --families), so the bundle's pairs can come from one-family builds."""
+    from safetensors.torch import load_file
+
+    out, _ = mini_build
+    build_testbed(tmp_path, minutes=1, seed=0, families=("qwen2_5_vl",), recipe=MINI, progress=False, threads=1)
+    both, alone = (load_file(d / "models" / "qwen2_5_vl" / "target" / "model.safetensors") for d in (out, tmp_path))
+    assert both.keys() == alone.keys() and all(torch.equal(both[k], alone[k]) for k in both)
 
 
 def test_resume_reuses_finished_models_and_retrains_the_rest(mini_build, tmp_path):
@@ -683,7 +696,8 @@ def test_resume_reuses_finished_models_and_retrains_the_rest(mini_build, tmp_pat
     )
     assert all(torch.equal(first[k], again[k]) for k in first)
     trained = report["families"]["qwen2_5_vl"]["draft"]["train"]
-    assert trained["large_ball_warm_up"]["steps"] + trained["steps"] == MINI.text_steps["draft"] + MINI.steps["draft"]
+    steps = [trained["large_ball_warm_up"]["steps"], *(d["steps"] for d in trained["dense_stages"]), trained["steps"]]
+    assert steps == [4, 1, 2] and sum(steps) == MINI.text_steps["draft"] + MINI.steps["draft"]
     with pytest.raises(SpecVLMError, match="another recipe, seed"):
         build_testbed(copy, minutes=1, seed=1, recipe=MINI, progress=False, resume=True, threads=1)
     with pytest.raises(SpecVLMError, match="another recipe, seed"):
