@@ -542,7 +542,7 @@ def add_build_command(testbed_parser) -> None:
     sub = testbed_parser.add_subparsers(dest="testbed_command", required=True)
     p = sub.add_parser(
         "build",
-        help="generate the world and train a target + draft per family (CPU, about an hour)",
+        help="generate the world and train a target + draft per family (CPU, about 50 minutes on 2 cores)",
         description="Generate the synthetic video world, train one byte-level BPE tokenizer on its text, and train "
         "from scratch a target and a draft VLM (real HF classes) for each family on its train split. "
         "Writes OUT/world, OUT/models/<family>/{target,draft} (HF folders with metrics.json), "
@@ -557,7 +557,7 @@ def add_build_command(testbed_parser) -> None:
         "--minutes",
         type=float,
         default=80.0,
-        help="the budget that sets the training steps (default 80, the bundled build: about 65 minutes on 2 CPU "
+        help="the budget that sets the training steps (default 80, the bundled build: about 50 minutes on 2 CPU "
         "cores; a hard stop at twice it)",
     )
     p.add_argument("--seed", type=int, default=0, help="seed of the world, the initialisation and the data order")

@@ -72,9 +72,10 @@ class Recipe:
     # (`vision_batch` clips a step, no language model: `train.pretrain_vision`), then `text_steps` on the caption +
     # questions packs without the video (the model learns to read the prompt: a caption or which kind of answer),
     # then `steps` with the video, the first `question_share` of them on the questions only (0: none; 0.5 left the
-    # captions unlearnt, see docs/DESIGN.md), the rest on the caption + questions packs. In every pack the caption
-    # comes first with probability `caption_first` (else anywhere): inference asks for a caption as the first turn
-    # right after the video, and with the caption first in only 1 of 17 packs some caption prompts got "One."
+    # captions unlearnt: `git show 8b1239d:docs/DESIGN.md`), the rest on the caption + questions packs. In every
+    # pack the caption comes first with probability `caption_first` (else anywhere): inference asks for a caption as
+    # the first turn right after the video, and with the caption first in only 1 of 17 packs some caption prompts got
+    # "One."
     vision_steps: dict = field(default_factory=lambda: {"target": 300, "draft": 300})
     vision_batch: int = 4
     vision_lr: float = 3e-3
