@@ -405,6 +405,38 @@ def test_first_mentions_marks_each_id_once_per_answer():
     assert torch.equal(first_mentions([9], target), target == 9)  # 9 opens both answers it is in
 
 
+def test_after_marks_the_ids_that_follow_a_given_one():
+    """`after` on hand-made targets: a listed id right after `previous` in the same answer; not after another id, not
+    as an answer's first token (its predecessor is the prompt's -100); ids not listed never."""
+    from specvlm.testbed.train import after
+
+    x, the, top, moves, left = -100, 3, 7, 4, 8
+    target = torch.tensor([x, the, top, moves, left, the, left, x, top, the, top])
+    expected = torch.tensor([0, 0, 1, 0, 0, 0, 1, 0, 0, 0, 1], dtype=torch.bool)
+    assert torch.equal(after(the, [top, left], target), expected)
+    assert not after(the, [], target).any() and not after(moves, [top], target).any()
+
+
+def test_caption_places_are_the_place_words_after_the(mini_build):
+    """`caption_place_ids` + `after` mark in each caption the first word of every place phrase, as many as the
+    captions' place phrases ("at the top left", "in the centre", "the left edge") and never a direction ("moves
+    left")."""
+    import re
+
+    from specvlm.inputs import load_processor
+    from specvlm.testbed.language import LOCATION
+    from specvlm.testbed.train import Formatter, after, caption_place_ids, load_clips
+
+    out, _ = mini_build
+    fmt = Formatter(load_processor(out / "models" / "qwen2_5_vl" / "target"))
+    the, places = caption_place_ids(fmt)
+    clips = load_clips(out / "world", "train", fmt.processor, MINI.num_frames, limit=4)
+    for caption in (t[1] for c in clips for t in c.turns if t[3] == "caption"):
+        ids = torch.tensor([-100, *fmt.ids(caption)])
+        phrases = len(re.findall("|".join(LOCATION.values()), caption)) + caption.count(" edge")
+        assert int(after(the, places, ids).sum()) == phrases > 0, caption
+
+
 def test_bf16_training_computes_the_same_inside_the_builds_torch_state(mini_build, monkeypatch):
     """Where the CPU has bf16 units training runs under bf16 autocast, and the build wraps everything in
     `build_arithmetic`, whose own autocast(enabled=False) region is the outermost one: autocast keeps its bf16 copies

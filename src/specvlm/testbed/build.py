@@ -478,8 +478,19 @@ def video_gap_by_kind(model, clips, fmt, single_turns: bool) -> dict[str, float]
     """`video_gap` on each kind of turn alone ("caption", "colors", ...): a reading that starts on one kind shows
     there long before it moves the gap over every turn. With captions, also on their colour words alone: every
     mention ("caption colours") and the first mention of each colour in a caption ("caption first colours"), the
-    few tokens of a caption a draft can read off the video only, where a repeat can be copied from the caption."""
-    from .train import among, answer_token_losses, caption_colour_ids, first_mentions, mean_answer_loss, only_kinds
+    few tokens of a caption a draft can read off the video only, where a repeat can be copied from the caption; and on
+    the first word of each place ("caption places": " top" in "at the top left"), which a tower that sees where
+    decides (docs/DESIGN.md, Testbed: the ceiling)."""
+    from .train import (
+        after,
+        among,
+        answer_token_losses,
+        caption_colour_ids,
+        caption_place_ids,
+        first_mentions,
+        mean_answer_loss,
+        only_kinds,
+    )
 
     kinds = sorted({turn[3] for clip in clips for turn in clip.turns})
     gaps = {}
@@ -493,6 +504,7 @@ def video_gap_by_kind(model, clips, fmt, single_turns: bool) -> dict[str, float]
             masks |= {
                 "caption colours": functools.partial(among, colours),
                 "caption first colours": functools.partial(first_mentions, colours),
+                "caption places": functools.partial(after, *caption_place_ids(fmt)),
             }
         for name, counted in masks.items():
             gaps[name] = round(mean_answer_loss(other, counted) - mean_answer_loss(own, counted), 4)

@@ -26,7 +26,7 @@ import torch
 
 from ..adapters.attention import additive_mask
 from ..inputs import build_inputs, load_video, render_prompt, sampler
-from .language import is_correct
+from .language import REGION_NAMES, is_correct
 from .probe import VisualProbe, token_grid, visual_labels
 from .world import COLORS
 
@@ -688,6 +688,21 @@ def first_mentions(ids: list[int], target: torch.Tensor) -> torch.Tensor:
     earlier = torch.ones(len(target), len(target), dtype=torch.bool, device=target.device).tril(-1)  # [t, s]: s < t
     repeat = (earlier & (answer[:, None] == answer[None, :]) & (target[:, None] == target[None, :])).any(1)
     return among(ids, target) & ~repeat
+
+
+def after(previous: int, ids: list[int], target: torch.Tensor) -> torch.Tensor:
+    """(T,) bool: the targets among `ids` whose preceding target is `previous` (" top" after " the": a place, where
+    " left" after " moves" is a motion)."""
+    before = torch.cat([target.new_full((1,), -100), target[:-1]])  # (T,): each target's predecessor
+    return among(ids, target) & (before == previous)
+
+
+def caption_place_ids(fmt: Formatter) -> tuple[int, list[int]]:
+    """(the id of " the", the first token ids of the place words as a caption says them: " top", " left", " centre",
+    ...). A place word follows " the" ("at the top left", "in the centre", "off the left edge"), a direction does
+    not ("moves left"): `after` tells them apart."""
+    words = {w for name in REGION_NAMES for w in name.split()} - {"side"}
+    return fmt.ids(" the")[0], sorted({fmt.ids(f" {w}")[0] for w in words})
 
 
 def caption_colour_ids(fmt: Formatter) -> list[int]:
