@@ -336,14 +336,14 @@ def test_video_gap_is_zero_when_the_other_video_is_the_same(mini_build):
     # per kind of turn: each kind's turns alone (the other video: the next clip that has that kind)
     from specvlm.testbed.build import video_gap_by_kind
 
-    colour_keys = {"caption colours", "caption first colours"}
-    kinds = {t[3] for c in clips for t in c.turns} | colour_keys  # every clip has a caption
-    first = dict.fromkeys({t[3] for t in clips[0].turns} | colour_keys, 0)
+    caption_keys = {"caption colours", "caption first colours", "caption places"}
+    kinds = {t[3] for c in clips for t in c.turns} | caption_keys  # every clip has a caption
+    first = dict.fromkeys({t[3] for t in clips[0].turns} | caption_keys, 0)
     assert video_gap_by_kind(model, clips[:1], fmt, True) == first
     both = video_gap_by_kind(model, clips, fmt, True)
     assert sorted(both) == sorted(kinds) and sorted(metrics["video_gap_by_kind"]) == sorted(
         {t[3] for c in load_clips(out / "world", "validation", fmt.processor, MINI.num_frames) for t in c.turns}
-        | colour_keys
+        | caption_keys
     )
 
 
