@@ -80,7 +80,8 @@ class Recipe:
     vision_batch: int = 4
     vision_lr: float = 3e-3
     text_steps: dict = field(default_factory=lambda: {"target": 0, "draft": 0})
-    steps: dict = field(default_factory=lambda: {"target": 671, "draft": 335})  # = scaled(60)
+    # every build replaces these with `scaled(minutes)`'s (the bundle's `scaled(80)`: 1185 target, 592 draft)
+    steps: dict = field(default_factory=lambda: {"target": 671, "draft": 335})
     question_share: float = 0.0
     # the large-ball warm-up (issue 23): the first `large_ball_share` of the video steps train on a world of
     # `large_ball_clips` clips whose balls are large (world.SIZES["large"], seed + LARGE_BALL_SEED), the rest on the
@@ -110,9 +111,9 @@ class Recipe:
     # with `shared_video`: the video steps begin with `dense_stages` (each its own learning-rate schedule), whose
     # steps see only the visual tokens a ball covers and `dense_keep` of the others (train.dense_visual); after them
     # `dense_mix` of the steps do, at `after_dense_lr` x `lr`. The information made dense without a second world
-    # (docs/DESIGN.md, Testbed: with a tower that reads colour at ~97 %, 400 dense steps on the one-colour answers of
-    # "which colours" start the reading at 8 frames, and other kinds join at a quarter of the rate; every kind at once
-    # never starts it, and at the same rate the other kinds wipe it out)
+    # (docs/DESIGN.md, Testbed: with a tower that reads colour at ~98 %, dense steps on the captions of one ball start
+    # the reading at 8 frames, and the other kinds join at a quarter of the rate; every kind at once never starts it,
+    # and at the same rate the other kinds wipe it out)
     dense_stages: tuple = (DenseStage(0.34, ("caption",), one_colour=True),)  # of DenseStage
     dense_keep: float = 0.1
     dense_mix: float = 0.5
