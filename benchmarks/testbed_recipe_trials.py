@@ -113,6 +113,11 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         "v11 with its dense stage on the captions of one ball instead of the one-colour answers (the minimal run "
         "E3; v15's 237 caption steps were too few, and τ is measured on captions); `Recipe()` since the rebuilt bundle",
     ),
+    "v17": (
+        dict(DENSE_COLOURS, dense_stages=(DenseStage(0.34, ("caption",), one_colour=True),), texture="position"),
+        "v16 on the position background (the place words read on it in the minimal runs P1, two seeds; on plain "
+        "they never did): does a build read the captions' places?",
+    ),
 }
 
 
@@ -165,6 +170,9 @@ def trial(name: str, args, recipe) -> list:
         f"{target['video_gap']:+.4f}",
         f"{target['video_gap_by_kind']['colors']:+.4f}" if "video_gap_by_kind" in target else "–",
         caption_colour_gaps(target.get("video_gap_by_kind", {})),
+        f"{target['video_gap_by_kind']['caption places']:+.4f}"
+        if "caption places" in target.get("video_gap_by_kind", {})
+        else "–",
         f"{target['accuracy']:.0%}",
         f"{target['by_kind'].get('color', 0):.0%}",
         f"{target['by_kind'].get('colors', 0):.0%}",
@@ -204,6 +212,7 @@ def main(argv=None) -> str:
                 "video gap",
                 "on 'which colours'",
                 "on the captions' colour words (all / first mentions)",
+                "on their place words",
                 "accuracy",
                 "'which colour'",
                 "'which colours'",

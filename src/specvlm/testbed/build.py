@@ -259,6 +259,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
         size=recipe.world_size,
         questions=recipe.questions,
         workers=2,
+        texture=recipe.texture,
         progress=lambda d, n: show("world: clips", d, n),
     )
     large_world = out / "world-large"
@@ -272,6 +273,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
             questions=recipe.questions,
             workers=2,
             ball="large",
+            texture=recipe.texture,
             progress=lambda d, n: show("world: large-ball clips", d, n),
         )
     report["timings_s"]["world"] = round(time.perf_counter() - start, 1)
