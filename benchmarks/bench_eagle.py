@@ -265,8 +265,9 @@ def main(argv: list[str] | None = None):
     world = Path(args.world) if args.world else scratch / "world"
     if not args.world:
         from specvlm.testbed import generate_world
+        from specvlm.testbed.assets import trained_texture
 
-        generate_world(world, args.clips, seed=0, workers=2)
+        generate_world(world, args.clips, seed=0, workers=2, texture=trained_texture(target_dir))
     from specvlm.loading import load_model
 
     target = load_model(str(target_dir), dtype="float32", device="cpu")

@@ -205,17 +205,29 @@ def decode_ms(models: dict, prompt: dict, new_tokens: int, repeats: int, **gener
     return {k: statistics.median(v) for k, v in samples.items()}
 
 
+def pair_dirs(family: str, models: str | None) -> tuple[Path, Path]:
+    """(target, draft) folders of `family`: under a build's models folder, or the bundled pair."""
+    from specvlm.testbed.assets import bundled_pair
+
+    return (Path(models) / family / "target", Path(models) / family / "draft") if models else bundled_pair(family)
+
+
+def world_texture(families, models: str | None) -> str:
+    """The background the families' targets were trained on: the test worlds are rendered on it."""
+    from specvlm.testbed.assets import trained_texture
+
+    textures = {trained_texture(pair_dirs(f, models)[0]) for f in families}
+    if len(textures) > 1:
+        raise SystemExit(f"bench_testbed: the families were trained on different backgrounds ({sorted(textures)})")
+    return textures.pop()
+
+
 def run_family(family: str, worlds: list[tuple[str, Path]], args) -> str:
     from specvlm.inputs import load_processor
-    from specvlm.testbed.assets import bundled_pair
     from specvlm.testbed.recipe import Recipe
     from specvlm.testbed.train import Formatter, load_clips
 
-    target_dir, draft_dir = (
-        (Path(args.models) / family / "target", Path(args.models) / family / "draft")
-        if args.models
-        else bundled_pair(family)
-    )
+    target_dir, draft_dir = pair_dirs(family, args.models)
     target, draft = load(target_dir), load(draft_dir)
     processor = load_processor(target_dir)
     fmt = Formatter(processor)
@@ -331,6 +343,8 @@ def main(argv=None) -> str:
         torch.set_num_threads(args.threads)
     torch.set_grad_enabled(False)
     recipe = Recipe()
+    families = args.family or FAMILIES
+    texture = world_texture(families, args.models)
     with tempfile.TemporaryDirectory() as tmp:
         world = Path(args.world) if args.world else Path(tmp) / "world"
         generate_world(
@@ -341,6 +355,7 @@ def main(argv=None) -> str:
             size=recipe.world_size,
             questions=recipe.questions,
             workers=2,
+            texture=texture,
         )
         worlds = [("the build's world (seed 0), test split", world)]
         if args.unseen_seed >= 0:
@@ -353,9 +368,10 @@ def main(argv=None) -> str:
                 size=recipe.world_size,
                 questions=recipe.questions,
                 workers=2,
+                texture=texture,
             )
             worlds.append((f"an unseen world (seed {args.unseen_seed})", unseen))
-        body = "\n\n".join(run_family(f, worlds, args) for f in args.family or FAMILIES)
+        body = "\n\n".join(run_family(f, worlds, args) for f in families)
     if args.record:
         record(
             f"testbed-findings-{args.label}",

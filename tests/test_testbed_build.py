@@ -556,8 +556,11 @@ def test_curriculum_orders_the_turns(mini_build, monkeypatch):
 def test_a_build_with_shared_video_and_dense_steps(tmp_path, monkeypatch):
     """The recipe's knobs reach the build: one-turn batches holding the video once; the video steps begin with the
     dense stages, each its own `train` on its kinds at its rate (the first on one-colour answers only), then the
-    rest at `after_dense_lr` of the rate with half of them dense; the pair it saves speculates losslessly."""
+    rest at `after_dense_lr` of the rate with half of them dense; the world is rendered on the recipe's background,
+    which the models' metrics.json name (what the benchmarks render their test worlds on); the pair it saves
+    speculates losslessly."""
     from specvlm.testbed import train as train_module
+    from specvlm.testbed.assets import trained_texture
 
     stages, listed, real_train = [], [], train_module.train  # listed: asked "which colours" turns naming several
 
@@ -577,6 +580,7 @@ def test_a_build_with_shared_video_and_dense_steps(tmp_path, monkeypatch):
         dense_stages=(DenseStage(0.5, ("colors",), one_colour=True), DenseStage(0.25, ("count",), lr=0.5)),
         after_dense_lr=0.25,
         dense_mix=0.5,
+        texture="position",
     )
     report = build_testbed(
         tmp_path, minutes=1, seed=0, families=("qwen2_5_vl",), recipe=recipe, progress=False, threads=1
@@ -596,6 +600,17 @@ def test_a_build_with_shared_video_and_dense_steps(tmp_path, monkeypatch):
     assert [d["steps"] for d in metrics["train"]["dense_stages"]] == [5, 2]
     assert all("colors" in d["video_gap_by_kind"] for d in metrics["train"]["dense_stages"])
     assert metrics["pair"]["static_tree"]["equal_to_target"]
+    assert json.loads((tmp_path / "world" / "world.json").read_text())["texture"] == "position"
+    assert {trained_texture(tmp_path / "models" / "qwen2_5_vl" / role) for role in ("target", "draft")} == {"position"}
+
+
+def test_trained_texture_is_plain_for_models_built_before_textures(mini_build, tmp_path):
+    from specvlm.testbed.assets import trained_texture
+
+    out, _ = mini_build
+    assert trained_texture(out / "models" / "qwen2_5_vl" / "target") == MINI.texture == "plain"
+    (tmp_path / "metrics.json").write_text(json.dumps({"family": "qwen2_5_vl"}))  # a metrics.json without the key
+    assert trained_texture(tmp_path) == "plain"
 
 
 def test_one_colour_answers_keeps_the_other_turns():

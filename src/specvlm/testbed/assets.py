@@ -41,6 +41,14 @@ def bundled_metrics(family: str = "qwen2_5_vl") -> dict:
     }
 
 
+def trained_texture(model_dir) -> str:
+    """The background of the world the testbed model in `model_dir` was trained on (metrics.json's "texture"), so a
+    benchmark renders its test worlds the same way; "plain" for models built before worlds had textures."""
+    path = Path(model_dir) / "metrics.json"
+    metrics = json.loads(path.read_text()) if path.is_file() else {}
+    return str(metrics.get("texture", "plain"))
+
+
 def sample_clips(kind: str | None = None) -> list[dict]:
     """The bundled sample records (one per clip and conversation; `kind="caption"` for the long answers), each with
     "video" as an absolute path, "question", "reference" (the world's answer text), "answer" and "kind"."""

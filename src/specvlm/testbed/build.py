@@ -426,6 +426,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                 "arch": recipe.to_dict()["arch"][role],
                 "visual_tokens_per_clip": fam["visual_tokens"],
+                "texture": recipe.texture,  # the world's background (assets.trained_texture)
                 "train": result,
             }
             own = validation_loss(reloaded, val_clips, fmt, single_turns=single)
