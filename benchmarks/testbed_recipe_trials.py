@@ -29,9 +29,11 @@ from specvlm.testbed.recipe import DenseStage  # noqa: E402
 from common import record, table  # noqa: E402
 
 QUESTIONS = ("color", "colors", "count", "direction", "order", "region")
-# `Recipe()`'s knobs until v16 became them (December 2026): every variant below changes these, so each names the same
-# recipe as when it ran. The step counts apply to the full recipe only (`--tiny` keeps the miniature's)
+# `Recipe()`'s knobs until v16 became them (December 2026; v17 added the position background): every variant below
+# changes these, so each names the same recipe as when it ran. The step counts apply to the full recipe only
+# (`--tiny` keeps the miniature's)
 UNTIL_V16 = dict(
+    texture="plain",  # every variant before v17 ran on the plain background
     large_ball_share=0.5,
     freeze_vision=False,
     turns_per_step=0,
@@ -111,12 +113,12 @@ VARIANTS: dict[str, tuple[dict, str]] = {
     "v16": (
         dict(DENSE_COLOURS, dense_stages=(DenseStage(0.34, ("caption",), one_colour=True),)),
         "v11 with its dense stage on the captions of one ball instead of the one-colour answers (the minimal run "
-        "E3; v15's 237 caption steps were too few, and τ is measured on captions); `Recipe()` since the rebuilt bundle",
+        "E3; v15's 237 caption steps were too few, and τ is measured on captions); the first world-3 bundle's recipe",
     ),
     "v17": (
         dict(DENSE_COLOURS, dense_stages=(DenseStage(0.34, ("caption",), one_colour=True),), texture="position"),
         "v16 on the position background (the place words read on it in the minimal runs P1, two seeds; on plain "
-        "they never did): does a build read the captions' places?",
+        "they never did): does a build read the captions' places? `Recipe()` since the bundle built on it",
     ),
 }
 

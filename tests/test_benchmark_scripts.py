@@ -251,6 +251,21 @@ def test_testbed_recipe_trials_build_and_judge_a_variant(tmp_path):
         testbed_recipe_trials.main(["--variants", "v99"])
 
 
+def test_the_latest_recipe_trial_is_the_recipe_and_the_one_before_it_the_first_bundles():
+    """Each trial names its recipe against `UNTIL_V16`: v17 must be today's `Recipe()` (the bundle's), v16 the
+    first world-3 bundle's (the same on the plain background), so their rows in BENCHMARKS stay reproducible."""
+    from dataclasses import replace
+
+    import testbed_recipe_trials as trials
+
+    from specvlm.testbed.recipe import Recipe
+
+    def variant(name):
+        return replace(replace(Recipe(), **trials.UNTIL_V16, **trials.UNTIL_V16_STEPS), **trials.VARIANTS[name][0])
+
+    assert variant("v17") == Recipe() and variant("v16") == replace(Recipe(), texture="plain") != Recipe()
+
+
 @pytest.mark.slow
 def test_testbed_findings_run_on_a_small_world(tmp_path):
     import bench_testbed

@@ -580,7 +580,7 @@ def test_a_build_with_shared_video_and_dense_steps(tmp_path, monkeypatch):
         dense_stages=(DenseStage(0.5, ("colors",), one_colour=True), DenseStage(0.25, ("count",), lr=0.5)),
         after_dense_lr=0.25,
         dense_mix=0.5,
-        texture="position",
+        texture="plain",
     )
     report = build_testbed(
         tmp_path, minutes=1, seed=0, families=("qwen2_5_vl",), recipe=recipe, progress=False, threads=1
@@ -600,15 +600,15 @@ def test_a_build_with_shared_video_and_dense_steps(tmp_path, monkeypatch):
     assert [d["steps"] for d in metrics["train"]["dense_stages"]] == [5, 2]
     assert all("colors" in d["video_gap_by_kind"] for d in metrics["train"]["dense_stages"])
     assert metrics["pair"]["static_tree"]["equal_to_target"]
-    assert json.loads((tmp_path / "world" / "world.json").read_text())["texture"] == "position"
-    assert {trained_texture(tmp_path / "models" / "qwen2_5_vl" / role) for role in ("target", "draft")} == {"position"}
+    assert json.loads((tmp_path / "world" / "world.json").read_text())["texture"] == "plain"
+    assert {trained_texture(tmp_path / "models" / "qwen2_5_vl" / role) for role in ("target", "draft")} == {"plain"}
 
 
-def test_trained_texture_is_plain_for_models_built_before_textures(mini_build, tmp_path):
+def test_trained_texture_is_the_recipes_and_plain_for_models_built_before_textures(mini_build, tmp_path):
     from specvlm.testbed.assets import trained_texture
 
     out, _ = mini_build
-    assert trained_texture(out / "models" / "qwen2_5_vl" / "target") == MINI.texture == "plain"
+    assert trained_texture(out / "models" / "qwen2_5_vl" / "target") == MINI.texture == "position"
     (tmp_path / "metrics.json").write_text(json.dumps({"family": "qwen2_5_vl"}))  # a metrics.json without the key
     assert trained_texture(tmp_path) == "plain"
 
