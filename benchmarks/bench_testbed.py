@@ -212,18 +212,16 @@ def pair_dirs(family: str, models: str | None) -> tuple[Path, Path]:
     return (Path(models) / family / "target", Path(models) / family / "draft") if models else bundled_pair(family)
 
 
-def world_texture(families, models: str | None) -> str:
-    """The background the families' targets were trained on: the test worlds are rendered on it."""
+def world_textures(families, models: str | None) -> dict[str, str]:
+    """{family: the background its target was trained on}: its test worlds are rendered on it."""
     from specvlm.testbed.assets import trained_texture
 
-    textures = {trained_texture(pair_dirs(f, models)[0]) for f in families}
-    if len(textures) > 1:
-        raise SystemExit(f"bench_testbed: the families were trained on different backgrounds ({sorted(textures)})")
-    return textures.pop()
+    return {f: trained_texture(pair_dirs(f, models)[0]) for f in families}
 
 
 def run_family(family: str, worlds: list[tuple[str, Path]], args) -> str:
     from specvlm.inputs import load_processor
+    from specvlm.testbed.assets import trained_texture
     from specvlm.testbed.recipe import Recipe
     from specvlm.testbed.train import Formatter, load_clips
 
@@ -238,7 +236,8 @@ def run_family(family: str, worlds: list[tuple[str, Path]], args) -> str:
         print(f"{family}: {len(clips)} test clips of {label}", flush=True)
         parts += findings(target, draft, fmt, folder, clips, label, args)
     parts.append(decode_costs(target, draft, fmt, clips, args))
-    return f"### {family} ({args.models or 'bundled'})\n\n" + "\n\n".join(parts)
+    background = trained_texture(target_dir)
+    return f"### {family} ({args.models or 'bundled'}, {background} background)\n\n" + "\n\n".join(parts)
 
 
 def findings(target, draft, fmt, world: Path, clips, label: str, args) -> list[str]:
@@ -313,7 +312,11 @@ def main(argv=None) -> str:
 
     ap = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     ap.add_argument("--family", choices=FAMILIES, action="append", help="default: both")
-    ap.add_argument("--world", help="the build's world folder (default: regenerate it into a temporary folder)")
+    ap.add_argument(
+        "--world",
+        help="the build's world folder, generated there if it holds another (default: regenerated into a temporary "
+        "folder on each family's background; one background only)",
+    )
     ap.add_argument(
         "--world-clips",
         type=int,
@@ -344,34 +347,36 @@ def main(argv=None) -> str:
     torch.set_grad_enabled(False)
     recipe = Recipe()
     families = args.family or FAMILIES
-    texture = world_texture(families, args.models)
-    with tempfile.TemporaryDirectory() as tmp:
-        world = Path(args.world) if args.world else Path(tmp) / "world"
+    textures = world_textures(families, args.models)
+    if args.world and len(set(textures.values())) > 1:
+        raise SystemExit(
+            f"bench_testbed: --world is one background, these families were trained on several ({textures}); "
+            "leave --world out or pass one --family"
+        )
+
+    def render(folder: Path, clips: int, seed: int, texture: str) -> Path:
         generate_world(
-            world,
-            args.world_clips,
-            seed=0,
+            folder,
+            clips,
+            seed=seed,
             frames=tuple(recipe.clip_frames),
             size=recipe.world_size,
             questions=recipe.questions,
             workers=2,
             texture=texture,
         )
-        worlds = [("the build's world (seed 0), test split", world)]
-        if args.unseen_seed >= 0:
-            unseen = Path(tmp) / f"world-seed{args.unseen_seed}"
-            generate_world(
-                unseen,
-                args.unseen_clips,
-                seed=args.unseen_seed,
-                frames=tuple(recipe.clip_frames),
-                size=recipe.world_size,
-                questions=recipe.questions,
-                workers=2,
-                texture=texture,
-            )
-            worlds.append((f"an unseen world (seed {args.unseen_seed})", unseen))
-        body = "\n\n".join(run_family(f, worlds, args) for f in families)
+        return folder
+
+    with tempfile.TemporaryDirectory() as tmp:
+        worlds: dict[str, list[tuple[str, Path]]] = {}  # by background: the build's world, the unseen one
+        for texture in dict.fromkeys(textures.values()):
+            own = Path(args.world) if args.world else Path(tmp) / f"world-{texture}"
+            worlds[texture] = [("the build's world (seed 0), test split", render(own, args.world_clips, 0, texture))]
+            if args.unseen_seed >= 0:
+                unseen = Path(tmp) / f"world-{texture}-seed{args.unseen_seed}"
+                render(unseen, args.unseen_clips, args.unseen_seed, texture)
+                worlds[texture].append((f"an unseen world (seed {args.unseen_seed})", unseen))
+        body = "\n\n".join(run_family(f, worlds[textures[f]], args) for f in families)
     if args.record:
         record(
             f"testbed-findings-{args.label}",

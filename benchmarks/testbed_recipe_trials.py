@@ -33,7 +33,7 @@ QUESTIONS = ("color", "colors", "count", "direction", "order", "region")
 # changes these, so each names the same recipe as when it ran. The step counts apply to the full recipe only
 # (`--tiny` keeps the miniature's)
 UNTIL_V16 = dict(
-    texture="plain",  # every variant before v17 ran on the plain background
+    textures={"qwen2_5_vl": "plain", "llava_onevision": "plain"},  # every variant before v17 ran on plain
     large_ball_share=0.5,
     freeze_vision=False,
     turns_per_step=0,
@@ -116,9 +116,14 @@ VARIANTS: dict[str, tuple[dict, str]] = {
         "E3; v15's 237 caption steps were too few, and τ is measured on captions); the first world-3 bundle's recipe",
     ),
     "v17": (
-        dict(DENSE_COLOURS, dense_stages=(DenseStage(0.34, ("caption",), one_colour=True),), texture="position"),
+        dict(
+            DENSE_COLOURS,
+            dense_stages=(DenseStage(0.34, ("caption",), one_colour=True),),
+            textures={"qwen2_5_vl": "position", "llava_onevision": "position"},
+        ),
         "v16 on the position background (the place words read on it in the minimal runs P1, two seeds; on plain "
-        "they never did): does a build read the captions' places? `Recipe()` since the bundle built on it",
+        "they never did): does a build read the captions' places? `Recipe()` for Qwen2.5-VL since the bundle built on "
+        "it (LLaVA-OneVision's pair stays on plain)",
     ),
 }
 

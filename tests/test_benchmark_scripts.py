@@ -252,8 +252,9 @@ def test_testbed_recipe_trials_build_and_judge_a_variant(tmp_path):
 
 
 def test_the_latest_recipe_trial_is_the_recipe_and_the_one_before_it_the_first_bundles():
-    """Each trial names its recipe against `UNTIL_V16`: v17 must be today's `Recipe()` (the bundle's), v16 the
-    first world-3 bundle's (the same on the plain background), so their rows in BENCHMARKS stay reproducible."""
+    """Each trial names its recipe against `UNTIL_V16`: v17 must be today's `Recipe()` for Qwen2.5-VL (the bundle's
+    Qwen pair; LLaVA-OneVision's stays on plain), v16 the first world-3 bundle's (both families on plain), so their
+    rows in BENCHMARKS stay reproducible."""
     from dataclasses import replace
 
     import testbed_recipe_trials as trials
@@ -263,7 +264,10 @@ def test_the_latest_recipe_trial_is_the_recipe_and_the_one_before_it_the_first_b
     def variant(name):
         return replace(replace(Recipe(), **trials.UNTIL_V16, **trials.UNTIL_V16_STEPS), **trials.VARIANTS[name][0])
 
-    assert variant("v17") == Recipe() and variant("v16") == replace(Recipe(), texture="plain") != Recipe()
+    latest, plain = variant("v17"), {"qwen2_5_vl": "plain", "llava_onevision": "plain"}
+    assert latest.texture("qwen2_5_vl") == Recipe().texture("qwen2_5_vl") == "position"
+    assert replace(latest, textures=Recipe().textures) == Recipe()
+    assert variant("v16") == replace(Recipe(), textures=plain) != Recipe()
 
 
 @pytest.mark.slow

@@ -13,7 +13,7 @@ from specvlm.engine.generator import SpeculativeGenerator
 from specvlm.errors import SpecVLMError
 from specvlm.numerics import flush_denormal_enabled
 from specvlm.testbed.build import build_testbed, global_torch_state, prepare_out
-from specvlm.testbed.recipe import DenseStage, miniature
+from specvlm.testbed.recipe import FAMILIES, DenseStage, miniature
 
 MINI = miniature()
 
@@ -580,7 +580,7 @@ def test_a_build_with_shared_video_and_dense_steps(tmp_path, monkeypatch):
         dense_stages=(DenseStage(0.5, ("colors",), one_colour=True), DenseStage(0.25, ("count",), lr=0.5)),
         after_dense_lr=0.25,
         dense_mix=0.5,
-        texture="plain",
+        textures={"qwen2_5_vl": "plain", "llava_onevision": "position"},
     )
     report = build_testbed(
         tmp_path, minutes=1, seed=0, families=("qwen2_5_vl",), recipe=recipe, progress=False, threads=1
@@ -601,14 +601,28 @@ def test_a_build_with_shared_video_and_dense_steps(tmp_path, monkeypatch):
     assert all("colors" in d["video_gap_by_kind"] for d in metrics["train"]["dense_stages"])
     assert metrics["pair"]["static_tree"]["equal_to_target"]
     assert json.loads((tmp_path / "world" / "world.json").read_text())["texture"] == "plain"
+    assert not (tmp_path / "world-position").exists()  # only the backgrounds of the families built
     assert {trained_texture(tmp_path / "models" / "qwen2_5_vl" / role) for role in ("target", "draft")} == {"plain"}
 
 
-def test_trained_texture_is_the_recipes_and_plain_for_models_built_before_textures(mini_build, tmp_path):
+def test_each_family_trains_on_its_own_background(mini_build, tmp_path):
+    """A world per background the families use, the same clips and words on each (one tokenizer serves both); each
+    family's pixels and metrics.json are its own world's; the sample clips are the demo family's. A model built
+    before backgrounds existed counts as plain."""
     from specvlm.testbed.assets import trained_texture
+    from specvlm.testbed.build import world_folder
 
-    out, _ = mini_build
-    assert trained_texture(out / "models" / "qwen2_5_vl" / "target") == MINI.texture == "position"
+    out, report = mini_build
+    assert MINI.textures == {"qwen2_5_vl": "position", "llava_onevision": "plain"}
+    for family in FAMILIES:
+        texture = MINI.texture(family)
+        assert json.loads((out / world_folder(texture) / "world.json").read_text())["texture"] == texture
+        assert {trained_texture(out / "models" / family / role) for role in ("target", "draft")} == {texture}
+    plain, position = ((out / world_folder(t) / "train.jsonl").read_text() for t in ("plain", "position"))
+    assert plain == position
+    assert world_folder("position") == "world-position" and world_folder("plain", large=True) == "world-large"
+    sample = sorted((out / "samples").glob("*.mp4"))[0]
+    assert sample.read_bytes() == (out / "world-position" / "videos" / sample.name).read_bytes()
     (tmp_path / "metrics.json").write_text(json.dumps({"family": "qwen2_5_vl"}))  # a metrics.json without the key
     assert trained_texture(tmp_path) == "plain"
 

@@ -4,10 +4,11 @@
 
 writes
 
-    OUT/world/                          the world (mp4 clips + train/validation/test JSONL)
+    OUT/world/, OUT/world-position/     the world on each background the families use (`Recipe.textures`): the
+                                        same clips and words (mp4 clips + train/validation/test JSONL)
     OUT/models/<family>/{target,draft}/ HF folders: config, fp16 safetensors, generation config, tokenizer,
                                         processor files, metrics.json
-    OUT/samples/                        three test-split clips + samples.jsonl
+    OUT/samples/                        three test-split clips (of Qwen2.5-VL's world) + samples.jsonl
     OUT/build.json                      the recipe, timings and every metric
 
 The bundled assets (`specvlm.testbed.assets`) are OUT/models and OUT/samples copied into the package. The same
@@ -31,10 +32,25 @@ import time
 from pathlib import Path
 
 from ..errors import SpecVLMError
-from .recipe import FAMILIES, FAMILY_SEED, ROLES, Recipe
+from .recipe import FAMILIES, FAMILY_SEED, ROLES, SAMPLES_FAMILY, Recipe
+from .world import WORLD_TEXTURES
+
+
+def world_folder(texture: str, large: bool = False) -> str:
+    """The folder in OUT of the world rendered on `texture` ("world", "world-position", "world-large", ...): a build
+    renders one per background its families use (`Recipe.textures`)."""
+    return ("world-large" if large else "world") + ("" if texture == "plain" else f"-{texture}")
+
 
 # what --force replaces
-OWNED = ("world", "world-large", "models", "samples", "build.json", "_processors", "build-state.json")
+OWNED = (
+    *(world_folder(t, large) for t in WORLD_TEXTURES for large in (False, True)),
+    "models",
+    "samples",
+    "build.json",
+    "_processors",
+    "build-state.json",
+)
 STATE = "build-state.json"  # what a build in OUT was started with; --resume continues only the same build
 N_SAMPLES = 3
 
@@ -250,34 +266,37 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
         "timings_s": {},
     }
 
-    world = out / "world"
-    generate_world(
-        world,
-        recipe.n_clips,
-        seed=seed,
-        frames=tuple(recipe.clip_frames),
-        size=recipe.world_size,
-        questions=recipe.questions,
-        workers=2,
-        texture=recipe.texture,
-        progress=lambda d, n: show("world: clips", d, n),
-    )
-    large_world = out / "world-large"
-    if recipe.large_ball_clips and recipe.large_ball_share > 0:
+    worlds, large_worlds = {}, {}  # by background: one world per texture the families use, the same story on each
+    for texture in dict.fromkeys(recipe.texture(f) for f in families):
+        worlds[texture] = out / world_folder(texture)
         generate_world(
-            large_world,
-            recipe.large_ball_clips,
-            seed=seed + LARGE_BALL_SEED,
+            worlds[texture],
+            recipe.n_clips,
+            seed=seed,
             frames=tuple(recipe.clip_frames),
             size=recipe.world_size,
             questions=recipe.questions,
             workers=2,
-            ball="large",
-            texture=recipe.texture,
-            progress=lambda d, n: show("world: large-ball clips", d, n),
+            texture=texture,
+            progress=lambda d, n, texture=texture: show(f"world ({texture}): clips", d, n),
         )
+        if recipe.large_ball_clips and recipe.large_ball_share > 0:
+            large_worlds[texture] = out / world_folder(texture, large=True)
+            generate_world(
+                large_worlds[texture],
+                recipe.large_ball_clips,
+                seed=seed + LARGE_BALL_SEED,
+                frames=tuple(recipe.clip_frames),
+                size=recipe.world_size,
+                questions=recipe.questions,
+                workers=2,
+                ball="large",
+                texture=texture,
+                progress=lambda d, n, texture=texture: show(f"world ({texture}): large-ball clips", d, n),
+            )
     report["timings_s"]["world"] = round(time.perf_counter() - start, 1)
-    bpe = train_bpe(build_text_corpus(world / "train.jsonl"), recipe.vocab)
+    # the words are the same whatever the background, so one tokenizer serves every world
+    bpe = train_bpe(build_text_corpus(next(iter(worlds.values())) / "train.jsonl"), recipe.vocab)
 
     for fi, family in enumerate(families):
         t0 = time.perf_counter()
@@ -286,6 +305,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
         save_processor(proc_dir, recipe, family, tokenizer, make_model(recipe, family, "draft", 0))
         processor = load_processor(proc_dir)
         fmt = Formatter(processor)
+        world, large_world = worlds[recipe.texture(family)], large_worlds.get(recipe.texture(family))
         train_clips = load_clips(
             world,
             "train",
@@ -304,7 +324,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 recipe.num_frames,
                 progress=lambda d, n, family=family: show(f"{family}: large-ball pixel cache", d, n),
             )
-            if large_world.is_dir()
+            if large_world is not None
             else []
         )
         fam = report["families"][family] = {
@@ -426,7 +446,7 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 "params_m": round(sum(p.numel() for p in model.parameters()) / 1e6, 2),
                 "arch": recipe.to_dict()["arch"][role],
                 "visual_tokens_per_clip": fam["visual_tokens"],
-                "texture": recipe.texture,  # the world's background (assets.trained_texture)
+                "texture": recipe.texture(family),  # its world's background (assets.trained_texture)
                 "train": result,
             }
             own = validation_loss(reloaded, val_clips, fmt, single_turns=single)
@@ -459,7 +479,8 @@ def _build(out, minutes, seed, families, recipe, force, progress, resume, thread
                 json.dumps(dict(fam[role], pair=fam["speculative"]), indent=1) + "\n"
             )
     shutil.rmtree(out / "_processors", ignore_errors=True)
-    write_samples(world, out / "samples", N_SAMPLES)
+    samples_family = SAMPLES_FAMILY if SAMPLES_FAMILY in families else families[0]
+    write_samples(worlds[recipe.texture(samples_family)], out / "samples", N_SAMPLES)
     report["timings_s"]["total"] = round(time.perf_counter() - start, 1)
     (out / "build.json").write_text(json.dumps(report, indent=1) + "\n")
     show.say(f"done in {show.elapsed()}: {out}")
@@ -558,7 +579,8 @@ def add_build_command(testbed_parser) -> None:
     p = sub.add_parser(
         "build",
         help="generate the world and train a target + draft per family (CPU, about 50 minutes on 2 cores)",
-        description="Generate the synthetic video world, train one byte-level BPE tokenizer on its text, and train "
+        description="Generate the synthetic video world (on each family's background), train one byte-level BPE "
+        "tokenizer on its text, and train "
         "from scratch a target and a draft VLM (real HF classes) for each family on its train split. "
         "Writes OUT/world, OUT/models/<family>/{target,draft} (HF folders with metrics.json), "
         "OUT/samples and OUT/build.json. Deterministic for a given --minutes and --seed.",

@@ -20,6 +20,7 @@ FAMILIES = ("llava_onevision", "qwen2_5_vl")
 # families a build trains and in whatever order (Qwen's is 0, as in the one-family builds its bundled pair came from)
 FAMILY_SEED = {"qwen2_5_vl": 0, "llava_onevision": 1}
 ROLES = ("target", "draft")
+SAMPLES_FAMILY = "qwen2_5_vl"  # the demo's: a build's sample clips come from its world when it builds it
 
 
 @dataclass(frozen=True)
@@ -56,12 +57,13 @@ class Recipe:
 
     n_clips: int = 400  # world size: 80% train, 10% validation, 10% test
     world_size: int = 224  # rendered frame side (pixels)
-    # the background the world is rendered on (world.WORLD_TEXTURES): "position", whose colour says where a cell is,
-    # or "plain" black (the bundles before December 2026's second world-3 build). On plain, Qwen2.5-VL's tower reads
-    # the region of 7 % of ball cells and no language model learnt the captions' place words; on position the tower
-    # reads 81-84 % and the build's target reads them (trials v17; docs/DESIGN.md, Testbed). The world's story and
-    # words are the same on either
-    texture: str = "position"
+    # the background each family's world is rendered on (world.WORLD_TEXTURES): "position", whose colour says where a
+    # cell is, or "plain" black; the story and words are the same on either. On plain no language model learnt the
+    # captions' place words (the towers read the region of 6-7 % of ball cells); on position both towers read 84-86 %,
+    # Qwen2.5-VL's target reads the place words and its pair meets issue 23's tau goals on both worlds, while
+    # LLaVA-OneVision's draft came to lean on the background itself (SpecVLM keep 0.1 at 0.83x the full video on the
+    # unseen world): each family on the background its pair read best on (trials v17; docs/DESIGN.md, Testbed)
+    textures: dict = field(default_factory=lambda: {"qwen2_5_vl": "position", "llava_onevision": "plain"})
     clip_frames: tuple = (16, 48)  # (min, max) frames per clip, 8 fps: 2 to 6 seconds
     questions: int = 16  # question conversations per clip (besides the caption), all in one pack
     num_frames: int = DEFAULT_NUM_FRAMES  # frames sampled per clip (the CLI's default)
@@ -133,6 +135,10 @@ class Recipe:
     tau_clips: int = 4  # validation clips whose captions measure τ
     tau_tokens: int = 96  # new tokens per τ measurement
     rope_theta: float = 10000.0
+
+    def texture(self, family: str) -> str:
+        """The background `family`'s world is rendered on."""
+        return self.textures[family]
 
     def to_dict(self) -> dict:
         d = asdict(self)
