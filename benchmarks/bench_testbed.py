@@ -219,9 +219,9 @@ def world_textures(families, models: str | None) -> dict[str, str]:
     return {f: trained_texture(pair_dirs(f, models)[0]) for f in families}
 
 
-def run_family(family: str, worlds: list[tuple[str, Path]], args) -> str:
+def run_family(family: str, worlds: list[tuple[str, Path]], background: str, args) -> str:
+    """The findings on `worlds` (rendered on `background`, the one the family's target was trained on)."""
     from specvlm.inputs import load_processor
-    from specvlm.testbed.assets import trained_texture
     from specvlm.testbed.recipe import Recipe
     from specvlm.testbed.train import Formatter, load_clips
 
@@ -236,7 +236,6 @@ def run_family(family: str, worlds: list[tuple[str, Path]], args) -> str:
         print(f"{family}: {len(clips)} test clips of {label}", flush=True)
         parts += findings(target, draft, fmt, folder, clips, label, args)
     parts.append(decode_costs(target, draft, fmt, clips, args))
-    background = trained_texture(target_dir)
     return f"### {family} ({args.models or 'bundled'}, {background} background)\n\n" + "\n\n".join(parts)
 
 
@@ -376,7 +375,7 @@ def main(argv=None) -> str:
                 unseen = Path(tmp) / f"world-{texture}-seed{args.unseen_seed}"
                 render(unseen, args.unseen_clips, args.unseen_seed, texture)
                 worlds[texture].append((f"an unseen world (seed {args.unseen_seed})", unseen))
-        body = "\n\n".join(run_family(f, worlds[textures[f]], args) for f in families)
+        body = "\n\n".join(run_family(f, worlds[textures[f]], textures[f], args) for f in families)
     if args.record:
         record(
             f"testbed-findings-{args.label}",
